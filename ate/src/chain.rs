@@ -1,0 +1,493 @@
+//! A local chain: the redo log, its materialized view and a group-commit thread.
+//!
+//! Callers validate and encode on their own threads (signatures are the expensive part and
+//! parallelise); one committer thread checks authority and preconditions in order, appends the
+//! whole batch, fdatasyncs once, publishes the batch to the view and only then acknowledges.
+//! Readers therefore never see a transaction that is not durable.
+
+use crate::codec::DecodeError;
+use crate::ids::{ChainId, RecordKey, TxHash};
+use crate::redo::{
+    LogCursor, LogError, LogOptions, Location, Recovered, RecoveryVisitor, RedoLog, SnapshotRecord,
+    SnapshotWriter,
+};
+use crate::authority::RootAuthority;
+use crate::crypto::CryptoError;
+use crate::storage::Storage;
+use crate::tx::{RecordHeader, Transaction};
+use crate::validate::{check_stateful, check_stateless, ChainState, ValidationError};
+use crate::view::{locate, plan, Change, RecordEntry, Staged, View};
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why a chain operation failed.
+#[derive(Debug, Error)]
+pub enum ChainError {
+    /// The transaction was refused; the chain is unchanged.
+    #[error("transaction refused: {0}")]
+    Rejected(#[from] ValidationError),
+    /// The log failed; see the inner error for file and offset.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Stored bytes did not decode.
+    #[error("undecodable transaction at index {index}: {source}")]
+    Decode {
+        /// Log index.
+        index: u64,
+        /// Why.
+        source: DecodeError,
+    },
+    /// A payload failed to open.
+    #[error("record {key}: {source}")]
+    Crypto {
+        /// The record.
+        key: RecordKey,
+        /// Why.
+        source: CryptoError,
+    },
+    /// The chain was closed.
+    #[error("the chain is closed")]
+    Closed,
+}
+
+/// Tuning of a chain.
+#[derive(Clone, Debug)]
+pub struct ChainOptions {
+    /// Redo log tuning.
+    pub log: LogOptions,
+    /// Most transactions per group commit.
+    pub max_batch: usize,
+    /// Most bytes per group commit (a batch closes at the first transaction over it).
+    pub max_batch_bytes: usize,
+}
+
+impl Default for ChainOptions {
+    fn default() -> Self {
+        Self { log: LogOptions::default(), max_batch: 1024, max_batch_bytes: 32 << 20 }
+    }
+}
+
+/// What a successful commit returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// Log index of the transaction.
+    pub index: u64,
+    /// Its hash.
+    pub hash: TxHash,
+}
+
+/// Sizes for `atefs status` and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainStats {
+    /// Last durable index.
+    pub last_index: u64,
+    /// Records, tombstones included.
+    pub records: usize,
+    /// Live records.
+    pub live: usize,
+    /// Bytes on disk (segments and snapshot).
+    pub bytes: u64,
+    /// Snapshot's last index, if any.
+    pub snapshot: Option<u64>,
+}
+
+struct Pending {
+    tx: Transaction,
+    bytes: Vec<u8>,
+    offsets: Vec<usize>,
+    hash: TxHash,
+    reply: Sender<Result<Receipt, ChainError>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    id: ChainId,
+    view: RwLock<View>,
+    log: Mutex<RedoLog>,
+    durable: Mutex<u64>,
+    durable_cv: Condvar,
+}
+
+#[derive(Debug)]
+struct Committer {
+    queue: Option<Sender<Pending>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A chain stored locally. Cheap to clone; the committer stops when the last clone drops.
+#[derive(Clone, Debug)]
+pub struct Chain {
+    shared: Arc<Shared>,
+    committer: Arc<Committer>,
+}
+
+struct Replay<'a, F: FnMut(u64, u64)> {
+    view: View,
+    progress: &'a mut F,
+}
+
+impl<F: FnMut(u64, u64)> RecoveryVisitor for Replay<'_, F> {
+    fn snapshot_root(&mut self, root: Option<RootAuthority>, last_index: u64) {
+        self.view.set_snapshot_root(root, last_index);
+    }
+    fn snapshot_record(&mut self, rec: SnapshotRecord, payload: Option<Location>) -> Result<(), LogError> {
+        let entry = RecordEntry {
+            version: rec.version,
+            index: rec.index,
+            parent: rec.parent,
+            write: rec.write,
+            header: rec.header,
+            payload: payload.map(|l| (l, rec.payload_len)),
+        };
+        self.view.put(rec.key, entry);
+        Ok(())
+    }
+    fn entry(&mut self, index: u64, tx: &[u8], tx_at: Location) -> Result<(), LogError> {
+        let t = Transaction::decode(tx).map_err(|e| LogError::Corrupt {
+            file: tx_at.file.name(),
+            offset: tx_at.offset,
+            reason: format!("checksummed frame holds an undecodable transaction: {e}"),
+        })?;
+        let mut changes = plan(&self.view, &t, index);
+        locate(&mut changes, tx_at, &t.payload_offsets());
+        self.view.merge(index, changes);
+        Ok(())
+    }
+    fn progress(&mut self, done: u64, total: u64) {
+        (self.progress)(done, total)
+    }
+}
+
+impl Chain {
+    /// Opens the chain in `storage` (creating chain `create` in an empty storage), replaying the
+    /// log; `progress(done_bytes, total_bytes)` is called while replaying.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        create: Option<ChainId>,
+        opts: ChainOptions,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<(Chain, Recovered), ChainError> {
+        let mut replay = Replay { view: View::new(create.unwrap_or_default()), progress: &mut progress };
+        let (log, report) = RedoLog::open(storage, create, opts.log.clone(), &mut replay)?;
+        let mut view = replay.view;
+        if view.chain_id() != log.chain() {
+            // The id was only known once the files were read: rebuild with the right one.
+            let mut fixed = View::new(log.chain());
+            fixed.set_snapshot_root(view.root().cloned(), view.last_index());
+            for (k, e) in view.records() {
+                fixed.put(*k, e.clone());
+            }
+            fixed.merge(view.last_index(), Vec::new());
+            view = fixed;
+        }
+        let last = log.next_index() - 1;
+        let shared = Arc::new(Shared {
+            id: log.chain(),
+            view: RwLock::new(view),
+            log: Mutex::new(log),
+            durable: Mutex::new(last),
+            durable_cv: Condvar::new(),
+        });
+        let (queue, rx) = crossbeam_channel::bounded::<Pending>(opts.max_batch * 4);
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ate-commit-{}", &shared.id.to_hex()[..8]))
+            .spawn(move || committer_loop(s, rx, opts))
+            .map_err(|e| LogError::Io { op: "spawn committer", file: ".".into(), source: e })?;
+        let committer = Arc::new(Committer { queue: Some(queue), thread: Some(thread) });
+        Ok((Chain { shared, committer }, report))
+    }
+
+    /// The chain's id.
+    pub fn id(&self) -> ChainId {
+        self.shared.id
+    }
+
+    /// Validates, commits and waits until the transaction is durable.
+    pub fn commit(&self, tx: Transaction) -> Result<Receipt, ChainError> {
+        self.commit_async(tx)?.wait()
+    }
+
+    /// Validates and queues; the returned handle waits for durability.
+    pub fn commit_async(&self, mut tx: Transaction) -> Result<PendingCommit, ChainError> {
+        let hash = check_stateless(&tx)?;
+        let bytes = tx.encode();
+        let offsets = tx.payload_offsets();
+        // The committer needs headers, not payloads: free them early.
+        for op in &mut tx.ops {
+            if let crate::tx::Op::Put { payload, .. } = op {
+                *payload = Vec::new();
+            }
+        }
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        let queue = self.committer.queue.as_ref().ok_or(ChainError::Closed)?;
+        queue
+            .send(Pending { tx, bytes, offsets, hash, reply })
+            .map_err(|_| ChainError::Closed)?;
+        Ok(PendingCommit { rx })
+    }
+
+    /// Latest state of a record (tombstones included).
+    pub fn record(&self, key: &RecordKey) -> Option<RecordEntry> {
+        self.shared.view.read().get(key).cloned()
+    }
+
+    /// The live version's header and sealed payload (empty when it has none).
+    pub fn read(&self, key: &RecordKey) -> Result<Option<(RecordEntry, Vec<u8>)>, ChainError> {
+        let Some(entry) = self.record(key).filter(|e| !e.is_deleted()) else {
+            return Ok(None);
+        };
+        let sealed = match entry.payload {
+            None => Vec::new(),
+            Some((loc, len)) => {
+                let files = self.shared.log.lock().files().clone();
+                match files.read(loc, len) {
+                    Ok(b) => b,
+                    // Compaction may have moved it between our two lookups: look again.
+                    Err(LogError::Compacted { .. }) => return self.read(key),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        Ok(Some((entry, sealed)))
+    }
+
+    /// Opens the live version's payload with `key_for` giving the data key for its header.
+    pub fn read_plain(&self, key: &RecordKey, data_key: &crate::crypto::DataKey) -> Result<Option<(RecordHeader, Vec<u8>)>, ChainError> {
+        let Some((entry, sealed)) = self.read(key)? else { return Ok(None) };
+        let Some(header) = entry.header else { return Ok(None) };
+        if sealed.is_empty() {
+            return Ok(Some((header, Vec::new())));
+        }
+        let plain = header
+            .open(&self.shared.id, data_key, &sealed)
+            .map_err(|source| ChainError::Crypto { key: *key, source })?;
+        Ok(Some((header, plain)))
+    }
+
+    /// Live children of a record.
+    pub fn children(&self, key: &RecordKey) -> Vec<RecordKey> {
+        self.shared.view.read().children(key).copied().collect()
+    }
+
+    /// The root authority (None before genesis).
+    pub fn root(&self) -> Option<RootAuthority> {
+        self.shared.view.read().root().cloned()
+    }
+
+    /// Index of the last durable transaction.
+    pub fn last_index(&self) -> u64 {
+        *self.shared.durable.lock()
+    }
+
+    /// Waits until `index` is durable; false on timeout.
+    pub fn wait_for(&self, index: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut d = self.shared.durable.lock();
+        while *d < index {
+            if self.shared.durable_cv.wait_until(&mut d, deadline).timed_out() {
+                return *d >= index;
+            }
+        }
+        true
+    }
+
+    /// Committed transactions from `from` on: history, then live.
+    pub fn subscribe(&self, from: u64) -> Result<Subscription, ChainError> {
+        let files = self.shared.log.lock().files().clone();
+        Ok(Subscription { cursor: LogCursor::new(files, from)?, shared: self.shared.clone() })
+    }
+
+    /// Sizes.
+    pub fn stats(&self) -> ChainStats {
+        let (records, live) = self.shared.view.read().counts();
+        let log = self.shared.log.lock();
+        ChainStats {
+            last_index: self.last_index(),
+            records,
+            live,
+            bytes: log.files().total_bytes(),
+            snapshot: log.files().snapshot(),
+        }
+    }
+
+    /// Writes a snapshot of every record as of now and drops the segments it covers. Commits
+    /// wait meanwhile. Returns the snapshot's last index.
+    pub fn compact(&self) -> Result<u64, ChainError> {
+        let mut log = self.shared.log.lock();
+        let last = log.next_index() - 1;
+        log.roll()?;
+        let files = log.files().clone();
+        let mut moved = Vec::new();
+        let snapshot_file = {
+            let view = self.shared.view.read();
+            let mut w = SnapshotWriter::create(files.storage.clone(), self.shared.id, last, view.root())?;
+            for (key, e) in view.records() {
+                let payload = match e.payload {
+                    Some((loc, len)) => files.read(loc, len)?,
+                    None => Vec::new(),
+                };
+                let rec = SnapshotRecord {
+                    key: *key,
+                    version: e.version,
+                    index: e.index,
+                    parent: e.parent,
+                    write: e.write.clone(),
+                    header: e.header.clone(),
+                    payload_len: payload.len(),
+                };
+                let loc = w.add(&rec, &payload)?;
+                if e.payload.is_some() {
+                    moved.push((*key, loc));
+                }
+            }
+            w.finish()?
+        };
+        files.insert(crate::redo::FileRef::Snapshot(last), snapshot_file.clone());
+        {
+            let mut view = self.shared.view.write();
+            for (k, loc) in moved {
+                view.relocate(&k, loc);
+            }
+        }
+        log.retire_upto(snapshot_file, last)?;
+        tracing::info!(chain = %self.shared.id, last, "compacted");
+        Ok(last)
+    }
+}
+
+/// A queued commit.
+#[derive(Debug)]
+pub struct PendingCommit {
+    rx: Receiver<Result<Receipt, ChainError>>,
+}
+
+impl PendingCommit {
+    /// Waits until the transaction is durable or refused.
+    pub fn wait(self) -> Result<Receipt, ChainError> {
+        self.rx.recv().map_err(|_| ChainError::Closed)?
+    }
+}
+
+/// A stream of committed transactions.
+#[derive(Debug)]
+pub struct Subscription {
+    cursor: LogCursor,
+    shared: Arc<Shared>,
+}
+
+impl Subscription {
+    /// Index of the next transaction this subscription yields.
+    pub fn position(&self) -> u64 {
+        self.cursor.position()
+    }
+
+    /// The next committed transaction, waiting up to `timeout` for one.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<(u64, Transaction)>, ChainError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let durable = *self.shared.durable.lock();
+            if let Some((index, bytes)) = self.cursor.read_next(durable)? {
+                let tx = Transaction::decode(&bytes).map_err(|source| ChainError::Decode { index, source })?;
+                return Ok(Some((index, tx)));
+            }
+            let mut d = self.shared.durable.lock();
+            if *d < self.cursor.position() && self.shared.durable_cv.wait_until(&mut d, deadline).timed_out() {
+                return Ok(None);
+            }
+            if Instant::now() >= deadline && *d < self.cursor.position() {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+fn committer_loop(shared: Arc<Shared>, rx: Receiver<Pending>, opts: ChainOptions) {
+    while let Ok(first) = rx.recv() {
+        let mut bytes = first.bytes.len();
+        let mut batch = vec![first];
+        while batch.len() < opts.max_batch && bytes < opts.max_batch_bytes {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.bytes.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_batch(&shared, batch);
+    }
+}
+
+fn commit_batch(shared: &Shared, batch: Vec<Pending>) {
+    let mut log = shared.log.lock();
+    let mut accepted: Vec<(Pending, Vec<Change>)> = Vec::with_capacity(batch.len());
+    {
+        let view = shared.view.read();
+        let mut staged = Staged::new(&view);
+        let mut index = log.next_index();
+        for p in batch {
+            match check_stateful(&staged, &p.tx) {
+                Ok(()) => {
+                    let changes = plan(&staged, &p.tx, index);
+                    staged.stage(&changes);
+                    accepted.push((p, changes));
+                    index += 1;
+                }
+                Err(e) => {
+                    let _ = p.reply.send(Err(e.into()));
+                }
+            }
+        }
+    }
+    if accepted.is_empty() {
+        return;
+    }
+    let slices: Vec<&[u8]> = accepted.iter().map(|(p, _)| p.bytes.as_slice()).collect();
+    let result = log.append(&slices).and_then(|locs| log.sync().map(|()| locs));
+    let locs = match result {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "group commit failed");
+            let msg = e.to_string();
+            for (p, _) in accepted {
+                let err = match &e {
+                    LogError::Io { op, file, source } => LogError::Io {
+                        op,
+                        file: file.clone(),
+                        source: std::io::Error::new(source.kind(), msg.clone()),
+                    },
+                    _ => LogError::Poisoned,
+                };
+                let _ = p.reply.send(Err(err.into()));
+            }
+            return;
+        }
+    };
+    let last = locs.last().map_or(0, |l| l.0);
+    {
+        let mut view = shared.view.write();
+        for ((p, changes), (index, at)) in accepted.iter_mut().zip(&locs) {
+            locate(changes, *at, &p.offsets);
+            view.merge(*index, std::mem::take(changes));
+        }
+    }
+    drop(log);
+    *shared.durable.lock() = last;
+    shared.durable_cv.notify_all();
+    for ((p, _), (index, _)) in accepted.into_iter().zip(locs) {
+        let _ = p.reply.send(Ok(Receipt { index, hash: p.hash }));
+    }
+}

@@ -1,0 +1,239 @@
+//! Keys and primitives: ed25519 signatures over BLAKE3 digests, XChaCha20-Poly1305 payloads with
+//! the cleartext header as associated data, and keyed BLAKE3 for name-derived record keys.
+//!
+//! Secrets are zeroized on drop. Nonces are random 192-bit values, so a data key can seal an
+//! unbounded number of payloads without nonce bookkeeping (the reason for XChaCha over AES-GCM).
+
+use crate::ids::{KeyId, RecordKey};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use ed25519_dalek::Signer;
+use thiserror::Error;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Nonce bytes in front of every sealed payload.
+pub const NONCE_LEN: usize = 24;
+/// Poly1305 tag bytes after every sealed payload.
+pub const TAG_LEN: usize = 16;
+/// Bytes a sealed payload adds to its plaintext.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+/// A cryptographic check failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CryptoError {
+    /// The signature does not verify under the claimed key.
+    #[error("bad signature by key {0}")]
+    BadSignature(KeyId),
+    /// The public key bytes are not a valid ed25519 point.
+    #[error("malformed public key")]
+    MalformedPublicKey,
+    /// Authentication of a sealed payload failed: wrong key, or bytes changed.
+    #[error("payload authentication failed (wrong data key or tampered ciphertext)")]
+    Unseal,
+    /// A sealed payload is shorter than nonce + tag.
+    #[error("sealed payload of {0} bytes is too short")]
+    ShortCiphertext(usize),
+}
+
+/// An ed25519 public key as stored in transactions and authorities.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({})", &hex::encode(self.0)[..12])
+    }
+}
+
+impl PublicKey {
+    /// The key's id: BLAKE3 of its bytes.
+    pub fn id(&self) -> KeyId {
+        KeyId(*blake3::hash(&self.0).as_bytes())
+    }
+
+    /// Verifies `sig` over `digest`.
+    pub fn verify(&self, digest: &[u8; 32], sig: &[u8; 64]) -> Result<(), CryptoError> {
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&self.0)
+            .map_err(|_| CryptoError::MalformedPublicKey)?;
+        let sig = ed25519_dalek::Signature::from_bytes(sig);
+        vk.verify_strict(digest, &sig)
+            .map_err(|_| CryptoError::BadSignature(self.id()))
+    }
+}
+
+/// A signing key (author identity). Zeroized on drop by ed25519-dalek.
+#[derive(Clone)]
+pub struct SigningKey(ed25519_dalek::SigningKey);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey(public={:?})", self.public())
+    }
+}
+
+impl SigningKey {
+    /// A fresh random key from the OS generator.
+    pub fn generate() -> Self {
+        Self(ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng))
+    }
+    /// Restores a key from its 32 secret bytes.
+    pub fn from_bytes(secret: &[u8; 32]) -> Self {
+        Self(ed25519_dalek::SigningKey::from_bytes(secret))
+    }
+    /// The 32 secret bytes (for key files; handle with care).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+    /// The public half.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key().to_bytes())
+    }
+    /// Signs a 32-byte digest.
+    pub fn sign(&self, digest: &[u8; 32]) -> [u8; 64] {
+        self.0.sign(digest).to_bytes()
+    }
+}
+
+/// A symmetric key that seals record payloads. Its id names the read authority of a record.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct DataKey([u8; 32]);
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DataKey(id={:?})", self.id())
+    }
+}
+
+impl DataKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        Self(rand::random())
+    }
+    /// Restores a key from its bytes.
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Self(b)
+    }
+    /// The secret bytes (for key files).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    /// Derives a sub-key for `context` (BLAKE3 key derivation).
+    pub fn derive(&self, context: &str) -> DataKey {
+        DataKey(blake3::derive_key(context, &self.0))
+    }
+    /// Public id of the key: derived, so it reveals nothing about the key.
+    pub fn id(&self) -> KeyId {
+        KeyId(blake3::derive_key("ate 2026 data key id", &self.0))
+    }
+
+    /// Seals `plaintext` bound to `ad`. Output: nonce || ciphertext || tag.
+    pub fn seal(&self, ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let cipher = XChaCha20Poly1305::new((&self.0).into());
+        // Encryption into a buffer of the right size cannot fail; the AEAD only errors on
+        // lengths above 2^38 bytes, far beyond MAX_PAYLOAD.
+        let tag = cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), ad, &mut out[NONCE_LEN..])
+            .unwrap_or_default();
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// Opens a payload sealed by [`Self::seal`] with the same `ad`.
+    pub fn open(&self, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(CryptoError::ShortCiphertext(sealed.len()));
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let mut buf = ct.to_vec();
+        let cipher = XChaCha20Poly1305::new((&self.0).into());
+        cipher
+            .decrypt_in_place_detached(XNonce::from_slice(nonce), ad, &mut buf, Tag::from_slice(tag))
+            .map_err(|_| CryptoError::Unseal)?;
+        Ok(buf)
+    }
+}
+
+/// The per-chain secret for name-derived record keys (a keyed BLAKE3 hash), so servers cannot
+/// confirm a guessed file name by hashing it.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct NameKey([u8; 32]);
+
+impl std::fmt::Debug for NameKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NameKey(..)")
+    }
+}
+
+impl NameKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        Self(rand::random())
+    }
+    /// Restores a key from its bytes.
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Self(b)
+    }
+    /// The secret bytes (for key files).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    /// Keyed hash of `parts`, each length-prefixed so that ("ab","c") != ("a","bc").
+    pub fn hash(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        for p in parts {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        *h.finalize().as_bytes()
+    }
+    /// A record key derived from `parts` (the first 128 bits of the keyed hash: record keys are
+    /// 128-bit by design, see docs/format.md).
+    pub fn record_key(&self, parts: &[&[u8]]) -> RecordKey {
+        let h = self.hash(parts);
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&h[..16]);
+        RecordKey(k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_roundtrip_and_tamper() {
+        let k = DataKey::generate();
+        let sealed = k.seal(b"header", b"hello world");
+        assert_eq!(k.open(b"header", &sealed).ok().as_deref(), Some(&b"hello world"[..]));
+        assert_eq!(k.open(b"other", &sealed), Err(CryptoError::Unseal));
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x40;
+            assert_eq!(k.open(b"header", &bad), Err(CryptoError::Unseal), "flip at {i}");
+        }
+        assert_eq!(DataKey::generate().open(b"header", &sealed), Err(CryptoError::Unseal));
+    }
+
+    #[test]
+    fn sign_verify() {
+        let k = SigningKey::generate();
+        let d = *blake3::hash(b"m").as_bytes();
+        let s = k.sign(&d);
+        assert!(k.public().verify(&d, &s).is_ok());
+        let mut bad = s;
+        bad[3] ^= 1;
+        assert!(k.public().verify(&d, &bad).is_err());
+        assert!(SigningKey::generate().public().verify(&d, &s).is_err());
+    }
+
+    #[test]
+    fn name_hash_is_length_prefixed() {
+        let k = NameKey::generate();
+        assert_ne!(k.hash(&[b"ab", b"c"]), k.hash(&[b"a", b"bc"]));
+    }
+}

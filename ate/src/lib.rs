@@ -1,0 +1,34 @@
+//! ate: a signed, encrypted, crash-safe event log; the datastore under atefs.
+//!
+//! Map of the crate, bottom up:
+//! - [`ids`], [`codec`]: identifiers and bounded little-endian encoding.
+//! - [`crypto`]: ed25519 over BLAKE3 digests, XChaCha20-Poly1305 payloads, keyed hashes.
+//! - [`authority`], [`tx`]: the authority tree and signed transactions.
+//! - [`validate`]: the one validator clients and servers share.
+//! - [`storage`]: the I/O backend trait (file, memory, fault injection).
+//! - [`redo`]: segments of CRC-framed entries, recovery, snapshots.
+//! - [`view`]: the materialized view (latest versions, children).
+//! - [`chain`]: a local chain with group commit and subscriptions.
+//! - [`keyfile`]: the key envelope of a volume.
+//!
+//! ate knows nothing of FUSE, gRPC servers or Kubernetes.
+
+pub mod authority;
+pub mod chain;
+pub mod codec;
+pub mod crypto;
+pub mod ids;
+pub mod keyfile;
+pub mod redo;
+pub mod storage;
+pub mod tx;
+pub mod validate;
+pub mod view;
+
+pub use authority::{Role, RootAuthority, WriteAuthority};
+pub use chain::{Chain, ChainError, ChainOptions, ChainStats, Receipt, Subscription};
+pub use crypto::{DataKey, NameKey, PublicKey, SigningKey};
+pub use ids::{ChainId, KeyId, RecordKey, TxHash};
+pub use keyfile::KeyFile;
+pub use tx::{Op, Precondition, RecordHeader, Transaction};
+pub use validate::ValidationError;

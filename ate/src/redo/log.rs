@@ -1,0 +1,326 @@
+//! The appender: opens (and recovers) a log, appends batches of transactions as frames, makes
+//! them durable with one fdatasync per batch, rolls segments and retires compacted ones.
+
+use super::files::{FileRef, Files, Location};
+use super::frame::{encode_frame, FrameKind, FRAME_HEADER};
+use super::recovery::{is_torn_tail, scan_frame, Recovered, RecoveryVisitor, Scanned};
+use super::segment::{parse_name, FileHeader, FILE_HEADER, SEGMENT_MAGIC};
+use super::snapshot::read_snapshot;
+use super::LogError;
+use crate::ids::ChainId;
+use crate::storage::{Storage, StorageFile};
+use std::sync::Arc;
+
+/// Tuning of the log.
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    /// A new segment starts once the current one exceeds this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self { segment_bytes: 64 << 20 }
+    }
+}
+
+/// The single appender of a chain's log.
+#[derive(Debug)]
+pub struct RedoLog {
+    files: Arc<Files>,
+    chain: ChainId,
+    tail: Arc<dyn StorageFile>,
+    tail_first: u64,
+    tail_len: u64,
+    next_index: u64,
+    opts: LogOptions,
+    poisoned: bool,
+    buf: Vec<u8>,
+}
+
+impl RedoLog {
+    /// Opens the log in `storage`, replaying it into `visitor`. With `create`, an empty storage
+    /// gets a new chain of that id; without, an empty storage is an error.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        create: Option<ChainId>,
+        opts: LogOptions,
+        visitor: &mut dyn RecoveryVisitor,
+    ) -> Result<(Self, Recovered), LogError> {
+        let files = Arc::new(Files::new(storage.clone()));
+        let mut report = Recovered::default();
+        let names = storage.list().map_err(LogError::io("list", "."))?;
+        let mut segments = Vec::new();
+        let mut snapshots = Vec::new();
+        for name in &names {
+            if name.ends_with(".tmp") {
+                // An interrupted snapshot: never renamed, so never in use.
+                storage.remove(name).map_err(LogError::io("remove", name))?;
+                continue;
+            }
+            match parse_name(name) {
+                Some((true, i)) => segments.push(i),
+                Some((false, i)) => snapshots.push(i),
+                None => {}
+            }
+        }
+        segments.sort_unstable();
+        snapshots.sort_unstable();
+        let total: u64 = names
+            .iter()
+            .filter_map(|n| storage.open(n, false).ok()?.len().ok())
+            .sum();
+        let mut done = 0u64;
+
+        let mut chain = None;
+        let mut next_index = 1u64;
+        if let Some(&snap) = snapshots.last() {
+            let f = storage.open(&FileRef::Snapshot(snap).name(), false)
+                .map_err(LogError::io("open", FileRef::Snapshot(snap).name()))?;
+            chain = Some(read_snapshot(f.as_ref(), snap, visitor)?);
+            done += f.len().unwrap_or(0);
+            visitor.progress(done, total);
+            files.insert(FileRef::Snapshot(snap), f);
+            report.snapshot = Some(snap);
+            next_index = snap + 1;
+            for old in &snapshots[..snapshots.len() - 1] {
+                let n = FileRef::Snapshot(*old).name();
+                storage.remove(&n).map_err(LogError::io("remove", &n))?;
+            }
+        }
+        // Segments entirely below the snapshot are leftovers of an interrupted compaction.
+        let keep_from = segments
+            .iter()
+            .rposition(|&first| first <= next_index)
+            .unwrap_or(0);
+        for &first in &segments[..keep_from] {
+            let n = FileRef::Segment(first).name();
+            storage.remove(&n).map_err(LogError::io("remove", &n))?;
+        }
+        let segments = &segments[keep_from..];
+
+        for (i, &first) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            let name = FileRef::Segment(first).name();
+            let file = storage.open(&name, false).map_err(LogError::io("open", &name))?;
+            let len = file.len().map_err(LogError::io("stat", &name))?;
+            let corrupt = |offset: u64, reason: String| LogError::Corrupt { file: name.clone(), offset, reason };
+            if len < FILE_HEADER as u64 && last {
+                // Created but its header never made it to disk: it holds nothing.
+                storage.remove(&name).map_err(LogError::io("remove", &name))?;
+                report.truncated_bytes += len;
+                continue;
+            }
+            let mut hb = [0u8; FILE_HEADER];
+            file.read_at(&mut hb, 0).map_err(|_| corrupt(0, "shorter than its header".into()))?;
+            let fh = FileHeader::decode(&hb).map_err(|e| corrupt(0, e.to_string()))?;
+            if fh.magic != SEGMENT_MAGIC || fh.index != first {
+                return Err(corrupt(0, "header does not match the file name".into()));
+            }
+            if *chain.get_or_insert(fh.chain) != fh.chain {
+                return Err(corrupt(0, format!("belongs to chain {}", fh.chain)));
+            }
+            if first > next_index {
+                return Err(corrupt(0, format!("starts at index {first}, expected {next_index}: a segment is missing")));
+            }
+            let mut index = first;
+            let mut off = FILE_HEADER as u64;
+            loop {
+                match scan_frame(file.as_ref(), &name, off, len)? {
+                    Scanned::End => break,
+                    Scanned::Frame { kind, payload, next } => {
+                        if kind != FrameKind::Tx || payload.len() < 8 {
+                            return Err(corrupt(off, format!("unexpected {kind:?} frame in a segment")));
+                        }
+                        let mut ib = [0u8; 8];
+                        ib.copy_from_slice(&payload[..8]);
+                        let got = u64::from_le_bytes(ib);
+                        if got != index {
+                            return Err(corrupt(off, format!("entry has index {got}, expected {index}")));
+                        }
+                        if index >= next_index {
+                            let at = Location { file: FileRef::Segment(first), offset: off + (FRAME_HEADER + 8) as u64 };
+                            visitor.entry(index, &payload[8..], at)?;
+                            report.entries += 1;
+                            next_index = index + 1;
+                        }
+                        index += 1;
+                        done += next - off;
+                        off = next;
+                        if report.entries % 4096 == 0 {
+                            visitor.progress(done, total);
+                        }
+                    }
+                    Scanned::Bad { reason } => {
+                        if !last || !is_torn_tail(file.as_ref(), &name, off, len)? {
+                            return Err(corrupt(off, reason));
+                        }
+                        tracing::warn!(file = %name, offset = off, bytes = len - off, %reason, "truncating torn tail");
+                        file.truncate(off).map_err(LogError::io("truncate", &name))?;
+                        file.sync_data().map_err(LogError::io("fdatasync", &name))?;
+                        report.truncated_bytes += len - off;
+                        break;
+                    }
+                }
+            }
+            files.insert(FileRef::Segment(first), file);
+        }
+        visitor.progress(total, total);
+
+        let chain = match (chain, create) {
+            (Some(c), Some(want)) if c != want => {
+                return Err(LogError::WrongChain(format!("storage holds chain {c}, not {want}")))
+            }
+            (Some(c), _) => c,
+            (None, Some(want)) => want,
+            (None, None) => return Err(LogError::WrongChain("no chain in this storage".into())),
+        };
+        let mut log = RedoLog {
+            files,
+            chain,
+            tail: Arc::new(NoFile),
+            tail_first: 0,
+            tail_len: 0,
+            next_index,
+            opts,
+            poisoned: false,
+            buf: Vec::new(),
+        };
+        match log.files.segments().last() {
+            Some(&first) => {
+                log.tail = log.files.get(&FileRef::Segment(first)).ok_or(LogError::Poisoned)?;
+                log.tail_first = first;
+                log.tail_len = log.tail.len().map_err(LogError::io("stat", FileRef::Segment(first).name()))?;
+            }
+            None => log.roll()?,
+        }
+        report.next_index = next_index;
+        Ok((log, report))
+    }
+
+    /// The chain.
+    pub fn chain(&self) -> ChainId {
+        self.chain
+    }
+
+    /// Files, for readers.
+    pub fn files(&self) -> &Arc<Files> {
+        &self.files
+    }
+
+    /// Index the next appended transaction gets.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Starts a new segment at the next index.
+    pub fn roll(&mut self) -> Result<(), LogError> {
+        let first = self.next_index;
+        let name = FileRef::Segment(first).name();
+        let storage = &self.files.storage;
+        let file = storage.open(&name, true).map_err(LogError::io("create", &name))?;
+        let header = FileHeader { magic: SEGMENT_MAGIC, index: first, chain: self.chain }.encode();
+        file.truncate(0).map_err(LogError::io("truncate", &name))?;
+        file.write_at(&header, 0).map_err(LogError::io("write", &name))?;
+        file.sync_data().map_err(LogError::io("fdatasync", &name))?;
+        storage.sync_dir().map_err(LogError::io("fsync", "."))?;
+        self.files.insert(FileRef::Segment(first), file.clone());
+        self.tail = file;
+        self.tail_first = first;
+        self.tail_len = FILE_HEADER as u64;
+        Ok(())
+    }
+
+    /// Appends transactions (not yet durable: call [`Self::sync`]). Returns each one's index and
+    /// the location of its bytes. On a write error the tail is cut back, so the log is as before.
+    pub fn append(&mut self, txs: &[&[u8]]) -> Result<Vec<(u64, Location)>, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        if self.tail_len >= self.opts.segment_bytes {
+            self.roll().inspect_err(|_| self.poisoned = true)?;
+        }
+        self.buf.clear();
+        let mut out = Vec::with_capacity(txs.len());
+        for (i, tx) in txs.iter().enumerate() {
+            let index = self.next_index + i as u64;
+            let offset = self.tail_len + (self.buf.len() + FRAME_HEADER + 8) as u64;
+            encode_frame(FrameKind::Tx, &[&index.to_le_bytes(), tx], &mut self.buf);
+            out.push((index, Location { file: FileRef::Segment(self.tail_first), offset }));
+        }
+        if let Err(e) = self.tail.write_at(&self.buf, self.tail_len) {
+            let name = FileRef::Segment(self.tail_first).name();
+            if self.tail.truncate(self.tail_len).is_err() {
+                self.poisoned = true;
+            }
+            return Err(LogError::Io { op: "write", file: name, source: e });
+        }
+        self.tail_len += self.buf.len() as u64;
+        self.next_index += txs.len() as u64;
+        if self.buf.capacity() > 16 << 20 {
+            self.buf = Vec::new();
+        }
+        Ok(out)
+    }
+
+    /// Makes everything appended durable. A failure poisons the log: after a failed fsync the
+    /// kernel may have dropped the dirty pages, so nothing more may be acknowledged.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        self.tail.sync_data().map_err(|e| {
+            self.poisoned = true;
+            LogError::Io { op: "fdatasync", file: FileRef::Segment(self.tail_first).name(), source: e }
+        })
+    }
+
+    /// True after a failure that needs a reopen.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// After a snapshot at `last` was installed: drops older snapshots and every segment whose
+    /// entries are all covered. The caller rolled first, so the tail is never dropped.
+    pub fn retire_upto(&mut self, snapshot: Arc<dyn StorageFile>, last: u64) -> Result<(), LogError> {
+        let storage = self.files.storage.clone();
+        if let Some(old) = self.files.snapshot() {
+            if old != last {
+                self.files.remove(&FileRef::Snapshot(old));
+                let n = FileRef::Snapshot(old).name();
+                storage.remove(&n).map_err(LogError::io("remove", &n))?;
+            }
+        }
+        self.files.insert(FileRef::Snapshot(last), snapshot);
+        for first in self.files.segments() {
+            if first < self.tail_first && first <= last {
+                self.files.remove(&FileRef::Segment(first));
+                let n = FileRef::Segment(first).name();
+                storage.remove(&n).map_err(LogError::io("remove", &n))?;
+            }
+        }
+        storage.sync_dir().map_err(LogError::io("fsync", "."))
+    }
+}
+
+/// Placeholder tail before the first segment exists (never written to).
+#[derive(Debug)]
+struct NoFile;
+
+impl StorageFile for NoFile {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(0)
+    }
+    fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn truncate(&self, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}

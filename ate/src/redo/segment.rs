@@ -1,0 +1,89 @@
+//! File headers shared by segments and snapshots.
+//!
+//! ```text
+//! 0  [u8;8] magic "ATE-SEG\0" or "ATE-SNP\0"   20 [u8;16] chain id
+//! 8  u16 format (1)   10 u16 reserved (0)      36 u32 CRC32C of bytes 0..36
+//! 12 u64 first index (segments) / last index (snapshots)
+//! ```
+
+use crate::codec::{DecodeError, Reader};
+use crate::ids::ChainId;
+
+/// Bytes in a file header.
+pub const FILE_HEADER: usize = 40;
+/// Segment magic.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"ATE-SEG\0";
+/// Snapshot magic.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"ATE-SNP\0";
+/// File format version.
+pub const FILE_FORMAT: u16 = 1;
+
+/// A decoded file header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileHeader {
+    /// Which magic.
+    pub magic: [u8; 8],
+    /// First index (segment) or last index covered (snapshot).
+    pub index: u64,
+    /// The chain.
+    pub chain: ChainId,
+}
+
+impl FileHeader {
+    /// Encodes the header.
+    pub fn encode(&self) -> [u8; FILE_HEADER] {
+        let mut b = [0u8; FILE_HEADER];
+        b[..8].copy_from_slice(&self.magic);
+        b[8..10].copy_from_slice(&FILE_FORMAT.to_le_bytes());
+        b[12..20].copy_from_slice(&self.index.to_le_bytes());
+        b[20..36].copy_from_slice(&self.chain.0);
+        let crc = crc32c::crc32c(&b[..36]);
+        b[36..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes and checks a header.
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        let magic: [u8; 8] = r.array()?;
+        if magic != SEGMENT_MAGIC && magic != SNAPSHOT_MAGIC {
+            return Err(DecodeError::Invalid { what: "file magic", value: u64::from_le_bytes(magic) });
+        }
+        let format = r.u16()?;
+        if format != FILE_FORMAT {
+            return Err(DecodeError::Invalid { what: "file format", value: format.into() });
+        }
+        let reserved = r.u16()?;
+        if reserved != 0 {
+            return Err(DecodeError::Invalid { what: "file header reserved", value: reserved.into() });
+        }
+        let index = r.u64()?;
+        let chain = ChainId(r.array()?);
+        let crc = r.u32()?;
+        if crc != crc32c::crc32c(&b[..36]) {
+            return Err(DecodeError::Invalid { what: "file header checksum", value: crc.into() });
+        }
+        Ok(Self { magic, index, chain })
+    }
+}
+
+/// Segment file name for a first index (sorts by index).
+pub fn segment_name(first_index: u64) -> String {
+    format!("seg-{first_index:020}.log")
+}
+
+/// Snapshot file name for a last index.
+pub fn snapshot_name(last_index: u64) -> String {
+    format!("snap-{last_index:020}.snap")
+}
+
+/// Parses names produced by [`segment_name`] / [`snapshot_name`].
+pub fn parse_name(name: &str) -> Option<(bool, u64)> {
+    if let Some(n) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".log")) {
+        return n.parse().ok().map(|i| (true, i));
+    }
+    name.strip_prefix("snap-")
+        .and_then(|s| s.strip_suffix(".snap"))
+        .and_then(|n| n.parse().ok())
+        .map(|i| (false, i))
+}

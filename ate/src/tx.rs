@@ -1,0 +1,486 @@
+//! Transactions: the unit of commit, signature and replication.
+//!
+//! The encoding is canonical (one byte string per value) so that the signature covers exactly
+//! what is stored. The author signs BLAKE3("ate tx v1" domain, canonical body); the signature
+//! follows the body. Layout: docs/format.md §Transaction.
+
+use crate::authority::{Role, RootAuthority, WriteAuthority};
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::crypto::{DataKey, PublicKey, SigningKey, CryptoError};
+use crate::ids::{ChainId, KeyId, RecordKey, TxHash};
+
+/// Format version of the transaction encoding.
+pub const TX_FORMAT: u16 = 1;
+/// Most operations in one transaction.
+pub const MAX_OPS: usize = 4096;
+/// Most preconditions in one transaction.
+pub const MAX_PRECONDITIONS: usize = 4096;
+/// Largest sealed payload of one record.
+pub const MAX_PAYLOAD: usize = 8 << 20;
+/// Largest encoded transaction.
+pub const MAX_TX_BYTES: usize = 64 << 20;
+/// Most keys in a root or record authority.
+pub const MAX_AUTH_KEYS: usize = 256;
+
+const SIG_DOMAIN: &str = "ate 2026 transaction v1";
+
+/// Cleartext header of a record version: what servers index and validate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// The record.
+    pub key: RecordKey,
+    /// Its parent in the authority tree (None only for top-level records).
+    pub parent: Option<RecordKey>,
+    /// Id of the data key sealing the payload (its read authority); zero for empty payloads.
+    pub data_key: KeyId,
+    /// Plaintext length of the payload.
+    pub plain_len: u64,
+}
+
+/// One change in a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Writes a new version of a record.
+    Put {
+        /// Cleartext header.
+        header: RecordHeader,
+        /// Write authority stored on the record.
+        write: WriteAuthority,
+        /// Sealed payload (nonce || ciphertext || tag), or empty.
+        payload: Vec<u8>,
+    },
+    /// Writes a tombstone.
+    Delete {
+        /// The record.
+        key: RecordKey,
+    },
+    /// Replaces the root authority (owners only; the first transaction of a chain).
+    SetRoot(RootAuthority),
+}
+
+impl Op {
+    /// A Put of `plaintext` sealed under `data_key` (no payload when `data_key` is None).
+    pub fn put(
+        chain: &ChainId,
+        key: RecordKey,
+        parent: Option<RecordKey>,
+        write: WriteAuthority,
+        data_key: Option<&DataKey>,
+        plaintext: &[u8],
+    ) -> Self {
+        let mut header = RecordHeader { key, parent, data_key: KeyId::default(), plain_len: 0 };
+        let payload = match data_key {
+            Some(k) => header.seal(chain, k, plaintext),
+            None => Vec::new(),
+        };
+        Op::Put { header, write, payload }
+    }
+
+    /// The record this op touches, if any.
+    pub fn record_key(&self) -> Option<RecordKey> {
+        match self {
+            Op::Put { header, .. } => Some(header.key),
+            Op::Delete { key } => Some(*key),
+            Op::SetRoot(_) => None,
+        }
+    }
+}
+
+/// A condition checked atomically at commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// The record has no live version (never written, or tombstoned).
+    Absent(RecordKey),
+    /// The record's latest version (tombstones count) is exactly this.
+    AtVersion(RecordKey, u64),
+}
+
+/// A signed batch of record writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transaction {
+    /// Chain the transaction belongs to (prevents replay into another chain).
+    pub chain: ChainId,
+    /// Signing key.
+    pub author: PublicKey,
+    /// Author's clock, nanoseconds since the Unix epoch (informational).
+    pub timestamp_ns: u64,
+    /// Random, so two otherwise equal transactions hash differently (retries dedupe by hash).
+    pub nonce: u64,
+    /// Checked before any op applies.
+    pub preconditions: Vec<Precondition>,
+    /// Applied in order, all or nothing.
+    pub ops: Vec<Op>,
+    /// ed25519 signature over [`Transaction::hash`].
+    pub signature: [u8; 64],
+}
+
+/// Receives encoded bytes: a Vec when encoding, a hasher when signing (no copy of payloads).
+trait Sink {
+    fn put(&mut self, b: &[u8]);
+    /// Called for payload bytes; lets [`Offsets`] note where they start.
+    fn payload(&mut self, b: &[u8]) {
+        self.put(b)
+    }
+}
+
+/// Counts bytes and notes where each Put's payload starts.
+struct Offsets {
+    pos: usize,
+    payloads: Vec<usize>,
+}
+impl Sink for Offsets {
+    fn put(&mut self, b: &[u8]) {
+        self.pos += b.len();
+    }
+    fn payload(&mut self, b: &[u8]) {
+        self.payloads.push(self.pos);
+        self.pos += b.len();
+    }
+}
+impl Sink for Writer {
+    fn put(&mut self, b: &[u8]) {
+        self.raw(b)
+    }
+}
+impl Sink for blake3::Hasher {
+    fn put(&mut self, b: &[u8]) {
+        self.update(b);
+    }
+}
+
+fn put_len<S: Sink>(s: &mut S, n: usize) {
+    s.put(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+impl RecordHeader {
+    /// Associated data binding a sealed payload to its chain, record and header.
+    pub fn associated_data(&self, chain: &ChainId) -> Vec<u8> {
+        let mut w = Writer::with_capacity(96);
+        w.raw(b"ate-ad1");
+        w.raw(&chain.0);
+        self.encode(&mut w);
+        w.into_vec()
+    }
+
+    fn encode<S: Sink>(&self, s: &mut S) {
+        s.put(&self.key.0);
+        match &self.parent {
+            None => s.put(&[0]),
+            Some(p) => {
+                s.put(&[1]);
+                s.put(&p.0);
+            }
+        }
+        s.put(&self.data_key.0);
+        s.put(&self.plain_len.to_le_bytes());
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let key = RecordKey(r.array()?);
+        let parent = match r.u8()? {
+            0 => None,
+            1 => Some(RecordKey(r.array()?)),
+            v => return Err(DecodeError::Invalid { what: "parent tag", value: v.into() }),
+        };
+        Ok(Self {
+            key,
+            parent,
+            data_key: KeyId(r.array()?),
+            plain_len: r.u64()?,
+        })
+    }
+
+    /// Seals `plaintext` for this header under `key`, filling in `data_key` and `plain_len`.
+    pub fn seal(&mut self, chain: &ChainId, key: &DataKey, plaintext: &[u8]) -> Vec<u8> {
+        self.data_key = key.id();
+        self.plain_len = plaintext.len() as u64;
+        key.seal(&self.associated_data(chain), plaintext)
+    }
+
+    /// Opens a payload sealed for this header.
+    pub fn open(&self, chain: &ChainId, key: &DataKey, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let plain = key.open(&self.associated_data(chain), sealed)?;
+        if plain.len() as u64 != self.plain_len {
+            return Err(CryptoError::Unseal);
+        }
+        Ok(plain)
+    }
+}
+
+fn encode_root<S: Sink>(root: &RootAuthority, s: &mut S) {
+    put_len(s, root.keys.len());
+    for (k, role) in &root.keys {
+        s.put(&k.0);
+        s.put(&[*role as u8]);
+    }
+}
+
+fn decode_root(r: &mut Reader<'_>) -> Result<RootAuthority, DecodeError> {
+    let n = r.count("root authority keys", MAX_AUTH_KEYS)?;
+    let mut keys = Vec::with_capacity(n);
+    for _ in 0..n {
+        let k = PublicKey(r.array()?);
+        let tag = r.u8()?;
+        let role = Role::from_u8(tag).ok_or(DecodeError::Invalid { what: "role", value: tag.into() })?;
+        keys.push((k, role));
+    }
+    Ok(RootAuthority { keys })
+}
+
+/// Encodes a root authority on its own (used by snapshots).
+pub fn encode_root_authority(root: &RootAuthority, w: &mut Writer) {
+    encode_root(root, w)
+}
+
+/// Decodes what [`encode_root_authority`] wrote.
+pub fn decode_root_authority(r: &mut Reader<'_>) -> Result<RootAuthority, DecodeError> {
+    decode_root(r)
+}
+
+/// Encodes a record write authority.
+pub fn encode_write_authority(a: &WriteAuthority, w: &mut Writer) {
+    encode_write(a, w)
+}
+
+/// Decodes a record write authority.
+pub fn decode_write_authority(r: &mut Reader<'_>) -> Result<WriteAuthority, DecodeError> {
+    decode_write(r)
+}
+
+fn encode_write<S: Sink>(a: &WriteAuthority, s: &mut S) {
+    match a {
+        WriteAuthority::Inherit => s.put(&[0]),
+        WriteAuthority::Keys(ks) => {
+            s.put(&[1]);
+            put_len(s, ks.len());
+            for k in ks {
+                s.put(&k.0);
+            }
+        }
+    }
+}
+
+fn decode_write(r: &mut Reader<'_>) -> Result<WriteAuthority, DecodeError> {
+    match r.u8()? {
+        0 => Ok(WriteAuthority::Inherit),
+        1 => {
+            let n = r.count("record authority keys", MAX_AUTH_KEYS)?;
+            let mut ks = Vec::with_capacity(n);
+            for _ in 0..n {
+                ks.push(KeyId(r.array()?));
+            }
+            Ok(WriteAuthority::Keys(ks))
+        }
+        v => Err(DecodeError::Invalid { what: "write authority tag", value: v.into() }),
+    }
+}
+
+/// Encodes a record header (used by snapshots).
+pub fn encode_header(h: &RecordHeader, w: &mut Writer) {
+    h.encode(w)
+}
+
+/// Decodes a record header.
+pub fn decode_header(r: &mut Reader<'_>) -> Result<RecordHeader, DecodeError> {
+    RecordHeader::decode(r)
+}
+
+impl Transaction {
+    /// An unsigned transaction by `author`, with a fresh nonce and the current time.
+    pub fn new(chain: ChainId, author: PublicKey) -> Self {
+        let timestamp_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Self {
+            chain,
+            author,
+            timestamp_ns,
+            nonce: rand::random(),
+            preconditions: Vec::new(),
+            ops: Vec::new(),
+            signature: [0; 64],
+        }
+    }
+
+    fn encode_body<S: Sink>(&self, s: &mut S) {
+        s.put(&TX_FORMAT.to_le_bytes());
+        s.put(&self.chain.0);
+        s.put(&self.author.0);
+        s.put(&self.timestamp_ns.to_le_bytes());
+        s.put(&self.nonce.to_le_bytes());
+        put_len(s, self.preconditions.len());
+        for p in &self.preconditions {
+            match p {
+                Precondition::Absent(k) => {
+                    s.put(&[1]);
+                    s.put(&k.0);
+                }
+                Precondition::AtVersion(k, v) => {
+                    s.put(&[2]);
+                    s.put(&k.0);
+                    s.put(&v.to_le_bytes());
+                }
+            }
+        }
+        put_len(s, self.ops.len());
+        for op in &self.ops {
+            match op {
+                Op::Put { header, write, payload } => {
+                    s.put(&[1]);
+                    header.encode(s);
+                    encode_write(write, s);
+                    put_len(s, payload.len());
+                    s.payload(payload);
+                }
+                Op::Delete { key } => {
+                    s.put(&[2]);
+                    s.put(&key.0);
+                }
+                Op::SetRoot(root) => {
+                    s.put(&[3]);
+                    encode_root(root, s);
+                }
+            }
+        }
+    }
+
+    /// The digest the author signs (and the transaction's identity).
+    pub fn hash(&self) -> TxHash {
+        let mut h = blake3::Hasher::new_derive_key(SIG_DOMAIN);
+        self.encode_body(&mut h);
+        TxHash(*h.finalize().as_bytes())
+    }
+
+    /// Signs in place with `key` (which must match `author`).
+    pub fn sign(mut self, key: &SigningKey) -> Self {
+        self.author = key.public();
+        self.signature = key.sign(&self.hash().0);
+        self
+    }
+
+    /// Verifies the signature; returns the transaction hash.
+    pub fn verify_signature(&self) -> Result<TxHash, CryptoError> {
+        let h = self.hash();
+        self.author.verify(&h.0, &self.signature)?;
+        Ok(h)
+    }
+
+    /// Offsets, within the encoded transaction, of each Put's payload (in op order).
+    pub fn payload_offsets(&self) -> Vec<usize> {
+        let mut o = Offsets { pos: 0, payloads: Vec::new() };
+        self.encode_body(&mut o);
+        o.payloads
+    }
+
+    /// Bytes of the encoded transaction (body then signature).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(self.encoded_len_hint());
+        self.encode_body(&mut w);
+        w.raw(&self.signature);
+        w.into_vec()
+    }
+
+    fn encoded_len_hint(&self) -> usize {
+        128 + self
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { payload, .. } => payload.len() + 96,
+                _ => 48,
+            })
+            .sum::<usize>()
+            + self.preconditions.len() * 25
+    }
+
+    /// Decodes a transaction; the whole input must be one transaction.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_TX_BYTES {
+            return Err(DecodeError::TooLarge {
+                what: "transaction",
+                got: bytes.len() as u64,
+                limit: MAX_TX_BYTES as u64,
+            });
+        }
+        let mut r = Reader::new(bytes);
+        let format = r.u16()?;
+        if format != TX_FORMAT {
+            return Err(DecodeError::Invalid { what: "transaction format", value: format.into() });
+        }
+        let chain = ChainId(r.array()?);
+        let author = PublicKey(r.array()?);
+        let timestamp_ns = r.u64()?;
+        let nonce = r.u64()?;
+        let np = r.count("preconditions", MAX_PRECONDITIONS)?;
+        let mut preconditions = Vec::with_capacity(np.min(1024));
+        for _ in 0..np {
+            preconditions.push(match r.u8()? {
+                1 => Precondition::Absent(RecordKey(r.array()?)),
+                2 => Precondition::AtVersion(RecordKey(r.array()?), r.u64()?),
+                v => return Err(DecodeError::Invalid { what: "precondition tag", value: v.into() }),
+            });
+        }
+        let no = r.count("ops", MAX_OPS)?;
+        let mut ops = Vec::with_capacity(no.min(1024));
+        for _ in 0..no {
+            ops.push(match r.u8()? {
+                1 => {
+                    let header = RecordHeader::decode(&mut r)?;
+                    let write = decode_write(&mut r)?;
+                    let payload = r.bytes("payload", MAX_PAYLOAD)?.to_vec();
+                    Op::Put { header, write, payload }
+                }
+                2 => Op::Delete { key: RecordKey(r.array()?) },
+                3 => Op::SetRoot(decode_root(&mut r)?),
+                v => return Err(DecodeError::Invalid { what: "op tag", value: v.into() }),
+            });
+        }
+        let signature = r.array()?;
+        r.finish()?;
+        Ok(Self { chain, author, timestamp_ns, nonce, preconditions, ops, signature })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Transaction {
+        let k = SigningKey::generate();
+        let dk = DataKey::generate();
+        let chain = ChainId::random();
+        let mut header = RecordHeader {
+            key: RecordKey::random(),
+            parent: Some(RecordKey::random()),
+            data_key: KeyId::default(),
+            plain_len: 0,
+        };
+        let payload = header.seal(&chain, &dk, b"data");
+        let mut tx = Transaction::new(chain, k.public());
+        tx.preconditions.push(Precondition::Absent(header.key));
+        tx.preconditions.push(Precondition::AtVersion(RecordKey::random(), 7));
+        tx.ops.push(Op::Put { header, write: WriteAuthority::Keys(vec![k.public().id()]), payload });
+        tx.ops.push(Op::Delete { key: RecordKey::random() });
+        tx.ops.push(Op::SetRoot(RootAuthority::single_owner(k.public())));
+        tx.sign(&k)
+    }
+
+    #[test]
+    fn roundtrip() {
+        let tx = sample();
+        let bytes = tx.encode();
+        assert_eq!(Transaction::decode(&bytes).as_ref(), Ok(&tx));
+        assert!(tx.verify_signature().is_ok());
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = sample().encode();
+        for cut in 0..bytes.len() {
+            assert!(Transaction::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(Transaction::decode(&long), Err(DecodeError::Trailing(1)));
+    }
+}

@@ -1,0 +1,247 @@
+//! The materialized view: latest version of every record and the parent -> children index,
+//! built by replaying the log. Payloads stay on disk; the view keeps only their locations, so
+//! memory grows with the number of records, not with their size.
+
+use crate::authority::{RootAuthority, WriteAuthority};
+use crate::crypto::SEAL_OVERHEAD;
+use crate::ids::{ChainId, RecordKey};
+use crate::redo::Location;
+use crate::tx::{Op, RecordHeader, Transaction};
+use crate::validate::{ChainState, RecordState};
+use std::collections::{BTreeSet, HashMap};
+
+/// Latest state of one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordEntry {
+    /// Version (tombstones count).
+    pub version: u64,
+    /// Log index of the transaction that wrote this version.
+    pub index: u64,
+    /// Parent.
+    pub parent: Option<RecordKey>,
+    /// Write authority.
+    pub write: WriteAuthority,
+    /// Header of a live version; None for a tombstone.
+    pub header: Option<RecordHeader>,
+    /// Where the sealed payload is, and its length.
+    pub payload: Option<(Location, usize)>,
+}
+
+impl RecordEntry {
+    /// True for a tombstone.
+    pub fn is_deleted(&self) -> bool {
+        self.header.is_none()
+    }
+    fn state(&self) -> RecordState {
+        RecordState {
+            version: self.version,
+            deleted: self.is_deleted(),
+            parent: self.parent,
+            write: self.write.clone(),
+        }
+    }
+}
+
+/// One effect of a transaction on the view.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// New root authority.
+    Root(RootAuthority),
+    /// New latest version of a record.
+    Record(RecordKey, RecordEntry),
+}
+
+/// In-memory index of a chain.
+#[derive(Debug)]
+pub struct View {
+    chain: ChainId,
+    root: Option<RootAuthority>,
+    records: HashMap<RecordKey, RecordEntry>,
+    children: HashMap<RecordKey, BTreeSet<RecordKey>>,
+    last_index: u64,
+}
+
+impl View {
+    /// An empty view of `chain`.
+    pub fn new(chain: ChainId) -> Self {
+        Self { chain, root: None, records: HashMap::new(), children: HashMap::new(), last_index: 0 }
+    }
+
+    /// Index of the last transaction applied.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// A record's latest state, tombstones included.
+    pub fn get(&self, key: &RecordKey) -> Option<&RecordEntry> {
+        self.records.get(key)
+    }
+
+    /// Live children of a record, in key order.
+    pub fn children(&self, key: &RecordKey) -> impl Iterator<Item = &RecordKey> {
+        self.children.get(key).into_iter().flatten()
+    }
+
+    /// All records (for snapshots).
+    pub fn records(&self) -> impl Iterator<Item = (&RecordKey, &RecordEntry)> {
+        self.records.iter()
+    }
+
+    /// Counts: (records incl. tombstones, live records).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.records.len(), self.records.values().filter(|e| !e.is_deleted()).count())
+    }
+
+    /// Sets the root and index from a snapshot.
+    pub fn set_snapshot_root(&mut self, root: Option<RootAuthority>, last_index: u64) {
+        self.root = root;
+        self.last_index = last_index;
+    }
+
+    /// Applies changes computed by [`plan`].
+    pub fn merge(&mut self, index: u64, changes: Vec<Change>) {
+        for c in changes {
+            match c {
+                Change::Root(r) => self.root = Some(r),
+                Change::Record(key, entry) => self.put(key, entry),
+            }
+        }
+        self.last_index = self.last_index.max(index);
+    }
+
+    /// Inserts a record's latest state, keeping the children index right.
+    pub fn put(&mut self, key: RecordKey, entry: RecordEntry) {
+        if let Some(old) = self.records.get(&key) {
+            if let (Some(p), false) = (old.parent, old.is_deleted()) {
+                if let Some(set) = self.children.get_mut(&p) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.children.remove(&p);
+                    }
+                }
+            }
+        }
+        if let (Some(p), false) = (entry.parent, entry.is_deleted()) {
+            self.children.entry(p).or_default().insert(key);
+        }
+        self.records.insert(key, entry);
+    }
+
+    /// Replaces a record's payload location (after compaction moved it).
+    pub fn relocate(&mut self, key: &RecordKey, loc: Location) {
+        if let Some(e) = self.records.get_mut(key) {
+            if let Some((l, _)) = &mut e.payload {
+                *l = loc;
+            }
+        }
+    }
+}
+
+impl ChainState for View {
+    fn chain_id(&self) -> ChainId {
+        self.chain
+    }
+    fn root(&self) -> Option<&RootAuthority> {
+        self.root.as_ref()
+    }
+    fn record(&self, key: &RecordKey) -> Option<RecordState> {
+        self.records.get(key).map(RecordEntry::state)
+    }
+}
+
+/// A view plus changes not yet merged: what the committer validates a batch against.
+#[derive(Debug)]
+pub struct Staged<'a> {
+    view: &'a View,
+    root: Option<RootAuthority>,
+    records: HashMap<RecordKey, RecordEntry>,
+}
+
+impl<'a> Staged<'a> {
+    /// Nothing staged yet.
+    pub fn new(view: &'a View) -> Self {
+        Self { view, root: None, records: HashMap::new() }
+    }
+    /// Stages changes.
+    pub fn stage(&mut self, changes: &[Change]) {
+        for c in changes {
+            match c {
+                Change::Root(r) => self.root = Some(r.clone()),
+                Change::Record(k, e) => {
+                    self.records.insert(*k, e.clone());
+                }
+            }
+        }
+    }
+    fn entry(&self, key: &RecordKey) -> Option<&RecordEntry> {
+        self.records.get(key).or_else(|| self.view.get(key))
+    }
+}
+
+impl ChainState for Staged<'_> {
+    fn chain_id(&self) -> ChainId {
+        self.view.chain
+    }
+    fn root(&self) -> Option<&RootAuthority> {
+        self.root.as_ref().or(self.view.root.as_ref())
+    }
+    fn record(&self, key: &RecordKey) -> Option<RecordState> {
+        self.entry(key).map(RecordEntry::state)
+    }
+}
+
+/// Computes the effects of a (validated) transaction committed at `index`, whose encoded bytes
+/// start at `tx_at` (None while not yet written; fill in with [`locate`]).
+pub fn plan<S: ChainState + ?Sized>(state: &S, tx: &Transaction, index: u64) -> Vec<Change> {
+    let mut out = Vec::with_capacity(tx.ops.len());
+    let mut versions: HashMap<RecordKey, RecordState> = HashMap::new();
+    for op in &tx.ops {
+        match op {
+            Op::SetRoot(r) => out.push(Change::Root(r.clone())),
+            Op::Put { header, write, .. } => {
+                let prev = versions.get(&header.key).cloned().or_else(|| state.record(&header.key));
+                let entry = RecordEntry {
+                    version: prev.map_or(1, |p| p.version + 1),
+                    index,
+                    parent: header.parent,
+                    write: write.clone(),
+                    header: Some(header.clone()),
+                    payload: None,
+                };
+                versions.insert(header.key, entry.state());
+                out.push(Change::Record(header.key, entry));
+            }
+            Op::Delete { key } => {
+                let prev = versions.get(key).cloned().or_else(|| state.record(key));
+                let entry = RecordEntry {
+                    version: prev.as_ref().map_or(1, |p| p.version + 1),
+                    index,
+                    parent: prev.as_ref().and_then(|p| p.parent),
+                    write: prev.map(|p| p.write).unwrap_or_default(),
+                    header: None,
+                    payload: None,
+                };
+                versions.insert(*key, entry.state());
+                out.push(Change::Record(*key, entry));
+            }
+        }
+    }
+    out
+}
+
+/// Fills in payload locations once the transaction's bytes are at `tx_at`; `offsets` are
+/// [`Transaction::payload_offsets`].
+pub fn locate(changes: &mut [Change], tx_at: Location, offsets: &[usize]) {
+    let mut offs = offsets.iter();
+    for c in changes {
+        if let Change::Record(_, e) = c {
+            if let Some(h) = &e.header {
+                let off = offs.next().copied().unwrap_or(0);
+                if h.plain_len > 0 || h.data_key != Default::default() {
+                    let len = h.plain_len as usize + SEAL_OVERHEAD;
+                    e.payload = Some((Location { file: tx_at.file, offset: tx_at.offset + off as u64 }, len));
+                }
+            }
+        }
+    }
+}
