@@ -461,17 +461,8 @@ fn commit_batch(shared: &Shared, batch: Vec<Pending>) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "group commit failed");
-            let msg = e.to_string();
             for (p, _) in accepted {
-                let err = match &e {
-                    LogError::Io { op, file, source } => LogError::Io {
-                        op,
-                        file: file.clone(),
-                        source: std::io::Error::new(source.kind(), msg.clone()),
-                    },
-                    _ => LogError::Poisoned,
-                };
-                let _ = p.reply.send(Err(err.into()));
+                let _ = p.reply.send(Err(e.duplicate().into()));
             }
             return;
         }

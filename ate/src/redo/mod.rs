@@ -64,6 +64,22 @@ impl LogError {
         move |source| LogError::Io { op, file, source }
     }
 
+    /// A copy for each caller of a failed group commit (io::Error is not Clone); keeps the OS
+    /// error code so that ENOSPC stays recognisable.
+    pub fn duplicate(&self) -> LogError {
+        let io = |e: &std::io::Error| match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(e.kind(), e.to_string()),
+        };
+        match self {
+            LogError::Io { op, file, source } => LogError::Io { op, file: file.clone(), source: io(source) },
+            LogError::Corrupt { file, offset, reason } => LogError::Corrupt { file: file.clone(), offset: *offset, reason: reason.clone() },
+            LogError::Poisoned => LogError::Poisoned,
+            LogError::WrongChain(s) => LogError::WrongChain(s.clone()),
+            LogError::Compacted { requested, snapshot } => LogError::Compacted { requested: *requested, snapshot: *snapshot },
+        }
+    }
+
     /// True when the failure is a full disk (ENOSPC or EDQUOT).
     pub fn is_no_space(&self) -> bool {
         matches!(self, LogError::Io { source, .. } if matches!(source.raw_os_error(), Some(28) | Some(122)))

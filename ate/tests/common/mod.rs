@@ -1,0 +1,57 @@
+//! Helpers shared by the ate integration tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use ate::storage::{MemStorage, Storage};
+use ate::{Chain, ChainId, ChainOptions, DataKey, Op, RecordKey, RootAuthority, SigningKey, Transaction, WriteAuthority};
+use std::sync::Arc;
+
+pub struct Fixture {
+    pub chain_id: ChainId,
+    pub owner: SigningKey,
+    pub data: DataKey,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        Self { chain_id: ChainId::from_hex("00112233445566778899aabbccddeeff").unwrap(), owner: SigningKey::generate(), data: DataKey::generate() }
+    }
+
+    pub fn genesis(&self, root: RootAuthority) -> Transaction {
+        let mut tx = Transaction::new(self.chain_id, self.owner.public());
+        tx.ops.push(Op::SetRoot(root));
+        tx.sign(&self.owner)
+    }
+
+    pub fn put(&self, signer: &SigningKey, key: RecordKey, parent: Option<RecordKey>, data: &[u8]) -> Transaction {
+        let mut tx = Transaction::new(self.chain_id, signer.public());
+        tx.ops.push(Op::put(&self.chain_id, key, parent, WriteAuthority::Inherit, Some(&self.data), data));
+        tx.sign(signer)
+    }
+
+    pub fn open(&self, storage: &Arc<dyn Storage>) -> Chain {
+        Chain::open(storage.clone(), Some(self.chain_id), ChainOptions::default(), |_, _| {}).unwrap().0
+    }
+
+    /// A memory-backed chain with genesis committed.
+    pub fn mem_chain(&self) -> (MemStorage, Chain) {
+        let mem = MemStorage::new();
+        let storage: Arc<dyn Storage> = Arc::new(mem.clone());
+        let chain = self.open(&storage);
+        chain.commit(self.genesis(RootAuthority::single_owner(self.owner.public()))).unwrap();
+        (mem, chain)
+    }
+}
+
+pub fn key(n: u128) -> RecordKey {
+    RecordKey::from_u128(n)
+}
+
+/// Plaintext of every live record with a payload, sorted by key.
+pub fn contents(chain: &Chain, keys: impl IntoIterator<Item = RecordKey>, data: &DataKey) -> Vec<(RecordKey, Vec<u8>)> {
+    let mut out: Vec<_> = keys
+        .into_iter()
+        .filter_map(|k| chain.read_plain(&k, data).unwrap().map(|(_, p)| (k, p)))
+        .collect();
+    out.sort();
+    out
+}
