@@ -5,14 +5,14 @@
 //! whole batch, fdatasyncs once, publishes the batch to the view and only then acknowledges.
 //! Readers therefore never see a transaction that is not durable.
 
+use crate::authority::RootAuthority;
 use crate::codec::DecodeError;
+use crate::crypto::CryptoError;
 use crate::ids::{ChainId, RecordKey, TxHash};
 use crate::redo::{
-    LogCursor, LogError, LogOptions, Location, Recovered, RecoveryVisitor, RedoLog, SnapshotRecord,
+    Location, LogCursor, LogError, LogOptions, Recovered, RecoveryVisitor, RedoLog, SnapshotRecord,
     SnapshotWriter,
 };
-use crate::authority::RootAuthority;
-use crate::crypto::CryptoError;
 use crate::storage::Storage;
 use crate::tx::{RecordHeader, Transaction};
 use crate::validate::{check_stateful, check_stateless, ChainState, ValidationError};
@@ -66,7 +66,11 @@ pub struct ChainOptions {
 
 impl Default for ChainOptions {
     fn default() -> Self {
-        Self { log: LogOptions::default(), max_batch: 1024, max_batch_bytes: 32 << 20 }
+        Self {
+            log: LogOptions::default(),
+            max_batch: 1024,
+            max_batch_bytes: 32 << 20,
+        }
     }
 }
 
@@ -142,7 +146,11 @@ impl<F: FnMut(u64, u64)> RecoveryVisitor for Replay<'_, F> {
     fn snapshot_root(&mut self, root: Option<RootAuthority>, last_index: u64) {
         self.view.set_snapshot_root(root, last_index);
     }
-    fn snapshot_record(&mut self, rec: SnapshotRecord, payload: Option<Location>) -> Result<(), LogError> {
+    fn snapshot_record(
+        &mut self,
+        rec: SnapshotRecord,
+        payload: Option<Location>,
+    ) -> Result<(), LogError> {
         let entry = RecordEntry {
             version: rec.version,
             index: rec.index,
@@ -179,7 +187,10 @@ impl Chain {
         opts: ChainOptions,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<(Chain, Recovered), ChainError> {
-        let mut replay = Replay { view: View::new(create.unwrap_or_default()), progress: &mut progress };
+        let mut replay = Replay {
+            view: View::new(create.unwrap_or_default()),
+            progress: &mut progress,
+        };
         let (log, report) = RedoLog::open(storage, create, opts.log.clone(), &mut replay)?;
         let mut view = replay.view;
         if view.chain_id() != log.chain() {
@@ -205,8 +216,15 @@ impl Chain {
         let thread = std::thread::Builder::new()
             .name(format!("ate-commit-{}", &shared.id.to_hex()[..8]))
             .spawn(move || committer_loop(s, rx, opts))
-            .map_err(|e| LogError::Io { op: "spawn committer", file: ".".into(), source: e })?;
-        let committer = Arc::new(Committer { queue: Some(queue), thread: Some(thread) });
+            .map_err(|e| LogError::Io {
+                op: "spawn committer",
+                file: ".".into(),
+                source: e,
+            })?;
+        let committer = Arc::new(Committer {
+            queue: Some(queue),
+            thread: Some(thread),
+        });
         Ok((Chain { shared, committer }, report))
     }
 
@@ -234,7 +252,13 @@ impl Chain {
         let (reply, rx) = crossbeam_channel::bounded(1);
         let queue = self.committer.queue.as_ref().ok_or(ChainError::Closed)?;
         queue
-            .send(Pending { tx, bytes, offsets, hash, reply })
+            .send(Pending {
+                tx,
+                bytes,
+                offsets,
+                hash,
+                reply,
+            })
             .map_err(|_| ChainError::Closed)?;
         Ok(PendingCommit { rx })
     }
@@ -265,9 +289,17 @@ impl Chain {
     }
 
     /// Opens the live version's payload with `key_for` giving the data key for its header.
-    pub fn read_plain(&self, key: &RecordKey, data_key: &crate::crypto::DataKey) -> Result<Option<(RecordHeader, Vec<u8>)>, ChainError> {
-        let Some((entry, sealed)) = self.read(key)? else { return Ok(None) };
-        let Some(header) = entry.header else { return Ok(None) };
+    pub fn read_plain(
+        &self,
+        key: &RecordKey,
+        data_key: &crate::crypto::DataKey,
+    ) -> Result<Option<(RecordHeader, Vec<u8>)>, ChainError> {
+        let Some((entry, sealed)) = self.read(key)? else {
+            return Ok(None);
+        };
+        let Some(header) = entry.header else {
+            return Ok(None);
+        };
         if sealed.is_empty() {
             return Ok(Some((header, Vec::new())));
         }
@@ -297,7 +329,12 @@ impl Chain {
         let deadline = Instant::now() + timeout;
         let mut d = self.shared.durable.lock();
         while *d < index {
-            if self.shared.durable_cv.wait_until(&mut d, deadline).timed_out() {
+            if self
+                .shared
+                .durable_cv
+                .wait_until(&mut d, deadline)
+                .timed_out()
+            {
                 return *d >= index;
             }
         }
@@ -307,7 +344,10 @@ impl Chain {
     /// Committed transactions from `from` on: history, then live.
     pub fn subscribe(&self, from: u64) -> Result<Subscription, ChainError> {
         let files = self.shared.log.lock().files().clone();
-        Ok(Subscription { cursor: LogCursor::new(files, from)?, shared: self.shared.clone() })
+        Ok(Subscription {
+            cursor: LogCursor::new(files, from)?,
+            shared: self.shared.clone(),
+        })
     }
 
     /// Sizes.
@@ -333,7 +373,8 @@ impl Chain {
         let mut moved = Vec::new();
         let snapshot_file = {
             let view = self.shared.view.read();
-            let mut w = SnapshotWriter::create(files.storage.clone(), self.shared.id, last, view.root())?;
+            let mut w =
+                SnapshotWriter::create(files.storage.clone(), self.shared.id, last, view.root())?;
             for (key, e) in view.records() {
                 let payload = match e.payload {
                     Some((loc, len)) => files.read(loc, len)?,
@@ -395,16 +436,26 @@ impl Subscription {
     }
 
     /// The next committed transaction, waiting up to `timeout` for one.
-    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<(u64, Transaction)>, ChainError> {
+    pub fn next_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(u64, Transaction)>, ChainError> {
         let deadline = Instant::now() + timeout;
         loop {
             let durable = *self.shared.durable.lock();
             if let Some((index, bytes)) = self.cursor.read_next(durable)? {
-                let tx = Transaction::decode(&bytes).map_err(|source| ChainError::Decode { index, source })?;
+                let tx = Transaction::decode(&bytes)
+                    .map_err(|source| ChainError::Decode { index, source })?;
                 return Ok(Some((index, tx)));
             }
             let mut d = self.shared.durable.lock();
-            if *d < self.cursor.position() && self.shared.durable_cv.wait_until(&mut d, deadline).timed_out() {
+            if *d < self.cursor.position()
+                && self
+                    .shared
+                    .durable_cv
+                    .wait_until(&mut d, deadline)
+                    .timed_out()
+            {
                 return Ok(None);
             }
             if Instant::now() >= deadline && *d < self.cursor.position() {
@@ -456,7 +507,9 @@ fn commit_batch(shared: &Shared, batch: Vec<Pending>) {
         return;
     }
     let slices: Vec<&[u8]> = accepted.iter().map(|(p, _)| p.bytes.as_slice()).collect();
-    let result = log.append(&slices).and_then(|locs| log.sync().map(|()| locs));
+    let result = log
+        .append(&slices)
+        .and_then(|locs| log.sync().map(|()| locs));
     let locs = match result {
         Ok(l) => l,
         Err(e) => {
@@ -479,6 +532,9 @@ fn commit_batch(shared: &Shared, batch: Vec<Pending>) {
     *shared.durable.lock() = last;
     shared.durable_cv.notify_all();
     for ((p, _), (index, _)) in accepted.into_iter().zip(locs) {
-        let _ = p.reply.send(Ok(Receipt { index, hash: p.hash }));
+        let _ = p.reply.send(Ok(Receipt {
+            index,
+            hash: p.hash,
+        }));
     }
 }

@@ -53,11 +53,34 @@ impl PublicKey {
 
     /// Verifies `sig` over `digest`.
     pub fn verify(&self, digest: &[u8; 32], sig: &[u8; 64]) -> Result<(), CryptoError> {
-        let vk = ed25519_dalek::VerifyingKey::from_bytes(&self.0)
-            .map_err(|_| CryptoError::MalformedPublicKey)?;
+        let vk = self.verifying_key()?;
         let sig = ed25519_dalek::Signature::from_bytes(sig);
         vk.verify_strict(digest, &sig)
             .map_err(|_| CryptoError::BadSignature(self.id()))
+    }
+}
+
+/// Decompressed verifying keys by their bytes. A chain has few authors, and decompressing a
+/// point (a field square root) is a third of the cost of a verification, so it is done once.
+static VERIFYING_KEYS: parking_lot::RwLock<
+    Option<std::collections::HashMap<[u8; 32], ed25519_dalek::VerifyingKey>>,
+> = parking_lot::RwLock::new(None);
+const VERIFYING_KEYS_MAX: usize = 4096;
+
+impl PublicKey {
+    fn verifying_key(&self) -> Result<ed25519_dalek::VerifyingKey, CryptoError> {
+        if let Some(vk) = VERIFYING_KEYS.read().as_ref().and_then(|m| m.get(&self.0)) {
+            return Ok(*vk);
+        }
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&self.0)
+            .map_err(|_| CryptoError::MalformedPublicKey)?;
+        let mut cache = VERIFYING_KEYS.write();
+        let map = cache.get_or_insert_with(Default::default);
+        if map.len() >= VERIFYING_KEYS_MAX {
+            map.clear();
+        }
+        map.insert(self.0, vk);
+        Ok(vk)
     }
 }
 
@@ -152,7 +175,12 @@ impl DataKey {
         let mut buf = ct.to_vec();
         let cipher = XChaCha20Poly1305::new((&self.0).into());
         cipher
-            .decrypt_in_place_detached(XNonce::from_slice(nonce), ad, &mut buf, Tag::from_slice(tag))
+            .decrypt_in_place_detached(
+                XNonce::from_slice(nonce),
+                ad,
+                &mut buf,
+                Tag::from_slice(tag),
+            )
             .map_err(|_| CryptoError::Unseal)?;
         Ok(buf)
     }
@@ -209,14 +237,24 @@ mod tests {
     fn seal_open_roundtrip_and_tamper() {
         let k = DataKey::generate();
         let sealed = k.seal(b"header", b"hello world");
-        assert_eq!(k.open(b"header", &sealed).ok().as_deref(), Some(&b"hello world"[..]));
+        assert_eq!(
+            k.open(b"header", &sealed).ok().as_deref(),
+            Some(&b"hello world"[..])
+        );
         assert_eq!(k.open(b"other", &sealed), Err(CryptoError::Unseal));
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x40;
-            assert_eq!(k.open(b"header", &bad), Err(CryptoError::Unseal), "flip at {i}");
+            assert_eq!(
+                k.open(b"header", &bad),
+                Err(CryptoError::Unseal),
+                "flip at {i}"
+            );
         }
-        assert_eq!(DataKey::generate().open(b"header", &sealed), Err(CryptoError::Unseal));
+        assert_eq!(
+            DataKey::generate().open(b"header", &sealed),
+            Err(CryptoError::Unseal)
+        );
     }
 
     #[test]

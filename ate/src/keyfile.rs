@@ -64,7 +64,12 @@ pub struct KeyFile {
 impl KeyFile {
     /// Fresh keys for a new chain.
     pub fn generate(chain: ChainId) -> Self {
-        Self { chain, owner: SigningKey::generate(), data: DataKey::generate(), names: NameKey::generate() }
+        Self {
+            chain,
+            owner: SigningKey::generate(),
+            data: DataKey::generate(),
+            names: NameKey::generate(),
+        }
     }
 
     /// Encodes the envelope.
@@ -85,19 +90,31 @@ impl KeyFile {
     /// Decodes an envelope.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() != KEYFILE_LEN {
-            return Err(DecodeError::Invalid { what: "key file length", value: bytes.len() as u64 });
+            return Err(DecodeError::Invalid {
+                what: "key file length",
+                value: bytes.len() as u64,
+            });
         }
         let mut r = Reader::new(bytes);
         if r.array::<8>()? != MAGIC {
-            return Err(DecodeError::Invalid { what: "key file magic", value: 0 });
+            return Err(DecodeError::Invalid {
+                what: "key file magic",
+                value: 0,
+            });
         }
         let format = r.u16()?;
         if format != 1 {
-            return Err(DecodeError::Invalid { what: "key file format", value: format.into() });
+            return Err(DecodeError::Invalid {
+                what: "key file format",
+                value: format.into(),
+            });
         }
         let reserved = r.u16()?;
         if reserved != 0 {
-            return Err(DecodeError::Invalid { what: "key file reserved", value: reserved.into() });
+            return Err(DecodeError::Invalid {
+                what: "key file reserved",
+                value: reserved.into(),
+            });
         }
         let chain = ChainId(r.array()?);
         let owner = Zeroizing::new(r.array::<32>()?);
@@ -105,9 +122,17 @@ impl KeyFile {
         let names = r.array::<32>()?;
         let sum: [u8; 32] = r.array()?;
         if blake3::hash(&bytes[..124]).as_bytes() != &sum {
-            return Err(DecodeError::Invalid { what: "key file checksum", value: 0 });
+            return Err(DecodeError::Invalid {
+                what: "key file checksum",
+                value: 0,
+            });
         }
-        Ok(Self { chain, owner: SigningKey::from_bytes(&owner), data: DataKey::from_bytes(data), names: NameKey::from_bytes(names) })
+        Ok(Self {
+            chain,
+            owner: SigningKey::from_bytes(&owner),
+            data: DataKey::from_bytes(data),
+            names: NameKey::from_bytes(names),
+        })
     }
 
     /// Writes the envelope to `path` with mode 0600, atomically (temp file, fsync, rename).
@@ -115,14 +140,25 @@ impl KeyFile {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let p = path.display().to_string();
-        let io = |source| KeyFileError::Io { path: p.clone(), source };
+        let io = |source| KeyFileError::Io {
+            path: p.clone(),
+            source,
+        };
         let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
         f.write_all(&self.encode()).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
         }
         Ok(())
     }
@@ -131,12 +167,21 @@ impl KeyFile {
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         use std::os::unix::fs::PermissionsExt;
         let p = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|source| KeyFileError::Io { path: p.clone(), source })?;
+        let meta = std::fs::metadata(path).map_err(|source| KeyFileError::Io {
+            path: p.clone(),
+            source,
+        })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(KeyFileError::Permissions { path: p, mode });
         }
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| KeyFileError::Io { path: p.clone(), source })?);
-        Self::decode(&bytes).map_err(|e| KeyFileError::Invalid { path: p, reason: e.to_string() })
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| KeyFileError::Io {
+            path: p.clone(),
+            source,
+        })?);
+        Self::decode(&bytes).map_err(|e| KeyFileError::Invalid {
+            path: p,
+            reason: e.to_string(),
+        })
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::authority::{Role, RootAuthority, WriteAuthority};
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::crypto::{DataKey, PublicKey, SigningKey, CryptoError};
+use crate::crypto::{CryptoError, DataKey, PublicKey, SigningKey};
 use crate::ids::{ChainId, KeyId, RecordKey, TxHash};
 
 /// Format version of the transaction encoding.
@@ -68,12 +68,21 @@ impl Op {
         data_key: Option<&DataKey>,
         plaintext: &[u8],
     ) -> Self {
-        let mut header = RecordHeader { key, parent, data_key: KeyId::default(), plain_len: 0 };
+        let mut header = RecordHeader {
+            key,
+            parent,
+            data_key: KeyId::default(),
+            plain_len: 0,
+        };
         let payload = match data_key {
             Some(k) => header.seal(chain, k, plaintext),
             None => Vec::new(),
         };
-        Op::Put { header, write, payload }
+        Op::Put {
+            header,
+            write,
+            payload,
+        }
     }
 
     /// The record this op touches, if any.
@@ -180,7 +189,12 @@ impl RecordHeader {
         let parent = match r.u8()? {
             0 => None,
             1 => Some(RecordKey(r.array()?)),
-            v => return Err(DecodeError::Invalid { what: "parent tag", value: v.into() }),
+            v => {
+                return Err(DecodeError::Invalid {
+                    what: "parent tag",
+                    value: v.into(),
+                })
+            }
         };
         Ok(Self {
             key,
@@ -198,7 +212,12 @@ impl RecordHeader {
     }
 
     /// Opens a payload sealed for this header.
-    pub fn open(&self, chain: &ChainId, key: &DataKey, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn open(
+        &self,
+        chain: &ChainId,
+        key: &DataKey,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let plain = key.open(&self.associated_data(chain), sealed)?;
         if plain.len() as u64 != self.plain_len {
             return Err(CryptoError::Unseal);
@@ -221,7 +240,10 @@ fn decode_root(r: &mut Reader<'_>) -> Result<RootAuthority, DecodeError> {
     for _ in 0..n {
         let k = PublicKey(r.array()?);
         let tag = r.u8()?;
-        let role = Role::from_u8(tag).ok_or(DecodeError::Invalid { what: "role", value: tag.into() })?;
+        let role = Role::from_u8(tag).ok_or(DecodeError::Invalid {
+            what: "role",
+            value: tag.into(),
+        })?;
         keys.push((k, role));
     }
     Ok(RootAuthority { keys })
@@ -271,7 +293,10 @@ fn decode_write(r: &mut Reader<'_>) -> Result<WriteAuthority, DecodeError> {
             }
             Ok(WriteAuthority::Keys(ks))
         }
-        v => Err(DecodeError::Invalid { what: "write authority tag", value: v.into() }),
+        v => Err(DecodeError::Invalid {
+            what: "write authority tag",
+            value: v.into(),
+        }),
     }
 }
 
@@ -326,7 +351,11 @@ impl Transaction {
         put_len(s, self.ops.len());
         for op in &self.ops {
             match op {
-                Op::Put { header, write, payload } => {
+                Op::Put {
+                    header,
+                    write,
+                    payload,
+                } => {
                     s.put(&[1]);
                     header.encode(s);
                     encode_write(write, s);
@@ -368,7 +397,10 @@ impl Transaction {
 
     /// Offsets, within the encoded transaction, of each Put's payload (in op order).
     pub fn payload_offsets(&self) -> Vec<usize> {
-        let mut o = Offsets { pos: 0, payloads: Vec::new() };
+        let mut o = Offsets {
+            pos: 0,
+            payloads: Vec::new(),
+        };
         self.encode_body(&mut o);
         o.payloads
     }
@@ -405,7 +437,10 @@ impl Transaction {
         let mut r = Reader::new(bytes);
         let format = r.u16()?;
         if format != TX_FORMAT {
-            return Err(DecodeError::Invalid { what: "transaction format", value: format.into() });
+            return Err(DecodeError::Invalid {
+                what: "transaction format",
+                value: format.into(),
+            });
         }
         let chain = ChainId(r.array()?);
         let author = PublicKey(r.array()?);
@@ -417,7 +452,12 @@ impl Transaction {
             preconditions.push(match r.u8()? {
                 1 => Precondition::Absent(RecordKey(r.array()?)),
                 2 => Precondition::AtVersion(RecordKey(r.array()?), r.u64()?),
-                v => return Err(DecodeError::Invalid { what: "precondition tag", value: v.into() }),
+                v => {
+                    return Err(DecodeError::Invalid {
+                        what: "precondition tag",
+                        value: v.into(),
+                    })
+                }
             });
         }
         let no = r.count("ops", MAX_OPS)?;
@@ -428,16 +468,35 @@ impl Transaction {
                     let header = RecordHeader::decode(&mut r)?;
                     let write = decode_write(&mut r)?;
                     let payload = r.bytes("payload", MAX_PAYLOAD)?.to_vec();
-                    Op::Put { header, write, payload }
+                    Op::Put {
+                        header,
+                        write,
+                        payload,
+                    }
                 }
-                2 => Op::Delete { key: RecordKey(r.array()?) },
+                2 => Op::Delete {
+                    key: RecordKey(r.array()?),
+                },
                 3 => Op::SetRoot(decode_root(&mut r)?),
-                v => return Err(DecodeError::Invalid { what: "op tag", value: v.into() }),
+                v => {
+                    return Err(DecodeError::Invalid {
+                        what: "op tag",
+                        value: v.into(),
+                    })
+                }
             });
         }
         let signature = r.array()?;
         r.finish()?;
-        Ok(Self { chain, author, timestamp_ns, nonce, preconditions, ops, signature })
+        Ok(Self {
+            chain,
+            author,
+            timestamp_ns,
+            nonce,
+            preconditions,
+            ops,
+            signature,
+        })
     }
 }
 
@@ -458,10 +517,18 @@ mod tests {
         let payload = header.seal(&chain, &dk, b"data");
         let mut tx = Transaction::new(chain, k.public());
         tx.preconditions.push(Precondition::Absent(header.key));
-        tx.preconditions.push(Precondition::AtVersion(RecordKey::random(), 7));
-        tx.ops.push(Op::Put { header, write: WriteAuthority::Keys(vec![k.public().id()]), payload });
-        tx.ops.push(Op::Delete { key: RecordKey::random() });
-        tx.ops.push(Op::SetRoot(RootAuthority::single_owner(k.public())));
+        tx.preconditions
+            .push(Precondition::AtVersion(RecordKey::random(), 7));
+        tx.ops.push(Op::Put {
+            header,
+            write: WriteAuthority::Keys(vec![k.public().id()]),
+            payload,
+        });
+        tx.ops.push(Op::Delete {
+            key: RecordKey::random(),
+        });
+        tx.ops
+            .push(Op::SetRoot(RootAuthority::single_owner(k.public())));
         tx.sign(&k)
     }
 

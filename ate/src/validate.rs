@@ -111,15 +111,26 @@ pub fn check_stateless(tx: &Transaction) -> Result<TxHash, ValidationError> {
     let mut roots = 0;
     for op in &tx.ops {
         match op {
-            Op::Put { header, write, payload } => {
+            Op::Put {
+                header,
+                write,
+                payload,
+            } => {
                 if !seen.insert(header.key) {
                     return Err(ValidationError::DuplicateRecord(header.key));
                 }
-                let bad = |reason| ValidationError::BadPayload { key: header.key, reason };
+                let bad = |reason| ValidationError::BadPayload {
+                    key: header.key,
+                    reason,
+                };
                 if payload.len() > MAX_PAYLOAD {
                     return Err(bad("payload exceeds MAX_PAYLOAD"));
                 }
-                let expect = if payload.is_empty() { 0 } else { payload.len() - SEAL_OVERHEAD.min(payload.len()) };
+                let expect = if payload.is_empty() {
+                    0
+                } else {
+                    payload.len() - SEAL_OVERHEAD.min(payload.len())
+                };
                 if !payload.is_empty() && payload.len() < SEAL_OVERHEAD {
                     return Err(bad("payload shorter than nonce and tag"));
                 }
@@ -127,7 +138,9 @@ pub fn check_stateless(tx: &Transaction) -> Result<TxHash, ValidationError> {
                     return Err(bad("header length does not match payload"));
                 }
                 if payload.is_empty() != (header.data_key == KeyId::default()) {
-                    return Err(bad("a payload needs a data key, and only a payload may name one"));
+                    return Err(bad(
+                        "a payload needs a data key, and only a payload may name one",
+                    ));
                 }
                 if let WriteAuthority::Keys(ks) = write {
                     check_key_list(ks)?;
@@ -144,10 +157,14 @@ pub fn check_stateless(tx: &Transaction) -> Result<TxHash, ValidationError> {
                     return Err(ValidationError::BadAuthority("root key count out of range"));
                 }
                 if root.keys.windows(2).any(|w| w[0].0 >= w[1].0) {
-                    return Err(ValidationError::BadAuthority("root keys not sorted and unique"));
+                    return Err(ValidationError::BadAuthority(
+                        "root keys not sorted and unique",
+                    ));
                 }
                 if !root.has_owner() {
-                    return Err(ValidationError::BadAuthority("root authority without an owner"));
+                    return Err(ValidationError::BadAuthority(
+                        "root authority without an owner",
+                    ));
                 }
             }
         }
@@ -156,17 +173,23 @@ pub fn check_stateless(tx: &Transaction) -> Result<TxHash, ValidationError> {
         return Err(ValidationError::BadAuthority("more than one root change"));
     }
     if tx.signature == [0u8; 64] {
-        return Err(ValidationError::Signature(CryptoError::BadSignature(tx.author.id())));
+        return Err(ValidationError::Signature(CryptoError::BadSignature(
+            tx.author.id(),
+        )));
     }
     Ok(tx.verify_signature()?)
 }
 
 fn check_key_list(ks: &[KeyId]) -> Result<(), ValidationError> {
     if ks.is_empty() || ks.len() > MAX_AUTH_KEYS {
-        return Err(ValidationError::BadAuthority("record key count out of range"));
+        return Err(ValidationError::BadAuthority(
+            "record key count out of range",
+        ));
     }
     if ks.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(ValidationError::BadAuthority("record keys not sorted and unique"));
+        return Err(ValidationError::BadAuthority(
+            "record keys not sorted and unique",
+        ));
     }
     Ok(())
 }
@@ -221,7 +244,10 @@ pub fn check_stateful<S: ChainState + ?Sized>(
     tx: &Transaction,
 ) -> Result<(), ValidationError> {
     if tx.chain != state.chain_id() {
-        return Err(ValidationError::WrongChain { expected: state.chain_id(), got: tx.chain });
+        return Err(ValidationError::WrongChain {
+            expected: state.chain_id(),
+            got: tx.chain,
+        });
     }
     for p in &tx.preconditions {
         let ok = match p {
@@ -233,7 +259,11 @@ pub fn check_stateful<S: ChainState + ?Sized>(
         }
     }
     let author = tx.author.id();
-    let mut ov = Overlay { base: state, root: None, changed: HashMap::new() };
+    let mut ov = Overlay {
+        base: state,
+        root: None,
+        changed: HashMap::new(),
+    };
     for op in &tx.ops {
         match op {
             Op::SetRoot(root) => {
@@ -270,7 +300,12 @@ pub fn check_stateful<S: ChainState + ?Sized>(
                 let version = existing.map_or(1, |e| e.version + 1);
                 ov.changed.insert(
                     key,
-                    RecordState { version, deleted: false, parent: header.parent, write: write.clone() },
+                    RecordState {
+                        version,
+                        deleted: false,
+                        parent: header.parent,
+                        write: write.clone(),
+                    },
                 );
             }
             Op::Delete { key } => {
@@ -282,7 +317,11 @@ pub fn check_stateful<S: ChainState + ?Sized>(
                 }
                 ov.changed.insert(
                     *key,
-                    RecordState { version: existing.version + 1, deleted: true, ..existing },
+                    RecordState {
+                        version: existing.version + 1,
+                        deleted: true,
+                        ..existing
+                    },
                 );
             }
         }
@@ -291,7 +330,10 @@ pub fn check_stateful<S: ChainState + ?Sized>(
 }
 
 /// Both checks, in order.
-pub fn validate<S: ChainState + ?Sized>(state: &S, tx: &Transaction) -> Result<TxHash, ValidationError> {
+pub fn validate<S: ChainState + ?Sized>(
+    state: &S,
+    tx: &Transaction,
+) -> Result<TxHash, ValidationError> {
     let h = check_stateless(tx)?;
     check_stateful(state, tx)?;
     Ok(h)

@@ -64,7 +64,13 @@ pub struct View {
 impl View {
     /// An empty view of `chain`.
     pub fn new(chain: ChainId) -> Self {
-        Self { chain, root: None, records: HashMap::new(), children: HashMap::new(), last_index: 0 }
+        Self {
+            chain,
+            root: None,
+            records: HashMap::new(),
+            children: HashMap::new(),
+            last_index: 0,
+        }
     }
 
     /// Index of the last transaction applied.
@@ -89,7 +95,10 @@ impl View {
 
     /// Counts: (records incl. tombstones, live records).
     pub fn counts(&self) -> (usize, usize) {
-        (self.records.len(), self.records.values().filter(|e| !e.is_deleted()).count())
+        (
+            self.records.len(),
+            self.records.values().filter(|e| !e.is_deleted()).count(),
+        )
     }
 
     /// Sets the root and index from a snapshot.
@@ -160,7 +169,11 @@ pub struct Staged<'a> {
 impl<'a> Staged<'a> {
     /// Nothing staged yet.
     pub fn new(view: &'a View) -> Self {
-        Self { view, root: None, records: HashMap::new() }
+        Self {
+            view,
+            root: None,
+            records: HashMap::new(),
+        }
     }
     /// Stages changes.
     pub fn stage(&mut self, changes: &[Change]) {
@@ -199,7 +212,10 @@ pub fn plan<S: ChainState + ?Sized>(state: &S, tx: &Transaction, index: u64) -> 
         match op {
             Op::SetRoot(r) => out.push(Change::Root(r.clone())),
             Op::Put { header, write, .. } => {
-                let prev = versions.get(&header.key).cloned().or_else(|| state.record(&header.key));
+                let prev = versions
+                    .get(&header.key)
+                    .cloned()
+                    .or_else(|| state.record(&header.key));
                 let entry = RecordEntry {
                     version: prev.map_or(1, |p| p.version + 1),
                     index,
@@ -239,7 +255,13 @@ pub fn locate(changes: &mut [Change], tx_at: Location, offsets: &[usize]) {
                 let off = offs.next().copied().unwrap_or(0);
                 if h.plain_len > 0 || h.data_key != Default::default() {
                     let len = h.plain_len as usize + SEAL_OVERHEAD;
-                    e.payload = Some((Location { file: tx_at.file, offset: tx_at.offset + off as u64 }, len));
+                    e.payload = Some((
+                        Location {
+                            file: tx_at.file,
+                            offset: tx_at.offset + off as u64,
+                        },
+                        len,
+                    ));
                 }
             }
         }

@@ -6,7 +6,9 @@ mod common;
 use ate::redo::LogError;
 use ate::storage::{FileStorage, Storage};
 use ate::validate::ValidationError;
-use ate::{ChainError, Op, Precondition, Role, RootAuthority, SigningKey, Transaction, WriteAuthority};
+use ate::{
+    ChainError, Op, Precondition, Role, RootAuthority, SigningKey, Transaction, WriteAuthority,
+};
 use common::{key, Fixture};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,15 +20,24 @@ fn commit_read_reopen_on_disk() {
     let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path()).unwrap());
     {
         let chain = f.open(&storage);
-        chain.commit(f.genesis(RootAuthority::single_owner(f.owner.public()))).unwrap();
-        chain.commit(f.put(&f.owner, key(1), None, b"root")).unwrap();
-        let r = chain.commit(f.put(&f.owner, key(2), Some(key(1)), b"child")).unwrap();
+        chain
+            .commit(f.genesis(RootAuthority::single_owner(f.owner.public())))
+            .unwrap();
+        chain
+            .commit(f.put(&f.owner, key(1), None, b"root"))
+            .unwrap();
+        let r = chain
+            .commit(f.put(&f.owner, key(2), Some(key(1)), b"child"))
+            .unwrap();
         assert_eq!(r.index, 3);
         assert_eq!(chain.children(&key(1)), vec![key(2)]);
     }
     let chain = f.open(&storage);
     assert_eq!(chain.last_index(), 3);
-    assert_eq!(chain.read_plain(&key(2), &f.data).unwrap().unwrap().1, b"child");
+    assert_eq!(
+        chain.read_plain(&key(2), &f.data).unwrap().unwrap().1,
+        b"child"
+    );
     assert_eq!(chain.record(&key(2)).unwrap().version, 1);
     assert_eq!(chain.children(&key(1)), vec![key(2)]);
 }
@@ -37,7 +48,11 @@ fn assert_rejected(chain: &ate::Chain, tx: Transaction, pred: impl Fn(&Validatio
         Err(ChainError::Rejected(e)) => assert!(pred(&e), "unexpected rejection {e}"),
         other => panic!("expected a rejection, got {other:?}"),
     }
-    assert_eq!(chain.stats(), before, "a rejected transaction changed the chain");
+    assert_eq!(
+        chain.stats(),
+        before,
+        "a rejected transaction changed the chain"
+    );
 }
 
 #[test]
@@ -67,29 +82,59 @@ fn authority_is_enforced_and_inherited() {
     let reader = SigningKey::generate();
     let delegate = SigningKey::generate();
     let (_, chain) = f.mem_chain();
-    let root = RootAuthority::single_owner(f.owner.public()).with(writer.public(), Role::Writer).with(reader.public(), Role::Reader);
+    let root = RootAuthority::single_owner(f.owner.public())
+        .with(writer.public(), Role::Writer)
+        .with(reader.public(), Role::Reader);
     let mut tx = Transaction::new(f.chain_id, f.owner.public());
     tx.ops.push(Op::SetRoot(root));
     chain.commit(tx.sign(&f.owner)).unwrap();
 
     chain.commit(f.put(&writer, key(1), None, b"dir")).unwrap();
-    assert_rejected(&chain, f.put(&reader, key(2), Some(key(1)), b"no"), |e| matches!(e, ValidationError::NotAuthorized { .. }));
-    assert_rejected(&chain, f.put(&SigningKey::generate(), key(2), None, b"no"), |e| matches!(e, ValidationError::NotAuthorized { .. }));
+    assert_rejected(&chain, f.put(&reader, key(2), Some(key(1)), b"no"), |e| {
+        matches!(e, ValidationError::NotAuthorized { .. })
+    });
+    assert_rejected(
+        &chain,
+        f.put(&SigningKey::generate(), key(2), None, b"no"),
+        |e| matches!(e, ValidationError::NotAuthorized { .. }),
+    );
 
     // Narrow key(10) to the delegate: the writer loses it, the delegate gains it and its children.
     let mut tx = Transaction::new(f.chain_id, writer.public());
-    tx.ops.push(Op::put(&f.chain_id, key(10), Some(key(1)), WriteAuthority::Keys(vec![delegate.public().id()]), Some(&f.data), b"narrowed"));
+    tx.ops.push(Op::put(
+        &f.chain_id,
+        key(10),
+        Some(key(1)),
+        WriteAuthority::Keys(vec![delegate.public().id()]),
+        Some(&f.data),
+        b"narrowed",
+    ));
     chain.commit(tx.sign(&writer)).unwrap();
-    assert_rejected(&chain, f.put(&writer, key(11), Some(key(10)), b"no"), |e| matches!(e, ValidationError::NotAuthorized { .. }));
-    assert_rejected(&chain, f.put(&writer, key(10), Some(key(1)), b"no"), |e| matches!(e, ValidationError::NotAuthorized { .. }));
-    chain.commit(f.put(&delegate, key(11), Some(key(10)), b"yes")).unwrap();
+    assert_rejected(&chain, f.put(&writer, key(11), Some(key(10)), b"no"), |e| {
+        matches!(e, ValidationError::NotAuthorized { .. })
+    });
+    assert_rejected(&chain, f.put(&writer, key(10), Some(key(1)), b"no"), |e| {
+        matches!(e, ValidationError::NotAuthorized { .. })
+    });
+    chain
+        .commit(f.put(&delegate, key(11), Some(key(10)), b"yes"))
+        .unwrap();
     // The delegate cannot write outside its subtree, owners can write everywhere.
-    assert_rejected(&chain, f.put(&delegate, key(12), Some(key(1)), b"no"), |e| matches!(e, ValidationError::NotAuthorized { .. }));
-    chain.commit(f.put(&f.owner, key(11), Some(key(10)), b"owner")).unwrap();
+    assert_rejected(
+        &chain,
+        f.put(&delegate, key(12), Some(key(1)), b"no"),
+        |e| matches!(e, ValidationError::NotAuthorized { .. }),
+    );
+    chain
+        .commit(f.put(&f.owner, key(11), Some(key(10)), b"owner"))
+        .unwrap();
     // Only owners change the root.
     let mut tx = Transaction::new(f.chain_id, writer.public());
-    tx.ops.push(Op::SetRoot(RootAuthority::single_owner(writer.public())));
-    assert_rejected(&chain, tx.sign(&writer), |e| matches!(e, ValidationError::NotOwner(_)));
+    tx.ops
+        .push(Op::SetRoot(RootAuthority::single_owner(writer.public())));
+    assert_rejected(&chain, tx.sign(&writer), |e| {
+        matches!(e, ValidationError::NotOwner(_))
+    });
 }
 
 #[test]
@@ -99,21 +144,31 @@ fn preconditions_are_atomic() {
     chain.commit(f.put(&f.owner, key(1), None, b"v1")).unwrap();
     let mut tx = f.put(&f.owner, key(2), None, b"new");
     tx.preconditions.push(Precondition::Absent(key(1)));
-    assert_rejected(&chain, tx.sign(&f.owner), |e| matches!(e, ValidationError::Precondition(_)));
+    assert_rejected(&chain, tx.sign(&f.owner), |e| {
+        matches!(e, ValidationError::Precondition(_))
+    });
     let mut tx = f.put(&f.owner, key(1), None, b"v2");
     tx.preconditions.push(Precondition::AtVersion(key(1), 2));
-    assert_rejected(&chain, tx.sign(&f.owner), |e| matches!(e, ValidationError::Precondition(_)));
+    assert_rejected(&chain, tx.sign(&f.owner), |e| {
+        matches!(e, ValidationError::Precondition(_))
+    });
     let mut tx = f.put(&f.owner, key(1), None, b"v2");
     tx.preconditions.push(Precondition::AtVersion(key(1), 1));
     chain.commit(tx.sign(&f.owner)).unwrap();
-    assert_eq!(chain.read_plain(&key(1), &f.data).unwrap().unwrap().1, b"v2");
+    assert_eq!(
+        chain.read_plain(&key(1), &f.data).unwrap().unwrap().1,
+        b"v2"
+    );
     // Two racing creates of one key: exactly one wins.
     let mk = || {
         let mut tx = f.put(&f.owner, key(5), None, b"race");
         tx.preconditions.push(Precondition::Absent(key(5)));
         tx.sign(&f.owner)
     };
-    let (a, b) = (chain.commit_async(mk()).unwrap(), chain.commit_async(mk()).unwrap());
+    let (a, b) = (
+        chain.commit_async(mk()).unwrap(),
+        chain.commit_async(mk()).unwrap(),
+    );
     let results = [a.wait().is_ok(), b.wait().is_ok()];
     assert_eq!(results.iter().filter(|r| **r).count(), 1);
 }
@@ -122,14 +177,26 @@ fn preconditions_are_atomic() {
 fn missing_parent_wrong_chain_and_bad_payload_are_refused() {
     let f = Fixture::new();
     let (_, chain) = f.mem_chain();
-    assert_rejected(&chain, f.put(&f.owner, key(2), Some(key(99)), b"orphan"), |e| matches!(e, ValidationError::MissingParent { .. }));
-    let other = Fixture { chain_id: ate::ChainId::random(), owner: f.owner.clone(), data: f.data.clone() };
-    assert_rejected(&chain, other.put(&f.owner, key(1), None, b"x"), |e| matches!(e, ValidationError::WrongChain { .. }));
+    assert_rejected(
+        &chain,
+        f.put(&f.owner, key(2), Some(key(99)), b"orphan"),
+        |e| matches!(e, ValidationError::MissingParent { .. }),
+    );
+    let other = Fixture {
+        chain_id: ate::ChainId::random(),
+        owner: f.owner.clone(),
+        data: f.data.clone(),
+    };
+    assert_rejected(&chain, other.put(&f.owner, key(1), None, b"x"), |e| {
+        matches!(e, ValidationError::WrongChain { .. })
+    });
     let mut tx = f.put(&f.owner, key(1), None, b"x");
     if let Op::Put { header, .. } = &mut tx.ops[0] {
         header.plain_len += 1;
     }
-    assert_rejected(&chain, tx.sign(&f.owner), |e| matches!(e, ValidationError::BadPayload { .. }));
+    assert_rejected(&chain, tx.sign(&f.owner), |e| {
+        matches!(e, ValidationError::BadPayload { .. })
+    });
 }
 
 #[test]
@@ -143,7 +210,10 @@ fn flipped_payload_bytes_fail_to_open_and_change_nothing() {
         payload[30] ^= 0x80;
     }
     chain.commit(tx.sign(&f.owner)).unwrap();
-    assert!(matches!(chain.read_plain(&key(1), &f.data), Err(ChainError::Crypto { .. })));
+    assert!(matches!(
+        chain.read_plain(&key(1), &f.data),
+        Err(ChainError::Crypto { .. })
+    ));
     // Flipping after signing is a forged transaction.
     let mut tx = f.put(&f.owner, key(2), None, b"secret");
     if let Op::Put { payload, .. } = &mut tx.ops[0] {
@@ -152,7 +222,10 @@ fn flipped_payload_bytes_fail_to_open_and_change_nothing() {
     assert_rejected(&chain, tx, |e| matches!(e, ValidationError::Signature(_)));
     // A wrong data key fails too.
     chain.commit(f.put(&f.owner, key(3), None, b"ok")).unwrap();
-    assert!(matches!(chain.read_plain(&key(3), &ate::DataKey::generate()), Err(ChainError::Crypto { .. })));
+    assert!(matches!(
+        chain.read_plain(&key(3), &ate::DataKey::generate()),
+        Err(ChainError::Crypto { .. })
+    ));
 }
 
 #[test]
@@ -171,7 +244,8 @@ fn subscriptions_replay_history_then_follow_live_commits() {
     let c2 = chain.clone();
     let writer = std::thread::spawn(move || {
         let f2 = f;
-        c2.commit(f2.put(&f2.owner, key(100), None, b"live")).unwrap()
+        c2.commit(f2.put(&f2.owner, key(100), None, b"live"))
+            .unwrap()
     });
     let (i, tx) = sub.next_timeout(Duration::from_secs(30)).unwrap().unwrap();
     assert_eq!(i, 7);
@@ -185,10 +259,14 @@ fn compaction_keeps_every_record_and_reopens_from_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path()).unwrap());
     let chain = f.open(&storage);
-    chain.commit(f.genesis(RootAuthority::single_owner(f.owner.public()))).unwrap();
+    chain
+        .commit(f.genesis(RootAuthority::single_owner(f.owner.public())))
+        .unwrap();
     for round in 0..3u8 {
         for i in 0..50 {
-            chain.commit(f.put(&f.owner, key(i), None, &[round; 100])).unwrap();
+            chain
+                .commit(f.put(&f.owner, key(i), None, &[round; 100]))
+                .unwrap();
         }
     }
     let mut tx = Transaction::new(f.chain_id, f.owner.public());
@@ -197,14 +275,22 @@ fn compaction_keeps_every_record_and_reopens_from_the_snapshot() {
     let before = common::contents(&chain, (0..50).map(key), &f.data);
     let last = chain.compact().unwrap();
     assert_eq!(last, chain.last_index());
-    assert!(matches!(chain.subscribe(2), Err(ChainError::Log(LogError::Compacted { .. }))));
+    assert!(matches!(
+        chain.subscribe(2),
+        Err(ChainError::Log(LogError::Compacted { .. }))
+    ));
     assert_eq!(common::contents(&chain, (0..50).map(key), &f.data), before);
-    chain.commit(f.put(&f.owner, key(1), None, b"after")).unwrap();
+    chain
+        .commit(f.put(&f.owner, key(1), None, b"after"))
+        .unwrap();
     // Versions survive compaction, tombstones included.
     assert_eq!(chain.record(&key(7)).unwrap().version, 4);
     drop(chain);
     let chain = f.open(&storage);
-    assert_eq!(chain.read_plain(&key(1), &f.data).unwrap().unwrap().1, b"after");
+    assert_eq!(
+        chain.read_plain(&key(1), &f.data).unwrap().unwrap().1,
+        b"after"
+    );
     assert_eq!(chain.record(&key(7)).unwrap().version, 4);
     assert!(chain.record(&key(7)).unwrap().is_deleted());
     assert_eq!(chain.stats().snapshot, Some(last));
@@ -216,6 +302,11 @@ fn wrong_chain_directory_is_refused() {
     let (mem, chain) = f.mem_chain();
     drop(chain);
     let storage: Arc<dyn Storage> = Arc::new(mem);
-    let r = ate::Chain::open(storage, Some(ate::ChainId::random()), Default::default(), |_, _| {});
+    let r = ate::Chain::open(
+        storage,
+        Some(ate::ChainId::random()),
+        Default::default(),
+        |_, _| {},
+    );
     assert!(matches!(r, Err(ChainError::Log(LogError::WrongChain(_)))));
 }

@@ -17,7 +17,9 @@ fn build(f: &Fixture, n: u128) -> (MemStorage, Vec<usize>) {
     let seg = segment_name(1);
     let mut lens = vec![mem.contents(&seg).unwrap().len()];
     for i in 0..n {
-        chain.commit(f.put(&f.owner, key(i), None, format!("value {i}").as_bytes())).unwrap();
+        chain
+            .commit(f.put(&f.owner, key(i), None, format!("value {i}").as_bytes()))
+            .unwrap();
         lens.push(mem.contents(&seg).unwrap().len());
     }
     (mem, lens)
@@ -49,10 +51,15 @@ fn cut_at_every_offset_of_the_final_frames_keeps_exactly_the_complete_prefix() {
             assert_eq!(got, want, "cut at {cut}, key {i}");
         }
         // The log is writable after recovery, and what is written survives another reopen.
-        chain.commit(f.put(&f.owner, key(1000), None, b"after")).unwrap();
+        chain
+            .commit(f.put(&f.owner, key(1000), None, b"after"))
+            .unwrap();
         drop(chain);
         let again = reopen(&f, &image.crash_image()).unwrap();
-        assert_eq!(again.read_plain(&key(1000), &f.data).unwrap().unwrap().1, b"after");
+        assert_eq!(
+            again.read_plain(&key(1000), &f.data).unwrap().unwrap().1,
+            b"after"
+        );
         assert_eq!(again.last_index() as u128, complete + 2);
     }
 }
@@ -72,7 +79,11 @@ fn zeroed_tail_is_torn_but_damage_before_a_valid_frame_is_an_error() {
     assert_eq!(reopen(&f, &image).unwrap().last_index(), 6);
 
     // A flipped byte inside the third put's frame, with valid frames after it: refuse to open.
-    for (what, at) in [("payload", lens[2] + 40), ("length field", lens[2] + 9), ("magic", lens[2])] {
+    for (what, at) in [
+        ("payload", lens[2] + 40),
+        ("length field", lens[2] + 9),
+        ("magic", lens[2]),
+    ] {
         let image = mem.crash_image();
         let mut bad = full.clone();
         bad[at] ^= 0x55;
@@ -93,8 +104,14 @@ fn zeroed_tail_is_torn_but_damage_before_a_valid_frame_is_an_error() {
     let mut cut = full.clone();
     cut.truncate(lens[5] - 3);
     image.set_contents(&seg, cut);
-    image.set_contents(&segment_name(7), image.contents(&seg).unwrap()[..40].to_vec());
-    assert!(matches!(reopen(&f, &image), Err(ChainError::Log(LogError::Corrupt { .. }))));
+    image.set_contents(
+        &segment_name(7),
+        image.contents(&seg).unwrap()[..40].to_vec(),
+    );
+    assert!(matches!(
+        reopen(&f, &image),
+        Err(ChainError::Log(LogError::Corrupt { .. }))
+    ));
 }
 
 #[test]

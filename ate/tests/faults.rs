@@ -16,7 +16,9 @@ fn faulty(f: &Fixture) -> (MemStorage, Arc<FaultPlan>, Chain) {
     let (fs, plan) = FaultStorage::new(Arc::new(mem.clone()));
     let storage: Arc<dyn Storage> = Arc::new(fs);
     let chain = f.open(&storage);
-    chain.commit(f.genesis(RootAuthority::single_owner(f.owner.public()))).unwrap();
+    chain
+        .commit(f.genesis(RootAuthority::single_owner(f.owner.public())))
+        .unwrap();
     (mem, plan, chain)
 }
 
@@ -28,7 +30,11 @@ fn reopen_after_crash(f: &Fixture, mem: &MemStorage) -> Chain {
 fn check_acked(f: &Fixture, chain: &Chain, acked: &[u128]) {
     for k in acked {
         let got = chain.read_plain(&key(*k), &f.data).unwrap();
-        assert_eq!(got.map(|(_, p)| p), Some(format!("v{k}").into_bytes()), "acknowledged key {k} lost");
+        assert_eq!(
+            got.map(|(_, p)| p),
+            Some(format!("v{k}").into_bytes()),
+            "acknowledged key {k} lost"
+        );
     }
 }
 
@@ -38,12 +44,19 @@ fn failed_write_is_reported_and_rolled_back() {
     let (mem, plan, chain) = faulty(&f);
     let mut acked = Vec::new();
     for i in 0..5 {
-        chain.commit(f.put(&f.owner, key(i), None, format!("v{i}").as_bytes())).unwrap();
+        chain
+            .commit(f.put(&f.owner, key(i), None, format!("v{i}").as_bytes()))
+            .unwrap();
         acked.push(i);
     }
     plan.writes_before_failure.store(0, Ordering::SeqCst);
-    let err = chain.commit(f.put(&f.owner, key(50), None, b"v50")).unwrap_err();
-    assert!(matches!(err, ChainError::Log(LogError::Io { op: "write", .. })), "{err}");
+    let err = chain
+        .commit(f.put(&f.owner, key(50), None, b"v50"))
+        .unwrap_err();
+    assert!(
+        matches!(err, ChainError::Log(LogError::Io { op: "write", .. })),
+        "{err}"
+    );
     assert!(chain.record(&key(50)).is_none());
     plan.heal();
     // The partial frame was cut off, so the chain keeps working without a reopen.
@@ -61,13 +74,28 @@ fn failed_fsync_poisons_until_reopen_and_loses_nothing_acknowledged() {
     let (mem, plan, chain) = faulty(&f);
     let acked: Vec<u128> = (0..5).collect();
     for i in &acked {
-        chain.commit(f.put(&f.owner, key(*i), None, format!("v{i}").as_bytes())).unwrap();
+        chain
+            .commit(f.put(&f.owner, key(*i), None, format!("v{i}").as_bytes()))
+            .unwrap();
     }
     plan.syncs_before_failure.store(0, Ordering::SeqCst);
-    let err = chain.commit(f.put(&f.owner, key(50), None, b"v50")).unwrap_err();
-    assert!(matches!(err, ChainError::Log(LogError::Io { op: "fdatasync", .. })), "{err}");
+    let err = chain
+        .commit(f.put(&f.owner, key(50), None, b"v50"))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ChainError::Log(LogError::Io {
+                op: "fdatasync",
+                ..
+            })
+        ),
+        "{err}"
+    );
     plan.heal();
-    let err = chain.commit(f.put(&f.owner, key(51), None, b"v51")).unwrap_err();
+    let err = chain
+        .commit(f.put(&f.owner, key(51), None, b"v51"))
+        .unwrap_err();
     assert!(matches!(err, ChainError::Log(LogError::Poisoned)), "{err}");
     // Readers never saw the unacknowledged transaction.
     assert!(chain.record(&key(50)).is_none());
@@ -93,7 +121,9 @@ fn full_disk_gives_enospc_and_recovers_when_space_returns() {
     }
     assert!(failures > 0 && !acked.is_empty());
     plan.heal();
-    chain.commit(f.put(&f.owner, key(100), None, b"v100")).unwrap();
+    chain
+        .commit(f.put(&f.owner, key(100), None, b"v100"))
+        .unwrap();
     acked.push(100);
     check_acked(&f, &chain, &acked);
     drop(chain);

@@ -13,13 +13,23 @@ use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 enum MOp {
-    Put { k: u8, parent: Option<u8>, data: Vec<u8> },
-    Delete { k: u8 },
+    Put {
+        k: u8,
+        parent: Option<u8>,
+        data: Vec<u8>,
+    },
+    Delete {
+        k: u8,
+    },
 }
 
 #[derive(Clone, Debug)]
 enum Step {
-    Tx { ops: Vec<MOp>, absent: Vec<u8>, at: Vec<(u8, u64)> },
+    Tx {
+        ops: Vec<MOp>,
+        absent: Vec<u8>,
+        at: Vec<(u8, u64)>,
+    },
     Reopen,
     Crash,
     Compact,
@@ -53,7 +63,12 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 /// Applies a transaction to the model; None when the chain must refuse it.
-fn model_apply(m: &BTreeMap<u8, MRecord>, ops: &[MOp], absent: &[u8], at: &[(u8, u64)]) -> Option<BTreeMap<u8, MRecord>> {
+fn model_apply(
+    m: &BTreeMap<u8, MRecord>,
+    ops: &[MOp],
+    absent: &[u8],
+    at: &[(u8, u64)],
+) -> Option<BTreeMap<u8, MRecord>> {
     let mut seen = std::collections::HashSet::new();
     for op in ops {
         let k = match op {
@@ -104,11 +119,23 @@ fn check(f: &Fixture, chain: &Chain, m: &BTreeMap<u8, MRecord>) {
     for k in 0..8u8 {
         let want = m.get(&k);
         let got = chain.record(&rk(k));
-        assert_eq!(got.as_ref().map(|e| e.version), want.map(|r| r.version), "version of {k}");
+        assert_eq!(
+            got.as_ref().map(|e| e.version),
+            want.map(|r| r.version),
+            "version of {k}"
+        );
         let plain = chain.read_plain(&rk(k), &f.data).unwrap();
         let want_live = want.and_then(|r| r.live.clone());
-        assert_eq!(plain.as_ref().map(|(_, p)| p.clone()), want_live.as_ref().map(|(_, d)| d.clone()), "data of {k}");
-        assert_eq!(got.filter(|e| !e.is_deleted()).and_then(|e| e.parent), want_live.and_then(|(p, _)| p).map(rk), "parent of {k}");
+        assert_eq!(
+            plain.as_ref().map(|(_, p)| p.clone()),
+            want_live.as_ref().map(|(_, d)| d.clone()),
+            "data of {k}"
+        );
+        assert_eq!(
+            got.filter(|e| !e.is_deleted()).and_then(|e| e.parent),
+            want_live.and_then(|(p, _)| p).map(rk),
+            "parent of {k}"
+        );
         let mut kids: Vec<RecordKey> = m
             .iter()
             .filter(|(_, r)| matches!(&r.live, Some((Some(p), _)) if *p == k))

@@ -22,7 +22,10 @@ impl LogCursor {
         let from = from.max(1);
         if let Some(snap) = files.snapshot() {
             if from <= snap {
-                return Err(LogError::Compacted { requested: from, snapshot: snap });
+                return Err(LogError::Compacted {
+                    requested: from,
+                    snapshot: snap,
+                });
             }
         }
         let seg = files
@@ -31,7 +34,12 @@ impl LogCursor {
             .rev()
             .find(|&f| f <= from)
             .unwrap_or(from);
-        let mut c = Self { files, seg, offset: FILE_HEADER as u64, next: seg };
+        let mut c = Self {
+            files,
+            seg,
+            offset: FILE_HEADER as u64,
+            next: seg,
+        };
         while c.next < from {
             if c.read_next(from - 1)?.is_none() {
                 break;
@@ -55,15 +63,26 @@ impl LogCursor {
             let fref = FileRef::Segment(self.seg);
             let name = fref.name();
             let snapshot = self.files.snapshot().unwrap_or(0);
-            let file = self.files.get(&fref).ok_or(LogError::Compacted { requested: self.next, snapshot })?;
+            let file = self.files.get(&fref).ok_or(LogError::Compacted {
+                requested: self.next,
+                snapshot,
+            })?;
             let len = file.len().map_err(LogError::io("stat", &name))?;
             match scan_frame(file.as_ref(), &name, self.offset, len)? {
-                Scanned::Frame { kind: FrameKind::Tx, mut payload, next } if payload.len() >= 8 => {
+                Scanned::Frame {
+                    kind: FrameKind::Tx,
+                    mut payload,
+                    next,
+                } if payload.len() >= 8 => {
                     let mut ib = [0u8; 8];
                     ib.copy_from_slice(&payload[..8]);
                     let index = u64::from_le_bytes(ib);
                     if index != self.next {
-                        return Err(LogError::Corrupt { file: name, offset: self.offset, reason: format!("index {index}, expected {}", self.next) });
+                        return Err(LogError::Corrupt {
+                            file: name,
+                            offset: self.offset,
+                            reason: format!("index {index}, expected {}", self.next),
+                        });
                     }
                     self.offset = next;
                     self.next += 1;
@@ -78,9 +97,19 @@ impl LogCursor {
                     self.offset = FILE_HEADER as u64;
                 }
                 Scanned::Frame { kind, .. } => {
-                    return Err(LogError::Corrupt { file: name, offset: self.offset, reason: format!("unexpected {kind:?} frame") })
+                    return Err(LogError::Corrupt {
+                        file: name,
+                        offset: self.offset,
+                        reason: format!("unexpected {kind:?} frame"),
+                    })
                 }
-                Scanned::Bad { reason } => return Err(LogError::Corrupt { file: name, offset: self.offset, reason }),
+                Scanned::Bad { reason } => {
+                    return Err(LogError::Corrupt {
+                        file: name,
+                        offset: self.offset,
+                        reason,
+                    })
+                }
             }
         }
     }

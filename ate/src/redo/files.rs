@@ -44,7 +44,10 @@ pub struct Files {
 
 impl Files {
     pub(crate) fn new(storage: Arc<dyn Storage>) -> Self {
-        Self { storage, map: RwLock::new(BTreeMap::new()) }
+        Self {
+            storage,
+            map: RwLock::new(BTreeMap::new()),
+        }
     }
 
     pub(crate) fn insert(&self, r: FileRef, f: Arc<dyn StorageFile>) {
@@ -87,7 +90,8 @@ impl Files {
             snapshot: self.snapshot().unwrap_or(0),
         })?;
         let mut buf = vec![0u8; len];
-        f.read_at(&mut buf, loc.offset).map_err(LogError::io("read", loc.file.name()))?;
+        f.read_at(&mut buf, loc.offset)
+            .map_err(LogError::io("read", loc.file.name()))?;
         Ok(buf)
     }
 

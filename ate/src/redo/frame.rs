@@ -78,16 +78,27 @@ pub struct FrameHeader {
 pub fn decode_frame_header(h: &[u8; FRAME_HEADER]) -> Result<FrameHeader, DecodeError> {
     let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
     if magic != FRAME_MAGIC {
-        return Err(DecodeError::Invalid { what: "frame magic", value: magic.into() });
+        return Err(DecodeError::Invalid {
+            what: "frame magic",
+            value: magic.into(),
+        });
     }
     let format = u16::from_le_bytes([h[4], h[5]]);
     if format != FRAME_FORMAT {
-        return Err(DecodeError::Invalid { what: "frame format", value: format.into() });
+        return Err(DecodeError::Invalid {
+            what: "frame format",
+            value: format.into(),
+        });
     }
-    let kind = FrameKind::from_u8(h[6])
-        .ok_or(DecodeError::Invalid { what: "frame kind", value: h[6].into() })?;
+    let kind = FrameKind::from_u8(h[6]).ok_or(DecodeError::Invalid {
+        what: "frame kind",
+        value: h[6].into(),
+    })?;
     if h[7] != 0 {
-        return Err(DecodeError::Invalid { what: "frame flags", value: h[7].into() });
+        return Err(DecodeError::Invalid {
+            what: "frame flags",
+            value: h[7].into(),
+        });
     }
     let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
     if len > MAX_FRAME_PAYLOAD {
@@ -98,7 +109,12 @@ pub fn decode_frame_header(h: &[u8; FRAME_HEADER]) -> Result<FrameHeader, Decode
         });
     }
     let crc = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
-    Ok(FrameHeader { kind, len, crc, check: crc32c::crc32c(&h[4..12]) })
+    Ok(FrameHeader {
+        kind,
+        len,
+        crc,
+        check: crc32c::crc32c(&h[4..12]),
+    })
 }
 
 impl FrameHeader {
@@ -113,7 +129,10 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(FrameKind, &[u8], usize), DecodeErr
     let h: &[u8; FRAME_HEADER] = bytes
         .get(..FRAME_HEADER)
         .and_then(|s| s.try_into().ok())
-        .ok_or(DecodeError::Truncated { offset: 0, needed: FRAME_HEADER.saturating_sub(bytes.len()) })?;
+        .ok_or(DecodeError::Truncated {
+            offset: 0,
+            needed: FRAME_HEADER.saturating_sub(bytes.len()),
+        })?;
     let fh = decode_frame_header(h)?;
     let end = FRAME_HEADER + fh.len;
     let payload = bytes.get(FRAME_HEADER..end).ok_or(DecodeError::Truncated {
@@ -121,7 +140,10 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(FrameKind, &[u8], usize), DecodeErr
         needed: end - bytes.len(),
     })?;
     if !fh.payload_ok(payload) {
-        return Err(DecodeError::Invalid { what: "frame checksum", value: fh.crc.into() });
+        return Err(DecodeError::Invalid {
+            what: "frame checksum",
+            value: fh.crc.into(),
+        });
     }
     Ok((fh.kind, payload, end))
 }
@@ -135,7 +157,10 @@ mod tests {
         let mut buf = Vec::new();
         encode_frame(FrameKind::Tx, &[b"abc", b"defgh"], &mut buf);
         let (kind, payload, used) = decode_frame(&buf).expect("valid frame");
-        assert_eq!((kind, payload, used), (FrameKind::Tx, &b"abcdefgh"[..], buf.len()));
+        assert_eq!(
+            (kind, payload, used),
+            (FrameKind::Tx, &b"abcdefgh"[..], buf.len())
+        );
         for i in 0..buf.len() {
             for bit in 0..8 {
                 let mut bad = buf.clone();

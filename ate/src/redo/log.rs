@@ -20,7 +20,9 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> Self {
-        Self { segment_bytes: 64 << 20 }
+        Self {
+            segment_bytes: 64 << 20,
+        }
     }
 }
 
@@ -75,7 +77,8 @@ impl RedoLog {
         let mut chain = None;
         let mut next_index = 1u64;
         if let Some(&snap) = snapshots.last() {
-            let f = storage.open(&FileRef::Snapshot(snap).name(), false)
+            let f = storage
+                .open(&FileRef::Snapshot(snap).name(), false)
                 .map_err(LogError::io("open", FileRef::Snapshot(snap).name()))?;
             chain = Some(read_snapshot(f.as_ref(), snap, visitor)?);
             done += f.len().unwrap_or(0);
@@ -102,17 +105,26 @@ impl RedoLog {
         for (i, &first) in segments.iter().enumerate() {
             let last = i + 1 == segments.len();
             let name = FileRef::Segment(first).name();
-            let file = storage.open(&name, false).map_err(LogError::io("open", &name))?;
+            let file = storage
+                .open(&name, false)
+                .map_err(LogError::io("open", &name))?;
             let len = file.len().map_err(LogError::io("stat", &name))?;
-            let corrupt = |offset: u64, reason: String| LogError::Corrupt { file: name.clone(), offset, reason };
+            let corrupt = |offset: u64, reason: String| LogError::Corrupt {
+                file: name.clone(),
+                offset,
+                reason,
+            };
             if len < FILE_HEADER as u64 && last {
                 // Created but its header never made it to disk: it holds nothing.
-                storage.remove(&name).map_err(LogError::io("remove", &name))?;
+                storage
+                    .remove(&name)
+                    .map_err(LogError::io("remove", &name))?;
                 report.truncated_bytes += len;
                 continue;
             }
             let mut hb = [0u8; FILE_HEADER];
-            file.read_at(&mut hb, 0).map_err(|_| corrupt(0, "shorter than its header".into()))?;
+            file.read_at(&mut hb, 0)
+                .map_err(|_| corrupt(0, "shorter than its header".into()))?;
             let fh = FileHeader::decode(&hb).map_err(|e| corrupt(0, e.to_string()))?;
             if fh.magic != SEGMENT_MAGIC || fh.index != first {
                 return Err(corrupt(0, "header does not match the file name".into()));
@@ -121,25 +133,41 @@ impl RedoLog {
                 return Err(corrupt(0, format!("belongs to chain {}", fh.chain)));
             }
             if first > next_index {
-                return Err(corrupt(0, format!("starts at index {first}, expected {next_index}: a segment is missing")));
+                return Err(corrupt(
+                    0,
+                    format!("starts at index {first}, expected {next_index}: a segment is missing"),
+                ));
             }
             let mut index = first;
             let mut off = FILE_HEADER as u64;
             loop {
                 match scan_frame(file.as_ref(), &name, off, len)? {
                     Scanned::End => break,
-                    Scanned::Frame { kind, payload, next } => {
+                    Scanned::Frame {
+                        kind,
+                        payload,
+                        next,
+                    } => {
                         if kind != FrameKind::Tx || payload.len() < 8 {
-                            return Err(corrupt(off, format!("unexpected {kind:?} frame in a segment")));
+                            return Err(corrupt(
+                                off,
+                                format!("unexpected {kind:?} frame in a segment"),
+                            ));
                         }
                         let mut ib = [0u8; 8];
                         ib.copy_from_slice(&payload[..8]);
                         let got = u64::from_le_bytes(ib);
                         if got != index {
-                            return Err(corrupt(off, format!("entry has index {got}, expected {index}")));
+                            return Err(corrupt(
+                                off,
+                                format!("entry has index {got}, expected {index}"),
+                            ));
                         }
                         if index >= next_index {
-                            let at = Location { file: FileRef::Segment(first), offset: off + (FRAME_HEADER + 8) as u64 };
+                            let at = Location {
+                                file: FileRef::Segment(first),
+                                offset: off + (FRAME_HEADER + 8) as u64,
+                            };
                             visitor.entry(index, &payload[8..], at)?;
                             report.entries += 1;
                             next_index = index + 1;
@@ -156,7 +184,8 @@ impl RedoLog {
                             return Err(corrupt(off, reason));
                         }
                         tracing::warn!(file = %name, offset = off, bytes = len - off, %reason, "truncating torn tail");
-                        file.truncate(off).map_err(LogError::io("truncate", &name))?;
+                        file.truncate(off)
+                            .map_err(LogError::io("truncate", &name))?;
                         file.sync_data().map_err(LogError::io("fdatasync", &name))?;
                         report.truncated_bytes += len - off;
                         break;
@@ -169,7 +198,9 @@ impl RedoLog {
 
         let chain = match (chain, create) {
             (Some(c), Some(want)) if c != want => {
-                return Err(LogError::WrongChain(format!("storage holds chain {c}, not {want}")))
+                return Err(LogError::WrongChain(format!(
+                    "storage holds chain {c}, not {want}"
+                )))
             }
             (Some(c), _) => c,
             (None, Some(want)) => want,
@@ -188,9 +219,15 @@ impl RedoLog {
         };
         match log.files.segments().last() {
             Some(&first) => {
-                log.tail = log.files.get(&FileRef::Segment(first)).ok_or(LogError::Poisoned)?;
+                log.tail = log
+                    .files
+                    .get(&FileRef::Segment(first))
+                    .ok_or(LogError::Poisoned)?;
                 log.tail_first = first;
-                log.tail_len = log.tail.len().map_err(LogError::io("stat", FileRef::Segment(first).name()))?;
+                log.tail_len = log
+                    .tail
+                    .len()
+                    .map_err(LogError::io("stat", FileRef::Segment(first).name()))?;
             }
             None => log.roll()?,
         }
@@ -218,10 +255,18 @@ impl RedoLog {
         let first = self.next_index;
         let name = FileRef::Segment(first).name();
         let storage = &self.files.storage;
-        let file = storage.open(&name, true).map_err(LogError::io("create", &name))?;
-        let header = FileHeader { magic: SEGMENT_MAGIC, index: first, chain: self.chain }.encode();
+        let file = storage
+            .open(&name, true)
+            .map_err(LogError::io("create", &name))?;
+        let header = FileHeader {
+            magic: SEGMENT_MAGIC,
+            index: first,
+            chain: self.chain,
+        }
+        .encode();
         file.truncate(0).map_err(LogError::io("truncate", &name))?;
-        file.write_at(&header, 0).map_err(LogError::io("write", &name))?;
+        file.write_at(&header, 0)
+            .map_err(LogError::io("write", &name))?;
         file.sync_data().map_err(LogError::io("fdatasync", &name))?;
         storage.sync_dir().map_err(LogError::io("fsync", "."))?;
         self.files.insert(FileRef::Segment(first), file.clone());
@@ -246,14 +291,24 @@ impl RedoLog {
             let index = self.next_index + i as u64;
             let offset = self.tail_len + (self.buf.len() + FRAME_HEADER + 8) as u64;
             encode_frame(FrameKind::Tx, &[&index.to_le_bytes(), tx], &mut self.buf);
-            out.push((index, Location { file: FileRef::Segment(self.tail_first), offset }));
+            out.push((
+                index,
+                Location {
+                    file: FileRef::Segment(self.tail_first),
+                    offset,
+                },
+            ));
         }
         if let Err(e) = self.tail.write_at(&self.buf, self.tail_len) {
             let name = FileRef::Segment(self.tail_first).name();
             if self.tail.truncate(self.tail_len).is_err() {
                 self.poisoned = true;
             }
-            return Err(LogError::Io { op: "write", file: name, source: e });
+            return Err(LogError::Io {
+                op: "write",
+                file: name,
+                source: e,
+            });
         }
         self.tail_len += self.buf.len() as u64;
         self.next_index += txs.len() as u64;
@@ -271,7 +326,11 @@ impl RedoLog {
         }
         self.tail.sync_data().map_err(|e| {
             self.poisoned = true;
-            LogError::Io { op: "fdatasync", file: FileRef::Segment(self.tail_first).name(), source: e }
+            LogError::Io {
+                op: "fdatasync",
+                file: FileRef::Segment(self.tail_first).name(),
+                source: e,
+            }
         })
     }
 
@@ -282,7 +341,11 @@ impl RedoLog {
 
     /// After a snapshot at `last` was installed: drops older snapshots and every segment whose
     /// entries are all covered. The caller rolled first, so the tail is never dropped.
-    pub fn retire_upto(&mut self, snapshot: Arc<dyn StorageFile>, last: u64) -> Result<(), LogError> {
+    pub fn retire_upto(
+        &mut self,
+        snapshot: Arc<dyn StorageFile>,
+        last: u64,
+    ) -> Result<(), LogError> {
         let storage = self.files.storage.clone();
         if let Some(old) = self.files.snapshot() {
             if old != last {

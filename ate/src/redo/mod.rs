@@ -59,7 +59,10 @@ pub enum LogError {
 }
 
 impl LogError {
-    pub(crate) fn io(op: &'static str, file: impl Into<String>) -> impl FnOnce(std::io::Error) -> LogError {
+    pub(crate) fn io(
+        op: &'static str,
+        file: impl Into<String>,
+    ) -> impl FnOnce(std::io::Error) -> LogError {
         let file = file.into();
         move |source| LogError::Io { op, file, source }
     }
@@ -72,11 +75,29 @@ impl LogError {
             None => std::io::Error::new(e.kind(), e.to_string()),
         };
         match self {
-            LogError::Io { op, file, source } => LogError::Io { op, file: file.clone(), source: io(source) },
-            LogError::Corrupt { file, offset, reason } => LogError::Corrupt { file: file.clone(), offset: *offset, reason: reason.clone() },
+            LogError::Io { op, file, source } => LogError::Io {
+                op,
+                file: file.clone(),
+                source: io(source),
+            },
+            LogError::Corrupt {
+                file,
+                offset,
+                reason,
+            } => LogError::Corrupt {
+                file: file.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+            },
             LogError::Poisoned => LogError::Poisoned,
             LogError::WrongChain(s) => LogError::WrongChain(s.clone()),
-            LogError::Compacted { requested, snapshot } => LogError::Compacted { requested: *requested, snapshot: *snapshot },
+            LogError::Compacted {
+                requested,
+                snapshot,
+            } => LogError::Compacted {
+                requested: *requested,
+                snapshot: *snapshot,
+            },
         }
     }
 

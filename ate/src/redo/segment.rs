@@ -47,23 +47,39 @@ impl FileHeader {
         let mut r = Reader::new(b);
         let magic: [u8; 8] = r.array()?;
         if magic != SEGMENT_MAGIC && magic != SNAPSHOT_MAGIC {
-            return Err(DecodeError::Invalid { what: "file magic", value: u64::from_le_bytes(magic) });
+            return Err(DecodeError::Invalid {
+                what: "file magic",
+                value: u64::from_le_bytes(magic),
+            });
         }
         let format = r.u16()?;
         if format != FILE_FORMAT {
-            return Err(DecodeError::Invalid { what: "file format", value: format.into() });
+            return Err(DecodeError::Invalid {
+                what: "file format",
+                value: format.into(),
+            });
         }
         let reserved = r.u16()?;
         if reserved != 0 {
-            return Err(DecodeError::Invalid { what: "file header reserved", value: reserved.into() });
+            return Err(DecodeError::Invalid {
+                what: "file header reserved",
+                value: reserved.into(),
+            });
         }
         let index = r.u64()?;
         let chain = ChainId(r.array()?);
         let crc = r.u32()?;
         if crc != crc32c::crc32c(&b[..36]) {
-            return Err(DecodeError::Invalid { what: "file header checksum", value: crc.into() });
+            return Err(DecodeError::Invalid {
+                what: "file header checksum",
+                value: crc.into(),
+            });
         }
-        Ok(Self { magic, index, chain })
+        Ok(Self {
+            magic,
+            index,
+            chain,
+        })
     }
 }
 
@@ -79,7 +95,10 @@ pub fn snapshot_name(last_index: u64) -> String {
 
 /// Parses names produced by [`segment_name`] / [`snapshot_name`].
 pub fn parse_name(name: &str) -> Option<(bool, u64)> {
-    if let Some(n) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".log")) {
+    if let Some(n) = name
+        .strip_prefix("seg-")
+        .and_then(|s| s.strip_suffix(".log"))
+    {
         return n.parse().ok().map(|i| (true, i));
     }
     name.strip_prefix("snap-")

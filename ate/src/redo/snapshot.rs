@@ -63,19 +63,40 @@ pub fn decode_snapshot_record(b: &[u8]) -> Result<(SnapshotRecord, usize), Decod
     let parent = match r.u8()? {
         0 => None,
         1 => Some(RecordKey(r.array()?)),
-        v => return Err(DecodeError::Invalid { what: "parent tag", value: v.into() }),
+        v => {
+            return Err(DecodeError::Invalid {
+                what: "parent tag",
+                value: v.into(),
+            })
+        }
     };
     let write = tx::decode_write_authority(&mut r)?;
     let header = match r.u8()? {
         0 => None,
         1 => Some(tx::decode_header(&mut r)?),
-        v => return Err(DecodeError::Invalid { what: "header tag", value: v.into() }),
+        v => {
+            return Err(DecodeError::Invalid {
+                what: "header tag",
+                value: v.into(),
+            })
+        }
     };
     let payload_len = r.count("snapshot payload", MAX_PAYLOAD)?;
     let at = r.pos();
     r.take(payload_len)?;
     r.finish()?;
-    Ok((SnapshotRecord { key, version, index, parent, write, header, payload_len }, at))
+    Ok((
+        SnapshotRecord {
+            key,
+            version,
+            index,
+            parent,
+            write,
+            header,
+            payload_len,
+        },
+        at,
+    ))
 }
 
 /// Writes one snapshot file.
@@ -92,11 +113,24 @@ pub struct SnapshotWriter {
 
 impl SnapshotWriter {
     /// Starts a snapshot of `chain` as of `last_index`.
-    pub fn create(storage: Arc<dyn Storage>, chain: ChainId, last_index: u64, root: Option<&RootAuthority>) -> Result<Self, LogError> {
+    pub fn create(
+        storage: Arc<dyn Storage>,
+        chain: ChainId,
+        last_index: u64,
+        root: Option<&RootAuthority>,
+    ) -> Result<Self, LogError> {
         let tmp = format!("{}.tmp", FileRef::Snapshot(last_index).name());
-        let file = storage.open(&tmp, true).map_err(LogError::io("create", &tmp))?;
+        let file = storage
+            .open(&tmp, true)
+            .map_err(LogError::io("create", &tmp))?;
         file.truncate(0).map_err(LogError::io("truncate", &tmp))?;
-        let mut buf = FileHeader { magic: SNAPSHOT_MAGIC, index: last_index, chain }.encode().to_vec();
+        let mut buf = FileHeader {
+            magic: SNAPSHOT_MAGIC,
+            index: last_index,
+            chain,
+        }
+        .encode()
+        .to_vec();
         let mut w = Writer::default();
         w.u64(last_index);
         match root {
@@ -107,13 +141,24 @@ impl SnapshotWriter {
             }
         }
         encode_frame(FrameKind::SnapshotHeader, &[&w.into_vec()], &mut buf);
-        Ok(Self { storage, tmp, last_index, file, offset: 0, buf, count: 0 })
+        Ok(Self {
+            storage,
+            tmp,
+            last_index,
+            file,
+            offset: 0,
+            buf,
+            count: 0,
+        })
     }
 
     /// Adds a record; returns where its payload will be.
     pub fn add(&mut self, rec: &SnapshotRecord, payload: &[u8]) -> Result<Location, LogError> {
         let mut w = Writer::default();
-        let rec = SnapshotRecord { payload_len: payload.len(), ..rec.clone() };
+        let rec = SnapshotRecord {
+            payload_len: payload.len(),
+            ..rec.clone()
+        };
         encode_record(&rec, &mut w);
         let meta = w.into_vec();
         let at = self.offset + (self.buf.len() + FRAME_HEADER + meta.len()) as u64;
@@ -122,11 +167,16 @@ impl SnapshotWriter {
         if self.buf.len() > 4 << 20 {
             self.flush()?;
         }
-        Ok(Location { file: FileRef::Snapshot(self.last_index), offset: at })
+        Ok(Location {
+            file: FileRef::Snapshot(self.last_index),
+            offset: at,
+        })
     }
 
     fn flush(&mut self) -> Result<(), LogError> {
-        self.file.write_at(&self.buf, self.offset).map_err(LogError::io("write", &self.tmp))?;
+        self.file
+            .write_at(&self.buf, self.offset)
+            .map_err(LogError::io("write", &self.tmp))?;
         self.offset += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
@@ -134,23 +184,44 @@ impl SnapshotWriter {
 
     /// Seals the file durably under its final name and returns it opened.
     pub fn finish(mut self) -> Result<Arc<dyn StorageFile>, LogError> {
-        encode_frame(FrameKind::SnapshotEnd, &[&self.count.to_le_bytes()], &mut self.buf);
+        encode_frame(
+            FrameKind::SnapshotEnd,
+            &[&self.count.to_le_bytes()],
+            &mut self.buf,
+        );
         self.flush()?;
-        self.file.sync_data().map_err(LogError::io("fdatasync", &self.tmp))?;
+        self.file
+            .sync_data()
+            .map_err(LogError::io("fdatasync", &self.tmp))?;
         let name = FileRef::Snapshot(self.last_index).name();
-        self.storage.rename(&self.tmp, &name).map_err(LogError::io("rename", &self.tmp))?;
-        self.storage.sync_dir().map_err(LogError::io("fsync", "."))?;
-        self.storage.open(&name, false).map_err(LogError::io("open", &name))
+        self.storage
+            .rename(&self.tmp, &name)
+            .map_err(LogError::io("rename", &self.tmp))?;
+        self.storage
+            .sync_dir()
+            .map_err(LogError::io("fsync", "."))?;
+        self.storage
+            .open(&name, false)
+            .map_err(LogError::io("open", &name))
     }
 }
 
 /// Reads a whole snapshot into `visitor`; returns its chain. Any damage is an error.
-pub(crate) fn read_snapshot(file: &dyn StorageFile, last_index: u64, visitor: &mut dyn RecoveryVisitor) -> Result<ChainId, LogError> {
+pub(crate) fn read_snapshot(
+    file: &dyn StorageFile,
+    last_index: u64,
+    visitor: &mut dyn RecoveryVisitor,
+) -> Result<ChainId, LogError> {
     let name = FileRef::Snapshot(last_index).name();
-    let corrupt = |offset: u64, reason: String| LogError::Corrupt { file: name.clone(), offset, reason };
+    let corrupt = |offset: u64, reason: String| LogError::Corrupt {
+        file: name.clone(),
+        offset,
+        reason,
+    };
     let len = file.len().map_err(LogError::io("stat", &name))?;
     let mut hb = [0u8; FILE_HEADER];
-    file.read_at(&mut hb, 0).map_err(|_| corrupt(0, "shorter than its header".into()))?;
+    file.read_at(&mut hb, 0)
+        .map_err(|_| corrupt(0, "shorter than its header".into()))?;
     let fh = FileHeader::decode(&hb).map_err(|e| corrupt(0, e.to_string()))?;
     if fh.magic != SNAPSHOT_MAGIC || fh.index != last_index {
         return Err(corrupt(0, "header does not match the file name".into()));
@@ -160,7 +231,11 @@ pub(crate) fn read_snapshot(file: &dyn StorageFile, last_index: u64, visitor: &m
     let mut seen_header = false;
     loop {
         let (kind, payload, next) = match scan_frame(file, &name, off, len)? {
-            Scanned::Frame { kind, payload, next } => (kind, payload, next),
+            Scanned::Frame {
+                kind,
+                payload,
+                next,
+            } => (kind, payload, next),
             Scanned::End => return Err(corrupt(off, "snapshot ends without its end frame".into())),
             Scanned::Bad { reason } => return Err(corrupt(off, reason)),
         };
@@ -171,7 +246,10 @@ pub(crate) fn read_snapshot(file: &dyn StorageFile, last_index: u64, visitor: &m
                 let idx = r.u64().map_err(|e| corrupt(off, e.to_string()))?;
                 let root = match r.u8().map_err(|e| corrupt(off, e.to_string()))? {
                     0 => None,
-                    _ => Some(tx::decode_root_authority(&mut r).map_err(|e| corrupt(off, e.to_string()))?),
+                    _ => Some(
+                        tx::decode_root_authority(&mut r)
+                            .map_err(|e| corrupt(off, e.to_string()))?,
+                    ),
                 };
                 if idx != last_index {
                     return Err(corrupt(off, "header frame index mismatch".into()));
@@ -179,7 +257,8 @@ pub(crate) fn read_snapshot(file: &dyn StorageFile, last_index: u64, visitor: &m
                 visitor.snapshot_root(root, last_index);
             }
             FrameKind::SnapshotRecord if seen_header => {
-                let (rec, at) = decode_snapshot_record(&payload).map_err(|e| corrupt(off, e.to_string()))?;
+                let (rec, at) =
+                    decode_snapshot_record(&payload).map_err(|e| corrupt(off, e.to_string()))?;
                 let loc = (rec.payload_len > 0).then_some(Location {
                     file: FileRef::Snapshot(last_index),
                     offset: off + (FRAME_HEADER + at) as u64,
@@ -190,7 +269,10 @@ pub(crate) fn read_snapshot(file: &dyn StorageFile, last_index: u64, visitor: &m
             FrameKind::SnapshotEnd if seen_header => {
                 let n = r.u64().map_err(|e| corrupt(off, e.to_string()))?;
                 if n != records || next != len {
-                    return Err(corrupt(off, format!("end frame counts {n} records, read {records}")));
+                    return Err(corrupt(
+                        off,
+                        format!("end frame counts {n} records, read {records}"),
+                    ));
                 }
                 return Ok(fh.chain);
             }

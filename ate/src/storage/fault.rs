@@ -74,7 +74,13 @@ impl FaultStorage {
     /// Wraps `inner`; returns the storage and its plan.
     pub fn new(inner: Arc<dyn Storage>) -> (Self, Arc<FaultPlan>) {
         let plan = Arc::new(FaultPlan::default());
-        (Self { inner, plan: plan.clone() }, plan)
+        (
+            Self {
+                inner,
+                plan: plan.clone(),
+            },
+            plan,
+        )
     }
 }
 
@@ -90,7 +96,10 @@ impl Storage for FaultStorage {
     }
     fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
         let inner = self.inner.open(name, create)?;
-        Ok(Arc::new(FaultFile { inner, plan: self.plan.clone() }))
+        Ok(Arc::new(FaultFile {
+            inner,
+            plan: self.plan.clone(),
+        }))
     }
     fn remove(&self, name: &str) -> io::Result<()> {
         self.inner.remove(name)

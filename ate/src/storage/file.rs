@@ -18,7 +18,10 @@ impl FileStorage {
     pub fn new(dir: impl AsRef<Path>) -> io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = dir.as_ref().to_path_buf();
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
         Ok(Self { dir })
     }
     /// The directory.

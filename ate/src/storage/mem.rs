@@ -36,11 +36,16 @@ impl MemStorage {
             .iter()
             .map(|(n, f)| {
                 let durable = f.0.lock().durable.clone();
-                let file = MemFile(Mutex::new(MemFileInner { data: durable.clone(), durable }));
+                let file = MemFile(Mutex::new(MemFileInner {
+                    data: durable.clone(),
+                    durable,
+                }));
                 (n.clone(), Arc::new(file))
             })
             .collect();
-        MemStorage { files: Arc::new(Mutex::new(files)) }
+        MemStorage {
+            files: Arc::new(Mutex::new(files)),
+        }
     }
 
     /// Current (not necessarily durable) bytes of a file.
@@ -50,7 +55,10 @@ impl MemStorage {
 
     /// Replaces a file's bytes (durably), e.g. to cut or corrupt it in a test.
     pub fn set_contents(&self, name: &str, bytes: Vec<u8>) {
-        let f = MemFile(Mutex::new(MemFileInner { data: bytes.clone(), durable: bytes }));
+        let f = MemFile(Mutex::new(MemFileInner {
+            data: bytes.clone(),
+            durable: bytes,
+        }));
         self.files.lock().insert(name.to_string(), Arc::new(f));
     }
 }
@@ -76,7 +84,11 @@ impl Storage for MemStorage {
         Ok(f)
     }
     fn remove(&self, name: &str) -> io::Result<()> {
-        self.files.lock().remove(name).map(|_| ()).ok_or_else(|| not_found(name))
+        self.files
+            .lock()
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| not_found(name))
     }
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut files = self.files.lock();
@@ -96,7 +108,9 @@ impl StorageFile for MemFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let g = self.0.lock();
         let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let end = start.checked_add(buf.len()).ok_or(io::ErrorKind::InvalidInput)?;
+        let end = start
+            .checked_add(buf.len())
+            .ok_or(io::ErrorKind::InvalidInput)?;
         if end > g.data.len() {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }

@@ -2,7 +2,10 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use ate::storage::{MemStorage, Storage};
-use ate::{Chain, ChainId, ChainOptions, DataKey, Op, RecordKey, RootAuthority, SigningKey, Transaction, WriteAuthority};
+use ate::{
+    Chain, ChainId, ChainOptions, DataKey, Op, RecordKey, RootAuthority, SigningKey, Transaction,
+    WriteAuthority,
+};
 use std::sync::Arc;
 
 pub struct Fixture {
@@ -13,7 +16,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Self {
-        Self { chain_id: ChainId::from_hex("00112233445566778899aabbccddeeff").unwrap(), owner: SigningKey::generate(), data: DataKey::generate() }
+        Self {
+            chain_id: ChainId::from_hex("00112233445566778899aabbccddeeff").unwrap(),
+            owner: SigningKey::generate(),
+            data: DataKey::generate(),
+        }
     }
 
     pub fn genesis(&self, root: RootAuthority) -> Transaction {
@@ -22,14 +29,34 @@ impl Fixture {
         tx.sign(&self.owner)
     }
 
-    pub fn put(&self, signer: &SigningKey, key: RecordKey, parent: Option<RecordKey>, data: &[u8]) -> Transaction {
+    pub fn put(
+        &self,
+        signer: &SigningKey,
+        key: RecordKey,
+        parent: Option<RecordKey>,
+        data: &[u8],
+    ) -> Transaction {
         let mut tx = Transaction::new(self.chain_id, signer.public());
-        tx.ops.push(Op::put(&self.chain_id, key, parent, WriteAuthority::Inherit, Some(&self.data), data));
+        tx.ops.push(Op::put(
+            &self.chain_id,
+            key,
+            parent,
+            WriteAuthority::Inherit,
+            Some(&self.data),
+            data,
+        ));
         tx.sign(signer)
     }
 
     pub fn open(&self, storage: &Arc<dyn Storage>) -> Chain {
-        Chain::open(storage.clone(), Some(self.chain_id), ChainOptions::default(), |_, _| {}).unwrap().0
+        Chain::open(
+            storage.clone(),
+            Some(self.chain_id),
+            ChainOptions::default(),
+            |_, _| {},
+        )
+        .unwrap()
+        .0
     }
 
     /// A memory-backed chain with genesis committed.
@@ -37,7 +64,9 @@ impl Fixture {
         let mem = MemStorage::new();
         let storage: Arc<dyn Storage> = Arc::new(mem.clone());
         let chain = self.open(&storage);
-        chain.commit(self.genesis(RootAuthority::single_owner(self.owner.public()))).unwrap();
+        chain
+            .commit(self.genesis(RootAuthority::single_owner(self.owner.public())))
+            .unwrap();
         (mem, chain)
     }
 }
@@ -47,7 +76,11 @@ pub fn key(n: u128) -> RecordKey {
 }
 
 /// Plaintext of every live record with a payload, sorted by key.
-pub fn contents(chain: &Chain, keys: impl IntoIterator<Item = RecordKey>, data: &DataKey) -> Vec<(RecordKey, Vec<u8>)> {
+pub fn contents(
+    chain: &Chain,
+    keys: impl IntoIterator<Item = RecordKey>,
+    data: &DataKey,
+) -> Vec<(RecordKey, Vec<u8>)> {
     let mut out: Vec<_> = keys
         .into_iter()
         .filter_map(|k| chain.read_plain(&k, data).unwrap().map(|(_, p)| (k, p)))

@@ -1,0 +1,29 @@
+# The checks CI runs (.ci/run calls `make test`). Run them locally before pushing.
+CARGO ?= cargo
+
+.PHONY: test fmt-check clippy unit demo bench-ate fuzz
+
+test: fmt-check clippy unit
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --locked
+
+# The README's "run it" command.
+demo:
+	$(CARGO) run --release --locked -p bench --bin ate-bench -- demo
+
+# ate benchmarks (results go to docs/benchmarks.md by hand; see bench/README.md).
+bench-ate:
+	bench/ate.sh
+
+# Each fuzz target for FUZZ_SECONDS (nightly + cargo-fuzz; see fuzz/README.md).
+FUZZ_SECONDS ?= 60
+fuzz:
+	cd fuzz && for t in $$(cargo +nightly fuzz list); do \
+		cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
