@@ -9,6 +9,7 @@ use crate::authority::RootAuthority;
 use crate::codec::DecodeError;
 use crate::crypto::CryptoError;
 use crate::ids::{ChainId, RecordKey, TxHash};
+use crate::queue::BatchQueue;
 use crate::redo::{
     Location, LogCursor, LogError, LogOptions, Recovered, RecoveryVisitor, RedoLog, SnapshotRecord,
     SnapshotWriter,
@@ -17,7 +18,6 @@ use crate::storage::Storage;
 use crate::tx::{RecordHeader, Transaction};
 use crate::validate::{check_stateful, check_stateless, ChainState, ValidationError};
 use crate::view::{locate, plan, Change, RecordEntry, Staged, View};
-use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,12 +98,28 @@ pub struct ChainStats {
     pub snapshot: Option<u64>,
 }
 
+#[derive(Debug)]
 struct Pending {
     tx: Transaction,
     bytes: Vec<u8>,
     offsets: Vec<usize>,
     hash: TxHash,
-    reply: Sender<Result<Receipt, ChainError>>,
+    reply: Arc<Reply>,
+}
+
+/// A one-shot reply slot. Waiters park at once: with dozens of writers on two cores, the
+/// spin-then-yield of a channel's receive burns the CPU the signatures need.
+#[derive(Debug, Default)]
+struct Reply {
+    slot: Mutex<Option<Result<Receipt, ChainError>>>,
+    ready: Condvar,
+}
+
+impl Reply {
+    fn send(&self, r: Result<Receipt, ChainError>) {
+        *self.slot.lock() = Some(r);
+        self.ready.notify_one();
+    }
 }
 
 #[derive(Debug)]
@@ -113,17 +129,19 @@ struct Shared {
     log: Mutex<RedoLog>,
     durable: Mutex<u64>,
     durable_cv: Condvar,
+    /// Sequence number of the last batch merged into the view.
+    published: Mutex<u64>,
 }
 
 #[derive(Debug)]
 struct Committer {
-    queue: Option<Sender<Pending>>,
+    queue: Arc<BatchQueue<Pending>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Committer {
     fn drop(&mut self) {
-        self.queue.take();
+        self.queue.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -210,19 +228,21 @@ impl Chain {
             log: Mutex::new(log),
             durable: Mutex::new(last),
             durable_cv: Condvar::new(),
+            published: Mutex::new(0),
         });
-        let (queue, rx) = crossbeam_channel::bounded::<Pending>(opts.max_batch * 4);
+        let queue = Arc::new(BatchQueue::new());
         let s = shared.clone();
+        let q = queue.clone();
         let thread = std::thread::Builder::new()
             .name(format!("ate-commit-{}", &shared.id.to_hex()[..8]))
-            .spawn(move || committer_loop(s, rx, opts))
+            .spawn(move || committer_loop(s, &q, opts))
             .map_err(|e| LogError::Io {
                 op: "spawn committer",
                 file: ".".into(),
                 source: e,
             })?;
         let committer = Arc::new(Committer {
-            queue: Some(queue),
+            queue,
             thread: Some(thread),
         });
         Ok((Chain { shared, committer }, report))
@@ -249,18 +269,18 @@ impl Chain {
                 *payload = Vec::new();
             }
         }
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        let queue = self.committer.queue.as_ref().ok_or(ChainError::Closed)?;
-        queue
-            .send(Pending {
+        let reply = Arc::new(Reply::default());
+        self.committer
+            .queue
+            .push(Pending {
                 tx,
                 bytes,
                 offsets,
                 hash,
-                reply,
+                reply: reply.clone(),
             })
             .map_err(|_| ChainError::Closed)?;
-        Ok(PendingCommit { rx })
+        Ok(PendingCommit { reply })
     }
 
     /// Latest state of a record (tombstones included).
@@ -412,13 +432,25 @@ impl Chain {
 /// A queued commit.
 #[derive(Debug)]
 pub struct PendingCommit {
-    rx: Receiver<Result<Receipt, ChainError>>,
+    reply: Arc<Reply>,
 }
 
 impl PendingCommit {
     /// Waits until the transaction is durable or refused.
     pub fn wait(self) -> Result<Receipt, ChainError> {
-        self.rx.recv().map_err(|_| ChainError::Closed)?
+        let mut slot = self.reply.slot.lock();
+        loop {
+            if let Some(r) = slot.take() {
+                return r;
+            }
+            // The committer always answers: every Pending it takes gets a reply, and a
+            // Pending it never takes is dropped with the queue, which only happens when the
+            // chain (and so this handle's owner) is gone.
+            if Arc::strong_count(&self.reply) == 1 {
+                return Err(ChainError::Closed);
+            }
+            self.reply.ready.wait_for(&mut slot, Duration::from_secs(1));
+        }
     }
 }
 
@@ -465,29 +497,70 @@ impl Subscription {
     }
 }
 
-fn committer_loop(shared: Arc<Shared>, rx: Receiver<Pending>, opts: ChainOptions) {
-    while let Ok(first) = rx.recv() {
-        let mut bytes = first.bytes.len();
-        let mut batch = vec![first];
-        while batch.len() < opts.max_batch && bytes < opts.max_batch_bytes {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.bytes.len();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        commit_batch(&shared, batch);
-    }
+/// A batch written to the log and waiting for its fdatasync.
+#[derive(Debug)]
+struct Appended {
+    seq: u64,
+    entries: Vec<(Pending, Vec<Change>, u64)>,
+    file: Arc<dyn crate::storage::StorageFile>,
+    file_name: String,
 }
 
-fn commit_batch(shared: &Shared, batch: Vec<Pending>) {
+/// Stage one: validate in order and append. The fdatasync happens in stage two, so the next
+/// batch is validated and written while the previous one syncs (the disk and the CPU overlap).
+fn committer_loop(shared: Arc<Shared>, rx: &BatchQueue<Pending>, opts: ChainOptions) {
+    let to_syncer = Arc::new(BatchQueue::<Appended>::new());
+    let s = shared.clone();
+    let q = to_syncer.clone();
+    let syncer = std::thread::Builder::new()
+        .name(format!("ate-sync-{}", &shared.id.to_hex()[..8]))
+        .spawn(move || syncer_loop(s, &q));
+    let syncer = match syncer {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the sync thread; commits will fail");
+            return;
+        }
+    };
+    // Changes appended but not yet published, oldest first; consulted before the view.
+    let mut inflight: std::collections::VecDeque<(u64, Vec<Change>)> = Default::default();
+    let mut seq = 0u64;
+    while let Some(batch) = rx.pop_batch(opts.max_batch, opts.max_batch_bytes, |p| p.bytes.len()) {
+        let published = *shared.published.lock();
+        while inflight.front().is_some_and(|(s, _)| *s <= published) {
+            inflight.pop_front();
+        }
+        seq += 1;
+        if let Some(appended) = append_batch(&shared, batch, &inflight, seq) {
+            let changes = appended
+                .entries
+                .iter()
+                .flat_map(|(_, c, _)| c.iter().cloned())
+                .collect();
+            inflight.push_back((seq, changes));
+            if to_syncer.push(appended).is_err() {
+                break;
+            }
+        }
+    }
+    to_syncer.close();
+    let _ = syncer.join();
+}
+
+fn append_batch(
+    shared: &Shared,
+    batch: Vec<Pending>,
+    inflight: &std::collections::VecDeque<(u64, Vec<Change>)>,
+    seq: u64,
+) -> Option<Appended> {
     let mut log = shared.log.lock();
     let mut accepted: Vec<(Pending, Vec<Change>)> = Vec::with_capacity(batch.len());
     {
         let view = shared.view.read();
         let mut staged = Staged::new(&view);
+        for (_, changes) in inflight {
+            staged.stage(changes);
+        }
         let mut index = log.next_index();
         for p in batch {
             match check_stateful(&staged, &p.tx) {
@@ -497,44 +570,98 @@ fn commit_batch(shared: &Shared, batch: Vec<Pending>) {
                     accepted.push((p, changes));
                     index += 1;
                 }
-                Err(e) => {
-                    let _ = p.reply.send(Err(e.into()));
-                }
+                Err(e) => p.reply.send(Err(e.into())),
             }
         }
     }
     if accepted.is_empty() {
-        return;
+        return None;
     }
     let slices: Vec<&[u8]> = accepted.iter().map(|(p, _)| p.bytes.as_slice()).collect();
-    let result = log
-        .append(&slices)
-        .and_then(|locs| log.sync().map(|()| locs));
-    let locs = match result {
-        Ok(l) => l,
+    match log.append(&slices) {
+        Ok(locs) => {
+            let (file, file_name) = log.sync_handle();
+            let entries = accepted
+                .into_iter()
+                .zip(locs)
+                .map(|((p, mut changes), (index, at))| {
+                    locate(&mut changes, at, &p.offsets);
+                    (p, changes, index)
+                })
+                .collect();
+            Some(Appended {
+                seq,
+                entries,
+                file,
+                file_name,
+            })
+        }
         Err(e) => {
             tracing::error!(error = %e, "group commit failed");
             for (p, _) in accepted {
-                let _ = p.reply.send(Err(e.duplicate().into()));
+                p.reply.send(Err(e.duplicate().into()));
             }
-            return;
-        }
-    };
-    let last = locs.last().map_or(0, |l| l.0);
-    {
-        let mut view = shared.view.write();
-        for ((p, changes), (index, at)) in accepted.iter_mut().zip(&locs) {
-            locate(changes, *at, &p.offsets);
-            view.merge(*index, std::mem::take(changes));
+            None
         }
     }
-    drop(log);
-    *shared.durable.lock() = last;
-    shared.durable_cv.notify_all();
-    for ((p, _), (index, _)) in accepted.into_iter().zip(locs) {
-        let _ = p.reply.send(Ok(Receipt {
-            index,
-            hash: p.hash,
-        }));
+}
+
+/// Stage two: fdatasync, publish to the view, then acknowledge. Every batch appended while the
+/// previous fdatasync ran shares the next one.
+fn syncer_loop(shared: Arc<Shared>, rx: &BatchQueue<Appended>) {
+    let mut failed: Option<LogError> = None;
+    while let Some(mut batches) = rx.pop_batch(usize::MAX, usize::MAX, |_| 0) {
+        if failed.is_none() {
+            // A batch list can span a segment roll: sync every file involved, oldest first.
+            let mut synced: Vec<&str> = Vec::new();
+            for b in batches.iter().rev() {
+                if synced.contains(&b.file_name.as_str()) {
+                    continue;
+                }
+                synced.push(&b.file_name);
+                if let Err(source) = b.file.sync_data() {
+                    shared.log.lock().poison();
+                    tracing::error!(error = %source, file = %b.file_name, "fdatasync failed; the chain needs a reopen");
+                    failed = Some(LogError::Io {
+                        op: "fdatasync",
+                        file: b.file_name.clone(),
+                        source,
+                    });
+                    break;
+                }
+            }
+        }
+        if let Some(e) = &failed {
+            // Written after (or with) a failed fsync: never acknowledged, never published.
+            for b in batches {
+                for (p, _, _) in b.entries {
+                    p.reply.send(Err(e.duplicate().into()));
+                }
+            }
+            continue;
+        }
+        let last = batches
+            .iter()
+            .rev()
+            .find_map(|b| b.entries.last())
+            .map_or(0, |e| e.2);
+        let seq = batches.last().map_or(0, |b| b.seq);
+        {
+            let mut view = shared.view.write();
+            for b in &mut batches {
+                for (_, changes, index) in &mut b.entries {
+                    view.merge(*index, std::mem::take(changes));
+                }
+            }
+        }
+        *shared.published.lock() = seq;
+        *shared.durable.lock() = last;
+        shared.durable_cv.notify_all();
+        for b in batches {
+            for (p, _, index) in b.entries {
+                let hash = p.hash;
+                p.reply.send(Ok(Receipt { index, hash }));
+            }
+        }
     }
 }

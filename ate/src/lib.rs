@@ -19,6 +19,7 @@ pub mod codec;
 pub mod crypto;
 pub mod ids;
 pub mod keyfile;
+mod queue;
 pub mod redo;
 pub mod storage;
 pub mod tx;

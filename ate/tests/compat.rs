@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use ate::storage::{FileStorage, Storage};
-use ate::{Chain, ChainOptions, KeyFile, Op, RecordKey, RootAuthority, Transaction, WriteAuthority};
+use ate::{
+    Chain, ChainOptions, KeyFile, Op, RecordKey, RootAuthority, Transaction, WriteAuthority,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,7 +22,11 @@ fn k(n: u128) -> RecordKey {
 fn expected() -> Vec<(RecordKey, Option<Vec<u8>>, u64)> {
     vec![
         (k(1), Some(b"directory".to_vec()), 1),
-        (k(2), Some(b"file two, rewritten after the snapshot".to_vec()), 3),
+        (
+            k(2),
+            Some(b"file two, rewritten after the snapshot".to_vec()),
+            3,
+        ),
         (k(3), None, 2),
         (k(4), Some(vec![0xab; 5000]), 1),
         (k(5), Some(b"written after the snapshot".to_vec()), 1),
@@ -48,12 +54,22 @@ fn reads_the_committed_v1_sample() {
     let (chain, report) = Chain::open(storage, None, ChainOptions::default(), |_, _| {}).unwrap();
     assert_eq!(chain.id(), keys.chain);
     assert_eq!(report.truncated_bytes, 0);
-    assert!(report.snapshot.is_some(), "the sample must exercise the snapshot format");
-    assert_eq!(chain.root(), Some(RootAuthority::single_owner(keys.owner.public())));
+    assert!(
+        report.snapshot.is_some(),
+        "the sample must exercise the snapshot format"
+    );
+    assert_eq!(
+        chain.root(),
+        Some(RootAuthority::single_owner(keys.owner.public()))
+    );
     for (key, want, version) in expected() {
         let got = chain.read_plain(&key, &keys.data).unwrap().map(|(_, p)| p);
         assert_eq!(got, want, "record {key}");
-        assert_eq!(chain.record(&key).unwrap().version, version, "version of {key}");
+        assert_eq!(
+            chain.record(&key).unwrap().version,
+            version,
+            "version of {key}"
+        );
     }
     assert_eq!(chain.children(&k(1)), vec![k(2), k(4)]);
     // Every transaction after the snapshot still verifies under the shared validator.
@@ -80,20 +96,47 @@ fn write_sample() {
     let keys = KeyFile::generate(ate::ChainId::random());
     keys.save(&out.join("keys")).unwrap();
     let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(out.join("chain")).unwrap());
-    let (chain, _) = Chain::open(storage, Some(keys.chain), ChainOptions::default(), |_, _| {}).unwrap();
+    let (chain, _) = Chain::open(
+        storage,
+        Some(keys.chain),
+        ChainOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
     let id = keys.chain;
     let commit = |ops: Vec<Op>| {
         let mut tx = Transaction::new(id, keys.owner.public());
         tx.ops = ops;
         chain.commit(tx.sign(&keys.owner)).unwrap();
     };
-    let put = |key, parent, data: &[u8]| Op::put(&id, key, parent, WriteAuthority::Inherit, Some(&keys.data), data);
-    commit(vec![Op::SetRoot(RootAuthority::single_owner(keys.owner.public()))]);
-    commit(vec![put(k(1), None, b"directory"), put(k(2), Some(k(1)), b"file two")]);
-    commit(vec![put(k(3), Some(k(1)), b"file three"), put(k(4), Some(k(1)), &[0xab; 5000])]);
+    let put = |key, parent, data: &[u8]| {
+        Op::put(
+            &id,
+            key,
+            parent,
+            WriteAuthority::Inherit,
+            Some(&keys.data),
+            data,
+        )
+    };
+    commit(vec![Op::SetRoot(RootAuthority::single_owner(
+        keys.owner.public(),
+    ))]);
+    commit(vec![
+        put(k(1), None, b"directory"),
+        put(k(2), Some(k(1)), b"file two"),
+    ]);
+    commit(vec![
+        put(k(3), Some(k(1)), b"file three"),
+        put(k(4), Some(k(1)), &[0xab; 5000]),
+    ]);
     commit(vec![put(k(2), Some(k(1)), b"file two, v2")]);
     commit(vec![Op::Delete { key: k(3) }]);
     chain.compact().unwrap();
-    commit(vec![put(k(2), Some(k(1)), b"file two, rewritten after the snapshot")]);
+    commit(vec![put(
+        k(2),
+        Some(k(1)),
+        b"file two, rewritten after the snapshot",
+    )]);
     commit(vec![put(k(5), None, b"written after the snapshot")]);
 }

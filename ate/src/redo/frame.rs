@@ -135,10 +135,12 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(FrameKind, &[u8], usize), DecodeErr
         })?;
     let fh = decode_frame_header(h)?;
     let end = FRAME_HEADER + fh.len;
-    let payload = bytes.get(FRAME_HEADER..end).ok_or(DecodeError::Truncated {
-        offset: FRAME_HEADER,
-        needed: end - bytes.len(),
-    })?;
+    let payload = bytes
+        .get(FRAME_HEADER..end)
+        .ok_or_else(|| DecodeError::Truncated {
+            offset: FRAME_HEADER,
+            needed: end.saturating_sub(bytes.len()),
+        })?;
     if !fh.payload_ok(payload) {
         return Err(DecodeError::Invalid {
             what: "frame checksum",
@@ -151,6 +153,20 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(FrameKind, &[u8], usize), DecodeErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_input_with_trailing_bytes_decodes_the_first_frame() {
+        // Regression (fuzz target `frame`): the truncation error was computed eagerly and
+        // underflowed when the input was longer than the frame.
+        let mut buf = Vec::new();
+        encode_frame(FrameKind::Tx, &[b"x"], &mut buf);
+        buf.extend_from_slice(&[0; 100]);
+        assert_eq!(
+            decode_frame(&buf).map(|(_, p, n)| (p.len(), n)),
+            Ok((1, FRAME_HEADER + 1))
+        );
+        assert!(decode_frame(&buf[..FRAME_HEADER]).is_err());
+    }
 
     #[test]
     fn roundtrip_and_every_flip_detected() {

@@ -334,6 +334,17 @@ impl RedoLog {
         })
     }
 
+    /// What [`Self::sync`] would sync: the current tail, so that another thread can fdatasync
+    /// a batch while the next one is appended. Report a failure with [`Self::poison`].
+    pub fn sync_handle(&self) -> (Arc<dyn StorageFile>, String) {
+        (self.tail.clone(), FileRef::Segment(self.tail_first).name())
+    }
+
+    /// Marks the log unusable (after a failed fsync done through a sync handle).
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
     /// True after a failure that needs a reopen.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
