@@ -16,7 +16,8 @@ use crate::redo::{
 };
 use crate::storage::Storage;
 use crate::tx::{RecordHeader, Transaction};
-use crate::validate::{check_stateful, check_stateless, ChainState, ValidationError};
+use crate::crypto::SigningKey;
+use crate::validate::{check_format, check_stateful, check_stateless, ChainState, ValidationError};
 use crate::view::{locate, plan, Change, RecordEntry, Staged, View};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::sync::Arc;
@@ -258,9 +259,23 @@ impl Chain {
         self.commit_async(tx)?.wait()
     }
 
+    /// Signs `tx` with `key` and commits it. The signature is made here, so verifying it again
+    /// would prove nothing: only format, authority and preconditions are checked. This is the
+    /// path of a local writer (the embedded file system); transactions that arrive from
+    /// elsewhere go through [`Self::commit`].
+    pub fn sign_and_commit(&self, tx: Transaction, key: &SigningKey) -> Result<Receipt, ChainError> {
+        let (tx, hash) = tx.sign_hashed(key);
+        check_format(&tx)?;
+        self.enqueue(tx, hash)?.wait()
+    }
+
     /// Validates and queues; the returned handle waits for durability.
-    pub fn commit_async(&self, mut tx: Transaction) -> Result<PendingCommit, ChainError> {
+    pub fn commit_async(&self, tx: Transaction) -> Result<PendingCommit, ChainError> {
         let hash = check_stateless(&tx)?;
+        self.enqueue(tx, hash)
+    }
+
+    fn enqueue(&self, mut tx: Transaction, hash: TxHash) -> Result<PendingCommit, ChainError> {
         let bytes = tx.encode();
         let offsets = tx.payload_offsets();
         // The committer needs headers, not payloads: free them early.

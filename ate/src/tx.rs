@@ -382,10 +382,16 @@ impl Transaction {
     }
 
     /// Signs in place with `key` (which must match `author`).
-    pub fn sign(mut self, key: &SigningKey) -> Self {
+    pub fn sign(self, key: &SigningKey) -> Self {
+        self.sign_hashed(key).0
+    }
+
+    /// Signs in place and also returns the hash (saves hashing the payloads twice).
+    pub fn sign_hashed(mut self, key: &SigningKey) -> (Self, TxHash) {
         self.author = key.public();
-        self.signature = key.sign(&self.hash().0);
-        self
+        let h = self.hash();
+        self.signature = key.sign(&h.0);
+        (self, h)
     }
 
     /// Verifies the signature; returns the transaction hash.

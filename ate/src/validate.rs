@@ -104,6 +104,15 @@ pub trait ChainState {
 
 /// Checks everything that does not depend on chain state; returns the transaction hash.
 pub fn check_stateless(tx: &Transaction) -> Result<TxHash, ValidationError> {
+    check_format(tx)?;
+    if tx.signature == [0u8; 64] {
+        return Err(ValidationError::Signature(CryptoError::BadSignature(tx.author.id())));
+    }
+    Ok(tx.verify_signature()?)
+}
+
+/// Format and bound checks only (no signature): for a transaction this process signed itself.
+pub fn check_format(tx: &Transaction) -> Result<(), ValidationError> {
     if tx.ops.is_empty() {
         return Err(ValidationError::Empty);
     }
@@ -172,12 +181,7 @@ pub fn check_stateless(tx: &Transaction) -> Result<TxHash, ValidationError> {
     if roots > 1 {
         return Err(ValidationError::BadAuthority("more than one root change"));
     }
-    if tx.signature == [0u8; 64] {
-        return Err(ValidationError::Signature(CryptoError::BadSignature(
-            tx.author.id(),
-        )));
-    }
-    Ok(tx.verify_signature()?)
+    Ok(())
 }
 
 fn check_key_list(ks: &[KeyId]) -> Result<(), ValidationError> {

@@ -21,6 +21,13 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Local,
+    Remote,
+    Presigned,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a chain in DIR (a temp dir by default), write, read back, reopen, print stats.
@@ -39,9 +46,11 @@ enum Cmd {
         /// Seconds to run.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
-        /// Sign transactions before the clock starts (measures the commit path alone).
-        #[arg(long)]
-        presigned: bool,
+        /// local: each writer signs inside `Chain::sign_and_commit` (the embedded file system's
+        /// path); remote: writers sign, the chain verifies (a server's path); presigned: signed
+        /// before the clock starts, the chain verifies (the commit path alone).
+        #[arg(long, value_enum, default_value_t = Mode::Local)]
+        mode: Mode,
         /// Directory for the chain (default: a temp dir in the current directory).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
@@ -67,9 +76,9 @@ fn main() -> Result<()> {
             writers,
             size,
             seconds,
-            presigned,
+            mode,
             dir,
-        } => commit(writers, size, seconds, presigned, dir),
+        } => commit(writers, size, seconds, mode, dir),
         Cmd::Crypto { size, iters } => crypto(size, iters),
     }
 }
@@ -159,15 +168,16 @@ fn commit(
     writers: usize,
     size: usize,
     seconds: f64,
-    presigned: bool,
+    mode: Mode,
     dir: Option<std::path::PathBuf>,
 ) -> Result<()> {
+    let presigned = mode == Mode::Presigned;
     let (_t, path) = tempdir(dir)?;
     let s = Arc::new(setup(&path)?);
     let payload = vec![0x5au8; size];
     // Presigned mode prepares enough transactions per writer for the run.
     let per_writer = if presigned {
-        ((300_000 / writers).max(8) * 4096 / size.max(4096)).max(8)
+        ((60_000.0 * seconds) as usize / writers * 4096 / size.max(4096)).max(8)
     } else {
         0
     };
@@ -198,20 +208,21 @@ fn commit(
                 let mut n = 0u64;
                 let mut lat = Vec::new();
                 while Instant::now() < deadline {
-                    let tx = if presigned {
-                        match txs.pop() {
-                            Some(t) => t,
-                            None => break,
-                        }
-                    } else {
-                        put_tx(
-                            &s,
-                            RecordKey::from_u128(((w as u128) << 64) | n as u128),
-                            &payload,
-                        )
-                    };
+                    let key = RecordKey::from_u128(((w as u128) << 64) | n as u128);
                     let t0 = Instant::now();
-                    s.chain.commit(tx)?;
+                    match mode {
+                        Mode::Presigned => match txs.pop() {
+                            Some(t) => s.chain.commit(t)?,
+                            None => break,
+                        },
+                        Mode::Remote => s.chain.commit(put_tx(&s, key, &payload))?,
+                        Mode::Local => {
+                            let mut tx = Transaction::new(s.id, s.owner.public());
+                            let data = Some(&s.data);
+                            tx.ops.push(Op::put(&s.id, key, None, WriteAuthority::Inherit, data, &payload));
+                            s.chain.sign_and_commit(tx, &s.owner)?
+                        }
+                    };
                     lat.push(t0.elapsed());
                     n += 1;
                 }
@@ -235,7 +246,7 @@ fn commit(
             .unwrap_or_default()
     };
     println!(
-        "commit writers={writers} size={size} presigned={presigned}: {total} tx in {secs:.2}s = {:.0} tx/s, {:.1} MiB/s payload; latency p50 {:.2} ms p99 {:.2} ms; {:.0} us CPU per tx ({:.2} cores busy)",
+        "commit writers={writers} size={size} mode={mode:?}: {total} tx in {secs:.2}s = {:.0} tx/s, {:.1} MiB/s payload; latency p50 {:.2} ms p99 {:.2} ms; {:.0} us CPU per tx ({:.2} cores busy)",
         total as f64 / secs,
         total as f64 * size as f64 / secs / 1048576.0,
         pct(0.5).as_secs_f64() * 1e3,
