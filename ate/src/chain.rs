@@ -8,6 +8,7 @@
 use crate::authority::RootAuthority;
 use crate::codec::DecodeError;
 use crate::crypto::CryptoError;
+use crate::crypto::SigningKey;
 use crate::ids::{ChainId, RecordKey, TxHash};
 use crate::queue::BatchQueue;
 use crate::redo::{
@@ -16,7 +17,6 @@ use crate::redo::{
 };
 use crate::storage::Storage;
 use crate::tx::{RecordHeader, Transaction};
-use crate::crypto::SigningKey;
 use crate::validate::{check_format, check_stateful, check_stateless, ChainState, ValidationError};
 use crate::view::{locate, plan, Change, RecordEntry, Staged, View};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -263,7 +263,11 @@ impl Chain {
     /// would prove nothing: only format, authority and preconditions are checked. This is the
     /// path of a local writer (the embedded file system); transactions that arrive from
     /// elsewhere go through [`Self::commit`].
-    pub fn sign_and_commit(&self, tx: Transaction, key: &SigningKey) -> Result<Receipt, ChainError> {
+    pub fn sign_and_commit(
+        &self,
+        tx: Transaction,
+        key: &SigningKey,
+    ) -> Result<Receipt, ChainError> {
         let (tx, hash) = tx.sign_hashed(key);
         check_format(&tx)?;
         self.enqueue(tx, hash)?.wait()

@@ -547,6 +547,30 @@ mod tests {
     }
 
     #[test]
+    fn oversized_counts_and_payloads_are_refused() {
+        let tx = sample();
+        let mut bytes = tx.encode();
+        // The precondition count sits after format, chain, author, timestamp and nonce.
+        let at = 2 + 16 + 32 + 8 + 8;
+        bytes[at..at + 4].copy_from_slice(&(MAX_PRECONDITIONS as u32 + 1).to_le_bytes());
+        assert!(matches!(
+            Transaction::decode(&bytes),
+            Err(DecodeError::TooLarge {
+                what: "preconditions",
+                ..
+            })
+        ));
+        let big = vec![0u8; MAX_TX_BYTES + 1];
+        assert!(matches!(
+            Transaction::decode(&big),
+            Err(DecodeError::TooLarge {
+                what: "transaction",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn every_truncation_is_an_error() {
         let bytes = sample().encode();
         for cut in 0..bytes.len() {

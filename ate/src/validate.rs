@@ -106,7 +106,9 @@ pub trait ChainState {
 pub fn check_stateless(tx: &Transaction) -> Result<TxHash, ValidationError> {
     check_format(tx)?;
     if tx.signature == [0u8; 64] {
-        return Err(ValidationError::Signature(CryptoError::BadSignature(tx.author.id())));
+        return Err(ValidationError::Signature(CryptoError::BadSignature(
+            tx.author.id(),
+        )));
     }
     Ok(tx.verify_signature()?)
 }

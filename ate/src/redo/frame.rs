@@ -155,6 +155,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn oversized_length_is_refused_before_reading_the_payload() {
+        let mut buf = Vec::new();
+        encode_frame(FrameKind::Tx, &[b"x"], &mut buf);
+        buf[8..12].copy_from_slice(&(MAX_FRAME_PAYLOAD as u32 + 1).to_le_bytes());
+        assert!(matches!(
+            decode_frame(&buf),
+            Err(DecodeError::TooLarge {
+                what: "frame payload",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn long_input_with_trailing_bytes_decodes_the_first_frame() {
         // Regression (fuzz target `frame`): the truncation error was computed eagerly and
         // underflowed when the input was longer than the frame.

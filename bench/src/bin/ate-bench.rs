@@ -219,7 +219,14 @@ fn commit(
                         Mode::Local => {
                             let mut tx = Transaction::new(s.id, s.owner.public());
                             let data = Some(&s.data);
-                            tx.ops.push(Op::put(&s.id, key, None, WriteAuthority::Inherit, data, &payload));
+                            tx.ops.push(Op::put(
+                                &s.id,
+                                key,
+                                None,
+                                WriteAuthority::Inherit,
+                                data,
+                                &payload,
+                            ));
                             s.chain.sign_and_commit(tx, &s.owner)?
                         }
                     };
