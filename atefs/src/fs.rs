@@ -1,0 +1,1096 @@
+//! The file-system core: plain Rust over a chain, called by the FUSE adapter and by tests
+//! without a kernel.
+//!
+//! Design pressures:
+//! - Namespace changes (create, link, unlink, rename, ...) are one signed transaction each,
+//!   committed before the call returns, with `Absent` preconditions on new names so that two
+//!   writers racing for one name get one success and one EEXIST.
+//! - File data is buffered per inode as whole blocks and committed by flush, fsync, release,
+//!   or once a file holds `flush_bytes` of dirty data, as few large transactions.
+//! - One lock guards the in-memory state. Simple and correct first; the commit path is already
+//!   group-committed underneath.
+
+use crate::error::{FsError, FsResult};
+use crate::records::{Dirent, Inode, Keys, Kind, MAX_NAME, ROOT_INO};
+use ate::{Chain, KeyFile, Op, Precondition, RecordKey, Transaction, WriteAuthority};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+/// Tuning and limits of a mount.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Bytes per data block (a record each).
+    pub block_size: usize,
+    /// Dirty bytes per file that trigger a commit without waiting for flush.
+    pub flush_bytes: usize,
+    /// Volume quota in bytes (statfs reports it; writes beyond it fail with ENOSPC).
+    pub quota_bytes: u64,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        Self {
+            block_size: 64 << 10,
+            flush_bytes: 8 << 20,
+            quota_bytes: 1 << 40,
+        }
+    }
+}
+
+/// Attribute changes of setattr.
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time (None: unchanged).
+    pub atime: Option<SystemTime>,
+    /// New modification time.
+    pub mtime: Option<SystemTime>,
+    /// New change time.
+    pub ctime: Option<SystemTime>,
+}
+
+/// Who is asking (for ownership of new inodes).
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// How rename treats an existing target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace it (POSIX rename).
+    Replace,
+    /// Fail with EEXIST (RENAME_NOREPLACE).
+    NoReplace,
+    /// Swap the two names (RENAME_EXCHANGE).
+    Exchange,
+}
+
+#[derive(Debug)]
+struct Node {
+    attr: Inode,
+    /// Directories: name -> (ino, kind), loaded on first use.
+    entries: Option<BTreeMap<Vec<u8>, (u64, Kind)>>,
+    /// Uncommitted blocks (whole blocks; shorter means zeros after).
+    dirty: BTreeMap<u64, Vec<u8>>,
+    dirty_bytes: usize,
+    /// Attributes changed since the last commit.
+    attr_dirty: bool,
+    /// Open handles; an unlinked inode lives until the last one closes.
+    open: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    nodes: HashMap<u64, Node>,
+    handles: HashMap<u64, u64>,
+    next_fh: u64,
+}
+
+/// The file system.
+#[derive(Debug)]
+pub struct AteFs {
+    chain: Chain,
+    keyfile: KeyFile,
+    keys: Keys,
+    opts: FsOptions,
+    state: Mutex<State>,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > MAX_NAME {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(FsError::Invalid("bad name"));
+    }
+    Ok(())
+}
+
+impl AteFs {
+    /// Opens the file system on `chain`, creating the root directory on a new chain.
+    pub fn new(
+        chain: Chain,
+        keyfile: KeyFile,
+        opts: FsOptions,
+        root_owner: Caller,
+    ) -> FsResult<Self> {
+        let keys = Keys::new(keyfile.names.clone());
+        let fs = Self {
+            chain,
+            keyfile,
+            keys,
+            opts,
+            state: Mutex::new(State {
+                next_fh: 1,
+                ..Default::default()
+            }),
+        };
+        if fs.chain.root().is_none() {
+            let mut tx = fs.tx();
+            tx.ops.push(Op::SetRoot(ate::RootAuthority::single_owner(
+                fs.keyfile.owner.public(),
+            )));
+            fs.chain.sign_and_commit(tx, &fs.keyfile.owner)?;
+        }
+        if fs.chain.record(&fs.keys.inode(ROOT_INO)).is_none() {
+            let mut root = Inode::new(ROOT_INO, Kind::Dir, 0o755, root_owner.uid, root_owner.gid);
+            root.parent = ROOT_INO;
+            let mut tx = fs.tx();
+            tx.preconditions
+                .push(Precondition::Absent(fs.keys.inode(ROOT_INO)));
+            tx.ops.push(fs.put_inode(&root));
+            fs.chain.sign_and_commit(tx, &fs.keyfile.owner)?;
+        }
+        Ok(fs)
+    }
+
+    /// The chain underneath.
+    pub fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
+    fn tx(&self) -> Transaction {
+        Transaction::new(self.chain.id(), self.keyfile.owner.public())
+    }
+
+    fn commit(&self, tx: Transaction) -> FsResult<()> {
+        self.chain.sign_and_commit(tx, &self.keyfile.owner)?;
+        Ok(())
+    }
+
+    fn put_inode(&self, i: &Inode) -> Op {
+        let id = self.chain.id();
+        Op::put(
+            &id,
+            self.keys.inode(i.ino),
+            None,
+            WriteAuthority::Inherit,
+            Some(&self.keyfile.data),
+            &i.encode(),
+        )
+    }
+
+    fn put_dirent(&self, dir: u64, d: &Dirent) -> Op {
+        let id = self.chain.id();
+        let key = self.keys.dirent(dir, &d.name);
+        Op::put(
+            &id,
+            key,
+            Some(self.keys.inode(dir)),
+            WriteAuthority::Inherit,
+            Some(&self.keyfile.data),
+            &d.encode(),
+        )
+    }
+
+    fn put_block(&self, ino: u64, index: u64, data: &[u8]) -> Op {
+        let id = self.chain.id();
+        let key = self.keys.block(ino, index);
+        Op::put(
+            &id,
+            key,
+            Some(self.keys.inode(ino)),
+            WriteAuthority::Inherit,
+            Some(&self.keyfile.data),
+            data,
+        )
+    }
+
+    fn read_record(&self, key: &RecordKey) -> FsResult<Option<Vec<u8>>> {
+        Ok(self
+            .chain
+            .read_plain(key, &self.keyfile.data)?
+            .map(|(_, p)| p))
+    }
+
+    /// Loads a node into the state (from the chain on first use).
+    fn node<'a>(&self, st: &'a mut State, ino: u64) -> FsResult<&'a mut Node> {
+        if !st.nodes.contains_key(&ino) {
+            let key = self.keys.inode(ino);
+            let bytes = self.read_record(&key)?.ok_or(FsError::NotFound)?;
+            let attr = Inode::decode(&bytes).map_err(|e| FsError::Corrupt(key, e.to_string()))?;
+            st.nodes.insert(
+                ino,
+                Node {
+                    attr,
+                    entries: None,
+                    dirty: BTreeMap::new(),
+                    dirty_bytes: 0,
+                    attr_dirty: false,
+                    open: 0,
+                },
+            );
+        }
+        st.nodes.get_mut(&ino).ok_or(FsError::NotFound)
+    }
+
+    /// A directory's entries, loaded on first use.
+    fn entries<'a>(
+        &self,
+        st: &'a mut State,
+        dir: u64,
+    ) -> FsResult<&'a mut BTreeMap<Vec<u8>, (u64, Kind)>> {
+        let node = self.node(st, dir)?;
+        if node.attr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if node.entries.is_none() {
+            let mut map = BTreeMap::new();
+            for key in self.chain.children(&self.keys.inode(dir)) {
+                if let Some(bytes) = self.read_record(&key)? {
+                    let d =
+                        Dirent::decode(&bytes).map_err(|e| FsError::Corrupt(key, e.to_string()))?;
+                    map.insert(d.name, (d.ino, d.kind));
+                }
+            }
+            node.entries = Some(map);
+        }
+        node.entries.as_mut().ok_or(FsError::NotDir)
+    }
+
+    /// Attributes of an inode (including uncommitted size changes).
+    pub fn getattr(&self, ino: u64) -> FsResult<Inode> {
+        let mut st = self.state.lock();
+        Ok(self.node(&mut st, ino)?.attr.clone())
+    }
+
+    /// Looks a name up in a directory.
+    pub fn lookup(&self, dir: u64, name: &[u8]) -> FsResult<Inode> {
+        let mut st = self.state.lock();
+        if name.len() > MAX_NAME {
+            return Err(FsError::NameTooLong);
+        }
+        let ino = match name {
+            b"." => dir,
+            b".." => self.node(&mut st, dir)?.attr.parent,
+            _ => self
+                .entries(&mut st, dir)?
+                .get(name)
+                .map(|e| e.0)
+                .ok_or(FsError::NotFound)?,
+        };
+        Ok(self.node(&mut st, ino)?.attr.clone())
+    }
+
+    /// Entries of a directory, with "." and ".." first.
+    pub fn readdir(&self, dir: u64) -> FsResult<Vec<(u64, Kind, Vec<u8>)>> {
+        let mut st = self.state.lock();
+        let parent = self.node(&mut st, dir)?.attr.parent;
+        let mut out = vec![
+            (dir, Kind::Dir, b".".to_vec()),
+            (parent, Kind::Dir, b"..".to_vec()),
+        ];
+        out.extend(
+            self.entries(&mut st, dir)?
+                .iter()
+                .map(|(n, (i, k))| (*i, *k, n.clone())),
+        );
+        Ok(out)
+    }
+
+    /// Creates a file, directory, symlink or special file.
+    pub fn mknod(
+        &self,
+        dir: u64,
+        name: &[u8],
+        kind: Kind,
+        perm: u32,
+        rdev: u32,
+        target: &[u8],
+        who: Caller,
+    ) -> FsResult<Inode> {
+        check_name(name)?;
+        let mut st = self.state.lock();
+        if self.entries(&mut st, dir)?.contains_key(name) {
+            return Err(FsError::Exists);
+        }
+        let parent = self.node(&mut st, dir)?.attr.clone();
+        let ino = loop {
+            let i: u64 = rand::random();
+            if i > ROOT_INO
+                && !st.nodes.contains_key(&i)
+                && self.chain.record(&self.keys.inode(i)).is_none()
+            {
+                break i;
+            }
+        };
+        let mut perm = (perm & 0o7777) as u16;
+        // BSD group semantics under a setgid directory, as Linux does.
+        let gid = if parent.perm & 0o2000 != 0 {
+            if kind == Kind::Dir {
+                perm |= 0o2000;
+            }
+            parent.gid
+        } else {
+            who.gid
+        };
+        let mut node = Inode::new(ino, kind, perm, who.uid, gid);
+        node.rdev = rdev;
+        if kind == Kind::Dir {
+            node.parent = dir;
+        }
+        if kind == Kind::Symlink {
+            node.target = target.to_vec();
+            node.size = target.len() as u64;
+        }
+        let t = now();
+        let mut p = parent;
+        p.mtime = t;
+        p.ctime = t;
+        if kind == Kind::Dir {
+            p.nlink += 1;
+        }
+        let mut tx = self.tx();
+        tx.preconditions
+            .push(Precondition::Absent(self.keys.dirent(dir, name)));
+        tx.ops.push(self.put_inode(&node));
+        tx.ops.push(self.put_dirent(
+            dir,
+            &Dirent {
+                name: name.to_vec(),
+                ino,
+                kind,
+            },
+        ));
+        tx.ops.push(self.put_inode(&p));
+        self.commit(tx)?;
+        self.node(&mut st, dir)?.attr = p;
+        self.entries(&mut st, dir)?
+            .insert(name.to_vec(), (ino, kind));
+        st.nodes.insert(
+            ino,
+            Node {
+                attr: node.clone(),
+                entries: (kind == Kind::Dir).then(BTreeMap::new),
+                dirty: BTreeMap::new(),
+                dirty_bytes: 0,
+                attr_dirty: false,
+                open: 0,
+            },
+        );
+        Ok(node)
+    }
+
+    /// Symlink target.
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let a = self.getattr(ino)?;
+        if a.kind != Kind::Symlink {
+            return Err(FsError::Invalid("not a symlink"));
+        }
+        Ok(a.target)
+    }
+
+    /// Adds a hard link.
+    pub fn link(&self, ino: u64, dir: u64, name: &[u8]) -> FsResult<Inode> {
+        check_name(name)?;
+        let mut st = self.state.lock();
+        if self.entries(&mut st, dir)?.contains_key(name) {
+            return Err(FsError::Exists);
+        }
+        self.flush_locked(&mut st, ino)?;
+        let mut target = self.node(&mut st, ino)?.attr.clone();
+        if target.kind == Kind::Dir {
+            return Err(FsError::NotPermitted);
+        }
+        if target.nlink >= 65_000 {
+            return Err(FsError::TooManyLinks);
+        }
+        let t = now();
+        target.nlink += 1;
+        target.ctime = t;
+        let mut p = self.node(&mut st, dir)?.attr.clone();
+        p.mtime = t;
+        p.ctime = t;
+        let mut tx = self.tx();
+        tx.preconditions
+            .push(Precondition::Absent(self.keys.dirent(dir, name)));
+        tx.ops.push(self.put_dirent(
+            dir,
+            &Dirent {
+                name: name.to_vec(),
+                ino,
+                kind: target.kind,
+            },
+        ));
+        tx.ops.push(self.put_inode(&target));
+        tx.ops.push(self.put_inode(&p));
+        self.commit(tx)?;
+        self.node(&mut st, dir)?.attr = p;
+        self.entries(&mut st, dir)?
+            .insert(name.to_vec(), (ino, target.kind));
+        self.node(&mut st, ino)?.attr = target.clone();
+        Ok(target)
+    }
+
+    /// Removes a name (files, symlinks, special files).
+    pub fn unlink(&self, dir: u64, name: &[u8]) -> FsResult<()> {
+        self.remove(dir, name, false)
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, dir: u64, name: &[u8]) -> FsResult<()> {
+        if name == b"." {
+            return Err(FsError::Invalid("rmdir ."));
+        }
+        if name == b".." {
+            return Err(FsError::NotEmpty);
+        }
+        self.remove(dir, name, true)
+    }
+
+    fn remove(&self, dir: u64, name: &[u8], want_dir: bool) -> FsResult<()> {
+        let mut st = self.state.lock();
+        let (ino, kind) = *self
+            .entries(&mut st, dir)?
+            .get(name)
+            .ok_or(FsError::NotFound)?;
+        match (want_dir, kind == Kind::Dir) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            _ => {}
+        }
+        if want_dir && !self.entries(&mut st, ino)?.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        let t = now();
+        let mut p = self.node(&mut st, dir)?.attr.clone();
+        p.mtime = t;
+        p.ctime = t;
+        if want_dir {
+            p.nlink -= 1;
+        }
+        let mut tx = self.tx();
+        tx.preconditions.push(Precondition::AtVersion(
+            self.keys.dirent(dir, name),
+            self.version(&self.keys.dirent(dir, name)),
+        ));
+        tx.ops.push(Op::Delete {
+            key: self.keys.dirent(dir, name),
+        });
+        tx.ops.push(self.put_inode(&p));
+        let gone = self.drop_link(&mut st, ino, &mut tx, want_dir, t)?;
+        self.commit(tx)?;
+        self.node(&mut st, dir)?.attr = p;
+        self.entries(&mut st, dir)?.remove(name);
+        self.after_drop_link(&mut st, ino, gone, want_dir, t)?;
+        Ok(())
+    }
+
+    fn version(&self, key: &RecordKey) -> u64 {
+        self.chain.record(key).map_or(0, |e| e.version)
+    }
+
+    /// Adds to `tx` what losing one link of `ino` does; returns true when the inode goes away now.
+    fn drop_link(
+        &self,
+        st: &mut State,
+        ino: u64,
+        tx: &mut Transaction,
+        is_dir: bool,
+        t: SystemTime,
+    ) -> FsResult<bool> {
+        let node = self.node(st, ino)?;
+        let mut a = node.attr.clone();
+        let links = if is_dir { 0 } else { a.nlink.saturating_sub(1) };
+        if links == 0 && node.open == 0 {
+            node.dirty.clear();
+            node.dirty_bytes = 0;
+            let blocks = self.chain.children(&self.keys.inode(ino));
+            // Large files: delete their blocks in earlier transactions of their own.
+            let (first, rest) = blocks.split_at(blocks.len().min(2048));
+            for chunk in rest.chunks(4000) {
+                let mut del = self.tx();
+                del.ops.extend(chunk.iter().map(|k| Op::Delete { key: *k }));
+                self.commit(del)?;
+            }
+            tx.ops.extend(first.iter().map(|k| Op::Delete { key: *k }));
+            tx.ops.push(Op::Delete {
+                key: self.keys.inode(ino),
+            });
+            return Ok(true);
+        }
+        a.nlink = links;
+        a.ctime = t;
+        tx.ops.push(self.put_inode(&a));
+        Ok(false)
+    }
+
+    fn after_drop_link(
+        &self,
+        st: &mut State,
+        ino: u64,
+        gone: bool,
+        is_dir: bool,
+        t: SystemTime,
+    ) -> FsResult<()> {
+        if gone {
+            st.nodes.remove(&ino);
+        } else if let Some(n) = st.nodes.get_mut(&ino) {
+            n.attr.nlink = if is_dir {
+                0
+            } else {
+                n.attr.nlink.saturating_sub(1)
+            };
+            n.attr.ctime = t;
+        }
+        Ok(())
+    }
+
+    /// Renames `name` in `dir` to `new_name` in `new_dir`.
+    pub fn rename(
+        &self,
+        dir: u64,
+        name: &[u8],
+        new_dir: u64,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> FsResult<()> {
+        check_name(new_name)?;
+        if name == b"." || name == b".." {
+            return Err(FsError::Invalid("rename of . or .."));
+        }
+        let mut st = self.state.lock();
+        let (src, src_kind) = *self
+            .entries(&mut st, dir)?
+            .get(name)
+            .ok_or(FsError::NotFound)?;
+        let dst = self.entries(&mut st, new_dir)?.get(new_name).copied();
+        if dir == new_dir && name == new_name {
+            return match mode {
+                RenameMode::NoReplace => Err(FsError::Exists),
+                _ => Ok(()),
+            };
+        }
+        // A directory may not move below itself.
+        if src_kind == Kind::Dir && dir != new_dir {
+            let mut cur = new_dir;
+            loop {
+                if cur == src {
+                    return Err(FsError::Invalid("directory moved below itself"));
+                }
+                if cur == ROOT_INO {
+                    break;
+                }
+                cur = self.node(&mut st, cur)?.attr.parent;
+            }
+        }
+        match (mode, dst) {
+            (RenameMode::NoReplace, Some(_)) => return Err(FsError::Exists),
+            (RenameMode::Exchange, None) => return Err(FsError::NotFound),
+            _ => {}
+        }
+        if mode == RenameMode::Exchange {
+            if let Some((dst_ino, dst_kind)) = dst {
+                if dst_kind == Kind::Dir && new_dir != dir {
+                    let mut cur = dir;
+                    loop {
+                        if cur == dst_ino {
+                            return Err(FsError::Invalid("directory moved below itself"));
+                        }
+                        if cur == ROOT_INO {
+                            break;
+                        }
+                        cur = self.node(&mut st, cur)?.attr.parent;
+                    }
+                }
+            }
+        }
+        if let (RenameMode::Replace, Some((dst_ino, dst_kind))) = (mode, dst) {
+            if dst_ino == src {
+                return Ok(()); // two names of one file: POSIX says do nothing
+            }
+            match (src_kind == Kind::Dir, dst_kind == Kind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !self.entries(&mut st, dst_ino)?.is_empty() => {
+                    return Err(FsError::NotEmpty)
+                }
+                _ => {}
+            }
+        }
+        let t = now();
+        let mut tx = self.tx();
+        let mut parents: BTreeMap<u64, Inode> = BTreeMap::new();
+        for d in [dir, new_dir] {
+            let mut a = self.node(&mut st, d)?.attr.clone();
+            a.mtime = t;
+            a.ctime = t;
+            parents.insert(d, a);
+        }
+        let mut moved = self.node(&mut st, src)?.attr.clone();
+        moved.ctime = t;
+        let mut gone = None;
+        match (mode, dst) {
+            (RenameMode::Exchange, Some((dst_ino, dst_kind))) => {
+                let mut other = self.node(&mut st, dst_ino)?.attr.clone();
+                other.ctime = t;
+                tx.ops.push(self.put_dirent(
+                    new_dir,
+                    &Dirent {
+                        name: new_name.to_vec(),
+                        ino: src,
+                        kind: src_kind,
+                    },
+                ));
+                tx.ops.push(self.put_dirent(
+                    dir,
+                    &Dirent {
+                        name: name.to_vec(),
+                        ino: dst_ino,
+                        kind: dst_kind,
+                    },
+                ));
+                if dir != new_dir {
+                    if src_kind == Kind::Dir {
+                        moved.parent = new_dir;
+                        adjust(&mut parents, dir, -1);
+                        adjust(&mut parents, new_dir, 1);
+                    }
+                    if dst_kind == Kind::Dir {
+                        other.parent = dir;
+                        adjust(&mut parents, new_dir, -1);
+                        adjust(&mut parents, dir, 1);
+                    }
+                }
+                tx.ops.push(self.put_inode(&other));
+                self.node(&mut st, dst_ino)?.attr = other;
+            }
+            _ => {
+                tx.ops.push(Op::Delete {
+                    key: self.keys.dirent(dir, name),
+                });
+                tx.ops.push(self.put_dirent(
+                    new_dir,
+                    &Dirent {
+                        name: new_name.to_vec(),
+                        ino: src,
+                        kind: src_kind,
+                    },
+                ));
+                if src_kind == Kind::Dir && dir != new_dir {
+                    moved.parent = new_dir;
+                    adjust(&mut parents, dir, -1);
+                    adjust(&mut parents, new_dir, 1);
+                }
+                if let Some((dst_ino, dst_kind)) = dst {
+                    if dst_kind == Kind::Dir {
+                        adjust(&mut parents, new_dir, -1);
+                    }
+                    gone = Some((
+                        dst_ino,
+                        dst_kind,
+                        self.drop_link(&mut st, dst_ino, &mut tx, dst_kind == Kind::Dir, t)?,
+                    ));
+                } else {
+                    tx.preconditions
+                        .push(Precondition::Absent(self.keys.dirent(new_dir, new_name)));
+                }
+            }
+        }
+        tx.ops.push(self.put_inode(&moved));
+        for a in parents.values() {
+            if a.ino != src {
+                tx.ops.push(self.put_inode(a));
+            }
+        }
+        self.commit(tx)?;
+        self.node(&mut st, src)?.attr = moved;
+        for (d, a) in parents {
+            self.node(&mut st, d)?.attr = a;
+        }
+        match mode {
+            RenameMode::Exchange => {
+                if let Some(e) = dst {
+                    self.entries(&mut st, dir)?.insert(name.to_vec(), e);
+                }
+            }
+            _ => {
+                self.entries(&mut st, dir)?.remove(name);
+            }
+        }
+        self.entries(&mut st, new_dir)?
+            .insert(new_name.to_vec(), (src, src_kind));
+        if let Some((ino, kind, g)) = gone {
+            self.after_drop_link(&mut st, ino, g, kind == Kind::Dir, t)?;
+        }
+        Ok(())
+    }
+
+    /// Changes attributes.
+    pub fn setattr(&self, ino: u64, s: &SetAttr) -> FsResult<Inode> {
+        let mut st = self.state.lock();
+        let bs = self.opts.block_size as u64;
+        if let Some(size) = s.size {
+            let kind = self.node(&mut st, ino)?.attr.kind;
+            if kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            if size > (1u64 << 50) {
+                return Err(FsError::TooBig);
+            }
+            self.truncate_locked(&mut st, ino, size, bs)?;
+        }
+        let t = now();
+        let node = self.node(&mut st, ino)?;
+        let a = &mut node.attr;
+        if let Some(m) = s.mode {
+            a.perm = (m & 0o7777) as u16;
+        }
+        if s.uid.is_some() || s.gid.is_some() {
+            if s.uid.is_some_and(|u| u != a.uid)
+                || s.gid.is_some_and(|g| g != a.gid)
+                || a.kind != Kind::Dir
+            {
+                // Changing owner drops setuid, and setgid when group-executable (as Linux does).
+                if a.kind != Kind::Dir {
+                    a.perm &= !0o4000;
+                    if a.perm & 0o010 != 0 {
+                        a.perm &= !0o2000;
+                    }
+                }
+            }
+            a.uid = s.uid.unwrap_or(a.uid);
+            a.gid = s.gid.unwrap_or(a.gid);
+        }
+        if let Some(at) = s.atime {
+            a.atime = at;
+        }
+        if let Some(mt) = s.mtime {
+            a.mtime = mt;
+        }
+        a.ctime = s.ctime.unwrap_or(t);
+        if s.size.is_some() {
+            a.mtime = s.mtime.unwrap_or(t);
+        }
+        node.attr_dirty = true;
+        self.flush_locked(&mut st, ino)?;
+        Ok(self.node(&mut st, ino)?.attr.clone())
+    }
+
+    fn truncate_locked(&self, st: &mut State, ino: u64, size: u64, bs: u64) -> FsResult<()> {
+        let old = self.node(st, ino)?.attr.size;
+        if size < old {
+            let keep = size.div_ceil(bs);
+            // Committed blocks past the end go; the new last block is cut.
+            let mut tx = self.tx();
+            let first_gone = keep;
+            for idx in first_gone..old.div_ceil(bs) {
+                let key = self.keys.block(ino, idx);
+                if self.chain.record(&key).is_some_and(|e| !e.is_deleted()) {
+                    tx.ops.push(Op::Delete { key });
+                }
+                if tx.ops.len() >= 4000 {
+                    self.commit(std::mem::replace(&mut tx, self.tx()))?;
+                }
+            }
+            if !tx.ops.is_empty() {
+                self.commit(tx)?;
+            }
+            let tail = (size % bs) as usize;
+            let last_block = if tail > 0 { Some(size / bs) } else { None };
+            let last_data = match last_block {
+                Some(idx) => Some(self.block_locked(st, ino, idx)?),
+                None => None,
+            };
+            let node = self.node(st, ino)?;
+            node.dirty.retain(|i, _| *i < keep);
+            if let (Some(idx), Some(mut data)) = (last_block, last_data) {
+                data.truncate(tail);
+                node.dirty.insert(idx, data);
+            }
+            node.dirty_bytes = node.dirty.values().map(Vec::len).sum();
+        }
+        let node = self.node(st, ino)?;
+        node.attr.size = size;
+        node.attr_dirty = true;
+        Ok(())
+    }
+
+    /// Contents of block `idx` (uncommitted data first; holes are empty).
+    fn block_locked(&self, st: &mut State, ino: u64, idx: u64) -> FsResult<Vec<u8>> {
+        if let Some(d) = self.node(st, ino)?.dirty.get(&idx) {
+            return Ok(d.clone());
+        }
+        Ok(self
+            .read_record(&self.keys.block(ino, idx))?
+            .unwrap_or_default())
+    }
+
+    /// Reads up to `len` bytes at `offset`.
+    pub fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+        let mut st = self.state.lock();
+        let a = &self.node(&mut st, ino)?.attr;
+        if a.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let size = a.size;
+        if offset >= size {
+            return Ok(Vec::new());
+        }
+        let end = size.min(offset + len as u64);
+        let bs = self.opts.block_size as u64;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / bs;
+            let within = (pos % bs) as usize;
+            let take = ((bs - pos % bs).min(end - pos)) as usize;
+            let block = self.block_locked(&mut st, ino, idx)?;
+            let mut chunk = vec![0u8; take];
+            if within < block.len() {
+                let n = (block.len() - within).min(take);
+                chunk[..n].copy_from_slice(&block[within..within + n]);
+            }
+            out.extend_from_slice(&chunk);
+            pos += take as u64;
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` at `offset`; returns the bytes written.
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let mut st = self.state.lock();
+        let bs = self.opts.block_size as u64;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::TooBig)?;
+        if end > (1u64 << 50) {
+            return Err(FsError::TooBig);
+        }
+        let grow = end.saturating_sub(self.node(&mut st, ino)?.attr.size);
+        if grow > 0 && self.chain.stats().bytes + grow > self.opts.quota_bytes {
+            return Err(FsError::NoSpace);
+        }
+        let mut pos = offset;
+        let mut src = data;
+        while !src.is_empty() {
+            let idx = pos / bs;
+            let within = (pos % bs) as usize;
+            let take = ((bs as usize) - within).min(src.len());
+            let mut block = if within == 0 && take == bs as usize {
+                Vec::new()
+            } else {
+                self.block_locked(&mut st, ino, idx)?
+            };
+            if block.len() < within + take {
+                block.resize(within + take, 0);
+            }
+            block[within..within + take].copy_from_slice(&src[..take]);
+            let node = self.node(&mut st, ino)?;
+            let old = node.dirty.insert(idx, block).map_or(0, |b| b.len());
+            node.dirty_bytes = node.dirty_bytes - old + node.dirty.get(&idx).map_or(0, Vec::len);
+            pos += take as u64;
+            src = &src[take..];
+        }
+        let t = now();
+        let node = self.node(&mut st, ino)?;
+        node.attr.size = node.attr.size.max(end);
+        node.attr.mtime = t;
+        node.attr.ctime = t;
+        // Writing drops setuid/setgid, as on Linux (the kernel asks when the writer is not root).
+        node.attr_dirty = true;
+        if node.dirty_bytes >= self.opts.flush_bytes {
+            self.flush_locked(&mut st, ino)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush_locked(&self, st: &mut State, ino: u64) -> FsResult<()> {
+        let Some(node) = st.nodes.get_mut(&ino) else {
+            return Ok(());
+        };
+        if node.dirty.is_empty() && !node.attr_dirty {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut node.dirty);
+        node.dirty_bytes = 0;
+        let attr = node.attr.clone();
+        let mut tx = self.tx();
+        let mut bytes = 0usize;
+        for (idx, data) in &dirty {
+            if bytes + data.len() > (32 << 20) {
+                self.commit(std::mem::replace(&mut tx, self.tx()))?;
+                bytes = 0;
+            }
+            // Trailing zeros are not stored: the block reads back the same, holes stay cheap.
+            let used = data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+            tx.ops.push(self.put_block(ino, *idx, &data[..used]));
+            bytes += used;
+        }
+        tx.ops.push(self.put_inode(&attr));
+        let r = self.commit(tx);
+        let node = st.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+        match r {
+            Ok(()) => {
+                node.attr_dirty = false;
+                Ok(())
+            }
+            Err(e) => {
+                // Keep the data so a later flush can retry; newer writes win.
+                for (idx, data) in dirty {
+                    node.dirty.entry(idx).or_insert(data);
+                }
+                node.dirty_bytes = node.dirty.values().map(Vec::len).sum();
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits the file's buffered data and attributes (durable when this returns).
+    pub fn flush(&self, ino: u64) -> FsResult<()> {
+        let mut st = self.state.lock();
+        self.flush_locked(&mut st, ino)
+    }
+
+    /// Commits every file's buffered data.
+    pub fn flush_all(&self) -> FsResult<()> {
+        let mut st = self.state.lock();
+        let inos: Vec<u64> = st
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.dirty.is_empty() || n.attr_dirty)
+            .map(|(i, _)| *i)
+            .collect();
+        for ino in inos {
+            self.flush_locked(&mut st, ino)?;
+        }
+        Ok(())
+    }
+
+    /// Opens a file; returns a handle.
+    pub fn open(&self, ino: u64, truncate: bool) -> FsResult<u64> {
+        let mut st = self.state.lock();
+        let bs = self.opts.block_size as u64;
+        if truncate {
+            self.truncate_locked(&mut st, ino, 0, bs)?;
+            let t = now();
+            let n = self.node(&mut st, ino)?;
+            n.attr.mtime = t;
+            n.attr.ctime = t;
+            self.flush_locked(&mut st, ino)?;
+        }
+        self.node(&mut st, ino)?.open += 1;
+        let fh = st.next_fh;
+        st.next_fh += 1;
+        st.handles.insert(fh, ino);
+        Ok(fh)
+    }
+
+    /// Closes a handle; commits the file's data; frees an unlinked inode on its last close.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let mut st = self.state.lock();
+        let ino = st.handles.remove(&fh).ok_or(FsError::BadHandle)?;
+        let node = self.node(&mut st, ino)?;
+        node.open = node.open.saturating_sub(1);
+        if node.open == 0 && node.attr.nlink == 0 {
+            let mut tx = self.tx();
+            if self.drop_link(&mut st, ino, &mut tx, true, now())? {
+                self.commit(tx)?;
+                st.nodes.remove(&ino);
+            }
+            return Ok(());
+        }
+        self.flush_locked(&mut st, ino)
+    }
+
+    /// Volume usage: (total bytes, used bytes, inodes used).
+    pub fn statfs(&self) -> (u64, u64, u64) {
+        let s = self.chain.stats();
+        (self.opts.quota_bytes, s.bytes, s.live as u64)
+    }
+
+    /// Block size (statfs and st_blksize).
+    pub fn block_size(&self) -> usize {
+        self.opts.block_size
+    }
+
+    /// Reads an extended attribute.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let a = self.getattr(ino)?;
+        a.xattrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .ok_or(FsError::NoAttr)
+    }
+
+    /// Names of all extended attributes.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        Ok(self
+            .getattr(ino)?
+            .xattrs
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    /// Sets an extended attribute (`create`: must not exist; `replace`: must exist).
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> FsResult<()> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(FsError::Range);
+        }
+        if value.len() > 64 << 10 {
+            return Err(FsError::TooBig);
+        }
+        let mut st = self.state.lock();
+        let node = self.node(&mut st, ino)?;
+        let pos = node.attr.xattrs.iter().position(|(n, _)| n == name);
+        match (pos, create, replace) {
+            (Some(_), true, _) => return Err(FsError::Exists),
+            (None, _, true) => return Err(FsError::NoAttr),
+            (Some(i), _, _) => node.attr.xattrs[i].1 = value.to_vec(),
+            (None, _, _) => {
+                node.attr.xattrs.push((name.to_vec(), value.to_vec()));
+                node.attr.xattrs.sort();
+            }
+        }
+        node.attr.ctime = now();
+        node.attr_dirty = true;
+        self.flush_locked(&mut st, ino)
+    }
+
+    /// Removes an extended attribute.
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        let mut st = self.state.lock();
+        let node = self.node(&mut st, ino)?;
+        let pos = node
+            .attr
+            .xattrs
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or(FsError::NoAttr)?;
+        node.attr.xattrs.remove(pos);
+        node.attr.ctime = now();
+        node.attr_dirty = true;
+        self.flush_locked(&mut st, ino)
+    }
+}
+
+fn adjust(parents: &mut BTreeMap<u64, Inode>, dir: u64, by: i32) {
+    if let Some(a) = parents.get_mut(&dir) {
+        a.nlink = a.nlink.saturating_add_signed(by);
+    }
+}

@@ -1,0 +1,16 @@
+//! atefs: a POSIX file system over an ate chain.
+//!
+//! - [`records`]: what is stored (inodes, directory entries, data blocks) and under which keys.
+//! - [`fs`]: the file-system core, plain Rust, tested without a kernel.
+//! - [`fuse`]: the thin fuser adapter.
+//! - [`error`]: errors and their one errno mapping.
+//! - [`volume`]: opening a volume's state directory (keys, chain, lock).
+
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod records;
+pub mod volume;
+
+pub use error::{FsError, FsResult};
+pub use fs::{AteFs, Caller, FsOptions, RenameMode, SetAttr};

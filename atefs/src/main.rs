@@ -1,0 +1,283 @@
+//! The `atefs` command: mount, unmount, inspect and key management.
+
+use anyhow::{bail, Context, Result};
+use atefs::fuse::FuseFs;
+use atefs::{AteFs, Caller, FsOptions};
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "atefs",
+    version,
+    about = "An encrypted, signed, replicated file system (FUSE)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount a volume at DIR. Without --server the volume lives on local disk in --data.
+    Mount {
+        /// Mount point (an existing directory).
+        dir: PathBuf,
+        /// State directory: keys (0600) and the chain's log. Created on first use.
+        #[arg(long, default_value_os_t = default_data())]
+        data: PathBuf,
+        /// Stay in the foreground until unmounted or interrupted (SIGINT/SIGTERM unmount).
+        #[arg(long, short)]
+        foreground: bool,
+        /// Quota in bytes reported by statfs; writes beyond it fail with ENOSPC.
+        #[arg(long, default_value_t = 1 << 40)]
+        quota: u64,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+    /// Unmount DIR (the daemon commits buffered data and exits).
+    Umount {
+        /// Mount point.
+        dir: PathBuf,
+    },
+    /// Show a volume's chain: size, records, last index.
+    Status {
+        /// State directory.
+        #[arg(long, default_value_os_t = default_data())]
+        data: PathBuf,
+    },
+    /// Write a new key envelope (a new volume's keys) to FILE with mode 0600.
+    Keygen {
+        /// Output file; must not exist.
+        out: PathBuf,
+    },
+}
+
+fn default_data() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"));
+    base.join("atefs/default")
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Mount {
+            dir,
+            data,
+            foreground,
+            quota,
+            threads,
+        } => {
+            if foreground {
+                mount_foreground(&dir, &data, quota, threads)
+            } else {
+                mount_daemon(&dir)
+            }
+        }
+        Cmd::Umount { dir } => umount(&dir),
+        Cmd::Status { data } => status(&data),
+        Cmd::Keygen { out } => keygen(&out),
+    }
+}
+
+/// Runs the mount in a child (its own process group, so the terminal's ^C does not reach it)
+/// and returns once the child reports the file system mounted.
+fn mount_daemon(dir: &Path) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("locating the atefs binary")?;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    args.push("--foreground".into());
+    let mut child = std::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .context("starting the mount daemon")?;
+    let out = child.stdout.take().context("no pipe to the daemon")?;
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line)?;
+    if line.trim() == "mounted" {
+        println!("mounted {} (daemon pid {})", dir.display(), child.id());
+        return Ok(());
+    }
+    let status = child.wait()?;
+    bail!("the mount daemon failed ({status}); run with --foreground to see why")
+}
+
+fn mount_foreground(dir: &Path, data: &Path, quota: u64, threads: usize) -> Result<()> {
+    if !dir.is_dir() {
+        bail!(
+            "mount point {} is not a directory; create it first",
+            dir.display()
+        );
+    }
+    let mut shown = 0u64;
+    let vol = atefs::volume::open(data, |done, total| {
+        // A progress line for replays worth waiting for (above 64 MiB).
+        if total > 64 << 20 && (done == total || done >= shown + total / 20) {
+            shown = done;
+            eprint!(
+                "\rreplaying chain: {:>3}% of {} MiB",
+                done * 100 / total.max(1),
+                total >> 20
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+    })
+    .with_context(|| format!("opening the volume in {}", data.display()))?;
+    if vol.created {
+        eprintln!(
+            "created a new volume in {} (keys: {})",
+            data.display(),
+            data.join("keys").display()
+        );
+    }
+    // The root directory takes the owner of the mount point.
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dir)?;
+        Caller {
+            uid: m.uid(),
+            gid: m.gid(),
+        }
+    };
+    let opts = FsOptions {
+        quota_bytes: quota,
+        ..FsOptions::default()
+    };
+    let fs = Arc::new(AteFs::new(
+        vol.chain.clone(),
+        vol.keys.clone(),
+        opts,
+        owner,
+    )?);
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("atefs".into()),
+        fuser::MountOption::Subtype("atefs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    // Pods run as many users; permissions are checked by the kernel (default_permissions).
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(threads.max(1));
+    let session = fuser::spawn_mount(FuseFs::new(fs.clone()), dir, &config).with_context(|| {
+        format!(
+            "mounting on {} (is /dev/fuse available and are you root?)",
+            dir.display()
+        )
+    })?;
+    println!("mounted");
+    std::io::stdout().flush()?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let handle = signals.handle();
+    let waiter = std::thread::spawn(move || signals.forever().next());
+    // The session ends when the kernel unmounts (umount/fusermount -u) or when a signal comes.
+    let dir_owned = dir.to_path_buf();
+    let watcher = std::thread::spawn(move || {
+        if waiter.join().ok().flatten().is_some() {
+            let _ = unmount_path(&dir_owned);
+        }
+    });
+    let r = session.join();
+    handle.close();
+    let _ = watcher.join();
+    fs.flush_all()
+        .context("committing buffered data at unmount")?;
+    drop(vol);
+    r.context("FUSE session")?;
+    Ok(())
+}
+
+fn unmount_path(dir: &Path) -> Result<()> {
+    for (prog, args) in [
+        ("fusermount3", vec!["-u"]),
+        ("fusermount", vec!["-u"]),
+        ("umount", vec![]),
+    ] {
+        let st = std::process::Command::new(prog)
+            .args(&args)
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        if st.is_ok_and(|s| s.success()) {
+            return Ok(());
+        }
+    }
+    bail!("could not unmount {}; is it mounted?", dir.display())
+}
+
+fn umount(dir: &Path) -> Result<()> {
+    unmount_path(dir)?;
+    println!("unmounted {}", dir.display());
+    Ok(())
+}
+
+fn status(data: &Path) -> Result<()> {
+    if !data.join("keys").exists() {
+        bail!(
+            "no volume in {} (mount one with `atefs mount DIR --data {}`)",
+            data.display(),
+            data.display()
+        );
+    }
+    match atefs::volume::open(data, |_, _| {}) {
+        Ok(vol) => {
+            let s = vol.chain.stats();
+            println!("volume:     {}", data.display());
+            println!("chain:      {}", vol.keys.chain);
+            println!("last index: {}", s.last_index);
+            println!("records:    {} ({} live)", s.records, s.live);
+            println!("on disk:    {} bytes", s.bytes);
+            println!(
+                "snapshot:   {}",
+                s.snapshot
+                    .map_or("none".into(), |i| format!("up to index {i}"))
+            );
+            Ok(())
+        }
+        Err(atefs::volume::VolumeError::Busy(_)) => {
+            let bytes: u64 = std::fs::read_dir(data.join("chain"))?
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            println!(
+                "volume:     {} (mounted; figures from disk)",
+                data.display()
+            );
+            println!("on disk:    {bytes} bytes");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn keygen(out: &Path) -> Result<()> {
+    if out.exists() {
+        bail!("{} exists; refusing to overwrite keys", out.display());
+    }
+    let k = ate::KeyFile::generate(ate::ChainId::random());
+    k.save(out)?;
+    println!(
+        "wrote keys for chain {} to {} (mode 0600)",
+        k.chain,
+        out.display()
+    );
+    Ok(())
+}

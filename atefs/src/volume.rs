@@ -1,0 +1,103 @@
+//! A volume's state directory: `keys` (the key envelope, mode 0600), `chain/` (the redo log)
+//! and `lock` (held while a process uses the volume, so two mounts never share a log).
+
+use ate::storage::{FileStorage, Storage};
+use ate::{Chain, ChainOptions, KeyFile};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why a volume could not be opened.
+#[derive(Debug, Error)]
+pub enum VolumeError {
+    /// I/O on the state directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path involved.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another process holds the volume.
+    #[error("{0} is in use by another atefs process (unmount it first)")]
+    Busy(PathBuf),
+    /// The key file is unusable.
+    #[error(transparent)]
+    Keys(#[from] ate::keyfile::KeyFileError),
+    /// The chain could not be opened.
+    #[error("opening the chain in {path}: {source}")]
+    Chain {
+        /// The chain directory.
+        path: PathBuf,
+        /// Why.
+        source: ate::ChainError,
+    },
+}
+
+/// An open volume; the lock is held as long as this lives.
+#[derive(Debug)]
+pub struct Volume {
+    /// The chain.
+    pub chain: Chain,
+    /// Its keys.
+    pub keys: KeyFile,
+    /// True when this call created the volume.
+    pub created: bool,
+    _lock: File,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
+    move |source| VolumeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Takes the volume's lock without opening it (fails with `Busy` when held).
+pub fn lock(dir: &Path) -> Result<File, VolumeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))?;
+    let lock_path = dir.join("lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(VolumeError::Busy(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&lock_path)(e)),
+    }
+}
+
+/// Opens (creating on first use) the volume in `dir`; `progress(done, total)` reports replay.
+pub fn open(dir: &Path, progress: impl FnMut(u64, u64)) -> Result<Volume, VolumeError> {
+    let lock = lock(dir)?;
+    let key_path = dir.join("keys");
+    let (keys, created) = if key_path.exists() {
+        (KeyFile::load(&key_path)?, false)
+    } else {
+        let k = KeyFile::generate(ate::ChainId::random());
+        k.save(&key_path)?;
+        (k, true)
+    };
+    let chain_dir = dir.join("chain");
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(&chain_dir).map_err(io(&chain_dir))?);
+    let (chain, _) = Chain::open(storage, Some(keys.chain), ChainOptions::default(), progress)
+        .map_err(|source| VolumeError::Chain {
+            path: chain_dir.clone(),
+            source,
+        })?;
+    Ok(Volume {
+        chain,
+        keys,
+        created,
+        _lock: lock,
+    })
+}
