@@ -49,6 +49,12 @@ enum Cmd {
         #[arg(long, default_value_os_t = default_data())]
         data: PathBuf,
     },
+    /// Check a volume's tree for consistency (the volume must not be mounted).
+    Fsck {
+        /// State directory.
+        #[arg(long, default_value_os_t = default_data())]
+        data: PathBuf,
+    },
     /// Write a new key envelope (a new volume's keys) to FILE with mode 0600.
     Keygen {
         /// Output file; must not exist.
@@ -88,6 +94,7 @@ fn main() -> Result<()> {
         Cmd::Umount { dir } => umount(&dir),
         Cmd::Status { data } => status(&data),
         Cmd::Keygen { out } => keygen(&out),
+        Cmd::Fsck { data } => fsck(&data),
     }
 }
 
@@ -279,5 +286,20 @@ fn keygen(out: &Path) -> Result<()> {
         k.chain,
         out.display()
     );
+    Ok(())
+}
+
+fn fsck(data: &Path) -> Result<()> {
+    let vol = atefs::volume::open(data, |_, _| {}).with_context(|| format!("opening {}", data.display()))?;
+    let fs = AteFs::new(vol.chain.clone(), vol.keys.clone(), FsOptions::default(), Caller { uid: 0, gid: 0 })?;
+    let r = fs.fsck()?;
+    println!("{} directories, {} files", r.dirs, r.files);
+    for p in &r.problems {
+        println!("problem: {p}");
+    }
+    if !r.problems.is_empty() {
+        bail!("{} problems found", r.problems.len());
+    }
+    println!("clean");
     Ok(())
 }

@@ -26,3 +26,4 @@ pub fn open(mem: &MemStorage, keys: &KeyFile, opts: FsOptions) -> AteFs {
 pub fn small_blocks() -> FsOptions {
     FsOptions { block_size: 16, flush_bytes: 64, ..FsOptions::default() }
 }
+pub mod mount;

@@ -1,0 +1,83 @@
+//! Real FUSE mounts of the `atefs` binary for tests (needs root and /dev/fuse).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A mounted volume; unmounted (and its daemon stopped) on drop, also when a test fails.
+pub struct Mounted {
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// True when this process can mount FUSE file systems.
+pub fn can_mount() -> bool {
+    Path::new("/dev/fuse").exists() && std::fs::metadata("/root").is_ok_and(|_| unsafe_free_is_root())
+}
+
+fn unsafe_free_is_root() -> bool {
+    // /proc/self/status "Uid:" line: real, effective, saved, fs.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+impl Mounted {
+    /// Mounts the volume in `data` at `dir` and returns once the kernel has it.
+    pub fn start(dir: &Path, data: &Path) -> Mounted {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_atefs"))
+            .arg("mount")
+            .arg(dir)
+            .arg("--data")
+            .arg(data)
+            .arg("--foreground")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut m = Mounted { dir: dir.to_path_buf(), child: Some(child) };
+        assert_eq!(line.trim(), "mounted", "atefs did not mount");
+        assert!(is_mounted(dir), "{} not in /proc/mounts", dir.display());
+        m.dir = dir.to_path_buf();
+        m
+    }
+
+    /// Unmounts cleanly and checks the daemon exited with success.
+    pub fn unmount(mut self) {
+        let st = Command::new("umount").arg(&self.dir).status().unwrap();
+        assert!(st.success(), "umount failed");
+        let exit = self.child.take().unwrap().wait().unwrap();
+        assert!(exit.success(), "daemon exited with {exit}");
+    }
+
+    /// Kills the daemon with SIGKILL (a crash) and clears the dead mount.
+    pub fn kill9(mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// True when `dir` is a mount point in /proc/mounts.
+pub fn is_mounted(dir: &Path) -> bool {
+    let canon = dir.canonicalize().unwrap_or(dir.to_path_buf());
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(canon.to_str().unwrap_or("")))
+}
