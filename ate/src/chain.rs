@@ -268,9 +268,18 @@ impl Chain {
         tx: Transaction,
         key: &SigningKey,
     ) -> Result<Receipt, ChainError> {
+        self.sign_and_commit_async(tx, key)?.wait()
+    }
+
+    /// [`Self::sign_and_commit`] without waiting: commits queued by one thread apply in order.
+    pub fn sign_and_commit_async(
+        &self,
+        tx: Transaction,
+        key: &SigningKey,
+    ) -> Result<PendingCommit, ChainError> {
         let (tx, hash) = tx.sign_hashed(key);
         check_format(&tx)?;
-        self.enqueue(tx, hash)?.wait()
+        self.enqueue(tx, hash)
     }
 
     /// Validates and queues; the returned handle waits for durability.
@@ -455,6 +464,11 @@ pub struct PendingCommit {
 }
 
 impl PendingCommit {
+    /// True once the commit is durable or refused ([`Self::wait`] then returns at once).
+    pub fn is_done(&self) -> bool {
+        self.reply.slot.lock().is_some() || Arc::strong_count(&self.reply) == 1
+    }
+
     /// Waits until the transaction is durable or refused.
     pub fn wait(self) -> Result<Receipt, ChainError> {
         let mut slot = self.reply.slot.lock();

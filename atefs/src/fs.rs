@@ -84,6 +84,10 @@ struct Node {
     entries: Option<BTreeMap<Vec<u8>, (u64, Kind)>>,
     /// Uncommitted blocks (whole blocks; shorter means zeros after).
     dirty: BTreeMap<u64, Vec<u8>>,
+    /// Blocks whose commit is queued but not yet durable (read before the chain).
+    inflight: BTreeMap<u64, Vec<u8>>,
+    /// Commits queued for this file.
+    pending: Vec<ate::chain::PendingCommit>,
     dirty_bytes: usize,
     /// Attributes changed since the last commit.
     attr_dirty: bool,
@@ -232,6 +236,8 @@ impl AteFs {
                     entries: None,
                     dirty: BTreeMap::new(),
                     dirty_bytes: 0,
+                    inflight: BTreeMap::new(),
+                    pending: Vec::new(),
                     attr_dirty: false,
                     open: 0,
                 },
@@ -380,6 +386,8 @@ impl AteFs {
                 entries: (kind == Kind::Dir).then(BTreeMap::new),
                 dirty: BTreeMap::new(),
                 dirty_bytes: 0,
+                inflight: BTreeMap::new(),
+                pending: Vec::new(),
                 attr_dirty: false,
                 open: 0,
             },
@@ -510,6 +518,7 @@ impl AteFs {
         let links = if is_dir { 0 } else { a.nlink.saturating_sub(1) };
         if links == 0 && node.open == 0 {
             node.dirty.clear();
+            node.inflight.clear();
             node.dirty_bytes = 0;
             let blocks = self.chain.children(&self.keys.inode(ino));
             // Large files: delete their blocks in earlier transactions of their own.
@@ -784,6 +793,8 @@ impl AteFs {
     }
 
     fn truncate_locked(&self, st: &mut State, ino: u64, size: u64, bs: u64) -> FsResult<()> {
+        self.node(st, ino)?;
+        self.settle(st, ino, true)?;
         let old = self.node(st, ino)?.attr.size;
         if size < old {
             let keep = size.div_ceil(bs);
@@ -824,7 +835,8 @@ impl AteFs {
 
     /// Contents of block `idx` (uncommitted data first; holes are empty).
     fn block_locked(&self, st: &mut State, ino: u64, idx: u64) -> FsResult<Vec<u8>> {
-        if let Some(d) = self.node(st, ino)?.dirty.get(&idx) {
+        let node = self.node(st, ino)?;
+        if let Some(d) = node.dirty.get(&idx).or_else(|| node.inflight.get(&idx)) {
             return Ok(d.clone());
         }
         Ok(self
@@ -906,12 +918,15 @@ impl AteFs {
         // Writing drops setuid/setgid, as on Linux (the kernel asks when the writer is not root).
         node.attr_dirty = true;
         if node.dirty_bytes >= self.opts.flush_bytes {
-            self.flush_locked(&mut st, ino)?;
+            self.start_flush(&mut st, ino)?;
+            self.settle(&mut st, ino, false)?;
         }
         Ok(data.len())
     }
 
-    fn flush_locked(&self, st: &mut State, ino: u64) -> FsResult<()> {
+    /// Queues the file's buffered blocks and attributes for commit, without waiting. The
+    /// blocks stay readable from `inflight` until their commit is durable.
+    fn start_flush(&self, st: &mut State, ino: u64) -> FsResult<()> {
         let Some(node) = st.nodes.get_mut(&ino) else {
             return Ok(());
         };
@@ -920,36 +935,130 @@ impl AteFs {
         }
         let dirty = std::mem::take(&mut node.dirty);
         node.dirty_bytes = 0;
+        node.attr_dirty = false;
         let attr = node.attr.clone();
-        let mut tx = self.tx();
+        let mut txs = vec![self.tx()];
         let mut bytes = 0usize;
         for (idx, data) in &dirty {
             if bytes + data.len() > (32 << 20) {
-                self.commit(std::mem::replace(&mut tx, self.tx()))?;
+                txs.push(self.tx());
                 bytes = 0;
             }
             // Trailing zeros are not stored: the block reads back the same, holes stay cheap.
             let used = data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
-            tx.ops.push(self.put_block(ino, *idx, &data[..used]));
+            if let Some(tx) = txs.last_mut() {
+                tx.ops.push(self.put_block(ino, *idx, &data[..used]));
+            }
             bytes += used;
         }
-        tx.ops.push(self.put_inode(&attr));
-        let r = self.commit(tx);
-        let node = st.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
-        match r {
-            Ok(()) => {
-                node.attr_dirty = false;
-                Ok(())
-            }
-            Err(e) => {
-                // Keep the data so a later flush can retry; newer writes win.
-                for (idx, data) in dirty {
-                    node.dirty.entry(idx).or_insert(data);
+        if let Some(tx) = txs.last_mut() {
+            tx.ops.push(self.put_inode(&attr));
+        }
+        let mut queued = Vec::with_capacity(txs.len());
+        let mut failed = None;
+        for tx in txs {
+            match self.chain.sign_and_commit_async(tx, &self.keyfile.owner) {
+                Ok(p) => queued.push(p),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
-                node.dirty_bytes = node.dirty.values().map(Vec::len).sum();
-                Err(e)
             }
         }
+        let node = st.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+        node.pending.extend(queued);
+        node.inflight.extend(dirty);
+        match failed {
+            None => Ok(()),
+            Some(e) => {
+                node.attr_dirty = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Collects finished commits of a file (all of them with `wait`). Once none is pending the
+    /// chain's view holds the data and `inflight` is dropped. A failed commit puts its data back
+    /// as dirty (newer writes win) and reports the error.
+    fn settle(&self, st: &mut State, ino: u64, wait: bool) -> FsResult<()> {
+        let Some(node) = st.nodes.get_mut(&ino) else {
+            return Ok(());
+        };
+        let mut error = None;
+        let mut still = Vec::new();
+        for p in std::mem::take(&mut node.pending) {
+            if !wait && !p.is_done() {
+                still.push(p);
+                continue;
+            }
+            if let Err(e) = p.wait() {
+                error.get_or_insert(e);
+            }
+        }
+        node.pending = still;
+        if let Some(e) = error {
+            for (idx, data) in std::mem::take(&mut node.inflight) {
+                node.dirty.entry(idx).or_insert(data);
+            }
+            node.dirty_bytes = node.dirty.values().map(Vec::len).sum();
+            node.attr_dirty = true;
+            return Err(e.into());
+        }
+        if node.pending.is_empty() {
+            node.inflight.clear();
+        }
+        Ok(())
+    }
+
+    /// Commits the file's buffered data and waits until it is durable.
+    fn flush_locked(&self, st: &mut State, ino: u64) -> FsResult<()> {
+        self.start_flush(st, ino)?;
+        self.settle(st, ino, true)
+    }
+
+    /// Starts committing the file's buffered data (close, background flusher): durable within
+    /// a group commit, but the caller does not wait for it.
+    pub fn flush_async(&self, ino: u64) -> FsResult<()> {
+        let mut st = self.state.lock();
+        self.start_flush(&mut st, ino)?;
+        self.settle(&mut st, ino, false)
+    }
+
+    /// Starts committing every file's buffered data; reports the first failure.
+    pub fn flush_all_async(&self) -> FsResult<()> {
+        let mut st = self.state.lock();
+        let inos: Vec<u64> = st
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.dirty.is_empty() || n.attr_dirty || !n.pending.is_empty())
+            .map(|(i, _)| *i)
+            .collect();
+        let mut first = Ok(());
+        for ino in inos {
+            let r = self
+                .start_flush(&mut st, ino)
+                .and_then(|()| self.settle(&mut st, ino, false));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Commits buffered data at most `period` after it was written, until the file system is
+    /// dropped: the bound on what a crash can lose without fsync.
+    pub fn spawn_flusher(
+        self: &std::sync::Arc<Self>,
+        period: std::time::Duration,
+    ) -> std::thread::JoinHandle<()> {
+        let weak = std::sync::Arc::downgrade(self);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(period);
+            let Some(fs) = weak.upgrade() else { return };
+            if let Err(e) = fs.flush_all_async() {
+                tracing::error!(error = %e, "background commit failed; data stays buffered");
+            }
+        })
     }
 
     /// Commits the file's buffered data and attributes (durable when this returns).
@@ -964,7 +1073,7 @@ impl AteFs {
         let inos: Vec<u64> = st
             .nodes
             .iter()
-            .filter(|(_, n)| !n.dirty.is_empty() || n.attr_dirty)
+            .filter(|(_, n)| !n.dirty.is_empty() || n.attr_dirty || !n.pending.is_empty())
             .map(|(i, _)| *i)
             .collect();
         for ino in inos {
@@ -1006,7 +1115,8 @@ impl AteFs {
             }
             return Ok(());
         }
-        self.flush_locked(&mut st, ino)
+        self.start_flush(&mut st, ino)?;
+        self.settle(&mut st, ino, false)
     }
 
     /// Volume usage: (total bytes, used bytes, inodes used).
@@ -1119,13 +1229,18 @@ impl AteFs {
         let mut seen_dirs = std::collections::HashSet::new();
         while let Some((dir, parent)) = stack.pop() {
             if !seen_dirs.insert(dir) {
-                report.problems.push(format!("directory {dir} is reachable twice"));
+                report
+                    .problems
+                    .push(format!("directory {dir} is reachable twice"));
                 continue;
             }
             report.dirs += 1;
             let a = self.getattr(dir)?;
             if a.parent != parent {
-                report.problems.push(format!("directory {dir}: '..' is {}, expected {parent}", a.parent));
+                report.problems.push(format!(
+                    "directory {dir}: '..' is {}, expected {parent}",
+                    a.parent
+                ));
             }
             let entries = self.readdir(dir)?;
             let mut subdirs = 0;
@@ -1134,13 +1249,18 @@ impl AteFs {
                 let child = match self.getattr(ino) {
                     Ok(c) => c,
                     Err(FsError::NotFound) => {
-                        report.problems.push(format!("{dir}/{shown}: inode {ino} does not exist"));
+                        report
+                            .problems
+                            .push(format!("{dir}/{shown}: inode {ino} does not exist"));
                         continue;
                     }
                     Err(e) => return Err(e),
                 };
                 if child.kind != kind {
-                    report.problems.push(format!("{dir}/{shown}: entry says {kind:?}, inode is {:?}", child.kind));
+                    report.problems.push(format!(
+                        "{dir}/{shown}: entry says {kind:?}, inode is {:?}",
+                        child.kind
+                    ));
                 }
                 if child.kind == Kind::Dir {
                     subdirs += 1;
@@ -1151,22 +1271,36 @@ impl AteFs {
                     if first_sight {
                         report.files += 1;
                         let valid: std::collections::HashSet<RecordKey> =
-                            (0..child.size.div_ceil(bs)).map(|i| self.keys.block(ino, i)).collect();
-                        let stray = self.chain.children(&self.keys.inode(ino)).iter().filter(|k| !valid.contains(k)).count();
+                            (0..child.size.div_ceil(bs))
+                                .map(|i| self.keys.block(ino, i))
+                                .collect();
+                        let stray = self
+                            .chain
+                            .children(&self.keys.inode(ino))
+                            .iter()
+                            .filter(|k| !valid.contains(k))
+                            .count();
                         if stray > 0 {
-                            report.problems.push(format!("{dir}/{shown}: {stray} data blocks past the end of the file"));
+                            report.problems.push(format!(
+                                "{dir}/{shown}: {stray} data blocks past the end of the file"
+                            ));
                         }
                     }
                 }
             }
             if a.nlink != 2 + subdirs {
-                report.problems.push(format!("directory {dir}: nlink {} but {subdirs} subdirectories", a.nlink));
+                report.problems.push(format!(
+                    "directory {dir}: nlink {} but {subdirs} subdirectories",
+                    a.nlink
+                ));
             }
         }
         for (ino, n) in links {
             let a = self.getattr(ino)?;
             if a.nlink != n {
-                report.problems.push(format!("inode {ino}: nlink {} but {n} entries", a.nlink));
+                report
+                    .problems
+                    .push(format!("inode {ino}: nlink {} but {n} entries", a.nlink));
             }
         }
         Ok(report)

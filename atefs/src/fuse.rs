@@ -363,7 +363,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every commit is fdatasynced before it returns, so committing is syncing.
+        // A commit returns once fdatasynced, so waiting for the file's commits is syncing.
         Self::empty(self.fs.flush(ino.0), reply)
     }
 

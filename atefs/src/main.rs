@@ -290,8 +290,14 @@ fn keygen(out: &Path) -> Result<()> {
 }
 
 fn fsck(data: &Path) -> Result<()> {
-    let vol = atefs::volume::open(data, |_, _| {}).with_context(|| format!("opening {}", data.display()))?;
-    let fs = AteFs::new(vol.chain.clone(), vol.keys.clone(), FsOptions::default(), Caller { uid: 0, gid: 0 })?;
+    let vol = atefs::volume::open(data, |_, _| {})
+        .with_context(|| format!("opening {}", data.display()))?;
+    let fs = AteFs::new(
+        vol.chain.clone(),
+        vol.keys.clone(),
+        FsOptions::default(),
+        Caller { uid: 0, gid: 0 },
+    )?;
     let r = fs.fsck()?;
     println!("{} directories, {} files", r.dirs, r.files);
     for p in &r.problems {

@@ -10,8 +10,11 @@ use common::{mem_fs, open, small_blocks, ROOT};
 #[test]
 fn files_survive_reopen_across_block_boundaries_and_holes() {
     let (mem, keys, fs) = mem_fs(small_blocks());
-    let f = fs.mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, b"", ROOT).unwrap();
-    fs.write(f.ino, 5, b"hello world, this spans blocks").unwrap();
+    let f = fs
+        .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
+    fs.write(f.ino, 5, b"hello world, this spans blocks")
+        .unwrap();
     fs.write(f.ino, 100, b"after a hole").unwrap();
     fs.flush(f.ino).unwrap();
     drop(fs);
@@ -27,11 +30,27 @@ fn files_survive_reopen_across_block_boundaries_and_holes() {
 #[test]
 fn truncate_shrinks_and_zero_extends() {
     let (_, _, fs) = mem_fs(small_blocks());
-    let f = fs.mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, b"", ROOT).unwrap();
+    let f = fs
+        .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
     fs.write(f.ino, 0, &[7u8; 50]).unwrap();
     fs.flush(f.ino).unwrap();
-    fs.setattr(f.ino, &SetAttr { size: Some(20), ..Default::default() }).unwrap();
-    fs.setattr(f.ino, &SetAttr { size: Some(40), ..Default::default() }).unwrap();
+    fs.setattr(
+        f.ino,
+        &SetAttr {
+            size: Some(20),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fs.setattr(
+        f.ino,
+        &SetAttr {
+            size: Some(40),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let got = fs.read(f.ino, 0, 100).unwrap();
     assert_eq!(&got[..20], &[7u8; 20]);
     assert_eq!(&got[20..], &[0u8; 20]);
@@ -40,28 +59,49 @@ fn truncate_shrinks_and_zero_extends() {
 #[test]
 fn namespace_errors() {
     let (_, _, fs) = mem_fs(FsOptions::default());
-    let d = fs.mknod(ROOT_INO, b"d", Kind::Dir, 0o755, 0, b"", ROOT).unwrap();
-    fs.mknod(d.ino, b"x", Kind::File, 0o644, 0, b"", ROOT).unwrap();
-    assert!(matches!(fs.mknod(ROOT_INO, b"d", Kind::File, 0o644, 0, b"", ROOT), Err(FsError::Exists)));
+    let d = fs
+        .mknod(ROOT_INO, b"d", Kind::Dir, 0o755, 0, b"", ROOT)
+        .unwrap();
+    fs.mknod(d.ino, b"x", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
+    assert!(matches!(
+        fs.mknod(ROOT_INO, b"d", Kind::File, 0o644, 0, b"", ROOT),
+        Err(FsError::Exists)
+    ));
     assert!(matches!(fs.rmdir(ROOT_INO, b"d"), Err(FsError::NotEmpty)));
     assert!(matches!(fs.unlink(ROOT_INO, b"d"), Err(FsError::IsDir)));
     assert!(matches!(fs.rmdir(d.ino, b"x"), Err(FsError::NotDir)));
-    assert!(matches!(fs.lookup(ROOT_INO, &[b'a'; 256]), Err(FsError::NameTooLong)));
-    assert!(matches!(fs.rename(ROOT_INO, b"d", d.ino, b"inside", RenameMode::Replace), Err(FsError::Invalid(_))));
-    assert!(matches!(fs.link(d.ino, ROOT_INO, b"dirlink"), Err(FsError::NotPermitted)));
+    assert!(matches!(
+        fs.lookup(ROOT_INO, &[b'a'; 256]),
+        Err(FsError::NameTooLong)
+    ));
+    assert!(matches!(
+        fs.rename(ROOT_INO, b"d", d.ino, b"inside", RenameMode::Replace),
+        Err(FsError::Invalid(_))
+    ));
+    assert!(matches!(
+        fs.link(d.ino, ROOT_INO, b"dirlink"),
+        Err(FsError::NotPermitted)
+    ));
     assert_eq!(fs.getattr(ROOT_INO).unwrap().nlink, 3);
 }
 
 #[test]
 fn hard_links_count_and_outlive_names() {
     let (_, _, fs) = mem_fs(FsOptions::default());
-    let f = fs.mknod(ROOT_INO, b"a", Kind::File, 0o644, 0, b"", ROOT).unwrap();
+    let f = fs
+        .mknod(ROOT_INO, b"a", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
     fs.write(f.ino, 0, b"data").unwrap();
     fs.link(f.ino, ROOT_INO, b"b").unwrap();
     assert_eq!(fs.getattr(f.ino).unwrap().nlink, 2);
     fs.unlink(ROOT_INO, b"a").unwrap();
     assert_eq!(fs.getattr(f.ino).unwrap().nlink, 1);
-    assert_eq!(fs.read(fs.lookup(ROOT_INO, b"b").unwrap().ino, 0, 10).unwrap(), b"data");
+    assert_eq!(
+        fs.read(fs.lookup(ROOT_INO, b"b").unwrap().ino, 0, 10)
+            .unwrap(),
+        b"data"
+    );
     // Unlinked while open: readable until released, gone after.
     let fh = fs.open(f.ino, false).unwrap();
     fs.unlink(ROOT_INO, b"b").unwrap();
@@ -73,20 +113,37 @@ fn hard_links_count_and_outlive_names() {
 #[test]
 fn rename_replace_noreplace_exchange() {
     let (_, _, fs) = mem_fs(FsOptions::default());
-    let d1 = fs.mknod(ROOT_INO, b"d1", Kind::Dir, 0o755, 0, b"", ROOT).unwrap();
-    let d2 = fs.mknod(ROOT_INO, b"d2", Kind::Dir, 0o755, 0, b"", ROOT).unwrap();
-    let a = fs.mknod(d1.ino, b"a", Kind::File, 0o644, 0, b"", ROOT).unwrap();
-    let b = fs.mknod(d2.ino, b"b", Kind::File, 0o644, 0, b"", ROOT).unwrap();
-    assert!(matches!(fs.rename(d1.ino, b"a", d2.ino, b"b", RenameMode::NoReplace), Err(FsError::Exists)));
-    fs.rename(d1.ino, b"a", d2.ino, b"b", RenameMode::Exchange).unwrap();
+    let d1 = fs
+        .mknod(ROOT_INO, b"d1", Kind::Dir, 0o755, 0, b"", ROOT)
+        .unwrap();
+    let d2 = fs
+        .mknod(ROOT_INO, b"d2", Kind::Dir, 0o755, 0, b"", ROOT)
+        .unwrap();
+    let a = fs
+        .mknod(d1.ino, b"a", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
+    let b = fs
+        .mknod(d2.ino, b"b", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
+    assert!(matches!(
+        fs.rename(d1.ino, b"a", d2.ino, b"b", RenameMode::NoReplace),
+        Err(FsError::Exists)
+    ));
+    fs.rename(d1.ino, b"a", d2.ino, b"b", RenameMode::Exchange)
+        .unwrap();
     assert_eq!(fs.lookup(d2.ino, b"b").unwrap().ino, a.ino);
     assert_eq!(fs.lookup(d1.ino, b"a").unwrap().ino, b.ino);
-    fs.rename(d1.ino, b"a", d2.ino, b"b", RenameMode::Replace).unwrap();
+    fs.rename(d1.ino, b"a", d2.ino, b"b", RenameMode::Replace)
+        .unwrap();
     assert_eq!(fs.lookup(d2.ino, b"b").unwrap().ino, b.ino);
     assert!(matches!(fs.lookup(d1.ino, b"a"), Err(FsError::NotFound)));
-    assert!(matches!(fs.getattr(a.ino), Err(FsError::NotFound)), "replaced file is freed");
+    assert!(
+        matches!(fs.getattr(a.ino), Err(FsError::NotFound)),
+        "replaced file is freed"
+    );
     // Moving a directory updates both parents' link counts and its "..".
-    fs.rename(ROOT_INO, b"d1", d2.ino, b"d1", RenameMode::Replace).unwrap();
+    fs.rename(ROOT_INO, b"d1", d2.ino, b"d1", RenameMode::Replace)
+        .unwrap();
     assert_eq!(fs.getattr(ROOT_INO).unwrap().nlink, 3);
     assert_eq!(fs.getattr(d2.ino).unwrap().nlink, 3);
     assert_eq!(fs.lookup(d1.ino, b"..").unwrap().ino, d2.ino);
@@ -103,18 +160,32 @@ fn racing_creates_of_one_name_give_one_eexist() {
     let r1 = fs1.mknod(ROOT_INO, b"same", Kind::File, 0o644, 0, b"", ROOT);
     let r2 = fs2.mknod(ROOT_INO, b"same", Kind::File, 0o644, 0, b"", ROOT);
     assert!(r1.is_ok());
-    assert!(matches!(r2, Err(ref e) if e.errno() == libc::EEXIST), "{r2:?}");
+    assert!(
+        matches!(r2, Err(ref e) if e.errno() == libc::EEXIST),
+        "{r2:?}"
+    );
 }
 
 #[test]
 fn xattrs() {
     let (_, _, fs) = mem_fs(FsOptions::default());
-    let f = fs.mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, b"", ROOT).unwrap();
+    let f = fs
+        .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
     fs.setxattr(f.ino, b"user.k", b"v", false, false).unwrap();
-    assert!(matches!(fs.setxattr(f.ino, b"user.k", b"v", true, false), Err(FsError::Exists)));
-    assert!(matches!(fs.setxattr(f.ino, b"user.z", b"v", false, true), Err(FsError::NoAttr)));
+    assert!(matches!(
+        fs.setxattr(f.ino, b"user.k", b"v", true, false),
+        Err(FsError::Exists)
+    ));
+    assert!(matches!(
+        fs.setxattr(f.ino, b"user.z", b"v", false, true),
+        Err(FsError::NoAttr)
+    ));
     assert_eq!(fs.getxattr(f.ino, b"user.k").unwrap(), b"v");
     assert_eq!(fs.listxattr(f.ino).unwrap(), vec![b"user.k".to_vec()]);
     fs.removexattr(f.ino, b"user.k").unwrap();
-    assert!(matches!(fs.getxattr(f.ino, b"user.k"), Err(FsError::NoAttr)));
+    assert!(matches!(
+        fs.getxattr(f.ino, b"user.k"),
+        Err(FsError::NoAttr)
+    ));
 }

@@ -37,7 +37,10 @@ fn write_tree(root: &Path, seed: u64) -> BTreeMap<String, String> {
             let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             let p = dir.join(format!("file{f}"));
             std::fs::write(&p, &data).unwrap();
-            out.insert(format!("dir{d}/file{f}"), blake3::hash(&data).to_hex().to_string());
+            out.insert(
+                format!("dir{d}/file{f}"),
+                blake3::hash(&data).to_hex().to_string(),
+            );
         }
     }
     out
@@ -46,13 +49,28 @@ fn write_tree(root: &Path, seed: u64) -> BTreeMap<String, String> {
 fn read_tree(root: &Path, names: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     names
         .keys()
-        .map(|n| (n.clone(), blake3::hash(&std::fs::read(root.join(n)).unwrap()).to_hex().to_string()))
+        .map(|n| {
+            (
+                n.clone(),
+                blake3::hash(&std::fs::read(root.join(n)).unwrap())
+                    .to_hex()
+                    .to_string(),
+            )
+        })
         .collect()
 }
 
 fn fsck(data: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_atefs")).args(["fsck", "--data"]).arg(data).output().unwrap();
-    assert!(out.status.success(), "fsck: {}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(env!("CARGO_BIN_EXE_atefs"))
+        .args(["fsck", "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fsck: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -100,18 +118,40 @@ fn no_plaintext_names_or_content_on_disk() {
     std::fs::write(mnt.join(name), content.repeat(100)).unwrap();
     m.unmount();
     for needle in [name, content, &content[4..20]] {
-        let st = Command::new("grep").args(["-r", "-q", "-a", needle]).arg(&data).status().unwrap();
-        assert_eq!(st.code(), Some(1), "found {needle:?} in the state directory");
+        let st = Command::new("grep")
+            .args(["-r", "-q", "-a", needle])
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert_eq!(
+            st.code(),
+            Some(1),
+            "found {needle:?} in the state directory"
+        );
     }
     // The test can fail: the same search finds the text in a plain copy.
     std::fs::write(data.join("plain-copy"), content).unwrap();
-    let st = Command::new("grep").args(["-r", "-q", "-a", content]).arg(&data).status().unwrap();
+    let st = Command::new("grep")
+        .args(["-r", "-q", "-a", content])
+        .arg(&data)
+        .status()
+        .unwrap();
     assert_eq!(st.code(), Some(0));
 }
 
 fn run(cwd: &Path, cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).current_dir(cwd).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -123,9 +163,22 @@ fn real_programs_tar_git_sqlite() {
     let m = Mounted::start(&mnt, &data);
     // tar: a source tree in, and out again with identical content.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("ate");
-    run(tmp.path(), &format!("tar -C {} -cf src.tar .", src.display()));
-    run(&mnt, &format!("mkdir x && tar -C x -xf {}/src.tar && tar -C x -cf {}/again.tar .", tmp.path().display(), tmp.path().display()));
-    run(tmp.path(), "mkdir a b && tar -C a -xf src.tar && tar -C b -xf again.tar && diff -r a b");
+    run(
+        tmp.path(),
+        &format!("tar -C {} -cf src.tar .", src.display()),
+    );
+    run(
+        &mnt,
+        &format!(
+            "mkdir x && tar -C x -xf {}/src.tar && tar -C x -cf {}/again.tar .",
+            tmp.path().display(),
+            tmp.path().display()
+        ),
+    );
+    run(
+        tmp.path(),
+        "mkdir a b && tar -C a -xf src.tar && tar -C b -xf again.tar && diff -r a b",
+    );
     // git: init, commit, fsck.
     run(&mnt, "git init -q repo && cd repo && cp -r ../x src && git add -A && git -c user.name=t -c user.email=t@t commit -qm one && git fsck --full --strict");
     // sqlite: transactions, one rolled back.

@@ -18,12 +18,22 @@ pub fn mem_fs(opts: FsOptions) -> (MemStorage, KeyFile, AteFs) {
 
 pub fn open(mem: &MemStorage, keys: &KeyFile, opts: FsOptions) -> AteFs {
     let storage: Arc<dyn Storage> = Arc::new(mem.clone());
-    let (chain, _) = Chain::open(storage, Some(keys.chain), ChainOptions::default(), |_, _| {}).unwrap();
+    let (chain, _) = Chain::open(
+        storage,
+        Some(keys.chain),
+        ChainOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
     AteFs::new(chain, keys.clone(), opts, ROOT).unwrap()
 }
 
 /// Small blocks so tests cross block boundaries cheaply.
 pub fn small_blocks() -> FsOptions {
-    FsOptions { block_size: 16, flush_bytes: 64, ..FsOptions::default() }
+    FsOptions {
+        block_size: 16,
+        flush_bytes: 64,
+        ..FsOptions::default()
+    }
 }
 pub mod mount;

@@ -13,14 +13,19 @@ pub struct Mounted {
 
 /// True when this process can mount FUSE file systems.
 pub fn can_mount() -> bool {
-    Path::new("/dev/fuse").exists() && std::fs::metadata("/root").is_ok_and(|_| unsafe_free_is_root())
+    Path::new("/dev/fuse").exists()
+        && std::fs::metadata("/root").is_ok_and(|_| unsafe_free_is_root())
 }
 
 fn unsafe_free_is_root() -> bool {
     // /proc/self/status "Uid:" line: real, effective, saved, fs.
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -38,8 +43,13 @@ impl Mounted {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let mut m = Mounted { dir: dir.to_path_buf(), child: Some(child) };
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut m = Mounted {
+            dir: dir.to_path_buf(),
+            child: Some(child),
+        };
         assert_eq!(line.trim(), "mounted", "atefs did not mount");
         assert!(is_mounted(dir), "{} not in /proc/mounts", dir.display());
         m.dir = dir.to_path_buf();
