@@ -398,6 +398,11 @@ impl Chain {
         })
     }
 
+    /// Bytes on disk (segments and snapshot); cheap, unlike [`Self::stats`].
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared.log.lock().files().total_bytes()
+    }
+
     /// Sizes.
     pub fn stats(&self) -> ChainStats {
         let (records, live) = self.shared.view.read().counts();

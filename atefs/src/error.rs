@@ -54,6 +54,9 @@ pub enum FsError {
     /// The chain refused or failed the commit (EIO, ENOSPC or EEXIST as appropriate).
     #[error("chain: {0}")]
     Chain(#[from] ate::ChainError),
+    /// An earlier queued commit failed (EIO, reported by fsync).
+    #[error("an earlier commit failed: {0}")]
+    CommitFailed(String),
     /// A record did not decode (EIO).
     #[error("record {0} is corrupt: {1}")]
     Corrupt(RecordKey, String),
@@ -83,7 +86,7 @@ impl FsError {
             FsError::Chain(C::Rejected(V::Precondition(_))) => libc::EEXIST,
             FsError::Chain(C::Rejected(V::NotAuthorized { .. } | V::NotOwner(_))) => libc::EACCES,
             FsError::Chain(C::Log(e)) if e.is_no_space() => libc::ENOSPC,
-            FsError::Chain(_) | FsError::Corrupt(..) => libc::EIO,
+            FsError::Chain(_) | FsError::Corrupt(..) | FsError::CommitFailed(_) => libc::EIO,
         }
     }
 }

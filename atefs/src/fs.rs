@@ -26,6 +26,10 @@ pub struct FsOptions {
     pub flush_bytes: usize,
     /// Volume quota in bytes (statfs reports it; writes beyond it fail with ENOSPC).
     pub quota_bytes: u64,
+    /// Wait for every namespace commit before replying. Needed when other writers share the
+    /// chain (their conflicting change makes our commit fail, which must reach the caller as
+    /// EEXIST); an embedded volume has one writer by construction and queues instead.
+    pub sync_namespace: bool,
 }
 
 impl Default for FsOptions {
@@ -34,6 +38,7 @@ impl Default for FsOptions {
             block_size: 64 << 10,
             flush_bytes: 8 << 20,
             quota_bytes: 1 << 40,
+            sync_namespace: false,
         }
     }
 }
@@ -88,6 +93,10 @@ struct Node {
     inflight: BTreeMap<u64, Vec<u8>>,
     /// Commits queued for this file.
     pending: Vec<ate::chain::PendingCommit>,
+    /// Indexes of the blocks that exist (or will, once queued commits land) in the chain;
+    /// loaded on first use. Every block put or delete goes through this mount, so this set,
+    /// not the chain's view (which lags queued commits), says which blocks to read or delete.
+    blocks: Option<std::collections::BTreeSet<u64>>,
     dirty_bytes: usize,
     /// Attributes changed since the last commit.
     attr_dirty: bool,
@@ -100,6 +109,13 @@ struct State {
     nodes: HashMap<u64, Node>,
     handles: HashMap<u64, u64>,
     next_fh: u64,
+    /// Namespace and attribute commits queued, oldest first.
+    pending: Vec<ate::chain::PendingCommit>,
+    /// The first failure of a queued commit, reported by the next fsync.
+    failed: Option<String>,
+    /// Inodes deleted by this mount (their deletion may still be queued, so the chain may
+    /// still show them).
+    deleted: std::collections::HashSet<u64>,
 }
 
 /// The file system.
@@ -173,9 +189,38 @@ impl AteFs {
         Transaction::new(self.chain.id(), self.keyfile.owner.public())
     }
 
-    fn commit(&self, tx: Transaction) -> FsResult<()> {
-        self.chain.sign_and_commit(tx, &self.keyfile.owner)?;
+    /// Queues a namespace or attribute commit without waiting for it: this mount's caches are
+    /// already up to date, and commits apply in queue order. fsync and fsyncdir wait for
+    /// everything queued ([`Self::sync_all_locked`]); a failure is reported there.
+    fn commit(&self, st: &mut State, tx: Transaction) -> FsResult<()> {
+        let p = self.chain.sign_and_commit_async(tx, &self.keyfile.owner)?;
+        if self.opts.sync_namespace {
+            p.wait()?;
+            return Ok(());
+        }
+        // Collect finished commits from the front so the list stays short.
+        while st.pending.first().is_some_and(|p| p.is_done()) {
+            let done = st.pending.remove(0);
+            if let Err(e) = done.wait() {
+                tracing::error!(error = %e, "a queued commit failed");
+                st.failed.get_or_insert(e.to_string());
+            }
+        }
+        st.pending.push(p);
         Ok(())
+    }
+
+    /// Waits for every queued commit; reports (once) a failure of any of them.
+    fn sync_all_locked(&self, st: &mut State) -> FsResult<()> {
+        for p in std::mem::take(&mut st.pending) {
+            if let Err(e) = p.wait() {
+                st.failed.get_or_insert(e.to_string());
+            }
+        }
+        match st.failed.take() {
+            None => Ok(()),
+            Some(e) => Err(FsError::CommitFailed(e)),
+        }
     }
 
     fn put_inode(&self, i: &Inode) -> Op {
@@ -225,6 +270,9 @@ impl AteFs {
 
     /// Loads a node into the state (from the chain on first use).
     fn node<'a>(&self, st: &'a mut State, ino: u64) -> FsResult<&'a mut Node> {
+        if st.deleted.contains(&ino) {
+            return Err(FsError::NotFound);
+        }
         if let std::collections::hash_map::Entry::Vacant(slot) = st.nodes.entry(ino) {
             let key = self.keys.inode(ino);
             let bytes = self.read_record(&key)?.ok_or(FsError::NotFound)?;
@@ -236,6 +284,7 @@ impl AteFs {
                 dirty_bytes: 0,
                 inflight: BTreeMap::new(),
                 pending: Vec::new(),
+                blocks: None,
                 attr_dirty: false,
                 open: 0,
             });
@@ -373,7 +422,7 @@ impl AteFs {
             },
         ));
         tx.ops.push(self.put_inode(&p));
-        self.commit(tx)?;
+        self.commit(&mut *st, tx)?;
         self.node(&mut st, dir)?.attr = p;
         self.entries(&mut st, dir)?
             .insert(name.to_vec(), (ino, kind));
@@ -386,6 +435,7 @@ impl AteFs {
                 dirty_bytes: 0,
                 inflight: BTreeMap::new(),
                 pending: Vec::new(),
+                blocks: Some(Default::default()),
                 attr_dirty: false,
                 open: 0,
             },
@@ -409,7 +459,7 @@ impl AteFs {
         if self.entries(&mut st, dir)?.contains_key(name) {
             return Err(FsError::Exists);
         }
-        self.flush_locked(&mut st, ino)?;
+        self.flush_soon(&mut st, ino)?;
         let mut target = self.node(&mut st, ino)?.attr.clone();
         if target.kind == Kind::Dir {
             return Err(FsError::NotPermitted);
@@ -436,7 +486,7 @@ impl AteFs {
         ));
         tx.ops.push(self.put_inode(&target));
         tx.ops.push(self.put_inode(&p));
-        self.commit(tx)?;
+        self.commit(&mut *st, tx)?;
         self.node(&mut st, dir)?.attr = p;
         self.entries(&mut st, dir)?
             .insert(name.to_vec(), (ino, target.kind));
@@ -482,24 +532,16 @@ impl AteFs {
             p.nlink -= 1;
         }
         let mut tx = self.tx();
-        tx.preconditions.push(Precondition::AtVersion(
-            self.keys.dirent(dir, name),
-            self.version(&self.keys.dirent(dir, name)),
-        ));
         tx.ops.push(Op::Delete {
             key: self.keys.dirent(dir, name),
         });
         tx.ops.push(self.put_inode(&p));
         let gone = self.drop_link(&mut st, ino, &mut tx, want_dir, t)?;
-        self.commit(tx)?;
+        self.commit(&mut *st, tx)?;
         self.node(&mut st, dir)?.attr = p;
         self.entries(&mut st, dir)?.remove(name);
         self.after_drop_link(&mut st, ino, gone, want_dir, t)?;
         Ok(())
-    }
-
-    fn version(&self, key: &RecordKey) -> u64 {
-        self.chain.record(key).map_or(0, |e| e.version)
     }
 
     /// Adds to `tx` what losing one link of `ino` does; returns true when the inode goes away now.
@@ -518,13 +560,18 @@ impl AteFs {
             node.dirty.clear();
             node.inflight.clear();
             node.dirty_bytes = 0;
-            let blocks = self.chain.children(&self.keys.inode(ino));
+            let blocks: Vec<RecordKey> = if node.attr.kind == Kind::File {
+                let set = std::mem::take(self.block_set(st, ino)?);
+                set.into_iter().map(|i| self.keys.block(ino, i)).collect()
+            } else {
+                Vec::new()
+            };
             // Large files: delete their blocks in earlier transactions of their own.
             let (first, rest) = blocks.split_at(blocks.len().min(2048));
             for chunk in rest.chunks(4000) {
                 let mut del = self.tx();
                 del.ops.extend(chunk.iter().map(|k| Op::Delete { key: *k }));
-                self.commit(del)?;
+                self.commit(&mut *st, del)?;
             }
             tx.ops.extend(first.iter().map(|k| Op::Delete { key: *k }));
             tx.ops.push(Op::Delete {
@@ -548,6 +595,7 @@ impl AteFs {
     ) -> FsResult<()> {
         if gone {
             st.nodes.remove(&ino);
+            st.deleted.insert(ino);
         } else if let Some(n) = st.nodes.get_mut(&ino) {
             n.attr.nlink = if is_dir {
                 0
@@ -716,7 +764,7 @@ impl AteFs {
                 tx.ops.push(self.put_inode(a));
             }
         }
-        self.commit(tx)?;
+        self.commit(&mut *st, tx)?;
         self.node(&mut st, src)?.attr = moved;
         for (d, a) in parents {
             self.node(&mut st, d)?.attr = a;
@@ -786,7 +834,7 @@ impl AteFs {
             a.mtime = s.mtime.unwrap_or(t);
         }
         node.attr_dirty = true;
-        self.flush_locked(&mut st, ino)?;
+        self.flush_soon(&mut st, ino)?;
         Ok(self.node(&mut st, ino)?.attr.clone())
     }
 
@@ -798,18 +846,21 @@ impl AteFs {
             let keep = size.div_ceil(bs);
             // Committed blocks past the end go; the new last block is cut.
             let mut tx = self.tx();
-            let first_gone = keep;
-            for idx in first_gone..old.div_ceil(bs) {
-                let key = self.keys.block(ino, idx);
-                if self.chain.record(&key).is_some_and(|e| !e.is_deleted()) {
-                    tx.ops.push(Op::Delete { key });
-                }
+            let gone: Vec<u64> = self
+                .block_set(st, ino)?
+                .split_off(&keep)
+                .into_iter()
+                .collect();
+            for idx in gone {
+                tx.ops.push(Op::Delete {
+                    key: self.keys.block(ino, idx),
+                });
                 if tx.ops.len() >= 4000 {
-                    self.commit(std::mem::replace(&mut tx, self.tx()))?;
+                    self.commit(&mut *st, std::mem::replace(&mut tx, self.tx()))?;
                 }
             }
             if !tx.ops.is_empty() {
-                self.commit(tx)?;
+                self.commit(&mut *st, tx)?;
             }
             let tail = (size % bs) as usize;
             let last_block = if tail > 0 { Some(size / bs) } else { None };
@@ -837,9 +888,36 @@ impl AteFs {
         if let Some(d) = node.dirty.get(&idx).or_else(|| node.inflight.get(&idx)) {
             return Ok(d.clone());
         }
+        if !self.block_set(st, ino)?.contains(&idx) {
+            return Ok(Vec::new());
+        }
         Ok(self
             .read_record(&self.keys.block(ino, idx))?
             .unwrap_or_default())
+    }
+
+    /// The file's block set, loaded from the chain on first use (after its own queued data
+    /// commits have landed, so the view is current for this file).
+    fn block_set<'a>(
+        &self,
+        st: &'a mut State,
+        ino: u64,
+    ) -> FsResult<&'a mut std::collections::BTreeSet<u64>> {
+        if self.node(st, ino)?.blocks.is_none() {
+            self.settle(st, ino, true)?;
+            let bs = self.opts.block_size as u64;
+            let node = self.node(st, ino)?;
+            let kids: std::collections::HashSet<RecordKey> = self
+                .chain
+                .children(&self.keys.inode(ino))
+                .into_iter()
+                .collect();
+            let set = (0..node.attr.size.div_ceil(bs))
+                .filter(|i| kids.contains(&self.keys.block(ino, *i)))
+                .collect();
+            node.blocks = Some(set);
+        }
+        self.node(st, ino)?.blocks.as_mut().ok_or(FsError::NotFound)
     }
 
     /// Reads up to `len` bytes at `offset`.
@@ -884,7 +962,7 @@ impl AteFs {
             return Err(FsError::TooBig);
         }
         let grow = end.saturating_sub(self.node(&mut st, ino)?.attr.size);
-        if grow > 0 && self.chain.stats().bytes + grow > self.opts.quota_bytes {
+        if grow > 0 && self.chain.disk_bytes() + grow > self.opts.quota_bytes {
             return Err(FsError::NoSpace);
         }
         let mut pos = offset;
@@ -931,6 +1009,11 @@ impl AteFs {
         if node.dirty.is_empty() && !node.attr_dirty {
             return Ok(());
         }
+        if !node.dirty.is_empty() {
+            let idxs: Vec<u64> = node.dirty.keys().copied().collect();
+            self.block_set(st, ino)?.extend(idxs);
+        }
+        let node = st.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
         let dirty = std::mem::take(&mut node.dirty);
         node.dirty_bytes = 0;
         node.attr_dirty = false;
@@ -1008,6 +1091,12 @@ impl AteFs {
         Ok(())
     }
 
+    /// Starts committing the file's buffered data and attributes without waiting.
+    fn flush_soon(&self, st: &mut State, ino: u64) -> FsResult<()> {
+        self.start_flush(st, ino)?;
+        self.settle(st, ino, false)
+    }
+
     /// Commits the file's buffered data and waits until it is durable.
     fn flush_locked(&self, st: &mut State, ino: u64) -> FsResult<()> {
         self.start_flush(st, ino)?;
@@ -1059,10 +1148,18 @@ impl AteFs {
         })
     }
 
-    /// Commits the file's buffered data and attributes (durable when this returns).
-    pub fn flush(&self, ino: u64) -> FsResult<()> {
+    /// fsync: commits the file's buffered data and waits until it, and every namespace change
+    /// made before, is durable.
+    pub fn fsync(&self, ino: u64) -> FsResult<()> {
         let mut st = self.state.lock();
-        self.flush_locked(&mut st, ino)
+        self.flush_locked(&mut st, ino)?;
+        self.sync_all_locked(&mut st)
+    }
+
+    /// fsyncdir and syncfs: waits until every change made so far is durable.
+    pub fn sync_all(&self) -> FsResult<()> {
+        let mut st = self.state.lock();
+        self.sync_all_locked(&mut st)
     }
 
     /// Commits every file's buffered data.
@@ -1077,7 +1174,7 @@ impl AteFs {
         for ino in inos {
             self.flush_locked(&mut st, ino)?;
         }
-        Ok(())
+        self.sync_all_locked(&mut st)
     }
 
     /// Opens a file; returns a handle.
@@ -1090,7 +1187,7 @@ impl AteFs {
             let n = self.node(&mut st, ino)?;
             n.attr.mtime = t;
             n.attr.ctime = t;
-            self.flush_locked(&mut st, ino)?;
+            self.flush_soon(&mut st, ino)?;
         }
         self.node(&mut st, ino)?.open += 1;
         let fh = st.next_fh;
@@ -1108,8 +1205,9 @@ impl AteFs {
         if node.open == 0 && node.attr.nlink == 0 {
             let mut tx = self.tx();
             if self.drop_link(&mut st, ino, &mut tx, true, now())? {
-                self.commit(tx)?;
+                self.commit(&mut *st, tx)?;
                 st.nodes.remove(&ino);
+                st.deleted.insert(ino);
             }
             return Ok(());
         }
@@ -1177,7 +1275,7 @@ impl AteFs {
         }
         node.attr.ctime = now();
         node.attr_dirty = true;
-        self.flush_locked(&mut st, ino)
+        self.flush_soon(&mut st, ino)
     }
 
     /// Removes an extended attribute.
@@ -1193,7 +1291,7 @@ impl AteFs {
         node.attr.xattrs.remove(pos);
         node.attr.ctime = now();
         node.attr_dirty = true;
-        self.flush_locked(&mut st, ino)
+        self.flush_soon(&mut st, ino)
     }
 }
 

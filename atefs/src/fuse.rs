@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// How long the kernel may cache attributes and entries. One mount owns its chain in embedded
-/// mode, so nothing changes behind the kernel's back.
-const TTL: Duration = Duration::from_secs(1);
+/// mode, so nothing changes behind the kernel's back; every change goes through this process,
+/// which replies with the new attributes.
+const TTL: Duration = Duration::from_secs(3600);
 
 /// The FUSE side of a mount.
 #[derive(Debug)]
@@ -339,7 +340,8 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.fs.flush(ino.0), reply)
+        // close() starts the commit; fsync() waits for it (docs/semantics.md, durability).
+        Self::empty(self.fs.flush_async(ino.0), reply)
     }
 
     fn release(
@@ -363,8 +365,8 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // A commit returns once fdatasynced, so waiting for the file's commits is syncing.
-        Self::empty(self.fs.flush(ino.0), reply)
+        // A commit returns once fdatasynced, so waiting for the commits is syncing.
+        Self::empty(self.fs.fsync(ino.0), reply)
     }
 
     fn readdir(
@@ -433,8 +435,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Namespace changes are committed (and fdatasynced) before they return.
-        reply.ok()
+        Self::empty(self.fs.sync_all(), reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -16,7 +16,7 @@ fn files_survive_reopen_across_block_boundaries_and_holes() {
     fs.write(f.ino, 5, b"hello world, this spans blocks")
         .unwrap();
     fs.write(f.ino, 100, b"after a hole").unwrap();
-    fs.flush(f.ino).unwrap();
+    fs.fsync(f.ino).unwrap();
     drop(fs);
     let fs = open(&mem, &keys, small_blocks());
     let got = fs.read(f.ino, 0, 1000).unwrap();
@@ -34,7 +34,7 @@ fn truncate_shrinks_and_zero_extends() {
         .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, b"", ROOT)
         .unwrap();
     fs.write(f.ino, 0, &[7u8; 50]).unwrap();
-    fs.flush(f.ino).unwrap();
+    fs.fsync(f.ino).unwrap();
     fs.setattr(
         f.ino,
         &SetAttr {
@@ -153,10 +153,17 @@ fn rename_replace_noreplace_exchange() {
 fn racing_creates_of_one_name_give_one_eexist() {
     // Two file systems over one chain (as two mounts over one replicated chain will be): each
     // has its own cache, so only the chain's precondition can arbitrate.
-    let (mem, keys, fs1) = mem_fs(FsOptions::default());
+    let (mem, keys, fs1) = mem_fs(FsOptions {
+        sync_namespace: true,
+        ..FsOptions::default()
+    });
     let storage: std::sync::Arc<dyn ate::storage::Storage> = std::sync::Arc::new(mem);
     drop(storage);
-    let fs2 = atefs::AteFs::new(fs1.chain().clone(), keys, FsOptions::default(), ROOT).unwrap();
+    let shared = FsOptions {
+        sync_namespace: true,
+        ..FsOptions::default()
+    };
+    let fs2 = atefs::AteFs::new(fs1.chain().clone(), keys, shared, ROOT).unwrap();
     let r1 = fs1.mknod(ROOT_INO, b"same", Kind::File, 0o644, 0, b"", ROOT);
     let r2 = fs2.mknod(ROOT_INO, b"same", Kind::File, 0o644, 0, b"", ROOT);
     assert!(r1.is_ok());
