@@ -422,7 +422,7 @@ impl AteFs {
             },
         ));
         tx.ops.push(self.put_inode(&p));
-        self.commit(&mut *st, tx)?;
+        self.commit(&mut st, tx)?;
         self.node(&mut st, dir)?.attr = p;
         self.entries(&mut st, dir)?
             .insert(name.to_vec(), (ino, kind));
@@ -486,7 +486,7 @@ impl AteFs {
         ));
         tx.ops.push(self.put_inode(&target));
         tx.ops.push(self.put_inode(&p));
-        self.commit(&mut *st, tx)?;
+        self.commit(&mut st, tx)?;
         self.node(&mut st, dir)?.attr = p;
         self.entries(&mut st, dir)?
             .insert(name.to_vec(), (ino, target.kind));
@@ -537,7 +537,7 @@ impl AteFs {
         });
         tx.ops.push(self.put_inode(&p));
         let gone = self.drop_link(&mut st, ino, &mut tx, want_dir, t)?;
-        self.commit(&mut *st, tx)?;
+        self.commit(&mut st, tx)?;
         self.node(&mut st, dir)?.attr = p;
         self.entries(&mut st, dir)?.remove(name);
         self.after_drop_link(&mut st, ino, gone, want_dir, t)?;
@@ -764,7 +764,7 @@ impl AteFs {
                 tx.ops.push(self.put_inode(a));
             }
         }
-        self.commit(&mut *st, tx)?;
+        self.commit(&mut st, tx)?;
         self.node(&mut st, src)?.attr = moved;
         for (d, a) in parents {
             self.node(&mut st, d)?.attr = a;
@@ -1205,7 +1205,7 @@ impl AteFs {
         if node.open == 0 && node.attr.nlink == 0 {
             let mut tx = self.tx();
             if self.drop_link(&mut st, ino, &mut tx, true, now())? {
-                self.commit(&mut *st, tx)?;
+                self.commit(&mut st, tx)?;
                 st.nodes.remove(&ino);
                 st.deleted.insert(ino);
             }
