@@ -24,10 +24,12 @@ for tool in pjdfstest fsx; do
   command -v $tool >/dev/null || { echo "$tool missing: cargo install $tool" >&2; exit 1; }
 done
 cargo build --release --locked -p atefs
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/atefs"
 mkdir -p "$MNT"
-exec 3< <(target/release/atefs mount "$MNT" --data "$STATE" --foreground 2>"$LOG/atefs.log")
+exec 3< <("$BIN" mount "$MNT" --data "$STATE" --foreground 2>"$LOG/atefs.log")
 DAEMON=$!
-read -r line <&3
+line=
+read -r line <&3 || true
 [ "$line" = mounted ] || { echo "atefs did not mount:"; cat "$LOG/atefs.log"; exit 1; }
 chmod 777 "$MNT"
 

@@ -132,6 +132,8 @@ struct Shared {
     durable_cv: Condvar,
     /// Sequence number of the last batch merged into the view.
     published: Mutex<u64>,
+    /// The log's files, for readers: reading never waits for the appender's lock.
+    files: Arc<crate::redo::Files>,
 }
 
 #[derive(Debug)]
@@ -223,6 +225,7 @@ impl Chain {
             view = fixed;
         }
         let last = log.next_index() - 1;
+        let files = log.files().clone();
         let shared = Arc::new(Shared {
             id: log.chain(),
             view: RwLock::new(view),
@@ -230,6 +233,7 @@ impl Chain {
             durable: Mutex::new(last),
             durable_cv: Condvar::new(),
             published: Mutex::new(0),
+            files,
         });
         let queue = Arc::new(BatchQueue::new());
         let s = shared.clone();
@@ -324,7 +328,7 @@ impl Chain {
         let sealed = match entry.payload {
             None => Vec::new(),
             Some((loc, len)) => {
-                let files = self.shared.log.lock().files().clone();
+                let files = self.shared.files.clone();
                 match files.read(loc, len) {
                     Ok(b) => b,
                     // Compaction may have moved it between our two lookups: look again.
@@ -391,7 +395,7 @@ impl Chain {
 
     /// Committed transactions from `from` on: history, then live.
     pub fn subscribe(&self, from: u64) -> Result<Subscription, ChainError> {
-        let files = self.shared.log.lock().files().clone();
+        let files = self.shared.files.clone();
         Ok(Subscription {
             cursor: LogCursor::new(files, from)?,
             shared: self.shared.clone(),
@@ -400,7 +404,7 @@ impl Chain {
 
     /// Bytes on disk (segments and snapshot); cheap, unlike [`Self::stats`].
     pub fn disk_bytes(&self) -> u64 {
-        self.shared.log.lock().files().total_bytes()
+        self.shared.files.total_bytes()
     }
 
     /// Sizes.

@@ -459,7 +459,7 @@ impl AteFs {
         if self.entries(&mut st, dir)?.contains_key(name) {
             return Err(FsError::Exists);
         }
-        self.flush_soon(&mut st, ino)?;
+        // Attributes are committed with the next data commit or by the flusher (batched).
         let mut target = self.node(&mut st, ino)?.attr.clone();
         if target.kind == Kind::Dir {
             return Err(FsError::NotPermitted);
@@ -834,7 +834,7 @@ impl AteFs {
             a.mtime = s.mtime.unwrap_or(t);
         }
         node.attr_dirty = true;
-        self.flush_soon(&mut st, ino)?;
+        // Attributes are committed with the next data commit or by the flusher (batched).
         Ok(self.node(&mut st, ino)?.attr.clone())
     }
 
@@ -1091,12 +1091,6 @@ impl AteFs {
         Ok(())
     }
 
-    /// Starts committing the file's buffered data and attributes without waiting.
-    fn flush_soon(&self, st: &mut State, ino: u64) -> FsResult<()> {
-        self.start_flush(st, ino)?;
-        self.settle(st, ino, false)
-    }
-
     /// Commits the file's buffered data and waits until it is durable.
     fn flush_locked(&self, st: &mut State, ino: u64) -> FsResult<()> {
         self.start_flush(st, ino)?;
@@ -1114,17 +1108,28 @@ impl AteFs {
     /// Starts committing every file's buffered data; reports the first failure.
     pub fn flush_all_async(&self) -> FsResult<()> {
         let mut st = self.state.lock();
-        let inos: Vec<u64> = st
-            .nodes
-            .iter()
-            .filter(|(_, n)| !n.dirty.is_empty() || n.attr_dirty || !n.pending.is_empty())
-            .map(|(i, _)| *i)
-            .collect();
         let mut first = Ok(());
-        for ino in inos {
-            let r = self
-                .start_flush(&mut st, ino)
-                .and_then(|()| self.settle(&mut st, ino, false));
+        // Files with data: one commit each (blocks and inode together).
+        let with_data: Vec<u64> =
+            st.nodes.iter().filter(|(_, n)| !n.dirty.is_empty() || !n.pending.is_empty()).map(|(i, _)| *i).collect();
+        for ino in with_data {
+            let r = self.start_flush(&mut st, ino).and_then(|()| self.settle(&mut st, ino, false));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        // Attribute-only changes (chmod, utimes, xattrs, ...): many inodes per transaction.
+        let attrs: Vec<u64> =
+            st.nodes.iter().filter(|(_, n)| n.attr_dirty && n.dirty.is_empty()).map(|(i, _)| *i).collect();
+        for chunk in attrs.chunks(1000) {
+            let mut tx = self.tx();
+            for ino in chunk {
+                if let Some(n) = st.nodes.get_mut(ino) {
+                    n.attr_dirty = false;
+                    tx.ops.push(self.put_inode(&n.attr));
+                }
+            }
+            let r = self.commit(&mut st, tx);
             if first.is_ok() {
                 first = r;
             }
@@ -1187,7 +1192,7 @@ impl AteFs {
             let n = self.node(&mut st, ino)?;
             n.attr.mtime = t;
             n.attr.ctime = t;
-            self.flush_soon(&mut st, ino)?;
+            // Attributes are committed with the next data commit or by the flusher (batched).
         }
         self.node(&mut st, ino)?.open += 1;
         let fh = st.next_fh;
@@ -1275,7 +1280,7 @@ impl AteFs {
         }
         node.attr.ctime = now();
         node.attr_dirty = true;
-        self.flush_soon(&mut st, ino)
+        Ok(())
     }
 
     /// Removes an extended attribute.
@@ -1291,7 +1296,7 @@ impl AteFs {
         node.attr.xattrs.remove(pos);
         node.attr.ctime = now();
         node.attr_dirty = true;
-        self.flush_soon(&mut st, ino)
+        Ok(())
     }
 }
 

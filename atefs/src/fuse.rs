@@ -21,16 +21,34 @@ use std::time::{Duration, SystemTime};
 /// which replies with the new attributes.
 const TTL: Duration = Duration::from_secs(3600);
 
+type Listing = Arc<Vec<(u64, Kind, Vec<u8>)>>;
+
 /// The FUSE side of a mount.
 #[derive(Debug)]
 pub struct FuseFs {
     fs: Arc<AteFs>,
+    /// Directory listings by open directory handle: the kernel reads a listing in many small
+    /// calls, each of which would otherwise rebuild it.
+    listings: parking_lot::Mutex<std::collections::HashMap<u64, Listing>>,
+    next_dir_fh: std::sync::atomic::AtomicU64,
 }
 
 impl FuseFs {
     /// Wraps a file system.
     pub fn new(fs: Arc<AteFs>) -> Self {
-        Self { fs }
+        Self { fs, listings: Default::default(), next_dir_fh: std::sync::atomic::AtomicU64::new(1) }
+    }
+
+    /// The listing of an open directory; read afresh at offset 0 (rewinddir sees changes).
+    fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<Listing, FsError> {
+        if offset > 0 {
+            if let Some(l) = self.listings.lock().get(&fh) {
+                return Ok(l.clone());
+            }
+        }
+        let l: Listing = Arc::new(self.fs.readdir(ino)?);
+        self.listings.lock().insert(fh, l.clone());
+        Ok(l)
     }
 }
 
@@ -373,11 +391,11 @@ impl Filesystem for FuseFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0) {
+        match self.listing(ino.0, fh.0, offset) {
             Ok(entries) => {
                 for (i, (ino, k, name)) in entries.iter().enumerate().skip(offset as usize) {
                     if reply.add(
@@ -399,11 +417,11 @@ impl Filesystem for FuseFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdir(ino.0) {
+        match self.listing(ino.0, fh.0, offset) {
             Ok(entries) => {
                 for (i, (ino, _, name)) in entries.iter().enumerate().skip(offset as usize) {
                     let a = match self.fs.getattr(*ino) {
@@ -425,6 +443,18 @@ impl Filesystem for FuseFs {
             }
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.next_dir_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The kernel may keep listings: every change to a directory goes through this mount,
+        // and the kernel drops its cached listing when it makes one.
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.listings.lock().remove(&fh.0);
+        reply.ok()
     }
 
     fn fsyncdir(
