@@ -1110,17 +1110,27 @@ impl AteFs {
         let mut st = self.state.lock();
         let mut first = Ok(());
         // Files with data: one commit each (blocks and inode together).
-        let with_data: Vec<u64> =
-            st.nodes.iter().filter(|(_, n)| !n.dirty.is_empty() || !n.pending.is_empty()).map(|(i, _)| *i).collect();
+        let with_data: Vec<u64> = st
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.dirty.is_empty() || !n.pending.is_empty())
+            .map(|(i, _)| *i)
+            .collect();
         for ino in with_data {
-            let r = self.start_flush(&mut st, ino).and_then(|()| self.settle(&mut st, ino, false));
+            let r = self
+                .start_flush(&mut st, ino)
+                .and_then(|()| self.settle(&mut st, ino, false));
             if first.is_ok() {
                 first = r;
             }
         }
         // Attribute-only changes (chmod, utimes, xattrs, ...): many inodes per transaction.
-        let attrs: Vec<u64> =
-            st.nodes.iter().filter(|(_, n)| n.attr_dirty && n.dirty.is_empty()).map(|(i, _)| *i).collect();
+        let attrs: Vec<u64> = st
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.attr_dirty && n.dirty.is_empty())
+            .map(|(i, _)| *i)
+            .collect();
         for chunk in attrs.chunks(1000) {
             let mut tx = self.tx();
             for ino in chunk {
@@ -1279,6 +1289,14 @@ impl AteFs {
             }
         }
         node.attr.ctime = now();
+        // An access ACL carries the permission bits: owner = user_obj, group = mask (or
+        // group_obj without a mask), other = other. Keep the mode in step, as every POSIX
+        // file system does; the kernel checks permissions against both.
+        if name == b"system.posix_acl_access" {
+            if let Some(bits) = acl_mode_bits(value) {
+                node.attr.perm = (node.attr.perm & 0o7000) | bits;
+            }
+        }
         node.attr_dirty = true;
         Ok(())
     }
@@ -1406,4 +1424,30 @@ impl AteFs {
         }
         Ok(report)
     }
+}
+
+/// Permission bits implied by a POSIX access ACL in its xattr form (version 2 header, then
+/// 8-byte entries: u16 tag, u16 perm, u32 id); None when it does not parse.
+fn acl_mode_bits(value: &[u8]) -> Option<u16> {
+    const USER_OBJ: u16 = 0x01;
+    const GROUP_OBJ: u16 = 0x04;
+    const MASK: u16 = 0x10;
+    const OTHER: u16 = 0x20;
+    let (head, entries) = value.split_at_checked(4)?;
+    if u32::from_le_bytes(head.try_into().ok()?) != 2 || entries.len() % 8 != 0 {
+        return None;
+    }
+    let (mut user, mut group, mut mask, mut other) = (None, None, None, None);
+    for e in entries.chunks_exact(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u16::from_le_bytes([e[2], e[3]]) & 7;
+        match tag {
+            USER_OBJ => user = Some(perm),
+            GROUP_OBJ => group = Some(perm),
+            MASK => mask = Some(perm),
+            OTHER => other = Some(perm),
+            _ => {}
+        }
+    }
+    Some((user? << 6) | (mask.or(group)? << 3) | other?)
 }

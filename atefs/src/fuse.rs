@@ -36,7 +36,11 @@ pub struct FuseFs {
 impl FuseFs {
     /// Wraps a file system.
     pub fn new(fs: Arc<AteFs>) -> Self {
-        Self { fs, listings: Default::default(), next_dir_fh: std::sync::atomic::AtomicU64::new(1) }
+        Self {
+            fs,
+            listings: Default::default(),
+            next_dir_fh: std::sync::atomic::AtomicU64::new(1),
+        }
     }
 
     /// The listing of an open directory; read afresh at offset 0 (rewinddir sees changes).
@@ -132,6 +136,9 @@ impl Filesystem for FuseFs {
         let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // The kernel enforces and caches POSIX ACLs (stored as system.posix_acl_* xattrs);
+        // without this every `ls -l` asks for each file's ACL.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
         Ok(())
     }
 
@@ -446,13 +453,25 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let fh = self.next_dir_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fh = self
+            .next_dir_fh
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The kernel may keep listings: every change to a directory goes through this mount,
         // and the kernel drops its cached listing when it makes one.
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        )
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.listings.lock().remove(&fh.0);
         reply.ok()
     }

@@ -193,3 +193,51 @@ fn real_programs_tar_git_sqlite() {
     m.unmount();
     fsck(&data);
 }
+
+#[test]
+fn posix_acls_are_enforced() {
+    require_fuse!();
+    let have = |p: &str| Command::new(p).arg("--version").output().is_ok();
+    if !(have("setfacl") && have("setpriv")) {
+        eprintln!("skipped: needs setfacl and setpriv");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (mnt, data) = (tmp.path().join("mnt"), tmp.path().join("data"));
+    // nobody must be able to reach the mount point, or every check below passes for that reason.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let m = Mounted::start(&mnt, &data);
+    std::fs::set_permissions(&mnt, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(mnt.join("public"), "x").unwrap();
+    let public = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat"])
+        .arg(mnt.join("public"))
+        .status()
+        .unwrap();
+    assert!(public.success(), "nobody cannot reach the mount at all");
+    let f = mnt.join("private");
+    std::fs::write(&f, "for nobody's eyes").unwrap();
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let read_as_nobody = || {
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat"])
+            .arg(&f)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!read_as_nobody(), "mode 0600 must keep nobody out");
+    run(&mnt, "setfacl -m u:nobody:r private");
+    assert!(read_as_nobody(), "the ACL entry must let nobody read");
+    assert!(run(&mnt, "getfacl -c private").contains("user:nobody:r--"));
+    m.unmount();
+    // ACLs persist: they are xattrs in the chain.
+    let m = Mounted::start(&mnt, &data);
+    assert!(read_as_nobody());
+    m.unmount();
+}
