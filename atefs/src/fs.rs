@@ -30,6 +30,8 @@ pub struct FsOptions {
     /// chain (their conflicting change makes our commit fail, which must reach the caller as
     /// EEXIST); an embedded volume has one writer by construction and queues instead.
     pub sync_namespace: bool,
+    /// Memory for decrypted blocks (the read cache).
+    pub cache_bytes: usize,
 }
 
 impl Default for FsOptions {
@@ -39,6 +41,7 @@ impl Default for FsOptions {
             flush_bytes: 8 << 20,
             quota_bytes: 1 << 40,
             sync_namespace: false,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -126,6 +129,8 @@ pub struct AteFs {
     keys: Keys,
     opts: FsOptions,
     state: Mutex<State>,
+    /// Decrypted committed blocks, bounded by `FsOptions::cache_bytes`. Taken after `state`.
+    cache: Mutex<lru::LruCache<(u64, u64), std::sync::Arc<Vec<u8>>>>,
 }
 
 fn now() -> SystemTime {
@@ -151,6 +156,8 @@ impl AteFs {
         root_owner: Caller,
     ) -> FsResult<Self> {
         let keys = Keys::new(keyfile.names.clone());
+        let blocks = (opts.cache_bytes / opts.block_size.max(1)).max(1);
+        let cap = std::num::NonZeroUsize::new(blocks).unwrap_or(std::num::NonZeroUsize::MIN);
         let fs = Self {
             chain,
             keyfile,
@@ -160,6 +167,7 @@ impl AteFs {
                 next_fh: 1,
                 ..Default::default()
             }),
+            cache: Mutex::new(lru::LruCache::new(cap)),
         };
         if fs.chain.root().is_none() {
             let mut tx = fs.tx();
@@ -562,6 +570,7 @@ impl AteFs {
             node.dirty_bytes = 0;
             let blocks: Vec<RecordKey> = if node.attr.kind == Kind::File {
                 let set = std::mem::take(self.block_set(st, ino)?);
+                self.uncache(ino, 0);
                 set.into_iter().map(|i| self.keys.block(ino, i)).collect()
             } else {
                 Vec::new()
@@ -846,6 +855,8 @@ impl AteFs {
             let keep = size.div_ceil(bs);
             // Committed blocks past the end go; the new last block is cut.
             let mut tx = self.tx();
+            // The new last block is cut below, so it goes from the cache too.
+            self.uncache(ino, size / bs);
             let gone: Vec<u64> = self
                 .block_set(st, ino)?
                 .split_off(&keep)
@@ -891,9 +902,29 @@ impl AteFs {
         if !self.block_set(st, ino)?.contains(&idx) {
             return Ok(Vec::new());
         }
-        Ok(self
+        if let Some(b) = self.cache.lock().get(&(ino, idx)) {
+            return Ok(b.as_ref().clone());
+        }
+        let data = self
             .read_record(&self.keys.block(ino, idx))?
-            .unwrap_or_default())
+            .unwrap_or_default();
+        self.cache
+            .lock()
+            .put((ino, idx), std::sync::Arc::new(data.clone()));
+        Ok(data)
+    }
+
+    /// Forgets cached copies of a file's blocks from `from` on (they are about to change).
+    fn uncache(&self, ino: u64, from: u64) {
+        let mut c = self.cache.lock();
+        let stale: Vec<(u64, u64)> = c
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|(i, b)| *i == ino && *b >= from)
+            .collect();
+        for k in stale {
+            c.pop(&k);
+        }
     }
 
     /// The file's block set, loaded from the chain on first use (after its own queued data
@@ -980,6 +1011,7 @@ impl AteFs {
                 block.resize(within + take, 0);
             }
             block[within..within + take].copy_from_slice(&src[..take]);
+            self.cache.lock().pop(&(ino, idx));
             let node = self.node(&mut st, ino)?;
             let old = node.dirty.insert(idx, block).map_or(0, |b| b.len());
             node.dirty_bytes = node.dirty_bytes - old + node.dirty.get(&idx).map_or(0, Vec::len);
@@ -1167,6 +1199,17 @@ impl AteFs {
     /// made before, is durable.
     pub fn fsync(&self, ino: u64) -> FsResult<()> {
         let mut st = self.state.lock();
+        // Every other file's buffered data rides along in the same group commit: a program
+        // that fsyncs many files one after the other then waits for the disk about once.
+        let others: Vec<u64> = st
+            .nodes
+            .iter()
+            .filter(|(i, n)| **i != ino && !n.dirty.is_empty())
+            .map(|(i, _)| *i)
+            .collect();
+        for other in others {
+            self.start_flush(&mut st, other)?;
+        }
         self.flush_locked(&mut st, ino)?;
         self.sync_all_locked(&mut st)
     }
