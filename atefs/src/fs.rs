@@ -130,7 +130,7 @@ pub struct AteFs {
     opts: FsOptions,
     state: Mutex<State>,
     /// Decrypted committed blocks, bounded by `FsOptions::cache_bytes`. Taken after `state`.
-    cache: Mutex<lru::LruCache<(u64, u64), std::sync::Arc<Vec<u8>>>>,
+    cache: Mutex<lru::LruCache<(u64, u64), Vec<u8>>>,
 }
 
 fn now() -> SystemTime {
@@ -903,14 +903,12 @@ impl AteFs {
             return Ok(Vec::new());
         }
         if let Some(b) = self.cache.lock().get(&(ino, idx)) {
-            return Ok(b.as_ref().clone());
+            return Ok(b.clone());
         }
         let data = self
             .read_record(&self.keys.block(ino, idx))?
             .unwrap_or_default();
-        self.cache
-            .lock()
-            .put((ino, idx), std::sync::Arc::new(data.clone()));
+        self.cache.lock().put((ino, idx), data.clone());
         Ok(data)
     }
 
