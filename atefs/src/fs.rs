@@ -17,6 +17,9 @@ use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
+/// Operations that make the namespace batch go out at once.
+const BATCH_OPS: usize = 4000;
+
 /// Tuning and limits of a mount.
 #[derive(Clone, Debug)]
 pub struct FsOptions {
@@ -116,6 +119,8 @@ struct State {
     pending: Vec<ate::chain::PendingCommit>,
     /// The first failure of a queued commit, reported by the next fsync.
     failed: Option<String>,
+    /// Namespace changes not yet queued (see batch.rs).
+    batch: crate::batch::Batch,
     /// Inodes deleted by this mount (their deletion may still be queued, so the chain may
     /// still show them).
     deleted: std::collections::HashSet<u64>,
@@ -201,11 +206,34 @@ impl AteFs {
     /// already up to date, and commits apply in queue order. fsync and fsyncdir wait for
     /// everything queued ([`Self::sync_all_locked`]); a failure is reported there.
     fn commit(&self, st: &mut State, tx: Transaction) -> FsResult<()> {
-        let p = self.chain.sign_and_commit_async(tx, &self.keyfile.owner)?;
         if self.opts.sync_namespace {
-            p.wait()?;
+            self.chain.sign_and_commit(tx, &self.keyfile.owner)?;
             return Ok(());
         }
+        // A transaction holds at most ate::tx::MAX_OPS operations.
+        if st.batch.len() + tx.ops.len() > BATCH_OPS {
+            self.send_batch(st)?;
+        }
+        st.batch.add(tx.ops, &tx.preconditions);
+        if st.batch.len() >= BATCH_OPS {
+            self.send_batch(st)?;
+        }
+        Ok(())
+    }
+
+    /// Queues the namespace batch as one transaction.
+    fn send_batch(&self, st: &mut State) -> FsResult<()> {
+        if st.batch.len() == 0 {
+            return Ok(());
+        }
+        let mut tx = self.tx();
+        tx.ops = st.batch.take();
+        self.queue(st, tx)
+    }
+
+    /// Queues a transaction without waiting; finished ones are collected as we go.
+    fn queue(&self, st: &mut State, tx: Transaction) -> FsResult<()> {
+        let p = self.chain.sign_and_commit_async(tx, &self.keyfile.owner)?;
         // Collect finished commits from the front so the list stays short.
         while st.pending.first().is_some_and(|p| p.is_done()) {
             let done = st.pending.remove(0);
@@ -220,6 +248,7 @@ impl AteFs {
 
     /// Waits for every queued commit; reports (once) a failure of any of them.
     fn sync_all_locked(&self, st: &mut State) -> FsResult<()> {
+        self.send_batch(st)?;
         for p in std::mem::take(&mut st.pending) {
             if let Err(e) = p.wait() {
                 st.failed.get_or_insert(e.to_string());
@@ -420,6 +449,9 @@ impl AteFs {
         let mut tx = self.tx();
         tx.preconditions
             .push(Precondition::Absent(self.keys.dirent(dir, name)));
+        // The inode number is new too; saying so lets a batch drop a create undone later.
+        tx.preconditions
+            .push(Precondition::Absent(self.keys.inode(ino)));
         tx.ops.push(self.put_inode(&node));
         tx.ops.push(self.put_dirent(
             dir,
@@ -1039,8 +1071,19 @@ impl AteFs {
         if node.dirty.is_empty() && !node.attr_dirty {
             return Ok(());
         }
+        // The data may belong to an inode the namespace batch creates: that goes first.
+        self.send_batch(st)?;
+        let node = st.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
         if !node.dirty.is_empty() {
             let idxs: Vec<u64> = node.dirty.keys().copied().collect();
+            // A new version of each block is on its way: no cached copy may outlive it (a
+            // read since the last write, e.g. truncate reading the tail block, cached the old).
+            {
+                let mut cache = self.cache.lock();
+                for i in &idxs {
+                    cache.pop(&(ino, *i));
+                }
+            }
             self.block_set(st, ino)?.extend(idxs);
         }
         let node = st.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
@@ -1138,6 +1181,9 @@ impl AteFs {
     /// Starts committing every file's buffered data; reports the first failure.
     pub fn flush_all_async(&self) -> FsResult<()> {
         let mut st = self.state.lock();
+        if let Err(e) = self.send_batch(&mut st) {
+            tracing::error!(error = %e, "could not queue the namespace batch");
+        }
         let mut first = Ok(());
         // Files with data: one commit each (blocks and inode together).
         let with_data: Vec<u64> = st
@@ -1173,6 +1219,10 @@ impl AteFs {
             if first.is_ok() {
                 first = r;
             }
+        }
+        let r = self.send_batch(&mut st);
+        if first.is_ok() {
+            first = r;
         }
         first
     }

@@ -6,6 +6,7 @@
 //! - [`error`]: errors and their one errno mapping.
 //! - [`volume`]: opening a volume's state directory (keys, chain, lock).
 
+mod batch;
 pub mod error;
 pub mod fs;
 pub mod fuse;

@@ -23,6 +23,7 @@ enum Step {
     Rmdir(u8, u8),
     Rename(u8, u8, u8, u8),
     Link(u8, u8, u8, u8),
+    Fsync(u8, u8),
     Remount,
 }
 
@@ -45,6 +46,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (d.clone(), n.clone()).prop_map(|(d, n)| Step::Rmdir(d, n)),
         2 => (d.clone(), n.clone(), d.clone(), n.clone()).prop_map(|(a, b, c, e)| Step::Rename(a, b, c, e)),
         1 => (d.clone(), n.clone(), d, n).prop_map(|(a, b, c, e)| Step::Link(a, b, c, e)),
+        2 => (0u8..3, 0u8..4).prop_map(|(d, n)| Step::Fsync(d, n)),
         1 => Just(Step::Remount),
     ]
 }
@@ -180,6 +182,13 @@ proptest! {
                     } else {
                         r.unwrap();
                         m.names.insert((d2, n2), src_node);
+                    }
+                }
+                Step::Fsync(d, n) => {
+                    // Commits land and the in-flight copies go: reads now come from the chain
+                    // (and its block cache).
+                    if let Ok(a) = fs.lookup(dirs[d as usize], &name(n)) {
+                        fs.fsync(a.ino).unwrap();
                     }
                 }
                 Step::Remount => {
