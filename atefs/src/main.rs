@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Mount a volume at DIR. Without --server the volume lives on local disk in --data.
+    /// Mount the volume kept in --data (created on first use) at DIR.
     Mount {
         /// Mount point (an existing directory).
         dir: PathBuf,
@@ -73,7 +73,8 @@ fn default_data() -> PathBuf {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,fuser::mnt=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
