@@ -648,6 +648,20 @@ impl AteFs {
         Ok(())
     }
 
+    /// True when directory `dir` is `ancestor` or lies below it (walking ".." to the root).
+    fn is_within(&self, st: &mut State, dir: u64, ancestor: u64) -> FsResult<bool> {
+        let mut cur = dir;
+        loop {
+            if cur == ancestor {
+                return Ok(true);
+            }
+            if cur == ROOT_INO {
+                return Ok(false);
+            }
+            cur = self.node(st, cur)?.attr.parent;
+        }
+    }
+
     /// Renames `name` in `dir` to `new_name` in `new_dir`.
     pub fn rename(
         &self,
@@ -674,17 +688,8 @@ impl AteFs {
             };
         }
         // A directory may not move below itself.
-        if src_kind == Kind::Dir && dir != new_dir {
-            let mut cur = new_dir;
-            loop {
-                if cur == src {
-                    return Err(FsError::Invalid("directory moved below itself"));
-                }
-                if cur == ROOT_INO {
-                    break;
-                }
-                cur = self.node(&mut st, cur)?.attr.parent;
-            }
+        if src_kind == Kind::Dir && dir != new_dir && self.is_within(&mut st, new_dir, src)? {
+            return Err(FsError::Invalid("directory moved below itself"));
         }
         match (mode, dst) {
             (RenameMode::NoReplace, Some(_)) => return Err(FsError::Exists),
@@ -693,17 +698,11 @@ impl AteFs {
         }
         if mode == RenameMode::Exchange {
             if let Some((dst_ino, dst_kind)) = dst {
-                if dst_kind == Kind::Dir && new_dir != dir {
-                    let mut cur = dir;
-                    loop {
-                        if cur == dst_ino {
-                            return Err(FsError::Invalid("directory moved below itself"));
-                        }
-                        if cur == ROOT_INO {
-                            break;
-                        }
-                        cur = self.node(&mut st, cur)?.attr.parent;
-                    }
+                if dst_kind == Kind::Dir
+                    && new_dir != dir
+                    && self.is_within(&mut st, dir, dst_ino)?
+                {
+                    return Err(FsError::Invalid("directory moved below itself"));
                 }
             }
         }

@@ -124,6 +124,12 @@ impl FuseFs {
             Err(e) => reply.error(errno(&e)),
         }
     }
+    fn data(r: Result<Vec<u8>, FsError>, reply: ReplyData) {
+        match r {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
     fn bs(&self) -> u32 {
         self.fs.block_size() as u32
     }
@@ -195,10 +201,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(&e)),
-        }
+        Self::data(self.fs.readlink(ino.0), reply)
     }
 
     fn mknod(
@@ -335,10 +338,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, offset, size as usize) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e)),
-        }
+        Self::data(self.fs.read(ino.0, offset, size as usize), reply)
     }
 
     fn write(
