@@ -51,6 +51,9 @@ pub enum FsError {
     /// EBADF.
     #[error("bad file handle")]
     BadHandle,
+    /// ENXIO (lseek past the end, or no data after the offset).
+    #[error("no data or hole at or after the offset")]
+    NoSuchOffset,
     /// The chain refused or failed the commit (EIO, ENOSPC or EEXIST as appropriate).
     #[error("chain: {0}")]
     Chain(#[from] ate::ChainError),
@@ -83,6 +86,7 @@ impl FsError {
             FsError::NoSpace => libc::ENOSPC,
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::BadHandle => libc::EBADF,
+            FsError::NoSuchOffset => libc::ENXIO,
             FsError::Chain(C::Rejected(V::Precondition(_))) => libc::EEXIST,
             FsError::Chain(C::Rejected(V::NotAuthorized { .. } | V::NotOwner(_))) => libc::EACCES,
             FsError::Chain(C::Log(e)) if e.is_no_space() => libc::ENOSPC,

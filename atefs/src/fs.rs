@@ -17,6 +17,9 @@ use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
+mod ranges;
+pub use ranges::{Allocate, Seek};
+
 /// Operations that make the namespace batch go out at once.
 const BATCH_OPS: usize = 4000;
 
@@ -75,6 +78,8 @@ pub struct Caller {
     pub uid: u32,
     /// Group id.
     pub gid: u32,
+    /// The creating process's umask, for new inodes (ignored under a default ACL).
+    pub umask: u32,
 }
 
 /// How rename treats an existing target.
@@ -421,6 +426,19 @@ impl AteFs {
             }
         };
         let mut perm = (perm & 0o7777) as u16;
+        let default_acl = parent
+            .xattrs
+            .iter()
+            .find(|(n, _)| n == crate::acl::DEFAULT)
+            .map(|(_, v)| v.clone())
+            .filter(|_| kind != Kind::Symlink);
+        let inherited = default_acl
+            .as_deref()
+            .and_then(|d| crate::acl::inherit(d, perm & 0o777));
+        perm = match &inherited {
+            Some((bits, _)) => (perm & 0o7000) | bits,
+            None => perm & !(who.umask as u16 & 0o777),
+        };
         // BSD group semantics under a setgid directory, as Linux does.
         let gid = if parent.perm & 0o2000 != 0 {
             if kind == Kind::Dir {
@@ -432,6 +450,13 @@ impl AteFs {
         };
         let mut node = Inode::new(ino, kind, perm, who.uid, gid);
         node.rdev = rdev;
+        if let Some((_, Some(access))) = inherited {
+            node.xattrs.push((crate::acl::ACCESS.to_vec(), access));
+        }
+        if let (Kind::Dir, Some(d)) = (kind, default_acl) {
+            node.xattrs.push((crate::acl::DEFAULT.to_vec(), d));
+        }
+        node.xattrs.sort();
         if kind == Kind::Dir {
             node.parent = dir;
         }
@@ -1382,8 +1407,8 @@ impl AteFs {
         // An access ACL carries the permission bits: owner = user_obj, group = mask (or
         // group_obj without a mask), other = other. Keep the mode in step, as every POSIX
         // file system does; the kernel checks permissions against both.
-        if name == b"system.posix_acl_access" {
-            if let Some(bits) = acl_mode_bits(value) {
+        if name == crate::acl::ACCESS {
+            if let Some(bits) = crate::acl::mode_bits(value) {
                 node.attr.perm = (node.attr.perm & 0o7000) | bits;
             }
         }
@@ -1514,30 +1539,4 @@ impl AteFs {
         }
         Ok(report)
     }
-}
-
-/// Permission bits implied by a POSIX access ACL in its xattr form (version 2 header, then
-/// 8-byte entries: u16 tag, u16 perm, u32 id); None when it does not parse.
-fn acl_mode_bits(value: &[u8]) -> Option<u16> {
-    const USER_OBJ: u16 = 0x01;
-    const GROUP_OBJ: u16 = 0x04;
-    const MASK: u16 = 0x10;
-    const OTHER: u16 = 0x20;
-    let (head, entries) = value.split_at_checked(4)?;
-    if u32::from_le_bytes(head.try_into().ok()?) != 2 || entries.len() % 8 != 0 {
-        return None;
-    }
-    let (mut user, mut group, mut mask, mut other) = (None, None, None, None);
-    for e in entries.chunks_exact(8) {
-        let tag = u16::from_le_bytes([e[0], e[1]]);
-        let perm = u16::from_le_bytes([e[2], e[3]]) & 7;
-        match tag {
-            USER_OBJ => user = Some(perm),
-            GROUP_OBJ => group = Some(perm),
-            MASK => mask = Some(perm),
-            OTHER => other = Some(perm),
-            _ => {}
-        }
-    }
-    Some((user? << 6) | (mask.or(group)? << 3) | other?)
 }

@@ -2,13 +2,13 @@
 //! (through [`FsError::errno`]). No file-system logic lives here.
 
 use crate::error::FsError;
-use crate::fs::{AteFs, Caller, RenameMode, SetAttr};
+use crate::fs::{Allocate, AteFs, Caller, RenameMode, Seek, SetAttr};
 use crate::records::{Inode, Kind};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -101,6 +101,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        umask: 0,
     }
 }
 
@@ -147,6 +148,9 @@ impl Filesystem for FuseFs {
         // The kernel enforces and caches POSIX ACLs (stored as system.posix_acl_* xattrs);
         // without this every `ls -l` asks for each file's ACL.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        // The umask arrives separately and is applied by the core, which must ignore it under
+        // a default ACL (acl.rs); without this the kernel would already have applied it.
+        let _ = config.add_capabilities(InitFlags::FUSE_DONT_MASK);
         Ok(())
     }
 
@@ -221,10 +225,13 @@ impl Filesystem for FuseFs {
             parent.0,
             name.as_bytes(),
             k,
-            mode & !umask,
+            mode,
             rdev,
             b"",
-            caller(req),
+            Caller {
+                umask,
+                ..caller(req)
+            },
         );
         self.entry(r, reply)
     }
@@ -242,10 +249,13 @@ impl Filesystem for FuseFs {
             parent.0,
             name.as_bytes(),
             Kind::Dir,
-            mode & !umask,
+            mode,
             0,
             b"",
-            caller(req),
+            Caller {
+                umask,
+                ..caller(req)
+            },
         );
         self.entry(r, reply)
     }
@@ -394,6 +404,89 @@ impl Filesystem for FuseFs {
     ) {
         // A commit returns once fdatasynced, so waiting for the commits is syncing.
         Self::empty(self.fs.fsync(ino.0), reply)
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let how = match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 => Allocate::Reserve { keep_size },
+            libc::FALLOC_FL_PUNCH_HOLE if keep_size => Allocate::PunchHole,
+            libc::FALLOC_FL_ZERO_RANGE => Allocate::ZeroRange { keep_size },
+            _ => return reply.error(Errno::EOPNOTSUPP),
+        };
+        Self::empty(self.fs.fallocate(ino.0, offset, length, how), reply)
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // The kernel answers SEEK_SET/CUR/END itself and only asks for these two.
+        let what = match whence {
+            libc::SEEK_DATA => Seek::Data,
+            libc::SEEK_HOLE => Seek::Hole,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        match self.fs.seek(ino.0, offset, what) {
+            Ok(at) => reply.offset(at as i64),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // One reply carries at most u32::MAX bytes; callers loop on short copies.
+        let len = len.min(u64::from(u32::MAX) & !0xfff);
+        match self
+            .fs
+            .copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No ioctls; programs probe a few (isatty's TCGETS) and expect ENOTTY, quietly.
+        reply.error(Errno::ENOTTY)
     }
 
     fn readdir(
@@ -573,10 +666,13 @@ impl Filesystem for FuseFs {
             parent.0,
             name.as_bytes(),
             Kind::File,
-            mode & !umask,
+            mode,
             0,
             b"",
-            caller(req),
+            Caller {
+                umask,
+                ..caller(req)
+            },
         );
         let i = match r {
             Ok(i) => i,

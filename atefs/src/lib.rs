@@ -6,6 +6,7 @@
 //! - [`error`]: errors and their one errno mapping.
 //! - [`volume`]: opening a volume's state directory (keys, chain, lock).
 
+mod acl;
 mod batch;
 pub mod error;
 pub mod fs;
@@ -14,4 +15,4 @@ pub mod records;
 pub mod volume;
 
 pub use error::{FsError, FsResult};
-pub use fs::{AteFs, Caller, FsOptions, RenameMode, SetAttr};
+pub use fs::{Allocate, AteFs, Caller, FsOptions, RenameMode, Seek, SetAttr};

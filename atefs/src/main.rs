@@ -161,6 +161,7 @@ fn mount_foreground(dir: &Path, data: &Path, quota: u64, threads: usize) -> Resu
         Caller {
             uid: m.uid(),
             gid: m.gid(),
+            umask: 0,
         }
     };
     let opts = FsOptions {
@@ -297,7 +298,11 @@ fn fsck(data: &Path) -> Result<()> {
         vol.chain.clone(),
         vol.keys.clone(),
         FsOptions::default(),
-        Caller { uid: 0, gid: 0 },
+        Caller {
+            uid: 0,
+            gid: 0,
+            umask: 0,
+        },
     )?;
     let r = fs.fsck()?;
     println!("{} directories, {} files", r.dirs, r.files);

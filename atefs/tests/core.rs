@@ -4,7 +4,7 @@
 mod common;
 
 use atefs::records::{Kind, ROOT_INO};
-use atefs::{FsError, FsOptions, RenameMode, SetAttr};
+use atefs::{Allocate, FsError, FsOptions, RenameMode, Seek, SetAttr};
 use common::{mem_fs, open, small_blocks, ROOT};
 
 #[test]
@@ -230,4 +230,132 @@ fn truncate_of_a_committed_block_never_serves_the_old_block_from_cache() {
         got[100..].iter().all(|b| *b == 0),
         "bytes past the cut came back"
     );
+}
+
+#[test]
+fn punch_hole_zero_range_and_seek_data_hole() {
+    // 16-byte blocks: [0,16) [16,32) [32,48) [48,64) [64,80)
+    let (mem, keys, fs) = mem_fs(small_blocks());
+    let f = fs
+        .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
+    fs.write(f.ino, 0, &[1u8; 40]).unwrap();
+    fs.fsync(f.ino).unwrap();
+    fs.write(f.ino, 64, &[2u8; 16]).unwrap();
+    // Block 3 is a hole; block 4 is only buffered.
+    assert_eq!(fs.seek(f.ino, 0, Seek::Data).unwrap(), 0);
+    assert_eq!(fs.seek(f.ino, 0, Seek::Hole).unwrap(), 48);
+    assert_eq!(fs.seek(f.ino, 50, Seek::Data).unwrap(), 64);
+    assert_eq!(fs.seek(f.ino, 70, Seek::Hole).unwrap(), 80);
+    assert!(matches!(
+        fs.seek(f.ino, 80, Seek::Data),
+        Err(FsError::NoSuchOffset)
+    ));
+
+    // Punch [10, 35): block 1 goes, blocks 0 and 2 are cut; the size stays.
+    fs.fallocate(f.ino, 10, 25, Allocate::PunchHole).unwrap();
+    let got = fs.read(f.ino, 0, 100).unwrap();
+    let mut want = vec![0u8; 80];
+    want[..10].fill(1);
+    want[35..40].fill(1);
+    want[64..].fill(2);
+    assert_eq!(got, want);
+    assert_eq!(fs.seek(f.ino, 12, Seek::Hole).unwrap(), 16);
+    assert_eq!(fs.seek(f.ino, 16, Seek::Data).unwrap(), 32);
+
+    // Zero range past the end extends the file; a reservation without KEEP_SIZE too.
+    fs.fallocate(f.ino, 70, 20, Allocate::ZeroRange { keep_size: false })
+        .unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().size, 90);
+    fs.fallocate(f.ino, 0, 200, Allocate::Reserve { keep_size: true })
+        .unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().size, 90);
+    fs.fallocate(f.ino, 0, 200, Allocate::Reserve { keep_size: false })
+        .unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().size, 200);
+    want[70..80].fill(0);
+    want.resize(200, 0);
+    assert_eq!(fs.read(f.ino, 0, 300).unwrap(), want);
+
+    // It all survives a remount, and the punched block is gone from the chain.
+    fs.fsync(f.ino).unwrap();
+    drop(fs);
+    let fs = open(&mem, &keys, small_blocks());
+    assert_eq!(fs.read(f.ino, 0, 300).unwrap(), want);
+    assert_eq!(fs.seek(f.ino, 16, Seek::Data).unwrap(), 32);
+    assert!(fs.fsck().unwrap().problems.is_empty());
+}
+
+#[test]
+fn copy_range_copies_data_and_stops_at_the_source_end() {
+    let (_, _, fs) = mem_fs(small_blocks());
+    let a = fs
+        .mknod(ROOT_INO, b"a", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
+    let b = fs
+        .mknod(ROOT_INO, b"b", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
+    let data: Vec<u8> = (0..100u8).collect();
+    fs.write(a.ino, 0, &data).unwrap();
+    assert_eq!(fs.copy_range(a.ino, 30, b.ino, 5, 1000).unwrap(), 70);
+    let got = fs.read(b.ino, 0, 200).unwrap();
+    assert_eq!(&got[..5], &[0u8; 5]);
+    assert_eq!(&got[5..], &data[30..]);
+    assert!(matches!(
+        fs.fallocate(ROOT_INO, 0, 1, Allocate::PunchHole),
+        Err(FsError::IsDir)
+    ));
+}
+
+#[test]
+fn default_acls_are_inherited_instead_of_the_umask() {
+    let (_, _, fs) = mem_fs(FsOptions::default());
+    let d = fs
+        .mknod(ROOT_INO, b"d", Kind::Dir, 0o755, 0, b"", ROOT)
+        .unwrap();
+    // default: user::rwx, user:65534:rw-, group::r-x, mask::rwx, other::---
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 7u16, u32::MAX),
+        (0x02, 6, 65534),
+        (0x04, 5, u32::MAX),
+        (0x10, 7, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    fs.setxattr(d.ino, b"system.posix_acl_default", &acl, false, false)
+        .unwrap();
+    let umask_022 = atefs::Caller {
+        umask: 0o022,
+        ..ROOT
+    };
+    // A file asked for 0666: the mask becomes rw- (limited by the group bits), other ---;
+    // the umask plays no part.
+    let f = fs
+        .mknod(d.ino, b"f", Kind::File, 0o666, 0, b"", umask_022)
+        .unwrap();
+    assert_eq!(f.perm, 0o660);
+    let access = fs.getxattr(f.ino, b"system.posix_acl_access").unwrap();
+    assert_eq!(&access[4 + 3 * 8 + 2..4 + 3 * 8 + 4], &6u16.to_le_bytes()); // mask
+    assert!(matches!(
+        fs.getxattr(f.ino, b"system.posix_acl_default"),
+        Err(FsError::NoAttr)
+    ));
+    // A subdirectory inherits the default ACL itself as well.
+    let sub = fs
+        .mknod(d.ino, b"sub", Kind::Dir, 0o777, 0, b"", umask_022)
+        .unwrap();
+    assert_eq!(sub.perm, 0o770);
+    assert_eq!(
+        fs.getxattr(sub.ino, b"system.posix_acl_default").unwrap(),
+        acl
+    );
+    // Without a default ACL the umask applies.
+    let g = fs
+        .mknod(ROOT_INO, b"g", Kind::File, 0o666, 0, b"", umask_022)
+        .unwrap();
+    assert_eq!(g.perm, 0o644);
 }

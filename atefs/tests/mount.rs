@@ -235,9 +235,40 @@ fn posix_acls_are_enforced() {
     run(&mnt, "setfacl -m u:nobody:r private");
     assert!(read_as_nobody(), "the ACL entry must let nobody read");
     assert!(run(&mnt, "getfacl -c private").contains("user:nobody:r--"));
+    // A default ACL on a directory is inherited by what is created in it, umask or not.
+    run(&mnt, "mkdir shared && setfacl -d -m u:nobody:rw shared");
+    run(
+        &mnt,
+        "umask 077 && echo inherited > shared/new && mkdir shared/sub",
+    );
+    let acl = run(&mnt, "getfacl -c shared/new");
+    assert!(acl.contains("user:nobody:rw-"), "{acl}");
+    assert!(run(&mnt, "getfacl -cd shared/sub").contains("user:nobody:rw-"));
+    let as_nobody = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat"])
+        .arg(mnt.join("shared/new"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&as_nobody.stdout), "inherited\n");
     m.unmount();
     // ACLs persist: they are xattrs in the chain.
     let m = Mounted::start(&mnt, &data);
     assert!(read_as_nobody());
     m.unmount();
+}
+
+#[test]
+fn fallocate_seek_data_hole_and_copy_file_range_through_the_kernel() {
+    require_fuse!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mnt, data) = (tmp.path().join("mnt"), tmp.path().join("data"));
+    let m = Mounted::start(&mnt, &data);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/ranges.py");
+    let out = run(
+        tmp.path(),
+        &format!("python3 {} {}", script.display(), mnt.display()),
+    );
+    assert_eq!(out.trim(), "ok");
+    m.unmount();
+    fsck(&data);
 }

@@ -6,7 +6,11 @@ use ate::{Chain, ChainOptions, KeyFile};
 use atefs::{AteFs, Caller, FsOptions};
 use std::sync::Arc;
 
-pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
+pub const ROOT: Caller = Caller {
+    uid: 0,
+    gid: 0,
+    umask: 0,
+};
 
 /// A file system on a memory chain; returns the storage to reopen from.
 pub fn mem_fs(opts: FsOptions) -> (MemStorage, KeyFile, AteFs) {
