@@ -93,6 +93,8 @@ pub struct ChainStats {
     pub records: usize,
     /// Live records.
     pub live: usize,
+    /// Sealed payload bytes of the live records (about what a compaction would keep).
+    pub live_bytes: u64,
     /// Bytes on disk (segments and snapshot).
     pub bytes: u64,
     /// Snapshot's last index, if any.
@@ -409,12 +411,17 @@ impl Chain {
 
     /// Sizes.
     pub fn stats(&self) -> ChainStats {
-        let (records, live) = self.shared.view.read().counts();
+        let (records, live, live_bytes) = {
+            let view = self.shared.view.read();
+            let (records, live) = view.counts();
+            (records, live, view.live_bytes())
+        };
         let log = self.shared.log.lock();
         ChainStats {
             last_index: self.last_index(),
             records,
             live,
+            live_bytes,
             bytes: log.files().total_bytes(),
             snapshot: log.files().snapshot(),
         }

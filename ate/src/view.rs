@@ -59,6 +59,8 @@ pub struct View {
     records: HashMap<RecordKey, RecordEntry>,
     children: HashMap<RecordKey, BTreeSet<RecordKey>>,
     last_index: u64,
+    /// Sealed payload bytes of the live versions: what a compaction would keep.
+    live_bytes: u64,
 }
 
 impl View {
@@ -70,6 +72,7 @@ impl View {
             records: HashMap::new(),
             children: HashMap::new(),
             last_index: 0,
+            live_bytes: 0,
         }
     }
 
@@ -101,6 +104,11 @@ impl View {
         )
     }
 
+    /// Sealed payload bytes of the live versions.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
     /// Sets the root and index from a snapshot.
     pub fn set_snapshot_root(&mut self, root: Option<RootAuthority>, last_index: u64) {
         self.root = root;
@@ -120,7 +128,10 @@ impl View {
 
     /// Inserts a record's latest state, keeping the children index right.
     pub fn put(&mut self, key: RecordKey, entry: RecordEntry) {
+        let len = |e: &RecordEntry| e.payload.map_or(0, |(_, n)| n as u64);
+        self.live_bytes += len(&entry);
         if let Some(old) = self.records.get(&key) {
+            self.live_bytes = self.live_bytes.saturating_sub(len(old));
             if let (Some(p), false) = (old.parent, old.is_deleted()) {
                 if let Some(set) = self.children.get_mut(&p) {
                     set.remove(&key);

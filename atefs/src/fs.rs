@@ -38,6 +38,9 @@ pub struct FsOptions {
     pub sync_namespace: bool,
     /// Memory for decrypted blocks (the read cache).
     pub cache_bytes: usize,
+    /// Garbage allowed in the log before the flusher compacts it: compaction runs once the log
+    /// holds more than twice the live data plus this many bytes (see [`AteFs::maybe_compact`]).
+    pub compact_slack: u64,
 }
 
 impl Default for FsOptions {
@@ -48,6 +51,7 @@ impl Default for FsOptions {
             quota_bytes: 1 << 40,
             sync_namespace: false,
             cache_bytes: 64 << 20,
+            compact_slack: 256 << 20,
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct AteFs {
     state: Mutex<State>,
     /// Decrypted committed blocks, bounded by `FsOptions::cache_bytes`. Taken after `state`.
     cache: Mutex<lru::LruCache<(u64, u64), Vec<u8>>>,
+    /// Log size right after this mount's last compaction (0 before the first).
+    compacted_bytes: std::sync::atomic::AtomicU64,
 }
 
 fn now() -> SystemTime {
@@ -178,6 +184,7 @@ impl AteFs {
                 ..Default::default()
             }),
             cache: Mutex::new(lru::LruCache::new(cap)),
+            compacted_bytes: Default::default(),
         };
         if fs.chain.root().is_none() {
             let mut tx = fs.tx();
@@ -1264,7 +1271,44 @@ impl AteFs {
             if let Err(e) = fs.flush_all_async() {
                 tracing::error!(error = %e, "background commit failed; data stays buffered");
             }
+            if let Err(e) = fs.maybe_compact() {
+                tracing::error!(error = %e, "compaction failed; the log keeps its old segments");
+            }
         })
+    }
+
+    /// Compacts the chain when the log holds more than twice what the last compaction left
+    /// (or twice the live data) plus `compact_slack`: rewrites and deletes leave old versions
+    /// behind, and without this a volume's disk use grows with every overwrite. Doubling
+    /// bounds the space overhead and makes the copying cost amortised O(1) per byte written;
+    /// the size after the last compaction, not the live payload alone, is the base because
+    /// records' metadata (headers, signatures, tombstones) stays too. Commits wait while it
+    /// runs. Returns whether it compacted.
+    pub fn maybe_compact(&self) -> FsResult<bool> {
+        use std::sync::atomic::Ordering;
+        let s = self.chain.stats();
+        let base = s
+            .live_bytes
+            .max(self.compacted_bytes.load(Ordering::Relaxed));
+        if s.bytes
+            <= base
+                .saturating_mul(2)
+                .saturating_add(self.opts.compact_slack)
+        {
+            return Ok(false);
+        }
+        let started = std::time::Instant::now();
+        self.chain.compact()?;
+        let after = self.chain.stats().bytes;
+        self.compacted_bytes.store(after, Ordering::Relaxed);
+        tracing::info!(
+            before = s.bytes,
+            after,
+            live = s.live_bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "compacted the log"
+        );
+        Ok(true)
     }
 
     /// fsync: commits the file's buffered data and waits until it, and every namespace change

@@ -254,6 +254,7 @@ fn status(data: &Path) -> Result<()> {
             println!("last index: {}", s.last_index);
             println!("records:    {} ({} live)", s.records, s.live);
             println!("on disk:    {} bytes", s.bytes);
+            println!("live data:  {} bytes (sealed)", s.live_bytes);
             println!(
                 "snapshot:   {}",
                 s.snapshot

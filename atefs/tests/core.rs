@@ -359,3 +359,34 @@ fn default_acls_are_inherited_instead_of_the_umask() {
         .unwrap();
     assert_eq!(g.perm, 0o644);
 }
+
+#[test]
+fn rewrites_are_compacted_away_and_the_data_survives() {
+    let opts = FsOptions {
+        compact_slack: 0,
+        ..small_blocks()
+    };
+    let (mem, keys, fs) = mem_fs(opts.clone());
+    let f = fs
+        .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
+    for round in 0..50u8 {
+        fs.write(f.ino, 0, &[round; 64]).unwrap();
+        fs.fsync(f.ino).unwrap();
+    }
+    let before = fs.chain().stats();
+    assert!(before.bytes > 2 * before.live_bytes, "{before:?}");
+    assert!(fs.maybe_compact().unwrap());
+    let after = fs.chain().stats();
+    assert!(after.bytes < before.bytes / 2, "{before:?} -> {after:?}");
+    // Nothing left to gain: the next check does not compact again.
+    assert!(!fs.maybe_compact().unwrap());
+    fs.write(f.ino, 64, b"after").unwrap();
+    fs.fsync(f.ino).unwrap();
+    drop(fs);
+    let fs = open(&mem, &keys, opts);
+    let mut want = vec![49u8; 64];
+    want.extend_from_slice(b"after");
+    assert_eq!(fs.read(f.ino, 0, 100).unwrap(), want);
+    assert!(fs.fsck().unwrap().problems.is_empty());
+}

@@ -43,18 +43,21 @@ pub struct Files {
 }
 
 impl Files {
-    pub(crate) fn new(storage: Arc<dyn Storage>) -> Self {
+    /// No files yet, over `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
         Self {
             storage,
             map: RwLock::new(BTreeMap::new()),
         }
     }
 
-    pub(crate) fn insert(&self, r: FileRef, f: Arc<dyn StorageFile>) {
+    /// Registers an open file.
+    pub fn insert(&self, r: FileRef, f: Arc<dyn StorageFile>) {
         self.map.write().insert(r, f);
     }
 
-    pub(crate) fn remove(&self, r: &FileRef) {
+    /// Forgets a file (its readers get `LogError::Compacted`).
+    pub fn remove(&self, r: &FileRef) {
         self.map.write().remove(r);
     }
 

@@ -24,6 +24,8 @@ pub const MAX_FRAME_PAYLOAD: usize = MAX_TX_BYTES + 64;
 pub enum FrameKind {
     /// A committed transaction: u64 index, then the transaction bytes.
     Tx = 1,
+    /// A Raft log entry of a replicated partition (chain-server); its layout is the server's.
+    RaftEntry = 2,
     /// First frame of a snapshot.
     SnapshotHeader = 16,
     /// One record of a snapshot.
@@ -36,6 +38,7 @@ impl FrameKind {
     fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::Tx,
+            2 => Self::RaftEntry,
             16 => Self::SnapshotHeader,
             17 => Self::SnapshotRecord,
             18 => Self::SnapshotEnd,

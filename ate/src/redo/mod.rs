@@ -15,7 +15,7 @@ pub use frame::{decode_frame, encode_frame, FrameKind, FRAME_HEADER, MAX_FRAME_P
 pub use log::{LogOptions, RedoLog};
 pub use recovery::{Recovered, RecoveryVisitor};
 pub use segment::{parse_name, segment_name, snapshot_name, FileHeader, FILE_HEADER};
-pub use snapshot::{decode_snapshot_record, SnapshotRecord, SnapshotWriter};
+pub use snapshot::{decode_snapshot_record, read_snapshot, SnapshotRecord, SnapshotWriter};
 
 use thiserror::Error;
 
@@ -59,7 +59,8 @@ pub enum LogError {
 }
 
 impl LogError {
-    pub(crate) fn io(
+    /// Wraps an I/O error of `op` on `file`.
+    pub fn io(
         op: &'static str,
         file: impl Into<String>,
     ) -> impl FnOnce(std::io::Error) -> LogError {

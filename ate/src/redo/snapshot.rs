@@ -207,7 +207,7 @@ impl SnapshotWriter {
 }
 
 /// Reads a whole snapshot into `visitor`; returns its chain. Any damage is an error.
-pub(crate) fn read_snapshot(
+pub fn read_snapshot(
     file: &dyn StorageFile,
     last_index: u64,
     visitor: &mut dyn RecoveryVisitor,

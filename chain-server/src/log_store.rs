@@ -1,0 +1,574 @@
+//! A partition's Raft log, which is also where its chains' transactions live: the state
+//! machine keeps only indexes that point into these segments (one log, not two).
+//!
+//! Layout: segment files `raft-<first index>.log`, each a 16-byte header (`ATERAFT1`, first
+//! index) followed by `ate` frames of kind `RaftEntry`. A frame's payload is a u32 length, the
+//! entry's metadata (postcard) and, for commands carrying a transaction, the transaction's
+//! bytes verbatim, so that the state machine can point at its sealed payloads in place. The
+//! vote, the purge point and the commit index live in `raft-meta` (replaced atomically).
+//!
+//! Raft needs what a chain's own redo log never does: cutting off a suffix that a new leader
+//! overrides (`truncate`) and dropping a prefix a snapshot covers (`purge`).
+
+use crate::types::{Command, Entry, LogId, StorageError, TypeConfig};
+use ate::redo::{decode_frame, encode_frame, FileRef, Files, FrameKind, Location, FRAME_HEADER};
+use ate::storage::{Storage, StorageFile};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{EntryPayload, LogState, Membership, RaftLogReader, StorageIOError, Vote};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+use thiserror::Error;
+
+const SEGMENT_MAGIC: &[u8; 8] = b"ATERAFT1";
+const SEGMENT_HEADER: u64 = 16;
+const META: &str = "raft-meta";
+
+/// Log store failures.
+#[derive(Debug, Error)]
+pub enum LogStoreError {
+    /// An I/O call failed.
+    #[error("{op} {file}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Which file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file does not hold what it should.
+    #[error("{file} at byte {offset}: {reason}")]
+    Corrupt {
+        /// Which file.
+        file: String,
+        /// Where.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An entry was asked for that is not in the log.
+    #[error("no log entry {0}")]
+    Missing(u64),
+}
+
+fn io(op: &'static str, file: &str) -> impl FnOnce(std::io::Error) -> LogStoreError {
+    let file = file.to_string();
+    move |source| LogStoreError::Io { op, file, source }
+}
+
+fn segment_name(first: u64) -> String {
+    format!("raft-{first:020}.log")
+}
+
+/// Metadata of a stored entry (its transaction, if any, follows it in the frame).
+#[derive(Serialize, Deserialize)]
+enum Stored {
+    Blank,
+    Membership(Membership<u64, openraft::BasicNode>),
+    Create { chain: [u8; 16], quota: u64 },
+    Commit { chain: [u8; 16] },
+    Delete { chain: [u8; 16] },
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Meta {
+    vote: Option<Vote<u64>>,
+    purged: Option<LogId>,
+    committed: Option<LogId>,
+}
+
+/// Where an entry is.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    log_id: LogId,
+    /// Segment it is in (by first index).
+    segment: u64,
+    /// Byte offset of its frame.
+    frame: u64,
+    /// Payload bytes of the frame.
+    len: u32,
+    /// Offset of the transaction bytes inside the payload.
+    tx_at: u32,
+}
+
+#[derive(Debug)]
+struct Tail {
+    first: u64,
+    file: Arc<dyn StorageFile>,
+    len: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    storage: Arc<dyn Storage>,
+    files: Arc<Files>,
+    slots: BTreeMap<u64, Slot>,
+    tail: Option<Tail>,
+    meta: MetaState,
+    segment_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct MetaState {
+    vote: Option<Vote<u64>>,
+    purged: Option<LogId>,
+    committed: Option<LogId>,
+}
+
+/// The log store (cheap to clone; clones share the log and serve as readers).
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn encode_entry(e: &Entry, out: &mut Vec<u8>) -> Result<u32, postcard::Error> {
+    let (stored, tx): (Stored, &[u8]) = match &e.payload {
+        EntryPayload::Blank => (Stored::Blank, &[]),
+        EntryPayload::Membership(m) => (Stored::Membership(m.clone()), &[]),
+        EntryPayload::Normal(Command::Create { chain, quota, tx }) => (
+            Stored::Create {
+                chain: *chain,
+                quota: *quota,
+            },
+            tx,
+        ),
+        EntryPayload::Normal(Command::Commit { chain, tx }) => {
+            (Stored::Commit { chain: *chain }, tx)
+        }
+        EntryPayload::Normal(Command::Delete { chain }) => (Stored::Delete { chain: *chain }, &[]),
+    };
+    let meta = postcard::to_stdvec(&(e.log_id, stored))?;
+    let len = (meta.len() as u32).to_le_bytes();
+    encode_frame(FrameKind::RaftEntry, &[&len, &meta, tx], out);
+    Ok(4 + meta.len() as u32)
+}
+
+fn decode_entry(payload: &[u8]) -> Result<(Entry, u32), String> {
+    let (len, rest) = payload.split_at_checked(4).ok_or("short entry")?;
+    let len = u32::from_le_bytes(len.try_into().map_err(|_| "short entry")?) as usize;
+    let (meta, tx) = rest
+        .split_at_checked(len)
+        .ok_or("entry metadata cut short")?;
+    let (log_id, stored): (LogId, Stored) =
+        postcard::from_bytes(meta).map_err(|e| format!("entry metadata: {e}"))?;
+    let payload = match stored {
+        Stored::Blank => EntryPayload::Blank,
+        Stored::Membership(m) => EntryPayload::Membership(m),
+        Stored::Create { chain, quota } => EntryPayload::Normal(Command::Create {
+            chain,
+            quota,
+            tx: tx.to_vec(),
+        }),
+        Stored::Commit { chain } => EntryPayload::Normal(Command::Commit {
+            chain,
+            tx: tx.to_vec(),
+        }),
+        Stored::Delete { chain } => EntryPayload::Normal(Command::Delete { chain }),
+    };
+    Ok((Entry { log_id, payload }, 4 + len as u32))
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `storage`. A torn frame at the end of the last segment
+    /// (a crash mid-append; never acknowledged) is cut off; damage anywhere else is an error.
+    pub fn open(storage: Arc<dyn Storage>, segment_bytes: u64) -> Result<Self, LogStoreError> {
+        let files = Arc::new(Files::new(storage.clone()));
+        let mut firsts: Vec<u64> = storage
+            .list()
+            .map_err(io("list", "."))?
+            .iter()
+            .filter_map(|n| n.strip_prefix("raft-")?.strip_suffix(".log")?.parse().ok())
+            .collect();
+        firsts.sort_unstable();
+        let meta: Meta = match storage.open(META, false) {
+            Ok(f) => {
+                let len = f.len().map_err(io("stat", META))? as usize;
+                let mut b = vec![0u8; len];
+                f.read_at(&mut b, 0).map_err(io("read", META))?;
+                postcard::from_bytes(&b).map_err(|e| LogStoreError::Corrupt {
+                    file: META.into(),
+                    offset: 0,
+                    reason: e.to_string(),
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
+            Err(e) => return Err(io("open", META)(e)),
+        };
+        let mut slots = BTreeMap::new();
+        let mut tail = None;
+        for (n, &first) in firsts.iter().enumerate() {
+            let last_segment = n + 1 == firsts.len();
+            let name = segment_name(first);
+            let file = storage.open(&name, false).map_err(io("open", &name))?;
+            let len = file.len().map_err(io("stat", &name))?;
+            let mut bytes = vec![0u8; len as usize];
+            file.read_at(&mut bytes, 0).map_err(io("read", &name))?;
+            let corrupt = |offset: u64, reason: String| LogStoreError::Corrupt {
+                file: name.clone(),
+                offset,
+                reason,
+            };
+            if bytes.len() < SEGMENT_HEADER as usize || &bytes[..8] != SEGMENT_MAGIC {
+                if last_segment && bytes.len() < SEGMENT_HEADER as usize {
+                    // Created, header never written: holds nothing.
+                    storage.remove(&name).map_err(io("remove", &name))?;
+                    continue;
+                }
+                return Err(corrupt(0, "not a raft segment".into()));
+            }
+            let mut at = SEGMENT_HEADER;
+            while (at as usize) < bytes.len() {
+                match decode_frame(&bytes[at as usize..]) {
+                    Ok((FrameKind::RaftEntry, payload, used)) => {
+                        let (entry, tx_at) = decode_entry(payload).map_err(|r| corrupt(at, r))?;
+                        slots.insert(
+                            entry.log_id.index,
+                            Slot {
+                                log_id: entry.log_id,
+                                segment: first,
+                                frame: at,
+                                len: payload.len() as u32,
+                                tx_at,
+                            },
+                        );
+                        at += used as u64;
+                    }
+                    Ok((kind, _, _)) => {
+                        return Err(corrupt(at, format!("unexpected frame {kind:?}")));
+                    }
+                    Err(e) if last_segment => {
+                        tracing::warn!(file = %name, offset = at, error = %e,
+                            "cutting a torn tail (an append that was never acknowledged)");
+                        file.truncate(at).map_err(io("truncate", &name))?;
+                        file.sync_data().map_err(io("fdatasync", &name))?;
+                        break;
+                    }
+                    Err(e) => return Err(corrupt(at, e.to_string())),
+                }
+            }
+            files.insert(FileRef::Segment(first), file.clone());
+            if last_segment {
+                tail = Some(Tail {
+                    first,
+                    file,
+                    len: at,
+                });
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                storage,
+                files,
+                slots,
+                tail,
+                meta: MetaState {
+                    vote: meta.vote,
+                    purged: meta.purged,
+                    committed: meta.committed,
+                },
+                segment_bytes,
+            })),
+        })
+    }
+
+    /// The files of the log, for reading payloads in place.
+    pub fn files(&self) -> Arc<Files> {
+        self.inner.lock().files.clone()
+    }
+
+    /// Where the transaction of entry `index` starts (its sealed payloads are at the
+    /// transaction's payload offsets from there).
+    pub fn tx_location(&self, index: u64) -> Option<Location> {
+        let inner = self.inner.lock();
+        let s = inner.slots.get(&index)?;
+        Some(Location {
+            file: FileRef::Segment(s.segment),
+            offset: s.frame + FRAME_HEADER as u64 + u64::from(s.tx_at),
+        })
+    }
+
+    /// Bytes of all segments.
+    pub fn bytes(&self) -> u64 {
+        self.inner.lock().files.total_bytes()
+    }
+
+    fn read_range(&self, from: u64, to: u64) -> Result<Vec<Entry>, LogStoreError> {
+        let slots: Vec<Slot> = {
+            let inner = self.inner.lock();
+            inner.slots.range(from..to).map(|(_, s)| *s).collect()
+        };
+        let files = self.files();
+        let mut out = Vec::with_capacity(slots.len());
+        for s in slots {
+            let loc = Location {
+                file: FileRef::Segment(s.segment),
+                offset: s.frame + FRAME_HEADER as u64,
+            };
+            let payload = files
+                .read(loc, s.len as usize)
+                .map_err(|_| LogStoreError::Missing(s.log_id.index))?;
+            let (e, _) = decode_entry(&payload).map_err(|reason| LogStoreError::Corrupt {
+                file: segment_name(s.segment),
+                offset: s.frame,
+                reason,
+            })?;
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn append_sync(&self, entries: Vec<Entry>) -> Result<(), LogStoreError> {
+        // Entries that replace held ones: openraft truncates first, but replacing keeps the
+        // log a sequence whatever the caller does.
+        if let Some(first) = entries.first().map(|e| e.log_id.index) {
+            let held = self.inner.lock().slots.contains_key(&first);
+            if held {
+                self.truncate_sync(first)?;
+            }
+        }
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        let mut buf = Vec::new();
+        let mut pending: Vec<(u64, Slot)> = Vec::with_capacity(entries.len());
+        for e in entries {
+            let index = e.log_id.index;
+            let roll = match &inner.tail {
+                None => true,
+                Some(t) => t.len + buf.len() as u64 >= inner.segment_bytes,
+            };
+            if roll {
+                Self::write_out(inner, &mut buf, &mut pending)?;
+                let name = segment_name(index);
+                let file = inner
+                    .storage
+                    .open(&name, true)
+                    .map_err(io("create", &name))?;
+                let mut header = SEGMENT_MAGIC.to_vec();
+                header.extend_from_slice(&index.to_le_bytes());
+                file.write_at(&header, 0).map_err(io("write", &name))?;
+                file.sync_data().map_err(io("fdatasync", &name))?;
+                inner.storage.sync_dir().map_err(io("sync", "."))?;
+                inner.files.insert(FileRef::Segment(index), file.clone());
+                inner.tail = Some(Tail {
+                    first: index,
+                    file,
+                    len: SEGMENT_HEADER,
+                });
+            }
+            let Some(tail) = &inner.tail else {
+                return Err(LogStoreError::Missing(index));
+            };
+            let frame = tail.len + buf.len() as u64;
+            let start = buf.len();
+            let tx_at = encode_entry(&e, &mut buf).map_err(|err| LogStoreError::Corrupt {
+                file: segment_name(tail.first),
+                offset: frame,
+                reason: err.to_string(),
+            })?;
+            pending.push((
+                index,
+                Slot {
+                    log_id: e.log_id,
+                    segment: tail.first,
+                    frame,
+                    len: (buf.len() - start - FRAME_HEADER) as u32,
+                    tx_at,
+                },
+            ));
+        }
+        Self::write_out(inner, &mut buf, &mut pending)
+    }
+
+    /// Writes buffered frames to the tail and makes them durable before they become visible.
+    fn write_out(
+        inner: &mut Inner,
+        buf: &mut Vec<u8>,
+        pending: &mut Vec<(u64, Slot)>,
+    ) -> Result<(), LogStoreError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let Some(tail) = &mut inner.tail else {
+            return Ok(());
+        };
+        let name = segment_name(tail.first);
+        tail.file
+            .write_at(buf, tail.len)
+            .map_err(io("write", &name))?;
+        tail.file.sync_data().map_err(io("fdatasync", &name))?;
+        tail.len += buf.len() as u64;
+        buf.clear();
+        inner.slots.extend(pending.drain(..));
+        Ok(())
+    }
+
+    fn truncate_sync(&self, from: u64) -> Result<(), LogStoreError> {
+        let mut inner = self.inner.lock();
+        let Some(first) = inner.slots.get(&from).copied() else {
+            return Ok(());
+        };
+        inner.slots.split_off(&from);
+        let segments = inner.files.segments();
+        for seg in segments.into_iter().filter(|s| *s > first.segment) {
+            let name = segment_name(seg);
+            inner.files.remove(&FileRef::Segment(seg));
+            inner.storage.remove(&name).map_err(io("remove", &name))?;
+        }
+        let name = segment_name(first.segment);
+        let file = inner
+            .files
+            .get(&FileRef::Segment(first.segment))
+            .ok_or(LogStoreError::Missing(from))?;
+        file.truncate(first.frame).map_err(io("truncate", &name))?;
+        file.sync_data().map_err(io("fdatasync", &name))?;
+        inner.storage.sync_dir().map_err(io("sync", "."))?;
+        inner.tail = Some(Tail {
+            first: first.segment,
+            file,
+            len: first.frame,
+        });
+        Ok(())
+    }
+
+    fn purge_sync(&self, upto: LogId) -> Result<(), LogStoreError> {
+        let mut inner = self.inner.lock();
+        inner.meta.purged = Some(upto);
+        Self::save_meta(&inner)?;
+        let keep = inner.slots.split_off(&(upto.index + 1));
+        inner.slots = keep;
+        // A segment goes once the next one starts at or below the first index still kept.
+        let segments = inner.files.segments();
+        for pair in segments.windows(2) {
+            if pair[1] <= upto.index + 1 {
+                let name = segment_name(pair[0]);
+                inner.files.remove(&FileRef::Segment(pair[0]));
+                inner.storage.remove(&name).map_err(io("remove", &name))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn save_meta(inner: &Inner) -> Result<(), LogStoreError> {
+        let meta = Meta {
+            vote: inner.meta.vote,
+            purged: inner.meta.purged,
+            committed: inner.meta.committed,
+        };
+        let bytes = postcard::to_stdvec(&meta).map_err(|e| LogStoreError::Corrupt {
+            file: META.into(),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
+        let tmp = format!("{META}.tmp");
+        let f = inner.storage.open(&tmp, true).map_err(io("create", &tmp))?;
+        f.truncate(0).map_err(io("truncate", &tmp))?;
+        f.write_at(&bytes, 0).map_err(io("write", &tmp))?;
+        f.sync_data().map_err(io("fdatasync", &tmp))?;
+        inner
+            .storage
+            .rename(&tmp, META)
+            .map_err(io("rename", &tmp))?;
+        inner.storage.sync_dir().map_err(io("sync", "."))
+    }
+}
+
+fn read_err(e: LogStoreError) -> StorageError {
+    StorageIOError::read_logs(openraft::AnyError::new(&e)).into()
+}
+
+fn write_err(e: LogStoreError) -> StorageError {
+    StorageIOError::write_logs(openraft::AnyError::new(&e)).into()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        use std::ops::Bound;
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => i + 1,
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.read_range(from, to).map_err(read_err)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let inner = self.inner.lock();
+        let last = inner.slots.values().next_back().map(|s| s.log_id);
+        Ok(LogState {
+            last_purged_log_id: inner.meta.purged,
+            last_log_id: last.or(inner.meta.purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        let mut inner = self.inner.lock();
+        inner.meta.vote = Some(*vote);
+        Self::save_meta(&inner)
+            .map_err(|e| StorageIOError::write_vote(openraft::AnyError::new(&e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        Ok(self.inner.lock().meta.vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not fsynced on its own: it only lets a restart re-apply sooner, and it is written
+        // with the next vote or purge anyway.
+        self.inner.lock().meta.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.inner.lock().meta.committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let r = self.append_sync(entries.into_iter().collect());
+        match r {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(write_err(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.truncate_sync(log_id.index).map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.purge_sync(log_id).map_err(write_err)
+    }
+}

@@ -1,0 +1,623 @@
+//! A partition's state machine: per chain, the `ate` view (latest version of every record)
+//! whose payload locations point into the Raft log itself, or into the partition's snapshot
+//! once a snapshot covers them. Applying re-validates every transaction against the chain's
+//! state, so all replicas take the same decisions from the same log.
+//!
+//! Snapshot file `snapshot.bin`: `ATESNAP1`, then one section per chain (an `ate` snapshot
+//! file image, docs/format.md), then the postcard footer (last applied, membership, per chain
+//! its quota, index, bytes used and section offset), its u32 length and `ATESNAP1` again.
+//! Views point into the sections, so the log can be purged once the snapshot is durable.
+
+use crate::log_store::LogStore;
+use crate::types::{Command, Entry, LogId, Outcome, Refusal, StorageError, TypeConfig};
+use ate::redo::{
+    read_snapshot, FileRef, Files, Location, LogError, RecoveryVisitor, SnapshotRecord,
+    SnapshotWriter,
+};
+use ate::storage::{MemStorage, Storage, StorageFile};
+use ate::validate::{validate, ChainState};
+use ate::view::{locate, plan, RecordEntry, View};
+use ate::{ChainId, RootAuthority, Transaction, ValidationError};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    BasicNode, EntryPayload, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError,
+    StoredMembership,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+const SNAP_MAGIC: &[u8; 8] = b"ATESNAP1";
+const SNAP_FILE: &str = "snapshot.bin";
+
+/// One chain of the partition.
+#[derive(Debug)]
+pub struct ChainData {
+    /// Latest records.
+    pub view: View,
+    /// Bytes quota.
+    pub quota: u64,
+    /// Transaction bytes committed (what the quota counts).
+    pub used: u64,
+    /// The chain's own index (of its last transaction).
+    pub index: u64,
+    /// Raft index of each chain index still in the log (for subscriptions).
+    pub txs: BTreeMap<u64, u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Footer {
+    last_applied: Option<LogId>,
+    membership: StoredMembership<u64, BasicNode>,
+    snapshot_id: String,
+    chains: Vec<ChainHead>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChainHead {
+    chain: [u8; 16],
+    quota: u64,
+    used: u64,
+    index: u64,
+    offset: u64,
+    len: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    storage: Arc<dyn Storage>,
+    log: LogStore,
+    /// The snapshot file, as `FileRef::Snapshot(0)`.
+    snap_files: Arc<Files>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership<u64, BasicNode>,
+    chains: BTreeMap<ChainId, ChainData>,
+    current: Option<SnapshotMeta<u64, BasicNode>>,
+    applied_tx: tokio::sync::watch::Sender<u64>,
+}
+
+/// The state machine (cheap to clone; clones share it and build snapshots).
+#[derive(Clone, Debug)]
+pub struct StateMachine {
+    inner: Arc<Mutex<Inner>>,
+    applied: tokio::sync::watch::Receiver<u64>,
+}
+
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(openraft::AnyError::new(&e)).into()
+}
+
+fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_snapshot(None, openraft::AnyError::new(&e)).into()
+}
+
+/// A snapshot section seen as a file of its own.
+#[derive(Debug)]
+struct Section {
+    file: Arc<dyn StorageFile>,
+    base: u64,
+    len: u64,
+}
+
+impl StorageFile for Section {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.len)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if offset + buf.len() as u64 > self.len {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        self.file.read_at(buf, self.base + offset)
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn truncate(&self, _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    }
+}
+
+/// Loads one chain's section into a view (payloads relocated into the snapshot file).
+struct Loader {
+    view: View,
+    base: u64,
+}
+
+impl RecoveryVisitor for Loader {
+    fn snapshot_root(&mut self, root: Option<RootAuthority>, last_index: u64) {
+        self.view.set_snapshot_root(root, last_index);
+    }
+    fn snapshot_record(
+        &mut self,
+        rec: SnapshotRecord,
+        payload: Option<Location>,
+    ) -> Result<(), LogError> {
+        let entry = RecordEntry {
+            version: rec.version,
+            index: rec.index,
+            parent: rec.parent,
+            write: rec.write,
+            header: rec.header,
+            payload: payload.map(|l| {
+                (
+                    Location {
+                        file: FileRef::Snapshot(0),
+                        offset: self.base + l.offset,
+                    },
+                    rec.payload_len,
+                )
+            }),
+        };
+        self.view.put(rec.key, entry);
+        Ok(())
+    }
+    fn entry(&mut self, _: u64, _: &[u8], at: Location) -> Result<(), LogError> {
+        Err(LogError::Corrupt {
+            file: SNAP_FILE.into(),
+            offset: at.offset,
+            reason: "a transaction inside a snapshot section".into(),
+        })
+    }
+}
+
+/// What a snapshot file held.
+struct Loaded {
+    last_applied: Option<LogId>,
+    membership: StoredMembership<u64, BasicNode>,
+    snapshot_id: String,
+    chains: BTreeMap<ChainId, ChainData>,
+}
+
+fn corrupt(reason: impl Into<String>) -> LogError {
+    LogError::Corrupt {
+        file: SNAP_FILE.into(),
+        offset: 0,
+        reason: reason.into(),
+    }
+}
+
+fn load_snapshot(file: &Arc<dyn StorageFile>) -> Result<Loaded, LogError> {
+    let len = file.len().map_err(LogError::io("stat", SNAP_FILE))?;
+    if len < 20 {
+        return Err(corrupt("shorter than its magic and footer"));
+    }
+    let mut tail = [0u8; 12];
+    file.read_at(&mut tail, len - 12)
+        .map_err(LogError::io("read", SNAP_FILE))?;
+    if &tail[4..] != SNAP_MAGIC {
+        return Err(corrupt("no closing magic (an unfinished snapshot?)"));
+    }
+    let flen = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    let fstart = len
+        .checked_sub(12 + flen)
+        .ok_or_else(|| corrupt("footer longer than the file"))?;
+    let mut fb = vec![0u8; flen as usize];
+    file.read_at(&mut fb, fstart)
+        .map_err(LogError::io("read", SNAP_FILE))?;
+    let footer: Footer = postcard::from_bytes(&fb).map_err(|e| corrupt(e.to_string()))?;
+    let mut chains = BTreeMap::new();
+    for h in footer.chains {
+        if h.offset + h.len > fstart {
+            return Err(corrupt("a section past the footer"));
+        }
+        let id = ChainId(h.chain);
+        let section = Section {
+            file: file.clone(),
+            base: h.offset,
+            len: h.len,
+        };
+        let mut loader = Loader {
+            view: View::new(id),
+            base: h.offset,
+        };
+        read_snapshot(&section, h.index, &mut loader)?;
+        chains.insert(
+            id,
+            ChainData {
+                view: loader.view,
+                quota: h.quota,
+                used: h.used,
+                index: h.index,
+                txs: BTreeMap::new(),
+            },
+        );
+    }
+    Ok(Loaded {
+        last_applied: footer.last_applied,
+        membership: footer.membership,
+        snapshot_id: footer.snapshot_id,
+        chains,
+    })
+}
+
+impl Inner {
+    fn read_payload(&self, loc: Location, len: usize) -> Result<Vec<u8>, LogError> {
+        match loc.file {
+            FileRef::Segment(_) => self.log.files().read(loc, len),
+            FileRef::Snapshot(_) => self.snap_files.read(loc, len),
+        }
+    }
+
+    fn apply_tx(&mut self, chain: ChainId, tx_bytes: &[u8], raft_index: u64) -> Outcome {
+        let refuse = |kind, reason: String| Outcome::Refused { kind, reason };
+        let tx = match Transaction::decode(tx_bytes) {
+            Ok(t) => t,
+            Err(e) => return refuse(Refusal::Invalid, e.to_string()),
+        };
+        let Some(tx_at) = self.log.tx_location(raft_index) else {
+            return refuse(Refusal::Invalid, "entry not in the local log".into());
+        };
+        let Some(c) = self.chains.get_mut(&chain) else {
+            return refuse(Refusal::NoChain, format!("no chain {chain}"));
+        };
+        if c.used + tx_bytes.len() as u64 > c.quota {
+            return refuse(
+                Refusal::Quota,
+                format!("chain {chain} would pass its quota of {} bytes", c.quota),
+            );
+        }
+        if let Err(e) = validate(&c.view, &tx) {
+            let kind = match e {
+                ValidationError::Precondition(_) => Refusal::Precondition,
+                _ => Refusal::Invalid,
+            };
+            return refuse(kind, e.to_string());
+        }
+        let index = c.index + 1;
+        let mut changes = plan(&c.view, &tx, index);
+        locate(&mut changes, tx_at, &tx.payload_offsets());
+        c.view.merge(index, changes);
+        c.index = index;
+        c.used += tx_bytes.len() as u64;
+        c.txs.insert(index, raft_index);
+        Outcome::Applied { index }
+    }
+
+    fn apply(&mut self, cmd: Command, raft_index: u64) -> Outcome {
+        match cmd {
+            Command::Commit { chain, tx } => self.apply_tx(ChainId(chain), &tx, raft_index),
+            Command::Create { chain, quota, tx } => {
+                let id = ChainId(chain);
+                if self.chains.contains_key(&id) {
+                    return Outcome::Refused {
+                        kind: Refusal::Exists,
+                        reason: format!("chain {id} exists"),
+                    };
+                }
+                self.chains.insert(
+                    id,
+                    ChainData {
+                        view: View::new(id),
+                        quota,
+                        used: 0,
+                        index: 0,
+                        txs: BTreeMap::new(),
+                    },
+                );
+                let out = self.apply_tx(id, &tx, raft_index);
+                let genesis_ok = matches!(out, Outcome::Applied { .. })
+                    && self
+                        .chains
+                        .get(&id)
+                        .is_some_and(|c| c.view.root().is_some());
+                if !genesis_ok {
+                    self.chains.remove(&id);
+                    if let Outcome::Applied { .. } = out {
+                        return Outcome::Refused {
+                            kind: Refusal::Invalid,
+                            reason: "the genesis transaction must set the root authority".into(),
+                        };
+                    }
+                }
+                out
+            }
+            Command::Delete { chain } => match self.chains.remove(&ChainId(chain)) {
+                Some(_) => Outcome::Applied { index: 0 },
+                None => Outcome::Refused {
+                    kind: Refusal::NoChain,
+                    reason: format!("no chain {}", ChainId(chain)),
+                },
+            },
+        }
+    }
+
+    /// Writes every chain into a new snapshot file, then points the views at it.
+    fn build(&mut self) -> Result<(SnapshotMeta<u64, BasicNode>, Vec<u8>), LogError> {
+        let snapshot_id = format!(
+            "{}-{}",
+            self.last_applied.map_or(0, |l| l.index),
+            rand_suffix()
+        );
+        let tmp = format!("{SNAP_FILE}.tmp");
+        let out = self
+            .storage
+            .open(&tmp, true)
+            .map_err(LogError::io("create", &tmp))?;
+        out.truncate(0).map_err(LogError::io("truncate", &tmp))?;
+        out.write_at(SNAP_MAGIC, 0)
+            .map_err(LogError::io("write", &tmp))?;
+        let mut offset = SNAP_MAGIC.len() as u64;
+        let mut heads = Vec::new();
+        let mut moves: Vec<(ChainId, Vec<(ate::RecordKey, u64)>)> = Vec::new();
+        for (id, c) in &self.chains {
+            let scratch: Arc<dyn Storage> = Arc::new(MemStorage::new());
+            let mut w = SnapshotWriter::create(scratch, *id, c.index, c.view.root())?;
+            let mut moved = Vec::new();
+            for (key, e) in c.view.records() {
+                let payload = match e.payload {
+                    Some((loc, len)) => self.read_payload(loc, len)?,
+                    None => Vec::new(),
+                };
+                let rec = SnapshotRecord {
+                    key: *key,
+                    version: e.version,
+                    index: e.index,
+                    parent: e.parent,
+                    write: e.write.clone(),
+                    header: e.header.clone(),
+                    payload_len: payload.len(),
+                };
+                let at = w.add(&rec, &payload)?;
+                if e.payload.is_some() {
+                    moved.push((*key, offset + at.offset));
+                }
+            }
+            let image = w.finish()?;
+            let len = image.len().map_err(LogError::io("stat", "scratch"))?;
+            let mut bytes = vec![0u8; len as usize];
+            image
+                .read_at(&mut bytes, 0)
+                .map_err(LogError::io("read", "scratch"))?;
+            out.write_at(&bytes, offset)
+                .map_err(LogError::io("write", &tmp))?;
+            heads.push(ChainHead {
+                chain: id.0,
+                quota: c.quota,
+                used: c.used,
+                index: c.index,
+                offset,
+                len,
+            });
+            moves.push((*id, moved));
+            offset += len;
+        }
+        let footer = Footer {
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            snapshot_id: snapshot_id.clone(),
+            chains: heads,
+        };
+        let mut fb = postcard::to_stdvec(&footer).map_err(|e| corrupt(e.to_string()))?;
+        fb.extend_from_slice(&(fb.len() as u32).to_le_bytes());
+        fb.extend_from_slice(SNAP_MAGIC);
+        out.write_at(&fb, offset)
+            .map_err(LogError::io("write", &tmp))?;
+        out.sync_data().map_err(LogError::io("fdatasync", &tmp))?;
+        self.storage
+            .rename(&tmp, SNAP_FILE)
+            .map_err(LogError::io("rename", &tmp))?;
+        self.storage.sync_dir().map_err(LogError::io("sync", "."))?;
+        let file = self
+            .storage
+            .open(SNAP_FILE, false)
+            .map_err(LogError::io("open", SNAP_FILE))?;
+        self.snap_files.insert(FileRef::Snapshot(0), file.clone());
+        for (id, moved) in moves {
+            if let Some(c) = self.chains.get_mut(&id) {
+                for (key, at) in moved {
+                    c.view.relocate(
+                        &key,
+                        Location {
+                            file: FileRef::Snapshot(0),
+                            offset: at,
+                        },
+                    );
+                }
+                c.txs.clear();
+            }
+        }
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        self.current = Some(meta.clone());
+        let len = file.len().map_err(LogError::io("stat", SNAP_FILE))?;
+        let mut data = vec![0u8; len as usize];
+        file.read_at(&mut data, 0)
+            .map_err(LogError::io("read", SNAP_FILE))?;
+        Ok((meta, data))
+    }
+
+    /// Replaces the state with a received snapshot.
+    fn install(&mut self, data: &[u8]) -> Result<(), LogError> {
+        let tmp = format!("{SNAP_FILE}.tmp");
+        let out = self
+            .storage
+            .open(&tmp, true)
+            .map_err(LogError::io("create", &tmp))?;
+        out.truncate(0).map_err(LogError::io("truncate", &tmp))?;
+        out.write_at(data, 0).map_err(LogError::io("write", &tmp))?;
+        out.sync_data().map_err(LogError::io("fdatasync", &tmp))?;
+        // Check it whole before it replaces anything.
+        let loaded = load_snapshot(&out)?;
+        self.storage
+            .rename(&tmp, SNAP_FILE)
+            .map_err(LogError::io("rename", &tmp))?;
+        self.storage.sync_dir().map_err(LogError::io("sync", "."))?;
+        let file = self
+            .storage
+            .open(SNAP_FILE, false)
+            .map_err(LogError::io("open", SNAP_FILE))?;
+        self.snap_files.insert(FileRef::Snapshot(0), file);
+        self.last_applied = loaded.last_applied;
+        self.membership = loaded.membership.clone();
+        self.chains = loaded.chains;
+        self.current = Some(SnapshotMeta {
+            last_log_id: loaded.last_applied,
+            last_membership: loaded.membership,
+            snapshot_id: loaded.snapshot_id,
+        });
+        Ok(())
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl StateMachine {
+    /// Opens the state machine in `storage` (its snapshot, if any); entries after the snapshot
+    /// are re-applied from `log` by Raft.
+    pub fn open(storage: Arc<dyn Storage>, log: LogStore) -> Result<Self, LogError> {
+        let snap_files = Arc::new(Files::new(storage.clone()));
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        let mut inner = Inner {
+            storage: storage.clone(),
+            log,
+            snap_files,
+            last_applied: None,
+            membership: StoredMembership::default(),
+            chains: BTreeMap::new(),
+            current: None,
+            applied_tx: tx,
+        };
+        match storage.open(SNAP_FILE, false) {
+            Ok(file) => {
+                let loaded = load_snapshot(&file)?;
+                inner.snap_files.insert(FileRef::Snapshot(0), file);
+                inner.last_applied = loaded.last_applied;
+                inner.membership = loaded.membership.clone();
+                inner.chains = loaded.chains;
+                inner.current = Some(SnapshotMeta {
+                    last_log_id: loaded.last_applied,
+                    last_membership: loaded.membership,
+                    snapshot_id: loaded.snapshot_id,
+                });
+                let _ = inner
+                    .applied_tx
+                    .send(loaded.last_applied.map_or(0, |l| l.index));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::io("open", SNAP_FILE)(e)),
+        }
+        Ok(Self {
+            inner: Arc::new(Mutex::new(inner)),
+            applied: rx,
+        })
+    }
+
+    /// Runs `f` on a chain's state, if the chain exists.
+    pub fn with_chain<T>(&self, chain: &ChainId, f: impl FnOnce(&ChainData) -> T) -> Option<T> {
+        self.inner.lock().chains.get(chain).map(f)
+    }
+
+    /// Ids of the chains held.
+    pub fn chains(&self) -> Vec<ChainId> {
+        self.inner.lock().chains.keys().copied().collect()
+    }
+
+    /// Raft index applied so far; changes wake `watch_applied` receivers.
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// Reads a sealed payload the view points at.
+    pub fn read_payload(&self, loc: Location, len: usize) -> Result<Vec<u8>, LogError> {
+        self.inner.lock().read_payload(loc, len)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, data) = self.inner.lock().build().map_err(snap_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<u64, BasicNode>), StorageError> {
+        let inner = self.inner.lock();
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut inner = self.inner.lock();
+        let mut out = Vec::new();
+        for e in entries {
+            inner.last_applied = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => out.push(Outcome::Applied { index: 0 }),
+                EntryPayload::Membership(m) => {
+                    inner.membership = StoredMembership::new(Some(e.log_id), m);
+                    out.push(Outcome::Applied { index: 0 });
+                }
+                EntryPayload::Normal(cmd) => out.push(inner.apply(cmd, e.log_id.index)),
+            }
+        }
+        let last = inner.last_applied.map_or(0, |l| l.index);
+        let _ = inner.applied_tx.send(last);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let mut inner = self.inner.lock();
+        inner.install(&data).map_err(sm_err)?;
+        let last = inner.last_applied.map_or(0, |l| l.index);
+        let _ = inner.applied_tx.send(last);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let inner = self.inner.lock();
+        let Some(meta) = inner.current.clone() else {
+            return Ok(None);
+        };
+        let file = inner
+            .snap_files
+            .get(&FileRef::Snapshot(0))
+            .ok_or_else(|| snap_err(corrupt("the current snapshot file is not open")))?;
+        let len = file
+            .len()
+            .map_err(|e| snap_err(LogError::io("stat", SNAP_FILE)(e)))?;
+        let mut data = vec![0u8; len as usize];
+        file.read_at(&mut data, 0)
+            .map_err(|e| snap_err(LogError::io("read", SNAP_FILE)(e)))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

@@ -1,0 +1,95 @@
+//! Every Raft type choice of a partition, in one place, and the commands it replicates.
+
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+openraft::declare_raft_types!(
+    /// A partition's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle of one partition.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A log id.
+pub type LogId = openraft::LogId<u64>;
+/// Storage errors as openraft wants them.
+pub type StorageError = openraft::StorageError<u64>;
+
+/// What a partition replicates. Transactions travel as their `ate` encoding, validated before
+/// they are proposed and again (statefully) when applied, so every replica decides alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates a chain with a quota; `tx` is its genesis (it must set the root authority).
+    Create {
+        /// Chain id.
+        chain: [u8; 16],
+        /// Bytes the chain may hold.
+        quota: u64,
+        /// The genesis transaction.
+        tx: Vec<u8>,
+    },
+    /// Appends a transaction to a chain.
+    Commit {
+        /// Chain id.
+        chain: [u8; 16],
+        /// The transaction.
+        tx: Vec<u8>,
+    },
+    /// Deletes a chain and everything in it.
+    Delete {
+        /// Chain id.
+        chain: [u8; 16],
+    },
+}
+
+impl Command {
+    /// The chain the command is about.
+    pub fn chain(&self) -> ate::ChainId {
+        match self {
+            Command::Create { chain, .. }
+            | Command::Commit { chain, .. }
+            | Command::Delete { chain } => ate::ChainId(*chain),
+        }
+    }
+}
+
+/// What applying a command did. Every replica computes the same outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Applied; the chain's index of the transaction (0 for a delete).
+    Applied {
+        /// Chain index.
+        index: u64,
+    },
+    /// Not applied, and why (a precondition, authority, quota or a missing chain).
+    Refused {
+        /// What kind of refusal.
+        kind: Refusal,
+        /// For people.
+        reason: String,
+    },
+}
+
+/// Why a command had no effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The transaction failed validation against the chain's state.
+    Invalid,
+    /// A precondition did not hold (a racing writer won).
+    Precondition,
+    /// The chain does not exist.
+    NoChain,
+    /// The chain exists already.
+    Exists,
+    /// The chain's quota is used up.
+    Quota,
+}
