@@ -21,6 +21,8 @@ pub mod ids;
 pub mod keyfile;
 mod queue;
 pub mod redo;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod storage;
 pub mod tx;
 pub mod validate;

@@ -9,3 +9,15 @@
 pub mod log_store;
 pub mod state_machine;
 pub mod types;
+
+pub use ate::remote::pb;
+pub mod network;
+pub mod node;
+pub mod raft_service;
+pub mod tls;
+
+/// The largest gRPC message either side accepts: one transaction at its limit, plus room.
+pub const MAX_MESSAGE: usize = ate::tx::MAX_TX_BYTES + (1 << 20);
+pub mod api;
+pub mod metrics;
+pub mod subscribe;

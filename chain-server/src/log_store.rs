@@ -296,7 +296,8 @@ impl LogStore {
         self.inner.lock().files.total_bytes()
     }
 
-    fn read_range(&self, from: u64, to: u64) -> Result<Vec<Entry>, LogStoreError> {
+    /// Entries with indexes in `from..to` (those still held).
+    pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<Entry>, LogStoreError> {
         let slots: Vec<Slot> = {
             let inner = self.inner.lock();
             inner.slots.range(from..to).map(|(_, s)| *s).collect()

@@ -1,1 +1,260 @@
-fn main() {}
+//! The chain-server binary: `run` one replica, make dev `certs`, or start a local `dev-cluster`.
+
+use anyhow::{bail, Context, Result};
+use chain_server::api::Api;
+use chain_server::metrics::Metrics;
+use chain_server::node::{Node, NodeConfig, PeerAddr};
+use chain_server::pb::chain::chains_server::ChainsServer;
+use chain_server::pb::raft::raft_server::RaftServer;
+use chain_server::raft_service::RaftService;
+use chain_server::tls::Tls;
+use chain_server::MAX_MESSAGE;
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "chain-server",
+    version,
+    about = "Hosts replicated partitions of ate chains"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one replica. Every replica gets the same --peer list and --partitions.
+    Run(RunArgs),
+    /// Write a cluster CA and a server certificate (for development and tests).
+    Certs {
+        /// Directory for ca.pem, ca.key, server.pem, server.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra names for the certificate (it always names atefs-chain-server).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Run a local cluster of three replicas on 127.0.0.1 for development (Ctrl-C stops it).
+    DevCluster {
+        /// Directory for the replicas' data and certificates.
+        #[arg(long, default_value = "/tmp/atefs-dev-cluster")]
+        dir: PathBuf,
+        /// First port; replica N uses base+10N (API), +1 (Raft), +2 (metrics).
+        #[arg(long, default_value_t = 7100)]
+        base_port: u16,
+        /// Partitions.
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// This replica's id.
+    #[arg(long)]
+    id: u64,
+    /// A replica as ID=RAFT_ADDR,API_ADDR (repeat for each, this one included).
+    #[arg(long = "peer", required = true)]
+    peers: Vec<String>,
+    /// Where this replica keeps its partitions.
+    #[arg(long)]
+    data: PathBuf,
+    /// Partitions in the cluster (never change it for an existing cluster).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Directory holding ca.pem, server.pem and server.key.
+    #[arg(long, conflicts_with = "insecure_plaintext")]
+    tls_dir: Option<PathBuf>,
+    /// Serve without TLS (tests and debugging only).
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// Address for /metrics and /health.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    metrics: String,
+    /// Initialise the partitions with all peers (the first start of a new cluster, on one
+    /// replica).
+    #[arg(long)]
+    bootstrap: bool,
+    /// Entries between snapshots.
+    #[arg(long, default_value_t = 20_000)]
+    snapshot_every: u64,
+    /// Raft heartbeat in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+}
+
+fn parse_peer(s: &str) -> Result<(u64, PeerAddr)> {
+    let (id, rest) = s
+        .split_once('=')
+        .with_context(|| format!("--peer {s}: expected ID=RAFT_ADDR,API_ADDR"))?;
+    let (raft, api) = rest
+        .split_once(',')
+        .with_context(|| format!("--peer {s}: expected ID=RAFT_ADDR,API_ADDR"))?;
+    Ok((
+        id.parse().with_context(|| format!("--peer {s}: bad id"))?,
+        PeerAddr {
+            raft: raft.into(),
+            api: api.into(),
+        },
+    ))
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
+        Cmd::Certs { out, names } => {
+            chain_server::tls::generate(&out, &names)?;
+            println!(
+                "wrote {}/{{ca.pem,ca.key,server.pem,server.key}}",
+                out.display()
+            );
+            Ok(())
+        }
+        Cmd::DevCluster {
+            dir,
+            base_port,
+            partitions,
+        } => dev_cluster(&dir, base_port, partitions),
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let peers: BTreeMap<u64, PeerAddr> = args
+        .peers
+        .iter()
+        .map(|p| parse_peer(p))
+        .collect::<Result<_>>()?;
+    let me = peers
+        .get(&args.id)
+        .with_context(|| format!("--id {} is not among the --peer entries", args.id))?
+        .clone();
+    let tls = Arc::new(match (&args.tls_dir, args.insecure_plaintext) {
+        (Some(d), _) => Tls::load(d)?,
+        (None, true) => Tls::plaintext(),
+        (None, false) => {
+            bail!("give --tls-dir DIR (see `chain-server certs`), or --insecure-plaintext")
+        }
+    });
+    let config = NodeConfig {
+        id: args.id,
+        peers,
+        partitions: args.partitions,
+        data: args.data.clone(),
+        segment_bytes: 64 << 20,
+        snapshot_every: args.snapshot_every,
+        heartbeat_ms: args.heartbeat_ms,
+    };
+    let node = Node::start(config, tls.clone()).await?;
+    let metrics = Arc::new(Metrics::default());
+    let raft_addr = me
+        .raft
+        .parse()
+        .with_context(|| format!("raft address {}", me.raft))?;
+    let api_addr = me
+        .api
+        .parse()
+        .with_context(|| format!("api address {}", me.api))?;
+    let metrics_listener = tokio::net::TcpListener::bind(&args.metrics)
+        .await
+        .with_context(|| format!("binding {}", args.metrics))?;
+    tokio::spawn(chain_server::metrics::serve(
+        metrics_listener,
+        node.clone(),
+        metrics.clone(),
+    ));
+
+    let mut raft_server = tonic::transport::Server::builder();
+    if let Some(t) = tls.raft_server() {
+        raft_server = raft_server.tls_config(t)?;
+    }
+    let raft_svc = RaftServer::new(RaftService::new(node.clone()))
+        .max_decoding_message_size(MAX_MESSAGE * 4)
+        .max_encoding_message_size(MAX_MESSAGE * 4);
+    let raft_task = tokio::spawn(raft_server.add_service(raft_svc).serve(raft_addr));
+
+    let mut api_server = tonic::transport::Server::builder();
+    if let Some(t) = tls.api_server() {
+        api_server = api_server.tls_config(t)?;
+    }
+    let api_svc = ChainsServer::new(Api::new(node.clone(), metrics))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let api_task = tokio::spawn(api_server.add_service(api_svc).serve(api_addr));
+
+    if args.bootstrap {
+        node.bootstrap().await?;
+    }
+    tracing::info!(id = args.id, raft = %me.raft, api = %me.api, metrics = %args.metrics,
+        tls = tls.enabled(), "serving");
+    // The readiness line scripts wait for.
+    println!("serving api={} raft={}", me.api, me.raft);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = raft_task => bail!("raft listener stopped: {r:?}"),
+        r = api_task => bail!("api listener stopped: {r:?}"),
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+fn dev_cluster(dir: &std::path::Path, base: u16, partitions: u32) -> Result<()> {
+    let certs = dir.join("certs");
+    if !certs.join("server.pem").exists() {
+        chain_server::tls::generate(&certs, &[])?;
+    }
+    let fresh = !dir.join("node-1").exists();
+    let peers: Vec<String> = (1..=3u16)
+        .map(|i| {
+            format!(
+                "{i}=127.0.0.1:{},127.0.0.1:{}",
+                base + 10 * i + 1,
+                base + 10 * i
+            )
+        })
+        .collect();
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for i in 1..=3u16 {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("run")
+            .args(["--id", &i.to_string()])
+            .arg("--data")
+            .arg(dir.join(format!("node-{i}")))
+            .args(["--partitions", &partitions.to_string()])
+            .arg("--tls-dir")
+            .arg(&certs)
+            .args(["--metrics", &format!("127.0.0.1:{}", base + 10 * i + 2)]);
+        for p in &peers {
+            cmd.args(["--peer", p]);
+        }
+        if i == 1 && fresh {
+            cmd.arg("--bootstrap");
+        }
+        children.push(cmd.spawn().context("starting a replica")?);
+    }
+    println!(
+        "dev cluster: API at https://127.0.0.1:{} (and :{}, :{}); CA {}; Ctrl-C stops it",
+        base + 10,
+        base + 20,
+        base + 30,
+        certs.join("ca.pem").display()
+    );
+    for mut c in children {
+        let _ = c.wait();
+    }
+    Ok(())
+}

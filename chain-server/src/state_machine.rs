@@ -45,6 +45,38 @@ pub struct ChainData {
     pub index: u64,
     /// Raft index of each chain index still in the log (for subscriptions).
     pub txs: BTreeMap<u64, u64>,
+    /// Recent transaction hashes and their chain index: a client that retries a commit whose
+    /// answer it lost gets the original index instead of a second copy (exactly once).
+    pub seen: Seen,
+}
+
+/// The last [`SEEN`] transaction hashes of a chain, oldest first.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Seen {
+    order: std::collections::VecDeque<([u8; 32], u64)>,
+    #[serde(skip)]
+    map: std::collections::HashMap<[u8; 32], u64>,
+}
+
+/// Hashes remembered per chain (retries come within seconds; this is hours of commits).
+const SEEN: usize = 100_000;
+
+impl Seen {
+    fn get(&self, h: &[u8; 32]) -> Option<u64> {
+        self.map.get(h).copied()
+    }
+    fn insert(&mut self, h: [u8; 32], index: u64) {
+        self.order.push_back((h, index));
+        self.map.insert(h, index);
+        if self.order.len() > SEEN {
+            if let Some((old, _)) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+    fn rebuild(&mut self) {
+        self.map = self.order.iter().copied().collect();
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -63,6 +95,7 @@ struct ChainHead {
     index: u64,
     offset: u64,
     len: u64,
+    seen: Seen,
 }
 
 #[derive(Debug)]
@@ -224,6 +257,11 @@ fn load_snapshot(file: &Arc<dyn StorageFile>) -> Result<Loaded, LogError> {
                 used: h.used,
                 index: h.index,
                 txs: BTreeMap::new(),
+                seen: {
+                    let mut s = h.seen;
+                    s.rebuild();
+                    s
+                },
             },
         );
     }
@@ -255,6 +293,10 @@ impl Inner {
         let Some(c) = self.chains.get_mut(&chain) else {
             return refuse(Refusal::NoChain, format!("no chain {chain}"));
         };
+        let hash = tx.hash();
+        if let Some(index) = c.seen.get(&hash.0) {
+            return Outcome::Applied { index };
+        }
         if c.used + tx_bytes.len() as u64 > c.quota {
             return refuse(
                 Refusal::Quota,
@@ -262,10 +304,7 @@ impl Inner {
             );
         }
         if let Err(e) = validate(&c.view, &tx) {
-            let kind = match e {
-                ValidationError::Precondition(_) => Refusal::Precondition,
-                _ => Refusal::Invalid,
-            };
+            let kind = refusal_of(&e);
             return refuse(kind, e.to_string());
         }
         let index = c.index + 1;
@@ -275,6 +314,7 @@ impl Inner {
         c.index = index;
         c.used += tx_bytes.len() as u64;
         c.txs.insert(index, raft_index);
+        c.seen.insert(hash.0, index);
         Outcome::Applied { index }
     }
 
@@ -283,6 +323,12 @@ impl Inner {
             Command::Commit { chain, tx } => self.apply_tx(ChainId(chain), &tx, raft_index),
             Command::Create { chain, quota, tx } => {
                 let id = ChainId(chain);
+                let retried = Transaction::decode(&tx)
+                    .ok()
+                    .and_then(|t| self.chains.get(&id)?.seen.get(&t.hash().0));
+                if let Some(index) = retried {
+                    return Outcome::Applied { index };
+                }
                 if self.chains.contains_key(&id) {
                     return Outcome::Refused {
                         kind: Refusal::Exists,
@@ -297,6 +343,7 @@ impl Inner {
                         used: 0,
                         index: 0,
                         txs: BTreeMap::new(),
+                        seen: Seen::default(),
                     },
                 );
                 let out = self.apply_tx(id, &tx, raft_index);
@@ -382,6 +429,7 @@ impl Inner {
                 index: c.index,
                 offset,
                 len,
+                seen: c.seen.clone(),
             });
             moves.push((*id, moved));
             offset += len;
@@ -464,6 +512,17 @@ impl Inner {
             snapshot_id: loaded.snapshot_id,
         });
         Ok(())
+    }
+}
+
+/// How a validation failure is reported.
+pub fn refusal_of(e: &ValidationError) -> Refusal {
+    match e {
+        ValidationError::Precondition(_) => Refusal::Precondition,
+        ValidationError::NotAuthorized { .. }
+        | ValidationError::NotOwner(_)
+        | ValidationError::Signature(_) => Refusal::Unauthorized,
+        _ => Refusal::Invalid,
     }
 }
 

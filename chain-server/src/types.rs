@@ -82,8 +82,10 @@ pub enum Outcome {
 /// Why a command had no effect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
-    /// The transaction failed validation against the chain's state.
+    /// The transaction is malformed.
     Invalid,
+    /// The author may not do this (authority, ownership, signature).
+    Unauthorized,
     /// A precondition did not hold (a racing writer won).
     Precondition,
     /// The chain does not exist.

@@ -1,0 +1,326 @@
+//! A client of a chain-server cluster. It finds the leader of a chain's partition (following
+//! redirects), retries with backoff across replicas while the cluster elects, and reports
+//! [`RemoteError::NoQuorum`] once the deadline passes without a leader. Subscriptions resume
+//! from the last index delivered after any disconnect.
+
+use super::pb::chain::chains_client::ChainsClient;
+use super::pb::chain::{
+    ChainRef, ChallengeRequest, CommitRequest, CreateRequest, SubscribeEvent, SubscribeRequest,
+};
+use crate::crypto::SigningKey;
+use crate::ids::ChainId;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+
+/// Metadata key the server uses to name the leader on a redirect.
+pub const LEADER_HEADER: &str = "x-atefs-leader";
+/// The name every chain-server certificate carries (clients ask for it whatever they dial).
+pub const SERVER_NAME: &str = "atefs-chain-server";
+/// The largest message exchanged.
+const MAX_MESSAGE: usize = crate::tx::MAX_TX_BYTES + (1 << 20);
+
+/// How to reach a cluster.
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    /// API addresses (host:port) of some or all replicas.
+    pub endpoints: Vec<String>,
+    /// The cluster CA (PEM); None means plaintext.
+    pub ca_pem: Option<Vec<u8>>,
+    /// How long a call keeps retrying before it gives up.
+    pub deadline: Duration,
+}
+
+/// Why a remote call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// No replica could name a leader before the deadline: the cluster has no quorum (or is
+    /// unreachable).
+    #[error("no quorum: the cluster did not commit within {0:?} ({1})")]
+    NoQuorum(Duration, String),
+    /// The server refused the request (validation, a precondition, authority, quota, ...).
+    #[error("refused ({0:?}): {1}")]
+    Refused(Code, String),
+    /// A connection could not be set up.
+    #[error("endpoint {0}: {1}")]
+    Endpoint(String, String),
+}
+
+impl RemoteError {
+    /// True when a precondition failed (a racing writer won).
+    pub fn is_precondition(&self) -> bool {
+        matches!(self, RemoteError::Refused(Code::FailedPrecondition, _))
+    }
+}
+
+/// A client. Cheap to share (`Arc`); calls may run concurrently.
+#[derive(Debug)]
+pub struct RemoteClient {
+    opts: RemoteOptions,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Leader API address by chain (the partition's leader, as last learned).
+    leaders: Mutex<HashMap<ChainId, String>>,
+}
+
+/// Outcome of one attempt.
+enum Attempt<T> {
+    Done(T),
+    /// Try this address next.
+    Redirect(String),
+    /// Try another replica after a pause.
+    Retry(String),
+}
+
+fn classify<T>(r: Result<T, Status>) -> Result<Attempt<T>, RemoteError> {
+    match r {
+        Ok(v) => Ok(Attempt::Done(v)),
+        Err(s) => {
+            if let Some(l) = s
+                .metadata()
+                .get(LEADER_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                return Ok(Attempt::Redirect(l.to_string()));
+            }
+            match s.code() {
+                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+                    Ok(Attempt::Retry(s.message().to_string()))
+                }
+                Code::Internal if s.message().contains("transport") => {
+                    Ok(Attempt::Retry(s.message().to_string()))
+                }
+                code => Err(RemoteError::Refused(code, s.message().to_string())),
+            }
+        }
+    }
+}
+
+impl RemoteClient {
+    /// A client of the cluster at `opts.endpoints` (connections are made on first use).
+    pub fn new(opts: RemoteOptions) -> Result<Self, RemoteError> {
+        if opts.endpoints.is_empty() {
+            return Err(RemoteError::Endpoint(
+                String::new(),
+                "no endpoints given".into(),
+            ));
+        }
+        Ok(Self {
+            opts,
+            channels: Mutex::new(HashMap::new()),
+            leaders: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn client(&self, addr: &str) -> Result<ChainsClient<Channel>, RemoteError> {
+        let mut map = self.channels.lock();
+        let ch = match map.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let err =
+                    |e: tonic::transport::Error| RemoteError::Endpoint(addr.into(), e.to_string());
+                let scheme = if self.opts.ca_pem.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+                    .map_err(err)?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true);
+                if let Some(ca) = &self.opts.ca_pem {
+                    ep = ep
+                        .tls_config(
+                            ClientTlsConfig::new()
+                                .domain_name(SERVER_NAME)
+                                .ca_certificate(Certificate::from_pem(ca)),
+                        )
+                        .map_err(err)?;
+                }
+                let c = ep.connect_lazy();
+                map.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(ChainsClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// Runs `call` against the chain's leader, following redirects and retrying across
+    /// replicas with backoff until the deadline.
+    async fn with_leader<T, F, Fut>(&self, chain: ChainId, mut call: F) -> Result<T, RemoteError>
+    where
+        F: FnMut(ChainsClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        let mut next = 0usize;
+        let mut addr = self
+            .leaders
+            .lock()
+            .get(&chain)
+            .cloned()
+            .unwrap_or_else(|| self.opts.endpoints[0].clone());
+        let mut last_error = String::from("no answer yet");
+        loop {
+            if started.elapsed() > self.opts.deadline {
+                return Err(RemoteError::NoQuorum(self.opts.deadline, last_error));
+            }
+            let client = self.client(&addr)?;
+            match classify(call(client).await)? {
+                Attempt::Done(v) => {
+                    self.leaders.lock().insert(chain, addr);
+                    return Ok(v);
+                }
+                Attempt::Redirect(leader) => {
+                    last_error = format!("redirected to {leader}");
+                    if leader == addr {
+                        // A stale leader naming itself: give it a moment.
+                        tokio::time::sleep(backoff).await;
+                    }
+                    addr = leader;
+                    continue;
+                }
+                Attempt::Retry(why) => {
+                    last_error = why;
+                    self.leaders.lock().remove(&chain);
+                    next = (next + 1) % self.opts.endpoints.len();
+                    addr = self.opts.endpoints[next].clone();
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Creates a chain with `genesis` (which sets its root authority) and a quota.
+    pub async fn create(
+        &self,
+        chain: ChainId,
+        quota: u64,
+        genesis: Vec<u8>,
+    ) -> Result<u64, RemoteError> {
+        self.with_leader(chain, |mut c| {
+            let req = CreateRequest {
+                chain: chain.0.to_vec(),
+                quota_bytes: quota,
+                genesis: genesis.clone(),
+            };
+            async move { c.create(req).await.map(|r| r.into_inner().index) }
+        })
+        .await
+    }
+
+    /// Commits an encoded, signed transaction; returns its chain index once a majority holds
+    /// it. A retry after a lost answer returns the same index (the server deduplicates).
+    pub async fn commit(&self, chain: ChainId, tx: Vec<u8>) -> Result<u64, RemoteError> {
+        self.with_leader(chain, |mut c| {
+            let req = CommitRequest {
+                chain: chain.0.to_vec(),
+                tx: tx.clone(),
+            };
+            async move { c.commit(req).await.map(|r| r.into_inner().index) }
+        })
+        .await
+    }
+
+    /// The chain's last index as of a linearizable read at the leader.
+    pub async fn barrier(&self, chain: ChainId) -> Result<u64, RemoteError> {
+        self.with_leader(chain, |mut c| {
+            let req = ChainRef {
+                chain: chain.0.to_vec(),
+            };
+            async move { c.barrier(req).await.map(|r| r.into_inner().index) }
+        })
+        .await
+    }
+
+    /// Opens a subscription from `from` (proving `reader` may read the chain); the returned
+    /// stream reconnects and resumes by itself.
+    pub fn subscribe(&self, chain: ChainId, from: u64, reader: SigningKey) -> Subscription<'_> {
+        Subscription {
+            client: self,
+            chain,
+            next: from.max(1),
+            reader,
+            stream: None,
+        }
+    }
+
+    async fn open_stream(
+        &self,
+        chain: ChainId,
+        from: u64,
+        reader: &SigningKey,
+    ) -> Result<tonic::Streaming<SubscribeEvent>, RemoteError> {
+        let key = reader.public().0.to_vec();
+        self.with_leader(chain, |mut c| {
+            let key = key.clone();
+            async move {
+                let nonce = c.challenge(ChallengeRequest {}).await?.into_inner().nonce;
+                let digest = super::subscribe_digest(&chain, &nonce, from);
+                let req = SubscribeRequest {
+                    chain: chain.0.to_vec(),
+                    from_index: from,
+                    nonce,
+                    reader_key: key,
+                    signature: reader.sign(&digest).to_vec(),
+                };
+                c.subscribe(req).await.map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+}
+
+/// A resuming subscription.
+#[derive(Debug)]
+pub struct Subscription<'a> {
+    client: &'a RemoteClient,
+    chain: ChainId,
+    next: u64,
+    reader: SigningKey,
+    stream: Option<tonic::Streaming<SubscribeEvent>>,
+}
+
+impl Subscription<'_> {
+    /// The next transaction as (chain index, encoded transaction); reconnects as needed.
+    pub async fn next(&mut self) -> Result<(u64, Vec<u8>), RemoteError> {
+        loop {
+            if self.stream.is_none() {
+                let s = self
+                    .client
+                    .open_stream(self.chain, self.next, &self.reader)
+                    .await?;
+                self.stream = Some(s);
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                continue;
+            };
+            match stream.message().await {
+                Ok(Some(ev)) if ev.index == self.next => {
+                    self.next += 1;
+                    return Ok((ev.index, ev.tx));
+                }
+                // Already delivered before a reconnect.
+                Ok(Some(ev)) if ev.index < self.next => continue,
+                Ok(Some(ev)) => {
+                    return Err(RemoteError::Refused(
+                        Code::DataLoss,
+                        format!("subscription skipped from {} to {}", self.next, ev.index),
+                    ))
+                }
+                Ok(None) => self.stream = None,
+                Err(s) => match classify::<()>(Err(s))? {
+                    Attempt::Done(()) | Attempt::Redirect(_) | Attempt::Retry(_) => {
+                        self.stream = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+}

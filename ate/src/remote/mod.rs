@@ -1,0 +1,42 @@
+//! The client side of chain-server (feature `remote`): the generated gRPC code, shared with the
+//! server, and a client that finds the leader, retries and resumes subscriptions.
+
+/// Generated gRPC code (proto/chain.proto and proto/raft.proto).
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod pb {
+    /// The client API.
+    pub mod chain {
+        tonic::include_proto!("atefs.chain.v1");
+    }
+    /// The replica transport.
+    pub mod raft {
+        tonic::include_proto!("atefs.raft.v1");
+    }
+}
+
+use crate::ids::ChainId;
+
+/// What a reader key signs to subscribe to `chain` from `from`, given the server's `nonce`.
+pub fn subscribe_digest(chain: &ChainId, nonce: &[u8], from: u64) -> [u8; 32] {
+    proof_digest(b"atefs-subscribe", chain, nonce, from)
+}
+
+/// What an owner key signs to delete `chain`, given the server's `nonce`.
+pub fn delete_digest(chain: &ChainId, nonce: &[u8]) -> [u8; 32] {
+    proof_digest(b"atefs-delete", chain, nonce, 0)
+}
+
+fn proof_digest(context: &[u8], chain: &ChainId, nonce: &[u8], n: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(context);
+    h.update(&chain.0);
+    h.update(&(nonce.len() as u64).to_le_bytes());
+    h.update(nonce);
+    h.update(&n.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+mod client;
+pub use client::{
+    RemoteClient, RemoteError, RemoteOptions, Subscription, LEADER_HEADER, SERVER_NAME,
+};

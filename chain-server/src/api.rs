@@ -1,0 +1,272 @@
+//! The client API (proto/chain.proto). A thin adapter: checks requests, proposes commands to
+//! the partition's Raft group and maps outcomes to status codes. Followers answer writes with
+//! UNAVAILABLE and the leader's address in the `x-atefs-leader` metadata (clients retry
+//! there); with no leader known they say so, which clients surface as "no quorum".
+
+use crate::node::{Node, Partition};
+use crate::pb::chain::chains_server::Chains;
+use crate::pb::chain::{
+    BarrierReply, ChainRef, ChallengeReply, ChallengeRequest, CommitReply, CommitRequest,
+    CreateRequest, DeleteReply, DeleteRequest, InfoReply, SubscribeEvent, SubscribeRequest,
+};
+use crate::state_machine::refusal_of;
+use crate::types::{Command, Outcome, Refusal};
+use ate::validate::{check_stateful, check_stateless};
+use ate::{ChainId, PublicKey, Transaction};
+use openraft::error::{ClientWriteError, RaftError};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// Metadata key naming the leader's API address on a redirect.
+pub const LEADER_HEADER: &str = "x-atefs-leader";
+const NONCE_TTL: Duration = Duration::from_secs(60);
+
+/// The Chains service of a node.
+#[derive(Clone, Debug)]
+pub struct Api {
+    node: Arc<Node>,
+    nonces: Arc<Mutex<HashMap<[u8; 32], Instant>>>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+fn chain_id(b: &[u8]) -> Result<ChainId, Status> {
+    let a: [u8; 16] = b
+        .try_into()
+        .map_err(|_| Status::invalid_argument("chain id must be 16 bytes"))?;
+    Ok(ChainId(a))
+}
+
+fn refused(kind: Refusal, reason: String) -> Status {
+    match kind {
+        Refusal::Invalid => Status::invalid_argument(reason),
+        Refusal::Unauthorized => Status::permission_denied(reason),
+        Refusal::Precondition => Status::failed_precondition(reason),
+        Refusal::NoChain => Status::not_found(reason),
+        Refusal::Exists => Status::already_exists(reason),
+        Refusal::Quota => Status::resource_exhausted(reason),
+    }
+}
+
+impl Api {
+    /// Serves `node`.
+    pub fn new(node: Arc<Node>, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self {
+            node,
+            nonces: Arc::new(Mutex::new(HashMap::new())),
+            metrics,
+        }
+    }
+
+    fn redirect(&self, leader: Option<u64>) -> Status {
+        match leader.and_then(|l| self.node.api_addr(l)) {
+            Some(addr) => {
+                let mut s = Status::unavailable("not the leader of this chain's partition");
+                if let Ok(v) = addr.parse() {
+                    s.metadata_mut().insert(LEADER_HEADER, v);
+                }
+                s
+            }
+            None => Status::unavailable("the partition has no leader (no quorum?)"),
+        }
+    }
+
+    /// Proposes a command and waits until it is applied.
+    async fn propose(&self, p: &Partition, cmd: Command) -> Result<u64, Status> {
+        let started = Instant::now();
+        let r = p.raft.client_write(cmd).await;
+        match r {
+            Ok(resp) => match resp.data {
+                Outcome::Applied { index } => {
+                    self.metrics.commit_latency(p.id, started.elapsed());
+                    Ok(index)
+                }
+                Outcome::Refused { kind, reason } => Err(refused(kind, reason)),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.redirect(f.leader_id))
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    /// Checks a transaction before it is proposed: the signature and format always, and the
+    /// chain's state when this node has the chain (the leader has it).
+    fn precheck(&self, p: &Partition, chain: ChainId, tx: &[u8]) -> Result<(), Status> {
+        let t = Transaction::decode(tx)
+            .map_err(|e| Status::invalid_argument(format!("transaction: {e}")))?;
+        check_stateless(&t).map_err(|e| refused(refusal_of(&e), e.to_string()))?;
+        if let Some(Err(e)) = p.sm.with_chain(&chain, |c| check_stateful(&c.view, &t)) {
+            return Err(refused(refusal_of(&e), e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn take_nonce(&self, nonce: &[u8]) -> Result<(), Status> {
+        let n: [u8; 32] = nonce
+            .try_into()
+            .map_err(|_| Status::unauthenticated("nonce must be 32 bytes"))?;
+        let mut map = self.nonces.lock();
+        map.retain(|_, t| t.elapsed() < NONCE_TTL);
+        map.remove(&n).map(|_| ()).ok_or_else(|| {
+            Status::unauthenticated("unknown or expired challenge; ask for a new one")
+        })
+    }
+
+    fn check_proof(&self, key: &[u8], sig: &[u8], digest: &[u8; 32]) -> Result<PublicKey, Status> {
+        let key = PublicKey(
+            key.try_into()
+                .map_err(|_| Status::unauthenticated("key must be 32 bytes"))?,
+        );
+        let sig: [u8; 64] = sig
+            .try_into()
+            .map_err(|_| Status::unauthenticated("signature must be 64 bytes"))?;
+        key.verify(digest, &sig)
+            .map_err(|_| Status::unauthenticated("the signature does not verify"))?;
+        Ok(key)
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<SubscribeEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Chains for Api {
+    async fn create(&self, req: Request<CreateRequest>) -> Result<Response<CommitReply>, Status> {
+        let req = req.into_inner();
+        let chain = chain_id(&req.chain)?;
+        let p = self.node.partition(&chain);
+        self.precheck(p, chain, &req.genesis)?;
+        let index = self
+            .propose(
+                p,
+                Command::Create {
+                    chain: chain.0,
+                    quota: req.quota_bytes,
+                    tx: req.genesis,
+                },
+            )
+            .await?;
+        Ok(Response::new(CommitReply { index }))
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteReply>, Status> {
+        let req = req.into_inner();
+        let chain = chain_id(&req.chain)?;
+        self.take_nonce(&req.nonce)?;
+        let key = self.check_proof(
+            &req.owner_key,
+            &req.signature,
+            &ate::remote::delete_digest(&chain, &req.nonce),
+        )?;
+        let p = self.node.partition(&chain);
+        let owner = p.sm.with_chain(&chain, |c| {
+            ate::validate::ChainState::root(&c.view).is_some_and(|r| r.is_owner(&key.id()))
+        });
+        match owner {
+            None => return Err(Status::not_found(format!("no chain {chain}"))),
+            Some(false) => return Err(Status::permission_denied("not an owner of the chain")),
+            Some(true) => {}
+        }
+        self.propose(p, Command::Delete { chain: chain.0 }).await?;
+        Ok(Response::new(DeleteReply {}))
+    }
+
+    async fn commit(&self, req: Request<CommitRequest>) -> Result<Response<CommitReply>, Status> {
+        let req = req.into_inner();
+        let chain = chain_id(&req.chain)?;
+        let p = self.node.partition(&chain);
+        self.precheck(p, chain, &req.tx)?;
+        let index = self
+            .propose(
+                p,
+                Command::Commit {
+                    chain: chain.0,
+                    tx: req.tx,
+                },
+            )
+            .await?;
+        Ok(Response::new(CommitReply { index }))
+    }
+
+    async fn challenge(
+        &self,
+        _req: Request<ChallengeRequest>,
+    ) -> Result<Response<ChallengeReply>, Status> {
+        let nonce: [u8; 32] = rand::random();
+        let mut map = self.nonces.lock();
+        map.retain(|_, t| t.elapsed() < NONCE_TTL);
+        if map.len() > 100_000 {
+            return Err(Status::resource_exhausted("too many open challenges"));
+        }
+        map.insert(nonce, Instant::now());
+        Ok(Response::new(ChallengeReply {
+            nonce: nonce.to_vec(),
+        }))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<SubscribeRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let req = req.into_inner();
+        let chain = chain_id(&req.chain)?;
+        self.take_nonce(&req.nonce)?;
+        let key = self.check_proof(
+            &req.reader_key,
+            &req.signature,
+            &ate::remote::subscribe_digest(&chain, &req.nonce, req.from_index),
+        )?;
+        let p = self.node.partition(&chain).clone();
+        let reader = p.sm.with_chain(&chain, |c| {
+            ate::validate::ChainState::root(&c.view).is_some_and(|r| r.can_read(&key.id()))
+        });
+        match reader {
+            None => return Err(Status::not_found(format!("no chain {chain}"))),
+            Some(false) => return Err(Status::permission_denied("not a reader of the chain")),
+            Some(true) => {}
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(crate::subscribe::feed(p, chain, req.from_index.max(1), tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn barrier(&self, req: Request<ChainRef>) -> Result<Response<BarrierReply>, Status> {
+        let chain = chain_id(&req.into_inner().chain)?;
+        let p = self.node.partition(&chain);
+        match p.raft.ensure_linearizable().await {
+            Ok(_) => {}
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                return Err(self.redirect(f.leader_id))
+            }
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        }
+        let index =
+            p.sm.with_chain(&chain, |c| c.index)
+                .ok_or_else(|| Status::not_found(format!("no chain {chain}")))?;
+        Ok(Response::new(BarrierReply { index }))
+    }
+
+    async fn info(&self, req: Request<ChainRef>) -> Result<Response<InfoReply>, Status> {
+        let chain = chain_id(&req.into_inner().chain)?;
+        let p = self.node.partition(&chain);
+        let leader = p.raft.metrics().borrow().current_leader.unwrap_or(0);
+        p.sm.with_chain(&chain, |c| InfoReply {
+            index: c.index,
+            used_bytes: c.used,
+            quota_bytes: c.quota,
+            records: c.view.counts().1 as u64,
+            partition: p.id,
+            leader,
+        })
+        .map(Response::new)
+        .ok_or_else(|| Status::not_found(format!("no chain {chain}")))
+    }
+}

@@ -1,0 +1,205 @@
+//! One chain-server process: its partitions (a Raft group each, all over the same peers) and
+//! the static peer list.
+
+use crate::log_store::{LogStore, LogStoreError};
+use crate::network::Network;
+use crate::state_machine::StateMachine;
+use crate::tls::Tls;
+use crate::types::Raft;
+use ate::storage::FileStorage;
+use ate::ChainId;
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A peer's two addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// host:port of its Raft transport.
+    pub raft: String,
+    /// host:port of its client API.
+    pub api: String,
+}
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id (a key of `peers`).
+    pub id: u64,
+    /// Every replica, this one included.
+    pub peers: BTreeMap<u64, PeerAddr>,
+    /// Partitions in the cluster (fixed for its lifetime).
+    pub partitions: u32,
+    /// Where the partitions live.
+    pub data: PathBuf,
+    /// Raft log segment size.
+    pub segment_bytes: u64,
+    /// Entries between snapshots.
+    pub snapshot_every: u64,
+    /// Heartbeat interval in ms (elections time out after 3-6 of these).
+    pub heartbeat_ms: u64,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory.
+    #[error("data directory {0}: {1}")]
+    Data(PathBuf, std::io::Error),
+    /// A partition's log.
+    #[error("partition {0} log: {1}")]
+    Log(u32, LogStoreError),
+    /// A partition's state machine.
+    #[error("partition {0} state: {1}")]
+    State(u32, ate::redo::LogError),
+    /// openraft refused the configuration or failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// This node is not in the peer list.
+    #[error("node {0} is not in the peer list")]
+    NotAPeer(u64),
+}
+
+/// One partition on this node.
+#[derive(Clone)]
+pub struct Partition {
+    /// Its number.
+    pub id: u32,
+    /// Its Raft handle.
+    pub raft: Raft,
+    /// Its log.
+    pub log: LogStore,
+    /// Its state machine.
+    pub sm: StateMachine,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    /// The configuration it runs with.
+    pub config: NodeConfig,
+    /// Its partitions, by number.
+    pub partitions: Vec<Partition>,
+}
+
+/// The partition a chain lives in.
+pub fn partition_of(chain: &ChainId, partitions: u32) -> u32 {
+    let h = blake3::hash(&chain.0);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    (u64::from_le_bytes(b) % u64::from(partitions.max(1))) as u32
+}
+
+impl Node {
+    /// Opens every partition and starts its Raft group. Nothing is initialised: see
+    /// [`Node::bootstrap`].
+    pub async fn start(config: NodeConfig, tls: Arc<Tls>) -> Result<Arc<Self>, NodeError> {
+        if !config.peers.contains_key(&config.id) {
+            return Err(NodeError::NotAPeer(config.id));
+        }
+        let raft_config = Arc::new(
+            Config {
+                cluster_name: "atefs".into(),
+                heartbeat_interval: config.heartbeat_ms,
+                election_timeout_min: config.heartbeat_ms * 3,
+                election_timeout_max: config.heartbeat_ms * 6,
+                snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+                max_in_snapshot_log_to_keep: config.snapshot_every / 10,
+                purge_batch_size: 1,
+                max_payload_entries: 256,
+                ..Default::default()
+            }
+            .validate()
+            .map_err(|e| NodeError::Raft(e.to_string()))?,
+        );
+        let channels = Arc::new(parking_lot::Mutex::new(HashMap::new()));
+        let mut partitions = Vec::new();
+        for p in 0..config.partitions {
+            let dir = config.data.join(format!("partition-{p}"));
+            let storage = |sub: &str| {
+                FileStorage::new(dir.join(sub)).map_err(|e| NodeError::Data(dir.join(sub), e))
+            };
+            let log = LogStore::open(Arc::new(storage("log")?), config.segment_bytes)
+                .map_err(|e| NodeError::Log(p, e))?;
+            let sm = StateMachine::open(Arc::new(storage("state")?), log.clone())
+                .map_err(|e| NodeError::State(p, e))?;
+            let network = Network::new(p, tls.clone(), channels.clone());
+            let raft = Raft::new(
+                config.id,
+                raft_config.clone(),
+                network,
+                log.clone(),
+                sm.clone(),
+            )
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+            partitions.push(Partition {
+                id: p,
+                raft,
+                log,
+                sm,
+            });
+        }
+        Ok(Arc::new(Self { config, partitions }))
+    }
+
+    /// Initialises every partition with all peers as voters, on a cluster's very first start.
+    /// Partitions that are already initialised are left alone.
+    pub async fn bootstrap(&self) -> Result<(), NodeError> {
+        let members: BTreeMap<u64, BasicNode> = self
+            .config
+            .peers
+            .iter()
+            .map(|(id, a)| (*id, BasicNode::new(&a.raft)))
+            .collect();
+        for p in &self.partitions {
+            if p.raft
+                .is_initialized()
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?
+            {
+                continue;
+            }
+            if let Err(e) = p.raft.initialize(members.clone()).await {
+                tracing::warn!(partition = p.id, error = %e, "bootstrap skipped");
+            }
+        }
+        Ok(())
+    }
+
+    /// The partition holding `chain`.
+    pub fn partition(&self, chain: &ChainId) -> &Partition {
+        let p = partition_of(chain, self.config.partitions) as usize;
+        &self.partitions[p.min(self.partitions.len() - 1)]
+    }
+
+    /// The API address of a node.
+    pub fn api_addr(&self, id: u64) -> Option<&str> {
+        self.config.peers.get(&id).map(|a| a.api.as_str())
+    }
+
+    /// Whether every partition knows a leader (the readiness condition).
+    pub fn ready(&self) -> bool {
+        self.partitions
+            .iter()
+            .all(|p| p.raft.metrics().borrow().current_leader.is_some())
+    }
+
+    /// Stops every Raft group.
+    pub async fn shutdown(&self) {
+        for p in &self.partitions {
+            if let Err(e) = p.raft.shutdown().await {
+                tracing::warn!(partition = p.id, error = %e, "raft shutdown");
+            }
+        }
+    }
+}

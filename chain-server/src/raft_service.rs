@@ -1,0 +1,76 @@
+//! The Raft transport, server side: decodes a peer's message and hands it to the partition.
+
+use crate::node::Node;
+use crate::pb::raft::raft_server::Raft as RaftRpc;
+use crate::pb::raft::{RaftReply, RaftRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The Raft gRPC service of a node.
+#[derive(Clone, Debug)]
+pub struct RaftService {
+    node: Arc<Node>,
+}
+
+impl RaftService {
+    /// Serves `node`'s partitions.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn partition(&self, p: u32) -> Result<&crate::types::Raft, Status> {
+        self.node
+            .partitions
+            .get(p as usize)
+            .map(|p| &p.raft)
+            .ok_or_else(|| Status::invalid_argument(format!("no partition {p}")))
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(body)
+        .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
+}
+
+fn reply<T: Serialize, E: Serialize>(r: Result<T, E>) -> Result<Response<RaftReply>, Status> {
+    let enc = |e: postcard::Error| Status::internal(e.to_string());
+    Ok(Response::new(match r {
+        Ok(v) => RaftReply {
+            body: postcard::to_stdvec(&v).map_err(enc)?,
+            error: Vec::new(),
+        },
+        Err(e) => RaftReply {
+            body: Vec::new(),
+            error: postcard::to_stdvec(&e).map_err(enc)?,
+        },
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let raft = self.partition(req.partition)?;
+        reply(raft.append_entries(decode(&req.body)?).await)
+    }
+
+    async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let raft = self.partition(req.partition)?;
+        reply(raft.vote(decode(&req.body)?).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let raft = self.partition(req.partition)?;
+        reply(raft.install_snapshot(decode(&req.body)?).await)
+    }
+}

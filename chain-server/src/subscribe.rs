@@ -1,0 +1,83 @@
+//! Feeds a subscription: the chain's transactions from an index, read from the Raft log,
+//! then each new one as it is applied.
+
+use crate::node::Partition;
+use crate::pb::chain::SubscribeEvent;
+use crate::types::Command;
+use ate::ChainId;
+use openraft::EntryPayload;
+use tokio::sync::mpsc::Sender;
+use tonic::Status;
+
+/// Sends events until the client goes away or the chain does.
+pub async fn feed(
+    p: Partition,
+    chain: ChainId,
+    mut next: u64,
+    out: Sender<Result<SubscribeEvent, Status>>,
+) {
+    let mut applied = p.sm.watch_applied();
+    loop {
+        let batch = p.sm.with_chain(&chain, |c| {
+            if next <= c.index && !c.txs.contains_key(&next) {
+                Err(Status::out_of_range(format!(
+                    "chain index {next} is covered by a snapshot; resubscribe from {}",
+                    c.txs.keys().next().copied().unwrap_or(c.index + 1)
+                )))
+            } else {
+                Ok(c.txs
+                    .range(next..)
+                    .take(256)
+                    .map(|(ci, ri)| (*ci, *ri))
+                    .collect::<Vec<_>>())
+            }
+        });
+        let batch = match batch {
+            None => {
+                let _ = out
+                    .send(Err(Status::not_found(format!("no chain {chain}"))))
+                    .await;
+                return;
+            }
+            Some(Err(s)) => {
+                let _ = out.send(Err(s)).await;
+                return;
+            }
+            Some(Ok(b)) => b,
+        };
+        if batch.is_empty() {
+            if applied.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        for (ci, ri) in batch {
+            let tx = match p.log.read_range(ri, ri + 1) {
+                Ok(mut v) => match v.pop().map(|e| e.payload) {
+                    Some(EntryPayload::Normal(Command::Commit { tx, .. }))
+                    | Some(EntryPayload::Normal(Command::Create { tx, .. })) => tx,
+                    _ => {
+                        let _ = out
+                            .send(Err(Status::internal(format!(
+                                "log entry {ri} is not a commit"
+                            ))))
+                            .await;
+                        return;
+                    }
+                },
+                Err(e) => {
+                    let _ = out.send(Err(Status::internal(e.to_string()))).await;
+                    return;
+                }
+            };
+            if out
+                .send(Ok(SubscribeEvent { index: ci, tx }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            next = ci + 1;
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! A real three-process cluster on loopback for tests: each replica is the chain-server binary,
+//! started with its own data directory and ports; everything is killed and removed on drop.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use ate::remote::{RemoteClient, RemoteOptions};
+use ate::{
+    ChainId, DataKey, Op, RecordKey, RootAuthority, SigningKey, Transaction, WriteAuthority,
+};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// Ports no other test in this process uses (the process id spreads test binaries apart).
+fn ports(n: u16) -> u16 {
+    let base = 20_000 + (std::process::id() % 200) as u16 * 100;
+    base + NEXT_PORT.fetch_add(n, Ordering::SeqCst)
+}
+
+/// One replica.
+pub struct Replica {
+    pub id: u64,
+    pub api: String,
+    pub raft: String,
+    pub metrics: String,
+    pub data: PathBuf,
+    child: Option<Child>,
+}
+
+/// Three replicas.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub replicas: Vec<Replica>,
+    pub tls: bool,
+    peers: Vec<String>,
+    snapshot_every: u64,
+}
+
+impl Cluster {
+    /// Starts three replicas (TLS when `tls`; a snapshot every `snapshot_every` entries) and
+    /// waits until each serves.
+    pub fn start(tls: bool, snapshot_every: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let base = ports(9);
+        let replicas: Vec<Replica> = (0..3u16)
+            .map(|i| Replica {
+                id: u64::from(i) + 1,
+                api: format!("127.0.0.1:{}", base + 3 * i),
+                raft: format!("127.0.0.1:{}", base + 3 * i + 1),
+                metrics: format!("127.0.0.1:{}", base + 3 * i + 2),
+                data: dir.path().join(format!("node-{}", i + 1)),
+                child: None,
+            })
+            .collect();
+        let peers = replicas
+            .iter()
+            .map(|r| format!("{}={},{}", r.id, r.raft, r.api))
+            .collect();
+        if tls {
+            let out = Command::new(env!("CARGO_BIN_EXE_chain-server"))
+                .args(["certs", "--out"])
+                .arg(dir.path().join("certs"))
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        }
+        let mut c = Cluster {
+            dir,
+            replicas,
+            tls,
+            peers,
+            snapshot_every,
+        };
+        for i in 0..3 {
+            c.spawn(i, i == 0);
+        }
+        c
+    }
+
+    /// (Re)starts replica `i`; waits for its readiness line.
+    pub fn spawn(&mut self, i: usize, bootstrap: bool) {
+        let r = &self.replicas[i];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chain-server"));
+        cmd.arg("run")
+            .args(["--id", &r.id.to_string()])
+            .arg("--data")
+            .arg(&r.data)
+            .args(["--partitions", "2", "--metrics", &r.metrics])
+            .args(["--snapshot-every", &self.snapshot_every.to_string()])
+            .args(["--heartbeat-ms", "100"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if self.tls {
+            cmd.arg("--tls-dir").arg(self.dir.path().join("certs"));
+        } else {
+            cmd.arg("--insecure-plaintext");
+        }
+        for p in &self.peers {
+            cmd.args(["--peer", p]);
+        }
+        if bootstrap {
+            cmd.arg("--bootstrap");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("serving"),
+            "replica {} said {line:?}",
+            r.id
+        );
+        self.replicas[i].child = Some(child);
+    }
+
+    /// kill -9 of replica `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.replicas[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.api.clone()).collect()
+    }
+
+    pub fn client(&self, deadline: Duration) -> RemoteClient {
+        let ca_pem = self
+            .tls
+            .then(|| std::fs::read(self.dir.path().join("certs/ca.pem")).unwrap());
+        RemoteClient::new(RemoteOptions {
+            endpoints: self.endpoints(),
+            ca_pem,
+            deadline,
+        })
+        .unwrap()
+    }
+
+    /// GET of a metrics-listener path: (status line, body).
+    pub fn http_get(&self, i: usize, path: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.replicas[i].metrics).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_string(), body.to_string())
+    }
+
+    /// Which replica (index) leads partition `p`, per the metrics of live replicas.
+    pub fn leader_of(&self, p: u32) -> Option<usize> {
+        for (i, r) in self.replicas.iter().enumerate() {
+            if r.child.is_none() {
+                continue;
+            }
+            let (_, body) = self.http_get(i, "/metrics");
+            let line = format!("atefs_raft_leader{{partition=\"{p}\"}} ");
+            if let Some(l) = body.lines().find_map(|l| l.strip_prefix(&line)) {
+                let id: u64 = l.trim().parse().unwrap();
+                if id != 0 {
+                    return self.replicas.iter().position(|r| r.id == id);
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.replicas.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// An owner key and a fresh chain whose genesis makes it the single owner.
+pub fn new_chain() -> (ChainId, SigningKey, Vec<u8>) {
+    let owner = SigningKey::generate();
+    let chain = ChainId(rand::random());
+    let mut tx = Transaction::new(chain, owner.public());
+    tx.ops
+        .push(Op::SetRoot(RootAuthority::single_owner(owner.public())));
+    (chain, owner.clone(), tx.sign(&owner).encode())
+}
+
+/// A signed transaction putting `value` (sealed) under a record named by `name`.
+pub fn put_tx(
+    chain: ChainId,
+    owner: &SigningKey,
+    key: &DataKey,
+    name: &[u8],
+    value: &[u8],
+) -> Vec<u8> {
+    let mut tx = Transaction::new(chain, owner.public());
+    let rk = RecordKey(*blake3::hash(name).as_bytes().first_chunk::<16>().unwrap());
+    tx.ops.push(Op::put(
+        &chain,
+        rk,
+        None,
+        WriteAuthority::Inherit,
+        Some(key),
+        value,
+    ));
+    tx.sign(owner).encode()
+}
+
+/// Files under `dir` (recursively).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
