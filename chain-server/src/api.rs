@@ -25,6 +25,10 @@ use tonic::{Request, Response, Status};
 /// Metadata key naming the leader's API address on a redirect.
 pub const LEADER_HEADER: &str = "x-atefs-leader";
 const NONCE_TTL: Duration = Duration::from_secs(60);
+/// How long a request waits for its partition to commit or confirm leadership. A leader cut
+/// off from its peers does not know it yet; the client retries elsewhere, and a commit that
+/// did land is then answered from the deduplication table with its original index.
+const QUORUM_WAIT: Duration = Duration::from_secs(5);
 
 /// The Chains service of a node.
 #[derive(Clone, Debug)]
@@ -78,7 +82,9 @@ impl Api {
     /// Proposes a command and waits until it is applied.
     async fn propose(&self, p: &Partition, cmd: Command) -> Result<u64, Status> {
         let started = Instant::now();
-        let r = p.raft.client_write(cmd).await;
+        let r = tokio::time::timeout(QUORUM_WAIT, p.raft.client_write(cmd))
+            .await
+            .map_err(|_| Status::unavailable("no quorum confirmed the commit in time"))?;
         match r {
             Ok(resp) => match resp.data {
                 Outcome::Applied { index } => {
@@ -241,7 +247,10 @@ impl Chains for Api {
     async fn barrier(&self, req: Request<ChainRef>) -> Result<Response<BarrierReply>, Status> {
         let chain = chain_id(&req.into_inner().chain)?;
         let p = self.node.partition(&chain);
-        match p.raft.ensure_linearizable().await {
+        let r = tokio::time::timeout(QUORUM_WAIT, p.raft.ensure_linearizable())
+            .await
+            .map_err(|_| Status::unavailable("no quorum confirmed the leadership in time"))?;
+        match r {
             Ok(_) => {}
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 return Err(self.redirect(f.leader_id))

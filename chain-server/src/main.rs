@@ -85,6 +85,9 @@ struct RunArgs {
     /// Raft heartbeat in milliseconds.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
+    /// Source address for connections to peers.
+    #[arg(long)]
+    source_ip: Option<std::net::IpAddr>,
 }
 
 fn parse_peer(s: &str) -> Result<(u64, PeerAddr)> {
@@ -154,6 +157,7 @@ async fn run(args: RunArgs) -> Result<()> {
         segment_bytes: 64 << 20,
         snapshot_every: args.snapshot_every,
         heartbeat_ms: args.heartbeat_ms,
+        source_ip: args.source_ip,
     };
     let node = Node::start(config, tls.clone()).await?;
     let metrics = Arc::new(Metrics::default());

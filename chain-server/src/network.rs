@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 #[derive(Clone, Debug)]
 pub struct Network {
     partition: u32,
+    source: Option<std::net::IpAddr>,
     tls: Arc<Tls>,
     channels: Arc<parking_lot::Mutex<HashMap<String, Channel>>>,
 }
@@ -32,11 +33,13 @@ impl Network {
     /// Connections for `partition`, shared by all partitions through `channels`.
     pub fn new(
         partition: u32,
+        source: Option<std::net::IpAddr>,
         tls: Arc<Tls>,
         channels: Arc<parking_lot::Mutex<HashMap<String, Channel>>>,
     ) -> Self {
         Self {
             partition,
+            source,
             tls,
             channels,
         }
@@ -66,7 +69,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             match map.get(&node.addr) {
                 Some(c) => Ok(c.clone()),
                 None => {
-                    let c = self.tls.channel(&node.addr);
+                    let c = self.tls.channel(&node.addr, self.source);
                     if let Ok(c) = &c {
                         map.insert(node.addr.clone(), c.clone());
                     }

@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Heartbeat interval in ms (elections time out after 3-6 of these).
     pub heartbeat_ms: u64,
+    /// Source address for connections to peers (None: the system's choice).
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// Why a node could not start.
@@ -132,7 +134,7 @@ impl Node {
                 .map_err(|e| NodeError::Log(p, e))?;
             let sm = StateMachine::open(Arc::new(storage("state")?), log.clone())
                 .map_err(|e| NodeError::State(p, e))?;
-            let network = Network::new(p, tls.clone(), channels.clone());
+            let network = Network::new(p, config.source_ip, tls.clone(), channels.clone());
             let raft = Raft::new(
                 config.id,
                 raft_config.clone(),

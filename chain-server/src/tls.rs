@@ -77,8 +77,13 @@ impl Tls {
         self.material.is_some()
     }
 
-    /// A lazily connecting channel to a peer's Raft service (presents our certificate).
-    pub fn channel(&self, addr: &str) -> Result<Channel, TlsError> {
+    /// A lazily connecting channel to a peer's Raft service (presents our certificate), from
+    /// `source` when given.
+    pub fn channel(
+        &self,
+        addr: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Channel, TlsError> {
         let err = |source| TlsError::Endpoint {
             addr: addr.to_string(),
             source,
@@ -87,7 +92,8 @@ impl Tls {
         let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(err)?
             .connect_timeout(std::time::Duration::from_secs(1))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .local_address(source);
         if let Some(m) = &self.material {
             ep = ep
                 .tls_config(

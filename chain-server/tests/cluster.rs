@@ -7,7 +7,7 @@ mod common;
 
 use ate::remote::RemoteError;
 use ate::{DataKey, Transaction};
-use common::{files_under, new_chain, put_tx, Cluster};
+use common::{check_history, files_under, new_chain, put_tx, Acks, Cluster};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,47 +18,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// What each writer was told: (writer, sequence) -> chain index.
-type Acks = BTreeMap<(usize, u64), u64>;
-
-/// The history checker: the chain, read back from index 1 through a subscription, must hold
-/// every acknowledged commit exactly once, at the index its writer was told, and nothing that
-/// no writer sent. Returns the number of transactions read.
-async fn check_history(
-    client: &ate::remote::RemoteClient,
-    chain: ate::ChainId,
-    reader: ate::SigningKey,
-    acks: &Acks,
-    sent: &BTreeMap<[u8; 32], (usize, u64)>,
-) -> u64 {
-    let last = client.barrier(chain).await.unwrap();
-    let mut sub = client.subscribe(chain, 1, reader);
-    let mut seen: BTreeMap<(usize, u64), u64> = BTreeMap::new();
-    for want in 1..=last {
-        let (index, bytes) = sub.next().await.unwrap();
-        assert_eq!(index, want, "the subscription skipped or repeated an index");
-        let tx = Transaction::decode(&bytes).unwrap();
-        if index == 1 {
-            continue; // genesis
-        }
-        let who = sent
-            .get(&tx.hash().0)
-            .unwrap_or_else(|| panic!("index {index} holds a transaction nobody sent"));
-        assert!(
-            seen.insert(*who, index).is_none(),
-            "{who:?} is in the chain twice"
-        );
-    }
-    for (who, index) in acks {
-        assert_eq!(
-            seen.get(who),
-            Some(index),
-            "acknowledged commit {who:?} is not at the index it was given"
-        );
-    }
-    last
 }
 
 #[test]

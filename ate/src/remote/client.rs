@@ -19,6 +19,8 @@ use tonic::{Code, Status};
 pub const LEADER_HEADER: &str = "x-atefs-leader";
 /// The name every chain-server certificate carries (clients ask for it whatever they dial).
 pub const SERVER_NAME: &str = "atefs-chain-server";
+/// The longest one attempt may take before the client tries another replica.
+const ATTEMPT: Duration = Duration::from_secs(6);
 /// The largest message exchanged.
 const MAX_MESSAGE: usize = crate::tx::MAX_TX_BYTES + (1 << 20);
 
@@ -170,7 +172,12 @@ impl RemoteClient {
                 return Err(RemoteError::NoQuorum(self.opts.deadline, last_error));
             }
             let client = self.client(&addr)?;
-            match classify(call(client).await)? {
+            // One attempt never outlives the deadline, nor hangs on a replica that went quiet.
+            let left = self.opts.deadline.saturating_sub(started.elapsed());
+            let answer = tokio::time::timeout(left.min(ATTEMPT), call(client))
+                .await
+                .unwrap_or_else(|_| Err(Status::unavailable(format!("no answer from {addr}"))));
+            match classify(answer)? {
                 Attempt::Done(v) => {
                     self.leaders.lock().insert(chain, addr);
                     return Ok(v);

@@ -6,6 +6,7 @@ use ate::remote::{RemoteClient, RemoteOptions};
 use ate::{
     ChainId, DataKey, Op, RecordKey, RootAuthority, SigningKey, Transaction, WriteAuthority,
 };
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,6 +24,8 @@ fn ports(n: u16) -> u16 {
 /// One replica.
 pub struct Replica {
     pub id: u64,
+    /// Source address of its connections to peers (so that a firewall rule can cut it off).
+    pub source: String,
     pub api: String,
     pub raft: String,
     pub metrics: String,
@@ -48,6 +51,7 @@ impl Cluster {
         let replicas: Vec<Replica> = (0..3u16)
             .map(|i| Replica {
                 id: u64::from(i) + 1,
+                source: format!("127.1.{}.{}", std::process::id() % 250, i + 1),
                 api: format!("127.0.0.1:{}", base + 3 * i),
                 raft: format!("127.0.0.1:{}", base + 3 * i + 1),
                 metrics: format!("127.0.0.1:{}", base + 3 * i + 2),
@@ -90,9 +94,15 @@ impl Cluster {
             .arg(&r.data)
             .args(["--partitions", "2", "--metrics", &r.metrics])
             .args(["--snapshot-every", &self.snapshot_every.to_string()])
-            .args(["--heartbeat-ms", "100"])
+            .args(["--heartbeat-ms", "100", "--source-ip", &r.source])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join(format!("node-{}.log", r.id)))
+                    .unwrap(),
+            ));
         if self.tls {
             cmd.arg("--tls-dir").arg(self.dir.path().join("certs"));
         } else {
@@ -116,6 +126,18 @@ impl Cluster {
         self.replicas[i].child = Some(child);
     }
 
+    /// The tail of replica `i`'s log (for failure messages).
+    pub fn log_tail(&self, i: usize) -> String {
+        let log = std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("node-{}.log", self.replicas[i].id)),
+        )
+        .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
     /// kill -9 of replica `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.replicas[i].child.take() {
@@ -129,11 +151,16 @@ impl Cluster {
     }
 
     pub fn client(&self, deadline: Duration) -> RemoteClient {
+        self.client_of(self.endpoints(), deadline)
+    }
+
+    /// A client that knows only `endpoints`.
+    pub fn client_of(&self, endpoints: Vec<String>, deadline: Duration) -> RemoteClient {
         let ca_pem = self
             .tls
             .then(|| std::fs::read(self.dir.path().join("certs/ca.pem")).unwrap());
         RemoteClient::new(RemoteOptions {
-            endpoints: self.endpoints(),
+            endpoints,
             ca_pem,
             deadline,
         })
@@ -143,12 +170,72 @@ impl Cluster {
     /// GET of a metrics-listener path: (status line, body).
     pub fn http_get(&self, i: usize, path: &str) -> (String, String) {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.replicas[i].metrics).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap();
-        (head.lines().next().unwrap().to_string(), body.to_string())
+        let once = || -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(&self.replicas[i].metrics)?;
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        };
+        let mut last = None;
+        for _ in 0..2 {
+            match once() {
+                Ok(out) => {
+                    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+                    return (head.lines().next().unwrap().to_string(), body.to_string());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        panic!(
+            "GET {path} from replica {}: {last:?}\n{}",
+            self.replicas[i].id,
+            self.log_tail(i)
+        );
+    }
+
+    /// A gauge of replica `i` for partition `p`.
+    pub fn gauge(&self, i: usize, name: &str, p: u32) -> u64 {
+        let (_, body) = self.http_get(i, "/metrics");
+        let prefix = format!("{name}{{partition=\"{p}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    /// Waits (polling its metrics, up to `limit`) until replica `i` has applied partition
+    /// `p` up to `index`; returns whether it did.
+    pub fn wait_applied(&self, i: usize, p: u32, index: u64, limit: Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            if self.gauge(i, "atefs_raft_applied_index", p) >= index {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Cuts replica `i` off from its peers (iptables on loopback); healed on drop of the guard.
+    pub fn isolate(&self, i: usize) -> Firewall {
+        let r = &self.replicas[i];
+        let port = r.raft.rsplit_once(':').unwrap().1.to_string();
+        let rules: Vec<Vec<String>> = vec![
+            vec!["-s".into(), r.source.clone()],
+            vec!["-d".into(), r.source.clone()],
+            vec!["-p".into(), "tcp".into(), "--dport".into(), port.clone()],
+            vec!["-p".into(), "tcp".into(), "--sport".into(), port],
+        ];
+        for rule in &rules {
+            let st = Command::new("iptables")
+                .args(["-I", "INPUT"])
+                .args(rule)
+                .args(["-j", "DROP"])
+                .status()
+                .unwrap();
+            assert!(st.success(), "iptables {rule:?}");
+        }
+        Firewall { rules }
     }
 
     /// Which replica (index) leads partition `p`, per the metrics of live replicas.
@@ -168,6 +255,36 @@ impl Cluster {
         }
         None
     }
+}
+
+/// iptables rules that undo themselves.
+pub struct Firewall {
+    rules: Vec<Vec<String>>,
+}
+
+impl Firewall {
+    /// Removes the rules.
+    pub fn heal(self) {}
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = Command::new("iptables")
+                .args(["-D", "INPUT"])
+                .args(rule)
+                .args(["-j", "DROP"])
+                .status();
+        }
+    }
+}
+
+/// Whether this test process can change the firewall.
+pub fn have_iptables() -> bool {
+    Command::new("iptables")
+        .args(["-L", "INPUT", "-n"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 impl Drop for Cluster {
@@ -224,4 +341,45 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// What each writer was told: (writer, sequence) -> chain index.
+pub type Acks = BTreeMap<(usize, u64), u64>;
+
+/// The history checker: the chain, read back from index 1 through a subscription, must hold
+/// every acknowledged commit exactly once, at the index its writer was told, and nothing that
+/// no writer sent. Returns the number of transactions read.
+pub async fn check_history(
+    client: &ate::remote::RemoteClient,
+    chain: ate::ChainId,
+    reader: ate::SigningKey,
+    acks: &Acks,
+    sent: &BTreeMap<[u8; 32], (usize, u64)>,
+) -> u64 {
+    let last = client.barrier(chain).await.unwrap();
+    let mut sub = client.subscribe(chain, 1, reader);
+    let mut seen: BTreeMap<(usize, u64), u64> = BTreeMap::new();
+    for want in 1..=last {
+        let (index, bytes) = sub.next().await.unwrap();
+        assert_eq!(index, want, "the subscription skipped or repeated an index");
+        let tx = Transaction::decode(&bytes).unwrap();
+        if index == 1 {
+            continue; // genesis
+        }
+        let who = sent
+            .get(&tx.hash().0)
+            .unwrap_or_else(|| panic!("index {index} holds a transaction nobody sent"));
+        assert!(
+            seen.insert(*who, index).is_none(),
+            "{who:?} is in the chain twice"
+        );
+    }
+    for (who, index) in acks {
+        assert_eq!(
+            seen.get(who),
+            Some(index),
+            "acknowledged commit {who:?} is not at the index it was given"
+        );
+    }
+    last
 }
