@@ -1,9 +1,9 @@
 # The checks CI runs (.ci/run calls `make test`). Run them locally before pushing.
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy unit posix demo bench-ate fuzz
+.PHONY: test fmt-check clippy unit posix posix-cluster demo bench-ate fuzz
 
-test: fmt-check clippy unit posix
+test: fmt-check clippy unit posix posix-cluster
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -17,6 +17,10 @@ unit:
 # pjdfstest and fsx (100,000 operations on seeds 1, 2 and a random one) on a real mount.
 posix:
 	scripts/posix-suites.sh 100000
+
+# The same on a mount whose chain lives on a local three-replica chain-server cluster.
+posix-cluster:
+	scripts/posix-suites-cluster.sh 100000
 
 # The ate demo (the README's "run it" command mounts the file system instead).
 demo:

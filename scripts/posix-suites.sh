@@ -2,6 +2,8 @@
 # Runs pjdfstest and fsx on a real atefs mount (root and /dev/fuse needed). Fails when
 # pjdfstest has a failure or fewer than PJD_MIN passes, or when any fsx run fails.
 # Usage: scripts/posix-suites.sh [FSX_OPS]
+# ATEFS_MOUNT_ARGS adds mount options (scripts/posix-suites-cluster.sh mounts a chain of a
+# three-replica cluster that way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -26,7 +28,8 @@ done
 cargo build --release --locked -p atefs
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/atefs"
 mkdir -p "$MNT"
-exec 3< <("$BIN" mount "$MNT" --data "$STATE" --foreground 2>"$LOG/atefs.log")
+# shellcheck disable=SC2086 # ATEFS_MOUNT_ARGS is a list of words
+exec 3< <("$BIN" mount "$MNT" --data "$STATE" --foreground ${ATEFS_MOUNT_ARGS:-} 2>"$LOG/atefs.log")
 DAEMON=$!
 line=
 read -r line <&3 || true

@@ -52,6 +52,9 @@ pub enum ChainError {
     /// The chain was closed.
     #[error("the chain is closed")]
     Closed,
+    /// The upstream (a chain-server cluster) refused or failed the commit.
+    #[error("upstream: {0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
 }
 
 /// Tuning of a chain.
@@ -113,20 +116,20 @@ struct Pending {
 /// A one-shot reply slot. Waiters park at once: with dozens of writers on two cores, the
 /// spin-then-yield of a channel's receive burns the CPU the signatures need.
 #[derive(Debug, Default)]
-struct Reply {
+pub(crate) struct Reply {
     slot: Mutex<Option<Result<Receipt, ChainError>>>,
     ready: Condvar,
 }
 
 impl Reply {
-    fn send(&self, r: Result<Receipt, ChainError>) {
+    pub(crate) fn send(&self, r: Result<Receipt, ChainError>) {
         *self.slot.lock() = Some(r);
         self.ready.notify_one();
     }
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     id: ChainId,
     view: RwLock<View>,
     log: Mutex<RedoLog>,
@@ -153,11 +156,29 @@ impl Drop for Committer {
     }
 }
 
+/// Sends commits upstream (see upstream.rs).
+#[derive(Debug)]
+struct Sender {
+    upstream: Arc<dyn crate::upstream::Upstream>,
+    queue: Arc<BatchQueue<crate::upstream::Outgoing>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.queue.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A chain stored locally. Cheap to clone; the committer stops when the last clone drops.
 #[derive(Clone, Debug)]
 pub struct Chain {
     shared: Arc<Shared>,
     committer: Arc<Committer>,
+    sender: Option<Arc<Sender>>,
 }
 
 struct Replay<'a, F: FnMut(u64, u64)> {
@@ -252,7 +273,68 @@ impl Chain {
             queue,
             thread: Some(thread),
         });
-        Ok((Chain { shared, committer }, report))
+        Ok((
+            Chain {
+                shared,
+                committer,
+                sender: None,
+            },
+            report,
+        ))
+    }
+
+    /// Opens a local cache of a chain whose order `upstream` decides: commits go upstream,
+    /// and the log only grows through [`Self::apply_upstream`] (see upstream.rs).
+    pub fn open_upstream(
+        storage: Arc<dyn Storage>,
+        id: ChainId,
+        opts: ChainOptions,
+        upstream: Arc<dyn crate::upstream::Upstream>,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<(Chain, Recovered), ChainError> {
+        let (mut chain, report) = Self::open(storage, Some(id), opts, progress)?;
+        let queue = Arc::new(BatchQueue::new());
+        let q = queue.clone();
+        let weak = Arc::downgrade(&chain.shared);
+        let up = upstream.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ate-upstream-{}", &id.to_hex()[..8]))
+            .spawn(move || crate::upstream::sender_loop(weak, up, &q))
+            .map_err(|e| LogError::Io {
+                op: "spawn upstream sender",
+                file: ".".into(),
+                source: e,
+            })?;
+        chain.sender = Some(Arc::new(Sender {
+            upstream,
+            queue,
+            thread: Some(thread),
+        }));
+        Ok((chain, report))
+    }
+
+    /// The upstream, for a chain opened with [`Self::open_upstream`].
+    pub fn upstream(&self) -> Option<&Arc<dyn crate::upstream::Upstream>> {
+        self.sender.as_ref().map(|s| &s.upstream)
+    }
+
+    /// Appends a transaction the upstream ordered at `index` (the caller feeds them in order,
+    /// from one thread). Validated like any commit; a refusal or an index other than `index`
+    /// means the cache diverged from the upstream.
+    pub fn apply_upstream(&self, tx: Transaction) -> Result<PendingCommit, ChainError> {
+        let hash = check_stateless(&tx)?;
+        self.push_local(tx, hash)
+    }
+
+    pub(crate) fn wait_durable(shared: &Shared, index: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut d = shared.durable.lock();
+        while *d < index {
+            if shared.durable_cv.wait_until(&mut d, deadline).timed_out() {
+                return *d >= index;
+            }
+        }
+        true
     }
 
     /// The chain's id.
@@ -294,7 +376,23 @@ impl Chain {
         self.enqueue(tx, hash)
     }
 
-    fn enqueue(&self, mut tx: Transaction, hash: TxHash) -> Result<PendingCommit, ChainError> {
+    fn enqueue(&self, tx: Transaction, hash: TxHash) -> Result<PendingCommit, ChainError> {
+        if let Some(sender) = &self.sender {
+            let reply = Arc::new(Reply::default());
+            let out = crate::upstream::Outgoing {
+                bytes: tx.encode(),
+                hash,
+                reply: reply.clone(),
+            };
+            if sender.queue.push(out).is_err() {
+                return Ok(Self::answered(Err(ChainError::Closed)));
+            }
+            return Ok(PendingCommit { reply });
+        }
+        self.push_local(tx, hash)
+    }
+
+    fn push_local(&self, mut tx: Transaction, hash: TxHash) -> Result<PendingCommit, ChainError> {
         let bytes = tx.encode();
         let offsets = tx.payload_offsets();
         // The committer needs headers, not payloads: free them early.
@@ -380,19 +478,7 @@ impl Chain {
 
     /// Waits until `index` is durable; false on timeout.
     pub fn wait_for(&self, index: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut d = self.shared.durable.lock();
-        while *d < index {
-            if self
-                .shared
-                .durable_cv
-                .wait_until(&mut d, deadline)
-                .timed_out()
-            {
-                return *d >= index;
-            }
-        }
-        true
+        Self::wait_durable(&self.shared, index, timeout)
     }
 
     /// Committed transactions from `from` on: history, then live.
@@ -480,6 +566,10 @@ pub struct PendingCommit {
 }
 
 impl PendingCommit {
+    pub(crate) fn new(reply: Arc<Reply>) -> Self {
+        Self { reply }
+    }
+
     /// True once the commit is durable or refused ([`Self::wait`] then returns at once).
     pub fn is_done(&self) -> bool {
         self.reply.slot.lock().is_some() || Arc::strong_count(&self.reply) == 1

@@ -25,6 +25,7 @@ pub mod redo;
 pub mod remote;
 pub mod storage;
 pub mod tx;
+pub mod upstream;
 pub mod validate;
 pub mod view;
 
@@ -34,4 +35,5 @@ pub use crypto::{DataKey, NameKey, PublicKey, SigningKey};
 pub use ids::{ChainId, KeyId, RecordKey, TxHash};
 pub use keyfile::KeyFile;
 pub use tx::{Op, Precondition, RecordHeader, Transaction};
+pub use upstream::{Upstream, UpstreamError};
 pub use validate::ValidationError;

@@ -69,6 +69,7 @@ impl FsError {
     /// The errno the kernel gets.
     pub fn errno(&self) -> i32 {
         use ate::ChainError as C;
+        use ate::UpstreamError as U;
         use ate::ValidationError as V;
         match self {
             FsError::NotFound => libc::ENOENT,
@@ -90,6 +91,9 @@ impl FsError {
             FsError::Chain(C::Rejected(V::Precondition(_))) => libc::EEXIST,
             FsError::Chain(C::Rejected(V::NotAuthorized { .. } | V::NotOwner(_))) => libc::EACCES,
             FsError::Chain(C::Log(e)) if e.is_no_space() => libc::ENOSPC,
+            FsError::Chain(C::Upstream(U::Precondition(_))) => libc::EEXIST,
+            FsError::Chain(C::Upstream(U::Denied(_))) => libc::EACCES,
+            FsError::Chain(C::Upstream(U::Quota(_))) => libc::ENOSPC,
             FsError::Chain(_) | FsError::Corrupt(..) | FsError::CommitFailed(_) => libc::EIO,
         }
     }

@@ -38,6 +38,10 @@ pub struct FsOptions {
     pub sync_namespace: bool,
     /// Memory for decrypted blocks (the read cache).
     pub cache_bytes: usize,
+    /// The chain is shared with other mounts through a cluster (`Chain::open_upstream`):
+    /// namespace changes wait for the cluster (racing creates get EEXIST), caches are
+    /// revalidated at open (close-to-open) and the kernel caches nothing across calls.
+    pub remote: bool,
     /// Garbage allowed in the log before the flusher compacts it: compaction runs once the log
     /// holds more than twice the live data plus this many bytes (see [`AteFs::maybe_compact`]).
     pub compact_slack: u64,
@@ -51,6 +55,7 @@ impl Default for FsOptions {
             quota_bytes: 1 << 40,
             sync_namespace: false,
             cache_bytes: 64 << 20,
+            remote: false,
             compact_slack: 256 << 20,
         }
     }
@@ -133,6 +138,8 @@ struct State {
     /// Inodes deleted by this mount (their deletion may still be queued, so the chain may
     /// still show them).
     deleted: std::collections::HashSet<u64>,
+    /// Remote mode: the chain index the caches were last revalidated at.
+    synced_at: u64,
 }
 
 /// The file system.
@@ -200,9 +207,21 @@ impl AteFs {
             tx.preconditions
                 .push(Precondition::Absent(fs.keys.inode(ROOT_INO)));
             tx.ops.push(fs.put_inode(&root));
-            fs.chain.sign_and_commit(tx, &fs.keyfile.owner)?;
+            match fs.chain.sign_and_commit(tx, &fs.keyfile.owner) {
+                Ok(_) => {}
+                // Another mount of a shared volume made it first.
+                Err(ate::ChainError::Upstream(ate::UpstreamError::Precondition(_))) => {
+                    fs.chain.sync_upstream()?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(fs)
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &FsOptions {
+        &self.opts
     }
 
     /// The chain underneath.
@@ -218,7 +237,7 @@ impl AteFs {
     /// already up to date, and commits apply in queue order. fsync and fsyncdir wait for
     /// everything queued ([`Self::sync_all_locked`]); a failure is reported there.
     fn commit(&self, st: &mut State, tx: Transaction) -> FsResult<()> {
-        if self.opts.sync_namespace {
+        if self.opts.sync_namespace || self.opts.remote {
             self.chain.sign_and_commit(tx, &self.keyfile.owner)?;
             return Ok(());
         }
@@ -373,6 +392,17 @@ impl AteFs {
 
     /// Looks a name up in a directory.
     pub fn lookup(&self, dir: u64, name: &[u8]) -> FsResult<Inode> {
+        match self.lookup_cached(dir, name) {
+            // Another mount may have made the name since the cache was filled.
+            Err(FsError::NotFound) if self.opts.remote => {
+                self.revalidate()?;
+                self.lookup_cached(dir, name)
+            }
+            r => r,
+        }
+    }
+
+    fn lookup_cached(&self, dir: u64, name: &[u8]) -> FsResult<Inode> {
         let mut st = self.state.lock();
         if name.len() > MAX_NAME {
             return Err(FsError::NameTooLong);
@@ -1353,6 +1383,7 @@ impl AteFs {
 
     /// Opens a file; returns a handle.
     pub fn open(&self, ino: u64, truncate: bool) -> FsResult<u64> {
+        self.revalidate()?;
         let mut st = self.state.lock();
         let bs = self.opts.block_size as u64;
         if truncate {
@@ -1368,6 +1399,44 @@ impl AteFs {
         st.next_fh += 1;
         st.handles.insert(fh, ino);
         Ok(fh)
+    }
+
+    /// Remote mode: brings the chain up to what the cluster has now and, when other writers
+    /// changed it since the last time, forgets every cached node without local changes and
+    /// every decrypted block (close-to-open consistency). A no-op for an embedded volume.
+    pub fn revalidate(&self) -> FsResult<()> {
+        if !self.opts.remote {
+            return Ok(());
+        }
+        let index = self.chain.sync_upstream()?;
+        let mut st = self.state.lock();
+        if index == st.synced_at {
+            return Ok(());
+        }
+        st.synced_at = index;
+        let mut keep = HashMap::new();
+        for (ino, mut n) in std::mem::take(&mut st.nodes) {
+            let local = !n.dirty.is_empty()
+                || !n.inflight.is_empty()
+                || !n.pending.is_empty()
+                || n.attr_dirty;
+            if local {
+                keep.insert(ino, n);
+            } else if n.open > 0 {
+                // Open handles live in the node: keep it, but reload what others may change.
+                let key = self.keys.inode(ino);
+                if let Some(bytes) = self.read_record(&key)? {
+                    n.attr =
+                        Inode::decode(&bytes).map_err(|e| FsError::Corrupt(key, e.to_string()))?;
+                }
+                n.entries = None;
+                n.blocks = None;
+                keep.insert(ino, n);
+            }
+        }
+        st.nodes = keep;
+        self.cache.lock().clear();
+        Ok(())
     }
 
     /// Closes a handle; commits the file's data; frees an unlinked inode on its last close.

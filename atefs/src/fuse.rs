@@ -27,6 +27,12 @@ type Listing = Arc<Vec<(u64, Kind, Vec<u8>)>>;
 #[derive(Debug)]
 pub struct FuseFs {
     fs: Arc<AteFs>,
+    /// How long the kernel may cache: [`TTL`] for an embedded volume; nothing for a shared
+    /// (remote) one, whose other writers the kernel cannot hear about.
+    ttl: Duration,
+    /// Open flags for files and directories (keep the page cache only when nobody else
+    /// writes).
+    keep: FopenFlags,
     /// Directory listings by open directory handle: the kernel reads a listing in many small
     /// calls, each of which would otherwise rebuild it.
     listings: parking_lot::Mutex<std::collections::HashMap<u64, Listing>>,
@@ -36,7 +42,14 @@ pub struct FuseFs {
 impl FuseFs {
     /// Wraps a file system.
     pub fn new(fs: Arc<AteFs>) -> Self {
+        let remote = fs.options().remote;
         Self {
+            ttl: if remote { Duration::ZERO } else { TTL },
+            keep: if remote {
+                FopenFlags::empty()
+            } else {
+                FopenFlags::FOPEN_KEEP_CACHE
+            },
             fs,
             listings: Default::default(),
             next_dir_fh: std::sync::atomic::AtomicU64::new(1),
@@ -115,7 +128,7 @@ fn time(t: TimeOrNow) -> SystemTime {
 impl FuseFs {
     fn entry(&self, r: Result<Inode, FsError>, reply: ReplyEntry) {
         match r {
-            Ok(i) => reply.entry(&TTL, &attr(&i, self.bs()), Generation(0)),
+            Ok(i) => reply.entry(&self.ttl, &attr(&i, self.bs()), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -142,7 +155,11 @@ impl Filesystem for FuseFs {
         let _ = config.set_max_readahead(1 << 20);
         // Writeback cache: measured without it, 4 KiB random writes fell from ~16k to ~4.6k
         // IOPS (docs/benchmarks.md); fsync-heavy small files gain without it (2.1k vs 1.4k/s).
-        let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        // Not for a shared volume: the kernel would then own sizes and times of files others
+        // also write.
+        if !self.fs.options().remote {
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         // The kernel enforces and caches POSIX ACLs (stored as system.posix_acl_* xattrs);
@@ -166,7 +183,7 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(i) => reply.attr(&TTL, &attr(&i, self.bs())),
+            Ok(i) => reply.attr(&self.ttl, &attr(&i, self.bs())),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -199,7 +216,7 @@ impl Filesystem for FuseFs {
             ctime,
         };
         match self.fs.setattr(ino.0, &s) {
-            Ok(i) => reply.attr(&TTL, &attr(&i, self.bs())),
+            Ok(i) => reply.attr(&self.ttl, &attr(&i, self.bs())),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -332,7 +349,7 @@ impl Filesystem for FuseFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0 & libc::O_TRUNC != 0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => reply.opened(FileHandle(fh), self.keep),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -534,7 +551,7 @@ impl Filesystem for FuseFs {
                         INodeNo(*ino),
                         (i + 1) as u64,
                         OsStr::from_bytes(name),
-                        &TTL,
+                        &self.ttl,
                         &attr(&a, self.bs()),
                         Generation(0),
                     ) {
@@ -551,6 +568,13 @@ impl Filesystem for FuseFs {
         let fh = self
             .next_dir_fh
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.fs.options().remote {
+            // Close-to-open for directories too: a listing shows what the cluster has now.
+            if let Err(e) = self.fs.revalidate() {
+                return reply.error(errno(&e));
+            }
+            return reply.opened(FileHandle(fh), FopenFlags::empty());
+        }
         // The kernel may keep listings: every change to a directory goes through this mount,
         // and the kernel drops its cached listing when it makes one.
         reply.opened(
@@ -680,7 +704,7 @@ impl Filesystem for FuseFs {
         };
         match self.fs.open(i.ino, flags & libc::O_TRUNC != 0) {
             Ok(fh) => reply.created(
-                &TTL,
+                &self.ttl,
                 &attr(&i, self.bs()),
                 Generation(0),
                 FileHandle(fh),

@@ -37,6 +37,8 @@ enum Cmd {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Unmount DIR (the daemon commits buffered data and exits).
     Umount {
@@ -62,6 +64,25 @@ enum Cmd {
     },
 }
 
+/// Where a shared volume lives: a chain-server cluster.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct RemoteArgs {
+    /// Mount a chain of a chain-server cluster: API addresses (host:port), comma-separated.
+    /// --data then only holds a cache of the chain.
+    #[arg(long, value_delimiter = ',', requires = "keys")]
+    server: Vec<String>,
+    /// The volume's key envelope (from `atefs keygen`; its chain is created on the cluster
+    /// on first mount).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM) to check servers against.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Talk to the cluster without TLS (tests and debugging only).
+    #[arg(long, conflicts_with = "ca")]
+    insecure_plaintext: bool,
+}
+
 fn default_data() -> PathBuf {
     let base = std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
@@ -85,9 +106,10 @@ fn main() -> Result<()> {
             foreground,
             quota,
             threads,
+            remote,
         } => {
             if foreground {
-                mount_foreground(&dir, &data, quota, threads)
+                mount_foreground(&dir, &data, quota, threads, &remote)
             } else {
                 mount_daemon(&dir)
             }
@@ -124,36 +146,81 @@ fn mount_daemon(dir: &Path) -> Result<()> {
     bail!("the mount daemon failed ({status}); run with --foreground to see why")
 }
 
-fn mount_foreground(dir: &Path, data: &Path, quota: u64, threads: usize) -> Result<()> {
+fn open_volume(data: &Path, quota: u64, remote: &RemoteArgs) -> Result<atefs::volume::Volume> {
+    if remote.server.is_empty() {
+        let mut shown = 0u64;
+        let vol = atefs::volume::open(data, |done, total| {
+            // A progress line for replays worth waiting for (above 64 MiB).
+            if total > 64 << 20 && (done == total || done >= shown + total / 20) {
+                shown = done;
+                eprint!(
+                    "\rreplaying chain: {:>3}% of {} MiB",
+                    done * 100 / total.max(1),
+                    total >> 20
+                );
+                if done == total {
+                    eprintln!();
+                }
+            }
+        })
+        .with_context(|| format!("opening the volume in {}", data.display()))?;
+        if vol.created {
+            eprintln!(
+                "created a new volume in {} (keys: {})",
+                data.display(),
+                data.join("keys").display()
+            );
+        }
+        return Ok(vol);
+    }
+    let key_path = remote
+        .keys
+        .as_deref()
+        .context("--server needs --keys FILE")?;
+    let keys = ate::KeyFile::load(key_path).with_context(|| {
+        format!(
+            "reading {} (create one with `atefs keygen {}`)",
+            key_path.display(),
+            key_path.display()
+        )
+    })?;
+    let ca_pem = match (&remote.ca, remote.insecure_plaintext) {
+        (Some(ca), _) => {
+            Some(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?)
+        }
+        (None, true) => None,
+        (None, false) => {
+            bail!("give --ca FILE (the cluster's CA certificate), or --insecure-plaintext")
+        }
+    };
+    let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions {
+        endpoints: remote.server.clone(),
+        ca_pem,
+        deadline: std::time::Duration::from_secs(30),
+    })?;
+    atefs::volume::open_remote(data, keys, client, quota).with_context(|| {
+        format!(
+            "opening chain of {} on {}",
+            key_path.display(),
+            remote.server.join(",")
+        )
+    })
+}
+
+fn mount_foreground(
+    dir: &Path,
+    data: &Path,
+    quota: u64,
+    threads: usize,
+    remote: &RemoteArgs,
+) -> Result<()> {
     if !dir.is_dir() {
         bail!(
             "mount point {} is not a directory; create it first",
             dir.display()
         );
     }
-    let mut shown = 0u64;
-    let vol = atefs::volume::open(data, |done, total| {
-        // A progress line for replays worth waiting for (above 64 MiB).
-        if total > 64 << 20 && (done == total || done >= shown + total / 20) {
-            shown = done;
-            eprint!(
-                "\rreplaying chain: {:>3}% of {} MiB",
-                done * 100 / total.max(1),
-                total >> 20
-            );
-            if done == total {
-                eprintln!();
-            }
-        }
-    })
-    .with_context(|| format!("opening the volume in {}", data.display()))?;
-    if vol.created {
-        eprintln!(
-            "created a new volume in {} (keys: {})",
-            data.display(),
-            data.join("keys").display()
-        );
-    }
+    let vol = open_volume(data, quota, remote)?;
     // The root directory takes the owner of the mount point.
     let owner = {
         use std::os::unix::fs::MetadataExt;
@@ -166,6 +233,7 @@ fn mount_foreground(dir: &Path, data: &Path, quota: u64, threads: usize) -> Resu
     };
     let opts = FsOptions {
         quota_bytes: quota,
+        remote: vol.remote.is_some(),
         ..FsOptions::default()
     };
     let fs = Arc::new(AteFs::new(

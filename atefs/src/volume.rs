@@ -25,6 +25,9 @@ pub enum VolumeError {
     /// The key file is unusable.
     #[error(transparent)]
     Keys(#[from] ate::keyfile::KeyFileError),
+    /// The remote chain could not be opened.
+    #[error("opening the chain on the cluster: {0}")]
+    Remote(#[from] ate::remote::ReplicaError),
     /// The chain could not be opened.
     #[error("opening the chain in {path}: {source}")]
     Chain {
@@ -44,6 +47,8 @@ pub struct Volume {
     pub keys: KeyFile,
     /// True when this call created the volume.
     pub created: bool,
+    /// For a remote volume: the connection and the follower feeding the cache.
+    pub remote: Option<ate::remote::RemoteChain>,
     _lock: File,
 }
 
@@ -98,6 +103,35 @@ pub fn open(dir: &Path, progress: impl FnMut(u64, u64)) -> Result<Volume, Volume
         chain,
         keys,
         created,
+        remote: None,
+        _lock: lock,
+    })
+}
+
+/// Opens the chain of `keys` on a cluster, caching it in `dir` (created on first use; the
+/// cache resumes from where it stopped). A chain the cluster does not have yet is created,
+/// with this key file's owner key as its owner and `quota` bytes.
+pub fn open_remote(
+    dir: &Path,
+    keys: KeyFile,
+    client: ate::remote::RemoteClient,
+    quota: u64,
+) -> Result<Volume, VolumeError> {
+    let lock = lock(dir)?;
+    let cache_dir = dir.join(format!("cache-{}", keys.chain.to_hex()));
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(&cache_dir).map_err(io(&cache_dir))?);
+    let remote = ate::remote::open_remote(
+        client,
+        keys.chain,
+        keys.owner.clone(),
+        storage,
+        Some((quota, keys.owner.clone())),
+    )?;
+    Ok(Volume {
+        chain: remote.chain.clone(),
+        keys,
+        created: false,
+        remote: Some(remote),
         _lock: lock,
     })
 }

@@ -257,6 +257,18 @@ fn dev_cluster(dir: &std::path::Path, base: u16, partitions: u32) -> Result<()> 
         base + 30,
         certs.join("ca.pem").display()
     );
+    // Stop the replicas with us (SIGINT or SIGTERM), or when one of them dies.
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    for c in &mut children {
+        let _ = c.kill();
+    }
     for mut c in children {
         let _ = c.wait();
     }

@@ -40,3 +40,6 @@ mod client;
 pub use client::{
     RemoteClient, RemoteError, RemoteOptions, Subscription, LEADER_HEADER, SERVER_NAME,
 };
+
+mod replica;
+pub use replica::{open_remote, RemoteChain, ReplicaError};

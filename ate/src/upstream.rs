@@ -1,0 +1,108 @@
+//! A chain whose order is decided elsewhere (a chain-server cluster): commits are sent
+//! upstream one after the other, in the order they were queued; the transactions the upstream
+//! orders (ours and other writers') come back through [`crate::Chain::apply_upstream`] and are
+//! appended to the local log, which is then a cache of the upstream chain at the same indexes.
+//! A commit is acknowledged once the upstream has it durably and the local view shows it.
+
+use crate::chain::{Chain, ChainError, PendingCommit, Receipt};
+use crate::ids::TxHash;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why the upstream refused or failed a commit.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// A precondition failed there (a racing writer won).
+    #[error("a precondition failed: {0}")]
+    Precondition(String),
+    /// The author may not do this.
+    #[error("not permitted: {0}")]
+    Denied(String),
+    /// The chain's quota is used up.
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+    /// Anything else (no quorum, unreachable, malformed).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Where commits go.
+pub trait Upstream: Send + Sync + std::fmt::Debug {
+    /// Commits an encoded, signed transaction; returns its index in the chain.
+    fn commit(&self, tx: &[u8]) -> Result<u64, UpstreamError>;
+    /// The chain's last index as of now (a linearizable read).
+    fn barrier(&self) -> Result<u64, UpstreamError>;
+}
+
+/// How long a commit may wait for the upstream's answer to show up locally.
+const APPLY_WAIT: Duration = Duration::from_secs(60);
+
+pub(crate) struct Outgoing {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) hash: TxHash,
+    pub(crate) reply: std::sync::Arc<crate::chain::Reply>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+/// The sender thread: one commit at a time, in queue order.
+pub(crate) fn sender_loop(
+    chain: std::sync::Weak<crate::chain::Shared>,
+    upstream: std::sync::Arc<dyn Upstream>,
+    rx: &crate::queue::BatchQueue<Outgoing>,
+) {
+    while let Some(batch) = rx.pop_batch(64, usize::MAX, |_| 0) {
+        for o in batch {
+            let r = upstream
+                .commit(&o.bytes)
+                .map_err(ChainError::Upstream)
+                .and_then(|index| {
+                    let Some(shared) = chain.upgrade() else {
+                        return Err(ChainError::Closed);
+                    };
+                    if Chain::wait_durable(&shared, index, APPLY_WAIT) {
+                        Ok(Receipt {
+                            index,
+                            hash: o.hash,
+                        })
+                    } else {
+                        Err(ChainError::Upstream(UpstreamError::Failed(format!(
+                            "committed upstream at {index}, but not received back within {APPLY_WAIT:?}"
+                        ))))
+                    }
+                });
+            o.reply.send(r);
+        }
+    }
+}
+
+impl Chain {
+    /// Makes the local view at least as new as the upstream is now (close-to-open: call it
+    /// before serving an open).
+    pub fn sync_upstream(&self) -> Result<u64, ChainError> {
+        let Some(up) = self.upstream() else {
+            return Ok(self.last_index());
+        };
+        let index = up.barrier().map_err(ChainError::Upstream)?;
+        if !self.wait_for(index, APPLY_WAIT) {
+            return Err(ChainError::Upstream(UpstreamError::Failed(format!(
+                "the upstream is at {index} but only {} arrived",
+                self.last_index()
+            ))));
+        }
+        Ok(index)
+    }
+
+    /// A placeholder handle that is already answered (for the upstream path's errors).
+    pub(crate) fn answered(r: Result<Receipt, ChainError>) -> PendingCommit {
+        let reply = std::sync::Arc::new(crate::chain::Reply::default());
+        reply.send(r);
+        PendingCommit::new(reply)
+    }
+}

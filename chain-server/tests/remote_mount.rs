@@ -1,0 +1,158 @@
+//! atefs mounts of one chain of a three-replica cluster, as two "hosts" (two mount daemons with
+//! their own caches): each sees the other's changes at open (close-to-open), racing exclusive
+//! creates of one name give one success and one EEXIST, and no replica stores a name or a
+//! content in plaintext. Needs root and /dev/fuse (skipped otherwise) and the atefs binary
+//! (built with the workspace).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{files_under, Cluster};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn atefs_bin() -> PathBuf {
+    let server = PathBuf::from(env!("CARGO_BIN_EXE_chain-server"));
+    server.with_file_name("atefs")
+}
+
+fn can_mount() -> bool {
+    Path::new("/dev/fuse").exists()
+        && Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout == b"0\n")
+}
+
+/// A mount daemon in the foreground; unmounted (and killed if need be) on drop.
+struct Mount {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Mount {
+    fn start(cluster: &Cluster, root: &Path, name: &str, keys: &Path) -> Mount {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = Command::new(atefs_bin())
+            .arg("mount")
+            .arg(&dir)
+            .arg("--data")
+            .arg(root.join(format!("{name}-cache")))
+            .arg("--server")
+            .arg(cluster.endpoints().join(","))
+            .arg("--keys")
+            .arg(keys)
+            .arg("--ca")
+            .arg(cluster.dir.path().join("certs/ca.pem"))
+            .arg("--foreground")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "mounted", "mount {name} failed");
+        Mount { dir, child }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let ok = Command::new(atefs_bin())
+            .arg("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn two_hosts_share_a_chain_with_close_to_open_and_exclusive_creates() {
+    if !can_mount() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return;
+    }
+    assert!(
+        atefs_bin().exists(),
+        "{} missing: build the workspace (cargo build --workspace)",
+        atefs_bin().display()
+    );
+    let cluster = Cluster::start(true, 1_000_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    assert!(Command::new(atefs_bin())
+        .arg("keygen")
+        .arg(&keys)
+        .status()
+        .unwrap()
+        .success());
+    let a = Mount::start(&cluster, tmp.path(), "a", &keys);
+    let b = Mount::start(&cluster, tmp.path(), "b", &keys);
+
+    // Close-to-open: what one host wrote and closed, the other reads at its next open.
+    let secret_name = "plan-3f9e2a77.txt";
+    let secret = b"the body 41c6d0e8b7 that servers must never see\n";
+    std::fs::write(a.dir.join(secret_name), secret).unwrap();
+    assert_eq!(std::fs::read(b.dir.join(secret_name)).unwrap(), secret);
+    std::fs::create_dir(b.dir.join("from-b")).unwrap();
+    std::fs::write(b.dir.join("from-b/note"), b"v1").unwrap();
+    assert_eq!(std::fs::read(a.dir.join("from-b/note")).unwrap(), b"v1");
+    // An overwrite on one host replaces what the other reads after reopening.
+    std::fs::write(b.dir.join("from-b/note"), b"version two").unwrap();
+    assert_eq!(
+        std::fs::read(a.dir.join("from-b/note")).unwrap(),
+        b"version two"
+    );
+    let names: Vec<String> = std::fs::read_dir(&a.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.contains(&"from-b".to_string()), "{names:?}");
+
+    // Racing exclusive creates of one name: one success, one EEXIST, every time.
+    for i in 0..20 {
+        let name = format!("race-{i}");
+        let (pa, pb) = (a.dir.join(&name), b.dir.join(&name));
+        let results: Vec<std::io::Result<std::fs::File>> = std::thread::scope(|s| {
+            let ha = s.spawn(|| std::fs::File::create_new(&pa));
+            let hb = s.spawn(|| std::fs::File::create_new(&pb));
+            vec![ha.join().unwrap(), hb.join().unwrap()]
+        });
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        let exists = results
+            .iter()
+            .filter(|r| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists))
+            .count();
+        assert_eq!((ok, exists), (1, 1), "race {i}: {results:?}");
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(a.dir.join("race-0"))
+        .unwrap();
+    f.write_all(b"x").unwrap();
+    drop(f);
+    drop((a, b));
+
+    // No replica holds the name or the content in plaintext.
+    for r in &cluster.replicas {
+        for file in files_under(&r.data) {
+            let bytes = std::fs::read(&file).unwrap();
+            for needle in [secret_name.as_bytes(), &secret[..]] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} holds plaintext",
+                    file.display()
+                );
+            }
+        }
+    }
+}
