@@ -4,6 +4,9 @@
 # fresh and empty for every run. Raw output: bench/results/fs-<time>/<fs>.run<k>.out; the
 # summary (medians, ratios) is printed by bench/summarize.py.
 # Usage: bench/fs-peers.sh [RUNS] [fs ...]    (root; apt-get install fio bindfs gocryptfs)
+# fs: disk bindfs_tuned gocryptfs atefs (default), and atefs_cluster (a mount of a chain on a
+# local three-replica chain-server cluster, TLS) and gluster (GlusterFS replica 3 on this
+# host, mounted by ../shared/bench/mount-peers.sh; apt-get install glusterfs-server).
 set -u
 cd "$(dirname "$0")/.."
 ROOT_DIR=$(pwd)
@@ -15,9 +18,36 @@ OUT=$ROOT_DIR/bench/results/fs-$(date -u +%Y%m%d-%H%M)
 export PEERS_TARBALL=${PEERS_TARBALL:-/tmp/peerbench/src.tar}
 mkdir -p "$WORK"/{mnt,back} "$OUT" "$(dirname "$PEERS_TARBALL")"
 [ -s "$PEERS_TARBALL" ] || tar -cf "$PEERS_TARBALL" -C /usr/lib/google-cloud-sdk/lib surface
-cargo build --release --locked -p atefs >/dev/null 2>&1 || { echo "build failed" >&2; exit 1; }
+cargo build --release --locked -p atefs -p chain-server >/dev/null 2>&1 || { echo "build failed" >&2; exit 1; }
 ATEFS="${CARGO_TARGET_DIR:-$ROOT_DIR/target}/release/atefs"
-FSPID=""; MNT=""
+CHAIN_SERVER="${CARGO_TARGET_DIR:-$ROOT_DIR/target}/release/chain-server"
+FSPID=""; MNT=""; CLUSTER=""
+BASE_PORT=${BASE_PORT:-7500}
+
+healthy() { # metrics port: GET /health answers 200 once the replica's partitions have leaders
+  (
+    exec 4<>"/dev/tcp/127.0.0.1/$1"
+    printf 'GET /health HTTP/1.1\r\nhost: x\r\n\r\n' >&4
+    read -r status <&4
+    [[ "$status" == *" 200 "* ]]
+  ) 2>/dev/null
+}
+start_cluster() {
+  rm -rf "$WORK/cluster"
+  "$CHAIN_SERVER" dev-cluster --dir "$WORK/cluster" --base-port "$BASE_PORT" >>"$OUT/atefs_cluster.log" 2>&1 &
+  CLUSTER=$!
+  for _ in $(seq 100); do
+    n=0
+    for r in 1 2 3; do healthy $((BASE_PORT + 10 * r + 2)) && n=$((n + 1)); done
+    [ "$n" -eq 3 ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+stop_cluster() {
+  [ -n "$CLUSTER" ] && kill "$CLUSTER" 2>/dev/null && wait "$CLUSTER" 2>/dev/null
+  CLUSTER=""; rm -rf "$WORK/cluster"
+}
 
 wait_mounted() { # dir: poll /proc/mounts (the peers' daemons give no readiness signal)
   for _ in $(seq 100); do grep -q " $1 " /proc/mounts && return 0; sleep 0.1; done; return 1
@@ -38,6 +68,13 @@ mount_fs() {
     atefs)
       MNT=$WORK/mnt/atefs; mkdir -p "$MNT"; rm -rf "$WORK/back/atefs"
       "$ATEFS" mount "$MNT" --data "$WORK/back/atefs" >>"$OUT/atefs.log" 2>&1 ;;
+    atefs_cluster)
+      start_cluster || return 1
+      MNT=$WORK/mnt/atefs_cluster; mkdir -p "$MNT"; rm -rf "$WORK/back/atefs_cluster"
+      "$ATEFS" keygen "$WORK/cluster/keys" >/dev/null
+      "$ATEFS" mount "$MNT" --data "$WORK/back/atefs_cluster" --keys "$WORK/cluster/keys" \
+        --server "127.0.0.1:$((BASE_PORT + 10)),127.0.0.1:$((BASE_PORT + 20)),127.0.0.1:$((BASE_PORT + 30))" \
+        --ca "$WORK/cluster/certs/ca.pem" >>"$OUT/atefs_cluster.log" 2>&1 ;;
   esac
 }
 umount_fs() {
@@ -47,10 +84,15 @@ umount_fs() {
        [ -n "$FSPID" ] && wait "$FSPID" 2>/dev/null; FSPID=""
        # atefs: wait for the daemon to release its volume lock before deleting it.
        for _ in $(seq 100); do pgrep -f "atefs mount $MNT" >/dev/null || break; sleep 0.1; done
-       rm -rf "$WORK/back/"* ;;
+       rm -rf "$WORK/back/"*
+       [ "$1" = atefs_cluster ] && stop_cluster ;;
   esac
 }
-cleanup() { [ -n "$MNT" ] && grep -q " $MNT " /proc/mounts && umount -l "$MNT"; [ -n "$FSPID" ] && kill "$FSPID" 2>/dev/null; }
+cleanup() {
+  [ -n "$MNT" ] && grep -q " $MNT " /proc/mounts && umount -l "$MNT"
+  [ -n "$FSPID" ] && kill "$FSPID" 2>/dev/null
+  stop_cluster
+}
 trap cleanup EXIT
 
 { uname -srvm; nproc; free -m | awk '/Mem:/{print $2 " MiB"}'; fio --version; bindfs --version 2>&1 | head -1
@@ -58,6 +100,11 @@ trap cleanup EXIT
 for run in $(seq 1 "$RUNS"); do
   for fs in "${FSLIST[@]}"; do
     echo "[fs-peers] run $run/$RUNS: $fs" >&2
+    if [ "$fs" = gluster ]; then
+      # The shared script mounts, measures and tears GlusterFS down (glusterd included).
+      PEERS_RESULTS="$OUT" "$ROOT_DIR/../shared/bench/mount-peers.sh" -n 1 -s "$run" gluster
+      continue
+    fi
     mount_fs "$fs" || { echo "mount $fs failed" >&2; exit 1; }
     "$PEERS" "$MNT" >"$OUT/$fs.run$run.out" 2>"$OUT/$fs.run$run.log"
     umount_fs "$fs"

@@ -109,10 +109,14 @@ struct Node {
     entries: Option<BTreeMap<Vec<u8>, (u64, Kind)>>,
     /// Uncommitted blocks (whole blocks; shorter means zeros after).
     dirty: BTreeMap<u64, Vec<u8>>,
-    /// Blocks whose commit is queued but not yet durable (read before the chain).
-    inflight: BTreeMap<u64, Vec<u8>>,
-    /// Commits queued for this file.
-    pending: Vec<ate::chain::PendingCommit>,
+    /// Blocks whose commit is queued but not yet durable (read before the chain), with the
+    /// flush generation that queued them.
+    inflight: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// Commits queued for this file, with their flush generation (commits land in order, so
+    /// once every commit of generation g is done, blocks of generations <= g are in the chain).
+    pending: Vec<(u64, ate::chain::PendingCommit)>,
+    /// Flushes started so far (the generation counter).
+    flushes: u64,
     /// Indexes of the blocks that exist (or will, once queued commits land) in the chain;
     /// loaded on first use. Every block put or delete goes through this mount, so this set,
     /// not the chain's view (which lags queued commits), says which blocks to read or delete.
@@ -351,6 +355,7 @@ impl AteFs {
                 dirty: BTreeMap::new(),
                 dirty_bytes: 0,
                 inflight: BTreeMap::new(),
+                flushes: 0,
                 pending: Vec::new(),
                 blocks: None,
                 attr_dirty: false,
@@ -536,6 +541,7 @@ impl AteFs {
                 dirty: BTreeMap::new(),
                 dirty_bytes: 0,
                 inflight: BTreeMap::new(),
+                flushes: 0,
                 pending: Vec::new(),
                 blocks: Some(Default::default()),
                 attr_dirty: false,
@@ -989,7 +995,11 @@ impl AteFs {
     /// Contents of block `idx` (uncommitted data first; holes are empty).
     fn block_locked(&self, st: &mut State, ino: u64, idx: u64) -> FsResult<Vec<u8>> {
         let node = self.node(st, ino)?;
-        if let Some(d) = node.dirty.get(&idx).or_else(|| node.inflight.get(&idx)) {
+        if let Some(d) = node
+            .dirty
+            .get(&idx)
+            .or_else(|| node.inflight.get(&idx).map(|(_, d)| d))
+        {
             return Ok(d.clone());
         }
         if !self.block_set(st, ino)?.contains(&idx) {
@@ -1119,6 +1129,14 @@ impl AteFs {
         if node.dirty_bytes >= self.opts.flush_bytes {
             self.start_flush(&mut st, ino)?;
             self.settle(&mut st, ino, false)?;
+            // Backpressure: a writer faster than the log waits for its oldest commits once
+            // two flushes' worth are in flight, so memory stays bounded however much it writes.
+            let node = self.node(&mut st, ino)?;
+            let queued: usize = node.inflight.values().map(|(_, d)| d.len()).sum();
+            if queued > 2 * self.opts.flush_bytes {
+                let oldest = node.pending.iter().map(|(g, _)| *g).min().unwrap_or(0);
+                self.settle_upto(&mut st, ino, oldest)?;
+            }
         }
         Ok(data.len())
     }
@@ -1181,8 +1199,12 @@ impl AteFs {
             }
         }
         let node = st.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
-        node.pending.extend(queued);
-        node.inflight.extend(dirty);
+        node.flushes += 1;
+        let generation = node.flushes;
+        node.pending
+            .extend(queued.into_iter().map(|p| (generation, p)));
+        node.inflight
+            .extend(dirty.into_iter().map(|(i, d)| (i, (generation, d))));
         match failed {
             None => Ok(()),
             Some(e) => {
@@ -1196,14 +1218,19 @@ impl AteFs {
     /// chain's view holds the data and `inflight` is dropped. A failed commit puts its data back
     /// as dirty (newer writes win) and reports the error.
     fn settle(&self, st: &mut State, ino: u64, wait: bool) -> FsResult<()> {
+        self.settle_upto(st, ino, if wait { u64::MAX } else { 0 })
+    }
+
+    /// [`Self::settle`], waiting for the commits of flush generations up to `upto`.
+    fn settle_upto(&self, st: &mut State, ino: u64, upto: u64) -> FsResult<()> {
         let Some(node) = st.nodes.get_mut(&ino) else {
             return Ok(());
         };
         let mut error = None;
         let mut still = Vec::new();
-        for p in std::mem::take(&mut node.pending) {
-            if !wait && !p.is_done() {
-                still.push(p);
+        for (g, p) in std::mem::take(&mut node.pending) {
+            if g > upto && !p.is_done() {
+                still.push((g, p));
                 continue;
             }
             if let Err(e) = p.wait() {
@@ -1212,16 +1239,17 @@ impl AteFs {
         }
         node.pending = still;
         if let Some(e) = error {
-            for (idx, data) in std::mem::take(&mut node.inflight) {
+            for (idx, (_, data)) in std::mem::take(&mut node.inflight) {
                 node.dirty.entry(idx).or_insert(data);
             }
             node.dirty_bytes = node.dirty.values().map(Vec::len).sum();
             node.attr_dirty = true;
             return Err(e.into());
         }
-        if node.pending.is_empty() {
-            node.inflight.clear();
-        }
+        // Blocks of generations older than every commit still pending are in the chain now;
+        // dropping them as they land keeps a long write's memory bounded.
+        let oldest = node.pending.iter().map(|(g, _)| *g).min().unwrap_or(u64::MAX);
+        node.inflight.retain(|_, (g, _)| *g >= oldest);
         Ok(())
     }
 
@@ -1233,10 +1261,12 @@ impl AteFs {
 
     /// Starts committing the file's buffered data (close, background flusher): durable within
     /// a group commit, but the caller does not wait for it.
+    /// On a shared (remote) volume it waits instead: close-to-open means what a close
+    /// returned from is what the next open elsewhere reads.
     pub fn flush_async(&self, ino: u64) -> FsResult<()> {
         let mut st = self.state.lock();
         self.start_flush(&mut st, ino)?;
-        self.settle(&mut st, ino, false)
+        self.settle(&mut st, ino, self.opts.remote)
     }
 
     /// Starts committing every file's buffered data; reports the first failure.

@@ -291,6 +291,11 @@ impl LogStore {
         })
     }
 
+    /// The first index still held (entries before it were purged).
+    pub fn first_index(&self) -> Option<u64> {
+        self.inner.lock().slots.keys().next().copied()
+    }
+
     /// Bytes of all segments.
     pub fn bytes(&self) -> u64 {
         self.inner.lock().files.total_bytes()

@@ -115,7 +115,9 @@ impl Node {
                 election_timeout_min: config.heartbeat_ms * 3,
                 election_timeout_max: config.heartbeat_ms * 6,
                 snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-                max_in_snapshot_log_to_keep: config.snapshot_every / 10,
+                // Subscribers (mount caches) read the log: keep a snapshot interval of it, so
+                // one that lags by less than that never needs a state transfer.
+                max_in_snapshot_log_to_keep: config.snapshot_every,
                 purge_batch_size: 1,
                 max_payload_entries: 256,
                 ..Default::default()

@@ -455,6 +455,7 @@ impl Inner {
             .open(SNAP_FILE, false)
             .map_err(LogError::io("open", SNAP_FILE))?;
         self.snap_files.insert(FileRef::Snapshot(0), file.clone());
+        let first = self.log.first_index();
         for (id, moved) in moves {
             if let Some(c) = self.chains.get_mut(&id) {
                 for (key, at) in moved {
@@ -466,7 +467,9 @@ impl Inner {
                         },
                     );
                 }
-                c.txs.clear();
+                // Subscriptions read transactions from the log while it still has them; only
+                // what earlier purges removed is forgotten here.
+                c.txs.retain(|_, raft| first.is_some_and(|f| *raft >= f));
             }
         }
         let meta = SnapshotMeta {

@@ -56,6 +56,14 @@ pub async fn feed(
                 Ok(mut v) => match v.pop().map(|e| e.payload) {
                     Some(EntryPayload::Normal(Command::Commit { tx, .. }))
                     | Some(EntryPayload::Normal(Command::Create { tx, .. })) => tx,
+                    None => {
+                        let _ = out
+                            .send(Err(Status::out_of_range(format!(
+                                "chain index {ci} was purged from the log after a snapshot"
+                            ))))
+                            .await;
+                        return;
+                    }
                     _ => {
                         let _ = out
                             .send(Err(Status::internal(format!(
@@ -65,6 +73,14 @@ pub async fn feed(
                         return;
                     }
                 },
+                Err(crate::log_store::LogStoreError::Missing(_)) => {
+                    let _ = out
+                        .send(Err(Status::out_of_range(format!(
+                            "chain index {ci} was purged from the log after a snapshot"
+                        ))))
+                        .await;
+                    return;
+                }
                 Err(e) => {
                     let _ = out.send(Err(Status::internal(e.to_string()))).await;
                     return;
