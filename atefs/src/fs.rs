@@ -1248,7 +1248,12 @@ impl AteFs {
         }
         // Blocks of generations older than every commit still pending are in the chain now;
         // dropping them as they land keeps a long write's memory bounded.
-        let oldest = node.pending.iter().map(|(g, _)| *g).min().unwrap_or(u64::MAX);
+        let oldest = node
+            .pending
+            .iter()
+            .map(|(g, _)| *g)
+            .min()
+            .unwrap_or(u64::MAX);
         node.inflight.retain(|_, (g, _)| *g >= oldest);
         Ok(())
     }

@@ -4,7 +4,9 @@
 
 use anyhow::{Context, Result};
 use ate::remote::{RemoteClient, RemoteOptions};
-use ate::{ChainId, DataKey, Op, RecordKey, RootAuthority, SigningKey, Transaction, WriteAuthority};
+use ate::{
+    ChainId, DataKey, Op, RecordKey, RootAuthority, SigningKey, Transaction, WriteAuthority,
+};
 use clap::Parser;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
