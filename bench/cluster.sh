@@ -12,36 +12,20 @@ OUT=$ROOT/bench/results/cluster-$(date -u +%Y%m%d-%H%M)
 mkdir -p "$OUT"
 cargo build --release --locked -p chain-server -p bench >/dev/null
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+# shellcheck source=../scripts/cluster-lib.sh
+. "$ROOT/scripts/cluster-lib.sh"
 DIR=""
-CLUSTER=""
 stop() {
-  [ -n "$CLUSTER" ] && kill "$CLUSTER" 2>/dev/null && wait "$CLUSTER" 2>/dev/null
-  CLUSTER=""
+  stop_dev_cluster
   [ -n "$DIR" ] && rm -rf "$DIR"
   DIR=""
 }
 trap stop EXIT
-healthy() {
-  (
-    exec 4<>"/dev/tcp/127.0.0.1/$1"
-    printf 'GET /health HTTP/1.1\r\nhost: x\r\n\r\n' >&4
-    read -r status <&4
-    [[ "$status" == *" 200 "* ]]
-  ) 2>/dev/null
-}
 start() {
   DIR=$(mktemp -d /tmp/atefs-benchcluster.XXXXXX)
-  "$BIN/chain-server" dev-cluster --dir "$DIR" --base-port "$BASE_PORT" >/dev/null 2>"$DIR.log" &
-  CLUSTER=$!
-  for _ in $(seq 100); do
-    n=0
-    for r in 1 2 3; do healthy $((BASE_PORT + 10 * r + 2)) && n=$((n + 1)); done
-    [ "$n" -eq 3 ] && return 0
-    sleep 0.1
-  done
-  echo "cluster did not start" >&2; return 1
+  start_dev_cluster "$BIN/chain-server" "$DIR" "$BASE_PORT" "$DIR.log"
 }
-SERVERS="127.0.0.1:$((BASE_PORT + 10)),127.0.0.1:$((BASE_PORT + 20)),127.0.0.1:$((BASE_PORT + 30))"
+SERVERS=$(cluster_servers "$BASE_PORT")
 cases=(
   "commit4k-w1|--writers 1 --size 4096"
   "commit4k-w16|--writers 16 --size 4096"

@@ -21,37 +21,19 @@ mkdir -p "$WORK"/{mnt,back} "$OUT" "$(dirname "$PEERS_TARBALL")"
 cargo build --release --locked -p atefs -p chain-server >/dev/null 2>&1 || { echo "build failed" >&2; exit 1; }
 ATEFS="${CARGO_TARGET_DIR:-$ROOT_DIR/target}/release/atefs"
 CHAIN_SERVER="${CARGO_TARGET_DIR:-$ROOT_DIR/target}/release/chain-server"
-FSPID=""; MNT=""; CLUSTER=""
+FSPID=""; MNT=""
 BASE_PORT=${BASE_PORT:-7500}
-
-healthy() { # metrics port: GET /health answers 200 once the replica's partitions have leaders
-  (
-    exec 4<>"/dev/tcp/127.0.0.1/$1"
-    printf 'GET /health HTTP/1.1\r\nhost: x\r\n\r\n' >&4
-    read -r status <&4
-    [[ "$status" == *" 200 "* ]]
-  ) 2>/dev/null
-}
-start_cluster() {
-  rm -rf "$WORK/cluster"
-  "$CHAIN_SERVER" dev-cluster --dir "$WORK/cluster" --base-port "$BASE_PORT" >>"$OUT/atefs_cluster.log" 2>&1 &
-  CLUSTER=$!
-  for _ in $(seq 100); do
-    n=0
-    for r in 1 2 3; do healthy $((BASE_PORT + 10 * r + 2)) && n=$((n + 1)); done
-    [ "$n" -eq 3 ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
-stop_cluster() {
-  [ -n "$CLUSTER" ] && kill "$CLUSTER" 2>/dev/null && wait "$CLUSTER" 2>/dev/null
-  CLUSTER=""; rm -rf "$WORK/cluster"
-}
 
 wait_mounted() { # dir: poll /proc/mounts (the peers' daemons give no readiness signal)
   for _ in $(seq 100); do grep -q " $1 " /proc/mounts && return 0; sleep 0.1; done; return 1
 }
+# shellcheck source=../scripts/cluster-lib.sh
+. "$ROOT_DIR/scripts/cluster-lib.sh"
+start_cluster() {
+  rm -rf "$WORK/cluster"
+  start_dev_cluster "$CHAIN_SERVER" "$WORK/cluster" "$BASE_PORT" "$OUT/atefs_cluster.log"
+}
+stop_cluster() { stop_dev_cluster; rm -rf "$WORK/cluster"; }
 mount_fs() {
   case $1 in
     disk) MNT=$WORK/disk; rm -rf "$MNT"; mkdir -p "$MNT" ;;
@@ -73,7 +55,7 @@ mount_fs() {
       MNT=$WORK/mnt/atefs_cluster; mkdir -p "$MNT"; rm -rf "$WORK/back/atefs_cluster"
       "$ATEFS" keygen "$WORK/cluster/keys" >/dev/null
       "$ATEFS" mount "$MNT" --data "$WORK/back/atefs_cluster" --keys "$WORK/cluster/keys" \
-        --server "127.0.0.1:$((BASE_PORT + 10)),127.0.0.1:$((BASE_PORT + 20)),127.0.0.1:$((BASE_PORT + 30))" \
+        --server "$(cluster_servers "$BASE_PORT")" \
         --ca "$WORK/cluster/certs/ca.pem" >>"$OUT/atefs_cluster.log" 2>&1 ;;
   esac
 }

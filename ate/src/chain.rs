@@ -195,15 +195,8 @@ impl<F: FnMut(u64, u64)> RecoveryVisitor for Replay<'_, F> {
         rec: SnapshotRecord,
         payload: Option<Location>,
     ) -> Result<(), LogError> {
-        let entry = RecordEntry {
-            version: rec.version,
-            index: rec.index,
-            parent: rec.parent,
-            write: rec.write,
-            header: rec.header,
-            payload: payload.map(|l| (l, rec.payload_len)),
-        };
-        self.view.put(rec.key, entry);
+        let key = rec.key;
+        self.view.put(key, RecordEntry::from_snapshot(rec, payload));
         Ok(())
     }
     fn entry(&mut self, index: u64, tx: &[u8], tx_at: Location) -> Result<(), LogError> {
@@ -530,16 +523,7 @@ impl Chain {
                     Some((loc, len)) => files.read(loc, len)?,
                     None => Vec::new(),
                 };
-                let rec = SnapshotRecord {
-                    key: *key,
-                    version: e.version,
-                    index: e.index,
-                    parent: e.parent,
-                    write: e.write.clone(),
-                    header: e.header.clone(),
-                    payload_len: payload.len(),
-                };
-                let loc = w.add(&rec, &payload)?;
+                let loc = w.add(&e.to_snapshot(*key, payload.len()), &payload)?;
                 if e.payload.is_some() {
                     moved.push((*key, loc));
                 }

@@ -28,6 +28,31 @@ pub struct RecordEntry {
 }
 
 impl RecordEntry {
+    /// The snapshot record of this entry under `key`, for a payload of `payload_len` bytes.
+    pub fn to_snapshot(&self, key: RecordKey, payload_len: usize) -> crate::redo::SnapshotRecord {
+        crate::redo::SnapshotRecord {
+            key,
+            version: self.version,
+            index: self.index,
+            parent: self.parent,
+            write: self.write.clone(),
+            header: self.header.clone(),
+            payload_len,
+        }
+    }
+
+    /// The entry a snapshot record restores, its payload at `payload` (when it has one).
+    pub fn from_snapshot(rec: crate::redo::SnapshotRecord, payload: Option<Location>) -> Self {
+        Self {
+            version: rec.version,
+            index: rec.index,
+            parent: rec.parent,
+            write: rec.write,
+            header: rec.header,
+            payload: payload.map(|l| (l, rec.payload_len)),
+        }
+    }
+
     /// True for a tombstone.
     pub fn is_deleted(&self) -> bool {
         self.header.is_none()

@@ -170,23 +170,12 @@ impl RecoveryVisitor for Loader {
         rec: SnapshotRecord,
         payload: Option<Location>,
     ) -> Result<(), LogError> {
-        let entry = RecordEntry {
-            version: rec.version,
-            index: rec.index,
-            parent: rec.parent,
-            write: rec.write,
-            header: rec.header,
-            payload: payload.map(|l| {
-                (
-                    Location {
-                        file: FileRef::Snapshot(0),
-                        offset: self.base + l.offset,
-                    },
-                    rec.payload_len,
-                )
-            }),
-        };
-        self.view.put(rec.key, entry);
+        let at = payload.map(|l| Location {
+            file: FileRef::Snapshot(0),
+            offset: self.base + l.offset,
+        });
+        let key = rec.key;
+        self.view.put(key, RecordEntry::from_snapshot(rec, at));
         Ok(())
     }
     fn entry(&mut self, _: u64, _: &[u8], at: Location) -> Result<(), LogError> {
@@ -373,6 +362,32 @@ impl Inner {
         }
     }
 
+    /// An empty temporary snapshot file.
+    fn create_tmp(&self) -> Result<(String, Arc<dyn StorageFile>), LogError> {
+        let tmp = format!("{SNAP_FILE}.tmp");
+        let out = self
+            .storage
+            .open(&tmp, true)
+            .map_err(LogError::io("create", &tmp))?;
+        out.truncate(0).map_err(LogError::io("truncate", &tmp))?;
+        Ok((tmp, out))
+    }
+
+    /// Makes the (synced) temporary file the snapshot, durably, and the one payloads are read
+    /// from.
+    fn publish(&self, tmp: &str) -> Result<Arc<dyn StorageFile>, LogError> {
+        self.storage
+            .rename(tmp, SNAP_FILE)
+            .map_err(LogError::io("rename", tmp))?;
+        self.storage.sync_dir().map_err(LogError::io("sync", "."))?;
+        let file = self
+            .storage
+            .open(SNAP_FILE, false)
+            .map_err(LogError::io("open", SNAP_FILE))?;
+        self.snap_files.insert(FileRef::Snapshot(0), file.clone());
+        Ok(file)
+    }
+
     /// Writes every chain into a new snapshot file, then points the views at it.
     fn build(&mut self) -> Result<(SnapshotMeta<u64, BasicNode>, Vec<u8>), LogError> {
         let snapshot_id = format!(
@@ -380,12 +395,7 @@ impl Inner {
             self.last_applied.map_or(0, |l| l.index),
             rand_suffix()
         );
-        let tmp = format!("{SNAP_FILE}.tmp");
-        let out = self
-            .storage
-            .open(&tmp, true)
-            .map_err(LogError::io("create", &tmp))?;
-        out.truncate(0).map_err(LogError::io("truncate", &tmp))?;
+        let (tmp, out) = self.create_tmp()?;
         out.write_at(SNAP_MAGIC, 0)
             .map_err(LogError::io("write", &tmp))?;
         let mut offset = SNAP_MAGIC.len() as u64;
@@ -400,16 +410,7 @@ impl Inner {
                     Some((loc, len)) => self.read_payload(loc, len)?,
                     None => Vec::new(),
                 };
-                let rec = SnapshotRecord {
-                    key: *key,
-                    version: e.version,
-                    index: e.index,
-                    parent: e.parent,
-                    write: e.write.clone(),
-                    header: e.header.clone(),
-                    payload_len: payload.len(),
-                };
-                let at = w.add(&rec, &payload)?;
+                let at = w.add(&e.to_snapshot(*key, payload.len()), &payload)?;
                 if e.payload.is_some() {
                     moved.push((*key, offset + at.offset));
                 }
@@ -446,15 +447,7 @@ impl Inner {
         out.write_at(&fb, offset)
             .map_err(LogError::io("write", &tmp))?;
         out.sync_data().map_err(LogError::io("fdatasync", &tmp))?;
-        self.storage
-            .rename(&tmp, SNAP_FILE)
-            .map_err(LogError::io("rename", &tmp))?;
-        self.storage.sync_dir().map_err(LogError::io("sync", "."))?;
-        let file = self
-            .storage
-            .open(SNAP_FILE, false)
-            .map_err(LogError::io("open", SNAP_FILE))?;
-        self.snap_files.insert(FileRef::Snapshot(0), file.clone());
+        let file = self.publish(&tmp)?;
         let first = self.log.first_index();
         for (id, moved) in moves {
             if let Some(c) = self.chains.get_mut(&id) {
@@ -487,25 +480,12 @@ impl Inner {
 
     /// Replaces the state with a received snapshot.
     fn install(&mut self, data: &[u8]) -> Result<(), LogError> {
-        let tmp = format!("{SNAP_FILE}.tmp");
-        let out = self
-            .storage
-            .open(&tmp, true)
-            .map_err(LogError::io("create", &tmp))?;
-        out.truncate(0).map_err(LogError::io("truncate", &tmp))?;
+        let (tmp, out) = self.create_tmp()?;
         out.write_at(data, 0).map_err(LogError::io("write", &tmp))?;
         out.sync_data().map_err(LogError::io("fdatasync", &tmp))?;
         // Check it whole before it replaces anything.
         let loaded = load_snapshot(&out)?;
-        self.storage
-            .rename(&tmp, SNAP_FILE)
-            .map_err(LogError::io("rename", &tmp))?;
-        self.storage.sync_dir().map_err(LogError::io("sync", "."))?;
-        let file = self
-            .storage
-            .open(SNAP_FILE, false)
-            .map_err(LogError::io("open", SNAP_FILE))?;
-        self.snap_files.insert(FileRef::Snapshot(0), file);
+        self.publish(&tmp)?;
         self.last_applied = loaded.last_applied;
         self.membership = loaded.membership.clone();
         self.chains = loaded.chains;

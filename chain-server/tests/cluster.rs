@@ -7,18 +7,11 @@ mod common;
 
 use ate::remote::RemoteError;
 use ate::{DataKey, Transaction};
-use common::{check_history, files_under, new_chain, put_tx, Acks, Cluster};
+use common::{check_history, files_under, new_chain, put_tx, rt, Acks, Cluster};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::Code;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn commits_survive_a_killed_leader_exactly_once() {

@@ -8,16 +8,9 @@ mod common;
 
 use ate::remote::{RemoteClient, RemoteError};
 use ate::{DataKey, SigningKey, Transaction};
-use common::{check_history, have_iptables, new_chain, put_tx, Acks, Cluster};
+use common::{check_history, have_iptables, new_chain, put_tx, rt, Acks, Cluster};
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Commits `n` transactions named `tag-i`, recording them for the history checker.
 #[allow(clippy::too_many_arguments)]

@@ -21,6 +21,14 @@ fn ports(n: u16) -> u16 {
     base + NEXT_PORT.fetch_add(n, Ordering::SeqCst)
 }
 
+/// A runtime for the async client.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// One replica.
 pub struct Replica {
     pub id: u64,

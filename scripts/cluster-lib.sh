@@ -1,0 +1,42 @@
+# shellcheck shell=bash
+# Helpers for scripts that run a local three-replica chain-server cluster (sourced).
+# start_dev_cluster BIN DIR BASE_PORT LOG: starts `chain-server dev-cluster` in the
+# background (sets CLUSTER_PID) and waits until every replica reports leaders;
+# stop_dev_cluster: stops it (idempotent). API ports are BASE+10, BASE+20, BASE+30.
+
+# GET /health on a metrics port: 200 once that replica's partitions have leaders.
+healthy() {
+  (
+    exec 4<>"/dev/tcp/127.0.0.1/$1"
+    printf 'GET /health HTTP/1.1\r\nhost: x\r\n\r\n' >&4
+    read -r status <&4
+    [[ "$status" == *" 200 "* ]]
+  ) 2>/dev/null
+}
+
+start_dev_cluster() {
+  local bin=$1 dir=$2 base=$3 log=$4 n r
+  "$bin" dev-cluster --dir "$dir" --base-port "$base" >>"$log" 2>&1 &
+  CLUSTER_PID=$!
+  for _ in $(seq 100); do
+    n=0
+    for r in 1 2 3; do healthy $((base + 10 * r + 2)) && n=$((n + 1)); done
+    [ "$n" -eq 3 ] && return 0
+    sleep 0.1
+  done
+  echo "the cluster did not become ready; its log:" >&2
+  tail -20 "$log" >&2
+  return 1
+}
+
+stop_dev_cluster() {
+  if [ -n "${CLUSTER_PID:-}" ]; then
+    kill "$CLUSTER_PID" 2>/dev/null && wait "$CLUSTER_PID" 2>/dev/null
+  fi
+  CLUSTER_PID=""
+}
+
+# The API addresses, comma-separated.
+cluster_servers() {
+  echo "127.0.0.1:$(($1 + 10)),127.0.0.1:$(($1 + 20)),127.0.0.1:$(($1 + 30))"
+}
