@@ -82,8 +82,9 @@ struct RunArgs {
     /// Entries between snapshots.
     #[arg(long, default_value_t = 20_000)]
     snapshot_every: u64,
-    /// Raft heartbeat in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    /// Raft heartbeat in milliseconds (also the time one replication request may take;
+    /// elections time out after 3 to 6 heartbeats).
+    #[arg(long, default_value_t = 250)]
     heartbeat_ms: u64,
     /// Source address for connections to peers.
     #[arg(long)]

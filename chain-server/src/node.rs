@@ -119,7 +119,9 @@ impl Node {
                 // one that lags by less than that never needs a state transfer.
                 max_in_snapshot_log_to_keep: config.snapshot_every,
                 purge_batch_size: 1,
-                max_payload_entries: 256,
+                // openraft bounds one AppendEntries by the heartbeat interval: keep it to what a
+                // follower writes and fdatasyncs in that time even for 1 MiB transactions.
+                max_payload_entries: 32,
                 ..Default::default()
             }
             .validate()

@@ -102,7 +102,7 @@ impl Cluster {
             .arg(&r.data)
             .args(["--partitions", "2", "--metrics", &r.metrics])
             .args(["--snapshot-every", &self.snapshot_every.to_string()])
-            .args(["--heartbeat-ms", "100", "--source-ip", &r.source])
+            .args(["--heartbeat-ms", "150", "--source-ip", &r.source])
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()
