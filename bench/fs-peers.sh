@@ -92,4 +92,8 @@ for run in $(seq 1 "$RUNS"); do
     umount_fs "$fs"
   done
 done
-python3 "$ROOT_DIR/bench/summarize.py" "$OUT"
+if [[ " ${FSLIST[*]} " == *" atefs_cluster "* ]]; then
+  python3 "$ROOT_DIR/bench/summarize.py" "$OUT" atefs_cluster disk,gluster
+else
+  python3 "$ROOT_DIR/bench/summarize.py" "$OUT"
+fi
