@@ -132,10 +132,20 @@ fn forged_unauthenticated_and_bad_requests_are_refused_and_no_plaintext_is_store
         other => panic!("a stranger's subscription: {other:?}"),
     }
     // The owner reads both transactions back.
+    let owner_again = owner.clone();
     let mut sub = client.subscribe(chain, 1, owner);
     assert_eq!(rt.block_on(sub.next()).unwrap().0, 1);
     let (i, bytes) = rt.block_on(sub.next()).unwrap();
     assert_eq!((i, bytes), (2, tx));
+
+    // Info counts what was committed; only an owner may delete the chain, and then it is gone.
+    let info = rt.block_on(client.info(chain)).unwrap();
+    assert_eq!((info.index, info.quota_bytes), (2, 1 << 20));
+    assert!(info.used_bytes > 0 && info.records >= 1, "{info:?}");
+    match rt.block_on(client.delete(chain, &ate::SigningKey::generate())) {
+        Err(RemoteError::Refused(Code::PermissionDenied, _)) => {}
+        other => panic!("a stranger's delete: {other:?}"),
+    }
 
     // Health and metrics.
     let (status, body) = cluster.http_get(0, "/health");
@@ -161,4 +171,10 @@ fn forged_unauthenticated_and_bad_requests_are_refused_and_no_plaintext_is_store
         }
     }
     assert!(checked >= 3, "only {checked} files checked");
+
+    rt.block_on(client.delete(chain, &owner_again)).unwrap();
+    match rt.block_on(client.info(chain)) {
+        Err(RemoteError::Refused(Code::NotFound, _)) => {}
+        other => panic!("info after delete: {other:?}"),
+    }
 }

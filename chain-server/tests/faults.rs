@@ -12,28 +12,68 @@ use common::{check_history, have_iptables, new_chain, put_tx, rt, Acks, Cluster}
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Commits `n` transactions named `tag-i`, recording them for the history checker.
-#[allow(clippy::too_many_arguments)]
-fn commit_n(
-    rt: &tokio::runtime::Runtime,
-    client: &RemoteClient,
+/// A chain on a cluster, and what the history checker needs to know about it.
+struct Workload {
+    rt: tokio::runtime::Runtime,
+    client: RemoteClient,
     chain: ate::ChainId,
-    owner: &SigningKey,
-    key: &DataKey,
-    tag: usize,
-    n: u64,
-    acks: &mut Acks,
-    sent: &mut BTreeMap<[u8; 32], (usize, u64)>,
-) -> u64 {
-    let mut last = 0;
-    for i in 0..n {
-        let name = format!("{tag}-{i}");
-        let tx = put_tx(chain, owner, key, name.as_bytes(), name.as_bytes());
-        sent.insert(Transaction::decode(&tx).unwrap().hash().0, (tag, i));
-        last = rt.block_on(client.commit(chain, tx)).unwrap();
-        acks.insert((tag, i), last);
+    owner: SigningKey,
+    key: DataKey,
+    /// The chain's partition.
+    p: u32,
+    acks: Acks,
+    sent: BTreeMap<[u8; 32], (usize, u64)>,
+}
+
+impl Workload {
+    fn new(cluster: &Cluster) -> Workload {
+        let rt = rt();
+        let client = cluster.client(Duration::from_secs(20));
+        let (chain, owner, genesis) = new_chain();
+        rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
+        Workload {
+            rt,
+            client,
+            chain,
+            p: chain_server::node::partition_of(&chain, 2),
+            owner,
+            key: DataKey::generate(),
+            acks: Acks::new(),
+            sent: BTreeMap::new(),
+        }
     }
-    last
+
+    /// Commits `n` transactions named `tag-i` through `client`, recording them; returns the
+    /// last index.
+    fn commit(&mut self, client: Option<&RemoteClient>, tag: usize, n: u64) -> u64 {
+        let client = client.unwrap_or(&self.client);
+        let mut last = 0;
+        for i in 0..n {
+            let name = format!("{tag}-{i}");
+            let tx = put_tx(
+                self.chain,
+                &self.owner,
+                &self.key,
+                name.as_bytes(),
+                name.as_bytes(),
+            );
+            self.sent
+                .insert(Transaction::decode(&tx).unwrap().hash().0, (tag, i));
+            last = self.rt.block_on(client.commit(self.chain, tx)).unwrap();
+            self.acks.insert((tag, i), last);
+        }
+        last
+    }
+
+    fn check(&self) {
+        self.rt.block_on(check_history(
+            &self.client,
+            self.chain,
+            self.owner.clone(),
+            &self.acks,
+            &self.sent,
+        ));
+    }
 }
 
 #[test]
@@ -43,16 +83,9 @@ fn an_isolated_replica_acknowledges_nothing_serves_nothing_stale_and_catches_up(
         return;
     }
     let cluster = Cluster::start(false, 1_000_000);
-    let rt = rt();
-    let client = cluster.client(Duration::from_secs(20));
-    let (chain, owner, genesis) = new_chain();
-    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
-    let p = chain_server::node::partition_of(&chain, 2);
-    let key = DataKey::generate();
-    let (mut acks, mut sent) = (Acks::new(), BTreeMap::new());
-    commit_n(
-        &rt, &client, chain, &owner, &key, 0, 30, &mut acks, &mut sent,
-    );
+    let mut w = Workload::new(&cluster);
+    let p = w.p;
+    w.commit(None, 0, 30);
 
     // Cut off the leader itself: the hardest case (it believes it leads for a while).
     let isolated = cluster.leader_of(p).unwrap();
@@ -62,29 +95,19 @@ fn an_isolated_replica_acknowledges_nothing_serves_nothing_stale_and_catches_up(
         .map(|i| cluster.replicas[i].api.clone())
         .collect();
     let majority_client = cluster.client_of(majority, Duration::from_secs(20));
-    let last = commit_n(
-        &rt,
-        &majority_client,
-        chain,
-        &owner,
-        &key,
-        1,
-        30,
-        &mut acks,
-        &mut sent,
-    );
+    let last = w.commit(Some(&majority_client), 1, 30);
 
     // The isolated replica, asked directly, acknowledges no commit and answers no barrier.
     let lonely = cluster.client_of(
         vec![cluster.replicas[isolated].api.clone()],
         Duration::from_secs(3),
     );
-    let stray = put_tx(chain, &owner, &key, b"stray", b"stray");
-    match rt.block_on(lonely.commit(chain, stray.clone())) {
+    let stray = put_tx(w.chain, &w.owner, &w.key, b"stray", b"stray");
+    match w.rt.block_on(lonely.commit(w.chain, stray.clone())) {
         Err(RemoteError::NoQuorum(..)) => {}
         other => panic!("the isolated replica answered a commit: {other:?}"),
     }
-    match rt.block_on(lonely.barrier(chain)) {
+    match w.rt.block_on(lonely.barrier(w.chain)) {
         Err(RemoteError::NoQuorum(..)) => {}
         Ok(i) => panic!("the isolated replica served a barrier at {i} (the chain is at {last})"),
         Err(e) => panic!("unexpected: {e}"),
@@ -104,32 +127,24 @@ fn an_isolated_replica_acknowledges_nothing_serves_nothing_stale_and_catches_up(
     );
     // The stray commit may or may not have made it in after healing (its outcome was never
     // acknowledged): the checker accepts it once at most.
-    sent.insert(Transaction::decode(&stray).unwrap().hash().0, (9, 0));
-    rt.block_on(check_history(&client, chain, owner, &acks, &sent));
+    w.sent
+        .insert(Transaction::decode(&stray).unwrap().hash().0, (9, 0));
+    w.check();
 }
 
 #[test]
 fn a_wiped_replica_rebuilds_from_a_snapshot_and_a_cluster_without_quorum_says_so() {
     // Snapshots every 100 entries: the wiped replica cannot get the log from the start.
     let mut cluster = Cluster::start(false, 100);
-    let rt = rt();
-    let client = cluster.client(Duration::from_secs(20));
-    let (chain, owner, genesis) = new_chain();
-    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
-    let p = chain_server::node::partition_of(&chain, 2);
-    let key = DataKey::generate();
-    let (mut acks, mut sent) = (Acks::new(), BTreeMap::new());
-    commit_n(
-        &rt, &client, chain, &owner, &key, 0, 300, &mut acks, &mut sent,
-    );
+    let mut w = Workload::new(&cluster);
+    let p = w.p;
+    w.commit(None, 0, 300);
 
     let leader = cluster.leader_of(p).unwrap();
     let wiped = (leader + 1) % 3;
     cluster.kill(wiped);
     std::fs::remove_dir_all(&cluster.replicas[wiped].data).unwrap();
-    let last = commit_n(
-        &rt, &client, chain, &owner, &key, 1, 50, &mut acks, &mut sent,
-    );
+    let last = w.commit(None, 1, 50);
     cluster.spawn(wiped, false);
     let target = cluster.gauge(leader, "atefs_raft_last_log_index", p);
     assert!(
@@ -145,17 +160,15 @@ fn a_wiped_replica_rebuilds_from_a_snapshot_and_a_cluster_without_quorum_says_so
     // Without the old leader, the rebuilt replica is half of every quorum: the chain goes on
     // at the right index only if it rebuilt correctly.
     cluster.kill(leader);
-    let next = commit_n(
-        &rt, &client, chain, &owner, &key, 2, 1, &mut acks, &mut sent,
-    );
+    let next = w.commit(None, 2, 1);
     assert_eq!(next, last + 1);
 
     // With one replica left there is no quorum: a clear error, and no acknowledgement.
     let third = (0..3).find(|i| *i != leader && *i != wiped).unwrap();
     cluster.kill(third);
     let impatient = cluster.client(Duration::from_secs(3));
-    let tx = put_tx(chain, &owner, &key, b"late", b"late");
-    match rt.block_on(impatient.commit(chain, tx)) {
+    let tx = put_tx(w.chain, &w.owner, &w.key, b"late", b"late");
+    match w.rt.block_on(impatient.commit(w.chain, tx)) {
         Err(e @ RemoteError::NoQuorum(..)) => {
             assert!(e.to_string().contains("no quorum"), "{e}");
         }

@@ -5,7 +5,8 @@
 
 use super::pb::chain::chains_client::ChainsClient;
 use super::pb::chain::{
-    ChainRef, ChallengeRequest, CommitRequest, CreateRequest, SubscribeEvent, SubscribeRequest,
+    ChainRef, ChallengeRequest, CommitRequest, CreateRequest, DeleteRequest, InfoReply,
+    SubscribeEvent, SubscribeRequest,
 };
 use crate::crypto::SigningKey;
 use crate::ids::ChainId;
@@ -230,6 +231,37 @@ impl RemoteClient {
                 tx: tx.clone(),
             };
             async move { c.commit(req).await.map(|r| r.into_inner().index) }
+        })
+        .await
+    }
+
+    /// Size, quota and indexes of a chain, as the leader of its partition knows them.
+    pub async fn info(&self, chain: ChainId) -> Result<InfoReply, RemoteError> {
+        self.with_leader(chain, |mut c| {
+            let req = ChainRef {
+                chain: chain.0.to_vec(),
+            };
+            async move { c.info(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// Deletes a chain, proving `owner` is one of its owners.
+    pub async fn delete(&self, chain: ChainId, owner: &SigningKey) -> Result<(), RemoteError> {
+        let key = owner.public().0.to_vec();
+        self.with_leader(chain, |mut c| {
+            let key = key.clone();
+            async move {
+                let nonce = c.challenge(ChallengeRequest {}).await?.into_inner().nonce;
+                let digest = super::delete_digest(&chain, &nonce);
+                let req = DeleteRequest {
+                    chain: chain.0.to_vec(),
+                    nonce,
+                    owner_key: key,
+                    signature: owner.sign(&digest).to_vec(),
+                };
+                c.delete(req).await.map(|_| ())
+            }
         })
         .await
     }
