@@ -18,6 +18,20 @@ struct GrpcUpstream {
     client: Arc<RemoteClient>,
     rt: tokio::runtime::Handle,
     chain: ChainId,
+    /// Set when the follower stopped: commits would never show up locally, so they fail at
+    /// once with the reason instead of timing out.
+    broken: Arc<parking_lot::Mutex<Option<String>>>,
+}
+
+impl GrpcUpstream {
+    fn check(&self) -> Result<(), UpstreamError> {
+        match &*self.broken.lock() {
+            Some(why) => Err(UpstreamError::Failed(format!(
+                "the local cache stopped following the chain: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 fn upstream_error(e: RemoteError) -> UpstreamError {
@@ -33,11 +47,13 @@ fn upstream_error(e: RemoteError) -> UpstreamError {
 
 impl Upstream for GrpcUpstream {
     fn commit(&self, tx: &[u8]) -> Result<u64, UpstreamError> {
+        self.check()?;
         self.rt
             .block_on(self.client.commit(self.chain, tx.to_vec()))
             .map_err(upstream_error)
     }
     fn barrier(&self) -> Result<u64, UpstreamError> {
+        self.check()?;
         self.rt
             .block_on(self.client.barrier(self.chain))
             .map_err(upstream_error)
@@ -109,10 +125,12 @@ pub fn open_remote(
         }
         Err(e) => return Err(e.into()),
     }
+    let broken = Arc::new(parking_lot::Mutex::new(None));
     let upstream = Arc::new(GrpcUpstream {
         client: client.clone(),
         rt: rt.handle().clone(),
         chain,
+        broken: broken.clone(),
     });
     let (local, _) =
         Chain::open_upstream(cache, chain, ChainOptions::default(), upstream, |_, _| {})?;
@@ -121,7 +139,12 @@ pub fn open_remote(
         let (local, stop, client, rt2) = (local.clone(), stop.clone(), client.clone(), rt.clone());
         std::thread::Builder::new()
             .name("ate-follower".into())
-            .spawn(move || rt2.block_on(follow(&client, &local, reader, &stop)))
+            .spawn(move || {
+                if let Err(why) = rt2.block_on(follow(&client, &local, reader, &stop)) {
+                    tracing::error!(error = %why, "the cache stopped following the chain; commits fail from now on");
+                    *broken.lock() = Some(why);
+                }
+            })
             .map_err(ReplicaError::Runtime)?
     };
     local.sync_upstream()?;
@@ -135,26 +158,29 @@ pub fn open_remote(
 
 /// Feeds the cache until stopped. Appends are pipelined; each receipt's index is checked
 /// against the upstream's, so a diverged cache stops loudly instead of serving wrong data.
-async fn follow(client: &RemoteClient, local: &Chain, reader: SigningKey, stop: &AtomicBool) {
+/// Returns why it stopped, if not asked to.
+async fn follow(
+    client: &RemoteClient,
+    local: &Chain,
+    reader: SigningKey,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     let mut sub = client.subscribe(local.id(), local.last_index() + 1, reader);
     let mut pending: std::collections::VecDeque<(u64, PendingCommit)> = Default::default();
-    while !stop.load(Ordering::Relaxed) {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let (index, bytes) = match sub.next().await {
             Ok(ev) => ev,
-            Err(e) => {
-                tracing::error!(error = %e, "the chain's subscription failed; the cache stops here");
-                return;
-            }
+            Err(e) => return Err(format!("the chain's subscription failed: {e}")),
         };
         let applied = Transaction::decode(&bytes)
             .map_err(|e| ChainError::Decode { index, source: e })
             .and_then(|tx| local.apply_upstream(tx));
         match applied {
             Ok(p) => pending.push_back((index, p)),
-            Err(e) => {
-                tracing::error!(index, error = %e, "the cache refused the upstream's transaction");
-                return;
-            }
+            Err(e) => return Err(format!("the cache refused transaction {index}: {e}")),
         }
         while pending.front().is_some_and(|(_, p)| p.is_done()) {
             let Some((want, p)) = pending.pop_front() else {
@@ -163,13 +189,12 @@ async fn follow(client: &RemoteClient, local: &Chain, reader: SigningKey, stop: 
             match p.wait() {
                 Ok(r) if r.index == want => {}
                 Ok(r) => {
-                    tracing::error!(want, got = r.index, "the cache diverged from the upstream");
-                    return;
+                    return Err(format!(
+                        "the cache diverged: transaction {want} landed at {}",
+                        r.index
+                    ))
                 }
-                Err(e) => {
-                    tracing::error!(index = want, error = %e, "the cache refused the upstream's transaction");
-                    return;
-                }
+                Err(e) => return Err(format!("the cache refused transaction {want}: {e}")),
             }
         }
     }
