@@ -123,7 +123,21 @@ impl Api {
         })
     }
 
-    fn check_proof(&self, key: &[u8], sig: &[u8], digest: &[u8; 32]) -> Result<PublicKey, Status> {
+    /// Checks a signed proof over a one-time challenge: the nonce is ours and fresh, the
+    /// signature by `key` over `digest` verifies, and `key` holds `role` in the chain's root
+    /// authority (NOT_FOUND without the chain, PERMISSION_DENIED without the role).
+    #[allow(clippy::too_many_arguments)] // the proof's parts, as they come in a request
+    fn check_proof(
+        &self,
+        p: &Partition,
+        chain: ChainId,
+        nonce: &[u8],
+        key: &[u8],
+        sig: &[u8],
+        digest: &[u8; 32],
+        role: (fn(&ate::RootAuthority, &ate::KeyId) -> bool, &str),
+    ) -> Result<(), Status> {
+        self.take_nonce(nonce)?;
         let key = PublicKey(
             key.try_into()
                 .map_err(|_| Status::unauthenticated("key must be 32 bytes"))?,
@@ -133,7 +147,17 @@ impl Api {
             .map_err(|_| Status::unauthenticated("signature must be 64 bytes"))?;
         key.verify(digest, &sig)
             .map_err(|_| Status::unauthenticated("the signature does not verify"))?;
-        Ok(key)
+        let (holds, what) = role;
+        let allowed = p.sm.with_chain(&chain, |c| {
+            ate::validate::ChainState::root(&c.view).is_some_and(|r| holds(r, &key.id()))
+        });
+        match allowed {
+            None => Err(Status::not_found(format!("no chain {chain}"))),
+            Some(false) => Err(Status::permission_denied(format!(
+                "not {what} of the chain"
+            ))),
+            Some(true) => Ok(()),
+        }
     }
 }
 
@@ -162,21 +186,16 @@ impl Chains for Api {
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteReply>, Status> {
         let req = req.into_inner();
         let chain = chain_id(&req.chain)?;
-        self.take_nonce(&req.nonce)?;
-        let key = self.check_proof(
+        let p = self.node.partition(&chain);
+        self.check_proof(
+            p,
+            chain,
+            &req.nonce,
             &req.owner_key,
             &req.signature,
             &ate::remote::delete_digest(&chain, &req.nonce),
+            (ate::RootAuthority::is_owner, "an owner"),
         )?;
-        let p = self.node.partition(&chain);
-        let owner = p.sm.with_chain(&chain, |c| {
-            ate::validate::ChainState::root(&c.view).is_some_and(|r| r.is_owner(&key.id()))
-        });
-        match owner {
-            None => return Err(Status::not_found(format!("no chain {chain}"))),
-            Some(false) => return Err(Status::permission_denied("not an owner of the chain")),
-            Some(true) => {}
-        }
         self.propose(p, Command::Delete { chain: chain.0 }).await?;
         Ok(Response::new(DeleteReply {}))
     }
@@ -222,21 +241,16 @@ impl Chains for Api {
     ) -> Result<Response<EventStream>, Status> {
         let req = req.into_inner();
         let chain = chain_id(&req.chain)?;
-        self.take_nonce(&req.nonce)?;
-        let key = self.check_proof(
+        let p = self.node.partition(&chain).clone();
+        self.check_proof(
+            &p,
+            chain,
+            &req.nonce,
             &req.reader_key,
             &req.signature,
             &ate::remote::subscribe_digest(&chain, &req.nonce, req.from_index),
+            (ate::RootAuthority::can_read, "a reader"),
         )?;
-        let p = self.node.partition(&chain).clone();
-        let reader = p.sm.with_chain(&chain, |c| {
-            ate::validate::ChainState::root(&c.view).is_some_and(|r| r.can_read(&key.id()))
-        });
-        match reader {
-            None => return Err(Status::not_found(format!("no chain {chain}"))),
-            Some(false) => return Err(Status::permission_denied("not a reader of the chain")),
-            Some(true) => {}
-        }
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(crate::subscribe::feed(p, chain, req.from_index.max(1), tx));
         Ok(Response::new(Box::pin(

@@ -74,7 +74,8 @@ enum Stored {
     Delete { chain: [u8; 16] },
 }
 
-#[derive(Default, Serialize, Deserialize)]
+/// What `raft-meta` holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Meta {
     vote: Option<Vote<u64>>,
     purged: Option<LogId>,
@@ -108,15 +109,8 @@ struct Inner {
     files: Arc<Files>,
     slots: BTreeMap<u64, Slot>,
     tail: Option<Tail>,
-    meta: MetaState,
+    meta: Meta,
     segment_bytes: u64,
-}
-
-#[derive(Debug, Default)]
-struct MetaState {
-    vote: Option<Vote<u64>>,
-    purged: Option<LogId>,
-    committed: Option<LogId>,
 }
 
 /// The log store (cheap to clone; clones share the log and serve as readers).
@@ -265,11 +259,7 @@ impl LogStore {
                 files,
                 slots,
                 tail,
-                meta: MetaState {
-                    vote: meta.vote,
-                    purged: meta.purged,
-                    committed: meta.committed,
-                },
+                meta,
                 segment_bytes,
             })),
         })
@@ -459,12 +449,7 @@ impl LogStore {
     }
 
     fn save_meta(inner: &Inner) -> Result<(), LogStoreError> {
-        let meta = Meta {
-            vote: inner.meta.vote,
-            purged: inner.meta.purged,
-            committed: inner.meta.committed,
-        };
-        let bytes = postcard::to_stdvec(&meta).map_err(|e| LogStoreError::Corrupt {
+        let bytes = postcard::to_stdvec(&inner.meta).map_err(|e| LogStoreError::Corrupt {
             file: META.into(),
             offset: 0,
             reason: e.to_string(),

@@ -195,6 +195,15 @@ struct Loaded {
     chains: BTreeMap<ChainId, ChainData>,
 }
 
+/// The whole of `file` (named `name` in errors).
+fn read_all(file: &dyn StorageFile, name: &str) -> Result<Vec<u8>, LogError> {
+    let len = file.len().map_err(LogError::io("stat", name))?;
+    let mut data = vec![0u8; len as usize];
+    file.read_at(&mut data, 0)
+        .map_err(LogError::io("read", name))?;
+    Ok(data)
+}
+
 fn corrupt(reason: impl Into<String>) -> LogError {
     LogError::Corrupt {
         file: SNAP_FILE.into(),
@@ -393,7 +402,7 @@ impl Inner {
         let snapshot_id = format!(
             "{}-{}",
             self.last_applied.map_or(0, |l| l.index),
-            rand_suffix()
+            now_nanos()
         );
         let (tmp, out) = self.create_tmp()?;
         out.write_at(SNAP_MAGIC, 0)
@@ -415,12 +424,8 @@ impl Inner {
                     moved.push((*key, offset + at.offset));
                 }
             }
-            let image = w.finish()?;
-            let len = image.len().map_err(LogError::io("stat", "scratch"))?;
-            let mut bytes = vec![0u8; len as usize];
-            image
-                .read_at(&mut bytes, 0)
-                .map_err(LogError::io("read", "scratch"))?;
+            let bytes = read_all(w.finish()?.as_ref(), "scratch")?;
+            let len = bytes.len() as u64;
             out.write_at(&bytes, offset)
                 .map_err(LogError::io("write", &tmp))?;
             heads.push(ChainHead {
@@ -471,11 +476,7 @@ impl Inner {
             snapshot_id,
         };
         self.current = Some(meta.clone());
-        let len = file.len().map_err(LogError::io("stat", SNAP_FILE))?;
-        let mut data = vec![0u8; len as usize];
-        file.read_at(&mut data, 0)
-            .map_err(LogError::io("read", SNAP_FILE))?;
-        Ok((meta, data))
+        Ok((meta, read_all(file.as_ref(), SNAP_FILE)?))
     }
 
     /// Replaces the state with a received snapshot.
@@ -486,6 +487,12 @@ impl Inner {
         // Check it whole before it replaces anything.
         let loaded = load_snapshot(&out)?;
         self.publish(&tmp)?;
+        self.adopt(loaded);
+        Ok(())
+    }
+
+    /// Takes a loaded snapshot as the whole state and tells waiters how far it goes.
+    fn adopt(&mut self, loaded: Loaded) {
         self.last_applied = loaded.last_applied;
         self.membership = loaded.membership.clone();
         self.chains = loaded.chains;
@@ -494,7 +501,13 @@ impl Inner {
             last_membership: loaded.membership,
             snapshot_id: loaded.snapshot_id,
         });
-        Ok(())
+        self.notify_applied();
+    }
+
+    fn notify_applied(&self) {
+        let _ = self
+            .applied_tx
+            .send(self.last_applied.map_or(0, |l| l.index));
     }
 }
 
@@ -509,7 +522,7 @@ pub fn refusal_of(e: &ValidationError) -> Refusal {
     }
 }
 
-fn rand_suffix() -> u64 {
+fn now_nanos() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -536,17 +549,7 @@ impl StateMachine {
             Ok(file) => {
                 let loaded = load_snapshot(&file)?;
                 inner.snap_files.insert(FileRef::Snapshot(0), file);
-                inner.last_applied = loaded.last_applied;
-                inner.membership = loaded.membership.clone();
-                inner.chains = loaded.chains;
-                inner.current = Some(SnapshotMeta {
-                    last_log_id: loaded.last_applied,
-                    last_membership: loaded.membership,
-                    snapshot_id: loaded.snapshot_id,
-                });
-                let _ = inner
-                    .applied_tx
-                    .send(loaded.last_applied.map_or(0, |l| l.index));
+                inner.adopt(loaded);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(LogError::io("open", SNAP_FILE)(e)),
@@ -616,8 +619,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(cmd) => out.push(inner.apply(cmd, e.log_id.index)),
             }
         }
-        let last = inner.last_applied.map_or(0, |l| l.index);
-        let _ = inner.applied_tx.send(last);
+        inner.notify_applied();
         Ok(out)
     }
 
@@ -636,10 +638,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let mut inner = self.inner.lock();
-        inner.install(&data).map_err(sm_err)?;
-        let last = inner.last_applied.map_or(0, |l| l.index);
-        let _ = inner.applied_tx.send(last);
-        Ok(())
+        inner.install(&data).map_err(sm_err)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
@@ -651,12 +650,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .snap_files
             .get(&FileRef::Snapshot(0))
             .ok_or_else(|| snap_err(corrupt("the current snapshot file is not open")))?;
-        let len = file
-            .len()
-            .map_err(|e| snap_err(LogError::io("stat", SNAP_FILE)(e)))?;
-        let mut data = vec![0u8; len as usize];
-        file.read_at(&mut data, 0)
-            .map_err(|e| snap_err(LogError::io("read", SNAP_FILE)(e)))?;
+        let data = read_all(file.as_ref(), SNAP_FILE).map_err(snap_err)?;
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

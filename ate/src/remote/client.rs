@@ -353,12 +353,13 @@ impl Subscription<'_> {
                     ))
                 }
                 Ok(None) => self.stream = None,
-                Err(s) => match classify::<()>(Err(s))? {
-                    Attempt::Done(()) | Attempt::Redirect(_) | Attempt::Retry(_) => {
-                        self.stream = None;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+                // A refusal ends the subscription; anything else reconnects (the next open
+                // finds the leader again).
+                Err(s) => {
+                    classify::<()>(Err(s))?;
+                    self.stream = None;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     }
