@@ -346,9 +346,7 @@ impl AteFs {
             return Err(FsError::NotFound);
         }
         if let std::collections::hash_map::Entry::Vacant(slot) = st.nodes.entry(ino) {
-            let key = self.keys.inode(ino);
-            let bytes = self.read_record(&key)?.ok_or(FsError::NotFound)?;
-            let attr = Inode::decode(&bytes).map_err(|e| FsError::Corrupt(key, e.to_string()))?;
+            let attr = self.load_attr(ino)?.ok_or(FsError::NotFound)?;
             slot.insert(Node {
                 attr,
                 entries: None,
@@ -363,6 +361,17 @@ impl AteFs {
             });
         }
         st.nodes.get_mut(&ino).ok_or(FsError::NotFound)
+    }
+
+    /// An inode's attributes as the chain has them.
+    fn load_attr(&self, ino: u64) -> FsResult<Option<Inode>> {
+        let key = self.keys.inode(ino);
+        let Some(bytes) = self.read_record(&key)? else {
+            return Ok(None);
+        };
+        Inode::decode(&bytes)
+            .map(Some)
+            .map_err(|e| FsError::Corrupt(key, e.to_string()))
     }
 
     /// A directory's entries, loaded on first use.
@@ -953,7 +962,6 @@ impl AteFs {
         if size < old {
             let keep = size.div_ceil(bs);
             // Committed blocks past the end go; the new last block is cut.
-            let mut tx = self.tx();
             // The new last block is cut below, so it goes from the cache too.
             self.uncache(ino, size / bs);
             let gone: Vec<u64> = self
@@ -961,17 +969,7 @@ impl AteFs {
                 .split_off(&keep)
                 .into_iter()
                 .collect();
-            for idx in gone {
-                tx.ops.push(Op::Delete {
-                    key: self.keys.block(ino, idx),
-                });
-                if tx.ops.len() >= 4000 {
-                    self.commit(&mut *st, std::mem::replace(&mut tx, self.tx()))?;
-                }
-            }
-            if !tx.ops.is_empty() {
-                self.commit(&mut *st, tx)?;
-            }
+            self.delete_blocks(st, ino, &gone)?;
             let tail = (size % bs) as usize;
             let last_block = if tail > 0 { Some(size / bs) } else { None };
             let last_data = match last_block {
@@ -989,6 +987,28 @@ impl AteFs {
         let node = self.node(st, ino)?;
         node.attr.size = size;
         node.attr_dirty = true;
+        Ok(())
+    }
+
+    /// Commits the deletion of committed blocks `idxs` (at most 4,000 per transaction).
+    fn delete_blocks(&self, st: &mut State, ino: u64, idxs: &[u64]) -> FsResult<()> {
+        for chunk in idxs.chunks(4000) {
+            let mut tx = self.tx();
+            tx.ops.extend(chunk.iter().map(|idx| Op::Delete {
+                key: self.keys.block(ino, *idx),
+            }));
+            self.commit(st, tx)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `block` the buffered contents of block `idx` (a cached copy is stale from now).
+    fn put_dirty(&self, st: &mut State, ino: u64, idx: u64, block: Vec<u8>) -> FsResult<()> {
+        self.cache.lock().pop(&(ino, idx));
+        let node = self.node(st, ino)?;
+        let new = block.len();
+        let old = node.dirty.insert(idx, block).map_or(0, |b| b.len());
+        node.dirty_bytes = node.dirty_bytes - old + new;
         Ok(())
     }
 
@@ -1112,10 +1132,7 @@ impl AteFs {
                 block.resize(within + take, 0);
             }
             block[within..within + take].copy_from_slice(&src[..take]);
-            self.cache.lock().pop(&(ino, idx));
-            let node = self.node(&mut st, ino)?;
-            let old = node.dirty.insert(idx, block).map_or(0, |b| b.len());
-            node.dirty_bytes = node.dirty_bytes - old + node.dirty.get(&idx).map_or(0, Vec::len);
+            self.put_dirty(&mut st, ino, idx, block)?;
             pos += take as u64;
             src = &src[take..];
         }
@@ -1459,10 +1476,8 @@ impl AteFs {
                 keep.insert(ino, n);
             } else if n.open > 0 {
                 // Open handles live in the node: keep it, but reload what others may change.
-                let key = self.keys.inode(ino);
-                if let Some(bytes) = self.read_record(&key)? {
-                    n.attr =
-                        Inode::decode(&bytes).map_err(|e| FsError::Corrupt(key, e.to_string()))?;
+                if let Some(attr) = self.load_attr(ino)? {
+                    n.attr = attr;
                 }
                 n.entries = None;
                 n.blocks = None;

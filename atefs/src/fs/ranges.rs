@@ -9,7 +9,6 @@
 use super::{now, AteFs, State};
 use crate::error::{FsError, FsResult};
 use crate::records::Kind;
-use ate::Op;
 
 /// What fallocate should do (the adapter maps the Linux mode bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,18 +97,7 @@ impl AteFs {
             let node = self.node(st, ino)?;
             node.dirty.retain(|i, _| *i < first_full || *i >= end_full);
             node.dirty_bytes = node.dirty.values().map(Vec::len).sum();
-            let mut tx = self.tx();
-            for idx in &gone {
-                tx.ops.push(Op::Delete {
-                    key: self.keys.block(ino, *idx),
-                });
-                if tx.ops.len() >= 4000 {
-                    self.commit(st, std::mem::replace(&mut tx, self.tx()))?;
-                }
-            }
-            if !tx.ops.is_empty() {
-                self.commit(st, tx)?;
-            }
+            self.delete_blocks(st, ino, &gone)?;
             let set = self.block_set(st, ino)?;
             for idx in gone {
                 set.remove(&idx);
@@ -133,10 +121,7 @@ impl AteFs {
                 continue;
             }
             block[lo..hi].fill(0);
-            self.cache.lock().pop(&(ino, idx));
-            let node = self.node(st, ino)?;
-            let old = node.dirty.insert(idx, block).map_or(0, |b| b.len());
-            node.dirty_bytes = node.dirty_bytes - old + node.dirty.get(&idx).map_or(0, Vec::len);
+            self.put_dirty(st, ino, idx, block)?;
         }
         Ok(())
     }
