@@ -66,6 +66,12 @@ pub struct ChainOptions {
     pub max_batch: usize,
     /// Most bytes per group commit (a batch closes at the first transaction over it).
     pub max_batch_bytes: usize,
+    /// `None`: a commit is acknowledged once it is on disk (every group commit fdatasyncs).
+    /// `Some(d)`: a commit is acknowledged (and readable) once validated and appended; the log
+    /// is fdatasynced at most `d` later, at once when [`Chain::sync`] asks. For writers with
+    /// their own durability points (a file system's fsync), which then pay one fdatasync per
+    /// fsync instead of one per group commit.
+    pub deferred_sync: Option<Duration>,
 }
 
 impl Default for ChainOptions {
@@ -74,6 +80,7 @@ impl Default for ChainOptions {
             log: LogOptions::default(),
             max_batch: 1024,
             max_batch_bytes: 32 << 20,
+            deferred_sync: None,
         }
     }
 }
@@ -118,13 +125,40 @@ struct Pending {
 #[derive(Debug, Default)]
 pub(crate) struct Reply {
     slot: Mutex<Option<Result<Receipt, ChainError>>>,
+    /// Set with the answer and never cleared (the slot is emptied by whoever takes it).
+    answered: std::sync::atomic::AtomicBool,
     ready: Condvar,
 }
 
 impl Reply {
     pub(crate) fn send(&self, r: Result<Receipt, ChainError>) {
         *self.slot.lock() = Some(r);
-        self.ready.notify_one();
+        self.answered
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.ready.notify_all();
+    }
+}
+
+/// Waits for a queued commit without owning it (see [`PendingCommit::watch`]).
+#[derive(Clone, Debug)]
+pub struct CommitWatch {
+    reply: std::sync::Weak<Reply>,
+}
+
+impl CommitWatch {
+    /// Returns once the commit is answered (or abandoned with its chain). Commits queued by
+    /// one thread are answered in order, so watching the last of them waits for them all.
+    pub fn wait(&self) {
+        loop {
+            let Some(reply) = self.reply.upgrade() else {
+                return;
+            };
+            let mut slot = reply.slot.lock();
+            if reply.answered.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            reply.ready.wait_for(&mut slot, Duration::from_millis(100));
+        }
     }
 }
 
@@ -135,6 +169,15 @@ pub(crate) struct Shared {
     log: Mutex<RedoLog>,
     durable: Mutex<u64>,
     durable_cv: Condvar,
+    /// Last index appended and merged into the view (readable; equals `durable` unless
+    /// syncs are deferred).
+    visible: Mutex<u64>,
+    /// Deferred syncs: the index a [`Chain::sync`] caller waits for (the syncer does not
+    /// wait out its delay while this is ahead of what it synced).
+    sync_target: Mutex<u64>,
+    sync_cv: Condvar,
+    /// The fdatasync failure that poisoned the log, reported to every later sync.
+    sync_failed: Mutex<Option<String>>,
     /// Sequence number of the last batch merged into the view.
     published: Mutex<u64>,
     /// The log's files, for readers: reading never waits for the appender's lock.
@@ -248,6 +291,10 @@ impl Chain {
             log: Mutex::new(log),
             durable: Mutex::new(last),
             durable_cv: Condvar::new(),
+            visible: Mutex::new(last),
+            sync_target: Mutex::new(last),
+            sync_cv: Condvar::new(),
+            sync_failed: Mutex::new(None),
             published: Mutex::new(0),
             files,
         });
@@ -319,12 +366,12 @@ impl Chain {
         self.push_local(tx, hash)
     }
 
-    pub(crate) fn wait_durable(shared: &Shared, index: u64, timeout: Duration) -> bool {
+    pub(crate) fn wait_visible(shared: &Shared, index: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut d = shared.durable.lock();
-        while *d < index {
-            if shared.durable_cv.wait_until(&mut d, deadline).timed_out() {
-                return *d >= index;
+        let mut v = shared.visible.lock();
+        while *v < index {
+            if shared.durable_cv.wait_until(&mut v, deadline).timed_out() {
+                return *v >= index;
             }
         }
         true
@@ -464,14 +511,50 @@ impl Chain {
         self.shared.view.read().root().cloned()
     }
 
-    /// Index of the last durable transaction.
+    /// Index of the last transaction in the view (durable unless syncs are deferred).
     pub fn last_index(&self) -> u64 {
+        *self.shared.visible.lock()
+    }
+
+    /// Index of the last transaction on disk.
+    pub fn durable_index(&self) -> u64 {
         *self.shared.durable.lock()
     }
 
-    /// Waits until `index` is durable; false on timeout.
+    /// Waits until `index` is in the view; false on timeout.
     pub fn wait_for(&self, index: u64, timeout: Duration) -> bool {
-        Self::wait_durable(&self.shared, index, timeout)
+        Self::wait_visible(&self.shared, index, timeout)
+    }
+
+    /// Waits until every transaction acknowledged so far is on disk (with deferred syncs,
+    /// asking for the fdatasync now). Fails if an fdatasync failed. For a chain opened with
+    /// [`Self::open_upstream`] it returns at once: its commits are acknowledged once the
+    /// upstream has them.
+    pub fn sync(&self) -> Result<(), ChainError> {
+        if self.sender.is_some() {
+            // A cache of an upstream: what is durable is what the upstream acknowledged.
+            return Ok(());
+        }
+        let target = *self.shared.visible.lock();
+        {
+            let mut t = self.shared.sync_target.lock();
+            *t = (*t).max(target);
+        }
+        self.shared.sync_cv.notify_all();
+        let mut d = self.shared.durable.lock();
+        while *d < target {
+            if let Some(e) = self.shared.sync_failed.lock().clone() {
+                return Err(ChainError::Log(LogError::Io {
+                    op: "fdatasync",
+                    file: e,
+                    source: std::io::Error::other("an earlier fdatasync failed; reopen the chain"),
+                }));
+            }
+            self.shared
+                .durable_cv
+                .wait_for(&mut d, Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     /// Committed transactions from `from` on: history, then live.
@@ -554,6 +637,22 @@ impl PendingCommit {
         Self { reply }
     }
 
+    /// A handle that waits for this commit's answer without taking it, so a caller can wait
+    /// without holding the lock that guards the owner of this handle.
+    pub fn watch(&self) -> CommitWatch {
+        CommitWatch {
+            reply: Arc::downgrade(&self.reply),
+        }
+    }
+
+    /// Another handle to the same commit (one transaction can carry several files' data,
+    /// each of which waits for it). The answer is copied to every handle that waits.
+    pub fn share(&self) -> PendingCommit {
+        PendingCommit {
+            reply: self.reply.clone(),
+        }
+    }
+
     /// True once the commit is durable or refused ([`Self::wait`] then returns at once).
     pub fn is_done(&self) -> bool {
         self.reply.slot.lock().is_some() || Arc::strong_count(&self.reply) == 1
@@ -563,8 +662,11 @@ impl PendingCommit {
     pub fn wait(self) -> Result<Receipt, ChainError> {
         let mut slot = self.reply.slot.lock();
         loop {
-            if let Some(r) = slot.take() {
-                return r;
+            if let Some(r) = slot.as_ref() {
+                return match r {
+                    Ok(receipt) => Ok(*receipt),
+                    Err(e) => Err(e.duplicate()),
+                };
             }
             // The committer always answers: every Pending it takes gets a reply, and a
             // Pending it never takes is dropped with the queue, which only happens when the
@@ -573,6 +675,26 @@ impl PendingCommit {
                 return Err(ChainError::Closed);
             }
             self.reply.ready.wait_for(&mut slot, Duration::from_secs(1));
+        }
+    }
+}
+
+impl ChainError {
+    /// A copy (the log's I/O errors are not Clone), for every handle of a shared commit.
+    pub fn duplicate(&self) -> ChainError {
+        match self {
+            ChainError::Rejected(e) => ChainError::Rejected(e.clone()),
+            ChainError::Log(e) => ChainError::Log(e.duplicate()),
+            ChainError::Decode { index, source } => ChainError::Decode {
+                index: *index,
+                source: source.clone(),
+            },
+            ChainError::Crypto { key, source } => ChainError::Crypto {
+                key: *key,
+                source: source.clone(),
+            },
+            ChainError::Closed => ChainError::Closed,
+            ChainError::Upstream(e) => ChainError::Upstream(e.clone()),
         }
     }
 }
@@ -624,20 +746,25 @@ impl Subscription {
 #[derive(Debug)]
 struct Appended {
     seq: u64,
+    /// Entries not yet merged into the view and acknowledged (none once published at append).
     entries: Vec<(Pending, Vec<Change>, u64)>,
+    /// Index of the batch's last transaction.
+    last: u64,
     file: Arc<dyn crate::storage::StorageFile>,
     file_name: String,
 }
 
 /// Stage one: validate in order and append. The fdatasync happens in stage two, so the next
 /// batch is validated and written while the previous one syncs (the disk and the CPU overlap).
+/// With deferred syncs the batch is published and acknowledged here, right after the append.
 fn committer_loop(shared: Arc<Shared>, rx: &BatchQueue<Pending>, opts: ChainOptions) {
     let to_syncer = Arc::new(BatchQueue::<Appended>::new());
     let s = shared.clone();
     let q = to_syncer.clone();
+    let deferred = opts.deferred_sync;
     let syncer = std::thread::Builder::new()
         .name(format!("ate-sync-{}", &shared.id.to_hex()[..8]))
-        .spawn(move || syncer_loop(s, &q));
+        .spawn(move || syncer_loop(s, &q, deferred));
     let syncer = match syncer {
         Ok(t) => t,
         Err(e) => {
@@ -654,19 +781,25 @@ fn committer_loop(shared: Arc<Shared>, rx: &BatchQueue<Pending>, opts: ChainOpti
             inflight.pop_front();
         }
         seq += 1;
-        if let Some(appended) = append_batch(&shared, batch, &inflight, seq) {
-            let changes = appended
-                .entries
-                .iter()
-                .flat_map(|(_, c, _)| c.iter().cloned())
-                .collect();
-            inflight.push_back((seq, changes));
+        if let Some(appended) = append_batch(&shared, batch, &inflight, seq, deferred.is_some()) {
+            if !appended.entries.is_empty() {
+                let changes = appended
+                    .entries
+                    .iter()
+                    .flat_map(|(_, c, _)| c.iter().cloned())
+                    .collect();
+                inflight.push_back((seq, changes));
+            }
             if to_syncer.push(appended).is_err() {
                 break;
             }
         }
     }
     to_syncer.close();
+    // A deferred sync waiting out its delay syncs at once on the way out (taking the lock
+    // first: the syncer checks for closing under it before it waits).
+    drop(shared.sync_target.lock());
+    shared.sync_cv.notify_all();
     let _ = syncer.join();
 }
 
@@ -675,6 +808,7 @@ fn append_batch(
     batch: Vec<Pending>,
     inflight: &std::collections::VecDeque<(u64, Vec<Change>)>,
     seq: u64,
+    publish_now: bool,
 ) -> Option<Appended> {
     let mut log = shared.log.lock();
     let mut accepted: Vec<(Pending, Vec<Change>)> = Vec::with_capacity(batch.len());
@@ -704,7 +838,7 @@ fn append_batch(
     match log.append(&slices) {
         Ok(locs) => {
             let (file, file_name) = log.sync_handle();
-            let entries = accepted
+            let entries: Vec<_> = accepted
                 .into_iter()
                 .zip(locs)
                 .map(|((p, mut changes), (index, at))| {
@@ -712,12 +846,19 @@ fn append_batch(
                     (p, changes, index)
                 })
                 .collect();
-            Some(Appended {
+            let last = entries.last().map_or(0, |e| e.2);
+            let mut appended = Appended {
                 seq,
                 entries,
+                last,
                 file,
                 file_name,
-            })
+            };
+            if publish_now {
+                // Still under the log lock: a compaction never sees the log ahead of the view.
+                publish(shared, std::slice::from_mut(&mut appended));
+            }
+            Some(appended)
         }
         Err(e) => {
             tracing::error!(error = %e, "group commit failed");
@@ -729,11 +870,49 @@ fn append_batch(
     }
 }
 
-/// Stage two: fdatasync, publish to the view, then acknowledge. Every batch appended while the
-/// previous fdatasync ran shares the next one.
-fn syncer_loop(shared: Arc<Shared>, rx: &BatchQueue<Appended>) {
+/// Merges appended batches into the view, makes them readable and acknowledges them.
+fn publish(shared: &Shared, batches: &mut [Appended]) {
+    let Some(newest) = batches.last() else {
+        return;
+    };
+    let (seq, last) = (newest.seq, newest.last);
+    {
+        let mut view = shared.view.write();
+        for b in batches.iter_mut() {
+            for (_, changes, index) in &mut b.entries {
+                view.merge(*index, std::mem::take(changes));
+            }
+        }
+    }
+    *shared.published.lock() = seq;
+    *shared.visible.lock() = last;
+    shared.durable_cv.notify_all();
+    for b in batches.iter_mut() {
+        for (p, _, index) in std::mem::take(&mut b.entries) {
+            let hash = p.hash;
+            p.reply.send(Ok(Receipt { index, hash }));
+        }
+    }
+}
+
+/// Stage two: fdatasync, then (unless published at append) publish and acknowledge. Every
+/// batch appended while the previous fdatasync ran shares the next one. With deferred syncs
+/// it first waits up to the delay, or until [`Chain::sync`] asks for more than is on disk.
+fn syncer_loop(shared: Arc<Shared>, rx: &BatchQueue<Appended>, deferred: Option<Duration>) {
     let mut failed: Option<LogError> = None;
+    let mut synced_upto = *shared.durable.lock();
     while let Some(mut batches) = rx.pop_batch(usize::MAX, usize::MAX, |_| 0) {
+        if let Some(delay) = deferred {
+            let deadline = Instant::now() + delay;
+            let mut target = shared.sync_target.lock();
+            while *target <= synced_upto && !rx.is_closed() {
+                if shared.sync_cv.wait_until(&mut target, deadline).timed_out() {
+                    break;
+                }
+            }
+            drop(target);
+            batches.extend(rx.take_all());
+        }
         if failed.is_none() {
             // A batch list can span a segment roll: sync every file involved, oldest first.
             let mut synced: Vec<&str> = Vec::new();
@@ -745,6 +924,8 @@ fn syncer_loop(shared: Arc<Shared>, rx: &BatchQueue<Appended>) {
                 if let Err(source) = b.file.sync_data() {
                     shared.log.lock().poison();
                     tracing::error!(error = %source, file = %b.file_name, "fdatasync failed; the chain needs a reopen");
+                    *shared.sync_failed.lock() = Some(b.file_name.clone());
+                    shared.durable_cv.notify_all();
                     failed = Some(LogError::Io {
                         op: "fdatasync",
                         file: b.file_name.clone(),
@@ -763,28 +944,12 @@ fn syncer_loop(shared: Arc<Shared>, rx: &BatchQueue<Appended>) {
             }
             continue;
         }
-        let last = batches
-            .iter()
-            .rev()
-            .find_map(|b| b.entries.last())
-            .map_or(0, |e| e.2);
-        let seq = batches.last().map_or(0, |b| b.seq);
-        {
-            let mut view = shared.view.write();
-            for b in &mut batches {
-                for (_, changes, index) in &mut b.entries {
-                    view.merge(*index, std::mem::take(changes));
-                }
-            }
+        let last = batches.iter().map(|b| b.last).max().unwrap_or(synced_upto);
+        if deferred.is_none() {
+            publish(&shared, &mut batches);
         }
-        *shared.published.lock() = seq;
-        *shared.durable.lock() = last;
+        synced_upto = synced_upto.max(last);
+        *shared.durable.lock() = synced_upto;
         shared.durable_cv.notify_all();
-        for b in batches {
-            for (p, _, index) in b.entries {
-                let hash = p.hash;
-                p.reply.send(Ok(Receipt { index, hash }));
-            }
-        }
     }
 }

@@ -30,7 +30,7 @@ pub mod validate;
 pub mod view;
 
 pub use authority::{Role, RootAuthority, WriteAuthority};
-pub use chain::{Chain, ChainError, ChainOptions, ChainStats, Receipt, Subscription};
+pub use chain::{Chain, ChainError, ChainOptions, ChainStats, CommitWatch, Receipt, Subscription};
 pub use crypto::{DataKey, NameKey, PublicKey, SigningKey};
 pub use ids::{ChainId, KeyId, RecordKey, TxHash};
 pub use keyfile::KeyFile;

@@ -69,6 +69,16 @@ impl<T> BatchQueue<T> {
         Some(out)
     }
 
+    /// Takes whatever is waiting, without waiting.
+    pub(crate) fn take_all(&self) -> Vec<T> {
+        self.state.lock().items.drain(..).collect()
+    }
+
+    /// True once closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
     /// Refuses further pushes and wakes the consumer.
     pub(crate) fn close(&self) {
         self.state.lock().closed = true;

@@ -30,6 +30,11 @@ pub enum UpstreamError {
 pub trait Upstream: Send + Sync + std::fmt::Debug {
     /// Commits an encoded, signed transaction; returns its index in the chain.
     fn commit(&self, tx: &[u8]) -> Result<u64, UpstreamError>;
+    /// Commits transactions in their order in one round trip; one result each. The default
+    /// sends them one at a time.
+    fn commit_batch(&self, txs: &[&[u8]]) -> Vec<Result<u64, UpstreamError>> {
+        txs.iter().map(|tx| self.commit(tx)).collect()
+    }
     /// The chain's last index as of now (a linearizable read).
     fn barrier(&self) -> Result<u64, UpstreamError>;
 }
@@ -51,32 +56,40 @@ impl std::fmt::Debug for Outgoing {
     }
 }
 
-/// The sender thread: one commit at a time, in queue order.
+/// Most bytes of transactions the sender puts in one upstream call (the server bounds a
+/// message at 64 MiB).
+const BATCH_BYTES: usize = 32 << 20;
+
+/// The sender thread: everything queued goes up in one call (in queue order), and the next
+/// call takes what queued meanwhile.
 pub(crate) fn sender_loop(
     chain: std::sync::Weak<crate::chain::Shared>,
     upstream: std::sync::Arc<dyn Upstream>,
     rx: &crate::queue::BatchQueue<Outgoing>,
 ) {
-    while let Some(batch) = rx.pop_batch(64, usize::MAX, |_| 0) {
-        for o in batch {
-            let r = upstream
-                .commit(&o.bytes)
-                .map_err(ChainError::Upstream)
-                .and_then(|index| {
-                    let Some(shared) = chain.upgrade() else {
-                        return Err(ChainError::Closed);
-                    };
-                    if Chain::wait_durable(&shared, index, APPLY_WAIT) {
-                        Ok(Receipt {
-                            index,
-                            hash: o.hash,
-                        })
-                    } else {
-                        Err(ChainError::Upstream(UpstreamError::Failed(format!(
-                            "committed upstream at {index}, but not received back within {APPLY_WAIT:?}"
-                        ))))
-                    }
-                });
+    while let Some(batch) = rx.pop_batch(256, BATCH_BYTES, |o| o.bytes.len()) {
+        let results = if let [one] = batch.as_slice() {
+            vec![upstream.commit(&one.bytes)]
+        } else {
+            let txs: Vec<&[u8]> = batch.iter().map(|o| o.bytes.as_slice()).collect();
+            upstream.commit_batch(&txs)
+        };
+        for (o, r) in batch.into_iter().zip(results) {
+            let r = r.map_err(ChainError::Upstream).and_then(|index| {
+                let Some(shared) = chain.upgrade() else {
+                    return Err(ChainError::Closed);
+                };
+                if Chain::wait_visible(&shared, index, APPLY_WAIT) {
+                    Ok(Receipt {
+                        index,
+                        hash: o.hash,
+                    })
+                } else {
+                    Err(ChainError::Upstream(UpstreamError::Failed(format!(
+                        "committed upstream at {index}, but not received back within {APPLY_WAIT:?}"
+                    ))))
+                }
+            });
             o.reply.send(r);
         }
     }

@@ -124,3 +124,55 @@ fn a_segment_created_without_its_header_is_dropped() {
     assert_eq!(chain.last_index(), 3);
     let _ = RecordKey::random();
 }
+
+/// Deferred syncs: a commit is readable at once but only on disk after `sync` (or the delay);
+/// a power cut before that loses a suffix of unsynced commits, never anything synced, and the
+/// log recovers to a prefix.
+#[test]
+fn deferred_sync_acknowledges_before_disk_and_sync_makes_it_durable() {
+    let f = Fixture::new();
+    let mem = MemStorage::new();
+    let storage: Arc<dyn Storage> = Arc::new(mem.clone());
+    let opts = ate::ChainOptions {
+        // Long enough that only `sync` can make these durable during the test.
+        deferred_sync: Some(std::time::Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    let (chain, _) = ate::Chain::open(storage, Some(f.chain_id), opts, |_, _| {}).unwrap();
+    chain
+        .commit(f.genesis(ate::RootAuthority::single_owner(f.owner.public())))
+        .unwrap();
+    chain.sync().unwrap();
+    let synced = chain.durable_index();
+    for i in 0..3 {
+        chain
+            .commit(f.put(&f.owner, key(i), None, format!("value {i}").as_bytes()))
+            .unwrap();
+    }
+    // Readable and acknowledged, not durable.
+    assert_eq!(chain.last_index(), synced + 3);
+    assert_eq!(chain.durable_index(), synced);
+    assert_eq!(
+        chain.read_plain(&key(2), &f.data).unwrap().unwrap().1,
+        b"value 2"
+    );
+    let cut = reopen(&f, &mem.crash_image()).unwrap();
+    assert_eq!(
+        cut.last_index(),
+        synced,
+        "a power cut before sync keeps the synced prefix"
+    );
+    assert!(cut.read_plain(&key(0), &f.data).unwrap().is_none());
+    drop(cut);
+
+    chain.sync().unwrap();
+    assert_eq!(chain.durable_index(), synced + 3);
+    let after = reopen(&f, &mem.crash_image()).unwrap();
+    assert_eq!(after.last_index(), synced + 3);
+    for i in 0..3 {
+        assert_eq!(
+            after.read_plain(&key(i), &f.data).unwrap().unwrap().1,
+            format!("value {i}").into_bytes()
+        );
+    }
+}

@@ -22,6 +22,8 @@ pub use ranges::{Allocate, Seek};
 
 /// Operations that make the namespace batch go out at once.
 const BATCH_OPS: usize = 4000;
+/// Most data bytes in one flush transaction.
+const FLUSH_TX_BYTES: usize = 32 << 20;
 
 /// Tuning and limits of a mount.
 #[derive(Clone, Debug)]
@@ -30,6 +32,10 @@ pub struct FsOptions {
     pub block_size: usize,
     /// Dirty bytes per file that trigger a commit without waiting for flush.
     pub flush_bytes: usize,
+    /// Bytes of one file's committed-but-unanswered data before its writer waits (memory
+    /// bound of a sequential writer; through a cluster more must be in flight to keep the
+    /// replication pipeline full).
+    pub max_inflight: usize,
     /// Volume quota in bytes (statfs reports it; writes beyond it fail with ENOSPC).
     pub quota_bytes: u64,
     /// Wait for every namespace commit before replying. Needed when other writers share the
@@ -52,6 +58,7 @@ impl Default for FsOptions {
         Self {
             block_size: 64 << 10,
             flush_bytes: 8 << 20,
+            max_inflight: 16 << 20,
             quota_bytes: 1 << 40,
             sync_namespace: false,
             cache_bytes: 64 << 20,
@@ -135,6 +142,9 @@ struct State {
     next_fh: u64,
     /// Namespace and attribute commits queued, oldest first.
     pending: Vec<ate::chain::PendingCommit>,
+    /// The last commit queued (of any kind): commits are answered in queue order, so once it
+    /// is answered everything queued before it is too.
+    last_queued: Option<ate::CommitWatch>,
     /// The first failure of a queued commit, reported by the next fsync.
     failed: Option<String>,
     /// Namespace changes not yet queued (see batch.rs).
@@ -269,6 +279,7 @@ impl AteFs {
     /// Queues a transaction without waiting; finished ones are collected as we go.
     fn queue(&self, st: &mut State, tx: Transaction) -> FsResult<()> {
         let p = self.chain.sign_and_commit_async(tx, &self.keyfile.owner)?;
+        st.last_queued = Some(p.watch());
         // Collect finished commits from the front so the list stays short.
         while st.pending.first().is_some_and(|p| p.is_done()) {
             let done = st.pending.remove(0);
@@ -288,6 +299,9 @@ impl AteFs {
             if let Err(e) = p.wait() {
                 st.failed.get_or_insert(e.to_string());
             }
+        }
+        if let Err(e) = self.chain.sync() {
+            st.failed.get_or_insert(e.to_string());
         }
         match st.failed.take() {
             None => Ok(()),
@@ -1147,10 +1161,10 @@ impl AteFs {
             self.start_flush(&mut st, ino)?;
             self.settle(&mut st, ino, false)?;
             // Backpressure: a writer faster than the log waits for its oldest commits once
-            // two flushes' worth are in flight, so memory stays bounded however much it writes.
+            // `max_inflight` bytes are in flight, so memory stays bounded however much it writes.
             let node = self.node(&mut st, ino)?;
             let queued: usize = node.inflight.values().map(|(_, d)| d.len()).sum();
-            if queued > 2 * self.opts.flush_bytes {
+            if queued > self.opts.max_inflight {
                 let oldest = node.pending.iter().map(|(g, _)| *g).min().unwrap_or(0);
                 self.settle_upto(&mut st, ino, oldest)?;
             }
@@ -1161,73 +1175,129 @@ impl AteFs {
     /// Queues the file's buffered blocks and attributes for commit, without waiting. The
     /// blocks stay readable from `inflight` until their commit is durable.
     fn start_flush(&self, st: &mut State, ino: u64) -> FsResult<()> {
-        let Some(node) = st.nodes.get_mut(&ino) else {
-            return Ok(());
-        };
-        if node.dirty.is_empty() && !node.attr_dirty {
+        self.start_flush_many(st, &[ino])
+    }
+
+    /// [`Self::start_flush`] for several files at once, packed into as few transactions as
+    /// the size bounds allow (one signature and one commit for many small files: through a
+    /// cluster each transaction costs several signature checks and a log entry). Every file
+    /// waits for each transaction that carries part of it.
+    fn start_flush_many(&self, st: &mut State, inos: &[u64]) -> FsResult<()> {
+        let inos: Vec<u64> = inos
+            .iter()
+            .copied()
+            .filter(|i| {
+                st.nodes
+                    .get(i)
+                    .is_some_and(|n| !n.dirty.is_empty() || n.attr_dirty)
+            })
+            .collect();
+        if inos.is_empty() {
             return Ok(());
         }
         // The data may belong to an inode the namespace batch creates: that goes first.
         self.send_batch(st)?;
-        let node = st.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
-        if !node.dirty.is_empty() {
+        let mut files = Vec::with_capacity(inos.len());
+        for ino in inos {
+            let Some(node) = st.nodes.get(&ino) else {
+                continue;
+            };
             let idxs: Vec<u64> = node.dirty.keys().copied().collect();
-            // A new version of each block is on its way: no cached copy may outlive it (a
-            // read since the last write, e.g. truncate reading the tail block, cached the old).
-            {
-                let mut cache = self.cache.lock();
-                for i in &idxs {
-                    cache.pop(&(ino, *i));
+            if !idxs.is_empty() {
+                // A new version of each block is on its way: no cached copy may outlive it (a
+                // read since the last write, e.g. truncate reading the tail block, cached the
+                // old).
+                {
+                    let mut cache = self.cache.lock();
+                    for i in &idxs {
+                        cache.pop(&(ino, *i));
+                    }
                 }
+                self.block_set(st, ino)?.extend(idxs);
             }
-            self.block_set(st, ino)?.extend(idxs);
+            let node = st.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+            let dirty = std::mem::take(&mut node.dirty);
+            node.dirty_bytes = 0;
+            node.attr_dirty = false;
+            files.push((ino, dirty, node.attr.clone()));
         }
-        let node = st.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
-        let dirty = std::mem::take(&mut node.dirty);
-        node.dirty_bytes = 0;
-        node.attr_dirty = false;
-        let attr = node.attr.clone();
+        // Pack: transaction k carries parts of the files `members[k]` (indexes into `files`).
         let mut txs = vec![self.tx()];
+        let mut members: Vec<Vec<usize>> = vec![Vec::new()];
         let mut bytes = 0usize;
-        for (idx, data) in &dirty {
-            if bytes + data.len() > (32 << 20) {
-                txs.push(self.tx());
-                bytes = 0;
+        for (fi, (ino, dirty, attr)) in files.iter().enumerate() {
+            let ops = dirty
+                .iter()
+                .map(|(idx, data)| {
+                    // Trailing zeros are not stored: the block reads back the same, holes stay
+                    // cheap.
+                    let used = data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+                    (used, self.put_block(*ino, *idx, &data[..used]))
+                })
+                .chain(std::iter::once((0, self.put_inode(attr))));
+            for (used, op) in ops {
+                let full = txs
+                    .last()
+                    .is_some_and(|t| t.ops.len() >= BATCH_OPS || bytes + used > FLUSH_TX_BYTES);
+                if full && txs.last().is_some_and(|t| !t.ops.is_empty()) {
+                    txs.push(self.tx());
+                    members.push(Vec::new());
+                    bytes = 0;
+                }
+                if let (Some(tx), Some(m)) = (txs.last_mut(), members.last_mut()) {
+                    tx.ops.push(op);
+                    if m.last() != Some(&fi) {
+                        m.push(fi);
+                    }
+                }
+                bytes += used;
             }
-            // Trailing zeros are not stored: the block reads back the same, holes stay cheap.
-            let used = data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
-            if let Some(tx) = txs.last_mut() {
-                tx.ops.push(self.put_block(ino, *idx, &data[..used]));
-            }
-            bytes += used;
         }
-        if let Some(tx) = txs.last_mut() {
-            tx.ops.push(self.put_inode(&attr));
-        }
-        let mut queued = Vec::with_capacity(txs.len());
+        let mut queued: Vec<Vec<ate::chain::PendingCommit>> =
+            files.iter().map(|_| Vec::new()).collect();
         let mut failed = None;
-        for tx in txs {
+        let mut unsent = std::collections::HashSet::new();
+        for (k, tx) in txs.into_iter().enumerate() {
+            if failed.is_some() {
+                unsent.extend(members[k].iter().copied());
+                continue;
+            }
             match self.chain.sign_and_commit_async(tx, &self.keyfile.owner) {
-                Ok(p) => queued.push(p),
+                Ok(p) => {
+                    st.last_queued = Some(p.watch());
+                    for fi in &members[k] {
+                        queued[*fi].push(p.share());
+                    }
+                }
                 Err(e) => {
                     failed = Some(e);
-                    break;
+                    unsent.extend(members[k].iter().copied());
                 }
             }
         }
-        let node = st.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
-        node.flushes += 1;
-        let generation = node.flushes;
-        node.pending
-            .extend(queued.into_iter().map(|p| (generation, p)));
-        node.inflight
-            .extend(dirty.into_iter().map(|(i, d)| (i, (generation, d))));
+        for (fi, ((ino, dirty, _), pending)) in files.into_iter().zip(queued).enumerate() {
+            let Some(node) = st.nodes.get_mut(&ino) else {
+                continue;
+            };
+            node.flushes += 1;
+            let generation = node.flushes;
+            node.pending
+                .extend(pending.into_iter().map(|p| (generation, p)));
+            if unsent.contains(&fi) {
+                // Not (all) queued: the data stays buffered, newer writes win.
+                for (i, d) in dirty {
+                    node.dirty.entry(i).or_insert(d);
+                }
+                node.dirty_bytes = node.dirty.values().map(Vec::len).sum();
+                node.attr_dirty = true;
+            } else {
+                node.inflight
+                    .extend(dirty.into_iter().map(|(i, d)| (i, (generation, d))));
+            }
+        }
         match failed {
             None => Ok(()),
-            Some(e) => {
-                node.attr_dirty = true;
-                Err(e.into())
-            }
+            Some(e) => Err(e.into()),
         }
     }
 
@@ -1297,18 +1367,16 @@ impl AteFs {
         if let Err(e) = self.send_batch(&mut st) {
             tracing::error!(error = %e, "could not queue the namespace batch");
         }
-        let mut first = Ok(());
-        // Files with data: one commit each (blocks and inode together).
+        // Files with data: blocks and inodes together, many files per transaction.
         let with_data: Vec<u64> = st
             .nodes
             .iter()
             .filter(|(_, n)| !n.dirty.is_empty() || !n.pending.is_empty())
             .map(|(i, _)| *i)
             .collect();
+        let mut first = self.start_flush_many(&mut st, &with_data);
         for ino in with_data {
-            let r = self
-                .start_flush(&mut st, ino)
-                .and_then(|()| self.settle(&mut st, ino, false));
+            let r = self.settle(&mut st, ino, false);
             if first.is_ok() {
                 first = r;
             }
@@ -1405,15 +1473,35 @@ impl AteFs {
             .filter(|(i, n)| **i != ino && !n.dirty.is_empty())
             .map(|(i, _)| *i)
             .collect();
-        for other in others {
-            self.start_flush(&mut st, other)?;
-        }
+        let mut all = others;
+        all.push(ino);
+        self.start_flush_many(&mut st, &all)?;
+        self.send_batch(&mut st)?;
+        self.wait_unlocked(st);
+        let mut st = self.state.lock();
         self.flush_locked(&mut st, ino)?;
         self.sync_all_locked(&mut st)
     }
 
+    /// Waits for everything queued so far to be answered and on disk, with the lock released:
+    /// through a cluster the answer takes a round trip, and an fdatasync takes a while, and
+    /// other requests (the kernel's writeback among them) must not queue behind either. The
+    /// caller then collects the results under the lock, at once.
+    fn wait_unlocked(&self, st: parking_lot::MutexGuard<'_, State>) {
+        let last = st.last_queued.clone();
+        drop(st);
+        if let Some(w) = last {
+            w.wait();
+        }
+        // Errors surface in sync_all_locked, which syncs again (a no-op when nothing new).
+        let _ = self.chain.sync();
+    }
+
     /// fsyncdir and syncfs: waits until every change made so far is durable.
     pub fn sync_all(&self) -> FsResult<()> {
+        let mut st = self.state.lock();
+        self.send_batch(&mut st)?;
+        self.wait_unlocked(st);
         let mut st = self.state.lock();
         self.sync_all_locked(&mut st)
     }

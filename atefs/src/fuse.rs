@@ -37,6 +37,8 @@ pub struct FuseFs {
     /// calls, each of which would otherwise rebuild it.
     listings: parking_lot::Mutex<std::collections::HashMap<u64, Listing>>,
     next_dir_fh: std::sync::atomic::AtomicU64,
+    /// fsync gathering (gather.rs), with the writeback cache only.
+    gather: Option<crate::gather::Gather>,
 }
 
 impl FuseFs {
@@ -53,7 +55,20 @@ impl FuseFs {
             fs,
             listings: Default::default(),
             next_dir_fh: std::sync::atomic::AtomicU64::new(1),
+            gather: None,
         }
+    }
+
+    /// Gathers fsyncs (gather.rs) on the mount at `mountpoint`; only where the kernel keeps a
+    /// writeback cache (embedded volumes), since without it writes reach the daemon at once.
+    pub fn gather_fsyncs(mut self, mountpoint: &Path) -> Self {
+        if !self.fs.options().remote {
+            match crate::gather::Gather::start(mountpoint.to_path_buf()) {
+                Ok(g) => self.gather = Some(g),
+                Err(e) => tracing::warn!(error = %e, "no fsync gathering thread"),
+            }
+        }
+        self
     }
 
     /// The listing of an open directory; read afresh at offset 0 (rewinddir sees changes).
@@ -419,7 +434,9 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // A commit returns once fdatasynced, so waiting for the commits is syncing.
+        if let Some(g) = &self.gather {
+            g.kick();
+        }
         Self::empty(self.fs.fsync(ino.0), reply)
     }
 

@@ -11,6 +11,7 @@ mod batch;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+mod gather;
 pub mod records;
 pub mod volume;
 

@@ -81,6 +81,14 @@ struct RemoteArgs {
     /// Talk to the cluster without TLS (tests and debugging only).
     #[arg(long, conflicts_with = "ca")]
     insecure_plaintext: bool,
+    /// This mount is the chain's only writer (a ReadWriteOnce volume: the orchestrator
+    /// mounts it on one node at a time). Namespace changes and closes then do not wait for
+    /// the cluster and the kernel caches as for an embedded volume; fsync still returns only
+    /// once a majority of the replicas has everything. Not for volumes other mounts write:
+    /// their changes are not looked for, and a conflicting one makes this mount's next
+    /// commit fail (EIO at fsync) rather than being merged.
+    #[arg(long, requires = "server")]
+    exclusive: bool,
 }
 
 fn default_data() -> PathBuf {
@@ -233,7 +241,14 @@ fn mount_foreground(
     };
     let opts = FsOptions {
         quota_bytes: quota,
-        remote: vol.remote.is_some(),
+        remote: vol.remote.is_some() && !remote.exclusive,
+        // A commit through the cluster is answered after a replication round trip: keep
+        // several flushes in flight so that pipeline stays full.
+        max_inflight: if vol.remote.is_some() {
+            64 << 20
+        } else {
+            16 << 20
+        },
         ..FsOptions::default()
     };
     let fs = Arc::new(AteFs::new(
@@ -251,12 +266,13 @@ fn mount_foreground(
     // Pods run as many users; permissions are checked by the kernel (default_permissions).
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(threads.max(1));
-    let session = fuser::spawn_mount(FuseFs::new(fs.clone()), dir, &config).with_context(|| {
-        format!(
-            "mounting on {} (is /dev/fuse available and are you root?)",
-            dir.display()
-        )
-    })?;
+    let session = fuser::spawn_mount(FuseFs::new(fs.clone()).gather_fsyncs(dir), dir, &config)
+        .with_context(|| {
+            format!(
+                "mounting on {} (is /dev/fuse available and are you root?)",
+                dir.display()
+            )
+        })?;
     println!("mounted");
     std::io::stdout().flush()?;
     let mut signals = signal_hook::iterator::Signals::new([

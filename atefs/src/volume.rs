@@ -81,6 +81,19 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
     }
 }
 
+/// How long a commit may stay in the page cache before the log is fdatasynced (fsync does
+/// not wait for it: it asks for the fdatasync at once).
+pub const SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The chain tuning of a mount: the file system decides durability (fsync), so commits are
+/// not each fdatasynced.
+fn chain_options() -> ChainOptions {
+    ChainOptions {
+        deferred_sync: Some(SYNC_DELAY),
+        ..ChainOptions::default()
+    }
+}
+
 /// Opens (creating on first use) the volume in `dir`; `progress(done, total)` reports replay.
 pub fn open(dir: &Path, progress: impl FnMut(u64, u64)) -> Result<Volume, VolumeError> {
     let lock = lock(dir)?;
@@ -94,10 +107,12 @@ pub fn open(dir: &Path, progress: impl FnMut(u64, u64)) -> Result<Volume, Volume
     };
     let chain_dir = dir.join("chain");
     let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(&chain_dir).map_err(io(&chain_dir))?);
-    let (chain, _) = Chain::open(storage, Some(keys.chain), ChainOptions::default(), progress)
-        .map_err(|source| VolumeError::Chain {
-            path: chain_dir.clone(),
-            source,
+    let (chain, _) =
+        Chain::open(storage, Some(keys.chain), chain_options(), progress).map_err(|source| {
+            VolumeError::Chain {
+                path: chain_dir.clone(),
+                source,
+            }
         })?;
     Ok(Volume {
         chain,

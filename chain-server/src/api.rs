@@ -6,8 +6,9 @@
 use crate::node::{Node, Partition};
 use crate::pb::chain::chains_server::Chains;
 use crate::pb::chain::{
-    BarrierReply, ChainRef, ChallengeReply, ChallengeRequest, CommitReply, CommitRequest,
-    CreateRequest, DeleteReply, DeleteRequest, InfoReply, SubscribeEvent, SubscribeRequest,
+    BarrierReply, ChainRef, ChallengeReply, ChallengeRequest, CommitBatchReply, CommitBatchRequest,
+    CommitReply, CommitRequest, CommitResult, CreateRequest, DeleteReply, DeleteRequest, InfoReply,
+    SubscribeEvent, SubscribeRequest,
 };
 use crate::state_machine::refusal_of;
 use crate::types::{Command, Outcome, Refusal};
@@ -16,11 +17,12 @@ use ate::{ChainId, PublicKey, Transaction};
 use openraft::error::{ClientWriteError, RaftError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 /// Metadata key naming the leader's API address on a redirect.
 pub const LEADER_HEADER: &str = "x-atefs-leader";
@@ -29,6 +31,8 @@ const NONCE_TTL: Duration = Duration::from_secs(60);
 /// off from its peers does not know it yet; the client retries elsewhere, and a commit that
 /// did land is then answered from the deduplication table with its original index.
 const QUORUM_WAIT: Duration = Duration::from_secs(5);
+/// Most transactions in one CommitBatch (the message size bound applies as well).
+const MAX_BATCH: usize = 1024;
 
 /// The Chains service of a node.
 #[derive(Clone, Debug)]
@@ -43,6 +47,14 @@ fn chain_id(b: &[u8]) -> Result<ChainId, Status> {
         .try_into()
         .map_err(|_| Status::invalid_argument("chain id must be 16 bytes"))?;
     Ok(ChainId(a))
+}
+
+/// Decodes a transaction and checks what needs no chain state (format, signature).
+fn precheck_stateless(tx: &[u8]) -> Result<Transaction, Status> {
+    let t = Transaction::decode(tx)
+        .map_err(|e| Status::invalid_argument(format!("transaction: {e}")))?;
+    check_stateless(&t).map_err(|e| refused(refusal_of(&e), e.to_string()))?;
+    Ok(t)
 }
 
 fn refused(kind: Refusal, reason: String) -> Status {
@@ -100,12 +112,66 @@ impl Api {
         }
     }
 
+    /// Proposes a writer's transactions in their order: each proposal reaches the Raft core
+    /// before the next is made (one poll each, in order), then all are awaited together, so
+    /// they share replication round trips and fdatasyncs. The chain's state is checked before
+    /// proposing only for the first (the others may build on it); the state machine validates
+    /// every one again when it applies it.
+    async fn propose_in_order(
+        &self,
+        p: &Partition,
+        chain: ChainId,
+        txs: Vec<Vec<u8>>,
+    ) -> Vec<Result<u64, Status>> {
+        type Proposal<'a> =
+            std::pin::Pin<Box<dyn Future<Output = Result<u64, Status>> + Send + 'a>>;
+        let mut proposals: Vec<Option<Proposal<'_>>> = Vec::with_capacity(txs.len());
+        let mut results: Vec<Option<Result<u64, Status>>> = Vec::with_capacity(txs.len());
+        for (i, tx) in txs.into_iter().enumerate() {
+            let checked = if i == 0 {
+                self.precheck(p, chain, &tx)
+            } else {
+                precheck_stateless(&tx).map(|_| ())
+            };
+            match checked {
+                Ok(()) => {
+                    let cmd = Command::Commit { chain: chain.0, tx };
+                    proposals.push(Some(Box::pin(self.propose(p, cmd))));
+                    results.push(None);
+                }
+                Err(e) => {
+                    proposals.push(None);
+                    results.push(Some(Err(e)));
+                }
+            }
+        }
+        std::future::poll_fn(|cx| {
+            for (proposal, result) in proposals.iter_mut().zip(results.iter_mut()) {
+                if let Some(f) = proposal {
+                    if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
+                        *result = Some(r);
+                        *proposal = None;
+                    }
+                }
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        let mut out = Vec::with_capacity(results.len());
+        for (proposal, result) in proposals.into_iter().zip(results) {
+            out.push(match (result, proposal) {
+                (Some(r), _) => r,
+                (None, Some(f)) => f.await,
+                (None, None) => Err(Status::internal("proposal lost")),
+            });
+        }
+        out
+    }
+
     /// Checks a transaction before it is proposed: the signature and format always, and the
     /// chain's state when this node has the chain (the leader has it).
     fn precheck(&self, p: &Partition, chain: ChainId, tx: &[u8]) -> Result<(), Status> {
-        let t = Transaction::decode(tx)
-            .map_err(|e| Status::invalid_argument(format!("transaction: {e}")))?;
-        check_stateless(&t).map_err(|e| refused(refusal_of(&e), e.to_string()))?;
+        let t = precheck_stateless(tx)?;
         if let Some(Err(e)) = p.sm.with_chain(&chain, |c| check_stateful(&c.view, &t)) {
             return Err(refused(refusal_of(&e), e.to_string()));
         }
@@ -215,6 +281,46 @@ impl Chains for Api {
             )
             .await?;
         Ok(Response::new(CommitReply { index }))
+    }
+
+    async fn commit_batch(
+        &self,
+        req: Request<CommitBatchRequest>,
+    ) -> Result<Response<CommitBatchReply>, Status> {
+        let req = req.into_inner();
+        let chain = chain_id(&req.chain)?;
+        if req.txs.is_empty() || req.txs.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "a batch holds 1 to {MAX_BATCH} transactions, not {}",
+                req.txs.len()
+            )));
+        }
+        let p = self.node.partition(&chain);
+        let results = self.propose_in_order(p, chain, req.txs).await;
+        // Not the leader, or no quorum: the whole call fails and the client retries it (the
+        // commits that did land are deduplicated then).
+        if let Some(Err(s)) = results.iter().find(|r| {
+            r.as_ref()
+                .is_err_and(|s| matches!(s.code(), Code::Unavailable))
+        }) {
+            return Err(s.clone());
+        }
+        let results = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(index) => CommitResult {
+                    index,
+                    code: 0,
+                    message: String::new(),
+                },
+                Err(s) => CommitResult {
+                    index: 0,
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                },
+            })
+            .collect();
+        Ok(Response::new(CommitBatchReply { results }))
     }
 
     async fn challenge(

@@ -5,8 +5,8 @@
 
 use super::pb::chain::chains_client::ChainsClient;
 use super::pb::chain::{
-    ChainRef, ChallengeRequest, CommitRequest, CreateRequest, DeleteRequest, InfoReply,
-    SubscribeEvent, SubscribeRequest,
+    ChainRef, ChallengeRequest, CommitBatchRequest, CommitRequest, CreateRequest, DeleteRequest,
+    InfoReply, SubscribeEvent, SubscribeRequest,
 };
 use crate::crypto::SigningKey;
 use crate::ids::ChainId;
@@ -233,6 +233,38 @@ impl RemoteClient {
             async move { c.commit(req).await.map(|r| r.into_inner().index) }
         })
         .await
+    }
+
+    /// Commits transactions in their order in one round trip (see the CommitBatch RPC); one
+    /// result each. Fails as a whole only when no leader took the batch before the deadline.
+    pub async fn commit_batch(
+        &self,
+        chain: ChainId,
+        txs: Vec<Vec<u8>>,
+    ) -> Result<Vec<Result<u64, RemoteError>>, RemoteError> {
+        let n = txs.len();
+        let results = self
+            .with_leader(chain, |mut c| {
+                let req = CommitBatchRequest {
+                    chain: chain.0.to_vec(),
+                    txs: txs.clone(),
+                };
+                async move { c.commit_batch(req).await.map(|r| r.into_inner().results) }
+            })
+            .await?;
+        if results.len() != n {
+            return Err(RemoteError::Refused(
+                Code::Internal,
+                format!("{} results for {n} transactions", results.len()),
+            ));
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| match r.code {
+                0 => Ok(r.index),
+                code => Err(RemoteError::Refused(Code::from(code), r.message)),
+            })
+            .collect())
     }
 
     /// Size, quota and indexes of a chain, as the leader of its partition knows them.

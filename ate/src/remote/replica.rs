@@ -52,6 +52,21 @@ impl Upstream for GrpcUpstream {
             .block_on(self.client.commit(self.chain, tx.to_vec()))
             .map_err(upstream_error)
     }
+    fn commit_batch(&self, txs: &[&[u8]]) -> Vec<Result<u64, UpstreamError>> {
+        let all = self.check().and_then(|()| {
+            let owned = txs.iter().map(|t| t.to_vec()).collect();
+            self.rt
+                .block_on(self.client.commit_batch(self.chain, owned))
+                .map_err(upstream_error)
+        });
+        match all {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| r.map_err(upstream_error))
+                .collect(),
+            Err(e) => txs.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
     fn barrier(&self) -> Result<u64, UpstreamError> {
         self.check()?;
         self.rt
@@ -132,8 +147,18 @@ pub fn open_remote(
         chain,
         broken: broken.clone(),
     });
-    let (local, _) =
-        Chain::open_upstream(cache, chain, ChainOptions::default(), upstream, |_, _| {})?;
+    let (local, _) = Chain::open_upstream(
+        cache,
+        chain,
+        ChainOptions {
+            // The cluster holds the chain durably; the cache is fdatasynced now and then,
+            // and a crash leaves a prefix the follower resumes from.
+            deferred_sync: Some(std::time::Duration::from_secs(1)),
+            ..ChainOptions::default()
+        },
+        upstream,
+        |_, _| {},
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
     let follower = {
         let (local, stop, client, rt2) = (local.clone(), stop.clone(), client.clone(), rt.clone());
