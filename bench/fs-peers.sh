@@ -4,9 +4,11 @@
 # fresh and empty for every run. Raw output: bench/results/fs-<time>/<fs>.run<k>.out; the
 # summary (medians, ratios) is printed by bench/summarize.py.
 # Usage: bench/fs-peers.sh [RUNS] [fs ...]    (root; apt-get install fio bindfs gocryptfs)
-# fs: disk bindfs_tuned gocryptfs atefs (default), and atefs_cluster (a mount of a chain on a
-# local three-replica chain-server cluster, TLS) and gluster (GlusterFS replica 3 on this
-# host, mounted by ../shared/bench/mount-peers.sh; apt-get install glusterfs-server).
+# fs: disk bindfs_tuned gocryptfs atefs (default), atefs_cluster (a mount of a chain on a
+# local three-replica chain-server cluster, TLS), atefs_cluster_rwo (the same, mounted
+# --exclusive: the single-writer mode of ReadWriteOnce volumes) and gluster (GlusterFS
+# replica 3 on this host, mounted by ../shared/bench/mount-peers.sh; apt-get install
+# glusterfs-server).
 set -u
 cd "$(dirname "$0")/.."
 ROOT_DIR=$(pwd)
@@ -50,13 +52,14 @@ mount_fs() {
     atefs)
       MNT=$WORK/mnt/atefs; mkdir -p "$MNT"; rm -rf "$WORK/back/atefs"
       "$ATEFS" mount "$MNT" --data "$WORK/back/atefs" >>"$OUT/atefs.log" 2>&1 ;;
-    atefs_cluster)
+    atefs_cluster|atefs_cluster_rwo)
       start_cluster || return 1
-      MNT=$WORK/mnt/atefs_cluster; mkdir -p "$MNT"; rm -rf "$WORK/back/atefs_cluster"
+      local extra=(); [ "$1" = atefs_cluster_rwo ] && extra=(--exclusive)
+      MNT=$WORK/mnt/$1; mkdir -p "$MNT"; rm -rf "$WORK/back/$1"
       "$ATEFS" keygen "$WORK/cluster/keys" >/dev/null
-      "$ATEFS" mount "$MNT" --data "$WORK/back/atefs_cluster" --keys "$WORK/cluster/keys" \
+      "$ATEFS" mount "$MNT" --data "$WORK/back/$1" --keys "$WORK/cluster/keys" \
         --server "$(cluster_servers "$BASE_PORT")" \
-        --ca "$WORK/cluster/certs/ca.pem" >>"$OUT/atefs_cluster.log" 2>&1 ;;
+        --ca "$WORK/cluster/certs/ca.pem" "${extra[@]}" >>"$OUT/$1.log" 2>&1 ;;
   esac
 }
 umount_fs() {
@@ -67,7 +70,7 @@ umount_fs() {
        # atefs: wait for the daemon to release its volume lock before deleting it.
        for _ in $(seq 100); do pgrep -f "atefs mount $MNT" >/dev/null || break; sleep 0.1; done
        rm -rf "$WORK/back/"*
-       [ "$1" = atefs_cluster ] && stop_cluster ;;
+       case $1 in atefs_cluster*) stop_cluster ;; esac ;;
   esac
 }
 cleanup() {
@@ -92,7 +95,9 @@ for run in $(seq 1 "$RUNS"); do
     umount_fs "$fs"
   done
 done
-if [[ " ${FSLIST[*]} " == *" atefs_cluster "* ]]; then
+if [[ " ${FSLIST[*]} " == *" atefs_cluster_rwo "* ]]; then
+  python3 "$ROOT_DIR/bench/summarize.py" "$OUT" atefs_cluster_rwo disk,gluster,gocryptfs,atefs
+elif [[ " ${FSLIST[*]} " == *" atefs_cluster "* ]]; then
   python3 "$ROOT_DIR/bench/summarize.py" "$OUT" atefs_cluster disk,gluster
 else
   python3 "$ROOT_DIR/bench/summarize.py" "$OUT"

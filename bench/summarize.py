@@ -8,7 +8,7 @@ usage: summarize.py RESULTS_DIR [SUBJECT [OTHER,OTHER...]]
 import collections, glob, os, statistics, sys
 
 LOWER_IS_BETTER = {"ls_l_cold", "ls_l_warm", "untar", "untar_sync", "find_cold", "rm_rf"}
-ORDER = ["disk", "bindfs_tuned", "gocryptfs", "gluster", "atefs", "atefs_cluster"]
+ORDER = ["disk", "bindfs_tuned", "gocryptfs", "gluster", "atefs", "atefs_cluster", "atefs_cluster_rwo"]
 
 def main(d, subject="atefs", others=("disk", "gocryptfs", "bindfs_tuned")):
     vals = collections.defaultdict(lambda: collections.defaultdict(list))

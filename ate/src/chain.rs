@@ -945,11 +945,12 @@ fn syncer_loop(shared: Arc<Shared>, rx: &BatchQueue<Appended>, deferred: Option<
             continue;
         }
         let last = batches.iter().map(|b| b.last).max().unwrap_or(synced_upto);
-        if deferred.is_none() {
-            publish(&shared, &mut batches);
-        }
+        // Durable before acknowledged: whoever hears of a commit finds it in subscriptions.
         synced_upto = synced_upto.max(last);
         *shared.durable.lock() = synced_upto;
         shared.durable_cv.notify_all();
+        if deferred.is_none() {
+            publish(&shared, &mut batches);
+        }
     }
 }

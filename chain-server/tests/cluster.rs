@@ -178,3 +178,66 @@ fn forged_unauthenticated_and_bad_requests_are_refused_and_no_plaintext_is_store
         other => panic!("info after delete: {other:?}"),
     }
 }
+
+/// CommitBatch: a writer's queue in one call. Each transaction gets its own answer, in order
+/// (the valid ones at increasing indexes, a forged and a garbage one refused with their own
+/// codes without failing the rest); sending the same batch again (a retry after a lost answer)
+/// returns the same indexes; an empty batch is refused as a whole; the chain holds exactly
+/// the valid transactions, in batch order.
+#[test]
+fn a_batch_commits_in_order_with_an_answer_each_and_retries_are_deduplicated() {
+    let cluster = Cluster::start(true, 1_000_000);
+    let rt = rt();
+    let client = cluster.client(Duration::from_secs(20));
+    let (chain, owner, genesis) = new_chain();
+    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
+    let key = DataKey::generate();
+    let stranger = ate::SigningKey::generate();
+    let mut batch = Vec::new();
+    for i in 0..40u32 {
+        batch.push(match i {
+            13 => put_tx(chain, &stranger, &key, b"forged", b"no"),
+            27 => vec![7, 7, 7],
+            _ => put_tx(chain, &owner, &key, format!("n{i}").as_bytes(), b"v"),
+        });
+    }
+    let first = rt
+        .block_on(client.commit_batch(chain, batch.clone()))
+        .unwrap();
+    assert_eq!(first.len(), batch.len());
+    let mut last = 1; // genesis
+    for (i, r) in first.iter().enumerate() {
+        match (i, r) {
+            (13, Err(RemoteError::Refused(Code::PermissionDenied, _))) => {}
+            (27, Err(RemoteError::Refused(Code::InvalidArgument, _))) => {}
+            (13 | 27, other) => panic!("tx {i}: {other:?}"),
+            (_, Ok(index)) => {
+                assert_eq!(*index, last + 1, "tx {i} out of order");
+                last = *index;
+            }
+            (_, Err(e)) => panic!("tx {i}: {e}"),
+        }
+    }
+    let again = rt
+        .block_on(client.commit_batch(chain, batch.clone()))
+        .unwrap();
+    let indexes = |v: &[Result<u64, RemoteError>]| -> Vec<Option<u64>> {
+        v.iter().map(|r| r.as_ref().ok().copied()).collect()
+    };
+    assert_eq!(indexes(&again), indexes(&first), "a retried batch");
+    match rt.block_on(client.commit_batch(chain, Vec::new())) {
+        Err(RemoteError::Refused(Code::InvalidArgument, _)) => {}
+        other => panic!("empty batch: {other:?}"),
+    }
+    let info = rt.block_on(client.info(chain)).unwrap();
+    assert_eq!(info.index, last);
+    let mut sub = client.subscribe(chain, 2, owner);
+    for (i, tx) in batch.iter().enumerate() {
+        if i == 13 || i == 27 {
+            continue;
+        }
+        let (index, bytes) = rt.block_on(sub.next()).unwrap();
+        assert_eq!(Some(index), first[i].as_ref().ok().copied());
+        assert!(&bytes == tx, "tx {i} differs");
+    }
+}

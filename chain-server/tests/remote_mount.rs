@@ -33,6 +33,16 @@ struct Mount {
 
 impl Mount {
     fn start(cluster: &Cluster, root: &Path, name: &str, keys: &Path) -> Mount {
+        Self::start_with(cluster, root, name, keys, &[])
+    }
+
+    fn start_with(
+        cluster: &Cluster,
+        root: &Path,
+        name: &str,
+        keys: &Path,
+        extra: &[&str],
+    ) -> Mount {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut child = Command::new(atefs_bin())
@@ -47,6 +57,7 @@ impl Mount {
             .arg("--ca")
             .arg(cluster.dir.path().join("certs/ca.pem"))
             .arg("--foreground")
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -75,11 +86,11 @@ impl Drop for Mount {
     }
 }
 
-#[test]
-fn two_hosts_share_a_chain_with_close_to_open_and_exclusive_creates() {
+/// A cluster, a temp dir and a fresh volume key envelope; None when mounts are impossible.
+fn setup() -> Option<(Cluster, tempfile::TempDir, PathBuf)> {
     if !can_mount() {
         eprintln!("skipped: needs root and /dev/fuse");
-        return;
+        return None;
     }
     assert!(
         atefs_bin().exists(),
@@ -95,6 +106,14 @@ fn two_hosts_share_a_chain_with_close_to_open_and_exclusive_creates() {
         .status()
         .unwrap()
         .success());
+    Some((cluster, tmp, keys))
+}
+
+#[test]
+fn two_hosts_share_a_chain_with_close_to_open_and_exclusive_creates() {
+    let Some((cluster, tmp, keys)) = setup() else {
+        return;
+    };
     let a = Mount::start(&cluster, tmp.path(), "a", &keys);
     let b = Mount::start(&cluster, tmp.path(), "b", &keys);
 
@@ -155,4 +174,56 @@ fn two_hosts_share_a_chain_with_close_to_open_and_exclusive_creates() {
             }
         }
     }
+}
+
+/// An --exclusive (single-writer) mount queues namespace changes and data without waiting for
+/// the cluster; fsync is the durability point. Many small files written, then each fsynced
+/// (fsync gathering, many files per transaction, batched commits), and a file larger than one
+/// transaction; then the daemon is killed (-9) right after the last fsync returned. Another
+/// mount, with an empty cache, reads everything back from the cluster.
+#[test]
+fn an_exclusive_mount_is_durable_on_the_cluster_at_fsync() {
+    let Some((cluster, tmp, keys)) = setup() else {
+        return;
+    };
+    let mut w = Mount::start_with(&cluster, tmp.path(), "writer", &keys, &["--exclusive"]);
+    std::fs::create_dir(w.dir.join("d")).unwrap();
+    let content = |i: usize| format!("file {i} {}\n", "x".repeat(i % 5000)).into_bytes();
+    let mut files: Vec<std::fs::File> = (0..300)
+        .map(|i| {
+            let mut f = std::fs::File::create_new(w.dir.join(format!("d/f{i}"))).unwrap();
+            f.write_all(&content(i)).unwrap();
+            f
+        })
+        .collect();
+    let big: Vec<u8> = (0..(40u32 << 20) / 4)
+        .flat_map(|i| i.to_le_bytes())
+        .collect();
+    let mut bf = std::fs::File::create_new(w.dir.join("big")).unwrap();
+    bf.write_all(&big).unwrap();
+    bf.sync_all().unwrap();
+    for f in &mut files {
+        f.sync_all().unwrap();
+    }
+    // Killed with its files still open: nothing is flushed at close or unmount.
+    w.child.kill().unwrap();
+    let _ = w.child.wait();
+    let _ = Command::new("umount").arg("-l").arg(&w.dir).status();
+    drop(files);
+    drop(bf);
+
+    let r = Mount::start(&cluster, tmp.path(), "reader", &keys);
+    for i in 0..300 {
+        assert_eq!(
+            std::fs::read(r.dir.join(format!("d/f{i}"))).unwrap(),
+            content(i),
+            "d/f{i}"
+        );
+    }
+    assert!(
+        std::fs::read(r.dir.join("big")).unwrap() == big,
+        "big differs"
+    );
+    drop(r);
+    drop(w);
 }
