@@ -3,6 +3,11 @@
 use anyhow::{bail, Context, Result};
 use atefs::fuse::FuseFs;
 use atefs::{AteFs, Caller, FsOptions};
+
+/// mimalloc keeps freed memory for reuse (multi-MiB blocks and transactions come and go
+/// constantly; glibc hands large ones back to the OS, and zeroing fresh pages then costs).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
