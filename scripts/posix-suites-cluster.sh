@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # pjdfstest and fsx (scripts/posix-suites.sh) on an atefs mount whose chain lives on a local
 # three-replica chain-server cluster (TLS, one process per replica, on 127.0.0.1).
-# Usage: scripts/posix-suites-cluster.sh [FSX_OPS]
+# Usage: scripts/posix-suites-cluster.sh [FSX_OPS] [MOUNT_OPTION ...]   (e.g. --exclusive)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -21,6 +21,6 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 start_dev_cluster "$BIN/chain-server" "$DIR/cluster" "$BASE_PORT" "$DIR/cluster.log"
 "$BIN/atefs" keygen "$DIR/keys" >/dev/null
 SERVERS=$(cluster_servers "$BASE_PORT")
-export ATEFS_MOUNT_ARGS="--server $SERVERS --keys $DIR/keys --ca $DIR/cluster/certs/ca.pem"
-echo "== on a three-replica cluster ($SERVERS)"
+export ATEFS_MOUNT_ARGS="--server $SERVERS --keys $DIR/keys --ca $DIR/cluster/certs/ca.pem ${*:2}"
+echo "== on a three-replica cluster ($SERVERS) ${*:2}"
 scripts/posix-suites.sh "${1:-100000}"
