@@ -35,6 +35,8 @@ const DIRECT_MIN: usize = 1 << 20;
 /// Alignment O_DIRECT needs for offsets, lengths and memory (the largest logical block size
 /// in use).
 const DIRECT_ALIGN: usize = 4096;
+/// Bytes copied into the staging buffer per direct write (a multiple of [`DIRECT_ALIGN`]).
+const DIRECT_CHUNK: usize = 4 << 20;
 
 #[derive(Debug)]
 struct DiskFile {
@@ -119,21 +121,26 @@ impl StorageFile for DiskFile {
         let (head, rest) = buf.split_at((start - offset) as usize);
         let (middle, tail) = rest.split_at((end - start) as usize);
         self.file.write_all_at(head, offset)?;
-        // O_DIRECT also wants aligned memory: copy into an aligned window of a larger buffer
-        // (a memory copy is far cheaper than the page-cache path it replaces).
+        // O_DIRECT also wants aligned memory: copy into an aligned window of a staging buffer
+        // (a memory copy is far cheaper than the page-cache path it replaces), a bounded
+        // piece at a time so the buffer stays small however large the batch.
         let mut staging = self.staging.lock();
-        if staging.len() < middle.len() + DIRECT_ALIGN {
-            staging.resize(middle.len() + DIRECT_ALIGN, 0);
+        if staging.len() < DIRECT_CHUNK + DIRECT_ALIGN {
+            staging.resize(DIRECT_CHUNK + DIRECT_ALIGN, 0);
         }
         let pad = staging.as_ptr().align_offset(DIRECT_ALIGN);
-        let window = &mut staging[pad..pad + middle.len()];
-        window.copy_from_slice(middle);
-        if let Err(e) = direct.write_all_at(window, start) {
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(e);
+        let mut at = start;
+        for piece in middle.chunks(DIRECT_CHUNK) {
+            let window = &mut staging[pad..pad + piece.len()];
+            window.copy_from_slice(piece);
+            if let Err(e) = direct.write_all_at(window, at) {
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(e);
+                }
+                // The file system refused the direct write after all: the page cache it is.
+                self.file.write_all_at(piece, at)?;
             }
-            // The file system refused the direct write after all: the page cache it is.
-            self.file.write_all_at(middle, start)?;
+            at += piece.len() as u64;
         }
         self.file.write_all_at(tail, end)
     }
