@@ -124,17 +124,14 @@ struct Pending {
 /// spin-then-yield of a channel's receive burns the CPU the signatures need.
 #[derive(Debug, Default)]
 pub(crate) struct Reply {
+    /// The answer, once there; it stays (every handle of a shared commit gets a copy).
     slot: Mutex<Option<Result<Receipt, ChainError>>>,
-    /// Set with the answer and never cleared (the slot is emptied by whoever takes it).
-    answered: std::sync::atomic::AtomicBool,
     ready: Condvar,
 }
 
 impl Reply {
     pub(crate) fn send(&self, r: Result<Receipt, ChainError>) {
         *self.slot.lock() = Some(r);
-        self.answered
-            .store(true, std::sync::atomic::Ordering::Release);
         self.ready.notify_all();
     }
 }
@@ -154,7 +151,7 @@ impl CommitWatch {
                 return;
             };
             let mut slot = reply.slot.lock();
-            if reply.answered.load(std::sync::atomic::Ordering::Acquire) {
+            if slot.is_some() {
                 return;
             }
             reply.ready.wait_for(&mut slot, Duration::from_millis(100));
@@ -177,7 +174,7 @@ pub(crate) struct Shared {
     sync_target: Mutex<u64>,
     sync_cv: Condvar,
     /// The fdatasync failure that poisoned the log, reported to every later sync.
-    sync_failed: Mutex<Option<String>>,
+    sync_failed: Mutex<Option<LogError>>,
     /// Sequence number of the last batch merged into the view.
     published: Mutex<u64>,
     /// The log's files, for readers: reading never waits for the appender's lock.
@@ -543,12 +540,8 @@ impl Chain {
         self.shared.sync_cv.notify_all();
         let mut d = self.shared.durable.lock();
         while *d < target {
-            if let Some(e) = self.shared.sync_failed.lock().clone() {
-                return Err(ChainError::Log(LogError::Io {
-                    op: "fdatasync",
-                    file: e,
-                    source: std::io::Error::other("an earlier fdatasync failed; reopen the chain"),
-                }));
+            if let Some(e) = &*self.shared.sync_failed.lock() {
+                return Err(ChainError::Log(e.duplicate()));
             }
             self.shared
                 .durable_cv
@@ -924,13 +917,14 @@ fn syncer_loop(shared: Arc<Shared>, rx: &BatchQueue<Appended>, deferred: Option<
                 if let Err(source) = b.file.sync_data() {
                     shared.log.lock().poison();
                     tracing::error!(error = %source, file = %b.file_name, "fdatasync failed; the chain needs a reopen");
-                    *shared.sync_failed.lock() = Some(b.file_name.clone());
-                    shared.durable_cv.notify_all();
-                    failed = Some(LogError::Io {
+                    let e = LogError::Io {
                         op: "fdatasync",
                         file: b.file_name.clone(),
                         source,
-                    });
+                    };
+                    *shared.sync_failed.lock() = Some(e.duplicate());
+                    shared.durable_cv.notify_all();
+                    failed = Some(e);
                     break;
                 }
             }

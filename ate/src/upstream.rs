@@ -1,8 +1,8 @@
 //! A chain whose order is decided elsewhere (a chain-server cluster): commits are sent
 //! upstream in the order they were queued (everything queued at the time in one batch call);
-//! the transactions the upstream
-//! orders (ours and other writers') come back through [`crate::Chain::apply_upstream`] and are
-//! appended to the local log, which is then a cache of the upstream chain at the same indexes.
+//! the transactions the upstream orders (ours and other writers') come back through
+//! [`crate::Chain::apply_upstream`] and are appended to the local log, which is then a cache
+//! of the upstream chain at the same indexes.
 //! A commit is acknowledged once the upstream has it durably and the local view shows it.
 
 use crate::chain::{Chain, ChainError, PendingCommit, Receipt};

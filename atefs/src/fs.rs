@@ -1415,10 +1415,15 @@ impl AteFs {
         }
         let group = std::mem::take(&mut st.closed);
         st.closed_bytes = 0;
-        self.start_flush_many(st, &group)?;
-        let mut first = Ok(());
-        for i in group {
-            let r = self.settle(st, i, false);
+        self.flush_group(st, &group)
+    }
+
+    /// Starts committing the files' buffered data together and collects their finished
+    /// commits; reports the first failure.
+    fn flush_group(&self, st: &mut State, inos: &[u64]) -> FsResult<()> {
+        let mut first = self.start_flush_many(st, inos);
+        for ino in inos {
+            let r = self.settle(st, *ino, false);
             if first.is_ok() {
                 first = r;
             }
@@ -1441,13 +1446,7 @@ impl AteFs {
             .collect();
         st.closed.clear();
         st.closed_bytes = 0;
-        let mut first = self.start_flush_many(&mut st, &with_data);
-        for ino in with_data {
-            let r = self.settle(&mut st, ino, false);
-            if first.is_ok() {
-                first = r;
-            }
-        }
+        let mut first = self.flush_group(&mut st, &with_data);
         // Attribute-only changes (chmod, utimes, xattrs, ...): many inodes per transaction.
         let attrs: Vec<u64> = st
             .nodes

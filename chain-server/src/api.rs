@@ -125,44 +125,44 @@ impl Api {
     ) -> Vec<Result<u64, Status>> {
         type Proposal<'a> =
             std::pin::Pin<Box<dyn Future<Output = Result<u64, Status>> + Send + 'a>>;
-        let mut proposals: Vec<Option<Proposal<'_>>> = Vec::with_capacity(txs.len());
-        let mut results: Vec<Option<Result<u64, Status>>> = Vec::with_capacity(txs.len());
-        for (i, tx) in txs.into_iter().enumerate() {
-            let checked = if i == 0 {
-                self.precheck(p, chain, &tx)
-            } else {
-                precheck_stateless(&tx).map(|_| ())
-            };
-            match checked {
-                Ok(()) => {
-                    let cmd = Command::Commit { chain: chain.0, tx };
-                    proposals.push(Some(Box::pin(self.propose(p, cmd))));
-                    results.push(None);
-                }
-                Err(e) => {
-                    proposals.push(None);
-                    results.push(Some(Err(e)));
-                }
-            }
+        enum Slot<'a> {
+            Proposing(Proposal<'a>),
+            Done(Result<u64, Status>),
         }
+        let mut slots: Vec<Slot<'_>> = txs
+            .into_iter()
+            .enumerate()
+            .map(|(i, tx)| {
+                let checked = if i == 0 {
+                    self.precheck(p, chain, &tx)
+                } else {
+                    precheck_stateless(&tx).map(|_| ())
+                };
+                match checked {
+                    Ok(()) => {
+                        let cmd = Command::Commit { chain: chain.0, tx };
+                        Slot::Proposing(Box::pin(self.propose(p, cmd)))
+                    }
+                    Err(e) => Slot::Done(Err(e)),
+                }
+            })
+            .collect();
         std::future::poll_fn(|cx| {
-            for (proposal, result) in proposals.iter_mut().zip(results.iter_mut()) {
-                if let Some(f) = proposal {
+            for slot in &mut slots {
+                if let Slot::Proposing(f) = slot {
                     if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
-                        *result = Some(r);
-                        *proposal = None;
+                        *slot = Slot::Done(r);
                     }
                 }
             }
             std::task::Poll::Ready(())
         })
         .await;
-        let mut out = Vec::with_capacity(results.len());
-        for (proposal, result) in proposals.into_iter().zip(results) {
-            out.push(match (result, proposal) {
-                (Some(r), _) => r,
-                (None, Some(f)) => f.await,
-                (None, None) => Err(Status::internal("proposal lost")),
+        let mut out = Vec::with_capacity(slots.len());
+        for slot in slots {
+            out.push(match slot {
+                Slot::Proposing(f) => f.await,
+                Slot::Done(r) => r,
             });
         }
         out

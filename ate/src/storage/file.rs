@@ -11,6 +11,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct FileStorage {
     dir: PathBuf,
+    /// Aligned staging for direct writes, shared by the directory's files (one appender
+    /// writes at a time; a buffer per file would stay allocated in every old segment kept
+    /// open for readers), and kept: fresh memory costs page faults per use.
+    staging: Arc<parking_lot::Mutex<Vec<u8>>>,
 }
 
 impl FileStorage {
@@ -22,7 +26,10 @@ impl FileStorage {
             .recursive(true)
             .mode(0o700)
             .create(&dir)?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            staging: Arc::default(),
+        })
     }
     /// The directory.
     pub fn dir(&self) -> &Path {
@@ -43,8 +50,8 @@ struct DiskFile {
     file: File,
     /// The same file opened with O_DIRECT, where the file system supports it (not tmpfs).
     direct: Option<File>,
-    /// Aligned staging for direct writes, kept: fresh memory costs page faults per use.
-    staging: parking_lot::Mutex<Vec<u8>>,
+    /// The storage's staging buffer for direct writes.
+    staging: Arc<parking_lot::Mutex<Vec<u8>>>,
 }
 
 impl Storage for FileStorage {
@@ -78,7 +85,7 @@ impl Storage for FileStorage {
         Ok(Arc::new(DiskFile {
             file,
             direct,
-            staging: parking_lot::Mutex::new(Vec::new()),
+            staging: self.staging.clone(),
         }))
     }
 
