@@ -169,6 +169,9 @@ pub(crate) struct Shared {
     /// Last index appended and merged into the view (readable; equals `durable` unless
     /// syncs are deferred).
     visible: Mutex<u64>,
+    /// Signalled when `visible` moves. Its own condvar: parking_lot's panics when one is
+    /// waited on with two mutexes at once (`durable` waiters use `durable_cv`).
+    visible_cv: Condvar,
     /// Deferred syncs: the index a [`Chain::sync`] caller waits for (the syncer does not
     /// wait out its delay while this is ahead of what it synced).
     sync_target: Mutex<u64>,
@@ -289,6 +292,7 @@ impl Chain {
             durable: Mutex::new(last),
             durable_cv: Condvar::new(),
             visible: Mutex::new(last),
+            visible_cv: Condvar::new(),
             sync_target: Mutex::new(last),
             sync_cv: Condvar::new(),
             sync_failed: Mutex::new(None),
@@ -367,7 +371,7 @@ impl Chain {
         let deadline = Instant::now() + timeout;
         let mut v = shared.visible.lock();
         while *v < index {
-            if shared.durable_cv.wait_until(&mut v, deadline).timed_out() {
+            if shared.visible_cv.wait_until(&mut v, deadline).timed_out() {
                 return *v >= index;
             }
         }
@@ -559,6 +563,11 @@ impl Chain {
         })
     }
 
+    /// Sealed payload bytes of the live record versions; cheap, unlike [`Self::stats`].
+    pub fn live_bytes(&self) -> u64 {
+        self.shared.view.read().live_bytes()
+    }
+
     /// Bytes on disk (segments and snapshot); cheap, unlike [`Self::stats`].
     pub fn disk_bytes(&self) -> u64 {
         self.shared.files.total_bytes()
@@ -587,6 +596,19 @@ impl Chain {
     pub fn compact(&self) -> Result<u64, ChainError> {
         let mut log = self.shared.log.lock();
         let last = log.next_index() - 1;
+        // Without deferred syncs a batch is merged into the view only after its fdatasync,
+        // outside the log lock: a snapshot of a view behind the log would drop it.
+        {
+            let mut v = self.shared.visible.lock();
+            while *v < last {
+                if let Some(e) = &*self.shared.sync_failed.lock() {
+                    return Err(ChainError::Log(e.duplicate()));
+                }
+                self.shared
+                    .visible_cv
+                    .wait_for(&mut v, Duration::from_millis(100));
+            }
+        }
         log.roll()?;
         let files = log.files().clone();
         let mut moved = Vec::new();
@@ -879,6 +901,7 @@ fn publish(shared: &Shared, batches: &mut [Appended]) {
     }
     *shared.published.lock() = seq;
     *shared.visible.lock() = last;
+    shared.visible_cv.notify_all();
     shared.durable_cv.notify_all();
     for b in batches.iter_mut() {
         for (p, _, index) in std::mem::take(&mut b.entries) {
@@ -915,15 +938,17 @@ fn syncer_loop(shared: Arc<Shared>, rx: &BatchQueue<Appended>, deferred: Option<
                 }
                 synced.push(&b.file_name);
                 if let Err(source) = b.file.sync_data() {
-                    shared.log.lock().poison();
                     tracing::error!(error = %source, file = %b.file_name, "fdatasync failed; the chain needs a reopen");
                     let e = LogError::Io {
                         op: "fdatasync",
                         file: b.file_name.clone(),
                         source,
                     };
+                    // Reported before the log lock is taken: a compaction holding it waits
+                    // for this batch and gives up on seeing the failure.
                     *shared.sync_failed.lock() = Some(e.duplicate());
                     shared.durable_cv.notify_all();
+                    shared.log.lock().poison();
                     failed = Some(e);
                     break;
                 }

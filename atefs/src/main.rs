@@ -235,6 +235,10 @@ fn open_volume(data: &Path, quota: u64, remote: &RemoteArgs) -> Result<atefs::vo
     })
 }
 
+/// How often buffered data is committed without fsync (plus one deferred fdatasync,
+/// `volume::SYNC_DELAY`, is what a crash can lose).
+const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn mount_foreground(
     dir: &Path,
     data: &Path,
@@ -278,6 +282,8 @@ fn mount_foreground(
         opts,
         owner,
     )?);
+    // The durability bound without fsync (docs/semantics.md) and the compaction policy.
+    let _flusher = fs.spawn_flusher(FLUSH_PERIOD);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("atefs".into()),
