@@ -281,6 +281,11 @@ impl LogStore {
         })
     }
 
+    /// Whether this replica ever saved a vote (false for a new or wiped disk).
+    pub fn has_vote(&self) -> bool {
+        self.inner.lock().meta.vote.is_some()
+    }
+
     /// The first index still held (entries before it were purged).
     pub fn first_index(&self) -> Option<u64> {
         self.inner.lock().slots.keys().next().copied()

@@ -74,6 +74,12 @@ pub struct Partition {
     pub log: LogStore,
     /// Its state machine.
     pub sm: StateMachine,
+    /// Until when this replica refuses to vote: set when it starts without a saved vote. A
+    /// wiped replica has forgotten whom it voted for; had it voted in a term still being
+    /// decided, a second vote in that term could elect two leaders. Any election that was
+    /// open when its disk went is over (won, or timed out into a higher term) after twice
+    /// the longest election timeout.
+    pub vote_hold_off: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -148,11 +154,16 @@ impl Node {
             )
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
+            let vote_hold_off = (!log.has_vote()).then(|| {
+                std::time::Instant::now()
+                    + std::time::Duration::from_millis(raft_config.election_timeout_max * 2)
+            });
             partitions.push(Partition {
                 id: p,
                 raft,
                 log,
                 sm,
+                vote_hold_off,
             });
         }
         Ok(Arc::new(Self { config, partitions }))

@@ -27,6 +27,21 @@ impl RaftService {
             .map(|p| &p.raft)
             .ok_or_else(|| Status::invalid_argument(format!("no partition {p}")))
     }
+
+    /// Refuses votes while the partition's fresh-disk hold-off lasts (see `Partition`).
+    fn check_may_vote(&self, p: u32) -> Result<(), Status> {
+        let until = self
+            .node
+            .partitions
+            .get(p as usize)
+            .and_then(|p| p.vote_hold_off);
+        match until {
+            Some(t) if std::time::Instant::now() < t => Err(Status::unavailable(
+                "this replica started without its vote record and does not vote yet",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
@@ -62,6 +77,7 @@ impl RaftRpc for RaftService {
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
         let raft = self.partition(req.partition)?;
+        self.check_may_vote(req.partition)?;
         reply(raft.vote(decode(&req.body)?).await)
     }
 
