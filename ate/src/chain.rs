@@ -219,7 +219,7 @@ impl Drop for Sender {
 /// A chain stored locally. Cheap to clone; the committer stops when the last clone drops.
 #[derive(Clone, Debug)]
 pub struct Chain {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     committer: Arc<Committer>,
     sender: Option<Arc<Sender>>,
 }

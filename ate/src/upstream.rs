@@ -38,6 +38,33 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
     }
     /// The chain's last index as of now (a linearizable read).
     fn barrier(&self) -> Result<u64, UpstreamError>;
+    /// Why transactions stopped coming back from the upstream, once they have: waits for
+    /// them end at once with this reason instead of timing out.
+    fn stopped(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Waits until `index` came back from the upstream into the local view.
+fn wait_back(
+    shared: &crate::chain::Shared,
+    upstream: &dyn Upstream,
+    index: u64,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + APPLY_WAIT;
+    loop {
+        if Chain::wait_visible(shared, index, Duration::from_millis(100)) {
+            return Ok(());
+        }
+        if let Some(why) = upstream.stopped() {
+            return Err(format!(
+                "the local cache stopped following the chain: {why}"
+            ));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("not received back within {APPLY_WAIT:?}"));
+        }
+    }
 }
 
 /// How long a commit may wait for the upstream's answer to show up locally.
@@ -80,15 +107,14 @@ pub(crate) fn sender_loop(
                 let Some(shared) = chain.upgrade() else {
                     return Err(ChainError::Closed);
                 };
-                if Chain::wait_visible(&shared, index, APPLY_WAIT) {
-                    Ok(Receipt {
+                match wait_back(&shared, upstream.as_ref(), index) {
+                    Ok(()) => Ok(Receipt {
                         index,
                         hash: o.hash,
-                    })
-                } else {
-                    Err(ChainError::Upstream(UpstreamError::Failed(format!(
-                        "committed upstream at {index}, but not received back within {APPLY_WAIT:?}"
-                    ))))
+                    }),
+                    Err(why) => Err(ChainError::Upstream(UpstreamError::Failed(format!(
+                        "committed upstream at {index}, but {why}"
+                    )))),
                 }
             });
             o.reply.send(r);
@@ -104,12 +130,12 @@ impl Chain {
             return Ok(self.last_index());
         };
         let index = up.barrier().map_err(ChainError::Upstream)?;
-        if !self.wait_for(index, APPLY_WAIT) {
-            return Err(ChainError::Upstream(UpstreamError::Failed(format!(
-                "the upstream is at {index} but only {} arrived",
+        wait_back(&self.shared, up.as_ref(), index).map_err(|why| {
+            ChainError::Upstream(UpstreamError::Failed(format!(
+                "the upstream is at {index} but only {} arrived: {why}",
                 self.last_index()
-            ))));
-        }
+            )))
+        })?;
         Ok(index)
     }
 

@@ -7,8 +7,8 @@ use crate::node::{Node, Partition};
 use crate::pb::chain::chains_server::Chains;
 use crate::pb::chain::{
     BarrierReply, ChainRef, ChallengeReply, ChallengeRequest, CommitBatchReply, CommitBatchRequest,
-    CommitReply, CommitRequest, CommitResult, CreateRequest, DeleteReply, DeleteRequest, InfoReply,
-    SubscribeEvent, SubscribeRequest,
+    CommitReply, CommitRequest, CommitResult, CreateRequest, DeleteReply, DeleteRequest,
+    FetchSnapshotRequest, InfoReply, SnapshotChunk, SubscribeEvent, SubscribeRequest,
 };
 use crate::state_machine::refusal_of;
 use crate::types::{Command, Outcome, Refusal};
@@ -228,6 +228,35 @@ impl Api {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<SubscribeEvent, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
+/// Bytes per FetchSnapshot message (well below tonic's 4 MiB message bound).
+const SNAPSHOT_CHUNK: u64 = 1 << 20;
+
+/// Sends a chain's snapshot image in chunks; stops when the client goes away.
+fn send_section(
+    section: crate::state_machine::ChainSection,
+    out: tokio::sync::mpsc::Sender<Result<SnapshotChunk, Status>>,
+) {
+    let mut pos = 0u64;
+    while pos < section.len {
+        let n = SNAPSHOT_CHUNK.min(section.len - pos);
+        let mut data = vec![0u8; n as usize];
+        let msg = match section.file.read_at(&mut data, section.offset + pos) {
+            Ok(()) => Ok(SnapshotChunk {
+                index: section.index,
+                total_bytes: section.len,
+                data,
+            }),
+            Err(e) => Err(Status::internal(format!("reading the snapshot: {e}"))),
+        };
+        let failed = msg.is_err();
+        if out.blocking_send(msg).is_err() || failed {
+            return;
+        }
+        pos += n;
+    }
+}
 
 #[tonic::async_trait]
 impl Chains for Api {
@@ -364,6 +393,39 @@ impl Chains for Api {
         )))
     }
 
+    type FetchSnapshotStream = ChunkStream;
+
+    async fn fetch_snapshot(
+        &self,
+        req: Request<FetchSnapshotRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let req = req.into_inner();
+        let chain = chain_id(&req.chain)?;
+        let p = self.node.partition(&chain);
+        self.check_proof(
+            p,
+            chain,
+            &req.nonce,
+            &req.reader_key,
+            &req.signature,
+            &ate::remote::snapshot_digest(&chain, &req.nonce),
+            (ate::RootAuthority::can_read, "a reader"),
+        )?;
+        let section =
+            p.sm.chain_section(&chain)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .ok_or_else(|| {
+                    Status::failed_precondition(
+                        "no snapshot holds this chain yet: subscribe from index 1",
+                    )
+                })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || send_section(section, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn barrier(&self, req: Request<ChainRef>) -> Result<Response<BarrierReply>, Status> {
         let chain = chain_id(&req.into_inner().chain)?;
         let p = self.node.partition(&chain);
@@ -394,6 +456,7 @@ impl Chains for Api {
             records: c.view.counts().1 as u64,
             partition: p.id,
             leader,
+            first_index: c.txs.keys().next().copied().unwrap_or(c.index + 1),
         })
         .map(Response::new)
         .ok_or_else(|| Status::not_found(format!("no chain {chain}")))

@@ -126,6 +126,19 @@ fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_snapshot(None, openraft::AnyError::new(&e)).into()
 }
 
+/// Where a chain's image (an `ate` snapshot file, docs/format.md) lies in a snapshot file.
+#[derive(Debug, Clone)]
+pub struct ChainSection {
+    /// The snapshot file.
+    pub file: Arc<dyn StorageFile>,
+    /// First byte of the image.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+    /// The chain index it covers up to.
+    pub index: u64,
+}
+
 /// A snapshot section seen as a file of its own.
 #[derive(Debug)]
 struct Section {
@@ -212,7 +225,8 @@ fn corrupt(reason: impl Into<String>) -> LogError {
     }
 }
 
-fn load_snapshot(file: &Arc<dyn StorageFile>) -> Result<Loaded, LogError> {
+/// The footer of a snapshot file, and where it starts (sections lie before it).
+fn read_footer(file: &dyn StorageFile) -> Result<(Footer, u64), LogError> {
     let len = file.len().map_err(LogError::io("stat", SNAP_FILE))?;
     if len < 20 {
         return Err(corrupt("shorter than its magic and footer"));
@@ -231,6 +245,11 @@ fn load_snapshot(file: &Arc<dyn StorageFile>) -> Result<Loaded, LogError> {
     file.read_at(&mut fb, fstart)
         .map_err(LogError::io("read", SNAP_FILE))?;
     let footer: Footer = postcard::from_bytes(&fb).map_err(|e| corrupt(e.to_string()))?;
+    Ok((footer, fstart))
+}
+
+fn load_snapshot(file: &Arc<dyn StorageFile>) -> Result<Loaded, LogError> {
+    let (footer, fstart) = read_footer(file.as_ref())?;
     let mut chains = BTreeMap::new();
     for h in footer.chains {
         if h.offset + h.len > fstart {
@@ -573,6 +592,25 @@ impl StateMachine {
     /// Raft index applied so far; changes wake `watch_applied` receivers.
     pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied.clone()
+    }
+
+    /// `chain`'s image in the current snapshot file (None without a snapshot or without the
+    /// chain in it). The handle stays readable when a newer snapshot replaces the file.
+    pub fn chain_section(&self, chain: &ChainId) -> Result<Option<ChainSection>, LogError> {
+        let Some(file) = self.inner.lock().snap_files.get(&FileRef::Snapshot(0)) else {
+            return Ok(None);
+        };
+        let (footer, _) = read_footer(file.as_ref())?;
+        Ok(footer
+            .chains
+            .into_iter()
+            .find(|h| h.chain == chain.0)
+            .map(|h| ChainSection {
+                file: file.clone(),
+                offset: h.offset,
+                len: h.len,
+                index: h.index,
+            }))
     }
 
     /// Reads a sealed payload the view points at.

@@ -126,10 +126,24 @@ fn forged_unauthenticated_and_bad_requests_are_refused_and_no_plaintext_is_store
         other => panic!("no such chain: {other:?}"),
     }
     // A subscription by a key that is not a reader is refused.
-    let mut sub = client.subscribe(chain, 1, stranger);
+    let mut sub = client.subscribe(chain, 1, stranger.clone());
     match rt.block_on(sub.next()) {
         Err(RemoteError::Refused(Code::PermissionDenied, _)) => {}
         other => panic!("a stranger's subscription: {other:?}"),
+    }
+    // So is a stranger's snapshot download; the owner's is refused while no snapshot holds
+    // the chain (this cluster never takes one) and says what to do instead.
+    let scratch = ate::storage::MemStorage::new();
+    let out = ate::storage::Storage::open(&scratch, "img", true).unwrap();
+    match rt.block_on(client.fetch_snapshot(chain, &stranger, out.as_ref())) {
+        Err(RemoteError::Refused(Code::PermissionDenied, _)) => {}
+        other => panic!("a stranger's snapshot download: {other:?}"),
+    }
+    match rt.block_on(client.fetch_snapshot(chain, &owner, out.as_ref())) {
+        Err(RemoteError::Refused(Code::FailedPrecondition, m)) => {
+            assert!(m.contains("subscribe from index 1"), "{m}")
+        }
+        other => panic!("a snapshot before there is one: {other:?}"),
     }
     // The owner reads both transactions back.
     let owner_again = owner.clone();

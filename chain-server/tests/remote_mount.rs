@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{files_under, Cluster};
+use common::{files_under, rt, Cluster};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -88,6 +88,11 @@ impl Drop for Mount {
 
 /// A cluster, a temp dir and a fresh volume key envelope; None when mounts are impossible.
 fn setup() -> Option<(Cluster, tempfile::TempDir, PathBuf)> {
+    setup_with(1_000_000)
+}
+
+/// As [`setup`], with a snapshot every `snapshot_every` entries.
+fn setup_with(snapshot_every: u64) -> Option<(Cluster, tempfile::TempDir, PathBuf)> {
     if !can_mount() {
         eprintln!("skipped: needs root and /dev/fuse");
         return None;
@@ -97,7 +102,7 @@ fn setup() -> Option<(Cluster, tempfile::TempDir, PathBuf)> {
         "{} missing: build the workspace (cargo build --workspace)",
         atefs_bin().display()
     );
-    let cluster = Cluster::start(true, 1_000_000);
+    let cluster = Cluster::start(true, snapshot_every);
     let tmp = tempfile::tempdir().unwrap();
     let keys = tmp.path().join("keys");
     assert!(Command::new(atefs_bin())
@@ -226,4 +231,64 @@ fn an_exclusive_mount_is_durable_on_the_cluster_at_fsync() {
     );
     drop(r);
     drop(w);
+}
+
+/// A host whose cache is empty (a pod on a new node) or behind what the cluster still keeps in
+/// its log (a host that was away while the cluster compacted) catches up through the
+/// cluster's snapshot of the chain, then follows the chain as usual.
+#[test]
+fn a_new_or_stale_cache_catches_up_through_the_snapshot() {
+    let Some((cluster, tmp, keys)) = setup_with(40) else {
+        return;
+    };
+    let chain = ate::KeyFile::load(&keys).unwrap().chain;
+    let rt = rt();
+    let client = cluster.client(std::time::Duration::from_secs(20));
+    let info = || rt.block_on(client.info(chain)).unwrap();
+
+    let stale = Mount::start(&cluster, tmp.path(), "stale", &keys);
+    std::fs::write(stale.dir.join("early"), b"before the snapshot").unwrap();
+    drop(stale);
+    let stale_at = info().index;
+
+    let w = Mount::start(&cluster, tmp.path(), "writer", &keys);
+    let mut n = 0;
+    while info().first_index <= stale_at + 1 {
+        assert!(
+            n < 3000,
+            "the cluster never compacted the chain: {:?}",
+            info()
+        );
+        std::fs::write(w.dir.join(format!("f{n}")), format!("file {n}")).unwrap();
+        n += 1;
+    }
+    std::fs::write(w.dir.join("f0"), b"overwritten").unwrap();
+    std::fs::remove_file(w.dir.join("f1")).unwrap();
+    std::fs::write(w.dir.join("early"), b"after the snapshot").unwrap();
+    assert!(info().first_index > 1);
+
+    let fresh = Mount::start(&cluster, tmp.path(), "fresh", &keys);
+    let stale = Mount::start(&cluster, tmp.path(), "stale", &keys);
+    for m in [&fresh, &stale] {
+        assert_eq!(std::fs::read(m.dir.join("f0")).unwrap(), b"overwritten");
+        assert!(!m.dir.join("f1").exists(), "a deleted file came back");
+        for i in 2..n {
+            assert_eq!(
+                std::fs::read(m.dir.join(format!("f{i}"))).unwrap(),
+                format!("file {i}").into_bytes(),
+                "f{i}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(m.dir.join("early")).unwrap(),
+            b"after the snapshot"
+        );
+    }
+    // Both follow the chain from there on.
+    std::fs::write(fresh.dir.join("later"), b"from the fresh host").unwrap();
+    assert_eq!(
+        std::fs::read(stale.dir.join("later")).unwrap(),
+        b"from the fresh host"
+    );
+    drop((fresh, stale, w));
 }

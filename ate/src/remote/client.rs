@@ -6,7 +6,7 @@
 use super::pb::chain::chains_client::ChainsClient;
 use super::pb::chain::{
     ChainRef, ChallengeRequest, CommitBatchRequest, CommitRequest, CreateRequest, DeleteRequest,
-    InfoReply, SubscribeEvent, SubscribeRequest,
+    FetchSnapshotRequest, InfoReply, SubscribeEvent, SubscribeRequest,
 };
 use crate::crypto::SigningKey;
 use crate::ids::ChainId;
@@ -307,6 +307,62 @@ impl RemoteClient {
             async move { c.barrier(req).await.map(|r| r.into_inner().index) }
         })
         .await
+    }
+
+    /// Downloads the chain's image in the cluster's latest snapshot (proving `reader` may
+    /// read the chain) into `out`, an `ate` snapshot file (docs/format.md). Returns the chain
+    /// index it covers up to. FAILED_PRECONDITION when no snapshot holds the chain yet.
+    pub async fn fetch_snapshot(
+        &self,
+        chain: ChainId,
+        reader: &SigningKey,
+        out: &dyn crate::storage::StorageFile,
+    ) -> Result<u64, RemoteError> {
+        let key = reader.public().0.to_vec();
+        let mut stream = self
+            .with_leader(chain, |mut c| {
+                let key = key.clone();
+                async move {
+                    let nonce = c.challenge(ChallengeRequest {}).await?.into_inner().nonce;
+                    let digest = super::snapshot_digest(&chain, &nonce);
+                    let req = FetchSnapshotRequest {
+                        chain: chain.0.to_vec(),
+                        nonce,
+                        reader_key: key,
+                        signature: reader.sign(&digest).to_vec(),
+                    };
+                    c.fetch_snapshot(req).await.map(|r| r.into_inner())
+                }
+            })
+            .await?;
+        let io = |e: std::io::Error| RemoteError::Refused(Code::Internal, format!("cache: {e}"));
+        let (mut pos, mut image) = (0u64, None);
+        loop {
+            let chunk = match stream.message().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(s) => return Err(RemoteError::Refused(s.code(), s.message().to_string())),
+            };
+            let (index, total) = *image.get_or_insert((chunk.index, chunk.total_bytes));
+            if chunk.index != index || chunk.total_bytes != total {
+                return Err(RemoteError::Refused(
+                    Code::DataLoss,
+                    "the snapshot changed while it was sent".into(),
+                ));
+            }
+            out.write_at(&chunk.data, pos).map_err(io)?;
+            pos += chunk.data.len() as u64;
+        }
+        match image {
+            Some((index, total)) if total == pos => {
+                out.sync_data().map_err(io)?;
+                Ok(index)
+            }
+            _ => Err(RemoteError::Refused(
+                Code::DataLoss,
+                format!("the snapshot stream ended after {pos} bytes"),
+            )),
+        }
     }
 
     /// Opens a subscription from `from` (proving `reader` may read the chain); the returned

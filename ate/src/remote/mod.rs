@@ -21,6 +21,11 @@ pub fn subscribe_digest(chain: &ChainId, nonce: &[u8], from: u64) -> [u8; 32] {
     proof_digest(b"atefs-subscribe", chain, nonce, from)
 }
 
+/// What a reader key signs to fetch `chain`'s snapshot image, given the server's `nonce`.
+pub fn snapshot_digest(chain: &ChainId, nonce: &[u8]) -> [u8; 32] {
+    proof_digest(b"atefs-fetch-snapshot", chain, nonce, 0)
+}
+
 /// What an owner key signs to delete `chain`, given the server's `nonce`.
 pub fn delete_digest(chain: &ChainId, nonce: &[u8]) -> [u8; 32] {
     proof_digest(b"atefs-delete", chain, nonce, 0)

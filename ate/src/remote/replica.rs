@@ -73,6 +73,9 @@ impl Upstream for GrpcUpstream {
             .block_on(self.client.barrier(self.chain))
             .map_err(upstream_error)
     }
+    fn stopped(&self) -> Option<String> {
+        self.broken.lock().clone()
+    }
 }
 
 /// Why a remote chain could not be opened.
@@ -87,6 +90,53 @@ pub enum ReplicaError {
     /// The async runtime could not start.
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
+    /// Installing a snapshot into the local cache failed.
+    #[error("local cache: {op} {file}: {source}")]
+    CacheIo {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        file: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The cluster kept compacting past every snapshot this cache installed.
+    #[error("the cluster compacted the chain past {0} snapshots in a row; try again")]
+    CatchUp(u32),
+}
+
+/// Snapshot installs tried before opening gives up (each one is the cluster's newest).
+const CATCH_UP_TRIES: u32 = 3;
+
+/// Replaces the cache's files with the cluster's snapshot image of the chain: the image is
+/// written and fdatasynced under a `.tmp` name (which a reopen discards) before the old
+/// files go, so a crash leaves either the old cache, an empty one, or the new one.
+fn install_snapshot(
+    rt: &tokio::runtime::Runtime,
+    client: &RemoteClient,
+    chain: ChainId,
+    reader: &SigningKey,
+    cache: &Arc<dyn Storage>,
+) -> Result<u64, ReplicaError> {
+    let cache_io = |op: &'static str, file: &str| {
+        let file = file.to_string();
+        move |source| ReplicaError::CacheIo { op, file, source }
+    };
+    const TMP: &str = "snap-install.tmp";
+    let _ = cache.remove(TMP);
+    let out = cache.open(TMP, true).map_err(cache_io("create", TMP))?;
+    out.truncate(0).map_err(cache_io("truncate", TMP))?;
+    let index = rt.block_on(client.fetch_snapshot(chain, reader, out.as_ref()))?;
+    drop(out);
+    for name in cache.list().map_err(cache_io("list", "."))? {
+        if crate::redo::parse_name(&name).is_some() {
+            cache.remove(&name).map_err(cache_io("remove", &name))?;
+        }
+    }
+    let name = crate::redo::snapshot_name(index);
+    cache.rename(TMP, &name).map_err(cache_io("rename", TMP))?;
+    cache.sync_dir().map_err(cache_io("sync", "."))?;
+    Ok(index)
 }
 
 /// An open remote chain; the follower stops when this drops.
@@ -147,18 +197,35 @@ pub fn open_remote(
         chain,
         broken: broken.clone(),
     });
-    let (local, _) = Chain::open_upstream(
-        cache,
-        chain,
-        ChainOptions {
-            // The cluster holds the chain durably; the cache is fdatasynced now and then,
-            // and a crash leaves a prefix the follower resumes from.
-            deferred_sync: Some(std::time::Duration::from_secs(1)),
-            ..ChainOptions::default()
-        },
-        upstream,
-        |_, _| {},
-    )?;
+    let mut installs = 0;
+    let local = loop {
+        let (local, _) = Chain::open_upstream(
+            cache.clone(),
+            chain,
+            ChainOptions {
+                // The cluster holds the chain durably; the cache is fdatasynced now and then,
+                // and a crash leaves a prefix the follower resumes from.
+                deferred_sync: Some(std::time::Duration::from_secs(1)),
+                ..ChainOptions::default()
+            },
+            upstream.clone(),
+            |_, _| {},
+        )?;
+        let first = rt.block_on(client.info(chain))?.first_index;
+        if local.last_index() + 1 >= first {
+            break local;
+        }
+        // A new host, or one offline while the cluster compacted: the transactions this
+        // cache needs next are only in the cluster's snapshot.
+        if installs == CATCH_UP_TRIES {
+            return Err(ReplicaError::CatchUp(installs));
+        }
+        installs += 1;
+        let had = local.last_index();
+        drop(local);
+        let index = install_snapshot(&rt, &client, chain, &reader, &cache)?;
+        tracing::info!(%chain, had, first, index, "the cache caught up through the cluster's snapshot");
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let follower = {
         let (local, stop, client, rt2) = (local.clone(), stop.clone(), client.clone(), rt.clone());

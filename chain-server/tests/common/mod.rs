@@ -52,7 +52,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts three replicas (TLS when `tls`; a snapshot every `snapshot_every` entries) and
-    /// waits until each serves.
+    /// waits until each is ready.
     pub fn start(tls: bool, snapshot_every: u64) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let base = ports(9);
@@ -88,6 +88,20 @@ impl Cluster {
         };
         for i in 0..3 {
             c.spawn(i, i == 0);
+        }
+        // Ready means every partition has a leader on every replica (a new cluster's first
+        // election waits out the fresh-disk vote hold-off).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for i in 0..3 {
+            while !c.http_get(i, "/health").0.contains("200") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "replica {} never became ready:\n{}",
+                    c.replicas[i].id,
+                    c.log_tail(i)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         c
     }
