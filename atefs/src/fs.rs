@@ -53,6 +53,10 @@ pub struct FsOptions {
     /// Garbage allowed in the log before the flusher compacts it: compaction runs once the log
     /// holds more than twice the live data plus this many bytes (see [`AteFs::maybe_compact`]).
     pub compact_slack: u64,
+    /// Take the volume's writer lease at mount and fence every commit with it: a newer mount
+    /// that takes the lease makes this one's later commits fail on the servers (a single
+    /// writer enforced by the cluster, for `--exclusive` mounts; see [`AteFs::take_lease`]).
+    pub writer_lease: bool,
 }
 
 impl Default for FsOptions {
@@ -66,6 +70,7 @@ impl Default for FsOptions {
             cache_bytes: 64 << 20,
             remote: false,
             compact_slack: 256 << 20,
+            writer_lease: false,
         }
     }
 }
@@ -177,6 +182,9 @@ pub struct AteFs {
     cache: Mutex<lru::LruCache<(u64, u64), Vec<u8>>>,
     /// Log size right after this mount's last compaction (0 before the first).
     compacted_bytes: std::sync::atomic::AtomicU64,
+    /// The writer lease record and the version this mount wrote, when it holds the lease:
+    /// every transaction requires it unchanged.
+    lease: Option<(RecordKey, u64)>,
 }
 
 fn now() -> SystemTime {
@@ -204,7 +212,7 @@ impl AteFs {
         let keys = Keys::new(keyfile.names.clone());
         let blocks = (opts.cache_bytes / opts.block_size.max(1)).max(1);
         let cap = std::num::NonZeroUsize::new(blocks).unwrap_or(std::num::NonZeroUsize::MIN);
-        let fs = Self {
+        let mut fs = Self {
             chain,
             keyfile,
             keys,
@@ -215,6 +223,7 @@ impl AteFs {
             }),
             cache: Mutex::new(lru::LruCache::new(cap)),
             compacted_bytes: Default::default(),
+            lease: None,
         };
         if fs.chain.root().is_none() {
             let mut tx = fs.tx();
@@ -239,7 +248,44 @@ impl AteFs {
                 Err(e) => return Err(e.into()),
             }
         }
+        if fs.opts.writer_lease {
+            fs.lease = Some(fs.take_lease()?);
+        }
         Ok(fs)
+    }
+
+    /// Writes the volume's lease record, conditional on the version this mount saw (so two
+    /// mounts taking it at once cannot both win), and returns the version it wrote. From
+    /// then on every transaction carries `AtVersion(lease, version)`: once a newer mount
+    /// rewrites the record, the servers refuse this mount's commits (EIO at fsync); they are
+    /// never merged with the newer writer's.
+    fn take_lease(&self) -> FsResult<(RecordKey, u64)> {
+        let key = self.keys.lease();
+        self.chain.sync_upstream()?;
+        let seen = self.chain.record(&key).filter(|e| !e.is_deleted());
+        let mut tx = self.tx();
+        tx.preconditions.push(match &seen {
+            Some(e) => Precondition::AtVersion(key, e.version),
+            None => Precondition::Absent(key),
+        });
+        let holder: [u8; 16] = rand::random();
+        tx.ops.push(Op::put(
+            &self.chain.id(),
+            key,
+            // No parent, like inodes: a child of a directory's inode would read as an entry.
+            None,
+            WriteAuthority::Inherit,
+            Some(&self.keyfile.data),
+            &holder,
+        ));
+        self.chain.sign_and_commit(tx, &self.keyfile.owner)?;
+        let version = self
+            .chain
+            .record(&key)
+            .map(|e| e.version)
+            .ok_or(FsError::NotFound)?;
+        tracing::info!(version, "took the volume's writer lease");
+        Ok((key, version))
     }
 
     /// The options it runs with.
@@ -253,7 +299,11 @@ impl AteFs {
     }
 
     fn tx(&self) -> Transaction {
-        Transaction::new(self.chain.id(), self.keyfile.owner.public())
+        let mut tx = Transaction::new(self.chain.id(), self.keyfile.owner.public());
+        if let Some((key, version)) = self.lease {
+            tx.preconditions.push(Precondition::AtVersion(key, version));
+        }
+        tx
     }
 
     /// Queues a namespace or attribute commit without waiting for it: this mount's caches are

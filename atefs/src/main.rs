@@ -266,6 +266,7 @@ fn mount_foreground(
     let opts = FsOptions {
         quota_bytes: quota,
         remote: vol.remote.is_some() && !remote.exclusive,
+        writer_lease: vol.remote.is_some() && remote.exclusive,
         // A commit through the cluster is answered after a replication round trip: keep
         // several flushes in flight so that pipeline stays full. Locally one flush in flight
         // keeps the disk busy and the daemon's memory under 256 MiB (bench/memory.sh).

@@ -301,6 +301,10 @@ impl Keys {
     pub fn inode(&self, ino: u64) -> RecordKey {
         self.names.record_key(&[b"ino", &ino.to_le_bytes()])
     }
+    /// The writer lease record of `--exclusive` mounts.
+    pub fn lease(&self) -> RecordKey {
+        self.names.record_key(&[b"writer-lease"])
+    }
     /// A directory entry's record.
     pub fn dirent(&self, dir: u64, name: &[u8]) -> RecordKey {
         self.names

@@ -292,3 +292,42 @@ fn a_new_or_stale_cache_catches_up_through_the_snapshot() {
     );
     drop((fresh, stale, w));
 }
+
+/// `--exclusive` is enforced by the cluster: a newer exclusive mount takes the writer lease,
+/// and from then on the older mount's commits are refused (its fsync fails) instead of being
+/// merged with the newer writer's.
+#[test]
+fn a_newer_exclusive_mount_fences_the_older_one() {
+    let Some((cluster, tmp, keys)) = setup() else {
+        return;
+    };
+    let old = Mount::start_with(&cluster, tmp.path(), "old", &keys, &["--exclusive"]);
+    let mut f = std::fs::File::create_new(old.dir.join("a")).unwrap();
+    f.write_all(b"written while holding the lease").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    let new = Mount::start_with(&cluster, tmp.path(), "new", &keys, &["--exclusive"]);
+    let mut f = std::fs::File::create_new(old.dir.join("b")).unwrap();
+    f.write_all(b"written after the lease moved").unwrap();
+    let fenced = f.sync_all();
+    assert!(
+        fenced.is_err(),
+        "the fenced mount's fsync succeeded: {fenced:?}"
+    );
+    drop(f);
+
+    assert_eq!(
+        std::fs::read(new.dir.join("a")).unwrap(),
+        b"written while holding the lease"
+    );
+    assert!(
+        !new.dir.join("b").exists(),
+        "the fenced mount's file reached the chain"
+    );
+    let mut f = std::fs::File::create_new(new.dir.join("c")).unwrap();
+    f.write_all(b"the lease holder writes on").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    drop((old, new));
+}
