@@ -10,8 +10,9 @@ ROOT=$(pwd)
 FSX_OPS=${1:-100000}
 PJD_MIN=${PJD_MIN:-370}
 # pjdfstest 0.2.2 miscomputes its PATH_MAX test for some base-path lengths (9 characters is
-# one); this mount point's length is known good.
-MNT=/tmp/atefs-pjdfstest
+# one); this mount point's length is known good (POSIX_MNT runs a second copy elsewhere:
+# keep the length).
+MNT=${POSIX_MNT:-/tmp/atefs-pjdfstest}
 STATE=$(mktemp -d /tmp/atefs-state.XXXXXX)
 LOG=$(mktemp -d /tmp/atefs-logs.XXXXXX)
 

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
+mod block_cache;
 mod ranges;
 pub use ranges::{Allocate, Seek};
 
@@ -179,7 +180,7 @@ pub struct AteFs {
     opts: FsOptions,
     state: Mutex<State>,
     /// Decrypted committed blocks, bounded by `FsOptions::cache_bytes`. Taken after `state`.
-    cache: Mutex<lru::LruCache<(u64, u64), Vec<u8>>>,
+    cache: Mutex<block_cache::BlockCache>,
     /// Log size right after this mount's last compaction (0 before the first).
     compacted_bytes: std::sync::atomic::AtomicU64,
     /// The writer lease record and the version this mount wrote, when it holds the lease:
@@ -221,7 +222,7 @@ impl AteFs {
                 next_fh: 1,
                 ..Default::default()
             }),
-            cache: Mutex::new(lru::LruCache::new(cap)),
+            cache: Mutex::new(block_cache::BlockCache::new(cap)),
             compacted_bytes: Default::default(),
             lease: None,
         };
@@ -1086,7 +1087,7 @@ impl AteFs {
 
     /// Makes `block` the buffered contents of block `idx` (a cached copy is stale from now).
     fn put_dirty(&self, st: &mut State, ino: u64, idx: u64, block: Vec<u8>) -> FsResult<()> {
-        self.cache.lock().pop(&(ino, idx));
+        self.cache.lock().forget((ino, idx));
         let node = self.node(st, ino)?;
         let new = block.len();
         let old = node.dirty.insert(idx, block).map_or(0, |b| b.len());
@@ -1096,38 +1097,43 @@ impl AteFs {
 
     /// Contents of block `idx` (uncommitted data first; holes are empty).
     fn block_locked(&self, st: &mut State, ino: u64, idx: u64) -> FsResult<Vec<u8>> {
+        match self.block_source(st, ino, idx)? {
+            Some(data) => Ok(data),
+            None => {
+                let data = self.open_block(ino, idx)?;
+                self.cache.lock().put((ino, idx), data.clone());
+                Ok(data)
+            }
+        }
+    }
+
+    /// Block `idx` when it is at hand (buffered, in flight, a hole, or cached); None when it
+    /// has to be read from the chain and opened.
+    fn block_source(&self, st: &mut State, ino: u64, idx: u64) -> FsResult<Option<Vec<u8>>> {
         let node = self.node(st, ino)?;
         if let Some(d) = node
             .dirty
             .get(&idx)
             .or_else(|| node.inflight.get(&idx).map(|(_, d)| d))
         {
-            return Ok(d.clone());
+            return Ok(Some(d.clone()));
         }
         if !self.block_set(st, ino)?.contains(&idx) {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
-        if let Some(b) = self.cache.lock().get(&(ino, idx)) {
-            return Ok(b.clone());
-        }
-        let data = self
+        Ok(self.cache.lock().get((ino, idx)).cloned())
+    }
+
+    /// Reads and opens a committed block.
+    fn open_block(&self, ino: u64, idx: u64) -> FsResult<Vec<u8>> {
+        Ok(self
             .read_record(&self.keys.block(ino, idx))?
-            .unwrap_or_default();
-        self.cache.lock().put((ino, idx), data.clone());
-        Ok(data)
+            .unwrap_or_default())
     }
 
     /// Forgets cached copies of a file's blocks from `from` on (they are about to change).
     fn uncache(&self, ino: u64, from: u64) {
-        let mut c = self.cache.lock();
-        let stale: Vec<(u64, u64)> = c
-            .iter()
-            .map(|(k, _)| *k)
-            .filter(|(i, b)| *i == ino && *b >= from)
-            .collect();
-        for k in stale {
-            c.pop(&k);
-        }
+        self.cache.lock().forget_from(ino, from);
     }
 
     /// The file's block set, loaded from the chain on first use (after its own queued data
@@ -1155,25 +1161,41 @@ impl AteFs {
     }
 
     /// Reads up to `len` bytes at `offset`.
+    /// Committed blocks are opened after the state lock is released (see block_cache.rs):
+    /// the kernel's readahead sends several reads at once, and they decrypt in parallel.
     pub fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
-        let mut st = self.state.lock();
-        let a = &self.node(&mut st, ino)?.attr;
-        if a.kind == Kind::Dir {
-            return Err(FsError::IsDir);
-        }
-        let size = a.size;
-        if offset >= size {
-            return Ok(Vec::new());
-        }
-        let end = size.min(offset + len as u64);
         let bs = self.opts.block_size as u64;
+        let (end, mut blocks, seen) = {
+            let mut st = self.state.lock();
+            let a = &self.node(&mut st, ino)?.attr;
+            if a.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            let size = a.size;
+            if offset >= size {
+                return Ok(Vec::new());
+            }
+            let end = size.min(offset + len as u64);
+            let blocks = (offset / bs..end.div_ceil(bs))
+                .map(|idx| Ok((idx, self.block_source(&mut st, ino, idx)?)))
+                .collect::<FsResult<Vec<_>>>()?;
+            (end, blocks, self.cache.lock().generation())
+        };
+        for (idx, block) in &mut blocks {
+            if block.is_none() {
+                let data = self.open_block(ino, *idx)?;
+                self.cache
+                    .lock()
+                    .put_if_unchanged(seen, (ino, *idx), data.clone());
+                *block = Some(data);
+            }
+        }
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
-        while pos < end {
-            let idx = pos / bs;
+        for (_, block) in blocks {
+            let block = block.unwrap_or_default();
             let within = (pos % bs) as usize;
             let take = ((bs - pos % bs).min(end - pos)) as usize;
-            let block = self.block_locked(&mut st, ino, idx)?;
             let mut chunk = vec![0u8; take];
             if within < block.len() {
                 let n = (block.len() - within).min(take);
@@ -1293,7 +1315,7 @@ impl AteFs {
                 {
                     let mut cache = self.cache.lock();
                     for i in &idxs {
-                        cache.pop(&(ino, *i));
+                        cache.forget((ino, *i));
                     }
                 }
                 self.block_set(st, ino)?.extend(idxs);

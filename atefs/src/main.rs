@@ -104,22 +104,7 @@ fn default_data() -> PathBuf {
     base.join("atefs/default")
 }
 
-/// mimalloc's `purge_delay` option (its index in mimalloc 2's `mi_option_t`).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Freed memory goes back to the OS after 1 ms, not 10: a writer frees an 8 MiB transaction
-/// buffer every few milliseconds, and the delayed purges added about 40 MiB to the daemon's
-/// peak (bench/memory.sh: 265-282 MiB writing 2 GiB, with this about 250 MiB). 0 ms gave
-/// 233 MiB but cost a third of the sequential read and write speed (fresh pages each time).
-#[allow(unsafe_code)]
-fn purge_freed_memory_soon() {
-    // SAFETY: mi_option_set only stores an integer in mimalloc's option table; any value is
-    // valid for purge_delay, and it may be changed while the allocator is in use.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1) };
-}
-
 fn main() -> Result<()> {
-    purge_freed_memory_soon();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -268,12 +253,12 @@ fn mount_foreground(
         remote: vol.remote.is_some() && !remote.exclusive,
         writer_lease: vol.remote.is_some() && remote.exclusive,
         // A commit through the cluster is answered after a replication round trip: keep
-        // several flushes in flight so that pipeline stays full. Locally one flush in flight
-        // keeps the disk busy and the daemon's memory under 256 MiB (bench/memory.sh).
+        // several flushes in flight so that pipeline stays full. Locally two 8 MiB flushes
+        // keep the disk busy (bench/memory.sh: peak memory writing 2 GiB well under 256 MiB).
         max_inflight: if vol.remote.is_some() {
             64 << 20
         } else {
-            8 << 20
+            16 << 20
         },
         ..FsOptions::default()
     };

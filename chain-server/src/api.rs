@@ -189,6 +189,21 @@ impl Api {
         })
     }
 
+    /// Checks that a request is signed by a reader of the chain over `digest`.
+    fn check_reader(
+        &self,
+        p: &Partition,
+        chain: ChainId,
+        (nonce, key, sig): (&[u8], &[u8], &[u8]),
+        digest: &[u8; 32],
+    ) -> Result<(), Status> {
+        let role = (
+            ate::RootAuthority::can_read as fn(&_, &_) -> bool,
+            "a reader",
+        );
+        self.check_proof(p, chain, nonce, key, sig, digest, role)
+    }
+
     /// Checks a signed proof over a one-time challenge: the nonce is ours and fresh, the
     /// signature by `key` over `digest` verifies, and `key` holds `role` in the chain's root
     /// authority (NOT_FOUND without the chain, PERMISSION_DENIED without the role).
@@ -377,15 +392,9 @@ impl Chains for Api {
         let req = req.into_inner();
         let chain = chain_id(&req.chain)?;
         let p = self.node.partition(&chain).clone();
-        self.check_proof(
-            &p,
-            chain,
-            &req.nonce,
-            &req.reader_key,
-            &req.signature,
-            &ate::remote::subscribe_digest(&chain, &req.nonce, req.from_index),
-            (ate::RootAuthority::can_read, "a reader"),
-        )?;
+        let proof = (&req.nonce[..], &req.reader_key[..], &req.signature[..]);
+        let digest = ate::remote::subscribe_digest(&chain, &req.nonce, req.from_index);
+        self.check_reader(&p, chain, proof, &digest)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(crate::subscribe::feed(p, chain, req.from_index.max(1), tx));
         Ok(Response::new(Box::pin(
@@ -402,14 +411,12 @@ impl Chains for Api {
         let req = req.into_inner();
         let chain = chain_id(&req.chain)?;
         let p = self.node.partition(&chain);
-        self.check_proof(
+        let proof = (&req.nonce[..], &req.reader_key[..], &req.signature[..]);
+        self.check_reader(
             p,
             chain,
-            &req.nonce,
-            &req.reader_key,
-            &req.signature,
+            proof,
             &ate::remote::snapshot_digest(&chain, &req.nonce),
-            (ate::RootAuthority::can_read, "a reader"),
         )?;
         let section =
             p.sm.chain_section(&chain)

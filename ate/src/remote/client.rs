@@ -280,20 +280,16 @@ impl RemoteClient {
 
     /// Deletes a chain, proving `owner` is one of its owners.
     pub async fn delete(&self, chain: ChainId, owner: &SigningKey) -> Result<(), RemoteError> {
-        let key = owner.public().0.to_vec();
-        self.with_leader(chain, |mut c| {
-            let key = key.clone();
-            async move {
-                let nonce = c.challenge(ChallengeRequest {}).await?.into_inner().nonce;
-                let digest = super::delete_digest(&chain, &nonce);
-                let req = DeleteRequest {
-                    chain: chain.0.to_vec(),
-                    nonce,
-                    owner_key: key,
-                    signature: owner.sign(&digest).to_vec(),
-                };
-                c.delete(req).await.map(|_| ())
-            }
+        self.with_leader(chain, |mut c| async move {
+            let (nonce, owner_key, signature) =
+                prove(&mut c, owner, |n| super::delete_digest(&chain, n)).await?;
+            let req = DeleteRequest {
+                chain: chain.0.to_vec(),
+                nonce,
+                owner_key,
+                signature,
+            };
+            c.delete(req).await.map(|_| ())
         })
         .await
     }
@@ -318,21 +314,17 @@ impl RemoteClient {
         reader: &SigningKey,
         out: &dyn crate::storage::StorageFile,
     ) -> Result<u64, RemoteError> {
-        let key = reader.public().0.to_vec();
         let mut stream = self
-            .with_leader(chain, |mut c| {
-                let key = key.clone();
-                async move {
-                    let nonce = c.challenge(ChallengeRequest {}).await?.into_inner().nonce;
-                    let digest = super::snapshot_digest(&chain, &nonce);
-                    let req = FetchSnapshotRequest {
-                        chain: chain.0.to_vec(),
-                        nonce,
-                        reader_key: key,
-                        signature: reader.sign(&digest).to_vec(),
-                    };
-                    c.fetch_snapshot(req).await.map(|r| r.into_inner())
-                }
+            .with_leader(chain, |mut c| async move {
+                let (nonce, reader_key, signature) =
+                    prove(&mut c, reader, |n| super::snapshot_digest(&chain, n)).await?;
+                let req = FetchSnapshotRequest {
+                    chain: chain.0.to_vec(),
+                    nonce,
+                    reader_key,
+                    signature,
+                };
+                c.fetch_snapshot(req).await.map(|r| r.into_inner())
             })
             .await?;
         let io = |e: std::io::Error| RemoteError::Refused(Code::Internal, format!("cache: {e}"));
@@ -383,24 +375,32 @@ impl RemoteClient {
         from: u64,
         reader: &SigningKey,
     ) -> Result<tonic::Streaming<SubscribeEvent>, RemoteError> {
-        let key = reader.public().0.to_vec();
-        self.with_leader(chain, |mut c| {
-            let key = key.clone();
-            async move {
-                let nonce = c.challenge(ChallengeRequest {}).await?.into_inner().nonce;
-                let digest = super::subscribe_digest(&chain, &nonce, from);
-                let req = SubscribeRequest {
-                    chain: chain.0.to_vec(),
-                    from_index: from,
-                    nonce,
-                    reader_key: key,
-                    signature: reader.sign(&digest).to_vec(),
-                };
-                c.subscribe(req).await.map(|r| r.into_inner())
-            }
+        self.with_leader(chain, |mut c| async move {
+            let (nonce, reader_key, signature) =
+                prove(&mut c, reader, |n| super::subscribe_digest(&chain, n, from)).await?;
+            let req = SubscribeRequest {
+                chain: chain.0.to_vec(),
+                from_index: from,
+                nonce,
+                reader_key,
+                signature,
+            };
+            c.subscribe(req).await.map(|r| r.into_inner())
         })
         .await
     }
+}
+
+/// Asks the server for a challenge and signs `digest(nonce)` with `key`: the proof that
+/// Delete, Subscribe and FetchSnapshot carry. Returns (nonce, key, signature).
+async fn prove(
+    c: &mut ChainsClient<Channel>,
+    key: &SigningKey,
+    digest: impl FnOnce(&[u8]) -> [u8; 32],
+) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), Status> {
+    let nonce = c.challenge(ChallengeRequest {}).await?.into_inner().nonce;
+    let signature = key.sign(&digest(&nonce)).to_vec();
+    Ok((nonce, key.public().0.to_vec(), signature))
 }
 
 /// A resuming subscription.
