@@ -1161,6 +1161,7 @@ impl AteFs {
     }
 
     /// Reads up to `len` bytes at `offset`.
+    ///
     /// Committed blocks are opened after the state lock is released (see block_cache.rs):
     /// the kernel's readahead sends several reads at once, and they decrypt in parallel.
     pub fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {

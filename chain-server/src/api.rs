@@ -253,14 +253,16 @@ fn send_section(
     section: crate::state_machine::ChainSection,
     out: tokio::sync::mpsc::Sender<Result<SnapshotChunk, Status>>,
 ) {
+    use ate::storage::StorageFile;
+    let total = section.image.len().unwrap_or(0);
     let mut pos = 0u64;
-    while pos < section.len {
-        let n = SNAPSHOT_CHUNK.min(section.len - pos);
+    while pos < total {
+        let n = SNAPSHOT_CHUNK.min(total - pos);
         let mut data = vec![0u8; n as usize];
-        let msg = match section.file.read_at(&mut data, section.offset + pos) {
+        let msg = match section.image.read_at(&mut data, pos) {
             Ok(()) => Ok(SnapshotChunk {
                 index: section.index,
-                total_bytes: section.len,
+                total_bytes: total,
                 data,
             }),
             Err(e) => Err(Status::internal(format!("reading the snapshot: {e}"))),
@@ -463,7 +465,7 @@ impl Chains for Api {
             records: c.view.counts().1 as u64,
             partition: p.id,
             leader,
-            first_index: c.txs.keys().next().copied().unwrap_or(c.index + 1),
+            first_index: c.first_index(),
         })
         .map(Response::new)
         .ok_or_else(|| Status::not_found(format!("no chain {chain}")))

@@ -50,6 +50,14 @@ pub struct ChainData {
     pub seen: Seen,
 }
 
+impl ChainData {
+    /// The lowest chain index a subscription can start at: earlier ones are only in the
+    /// snapshot.
+    pub fn first_index(&self) -> u64 {
+        self.txs.keys().next().copied().unwrap_or(self.index + 1)
+    }
+}
+
 /// The last [`SEEN`] transaction hashes of a chain, oldest first.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Seen {
@@ -126,22 +134,18 @@ fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_snapshot(None, openraft::AnyError::new(&e)).into()
 }
 
-/// Where a chain's image (an `ate` snapshot file, docs/format.md) lies in a snapshot file.
-#[derive(Debug, Clone)]
+/// A chain's image in a snapshot file (an `ate` snapshot file, docs/format.md).
+#[derive(Debug)]
 pub struct ChainSection {
-    /// The snapshot file.
-    pub file: Arc<dyn StorageFile>,
-    /// First byte of the image.
-    pub offset: u64,
-    /// Its length.
-    pub len: u64,
+    /// The image, read as a file of its own.
+    pub image: Section,
     /// The chain index it covers up to.
     pub index: u64,
 }
 
 /// A snapshot section seen as a file of its own.
 #[derive(Debug)]
-struct Section {
+pub struct Section {
     file: Arc<dyn StorageFile>,
     base: u64,
     len: u64,
@@ -606,9 +610,11 @@ impl StateMachine {
             .into_iter()
             .find(|h| h.chain == chain.0)
             .map(|h| ChainSection {
-                file: file.clone(),
-                offset: h.offset,
-                len: h.len,
+                image: Section {
+                    file: file.clone(),
+                    base: h.offset,
+                    len: h.len,
+                },
                 index: h.index,
             }))
     }

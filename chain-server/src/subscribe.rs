@@ -22,7 +22,7 @@ pub async fn feed(
             if next <= c.index && !c.txs.contains_key(&next) {
                 Err(Status::out_of_range(format!(
                     "chain index {next} is covered by a snapshot; resubscribe from {}",
-                    c.txs.keys().next().copied().unwrap_or(c.index + 1)
+                    c.first_index()
                 )))
             } else {
                 Ok(c.txs

@@ -25,7 +25,7 @@ struct GrpcUpstream {
 
 impl GrpcUpstream {
     fn check(&self) -> Result<(), UpstreamError> {
-        match &*self.broken.lock() {
+        match self.stopped() {
             Some(why) => Err(UpstreamError::Failed(format!(
                 "the local cache stopped following the chain: {why}"
             ))),
@@ -123,7 +123,6 @@ fn install_snapshot(
         move |source| ReplicaError::CacheIo { op, file, source }
     };
     const TMP: &str = "snap-install.tmp";
-    let _ = cache.remove(TMP);
     let out = cache.open(TMP, true).map_err(cache_io("create", TMP))?;
     out.truncate(0).map_err(cache_io("truncate", TMP))?;
     let index = rt.block_on(client.fetch_snapshot(chain, reader, out.as_ref()))?;
