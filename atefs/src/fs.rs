@@ -1750,6 +1750,7 @@ impl AteFs {
 
     /// Reads an extended attribute.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        refuse_unsupported_xattr(name)?;
         let a = self.getattr(ino)?;
         a.xattrs
             .iter()
@@ -1780,6 +1781,7 @@ impl AteFs {
         if name.is_empty() || name.len() > 255 {
             return Err(FsError::Range);
         }
+        refuse_unsupported_xattr(name)?;
         if value.len() > 64 << 10 {
             return Err(FsError::TooBig);
         }
@@ -1810,6 +1812,7 @@ impl AteFs {
 
     /// Removes an extended attribute.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        refuse_unsupported_xattr(name)?;
         let mut st = self.state.lock();
         let node = self.node(&mut st, ino)?;
         let pos = node
@@ -1943,4 +1946,16 @@ fn kill_suidgid(a: &mut Inode) {
             a.perm &= !0o2000;
         }
     }
+}
+
+/// SELinux labels are not stored: on a FUSE mount the kernel labels every file from the
+/// mount's context (genfscon or `context=`) and never consults a per-file label, so a stored
+/// one would be a label nothing enforces. Answering "not supported" rather than "no such
+/// attribute" also lets tools stop asking: `ls -l` queries `security.selinux` once per file
+/// (the kernel never caches the answer) unless the device says it has no labels at all.
+fn refuse_unsupported_xattr(name: &[u8]) -> FsResult<()> {
+    if name == b"security.selinux" {
+        return Err(FsError::NotSupported);
+    }
+    Ok(())
 }

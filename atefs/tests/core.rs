@@ -198,6 +198,28 @@ fn xattrs() {
 }
 
 #[test]
+fn selinux_labels_are_not_supported_but_other_security_xattrs_are() {
+    let (_, _, fs) = mem_fs(FsOptions::default());
+    let f = fs
+        .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
+    for r in [
+        fs.getxattr(f.ino, b"security.selinux").map(drop),
+        fs.setxattr(f.ino, b"security.selinux", b"u:r:x", false, false),
+        fs.removexattr(f.ino, b"security.selinux"),
+    ] {
+        assert!(matches!(r, Err(FsError::NotSupported)), "{r:?}");
+    }
+    fs.setxattr(f.ino, b"security.capability", b"c", false, false)
+        .unwrap();
+    assert_eq!(fs.getxattr(f.ino, b"security.capability").unwrap(), b"c");
+    assert_eq!(
+        fs.listxattr(f.ino).unwrap(),
+        vec![b"security.capability".to_vec()]
+    );
+}
+
+#[test]
 fn truncate_of_a_committed_block_never_serves_the_old_block_from_cache() {
     // Regression (found by fsx): truncate reads the tail block to cut it, which cached the old
     // block; once the cut block was committed, reads returned the cached old one.

@@ -324,3 +324,43 @@ fn fallocate_seek_data_hole_and_copy_file_range_through_the_kernel() {
     m.unmount();
     fsck(&data);
 }
+
+#[test]
+fn ls_asks_for_selinux_labels_once_per_mount_not_once_per_file() {
+    require_fuse!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mnt, data) = (tmp.path().join("mnt"), tmp.path().join("data"));
+    let m = Mounted::start(&mnt, &data);
+    for i in 0..20 {
+        std::fs::write(mnt.join(format!("f{i}")), "x").unwrap();
+    }
+    let errno = run(
+        &mnt,
+        "python3 -c \"import os\ntry: os.getxattr('f0', 'security.selinux')\nexcept OSError as e: print(e.errno)\"",
+    );
+    assert_eq!(
+        errno.trim(),
+        libc::EOPNOTSUPP.to_string(),
+        "the kernel must pass the daemon's answer through"
+    );
+    if Command::new("strace").arg("-V").output().is_ok() {
+        let log = tmp.path().join("strace.log");
+        run(
+            tmp.path(),
+            &format!(
+                "strace -e trace=lgetxattr -o {} ls -l {} >/dev/null",
+                log.display(),
+                mnt.display()
+            ),
+        );
+        let asked = std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("security.selinux")
+            .count();
+        assert_eq!(
+            asked, 1,
+            "ls -l must stop asking after the first 'not supported'"
+        );
+    }
+    m.unmount();
+}
