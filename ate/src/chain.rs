@@ -497,7 +497,7 @@ impl Chain {
             return Ok(Some((header, Vec::new())));
         }
         let plain = header
-            .open(&self.shared.id, data_key, &sealed)
+            .open(&self.shared.id, data_key, sealed)
             .map_err(|source| ChainError::Crypto { key: *key, source })?;
         Ok(Some((header, plain)))
     }

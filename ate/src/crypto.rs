@@ -192,20 +192,21 @@ impl DataKey {
     }
 
     /// Opens a payload sealed by [`Self::seal`] with the same `ad`.
-    pub fn open(&self, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn open(&self, ad: &[u8], mut sealed: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
         if sealed.len() < SEAL_OVERHEAD {
             return Err(CryptoError::ShortCiphertext(sealed.len()));
         }
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&sealed[..NONCE_LEN]);
-        let mut buf = sealed[NONCE_LEN..].to_vec();
         let (key, n) = self.subkey(&nonce);
+        // Opened where it lies, the plaintext shifted to the front in the same pass: reads of
+        // file blocks spent a tenth of their time copying before (perf, sequential read).
         let len = key
-            .open_in_place(n, Aad::from(ad), &mut buf)
+            .open_within(n, Aad::from(ad), &mut sealed, NONCE_LEN..)
             .map_err(|_| CryptoError::Unseal)?
             .len();
-        buf.truncate(len);
-        Ok(buf)
+        sealed.truncate(len);
+        Ok(sealed)
     }
 }
 
@@ -261,21 +262,21 @@ mod tests {
         let k = DataKey::generate();
         let sealed = k.seal(b"header", b"hello world");
         assert_eq!(
-            k.open(b"header", &sealed).ok().as_deref(),
+            k.open(b"header", sealed.clone()).ok().as_deref(),
             Some(&b"hello world"[..])
         );
-        assert_eq!(k.open(b"other", &sealed), Err(CryptoError::Unseal));
+        assert_eq!(k.open(b"other", sealed.clone()), Err(CryptoError::Unseal));
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x40;
             assert_eq!(
-                k.open(b"header", &bad),
+                k.open(b"header", bad),
                 Err(CryptoError::Unseal),
                 "flip at {i}"
             );
         }
         assert_eq!(
-            DataKey::generate().open(b"header", &sealed),
+            DataKey::generate().open(b"header", sealed.clone()),
             Err(CryptoError::Unseal)
         );
     }
@@ -299,7 +300,7 @@ mod tests {
                 )
                 .expect("reference seal");
             assert_eq!(&sealed[NONCE_LEN..], &theirs[..], "len {len}");
-            assert_eq!(k.open(b"ad", &sealed).expect("open"), plain);
+            assert_eq!(k.open(b"ad", sealed.clone()).expect("open"), plain);
         }
     }
 

@@ -216,7 +216,7 @@ impl RecordHeader {
         &self,
         chain: &ChainId,
         key: &DataKey,
-        sealed: &[u8],
+        sealed: Vec<u8>,
     ) -> Result<Vec<u8>, CryptoError> {
         let plain = key.open(&self.associated_data(chain), sealed)?;
         if plain.len() as u64 != self.plain_len {

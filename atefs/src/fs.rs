@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 mod block_cache;
+use block_cache::Block;
 mod ranges;
 pub use ranges::{Allocate, Seek};
 
@@ -1097,29 +1098,30 @@ impl AteFs {
 
     /// Contents of block `idx` (uncommitted data first; holes are empty).
     fn block_locked(&self, st: &mut State, ino: u64, idx: u64) -> FsResult<Vec<u8>> {
-        match self.block_source(st, ino, idx)? {
-            Some(data) => Ok(data),
+        let block = match self.block_source(st, ino, idx)? {
+            Some(data) => data,
             None => {
-                let data = self.open_block(ino, idx)?;
+                let data = Block::new(self.open_block(ino, idx)?);
                 self.cache.lock().put((ino, idx), data.clone());
-                Ok(data)
+                data
             }
-        }
+        };
+        Ok(Block::unwrap_or_clone(block))
     }
 
     /// Block `idx` when it is at hand (buffered, in flight, a hole, or cached); None when it
-    /// has to be read from the chain and opened.
-    fn block_source(&self, st: &mut State, ino: u64, idx: u64) -> FsResult<Option<Vec<u8>>> {
+    /// must be read from the chain and opened.
+    fn block_source(&self, st: &mut State, ino: u64, idx: u64) -> FsResult<Option<Block>> {
         let node = self.node(st, ino)?;
         if let Some(d) = node
             .dirty
             .get(&idx)
             .or_else(|| node.inflight.get(&idx).map(|(_, d)| d))
         {
-            return Ok(Some(d.clone()));
+            return Ok(Some(Block::new(d.clone())));
         }
         if !self.block_set(st, ino)?.contains(&idx) {
-            return Ok(Some(Vec::new()));
+            return Ok(Some(Block::default()));
         }
         Ok(self.cache.lock().get((ino, idx)).cloned())
     }
@@ -1184,7 +1186,7 @@ impl AteFs {
         };
         for (idx, block) in &mut blocks {
             if block.is_none() {
-                let data = self.open_block(ino, *idx)?;
+                let data = Block::new(self.open_block(ino, *idx)?);
                 self.cache
                     .lock()
                     .put_if_unchanged(seen, (ino, *idx), data.clone());
@@ -1194,15 +1196,15 @@ impl AteFs {
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
         for (_, block) in blocks {
-            let block = block.unwrap_or_default();
             let within = (pos % bs) as usize;
             let take = ((bs - pos % bs).min(end - pos)) as usize;
-            let mut chunk = vec![0u8; take];
-            if within < block.len() {
-                let n = (block.len() - within).min(take);
-                chunk[..n].copy_from_slice(&block[within..within + n]);
-            }
-            out.extend_from_slice(&chunk);
+            let have = block
+                .as_deref()
+                .and_then(|b| b.get(within..))
+                .map_or(&[][..], |b| &b[..b.len().min(take)]);
+            out.extend_from_slice(have);
+            // A block shorter than the file (its tail, or a hole) reads as zeros.
+            out.resize(out.len() + take - have.len(), 0);
             pos += take as u64;
         }
         Ok(out)

@@ -9,10 +9,14 @@
 
 use lru::LruCache;
 
+/// A block's plaintext, shared between the cache and the reads that return it (a read copies
+/// it once, into its reply).
+pub(crate) type Block = std::sync::Arc<Vec<u8>>;
+
 /// (inode, block index) -> plaintext.
 #[derive(Debug)]
 pub(crate) struct BlockCache {
-    lru: LruCache<(u64, u64), Vec<u8>>,
+    lru: LruCache<(u64, u64), Block>,
     generation: u64,
 }
 
@@ -24,12 +28,12 @@ impl BlockCache {
         }
     }
 
-    pub(crate) fn get(&mut self, key: (u64, u64)) -> Option<&Vec<u8>> {
+    pub(crate) fn get(&mut self, key: (u64, u64)) -> Option<&Block> {
         self.lru.get(&key)
     }
 
     /// Caches a block opened while the state lock was held.
-    pub(crate) fn put(&mut self, key: (u64, u64), block: Vec<u8>) {
+    pub(crate) fn put(&mut self, key: (u64, u64), block: Block) {
         self.lru.put(key, block);
     }
 
@@ -40,7 +44,7 @@ impl BlockCache {
 
     /// Caches a block opened without the state lock, unless anything was dropped since
     /// generation `seen` (the block may be the version a write just replaced).
-    pub(crate) fn put_if_unchanged(&mut self, seen: u64, key: (u64, u64), block: Vec<u8>) {
+    pub(crate) fn put_if_unchanged(&mut self, seen: u64, key: (u64, u64), block: Block) {
         if self.generation == seen {
             self.lru.put(key, block);
         }
@@ -82,10 +86,10 @@ mod tests {
         let mut c = BlockCache::new(std::num::NonZeroUsize::MIN.saturating_add(3));
         let seen = c.generation();
         c.forget((1, 0));
-        c.put_if_unchanged(seen, (1, 0), b"old".to_vec());
+        c.put_if_unchanged(seen, (1, 0), Block::new(b"old".to_vec()));
         assert!(c.get((1, 0)).is_none());
         let seen = c.generation();
-        c.put_if_unchanged(seen, (1, 0), b"new".to_vec());
+        c.put_if_unchanged(seen, (1, 0), Block::new(b"new".to_vec()));
         assert_eq!(c.get((1, 0)).map(|b| b.as_slice()), Some(&b"new"[..]));
         c.forget_from(1, 0);
         assert!(c.get((1, 0)).is_none());

@@ -329,7 +329,7 @@ fn crypto(size: usize, iters: usize) -> Result<()> {
             header, payload, ..
         } = &tx.ops[0]
         {
-            header.open(&id, &data, payload).context("open")?;
+            header.open(&id, &data, payload.clone()).context("open")?;
         }
     }
     let open = t.elapsed();
