@@ -13,6 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::remote::codec::SizedCodec")
+        // Transactions as `Bytes`: decoded as slices of the received buffer, not copies, and
+        // sent from the server's in-memory log entries without one.
+        .bytes(".atefs.chain.v1.CommitRequest.tx")
+        .bytes(".atefs.chain.v1.CommitBatchRequest.txs")
+        .bytes(".atefs.chain.v1.SubscribeEvent.tx")
+        .bytes(".atefs.raft.v1.RaftRequest.body")
         .compile_fds(fds)?;
     Ok(())
 }

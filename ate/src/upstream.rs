@@ -29,12 +29,13 @@ pub enum UpstreamError {
 
 /// Where commits go.
 pub trait Upstream: Send + Sync + std::fmt::Debug {
-    /// Commits an encoded, signed transaction; returns its index in the chain.
-    fn commit(&self, tx: &[u8]) -> Result<u64, UpstreamError>;
+    /// Commits an encoded, signed transaction; returns its index in the chain. (Owned: the
+    /// sender has no further use for the bytes, and a copy of an 8 MiB batch is not free.)
+    fn commit(&self, tx: Vec<u8>) -> Result<u64, UpstreamError>;
     /// Commits transactions in their order in one round trip; one result each. The default
     /// sends them one at a time.
-    fn commit_batch(&self, txs: &[&[u8]]) -> Vec<Result<u64, UpstreamError>> {
-        txs.iter().map(|tx| self.commit(tx)).collect()
+    fn commit_batch(&self, txs: Vec<Vec<u8>>) -> Vec<Result<u64, UpstreamError>> {
+        txs.into_iter().map(|tx| self.commit(tx)).collect()
     }
     /// The chain's last index as of now (a linearizable read).
     fn barrier(&self) -> Result<u64, UpstreamError>;
@@ -95,12 +96,15 @@ pub(crate) fn sender_loop(
     upstream: std::sync::Arc<dyn Upstream>,
     rx: &crate::queue::BatchQueue<Outgoing>,
 ) {
-    while let Some(batch) = rx.pop_batch(256, BATCH_BYTES, |o| o.bytes.len()) {
-        let results = if let [one] = batch.as_slice() {
-            vec![upstream.commit(&one.bytes)]
+    while let Some(mut batch) = rx.pop_batch(256, BATCH_BYTES, |o| o.bytes.len()) {
+        let mut txs: Vec<Vec<u8>> = batch
+            .iter_mut()
+            .map(|o| std::mem::take(&mut o.bytes))
+            .collect();
+        let results = if txs.len() == 1 {
+            vec![upstream.commit(txs.remove(0))]
         } else {
-            let txs: Vec<&[u8]> = batch.iter().map(|o| o.bytes.as_slice()).collect();
-            upstream.commit_batch(&txs)
+            upstream.commit_batch(txs)
         };
         for (o, r) in batch.into_iter().zip(results) {
             let r = r.map_err(ChainError::Upstream).and_then(|index| {

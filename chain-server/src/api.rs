@@ -121,7 +121,7 @@ impl Api {
         &self,
         p: &Partition,
         chain: ChainId,
-        txs: Vec<Vec<u8>>,
+        txs: Vec<bytes::Bytes>,
     ) -> Vec<Result<u64, Status>> {
         type Proposal<'a> =
             std::pin::Pin<Box<dyn Future<Output = Result<u64, Status>> + Send + 'a>>;
@@ -288,7 +288,7 @@ impl Chains for Api {
                 Command::Create {
                     chain: chain.0,
                     quota: req.quota_bytes,
-                    tx: req.genesis,
+                    tx: req.genesis.into(),
                 },
             )
             .await?;

@@ -118,11 +118,10 @@ impl Peer {
         let Some(client) = self.client.as_mut() else {
             return Err(unreachable(self.error.clone().unwrap_or_default()));
         };
-        let body =
-            postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body = encode_sized(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let request = RaftRequest {
             partition: self.partition,
-            body,
+            body: body.into(),
         };
         let reply: Result<tonic::Response<RaftReply>, tonic::Status> = match rpc {
             Rpc::Append => client.append_entries(request).await,
@@ -143,6 +142,13 @@ impl Peer {
         }
         postcard::from_bytes(&reply.body).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
+}
+
+/// Encodes into a buffer of the exact size: growing one by doubling copied each 8 MiB batch
+/// of entries several times into fresh pages (42% of the leader's copying, perf).
+fn encode_sized<T: Serialize>(v: &T) -> Result<Vec<u8>, postcard::Error> {
+    let n = postcard::experimental::serialized_size(v)?;
+    postcard::to_extend(v, Vec::with_capacity(n))
 }
 
 impl RaftNetwork<TypeConfig> for Peer {

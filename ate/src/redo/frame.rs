@@ -49,21 +49,28 @@ impl FrameKind {
 
 /// Appends a frame to `out`.
 pub fn encode_frame(kind: FrameKind, payload_parts: &[&[u8]], out: &mut Vec<u8>) {
-    let len: usize = payload_parts.iter().map(|p| p.len()).sum();
-    let start = out.len();
-    out.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
-    out.extend_from_slice(&FRAME_FORMAT.to_le_bytes());
-    out.push(kind as u8);
-    out.push(0);
-    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
-    let mut crc = crc32c::crc32c(&out[start + 4..start + 12]);
-    for p in payload_parts {
-        crc = crc32c::crc32c_append(crc, p);
-    }
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&frame_header(kind, payload_parts));
     for p in payload_parts {
         out.extend_from_slice(p);
     }
+}
+
+/// The header of a frame whose payload is `payload_parts` in order (for writers that send
+/// large payloads from where they lie instead of copying them behind the header).
+pub fn frame_header(kind: FrameKind, payload_parts: &[&[u8]]) -> [u8; FRAME_HEADER] {
+    let len: usize = payload_parts.iter().map(|p| p.len()).sum();
+    let mut h = [0u8; FRAME_HEADER];
+    h[..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+    h[4..6].copy_from_slice(&FRAME_FORMAT.to_le_bytes());
+    h[6] = kind as u8;
+    h[7] = 0;
+    h[8..12].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    let mut crc = crc32c::crc32c(&h[4..12]);
+    for p in payload_parts {
+        crc = crc32c::crc32c_append(crc, p);
+    }
+    h[12..16].copy_from_slice(&crc.to_le_bytes());
+    h
 }
 
 /// A decoded frame header.

@@ -11,7 +11,9 @@ mod snapshot;
 
 pub use cursor::LogCursor;
 pub use files::{FileRef, Files, Location};
-pub use frame::{decode_frame, encode_frame, FrameKind, FRAME_HEADER, MAX_FRAME_PAYLOAD};
+pub use frame::{
+    decode_frame, encode_frame, frame_header, FrameKind, FRAME_HEADER, MAX_FRAME_PAYLOAD,
+};
 pub use log::{LogOptions, RedoLog};
 pub use recovery::{Recovered, RecoveryVisitor};
 pub use segment::{parse_name, segment_name, snapshot_name, FileHeader, FILE_HEADER};

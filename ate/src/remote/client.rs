@@ -225,6 +225,8 @@ impl RemoteClient {
     /// Commits an encoded, signed transaction; returns its chain index once a majority holds
     /// it. A retry after a lost answer returns the same index (the server deduplicates).
     pub async fn commit(&self, chain: ChainId, tx: Vec<u8>) -> Result<u64, RemoteError> {
+        // Shared, so that a retry does not copy it again.
+        let tx = prost::bytes::Bytes::from(tx);
         self.with_leader(chain, |mut c| {
             let req = CommitRequest {
                 chain: chain.0.to_vec(),
@@ -243,6 +245,7 @@ impl RemoteClient {
         txs: Vec<Vec<u8>>,
     ) -> Result<Vec<Result<u64, RemoteError>>, RemoteError> {
         let n = txs.len();
+        let txs: Vec<prost::bytes::Bytes> = txs.into_iter().map(Into::into).collect();
         let results = self
             .with_leader(chain, |mut c| {
                 let req = CommitBatchRequest {
@@ -430,7 +433,7 @@ impl Subscription<'_> {
             match stream.message().await {
                 Ok(Some(ev)) if ev.index == self.next => {
                     self.next += 1;
-                    return Ok((ev.index, ev.tx));
+                    return Ok((ev.index, Vec::from(ev.tx)));
                 }
                 // Already delivered before a reconnect.
                 Ok(Some(ev)) if ev.index < self.next => continue,

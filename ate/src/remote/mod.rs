@@ -42,6 +42,7 @@ fn proof_digest(context: &[u8], chain: &ChainId, nonce: &[u8], n: u64) -> [u8; 3
 }
 
 mod client;
+pub mod codec;
 pub use client::{
     RemoteClient, RemoteError, RemoteOptions, Subscription, LEADER_HEADER, SERVER_NAME,
 };

@@ -46,17 +46,17 @@ fn upstream_error(e: RemoteError) -> UpstreamError {
 }
 
 impl Upstream for GrpcUpstream {
-    fn commit(&self, tx: &[u8]) -> Result<u64, UpstreamError> {
+    fn commit(&self, tx: Vec<u8>) -> Result<u64, UpstreamError> {
         self.check()?;
         self.rt
-            .block_on(self.client.commit(self.chain, tx.to_vec()))
+            .block_on(self.client.commit(self.chain, tx))
             .map_err(upstream_error)
     }
-    fn commit_batch(&self, txs: &[&[u8]]) -> Vec<Result<u64, UpstreamError>> {
+    fn commit_batch(&self, txs: Vec<Vec<u8>>) -> Vec<Result<u64, UpstreamError>> {
+        let n = txs.len();
         let all = self.check().and_then(|()| {
-            let owned = txs.iter().map(|t| t.to_vec()).collect();
             self.rt
-                .block_on(self.client.commit_batch(self.chain, owned))
+                .block_on(self.client.commit_batch(self.chain, txs))
                 .map_err(upstream_error)
         });
         match all {
@@ -64,7 +64,7 @@ impl Upstream for GrpcUpstream {
                 .into_iter()
                 .map(|r| r.map_err(upstream_error))
                 .collect(),
-            Err(e) => txs.iter().map(|_| Err(e.clone())).collect(),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
         }
     }
     fn barrier(&self) -> Result<u64, UpstreamError> {
