@@ -254,7 +254,7 @@ fn send_section(
     out: tokio::sync::mpsc::Sender<Result<SnapshotChunk, Status>>,
 ) {
     use ate::storage::StorageFile;
-    let total = section.image.len().unwrap_or(0);
+    let total = section.image.byte_len();
     let mut pos = 0u64;
     while pos < total {
         let n = SNAPSHOT_CHUNK.min(total - pos);

@@ -143,14 +143,16 @@ impl Recent {
         }
     }
 
-    /// Forgets entries from `index` on (truncated) or, with `upto`, up to it (purged).
-    fn forget(&mut self, index: u64, upto: bool) {
-        let rest = self.entries.split_off(&(index + u64::from(upto)));
-        let gone = if upto {
-            std::mem::replace(&mut self.entries, rest)
-        } else {
-            rest
-        };
+    /// Forgets entries from `from` on (a new leader overrode them).
+    fn truncate(&mut self, from: u64) {
+        let gone = self.entries.split_off(&from);
+        self.bytes -= gone.values().map(tx_len).sum::<usize>();
+    }
+
+    /// Forgets entries up to `upto` (a snapshot covers them).
+    fn purge(&mut self, upto: u64) {
+        let kept = self.entries.split_off(&(upto + 1));
+        let gone = std::mem::replace(&mut self.entries, kept);
         self.bytes -= gone.values().map(tx_len).sum::<usize>();
     }
 }
@@ -237,7 +239,7 @@ impl TailWriter {
         for p in parts {
             if p.len() >= WRITE_IN_PLACE {
                 self.write_buf(tail)?;
-                self.write(tail, p)?;
+                self.written += write_tail(tail, self.written, p)?;
             } else {
                 self.buf.extend_from_slice(p);
             }
@@ -245,19 +247,9 @@ impl TailWriter {
         Ok(())
     }
 
-    fn write(&mut self, tail: &Tail, bytes: &[u8]) -> Result<(), LogStoreError> {
-        tail.file
-            .write_at(bytes, tail.len + self.written)
-            .map_err(io("write", &segment_name(tail.first)))?;
-        self.written += bytes.len() as u64;
-        Ok(())
-    }
-
     fn write_buf(&mut self, tail: &Tail) -> Result<(), LogStoreError> {
         if !self.buf.is_empty() {
-            let buf = std::mem::take(&mut self.buf);
-            self.write(tail, &buf)?;
-            self.buf = buf;
+            self.written += write_tail(tail, self.written, &self.buf)?;
             self.buf.clear();
         }
         Ok(())
@@ -280,6 +272,14 @@ impl TailWriter {
         inner.slots.extend(self.slots.drain(..));
         Ok(())
     }
+}
+
+/// Writes `bytes` at `past` bytes beyond the tail's durable length; returns how many.
+fn write_tail(tail: &Tail, past: u64, bytes: &[u8]) -> Result<u64, LogStoreError> {
+    tail.file
+        .write_at(bytes, tail.len + past)
+        .map_err(io("write", &segment_name(tail.first)))?;
+    Ok(bytes.len() as u64)
 }
 
 impl LogStore {
@@ -528,7 +528,7 @@ impl LogStore {
             return Ok(());
         };
         inner.slots.split_off(&from);
-        inner.recent.forget(from, false);
+        inner.recent.truncate(from);
         let segments = inner.files.segments();
         for seg in segments.into_iter().filter(|s| *s > first.segment) {
             let name = segment_name(seg);
@@ -557,7 +557,7 @@ impl LogStore {
         Self::save_meta(&inner)?;
         let keep = inner.slots.split_off(&(upto.index + 1));
         inner.slots = keep;
-        inner.recent.forget(upto.index, true);
+        inner.recent.purge(upto.index);
         // A segment goes once the next one starts at or below the first index still kept.
         let segments = inner.files.segments();
         for pair in segments.windows(2) {

@@ -151,9 +151,16 @@ pub struct Section {
     len: u64,
 }
 
+impl Section {
+    /// Its length (known without I/O).
+    pub fn byte_len(&self) -> u64 {
+        self.len
+    }
+}
+
 impl StorageFile for Section {
     fn len(&self) -> std::io::Result<u64> {
-        Ok(self.len)
+        Ok(self.byte_len())
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         if offset + buf.len() as u64 > self.len {
