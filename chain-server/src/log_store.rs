@@ -34,6 +34,10 @@ const WRITE_IN_PLACE: usize = 64 << 10;
 /// again to replicate it (once per follower), to apply it and to stream it to subscribers,
 /// and a follower to apply it; all of those come right after the append.
 const RECENT_BYTES: usize = 64 << 20;
+/// The most one replication request carries. openraft cancels a request that takes longer
+/// than a heartbeat and sends the same entries again: 32 one-MiB transactions took longer on
+/// a loaded two-core machine, and replication made no progress at all (docs/chain-server.md).
+const REPLICATION_BYTES: u64 = 8 << 20;
 
 /// Log store failures.
 #[derive(Debug, Error)]
@@ -417,11 +421,28 @@ impl LogStore {
     /// Entries with indexes in `from..to` (those still held): recent ones from memory, the
     /// others from the segments.
     pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<Entry>, LogStoreError> {
+        self.read_range_within(from, to, u64::MAX)
+    }
+
+    /// Like [`LogStore::read_range`], but stops before the entries' frames pass `max_bytes`
+    /// (the first entry is always returned, whatever its size).
+    pub fn read_range_within(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, LogStoreError> {
         let (files, wanted): (_, Vec<Result<Entry, Slot>>) = {
             let inner = self.inner.lock();
+            let mut total = 0u64;
             let wanted = inner
                 .slots
                 .range(from..to)
+                .take_while(|(_, s)| {
+                    let first = total == 0;
+                    total += u64::from(s.len).max(1);
+                    first || total <= max_bytes
+                })
                 .map(|(i, s)| inner.recent.entries.get(i).cloned().ok_or(*s))
                 .collect();
             (inner.files.clone(), wanted)
@@ -614,6 +635,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => u64::MAX,
         };
         self.read_range(from, to).map_err(read_err)
+    }
+
+    /// What one AppendEntries carries: at most [`REPLICATION_BYTES`] of entries, so that a
+    /// request of large transactions fits the time openraft gives it (one heartbeat).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_range_within(start, end, REPLICATION_BYTES)
+            .map_err(read_err)
     }
 }
 

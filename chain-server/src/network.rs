@@ -53,6 +53,7 @@ pub struct Peer {
     target: u64,
     client: Option<RaftClient<Channel>>,
     error: Option<String>,
+    in_flight: Option<InFlight>,
 }
 
 /// Why a call did not get an answer.
@@ -93,6 +94,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             client,
             error,
+            in_flight: None,
         }
     }
 }
@@ -103,45 +105,83 @@ enum Rpc {
     Snapshot,
 }
 
-impl Peer {
-    async fn call<Req, Resp, E>(
-        &mut self,
-        rpc: Rpc,
-        req: &Req,
-    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let unreachable = |why: String| RPCError::Unreachable(Unreachable::new(&Failed(why)));
-        let Some(client) = self.client.as_mut() else {
-            return Err(unreachable(self.error.clone().unwrap_or_default()));
-        };
-        let body = encode_sized(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let request = RaftRequest {
-            partition: self.partition,
-            body: body.into(),
-        };
-        let reply: Result<tonic::Response<RaftReply>, tonic::Status> = match rpc {
-            Rpc::Append => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::Snapshot => client.install_snapshot(request).await,
-        };
-        let reply = match reply {
-            Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                return Err(unreachable(s.message().to_string()))
-            }
-            Err(s) => return Err(RPCError::Network(NetworkError::new(&Failed(s.to_string())))),
-        };
-        if !reply.error.is_empty() {
-            let e: RaftError<u64, E> = postcard::from_bytes(&reply.error)
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            return Err(RPCError::RemoteError(RemoteError::new(self.target, e)));
+type AppendResult = Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>>;
+
+/// Which entries an AppendEntries carries: openraft sends the same again after a timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AppendKey {
+    vote: openraft::Vote<u64>,
+    prev: Option<openraft::LogId<u64>>,
+    first: Option<openraft::LogId<u64>>,
+    last: Option<openraft::LogId<u64>>,
+}
+
+impl AppendKey {
+    fn of(rpc: &AppendEntriesRequest<TypeConfig>) -> Self {
+        Self {
+            vote: rpc.vote,
+            prev: rpc.prev_log_id,
+            first: rpc.entries.first().map(|e| e.log_id),
+            last: rpc.entries.last().map(|e| e.log_id),
         }
-        postcard::from_bytes(&reply.body).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
+}
+
+/// An AppendEntries that keeps running after openraft stopped waiting for it.
+#[derive(Debug)]
+struct InFlight {
+    key: AppendKey,
+    answer: tokio::task::JoinHandle<AppendResult>,
+}
+
+/// How long a replication request may outlive openraft's wait (one heartbeat) before it is
+/// given up: long enough for a follower to write and sync the largest request on a slow disk.
+const OUTLIVE: std::time::Duration = std::time::Duration::from_secs(20);
+
+impl Peer {
+    fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
+        self.client
+            .clone()
+            .ok_or_else(|| Unreachable::new(&Failed(self.error.clone().unwrap_or_default())))
+    }
+}
+
+async fn call<Req, Resp, E>(
+    mut client: RaftClient<Channel>,
+    partition: u32,
+    target: u64,
+    rpc: Rpc,
+    req: &Req,
+) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned,
+    E: std::error::Error + DeserializeOwned,
+{
+    let unreachable = |why: String| RPCError::Unreachable(Unreachable::new(&Failed(why)));
+    let body = encode_sized(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    let request = RaftRequest {
+        partition,
+        body: body.into(),
+    };
+    let reply: Result<tonic::Response<RaftReply>, tonic::Status> = match rpc {
+        Rpc::Append => client.append_entries(request).await,
+        Rpc::Vote => client.vote(request).await,
+        Rpc::Snapshot => client.install_snapshot(request).await,
+    };
+    let reply = match reply {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::Unavailable => {
+            return Err(unreachable(s.message().to_string()))
+        }
+        Err(s) => return Err(RPCError::Network(NetworkError::new(&Failed(s.to_string())))),
+    };
+    if !reply.error.is_empty() {
+        let e: RaftError<u64, E> = postcard::from_bytes(&reply.error)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        return Err(RPCError::RemoteError(RemoteError::new(target, e)));
+    }
+    postcard::from_bytes(&reply.body).map_err(|e| RPCError::Network(NetworkError::new(&e)))
 }
 
 /// Encodes into a buffer of the exact size: growing one by doubling copied each 8 MiB batch
@@ -156,8 +196,40 @@ impl RaftNetwork<TypeConfig> for Peer {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(Rpc::Append, &rpc).await
+    ) -> AppendResult {
+        let client = self.client().map_err(RPCError::Unreachable)?;
+        if rpc.entries.is_empty() {
+            // Heartbeats are small and carry the commit index: they never wait.
+            return call(client, self.partition, self.target, Rpc::Append, &rpc).await;
+        }
+        // openraft drops this future after one heartbeat; the request goes on in a task of
+        // its own, and openraft's retry of the same entries waits for its answer instead of
+        // sending them again (a follower busy writing them would get them twice, and again,
+        // and replication would never advance). Other entries wait for it too: one request
+        // of entries at a time per follower, as openraft intends.
+        let key = AppendKey::of(&rpc);
+        if let Some(flight) = self.in_flight.as_mut() {
+            let same = flight.key == key;
+            // Awaited in place: when openraft drops this future, the answer stays here.
+            let answer = (&mut flight.answer).await;
+            self.in_flight = None;
+            if same {
+                return answer.unwrap_or_else(|e| Err(RPCError::Network(NetworkError::new(&e))));
+            }
+        }
+        let (partition, target) = (self.partition, self.target);
+        let answer = tokio::spawn(async move {
+            match tokio::time::timeout(OUTLIVE, call(client, partition, target, Rpc::Append, &rpc))
+                .await
+            {
+                Ok(answer) => answer,
+                Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+            }
+        });
+        let flight = self.in_flight.insert(InFlight { key, answer });
+        let answer = (&mut flight.answer).await;
+        self.in_flight = None;
+        answer.unwrap_or_else(|e| Err(RPCError::Network(NetworkError::new(&e))))
     }
 
     async fn install_snapshot(
@@ -168,7 +240,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, &rpc).await
+        let client = self.client().map_err(RPCError::Unreachable)?;
+        call(client, self.partition, self.target, Rpc::Snapshot, &rpc).await
     }
 
     async fn vote(
@@ -176,6 +249,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<u64>,
         _option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(Rpc::Vote, &rpc).await
+        let client = self.client().map_err(RPCError::Unreachable)?;
+        call(client, self.partition, self.target, Rpc::Vote, &rpc).await
     }
 }

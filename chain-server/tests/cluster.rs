@@ -255,3 +255,49 @@ fn a_batch_commits_in_order_with_an_answer_each_and_retries_are_deduplicated() {
         assert!(&bytes == tx, "tx {i} differs");
     }
 }
+
+/// Several writers commit 4 MiB transactions at once. openraft sent up to 32 of them in one
+/// AppendEntries: more than a gRPC message may hold (and than a follower writes in the one
+/// heartbeat openraft waits), so it was refused, sent again, and the followers never caught
+/// up. Now a request carries at most 8 MiB and one that outlives its heartbeat is waited for:
+/// every commit is acknowledged and every replica applies them all.
+#[test]
+fn large_commits_from_several_writers_replicate_in_requests_that_fit_the_heartbeat() {
+    let cluster = Cluster::start(false, 1_000_000);
+    let rt = rt();
+    let client = Arc::new(cluster.client(Duration::from_secs(60)));
+    let (chain, owner, genesis) = new_chain();
+    rt.block_on(client.create(chain, 1 << 32, genesis)).unwrap();
+    let p = chain_server::node::partition_of(&chain, 2);
+    let key = DataKey::generate();
+    let value = vec![0x5a; 4 << 20];
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, owner, key, value) =
+                (client.clone(), owner.clone(), key.clone(), value.clone());
+            rt.spawn(async move {
+                let mut last = 0;
+                for i in 0..8 {
+                    let name = format!("w{w}-{i}");
+                    let tx = put_tx(chain, &owner, &key, name.as_bytes(), &value);
+                    last = last.max(client.commit(chain, tx).await.unwrap());
+                }
+                last
+            })
+        })
+        .collect();
+    let last = writers
+        .into_iter()
+        .map(|w| rt.block_on(w).unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(last, 1 + 4 * 8, "every commit has its own index");
+    for r in 0..3 {
+        assert!(
+            cluster.wait_applied(r, p, last, Duration::from_secs(60)),
+            "replica {r} applied only up to {}: {}",
+            cluster.gauge(r, "atefs_raft_applied_index", p),
+            cluster.log_tail(r)
+        );
+    }
+}
