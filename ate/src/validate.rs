@@ -104,13 +104,21 @@ pub trait ChainState {
 
 /// Checks everything that does not depend on chain state; returns the transaction hash.
 pub fn check_stateless(tx: &Transaction) -> Result<TxHash, ValidationError> {
+    let h = tx.hash();
+    check_stateless_hashed(tx, &h)?;
+    Ok(h)
+}
+
+/// [`check_stateless`] for a transaction whose hash the caller has computed already (hashing
+/// reads every payload byte: a replica needs the hash before validating, to find retries).
+pub fn check_stateless_hashed(tx: &Transaction, hash: &TxHash) -> Result<(), ValidationError> {
     check_format(tx)?;
     if tx.signature == [0u8; 64] {
         return Err(ValidationError::Signature(CryptoError::BadSignature(
             tx.author.id(),
         )));
     }
-    Ok(tx.verify_signature()?)
+    Ok(tx.author.verify(&hash.0, &tx.signature)?)
 }
 
 /// Format and bound checks only (no signature): for a transaction this process signed itself.
@@ -343,4 +351,14 @@ pub fn validate<S: ChainState + ?Sized>(
     let h = check_stateless(tx)?;
     check_stateful(state, tx)?;
     Ok(h)
+}
+
+/// [`validate`] with the transaction's hash already computed.
+pub fn validate_hashed<S: ChainState + ?Sized>(
+    state: &S,
+    tx: &Transaction,
+    hash: &TxHash,
+) -> Result<(), ValidationError> {
+    check_stateless_hashed(tx, hash)?;
+    check_stateful(state, tx)
 }

@@ -15,7 +15,7 @@ use ate::redo::{
     SnapshotWriter,
 };
 use ate::storage::{MemStorage, Storage, StorageFile};
-use ate::validate::{validate, ChainState};
+use ate::validate::{validate_hashed, ChainState};
 use ate::view::{locate, plan, RecordEntry, View};
 use ate::{ChainId, RootAuthority, Transaction, ValidationError};
 use openraft::storage::RaftStateMachine;
@@ -331,7 +331,7 @@ impl Inner {
                 format!("chain {chain} would pass its quota of {} bytes", c.quota),
             );
         }
-        if let Err(e) = validate(&c.view, &tx) {
+        if let Err(e) = validate_hashed(&c.view, &tx, &hash) {
             let kind = refusal_of(&e);
             return refuse(kind, e.to_string());
         }
