@@ -16,7 +16,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --locked -p chain-server -p atefs
+# The binaries of `make unit`'s build (cargo test --release builds them with the features
+# the tests unify; `cargo build -p` would rebuild them with fewer, for minutes): no work after it.
+cargo test --release --workspace --locked --no-run 2>&1 | grep -v '^ *Executable'
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 start_dev_cluster "$BIN/chain-server" "$DIR/cluster" "$BASE_PORT" "$DIR/cluster.log"
 "$BIN/atefs" keygen "$DIR/keys" >/dev/null

@@ -138,6 +138,16 @@ struct InFlight {
 /// given up: long enough for a follower to write and sync the largest request on a slow disk.
 const OUTLIVE: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// The answer of a request's task (which only fails if the task panicked).
+// The error type is the one openraft's `RaftNetwork::append_entries` returns.
+#[allow(clippy::result_large_err)]
+fn joined(answer: Result<AppendResult, tokio::task::JoinError>) -> AppendResult {
+    match answer {
+        Ok(answer) => answer,
+        Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+    }
+}
+
 impl Peer {
     fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
         self.client
@@ -214,7 +224,7 @@ impl RaftNetwork<TypeConfig> for Peer {
             let answer = (&mut flight.answer).await;
             self.in_flight = None;
             if same {
-                return answer.unwrap_or_else(|e| Err(RPCError::Network(NetworkError::new(&e))));
+                return joined(answer);
             }
         }
         let (partition, target) = (self.partition, self.target);
@@ -229,7 +239,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         let flight = self.in_flight.insert(InFlight { key, answer });
         let answer = (&mut flight.answer).await;
         self.in_flight = None;
-        answer.unwrap_or_else(|e| Err(RPCError::Network(NetworkError::new(&e))))
+        joined(answer)
     }
 
     async fn install_snapshot(
