@@ -59,11 +59,12 @@ impl FuseFs {
         }
     }
 
-    /// Gathers fsyncs (gather.rs) on the mount at `mountpoint`; only where the kernel keeps a
-    /// writeback cache (embedded volumes), since without it writes reach the daemon at once.
-    pub fn gather_fsyncs(mut self, mountpoint: &Path) -> Self {
+    /// Gathers fsyncs (gather.rs) with `helper`, a command running [`crate::gather::serve`]
+    /// for this mount; only where the kernel keeps a writeback cache (embedded volumes), since
+    /// without it writes reach the daemon at once.
+    pub fn gather_fsyncs(mut self, helper: std::process::Command) -> Self {
         if !self.fs.options().remote {
-            match crate::gather::Gather::start(mountpoint.to_path_buf()) {
+            match crate::gather::Gather::start(helper) {
                 Ok(g) => self.gather = Some(g),
                 Err(e) => tracing::warn!(error = %e, "no fsync gathering thread"),
             }

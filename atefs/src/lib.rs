@@ -11,7 +11,7 @@ mod batch;
 pub mod error;
 pub mod fs;
 pub mod fuse;
-mod gather;
+pub mod gather;
 pub mod records;
 pub mod volume;
 

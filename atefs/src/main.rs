@@ -67,6 +67,12 @@ enum Cmd {
         /// Output file; must not exist.
         out: PathBuf,
     },
+    /// (Internal) the fsync-gathering helper a mount starts for itself.
+    #[command(hide = true)]
+    GatherHelper {
+        /// The mount point to syncfs.
+        dir: PathBuf,
+    },
 }
 
 /// Where a shared volume lives: a chain-server cluster.
@@ -131,6 +137,10 @@ fn main() -> Result<()> {
         Cmd::Status { data } => status(&data),
         Cmd::Keygen { out } => keygen(&out),
         Cmd::Fsck { data } => fsck(&data),
+        Cmd::GatherHelper { dir } => {
+            atefs::gather::serve(&dir);
+            Ok(())
+        }
     }
 }
 
@@ -279,13 +289,17 @@ fn mount_foreground(
     // Pods run as many users; permissions are checked by the kernel (default_permissions).
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(threads.max(1));
-    let session = fuser::spawn_mount(FuseFs::new(fs.clone()).gather_fsyncs(dir), dir, &config)
+    let mut helper = std::process::Command::new(
+        std::env::current_exe().context("finding this program to start its helper")?,
+    );
+    helper.arg("gather-helper").arg(dir);
+    let session = fuser::spawn_mount(FuseFs::new(fs.clone()).gather_fsyncs(helper), dir, &config)
         .with_context(|| {
-            format!(
-                "mounting on {} (is /dev/fuse available and are you root?)",
-                dir.display()
-            )
-        })?;
+        format!(
+            "mounting on {} (is /dev/fuse available and are you root?)",
+            dir.display()
+        )
+    })?;
     tune_bdi(dir);
     println!("mounted");
     std::io::stdout().flush()?;

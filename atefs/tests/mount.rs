@@ -107,6 +107,39 @@ fn fsynced_data_survives_kill_9() {
     m.unmount();
 }
 
+/// A kill -9 while the fsync-gathering writeback runs: the daemon exits (it once had a thread
+/// waiting in its own mount for an answer only its dead threads could give: an unkillable
+/// zombie and a dead mount; `Mounted::kill9` fails when the daemon outlives SIGKILL), and the
+/// fsynced file is there after a remount.
+#[test]
+fn a_daemon_killed_while_it_gathers_fsyncs_exits() {
+    require_fuse!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mnt, data) = (tmp.path().join("mnt"), tmp.path().join("data"));
+    for round in 0..5 {
+        let m = Mounted::start(&mnt, &data);
+        let files: Vec<std::fs::File> = (0..300)
+            .map(|i| {
+                let mut f = std::fs::File::create(mnt.join(format!("r{round}-{i}"))).unwrap();
+                f.write_all(&[round as u8; 20_000]).unwrap();
+                f
+            })
+            .collect();
+        files[0].sync_all().unwrap();
+        m.kill9();
+        drop(files);
+        fsck(&data);
+    }
+    let m = Mounted::start(&mnt, &data);
+    for round in 0..5u8 {
+        assert_eq!(
+            std::fs::read(mnt.join(format!("r{round}-0"))).unwrap(),
+            vec![round; 20_000]
+        );
+    }
+    m.unmount();
+}
+
 /// Bytes in the files under `dir` (the volume's log and snapshot).
 fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;

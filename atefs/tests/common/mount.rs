@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 pub struct Mounted {
     pub dir: PathBuf,
     child: Option<Child>,
+    /// The kernel's FUSE connection (/sys/fs/fuse/connections/N), to abort a stuck one.
+    connection: Option<String>,
 }
 
 /// True when this process can mount FUSE file systems.
@@ -49,10 +51,11 @@ impl Mounted {
         let mut m = Mounted {
             dir: dir.to_path_buf(),
             child: Some(child),
+            connection: None,
         };
         assert_eq!(line.trim(), "mounted", "atefs did not mount");
         assert!(is_mounted(dir), "{} not in /proc/mounts", dir.display());
-        m.dir = dir.to_path_buf();
+        m.connection = connection_of(dir);
         m
     }
 
@@ -64,13 +67,58 @@ impl Mounted {
         assert!(exit.success(), "daemon exited with {exit}");
     }
 
-    /// Kills the daemon with SIGKILL (a crash) and clears the dead mount.
+    /// Kills the daemon with SIGKILL (a crash) and clears the dead mount. Fails if the daemon
+    /// does not exit: a thread of it waiting in its own mount cannot be killed, and the kernel
+    /// keeps the connection (and the daemon) until that thread's request is answered. Such a
+    /// connection is aborted first, so that nothing is left behind.
     pub fn kill9(mut self) {
         let mut c = self.child.take().unwrap();
         c.kill().unwrap();
-        c.wait().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = c.wait();
+            let _ = tx.send(());
+        });
+        let exited = rx.recv_timeout(std::time::Duration::from_secs(30)).is_ok();
+        if !exited {
+            self.abort_connection();
+        }
+        let _ = waiter.join();
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        assert!(
+            exited,
+            "the daemon outlived SIGKILL by 30 s (stuck in a request to its own mount)"
+        );
     }
+
+    fn abort_connection(&self) {
+        let Some(conn) = &self.connection else { return };
+        let base = Path::new("/sys/fs/fuse/connections");
+        if !base.join(conn).exists() {
+            let _ = Command::new("mount")
+                .args(["-t", "fusectl", "none"])
+                .arg(base)
+                .status();
+        }
+        let _ = std::fs::write(base.join(conn).join("abort"), "1");
+    }
+}
+
+/// The FUSE connection number of the mount at `dir`: the minor of its device, read from
+/// /proc/self/mountinfo (a stat would be a request to the daemon).
+fn connection_of(dir: &Path) -> Option<String> {
+    let canon = dir.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(4) == canon.to_str().as_ref())
+            .then(|| {
+                f.get(2)?
+                    .split_once(':')
+                    .map(|(_, minor)| minor.to_string())
+            })
+            .flatten()
+    })
 }
 
 impl Drop for Mounted {

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Same-run A/B of the cluster's sequential write: two builds (directories holding `atefs` and
+# `chain-server`), each on a fresh three-replica cluster and a fresh `--exclusive` mount,
+# interleaved RUNS times; fio writes 512 MiB in 1 MiB blocks with end_fsync=1 (the seq_write
+# workload of ../shared/bench/peers.sh). Prints every run and the medians.
+# Usage: bench/write-ab.sh RUNS BIN_DIR_A BIN_DIR_B    (root; apt-get install fio)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT_DIR=$(pwd)
+RUNS=$1 A=$2 B=$3
+WORK=$(mktemp -d /tmp/atefs-writeab.XXXXXX)
+BASE_PORT=${BASE_PORT:-7600}
+MNT=$WORK/mnt
+# shellcheck source=../scripts/cluster-lib.sh
+. "$ROOT_DIR/scripts/cluster-lib.sh"
+cleanup() {
+  grep -q " $MNT " /proc/mounts && umount -l "$MNT"
+  stop_dev_cluster
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+one_run() { # bin_dir -> prints MiB/s
+  local bin=$1 bw
+  rm -rf "$WORK/cluster" "$WORK/cache"; mkdir -p "$MNT"
+  start_dev_cluster "$bin/chain-server" "$WORK/cluster" "$BASE_PORT" "$WORK/cluster.log"
+  "$bin/atefs" keygen "$WORK/cluster/keys" >/dev/null
+  "$bin/atefs" mount "$MNT" --data "$WORK/cache" --keys "$WORK/cluster/keys" \
+    --server "$(cluster_servers "$BASE_PORT")" --ca "$WORK/cluster/certs/ca.pem" --exclusive \
+    >>"$WORK/mount.log" 2>&1
+  bw=$(fio --name=seq --filename="$MNT/seq" --rw=write --bs=1M --size=512M --end_fsync=1 \
+    --output-format=json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["write"]["bw"]/1024,1))')
+  umount "$MNT"
+  for _ in $(seq 100); do pgrep -f "atefs mount $MNT" >/dev/null || break; sleep 0.1; done
+  stop_dev_cluster
+  echo "$bw"
+}
+
+a=() b=()
+for run in $(seq "$RUNS"); do
+  a+=("$(one_run "$A")"); echo "run $run: A ${a[-1]} MiB/s" >&2
+  b+=("$(one_run "$B")"); echo "run $run: B ${b[-1]} MiB/s" >&2
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+echo "A ($A): ${a[*]} MiB/s, median $(median "${a[@]}")"
+echo "B ($B): ${b[*]} MiB/s, median $(median "${b[@]}")"
