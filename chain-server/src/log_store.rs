@@ -34,9 +34,9 @@ const WRITE_IN_PLACE: usize = 64 << 10;
 /// again to replicate it (once per follower), to apply it and to stream it to subscribers,
 /// and a follower to apply it; all of those come right after the append.
 const RECENT_BYTES: usize = 64 << 20;
-/// The most one replication request carries. openraft cancels a request that takes longer
-/// than a heartbeat and sends the same entries again: 32 one-MiB transactions took longer on
-/// a loaded two-core machine, and replication made no progress at all (docs/chain-server.md).
+/// The most one replication request carries. openraft sends up to `max_payload_entries` (32)
+/// entries per request: 32 transactions of 4 MiB passed the gRPC message limit, were refused
+/// and sent again, and replication made no progress at all (docs/chain-server.md).
 const REPLICATION_BYTES: u64 = 8 << 20;
 
 /// Log store failures.
@@ -438,12 +438,12 @@ impl LogStore {
             let wanted = inner
                 .slots
                 .range(from..to)
-                .take_while(|(_, s)| {
-                    let first = total == 0;
-                    total += u64::from(s.len).max(1);
-                    first || total <= max_bytes
+                .enumerate()
+                .take_while(|(n, (_, s))| {
+                    total += u64::from(s.len);
+                    *n == 0 || total <= max_bytes
                 })
-                .map(|(i, s)| inner.recent.entries.get(i).cloned().ok_or(*s))
+                .map(|(_, (i, s))| inner.recent.entries.get(i).cloned().ok_or(*s))
                 .collect();
             (inner.files.clone(), wanted)
         };

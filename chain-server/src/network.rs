@@ -218,25 +218,22 @@ impl RaftNetwork<TypeConfig> for Peer {
         // and replication would never advance). Other entries wait for it too: one request
         // of entries at a time per follower, as openraft intends.
         let key = AppendKey::of(&rpc);
-        if let Some(flight) = self.in_flight.as_mut() {
-            let same = flight.key == key;
-            // Awaited in place: when openraft drops this future, the answer stays here.
-            let answer = (&mut flight.answer).await;
+        if let Some(other) = self.in_flight.as_mut().filter(|f| f.key != key) {
+            // Awaited in place: when openraft drops this future, the request stays here.
+            let _ = (&mut other.answer).await;
             self.in_flight = None;
-            if same {
-                return joined(answer);
-            }
         }
         let (partition, target) = (self.partition, self.target);
-        let answer = tokio::spawn(async move {
-            match tokio::time::timeout(OUTLIVE, call(client, partition, target, Rpc::Append, &rpc))
-                .await
-            {
-                Ok(answer) => answer,
-                Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
-            }
+        let flight = self.in_flight.get_or_insert_with(|| InFlight {
+            key,
+            answer: tokio::spawn(async move {
+                let sent = call(client, partition, target, Rpc::Append, &rpc);
+                match tokio::time::timeout(OUTLIVE, sent).await {
+                    Ok(answer) => answer,
+                    Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+                }
+            }),
         });
-        let flight = self.in_flight.insert(InFlight { key, answer });
         let answer = (&mut flight.answer).await;
         self.in_flight = None;
         joined(answer)

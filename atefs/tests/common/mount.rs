@@ -108,16 +108,17 @@ impl Mounted {
 /// /proc/self/mountinfo (a stat would be a request to the daemon).
 fn connection_of(dir: &Path) -> Option<String> {
     let canon = dir.canonicalize().ok()?;
+    let canon = canon.to_str()?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // The newest mount on that path is the last line naming it.
     info.lines().rev().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(4) == canon.to_str().as_ref())
-            .then(|| {
-                f.get(2)?
-                    .split_once(':')
-                    .map(|(_, minor)| minor.to_string())
-            })
-            .flatten()
+        if f.get(4) != Some(&canon) {
+            return None;
+        }
+        f.get(2)?
+            .split_once(':')
+            .map(|(_, minor)| minor.to_string())
     })
 }
 
