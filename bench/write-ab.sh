@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Same-run A/B of the cluster's sequential write: two builds (directories holding `atefs` and
-# `chain-server`), each on a fresh three-replica cluster and a fresh `--exclusive` mount,
-# interleaved RUNS times; fio writes 512 MiB in 1 MiB blocks with end_fsync=1 (the seq_write
-# workload of ../shared/bench/peers.sh). Prints every run and the medians.
-# Usage: bench/write-ab.sh RUNS BIN_DIR_A BIN_DIR_B    (root; apt-get install fio)
+# Same-run A/B of the cluster's sequential write: two or more builds (directories holding
+# `atefs` and `chain-server`), each on a fresh three-replica cluster and a fresh `--exclusive`
+# mount, interleaved RUNS times; fio writes 512 MiB in 1 MiB blocks with end_fsync=1 (the
+# seq_write workload of ../shared/bench/peers.sh). Prints every run and the medians.
+# Usage: bench/write-ab.sh RUNS BIN_DIR_A BIN_DIR_B [BIN_DIR...]    (root; apt-get install fio)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT_DIR=$(pwd)
-RUNS=$1 A=$2 B=$3
+RUNS=$1
+shift
+BUILDS=("$@")
 WORK=$(mktemp -d /tmp/atefs-writeab.XXXXXX)
 BASE_PORT=${BASE_PORT:-7600}
 MNT=$WORK/mnt
@@ -36,11 +38,16 @@ one_run() { # bin_dir -> prints MiB/s
   echo "$bw"
 }
 
-a=() b=()
+declare -A got
 for run in $(seq "$RUNS"); do
-  a+=("$(one_run "$A")"); echo "run $run: A ${a[-1]} MiB/s" >&2
-  b+=("$(one_run "$B")"); echo "run $run: B ${b[-1]} MiB/s" >&2
+  for i in "${!BUILDS[@]}"; do
+    bw=$(one_run "${BUILDS[$i]}")
+    got[$i]="${got[$i]:-} $bw"
+    echo "run $run: ${BUILDS[$i]} $bw MiB/s" >&2
+  done
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
-echo "A ($A): ${a[*]} MiB/s, median $(median "${a[@]}")"
-echo "B ($B): ${b[*]} MiB/s, median $(median "${b[@]}")"
+for i in "${!BUILDS[@]}"; do
+  # shellcheck disable=SC2086 # the runs, one word each
+  echo "${BUILDS[$i]}:${got[$i]} MiB/s, median $(median ${got[$i]})"
+done

@@ -17,8 +17,11 @@ use crate::redo::{
 };
 use crate::storage::Storage;
 use crate::tx::{RecordHeader, Transaction};
-use crate::validate::{check_format, check_stateful, check_stateless, ChainState, ValidationError};
+use crate::validate::{
+    check_format, check_skeleton, check_stateful, check_stateless, ChainState, ValidationError,
+};
 use crate::view::{locate, plan, Change, RecordEntry, Staged, View};
+use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,10 +117,32 @@ pub struct ChainStats {
 #[derive(Debug)]
 struct Pending {
     tx: Transaction,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     offsets: Vec<usize>,
     hash: TxHash,
     reply: Arc<Reply>,
+}
+
+/// A transaction ready for the log: its encoding, and its headers without the payloads
+/// (the committer needs headers; the payloads are in `bytes`).
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    tx: Transaction,
+    bytes: Bytes,
+    offsets: Vec<usize>,
+}
+
+impl Prepared {
+    fn new(mut tx: Transaction) -> Self {
+        let bytes = Bytes::from(tx.encode());
+        let offsets = tx.payload_offsets();
+        for op in &mut tx.ops {
+            if let crate::tx::Op::Put { payload, .. } = op {
+                *payload = Vec::new();
+            }
+        }
+        Self { tx, bytes, offsets }
+    }
 }
 
 /// A one-shot reply slot. Waiters park at once: with dozens of writers on two cores, the
@@ -182,6 +207,9 @@ pub(crate) struct Shared {
     published: Mutex<u64>,
     /// The log's files, for readers: reading never waits for the appender's lock.
     files: Arc<crate::redo::Files>,
+    /// This chain's own transactions sent upstream, until they come back by hash
+    /// ([`crate::upstream::Upstream::returns_own_by_hash`]).
+    pub(crate) held: Mutex<std::collections::HashMap<TxHash, Prepared>>,
 }
 
 #[derive(Debug)]
@@ -298,6 +326,7 @@ impl Chain {
             sync_failed: Mutex::new(None),
             published: Mutex::new(0),
             files,
+            held: Mutex::default(),
         });
         let queue = Arc::new(BatchQueue::new());
         let s = shared.clone();
@@ -360,11 +389,30 @@ impl Chain {
     }
 
     /// Appends a transaction the upstream ordered at `index` (the caller feeds them in order,
-    /// from one thread). Validated like any commit; a refusal or an index other than `index`
-    /// means the cache diverged from the upstream.
-    pub fn apply_upstream(&self, tx: Transaction) -> Result<PendingCommit, ChainError> {
-        let hash = check_stateless(&tx)?;
-        self.push_local(tx, hash)
+    /// from one thread). Validated like any commit, from its encoding (which is what goes into
+    /// the log: its payloads are not copied out, nor is it encoded again); a refusal or an
+    /// index other than `index` means the cache diverged from the upstream.
+    pub fn apply_upstream(&self, index: u64, bytes: Bytes) -> Result<PendingCommit, ChainError> {
+        let sk = Transaction::decode_skeleton(&bytes)
+            .map_err(|source| ChainError::Decode { index, source })?;
+        check_skeleton(&sk)?;
+        self.shared.held.lock().remove(&sk.hash);
+        let offsets = sk.payload_offsets();
+        let prepared = Prepared {
+            tx: sk.tx,
+            bytes,
+            offsets,
+        };
+        self.push_prepared(prepared, sk.hash)
+    }
+
+    /// Appends this chain's own transaction `hash`, which the upstream ordered next and sent
+    /// back by hash (the caller feeds them in order, as for [`Self::apply_upstream`]). `None`
+    /// when the chain does not hold it (the commit was given up on, or made by another
+    /// process): the caller then needs it in full.
+    pub fn apply_upstream_own(&self, hash: &TxHash) -> Option<Result<PendingCommit, ChainError>> {
+        let prepared = self.shared.held.lock().remove(hash)?;
+        Some(self.push_prepared(prepared, *hash))
     }
 
     pub(crate) fn wait_visible(shared: &Shared, index: u64, timeout: Duration) -> bool {
@@ -420,8 +468,16 @@ impl Chain {
     fn enqueue(&self, tx: Transaction, hash: TxHash) -> Result<PendingCommit, ChainError> {
         if let Some(sender) = &self.sender {
             let reply = Arc::new(Reply::default());
+            let bytes = if sender.upstream.returns_own_by_hash() {
+                let prepared = Prepared::new(tx);
+                let bytes = prepared.bytes.clone();
+                self.shared.held.lock().insert(hash, prepared);
+                bytes
+            } else {
+                Bytes::from(tx.encode())
+            };
             let out = crate::upstream::Outgoing {
-                bytes: tx.encode(),
+                bytes,
                 hash,
                 reply: reply.clone(),
             };
@@ -433,15 +489,12 @@ impl Chain {
         self.push_local(tx, hash)
     }
 
-    fn push_local(&self, mut tx: Transaction, hash: TxHash) -> Result<PendingCommit, ChainError> {
-        let bytes = tx.encode();
-        let offsets = tx.payload_offsets();
-        // The committer needs headers, not payloads: free them early.
-        for op in &mut tx.ops {
-            if let crate::tx::Op::Put { payload, .. } = op {
-                *payload = Vec::new();
-            }
-        }
+    fn push_local(&self, tx: Transaction, hash: TxHash) -> Result<PendingCommit, ChainError> {
+        self.push_prepared(Prepared::new(tx), hash)
+    }
+
+    fn push_prepared(&self, prepared: Prepared, hash: TxHash) -> Result<PendingCommit, ChainError> {
+        let Prepared { tx, bytes, offsets } = prepared;
         let reply = Arc::new(Reply::default());
         self.committer
             .queue
@@ -849,7 +902,7 @@ fn append_batch(
     if accepted.is_empty() {
         return None;
     }
-    let slices: Vec<&[u8]> = accepted.iter().map(|(p, _)| p.bytes.as_slice()).collect();
+    let slices: Vec<&[u8]> = accepted.iter().map(|(p, _)| &p.bytes[..]).collect();
     match log.append(&slices) {
         Ok(locs) => {
             let (file, file_name) = log.sync_handle();

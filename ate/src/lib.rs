@@ -34,6 +34,6 @@ pub use chain::{Chain, ChainError, ChainOptions, ChainStats, CommitWatch, Receip
 pub use crypto::{DataKey, NameKey, PublicKey, SigningKey};
 pub use ids::{ChainId, KeyId, RecordKey, TxHash};
 pub use keyfile::KeyFile;
-pub use tx::{Op, Precondition, RecordHeader, Transaction};
+pub use tx::{Op, Precondition, RecordHeader, Skeleton, Transaction};
 pub use upstream::{Upstream, UpstreamError};
 pub use validate::ValidationError;

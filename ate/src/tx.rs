@@ -123,6 +123,24 @@ pub struct Transaction {
     pub signature: [u8; 64],
 }
 
+/// A transaction decoded without its payloads ([`Transaction::decode_skeleton`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skeleton {
+    /// The transaction; its Put payloads are empty.
+    pub tx: Transaction,
+    /// Offset and length of each Put's payload in the encoding, in op order.
+    pub payloads: Vec<(usize, usize)>,
+    /// [`Transaction::hash`] of the whole transaction.
+    pub hash: TxHash,
+}
+
+impl Skeleton {
+    /// Offsets of the payloads (what [`Transaction::payload_offsets`] gives for the whole).
+    pub fn payload_offsets(&self) -> Vec<usize> {
+        self.payloads.iter().map(|(o, _)| *o).collect()
+    }
+}
+
 /// Receives encoded bytes: a Vec when encoding, a hasher when signing (no copy of payloads).
 trait Sink {
     fn put(&mut self, b: &[u8]);
@@ -433,6 +451,37 @@ impl Transaction {
 
     /// Decodes a transaction; the whole input must be one transaction.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_parts(bytes, true, |_, _| {})
+    }
+
+    /// Decodes everything but the payloads, which stay in `bytes` (a replica validating and
+    /// storing a transaction never needs them apart: copying them out was a copy of every
+    /// byte written, on every replica). Put payloads in `tx` are left empty.
+    pub fn decode_skeleton(bytes: &[u8]) -> Result<Skeleton, DecodeError> {
+        let mut payloads = Vec::new();
+        let tx = Self::decode_parts(bytes, false, |offset, len| payloads.push((offset, len)))?;
+        Ok(Skeleton {
+            tx,
+            payloads,
+            hash: Self::hash_encoded(bytes),
+        })
+    }
+
+    /// The hash of a transaction from its encoding: the encoding is canonical (fixed-width
+    /// fields, every tag checked, nothing trailing), so for bytes that decode this equals
+    /// [`Self::hash`] of the decoded transaction; one pass over contiguous bytes.
+    pub fn hash_encoded(bytes: &[u8]) -> TxHash {
+        let body = &bytes[..bytes.len().saturating_sub(64)];
+        let mut h = blake3::Hasher::new_derive_key(SIG_DOMAIN);
+        h.update(body);
+        TxHash(*h.finalize().as_bytes())
+    }
+
+    fn decode_parts(
+        bytes: &[u8],
+        keep_payloads: bool,
+        mut payload_at: impl FnMut(usize, usize),
+    ) -> Result<Self, DecodeError> {
         if bytes.len() > MAX_TX_BYTES {
             return Err(DecodeError::TooLarge {
                 what: "transaction",
@@ -473,7 +522,13 @@ impl Transaction {
                 1 => {
                     let header = RecordHeader::decode(&mut r)?;
                     let write = decode_write(&mut r)?;
-                    let payload = r.bytes("payload", MAX_PAYLOAD)?.to_vec();
+                    let sealed = r.bytes("payload", MAX_PAYLOAD)?;
+                    payload_at(bytes.len() - r.remaining() - sealed.len(), sealed.len());
+                    let payload = if keep_payloads {
+                        sealed.to_vec()
+                    } else {
+                        Vec::new()
+                    };
                     Op::Put {
                         header,
                         write,
@@ -544,6 +599,59 @@ mod tests {
         let bytes = tx.encode();
         assert_eq!(Transaction::decode(&bytes).as_ref(), Ok(&tx));
         assert!(tx.verify_signature().is_ok());
+    }
+
+    #[test]
+    fn a_skeleton_is_the_transaction_without_its_payloads_and_validates_alike() {
+        use crate::validate::{check_skeleton, check_stateless};
+        let tx = sample();
+        let bytes = tx.encode();
+        let sk = Transaction::decode_skeleton(&bytes).unwrap();
+        assert_eq!(sk.hash, tx.hash());
+        assert_eq!(sk.payload_offsets(), tx.payload_offsets());
+        let mut bare = tx.clone();
+        let mut payloads = Vec::new();
+        for op in &mut bare.ops {
+            if let Op::Put { payload, .. } = op {
+                payloads.push(std::mem::take(payload));
+            }
+        }
+        assert_eq!(sk.tx, bare);
+        assert_eq!(sk.payloads.len(), payloads.len());
+        for ((off, len), p) in sk.payloads.iter().zip(&payloads) {
+            assert_eq!(&bytes[*off..off + len], &p[..]);
+        }
+        assert!(check_skeleton(&sk).is_ok());
+        // Any changed bit fails to decode, or fails the checks (the signature covers it all).
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            if let Ok(sk) = Transaction::decode_skeleton(&b) {
+                assert!(
+                    check_skeleton(&sk).is_err(),
+                    "byte {i} changed, still valid"
+                );
+            }
+        }
+        // A format error is refused alike (here a header whose length is not its payload's).
+        let mut wrong = tx.clone();
+        let k = SigningKey::generate();
+        if let Some(Op::Put { header, .. }) = wrong.ops.first_mut() {
+            header.plain_len += 1;
+        }
+        let wrong = wrong.sign(&k);
+        let sk = Transaction::decode_skeleton(&wrong.encode()).unwrap();
+        let (a, b) = (check_stateless(&wrong), check_skeleton(&sk));
+        assert!(
+            matches!(
+                (&a, &b),
+                (
+                    Err(crate::ValidationError::BadPayload { .. }),
+                    Err(crate::ValidationError::BadPayload { .. })
+                )
+            ),
+            "{a:?} / {b:?}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use crate::chain::{Chain, ChainError, PendingCommit, Receipt};
 use crate::ids::TxHash;
+use bytes::Bytes;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -29,13 +30,19 @@ pub enum UpstreamError {
 
 /// Where commits go.
 pub trait Upstream: Send + Sync + std::fmt::Debug {
-    /// Commits an encoded, signed transaction; returns its index in the chain. (Owned: the
-    /// sender has no further use for the bytes, and a copy of an 8 MiB batch is not free.)
-    fn commit(&self, tx: Vec<u8>) -> Result<u64, UpstreamError>;
+    /// Commits an encoded, signed transaction; returns its index in the chain. (Shared: a
+    /// copy of an 8 MiB batch is not free, and the chain may hold the bytes, see
+    /// [`Self::returns_own_by_hash`].)
+    fn commit(&self, tx: Bytes) -> Result<u64, UpstreamError>;
     /// Commits transactions in their order in one round trip; one result each. The default
     /// sends them one at a time.
-    fn commit_batch(&self, txs: Vec<Vec<u8>>) -> Vec<Result<u64, UpstreamError>> {
+    fn commit_batch(&self, txs: Vec<Bytes>) -> Vec<Result<u64, UpstreamError>> {
         txs.into_iter().map(|tx| self.commit(tx)).collect()
+    }
+    /// Whether this chain's own transactions come back by hash only
+    /// ([`Chain::apply_upstream_own`]): the chain then holds what it sent until then.
+    fn returns_own_by_hash(&self) -> bool {
+        false
     }
     /// The chain's last index as of now (a linearizable read).
     fn barrier(&self) -> Result<u64, UpstreamError>;
@@ -72,7 +79,7 @@ fn wait_back(
 const APPLY_WAIT: Duration = Duration::from_secs(60);
 
 pub(crate) struct Outgoing {
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) bytes: Bytes,
     pub(crate) hash: TxHash,
     pub(crate) reply: std::sync::Arc<crate::chain::Reply>,
 }
@@ -97,7 +104,7 @@ pub(crate) fn sender_loop(
     rx: &crate::queue::BatchQueue<Outgoing>,
 ) {
     while let Some(mut batch) = rx.pop_batch(256, BATCH_BYTES, |o| o.bytes.len()) {
-        let mut txs: Vec<Vec<u8>> = batch
+        let mut txs: Vec<Bytes> = batch
             .iter_mut()
             .map(|o| std::mem::take(&mut o.bytes))
             .collect();
@@ -107,10 +114,16 @@ pub(crate) fn sender_loop(
             upstream.commit_batch(txs)
         };
         for (o, r) in batch.into_iter().zip(results) {
+            let Some(shared) = chain.upgrade() else {
+                o.reply.send(Err(ChainError::Closed));
+                continue;
+            };
+            if r.is_err() {
+                // Refused, or its fate unknown: should it come back after all, it comes in
+                // full (the follower asks again when it does not hold the bytes).
+                shared.held.lock().remove(&o.hash);
+            }
             let r = r.map_err(ChainError::Upstream).and_then(|index| {
-                let Some(shared) = chain.upgrade() else {
-                    return Err(ChainError::Closed);
-                };
                 match wait_back(&shared, upstream.as_ref(), index) {
                     Ok(()) => Ok(Receipt {
                         index,

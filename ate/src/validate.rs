@@ -8,7 +8,7 @@
 use crate::authority::{RootAuthority, WriteAuthority};
 use crate::crypto::{CryptoError, SEAL_OVERHEAD};
 use crate::ids::{ChainId, KeyId, RecordKey, TxHash};
-use crate::tx::{Op, Precondition, Transaction, MAX_AUTH_KEYS, MAX_PAYLOAD};
+use crate::tx::{Op, Precondition, Skeleton, Transaction, MAX_AUTH_KEYS, MAX_PAYLOAD};
 use std::collections::{HashMap, HashSet};
 use thiserror::Error;
 
@@ -113,6 +113,10 @@ pub fn check_stateless(tx: &Transaction) -> Result<TxHash, ValidationError> {
 /// reads every payload byte: a replica needs the hash before validating, to find retries).
 pub fn check_stateless_hashed(tx: &Transaction, hash: &TxHash) -> Result<(), ValidationError> {
     check_format(tx)?;
+    check_signature(tx, hash)
+}
+
+fn check_signature(tx: &Transaction, hash: &TxHash) -> Result<(), ValidationError> {
     if tx.signature == [0u8; 64] {
         return Err(ValidationError::Signature(CryptoError::BadSignature(
             tx.author.id(),
@@ -123,11 +127,36 @@ pub fn check_stateless_hashed(tx: &Transaction, hash: &TxHash) -> Result<(), Val
 
 /// Format and bound checks only (no signature): for a transaction this process signed itself.
 pub fn check_format(tx: &Transaction) -> Result<(), ValidationError> {
+    check_format_with(tx, |_, payload| payload.len())
+}
+
+/// [`check_stateless_hashed`] for a transaction decoded without its payloads: the same
+/// checks, the payload lengths taken from where they lie in the encoding.
+pub fn check_skeleton(sk: &Skeleton) -> Result<(), ValidationError> {
+    check_format_with(&sk.tx, |i, _| sk.payloads.get(i).map_or(0, |(_, len)| *len))?;
+    check_signature(&sk.tx, &sk.hash)
+}
+
+/// [`validate_hashed`] for a transaction decoded without its payloads.
+pub fn validate_skeleton<S: ChainState + ?Sized>(
+    state: &S,
+    sk: &Skeleton,
+) -> Result<(), ValidationError> {
+    check_skeleton(sk)?;
+    check_stateful(state, &sk.tx)
+}
+
+/// `payload_len(i, payload)`: the length of the i-th Put's payload.
+fn check_format_with(
+    tx: &Transaction,
+    payload_len: impl Fn(usize, &[u8]) -> usize,
+) -> Result<(), ValidationError> {
     if tx.ops.is_empty() {
         return Err(ValidationError::Empty);
     }
     let mut seen = HashSet::with_capacity(tx.ops.len());
     let mut roots = 0;
+    let mut puts = 0;
     for op in &tx.ops {
         match op {
             Op::Put {
@@ -135,6 +164,8 @@ pub fn check_format(tx: &Transaction) -> Result<(), ValidationError> {
                 write,
                 payload,
             } => {
+                let payload_len = payload_len(puts, payload);
+                puts += 1;
                 if !seen.insert(header.key) {
                     return Err(ValidationError::DuplicateRecord(header.key));
                 }
@@ -142,21 +173,17 @@ pub fn check_format(tx: &Transaction) -> Result<(), ValidationError> {
                     key: header.key,
                     reason,
                 };
-                if payload.len() > MAX_PAYLOAD {
+                if payload_len > MAX_PAYLOAD {
                     return Err(bad("payload exceeds MAX_PAYLOAD"));
                 }
-                let expect = if payload.is_empty() {
-                    0
-                } else {
-                    payload.len() - SEAL_OVERHEAD.min(payload.len())
-                };
-                if !payload.is_empty() && payload.len() < SEAL_OVERHEAD {
+                let expect = payload_len.saturating_sub(SEAL_OVERHEAD);
+                if payload_len != 0 && payload_len < SEAL_OVERHEAD {
                     return Err(bad("payload shorter than nonce and tag"));
                 }
                 if header.plain_len != expect as u64 {
                     return Err(bad("header length does not match payload"));
                 }
-                if payload.is_empty() != (header.data_key == KeyId::default()) {
+                if (payload_len == 0) != (header.data_key == KeyId::default()) {
                     return Err(bad(
                         "a payload needs a data key, and only a payload may name one",
                     ));

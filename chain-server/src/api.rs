@@ -12,7 +12,7 @@ use crate::pb::chain::{
 };
 use crate::state_machine::refusal_of;
 use crate::types::{Command, Outcome, Refusal};
-use ate::validate::{check_stateful, check_stateless};
+use ate::validate::{check_skeleton, check_stateful};
 use ate::{ChainId, PublicKey, Transaction};
 use openraft::error::{ClientWriteError, RaftError};
 use parking_lot::Mutex;
@@ -51,10 +51,20 @@ fn chain_id(b: &[u8]) -> Result<ChainId, Status> {
 
 /// Decodes a transaction and checks what needs no chain state (format, signature).
 fn precheck_stateless(tx: &[u8]) -> Result<Transaction, Status> {
-    let t = Transaction::decode(tx)
+    let sk = Transaction::decode_skeleton(tx)
         .map_err(|e| Status::invalid_argument(format!("transaction: {e}")))?;
-    check_stateless(&t).map_err(|e| refused(refusal_of(&e), e.to_string()))?;
-    Ok(t)
+    check_skeleton(&sk).map_err(|e| refused(refusal_of(&e), e.to_string()))?;
+    Ok(sk.tx)
+}
+
+/// A writer session as sent: empty for none, else 16 bytes.
+fn session_of(b: &[u8]) -> Result<Option<[u8; 16]>, Status> {
+    if b.is_empty() {
+        return Ok(None);
+    }
+    b.try_into()
+        .map(Some)
+        .map_err(|_| Status::invalid_argument("a session is 16 bytes, or empty"))
 }
 
 fn refused(kind: Refusal, reason: String) -> Status {
@@ -122,6 +132,7 @@ impl Api {
         p: &Partition,
         chain: ChainId,
         txs: Vec<bytes::Bytes>,
+        session: Option<[u8; 16]>,
     ) -> Vec<Result<u64, Status>> {
         type Proposal<'a> =
             std::pin::Pin<Box<dyn Future<Output = Result<u64, Status>> + Send + 'a>>;
@@ -140,7 +151,11 @@ impl Api {
                 };
                 match checked {
                     Ok(()) => {
-                        let cmd = Command::Commit { chain: chain.0, tx };
+                        let cmd = Command::Commit {
+                            chain: chain.0,
+                            tx,
+                            session,
+                        };
                         Slot::Proposing(Box::pin(self.propose(p, cmd)))
                     }
                     Err(e) => Slot::Done(Err(e)),
@@ -315,6 +330,7 @@ impl Chains for Api {
     async fn commit(&self, req: Request<CommitRequest>) -> Result<Response<CommitReply>, Status> {
         let req = req.into_inner();
         let chain = chain_id(&req.chain)?;
+        let session = session_of(&req.session)?;
         let p = self.node.partition(&chain);
         self.precheck(p, chain, &req.tx)?;
         let index = self
@@ -323,6 +339,7 @@ impl Chains for Api {
                 Command::Commit {
                     chain: chain.0,
                     tx: req.tx,
+                    session,
                 },
             )
             .await?;
@@ -341,8 +358,9 @@ impl Chains for Api {
                 req.txs.len()
             )));
         }
+        let session = session_of(&req.session)?;
         let p = self.node.partition(&chain);
-        let results = self.propose_in_order(p, chain, req.txs).await;
+        let results = self.propose_in_order(p, chain, req.txs, session).await;
         // Not the leader, or no quorum: the whole call fails and the client retries it (the
         // commits that did land are deduplicated then).
         if let Some(Err(s)) = results.iter().find(|r| {
@@ -393,12 +411,14 @@ impl Chains for Api {
     ) -> Result<Response<EventStream>, Status> {
         let req = req.into_inner();
         let chain = chain_id(&req.chain)?;
+        let session = session_of(&req.session)?;
         let p = self.node.partition(&chain).clone();
         let proof = (&req.nonce[..], &req.reader_key[..], &req.signature[..]);
         let digest = ate::remote::subscribe_digest(&chain, &req.nonce, req.from_index);
         self.check_reader(&p, chain, proof, &digest)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(crate::subscribe::feed(p, chain, req.from_index.max(1), tx));
+        let from = req.from_index.max(1);
+        tokio::spawn(crate::subscribe::feed(p, chain, from, session, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

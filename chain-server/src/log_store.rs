@@ -84,6 +84,8 @@ enum Stored {
     Create { chain: [u8; 16], quota: u64 },
     Commit { chain: [u8; 16] },
     Delete { chain: [u8; 16] },
+    // Last, so the variants before it keep their encoding (logs written before it existed).
+    CommitFrom { chain: [u8; 16], session: [u8; 16] },
 }
 
 /// What `raft-meta` holds.
@@ -187,9 +189,16 @@ fn entry_parts(e: &Entry) -> Result<(Vec<u8>, &[u8]), postcard::Error> {
             },
             tx,
         ),
-        EntryPayload::Normal(Command::Commit { chain, tx }) => {
-            (Stored::Commit { chain: *chain }, tx)
-        }
+        EntryPayload::Normal(Command::Commit { chain, tx, session }) => match session {
+            None => (Stored::Commit { chain: *chain }, tx),
+            Some(session) => (
+                Stored::CommitFrom {
+                    chain: *chain,
+                    session: *session,
+                },
+                tx,
+            ),
+        },
         EntryPayload::Normal(Command::Delete { chain }) => (Stored::Delete { chain: *chain }, &[]),
     };
     let meta = postcard::to_stdvec(&(e.log_id, stored))?;
@@ -216,7 +225,16 @@ fn entry_of(log_id: LogId, stored: Stored, tx: bytes::Bytes) -> Entry {
         Stored::Create { chain, quota } => {
             EntryPayload::Normal(Command::Create { chain, quota, tx })
         }
-        Stored::Commit { chain } => EntryPayload::Normal(Command::Commit { chain, tx }),
+        Stored::Commit { chain } => EntryPayload::Normal(Command::Commit {
+            chain,
+            tx,
+            session: None,
+        }),
+        Stored::CommitFrom { chain, session } => EntryPayload::Normal(Command::Commit {
+            chain,
+            tx,
+            session: Some(session),
+        }),
         Stored::Delete { chain } => EntryPayload::Normal(Command::Delete { chain }),
     };
     Entry { log_id, payload }
@@ -730,16 +748,22 @@ mod tests {
             payload: EntryPayload::Normal(Command::Commit {
                 chain: [7; 16],
                 tx: tx.into(),
+                // Both stored forms: without a writer session and with one.
+                session: index.is_multiple_of(2).then_some([index as u8; 16]),
             }),
         }
     }
 
-    fn txs(log: &LogStore, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
+    type Commits = Vec<(u64, Vec<u8>, Option<[u8; 16]>)>;
+
+    fn txs(log: &LogStore, from: u64, to: u64) -> Commits {
         log.read_range(from, to)
             .unwrap()
             .into_iter()
             .map(|e| match e.payload {
-                EntryPayload::Normal(Command::Commit { tx, .. }) => (e.log_id.index, tx.to_vec()),
+                EntryPayload::Normal(Command::Commit { tx, session, .. }) => {
+                    (e.log_id.index, tx.to_vec(), session)
+                }
                 _ => panic!("not a commit"),
             })
             .collect()
@@ -780,11 +804,13 @@ mod tests {
             .map(|i| commit(i, 2, big(200 + i as u8)))
             .collect();
         log.append_sync(second.clone()).unwrap();
-        let expected: Vec<(u64, Vec<u8>)> = first[..29]
+        let expected: Commits = first[..29]
             .iter()
             .chain(&second)
             .map(|e| match &e.payload {
-                EntryPayload::Normal(Command::Commit { tx, .. }) => (e.log_id.index, tx.to_vec()),
+                EntryPayload::Normal(Command::Commit { tx, session, .. }) => {
+                    (e.log_id.index, tx.to_vec(), *session)
+                }
                 _ => unreachable!(),
             })
             .collect();

@@ -198,7 +198,29 @@ where
 /// of entries several times into fresh pages (42% of the leader's copying, perf).
 fn encode_sized<T: Serialize>(v: &T) -> Result<Vec<u8>, postcard::Error> {
     let n = postcard::experimental::serialized_size(v)?;
-    postcard::to_extend(v, Vec::with_capacity(n))
+    postcard::serialize_with_flavor(v, SliceCopy(Vec::with_capacity(n)))
+}
+
+/// A postcard output that copies byte strings at once: postcard's own `Vec` output extends
+/// byte by byte (5% of the leader's CPU replicating large commits, perf).
+struct SliceCopy(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for SliceCopy {
+    type Output = Vec<u8>;
+
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        self.0.push(b);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, b: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(b);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 impl RaftNetwork<TypeConfig> for Peer {

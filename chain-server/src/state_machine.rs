@@ -15,7 +15,7 @@ use ate::redo::{
     SnapshotWriter,
 };
 use ate::storage::{MemStorage, Storage, StorageFile};
-use ate::validate::{validate_hashed, ChainState};
+use ate::validate::{validate_skeleton, ChainState};
 use ate::view::{locate, plan, RecordEntry, View};
 use ate::{ChainId, RootAuthority, Transaction, ValidationError};
 use openraft::storage::RaftStateMachine;
@@ -81,6 +81,16 @@ impl Seen {
                 self.map.remove(&old);
             }
         }
+    }
+    /// The hash of the transaction at chain index `index`, while it is remembered.
+    pub fn hash_of(&self, index: u64) -> Option<[u8; 32]> {
+        // Applied transactions take consecutive indexes, so the position follows from the
+        // first; the check guards the assumption.
+        let (_, first) = self.order.front()?;
+        let (h, i) = self
+            .order
+            .get(usize::try_from(index.checked_sub(*first)?).ok()?)?;
+        (*i == index).then_some(*h)
     }
     fn rebuild(&mut self) {
         self.map = self.order.iter().copied().collect();
@@ -311,8 +321,8 @@ impl Inner {
 
     fn apply_tx(&mut self, chain: ChainId, tx_bytes: &[u8], raft_index: u64) -> Outcome {
         let refuse = |kind, reason: String| Outcome::Refused { kind, reason };
-        let tx = match Transaction::decode(tx_bytes) {
-            Ok(t) => t,
+        let sk = match Transaction::decode_skeleton(tx_bytes) {
+            Ok(sk) => sk,
             Err(e) => return refuse(Refusal::Invalid, e.to_string()),
         };
         let Some(tx_at) = self.log.tx_location(raft_index) else {
@@ -321,7 +331,7 @@ impl Inner {
         let Some(c) = self.chains.get_mut(&chain) else {
             return refuse(Refusal::NoChain, format!("no chain {chain}"));
         };
-        let hash = tx.hash();
+        let hash = sk.hash;
         if let Some(index) = c.seen.get(&hash.0) {
             return Outcome::Applied { index };
         }
@@ -331,13 +341,13 @@ impl Inner {
                 format!("chain {chain} would pass its quota of {} bytes", c.quota),
             );
         }
-        if let Err(e) = validate_hashed(&c.view, &tx, &hash) {
+        if let Err(e) = validate_skeleton(&c.view, &sk) {
             let kind = refusal_of(&e);
             return refuse(kind, e.to_string());
         }
         let index = c.index + 1;
-        let mut changes = plan(&c.view, &tx, index);
-        locate(&mut changes, tx_at, &tx.payload_offsets());
+        let mut changes = plan(&c.view, &sk.tx, index);
+        locate(&mut changes, tx_at, &sk.payload_offsets());
         c.view.merge(index, changes);
         c.index = index;
         c.used += tx_bytes.len() as u64;
@@ -348,7 +358,7 @@ impl Inner {
 
     fn apply(&mut self, cmd: Command, raft_index: u64) -> Outcome {
         match cmd {
-            Command::Commit { chain, tx } => self.apply_tx(ChainId(chain), &tx, raft_index),
+            Command::Commit { chain, tx, .. } => self.apply_tx(ChainId(chain), &tx, raft_index),
             Command::Create { chain, quota, tx } => {
                 let id = ChainId(chain);
                 let retried = Transaction::decode(&tx)

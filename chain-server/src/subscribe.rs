@@ -1,5 +1,6 @@
 //! Feeds a subscription: the chain's transactions from an index, read from the Raft log,
-//! then each new one as it is applied.
+//! then each new one as it is applied. Those committed in the subscriber's own writer
+//! session go by hash (it holds their bytes).
 
 use crate::node::Partition;
 use crate::pb::chain::SubscribeEvent;
@@ -14,6 +15,7 @@ pub async fn feed(
     p: Partition,
     chain: ChainId,
     mut next: u64,
+    session: Option<[u8; 16]>,
     out: Sender<Result<SubscribeEvent, Status>>,
 ) {
     let mut applied = p.sm.watch_applied();
@@ -28,7 +30,10 @@ pub async fn feed(
                 Ok(c.txs
                     .range(next..)
                     .take(256)
-                    .map(|(ci, ri)| (*ci, *ri))
+                    .map(|(ci, ri)| {
+                        let hash = session.and_then(|_| c.seen.hash_of(*ci));
+                        (*ci, *ri, hash)
+                    })
                     .collect::<Vec<_>>())
             }
         });
@@ -51,11 +56,23 @@ pub async fn feed(
             }
             continue;
         }
-        for (ci, ri) in batch {
-            let tx = match p.log.read_range(ri, ri + 1) {
+        for (ci, ri, hash) in batch {
+            let event = match p.log.read_range(ri, ri + 1) {
                 Ok(mut v) => match v.pop().map(|e| e.payload) {
+                    Some(EntryPayload::Normal(Command::Commit {
+                        session: Some(s),
+                        tx,
+                        ..
+                    })) => match hash {
+                        Some(h) if session == Some(s) => SubscribeEvent {
+                            index: ci,
+                            own_hash: h.to_vec(),
+                            ..Default::default()
+                        },
+                        _ => full(ci, tx),
+                    },
                     Some(EntryPayload::Normal(Command::Commit { tx, .. }))
-                    | Some(EntryPayload::Normal(Command::Create { tx, .. })) => tx,
+                    | Some(EntryPayload::Normal(Command::Create { tx, .. })) => full(ci, tx),
                     None => {
                         let _ = out
                             .send(Err(Status::out_of_range(format!(
@@ -86,14 +103,18 @@ pub async fn feed(
                     return;
                 }
             };
-            if out
-                .send(Ok(SubscribeEvent { index: ci, tx }))
-                .await
-                .is_err()
-            {
+            if out.send(Ok(event)).await.is_err() {
                 return;
             }
             next = ci + 1;
         }
+    }
+}
+
+fn full(index: u64, tx: bytes::Bytes) -> SubscribeEvent {
+    SubscribeEvent {
+        index,
+        tx,
+        own_hash: Vec::new(),
     }
 }

@@ -46,6 +46,9 @@ pub enum Command {
         /// leader spent most of its CPU there replicating 8 MiB commits), and clones share
         /// it: the recent entries the log keeps in memory are handed out without a copy.
         tx: bytes::Bytes,
+        /// The writer session it was committed in: a subscription of that session gets it
+        /// back by hash only (proto/chain.proto).
+        session: Option<[u8; 16]>,
     },
     /// Deletes a chain and everything in it.
     Delete {

@@ -5,7 +5,9 @@
 
 mod common;
 
-use ate::remote::RemoteError;
+use ate::remote::pb::chain::chains_client::ChainsClient;
+use ate::remote::pb::chain::CommitRequest;
+use ate::remote::{Event, RemoteError, Session};
 use ate::{DataKey, Transaction};
 use common::{check_history, files_under, new_chain, put_tx, rt, Acks, Cluster};
 use std::collections::BTreeMap;
@@ -126,7 +128,7 @@ fn forged_unauthenticated_and_bad_requests_are_refused_and_no_plaintext_is_store
         other => panic!("no such chain: {other:?}"),
     }
     // A subscription by a key that is not a reader is refused.
-    let mut sub = client.subscribe(chain, 1, stranger.clone());
+    let mut sub = client.subscribe(chain, 1, stranger.clone(), None);
     match rt.block_on(sub.next()) {
         Err(RemoteError::Refused(Code::PermissionDenied, _)) => {}
         other => panic!("a stranger's subscription: {other:?}"),
@@ -147,7 +149,7 @@ fn forged_unauthenticated_and_bad_requests_are_refused_and_no_plaintext_is_store
     }
     // The owner reads both transactions back.
     let owner_again = owner.clone();
-    let mut sub = client.subscribe(chain, 1, owner);
+    let mut sub = client.subscribe(chain, 1, owner, None);
     assert_eq!(rt.block_on(sub.next()).unwrap().0, 1);
     let (i, bytes) = rt.block_on(sub.next()).unwrap();
     assert_eq!((i, bytes), (2, tx));
@@ -245,7 +247,7 @@ fn a_batch_commits_in_order_with_an_answer_each_and_retries_are_deduplicated() {
     }
     let info = rt.block_on(client.info(chain)).unwrap();
     assert_eq!(info.index, last);
-    let mut sub = client.subscribe(chain, 2, owner);
+    let mut sub = client.subscribe(chain, 2, owner, None);
     for (i, tx) in batch.iter().enumerate() {
         if i == 13 || i == 27 {
             continue;
@@ -299,5 +301,127 @@ fn large_commits_from_several_writers_replicate_in_requests_that_fit_the_heartbe
             cluster.gauge(r, "atefs_raft_applied_index", p),
             cluster.log_tail(r)
         );
+    }
+}
+
+/// Writer sessions: what a session committed comes back to that session's subscription as
+/// its hash only, and in full to every other subscriber; a session that is not 16 bytes is
+/// refused.
+#[test]
+fn a_writers_own_transactions_come_back_to_its_session_by_hash() {
+    let cluster = Cluster::start(false, 1_000_000);
+    let rt = rt();
+    let client = cluster.client(Duration::from_secs(20));
+    let (chain, owner, genesis) = new_chain();
+    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
+    let key = DataKey::generate();
+    let (ours, theirs) = (Session::random(), Session::random());
+    let t: Vec<Vec<u8>> = (0..5)
+        .map(|i| put_tx(chain, &owner, &key, format!("n{i}").as_bytes(), b"v"))
+        .collect();
+    // Chain indexes 2: ours, 3: no session, 4 and 5: ours in a batch, 6: another session's.
+    rt.block_on(client.commit_from(chain, t[0].clone().into(), Some(ours)))
+        .unwrap();
+    rt.block_on(client.commit(chain, t[1].clone())).unwrap();
+    let batch = vec![t[2].clone().into(), t[3].clone().into()];
+    let r = rt
+        .block_on(client.commit_batch_from(chain, batch, Some(ours)))
+        .unwrap();
+    assert!(r.iter().all(Result::is_ok), "{r:?}");
+    rt.block_on(client.commit_from(chain, t[4].clone().into(), Some(theirs)))
+        .unwrap();
+
+    let mut sub = client.subscribe(chain, 2, owner.clone(), Some(ours));
+    for (i, tx) in t.iter().enumerate() {
+        let (index, event) = rt.block_on(sub.next_event()).unwrap();
+        assert_eq!(index, i as u64 + 2);
+        let want = match i {
+            0 | 2 | 3 => Event::Own(Transaction::decode(tx).unwrap().hash()),
+            _ => Event::Tx(tx.clone().into()),
+        };
+        assert_eq!(event, want, "tx {i}");
+    }
+    let mut everyone = client.subscribe(chain, 2, owner.clone(), None);
+    for (i, tx) in t.iter().enumerate() {
+        let (index, bytes) = rt.block_on(everyone.next()).unwrap();
+        assert_eq!((index, &bytes), (i as u64 + 2, tx), "tx {i}");
+    }
+
+    let mut raw = rt
+        .block_on(ChainsClient::connect(format!(
+            "http://{}",
+            cluster.endpoints()[0]
+        )))
+        .unwrap();
+    let req = CommitRequest {
+        chain: chain.0.to_vec(),
+        tx: t[0].clone().into(),
+        session: vec![1, 2, 3],
+    };
+    match rt.block_on(raw.commit(req)) {
+        Err(s) => assert_eq!(s.code(), Code::InvalidArgument, "{s:?}"),
+        Ok(r) => panic!("a 3-byte session was accepted: {r:?}"),
+    }
+}
+
+/// A remote chain's cache holds what it sent until it comes back by hash. A transaction of
+/// its session that it does not hold (here committed by another client in that session)
+/// makes it resubscribe in full: the cache still gets everything, in order, and its own
+/// commits go on working.
+#[test]
+fn a_cache_that_does_not_hold_its_sessions_transaction_fetches_it_in_full() {
+    let cluster = Cluster::start(false, 1_000_000);
+    let rt = rt();
+    let client = cluster.client(Duration::from_secs(20));
+    let (chain, owner, genesis) = new_chain();
+    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
+    let session = Session::random();
+    let cache: Arc<dyn ate::storage::Storage> = Arc::new(ate::storage::MemStorage::new());
+    let remote = ate::remote::open_remote_in_session(
+        cluster.client(Duration::from_secs(20)),
+        chain,
+        owner.clone(),
+        cache,
+        None,
+        session,
+    )
+    .unwrap();
+    let key = DataKey::generate();
+    let put = |name: &str| {
+        let mut tx = Transaction::new(chain, owner.public());
+        let rk = ate::RecordKey(
+            *blake3::hash(name.as_bytes())
+                .as_bytes()
+                .first_chunk()
+                .unwrap(),
+        );
+        tx.ops.push(ate::Op::put(
+            &chain,
+            rk,
+            None,
+            ate::WriteAuthority::Inherit,
+            Some(&key),
+            name.as_bytes(),
+        ));
+        (rk, tx)
+    };
+    let (rk1, tx1) = put("own, sent by the cache");
+    let first = remote.chain.sign_and_commit(tx1, &owner).unwrap();
+    let (rk2, tx2) = put("in the session, sent by someone else");
+    let foreign = rt
+        .block_on(client.commit_from(chain, tx2.sign(&owner).encode().into(), Some(session)))
+        .unwrap();
+    assert_eq!(foreign, first.index + 1);
+    assert_eq!(remote.chain.sync_upstream().unwrap(), foreign);
+    let (rk3, tx3) = put("own again");
+    let third = remote.chain.sign_and_commit(tx3, &owner).unwrap();
+    assert_eq!(third.index, foreign + 1);
+    for (rk, name) in [
+        (rk1, "own, sent by the cache"),
+        (rk2, "in the session, sent by someone else"),
+        (rk3, "own again"),
+    ] {
+        let (_, plain) = remote.chain.read_plain(&rk, &key).unwrap().expect(name);
+        assert_eq!(plain, name.as_bytes());
     }
 }

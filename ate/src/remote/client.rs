@@ -9,8 +9,9 @@ use super::pb::chain::{
     FetchSnapshotRequest, InfoReply, SubscribeEvent, SubscribeRequest,
 };
 use crate::crypto::SigningKey;
-use crate::ids::ChainId;
+use crate::ids::{ChainId, TxHash};
 use parking_lot::Mutex;
+use prost::bytes::Bytes;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -225,12 +226,23 @@ impl RemoteClient {
     /// Commits an encoded, signed transaction; returns its chain index once a majority holds
     /// it. A retry after a lost answer returns the same index (the server deduplicates).
     pub async fn commit(&self, chain: ChainId, tx: Vec<u8>) -> Result<u64, RemoteError> {
-        // Shared, so that a retry does not copy it again.
-        let tx = prost::bytes::Bytes::from(tx);
+        self.commit_from(chain, tx.into(), None).await
+    }
+
+    /// [`Self::commit`] in a writer session (see [`Session`]). The bytes are shared, so a
+    /// retry does not copy them again.
+    pub async fn commit_from(
+        &self,
+        chain: ChainId,
+        tx: Bytes,
+        session: Option<Session>,
+    ) -> Result<u64, RemoteError> {
+        let session = session.map_or_else(Vec::new, |s| s.0.to_vec());
         self.with_leader(chain, |mut c| {
             let req = CommitRequest {
                 chain: chain.0.to_vec(),
                 tx: tx.clone(),
+                session: session.clone(),
             };
             async move { c.commit(req).await.map(|r| r.into_inner().index) }
         })
@@ -244,13 +256,25 @@ impl RemoteClient {
         chain: ChainId,
         txs: Vec<Vec<u8>>,
     ) -> Result<Vec<Result<u64, RemoteError>>, RemoteError> {
+        let txs = txs.into_iter().map(Into::into).collect();
+        self.commit_batch_from(chain, txs, None).await
+    }
+
+    /// [`Self::commit_batch`] in a writer session (see [`Session`]).
+    pub async fn commit_batch_from(
+        &self,
+        chain: ChainId,
+        txs: Vec<Bytes>,
+        session: Option<Session>,
+    ) -> Result<Vec<Result<u64, RemoteError>>, RemoteError> {
         let n = txs.len();
-        let txs: Vec<prost::bytes::Bytes> = txs.into_iter().map(Into::into).collect();
+        let session = session.map_or_else(Vec::new, |s| s.0.to_vec());
         let results = self
             .with_leader(chain, |mut c| {
                 let req = CommitBatchRequest {
                     chain: chain.0.to_vec(),
                     txs: txs.clone(),
+                    session: session.clone(),
                 };
                 async move { c.commit_batch(req).await.map(|r| r.into_inner().results) }
             })
@@ -361,13 +385,21 @@ impl RemoteClient {
     }
 
     /// Opens a subscription from `from` (proving `reader` may read the chain); the returned
-    /// stream reconnects and resumes by itself.
-    pub fn subscribe(&self, chain: ChainId, from: u64, reader: SigningKey) -> Subscription<'_> {
+    /// stream reconnects and resumes by itself. With a `session`, the transactions committed
+    /// in it come back as [`Event::Own`].
+    pub fn subscribe(
+        &self,
+        chain: ChainId,
+        from: u64,
+        reader: SigningKey,
+        session: Option<Session>,
+    ) -> Subscription<'_> {
         Subscription {
             client: self,
             chain,
             next: from.max(1),
             reader,
+            session,
             stream: None,
         }
     }
@@ -377,18 +409,24 @@ impl RemoteClient {
         chain: ChainId,
         from: u64,
         reader: &SigningKey,
+        session: Option<Session>,
     ) -> Result<tonic::Streaming<SubscribeEvent>, RemoteError> {
-        self.with_leader(chain, |mut c| async move {
-            let (nonce, reader_key, signature) =
-                prove(&mut c, reader, |n| super::subscribe_digest(&chain, n, from)).await?;
-            let req = SubscribeRequest {
-                chain: chain.0.to_vec(),
-                from_index: from,
-                nonce,
-                reader_key,
-                signature,
-            };
-            c.subscribe(req).await.map(|r| r.into_inner())
+        let session = session.map_or_else(Vec::new, |s| s.0.to_vec());
+        self.with_leader(chain, |mut c| {
+            let session = session.clone();
+            async move {
+                let (nonce, reader_key, signature) =
+                    prove(&mut c, reader, |n| super::subscribe_digest(&chain, n, from)).await?;
+                let req = SubscribeRequest {
+                    chain: chain.0.to_vec(),
+                    from_index: from,
+                    nonce,
+                    reader_key,
+                    signature,
+                    session,
+                };
+                c.subscribe(req).await.map(|r| r.into_inner())
+            }
         })
         .await
     }
@@ -413,17 +451,53 @@ pub struct Subscription<'a> {
     chain: ChainId,
     next: u64,
     reader: SigningKey,
+    session: Option<Session>,
     stream: Option<tonic::Streaming<SubscribeEvent>>,
+}
+
+/// A writer session: 16 random bytes a client sends with its commits and its subscription,
+/// so that its own transactions come back as their hash instead of their bytes (it holds
+/// them; on a cluster's write path that is a third of the leader's sending and all of the
+/// writer's receiving).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Session(pub [u8; 16]);
+
+impl Session {
+    /// A fresh random session.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+}
+
+/// What a subscription delivers at an index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An encoded transaction.
+    Tx(Bytes),
+    /// A transaction of the subscriber's own session, by its hash.
+    Own(TxHash),
 }
 
 impl Subscription<'_> {
     /// The next transaction as (chain index, encoded transaction); reconnects as needed.
+    /// Only for subscriptions without a session.
     pub async fn next(&mut self) -> Result<(u64, Vec<u8>), RemoteError> {
+        match self.next_event().await? {
+            (index, Event::Tx(tx)) => Ok((index, Vec::from(tx))),
+            (index, Event::Own(_)) => Err(RemoteError::Refused(
+                Code::Internal,
+                format!("transaction {index} came back as the subscriber's own"),
+            )),
+        }
+    }
+
+    /// The next event as (chain index, event); reconnects as needed.
+    pub async fn next_event(&mut self) -> Result<(u64, Event), RemoteError> {
         loop {
             if self.stream.is_none() {
                 let s = self
                     .client
-                    .open_stream(self.chain, self.next, &self.reader)
+                    .open_stream(self.chain, self.next, &self.reader, self.session)
                     .await?;
                 self.stream = Some(s);
             }
@@ -433,7 +507,16 @@ impl Subscription<'_> {
             match stream.message().await {
                 Ok(Some(ev)) if ev.index == self.next => {
                     self.next += 1;
-                    return Ok((ev.index, Vec::from(ev.tx)));
+                    if ev.own_hash.is_empty() {
+                        return Ok((ev.index, Event::Tx(ev.tx)));
+                    }
+                    let hash = <[u8; 32]>::try_from(&ev.own_hash[..]).map_err(|_| {
+                        RemoteError::Refused(
+                            Code::Internal,
+                            format!("own_hash of {} bytes", ev.own_hash.len()),
+                        )
+                    })?;
+                    return Ok((ev.index, Event::Own(TxHash(hash))));
                 }
                 // Already delivered before a reconnect.
                 Ok(Some(ev)) if ev.index < self.next => continue,

@@ -44,8 +44,9 @@ fn proof_digest(context: &[u8], chain: &ChainId, nonce: &[u8], n: u64) -> [u8; 3
 mod client;
 pub mod codec;
 pub use client::{
-    RemoteClient, RemoteError, RemoteOptions, Subscription, LEADER_HEADER, SERVER_NAME,
+    Event, RemoteClient, RemoteError, RemoteOptions, Session, Subscription, LEADER_HEADER,
+    SERVER_NAME,
 };
 
 mod replica;
-pub use replica::{open_remote, RemoteChain, ReplicaError};
+pub use replica::{open_remote, open_remote_in_session, RemoteChain, ReplicaError};

@@ -1,13 +1,14 @@
 //! A local cache of a remote chain: an [`Upstream`] that commits through a [`RemoteClient`],
 //! and a follower thread that feeds the cache the chain's transactions in order.
 
-use super::client::{RemoteClient, RemoteError};
+use super::client::{Event, RemoteClient, RemoteError, Session};
 use crate::chain::{Chain, ChainError, ChainOptions, PendingCommit};
 use crate::crypto::SigningKey;
 use crate::ids::ChainId;
 use crate::storage::Storage;
 use crate::tx::Transaction;
 use crate::upstream::{Upstream, UpstreamError};
+use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tonic::Code;
@@ -18,6 +19,8 @@ struct GrpcUpstream {
     client: Arc<RemoteClient>,
     rt: tokio::runtime::Handle,
     chain: ChainId,
+    /// Sent with every commit and the subscription: our transactions come back by hash.
+    session: Session,
     /// Set when the follower stopped: commits would never show up locally, so they fail at
     /// once with the reason instead of timing out.
     broken: Arc<parking_lot::Mutex<Option<String>>>,
@@ -46,17 +49,20 @@ fn upstream_error(e: RemoteError) -> UpstreamError {
 }
 
 impl Upstream for GrpcUpstream {
-    fn commit(&self, tx: Vec<u8>) -> Result<u64, UpstreamError> {
+    fn commit(&self, tx: Bytes) -> Result<u64, UpstreamError> {
         self.check()?;
         self.rt
-            .block_on(self.client.commit(self.chain, tx))
+            .block_on(self.client.commit_from(self.chain, tx, Some(self.session)))
             .map_err(upstream_error)
     }
-    fn commit_batch(&self, txs: Vec<Vec<u8>>) -> Vec<Result<u64, UpstreamError>> {
+    fn commit_batch(&self, txs: Vec<Bytes>) -> Vec<Result<u64, UpstreamError>> {
         let n = txs.len();
         let all = self.check().and_then(|()| {
             self.rt
-                .block_on(self.client.commit_batch(self.chain, txs))
+                .block_on(
+                    self.client
+                        .commit_batch_from(self.chain, txs, Some(self.session)),
+                )
                 .map_err(upstream_error)
         });
         match all {
@@ -75,6 +81,9 @@ impl Upstream for GrpcUpstream {
     }
     fn stopped(&self) -> Option<String> {
         self.broken.lock().clone()
+    }
+    fn returns_own_by_hash(&self) -> bool {
+        true
     }
 }
 
@@ -167,6 +176,21 @@ pub fn open_remote(
     cache: Arc<dyn Storage>,
     create: Option<(u64, SigningKey)>,
 ) -> Result<RemoteChain, ReplicaError> {
+    open_remote_in_session(client, chain, reader, cache, create, Session::random())
+}
+
+/// [`open_remote`] with its commits and subscription in `session` (a fresh random one
+/// there): its own transactions come back by hash. A transaction of the session that the
+/// cache does not hold (another process in the same session, or a commit given up on)
+/// makes it resubscribe in full.
+pub fn open_remote_in_session(
+    client: RemoteClient,
+    chain: ChainId,
+    reader: SigningKey,
+    cache: Arc<dyn Storage>,
+    create: Option<(u64, SigningKey)>,
+    session: Session,
+) -> Result<RemoteChain, ReplicaError> {
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -194,6 +218,7 @@ pub fn open_remote(
         client: client.clone(),
         rt: rt.handle().clone(),
         chain,
+        session,
         broken: broken.clone(),
     });
     let mut installs = 0;
@@ -231,7 +256,7 @@ pub fn open_remote(
         std::thread::Builder::new()
             .name("ate-follower".into())
             .spawn(move || {
-                if let Err(why) = rt2.block_on(follow(&client, &local, reader, &stop)) {
+                if let Err(why) = rt2.block_on(follow(&client, &local, reader, session, &stop)) {
                     tracing::error!(error = %why, "the cache stopped following the chain; commits fail from now on");
                     *broken.lock() = Some(why);
                 }
@@ -254,21 +279,37 @@ async fn follow(
     client: &RemoteClient,
     local: &Chain,
     reader: SigningKey,
+    session: Session,
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let mut sub = client.subscribe(local.id(), local.last_index() + 1, reader);
+    let mut sub = client.subscribe(
+        local.id(),
+        local.last_index() + 1,
+        reader.clone(),
+        Some(session),
+    );
     let mut pending: std::collections::VecDeque<(u64, PendingCommit)> = Default::default();
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let (index, bytes) = match sub.next().await {
+        let (index, event) = match sub.next_event().await {
             Ok(ev) => ev,
             Err(e) => return Err(format!("the chain's subscription failed: {e}")),
         };
-        let applied = Transaction::decode(&bytes)
-            .map_err(|e| ChainError::Decode { index, source: e })
-            .and_then(|tx| local.apply_upstream(tx));
+        let applied = match event {
+            Event::Tx(bytes) => local.apply_upstream(index, bytes),
+            Event::Own(hash) => match local.apply_upstream_own(&hash) {
+                Some(r) => r,
+                None => {
+                    // Committed in our session, but no longer held here (its commit had
+                    // failed as far as we knew): from here on, everything in full.
+                    tracing::info!(index, %hash, "an own transaction came back that is not held; resubscribing in full");
+                    sub = client.subscribe(local.id(), index, reader.clone(), None);
+                    continue;
+                }
+            },
+        };
         match applied {
             Ok(p) => pending.push_back((index, p)),
             Err(e) => return Err(format!("the cache refused transaction {index}: {e}")),

@@ -379,7 +379,7 @@ pub async fn check_history(
     sent: &BTreeMap<[u8; 32], (usize, u64)>,
 ) -> u64 {
     let last = client.barrier(chain).await.unwrap();
-    let mut sub = client.subscribe(chain, 1, reader);
+    let mut sub = client.subscribe(chain, 1, reader, None);
     let mut seen: BTreeMap<(usize, u64), u64> = BTreeMap::new();
     for want in 1..=last {
         let (index, bytes) = sub.next().await.unwrap();
