@@ -606,7 +606,7 @@ mod tests {
         use crate::validate::{check_skeleton, check_stateless};
         let tx = sample();
         let bytes = tx.encode();
-        let sk = Transaction::decode_skeleton(&bytes).unwrap();
+        let sk = Transaction::decode_skeleton(&bytes).expect("decodes");
         assert_eq!(sk.hash, tx.hash());
         assert_eq!(sk.payload_offsets(), tx.payload_offsets());
         let mut bare = tx.clone();
@@ -640,7 +640,7 @@ mod tests {
             header.plain_len += 1;
         }
         let wrong = wrong.sign(&k);
-        let sk = Transaction::decode_skeleton(&wrong.encode()).unwrap();
+        let sk = Transaction::decode_skeleton(&wrong.encode()).expect("decodes");
         let (a, b) = (check_stateless(&wrong), check_skeleton(&sk));
         assert!(
             matches!(

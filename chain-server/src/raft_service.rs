@@ -44,8 +44,8 @@ impl RaftService {
     }
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
-    postcard::from_bytes(body)
+fn decode<T: DeserializeOwned>(body: &bytes::Bytes) -> Result<T, Status> {
+    crate::shared_bytes::decode(body)
         .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
 }
 

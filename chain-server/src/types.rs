@@ -45,6 +45,8 @@ pub enum Command {
         /// postcard encoding as `serde_bytes`, copied at once instead of byte by byte: the
         /// leader spent most of its CPU there replicating 8 MiB commits), and clones share
         /// it: the recent entries the log keeps in memory are handed out without a copy.
+        /// Decoded from a Raft message, it is a slice of the message (`shared_bytes`).
+        #[serde(deserialize_with = "crate::shared_bytes::deserialize")]
         tx: bytes::Bytes,
         /// The writer session it was committed in: a subscription of that session gets it
         /// back by hash only (proto/chain.proto).
