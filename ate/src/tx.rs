@@ -458,13 +458,17 @@ impl Transaction {
     /// storing a transaction never needs them apart: copying them out was a copy of every
     /// byte written, on every replica). Put payloads in `tx` are left empty.
     pub fn decode_skeleton(bytes: &[u8]) -> Result<Skeleton, DecodeError> {
+        let mut sk = Self::decode_skeleton_hashed(bytes, TxHash([0; 32]))?;
+        sk.hash = Self::hash_encoded(bytes);
+        Ok(sk)
+    }
+
+    /// [`Self::decode_skeleton`] of bytes whose [`Self::hash_encoded`] the caller computed
+    /// before (the same bytes, still unchanged): no second pass over them.
+    pub fn decode_skeleton_hashed(bytes: &[u8], hash: TxHash) -> Result<Skeleton, DecodeError> {
         let mut payloads = Vec::new();
         let tx = Self::decode_parts(bytes, false, |offset, len| payloads.push((offset, len)))?;
-        Ok(Skeleton {
-            tx,
-            payloads,
-            hash: Self::hash_encoded(bytes),
-        })
+        Ok(Skeleton { tx, payloads, hash })
     }
 
     /// The hash of a transaction from its encoding: the encoding is canonical (fixed-width

@@ -13,7 +13,7 @@ use crate::pb::chain::{
 use crate::state_machine::refusal_of;
 use crate::types::{Command, Outcome, Refusal};
 use ate::validate::{check_skeleton, check_stateful};
-use ate::{ChainId, PublicKey, Transaction};
+use ate::{ChainId, PublicKey, Skeleton, Transaction, TxHash};
 use openraft::error::{ClientWriteError, RaftError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -50,11 +50,11 @@ fn chain_id(b: &[u8]) -> Result<ChainId, Status> {
 }
 
 /// Decodes a transaction and checks what needs no chain state (format, signature).
-fn precheck_stateless(tx: &[u8]) -> Result<Transaction, Status> {
+fn precheck_stateless(tx: &[u8]) -> Result<Skeleton, Status> {
     let sk = Transaction::decode_skeleton(tx)
         .map_err(|e| Status::invalid_argument(format!("transaction: {e}")))?;
     check_skeleton(&sk).map_err(|e| refused(refusal_of(&e), e.to_string()))?;
-    Ok(sk.tx)
+    Ok(sk)
 }
 
 /// A writer session as sent: empty for none, else 16 bytes.
@@ -65,6 +65,35 @@ fn session_of(b: &[u8]) -> Result<Option<[u8; 16]>, Status> {
     b.try_into()
         .map(Some)
         .map_err(|_| Status::invalid_argument("a session is 16 bytes, or empty"))
+}
+
+/// Transactions noted as hashed for the state machine (`StateMachine::note_hashed`) while
+/// they are proposed; forgotten when this goes, answered, failed or cancelled.
+struct Noted<'a> {
+    sm: &'a crate::state_machine::StateMachine,
+    txs: Vec<bytes::Bytes>,
+}
+
+impl<'a> Noted<'a> {
+    fn new(sm: &'a crate::state_machine::StateMachine) -> Self {
+        Self {
+            sm,
+            txs: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, tx: &bytes::Bytes, hash: TxHash) {
+        self.sm.note_hashed(tx, hash);
+        self.txs.push(tx.clone());
+    }
+}
+
+impl Drop for Noted<'_> {
+    fn drop(&mut self) {
+        for tx in &self.txs {
+            self.sm.forget_hashed(tx);
+        }
+    }
 }
 
 fn refused(kind: Refusal, reason: String) -> Status {
@@ -140,6 +169,7 @@ impl Api {
             Proposing(Proposal<'a>),
             Done(Result<u64, Status>),
         }
+        let mut noted = Noted::new(&p.sm);
         let mut slots: Vec<Slot<'_>> = txs
             .into_iter()
             .enumerate()
@@ -147,10 +177,11 @@ impl Api {
                 let checked = if i == 0 {
                     self.precheck(p, chain, &tx)
                 } else {
-                    precheck_stateless(&tx).map(|_| ())
+                    precheck_stateless(&tx).map(|sk| sk.hash)
                 };
                 match checked {
-                    Ok(()) => {
+                    Ok(hash) => {
+                        noted.note(&tx, hash);
                         let cmd = Command::Commit {
                             chain: chain.0,
                             tx,
@@ -185,12 +216,12 @@ impl Api {
 
     /// Checks a transaction before it is proposed: the signature and format always, and the
     /// chain's state when this node has the chain (the leader has it).
-    fn precheck(&self, p: &Partition, chain: ChainId, tx: &[u8]) -> Result<(), Status> {
-        let t = precheck_stateless(tx)?;
-        if let Some(Err(e)) = p.sm.with_chain(&chain, |c| check_stateful(&c.view, &t)) {
+    fn precheck(&self, p: &Partition, chain: ChainId, tx: &[u8]) -> Result<TxHash, Status> {
+        let sk = precheck_stateless(tx)?;
+        if let Some(Err(e)) = p.sm.with_chain(&chain, |c| check_stateful(&c.view, &sk.tx)) {
             return Err(refused(refusal_of(&e), e.to_string()));
         }
-        Ok(())
+        Ok(sk.hash)
     }
 
     fn take_nonce(&self, nonce: &[u8]) -> Result<(), Status> {
@@ -332,7 +363,9 @@ impl Chains for Api {
         let chain = chain_id(&req.chain)?;
         let session = session_of(&req.session)?;
         let p = self.node.partition(&chain);
-        self.precheck(p, chain, &req.tx)?;
+        let hash = self.precheck(p, chain, &req.tx)?;
+        let mut noted = Noted::new(&p.sm);
+        noted.note(&req.tx, hash);
         let index = self
             .propose(
                 p,

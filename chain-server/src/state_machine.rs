@@ -17,7 +17,7 @@ use ate::redo::{
 use ate::storage::{MemStorage, Storage, StorageFile};
 use ate::validate::{validate_skeleton, ChainState};
 use ate::view::{locate, plan, RecordEntry, View};
-use ate::{ChainId, RootAuthority, Transaction, ValidationError};
+use ate::{ChainId, RootAuthority, Transaction, TxHash, ValidationError};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     BasicNode, EntryPayload, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError,
@@ -116,8 +116,18 @@ struct ChainHead {
     seen: Seen,
 }
 
+/// Transactions this replica hashed (and verified) before proposing them, by where their
+/// bytes are: applying them needs no second pass over every byte. The entry holds the
+/// bytes, so while it exists that memory holds exactly those bytes.
+type Hashed = Arc<Mutex<std::collections::HashMap<(usize, usize), (bytes::Bytes, TxHash)>>>;
+
+fn place(tx: &[u8]) -> (usize, usize) {
+    (tx.as_ptr() as usize, tx.len())
+}
+
 #[derive(Debug)]
 struct Inner {
+    hashed: Hashed,
     storage: Arc<dyn Storage>,
     log: LogStore,
     /// The snapshot file, as `FileRef::Snapshot(0)`.
@@ -134,6 +144,7 @@ struct Inner {
 pub struct StateMachine {
     inner: Arc<Mutex<Inner>>,
     applied: tokio::sync::watch::Receiver<u64>,
+    hashed: Hashed,
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -321,7 +332,12 @@ impl Inner {
 
     fn apply_tx(&mut self, chain: ChainId, tx_bytes: &[u8], raft_index: u64) -> Outcome {
         let refuse = |kind, reason: String| Outcome::Refused { kind, reason };
-        let sk = match Transaction::decode_skeleton(tx_bytes) {
+        let known = self.hashed.lock().remove(&place(tx_bytes)).map(|(_, h)| h);
+        let decoded = match known {
+            Some(hash) => Transaction::decode_skeleton_hashed(tx_bytes, hash),
+            None => Transaction::decode_skeleton(tx_bytes),
+        };
+        let sk = match decoded {
             Ok(sk) => sk,
             Err(e) => return refuse(Refusal::Invalid, e.to_string()),
         };
@@ -576,6 +592,7 @@ impl StateMachine {
         let snap_files = Arc::new(Files::new(storage.clone()));
         let (tx, rx) = tokio::sync::watch::channel(0);
         let mut inner = Inner {
+            hashed: Hashed::default(),
             storage: storage.clone(),
             log,
             snap_files,
@@ -594,10 +611,24 @@ impl StateMachine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(LogError::io("open", SNAP_FILE)(e)),
         }
+        let hashed = inner.hashed.clone();
         Ok(Self {
             inner: Arc::new(Mutex::new(inner)),
             applied: rx,
+            hashed,
         })
+    }
+
+    /// Notes that `tx` (about to be proposed) hashes to `hash`: applying it from the same
+    /// buffer (the log's in-memory entries share it) skips hashing it again.
+    pub fn note_hashed(&self, tx: &bytes::Bytes, hash: TxHash) {
+        self.hashed.lock().insert(place(tx), (tx.clone(), hash));
+    }
+
+    /// Forgets what [`Self::note_hashed`] noted (once the proposal is answered or failed;
+    /// applying it took it already).
+    pub fn forget_hashed(&self, tx: &bytes::Bytes) {
+        self.hashed.lock().remove(&place(tx));
     }
 
     /// Runs `f` on a chain's state, if the chain exists.
