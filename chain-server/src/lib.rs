@@ -15,6 +15,7 @@ pub mod types;
 pub use ate::remote::pb;
 pub mod network;
 pub mod node;
+mod raft_codec;
 pub mod raft_service;
 pub mod tls;
 

@@ -1,8 +1,8 @@
 //! The Raft transport, client side: openraft's messages to a peer's Raft service over gRPC,
 //! postcard-encoded inside the protobuf envelope (proto/raft.proto).
 
-use crate::pb::raft::raft_client::RaftClient;
-use crate::pb::raft::{RaftReply, RaftRequest};
+use crate::pb::raft::RaftReply;
+use crate::raft_codec::{Outgoing, RaftCodec};
 use crate::tls::Tls;
 use crate::types::TypeConfig;
 use openraft::error::{
@@ -18,6 +18,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tonic::client::Grpc;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
 /// Opens connections to the peers of one partition.
@@ -51,7 +53,7 @@ impl Network {
 pub struct Peer {
     partition: u32,
     target: u64,
-    client: Option<RaftClient<Channel>>,
+    client: Option<Grpc<Channel>>,
     error: Option<String>,
     in_flight: Option<InFlight>,
 }
@@ -81,7 +83,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         let (client, error) = match channel {
             Ok(c) => (
                 Some(
-                    RaftClient::new(c)
+                    Grpc::new(c)
                         .max_decoding_message_size(crate::MAX_MESSAGE)
                         .max_encoding_message_size(crate::MAX_MESSAGE),
                 ),
@@ -149,7 +151,7 @@ fn joined(answer: Result<AppendResult, tokio::task::JoinError>) -> AppendResult 
 }
 
 impl Peer {
-    fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
+    fn client(&self) -> Result<Grpc<Channel>, Unreachable> {
         self.client
             .clone()
             .ok_or_else(|| Unreachable::new(&Failed(self.error.clone().unwrap_or_default())))
@@ -157,27 +159,34 @@ impl Peer {
 }
 
 async fn call<Req, Resp, E>(
-    mut client: RaftClient<Channel>,
+    mut client: Grpc<Channel>,
     partition: u32,
     target: u64,
     rpc: Rpc,
-    req: &Req,
+    req: Arc<Req>,
 ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
 where
-    Req: Serialize,
+    Req: Serialize + Send + Sync + 'static,
     Resp: DeserializeOwned,
     E: std::error::Error + DeserializeOwned,
 {
     let unreachable = |why: String| RPCError::Unreachable(Unreachable::new(&Failed(why)));
-    let body = encode_sized(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-    let request = RaftRequest {
+    let path = PathAndQuery::from_static(match rpc {
+        Rpc::Append => "/atefs.raft.v1.Raft/AppendEntries",
+        Rpc::Vote => "/atefs.raft.v1.Raft/Vote",
+        Rpc::Snapshot => "/atefs.raft.v1.Raft/InstallSnapshot",
+    });
+    let request = tonic::Request::new(Outgoing {
         partition,
-        body: body.into(),
-    };
-    let reply: Result<tonic::Response<RaftReply>, tonic::Status> = match rpc {
-        Rpc::Append => client.append_entries(request).await,
-        Rpc::Vote => client.vote(request).await,
-        Rpc::Snapshot => client.install_snapshot(request).await,
+        body: req,
+    });
+    let reply: Result<tonic::Response<RaftReply>, tonic::Status> = match client.ready().await {
+        Ok(()) => {
+            client
+                .unary(request, path, RaftCodec::<Req>::default())
+                .await
+        }
+        Err(e) => Err(tonic::Status::unavailable(format!("not ready: {e}"))),
     };
     let reply = match reply {
         Ok(r) => r.into_inner(),
@@ -194,35 +203,6 @@ where
     postcard::from_bytes(&reply.body).map_err(|e| RPCError::Network(NetworkError::new(&e)))
 }
 
-/// Encodes into a buffer of the exact size: growing one by doubling copied each 8 MiB batch
-/// of entries several times into fresh pages (42% of the leader's copying, perf).
-fn encode_sized<T: Serialize>(v: &T) -> Result<Vec<u8>, postcard::Error> {
-    let n = postcard::experimental::serialized_size(v)?;
-    postcard::serialize_with_flavor(v, SliceCopy(Vec::with_capacity(n)))
-}
-
-/// A postcard output that copies byte strings at once: postcard's own `Vec` output extends
-/// byte by byte (5% of the leader's CPU replicating large commits, perf).
-struct SliceCopy(Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for SliceCopy {
-    type Output = Vec<u8>;
-
-    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
-        self.0.push(b);
-        Ok(())
-    }
-
-    fn try_extend(&mut self, b: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(b);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<Vec<u8>> {
-        Ok(self.0)
-    }
-}
-
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
@@ -232,7 +212,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         let client = self.client().map_err(RPCError::Unreachable)?;
         if rpc.entries.is_empty() {
             // Heartbeats are small and carry the commit index: they never wait.
-            return call(client, self.partition, self.target, Rpc::Append, &rpc).await;
+            let rpc = Arc::new(rpc);
+            return call(client, self.partition, self.target, Rpc::Append, rpc).await;
         }
         // openraft drops this future after one heartbeat; the request goes on in a task of
         // its own, and openraft's retry of the same entries waits for its answer instead of
@@ -249,7 +230,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         let flight = self.in_flight.get_or_insert_with(|| InFlight {
             key,
             answer: tokio::spawn(async move {
-                let sent = call(client, partition, target, Rpc::Append, &rpc);
+                let sent = call(client, partition, target, Rpc::Append, Arc::new(rpc));
                 match tokio::time::timeout(OUTLIVE, sent).await {
                     Ok(answer) => answer,
                     Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
@@ -270,7 +251,14 @@ impl RaftNetwork<TypeConfig> for Peer {
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
         let client = self.client().map_err(RPCError::Unreachable)?;
-        call(client, self.partition, self.target, Rpc::Snapshot, &rpc).await
+        call(
+            client,
+            self.partition,
+            self.target,
+            Rpc::Snapshot,
+            Arc::new(rpc),
+        )
+        .await
     }
 
     async fn vote(
@@ -279,6 +267,13 @@ impl RaftNetwork<TypeConfig> for Peer {
         _option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         let client = self.client().map_err(RPCError::Unreachable)?;
-        call(client, self.partition, self.target, Rpc::Vote, &rpc).await
+        call(
+            client,
+            self.partition,
+            self.target,
+            Rpc::Vote,
+            Arc::new(rpc),
+        )
+        .await
     }
 }
