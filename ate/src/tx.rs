@@ -458,17 +458,23 @@ impl Transaction {
     /// storing a transaction never needs them apart: copying them out was a copy of every
     /// byte written, on every replica). Put payloads in `tx` are left empty.
     pub fn decode_skeleton(bytes: &[u8]) -> Result<Skeleton, DecodeError> {
-        let mut sk = Self::decode_skeleton_hashed(bytes, TxHash([0; 32]))?;
-        sk.hash = Self::hash_encoded(bytes);
-        Ok(sk)
+        let (tx, payloads) = Self::decode_bare(bytes)?;
+        let hash = Self::hash_encoded(bytes);
+        Ok(Skeleton { tx, payloads, hash })
     }
 
     /// [`Self::decode_skeleton`] of bytes whose [`Self::hash_encoded`] the caller computed
     /// before (the same bytes, still unchanged): no second pass over them.
     pub fn decode_skeleton_hashed(bytes: &[u8], hash: TxHash) -> Result<Skeleton, DecodeError> {
+        let (tx, payloads) = Self::decode_bare(bytes)?;
+        Ok(Skeleton { tx, payloads, hash })
+    }
+
+    /// The transaction without its payloads, and where each payload lies.
+    fn decode_bare(bytes: &[u8]) -> Result<(Self, Vec<(usize, usize)>), DecodeError> {
         let mut payloads = Vec::new();
         let tx = Self::decode_parts(bytes, false, |offset, len| payloads.push((offset, len)))?;
-        Ok(Skeleton { tx, payloads, hash })
+        Ok((tx, payloads))
     }
 
     /// The hash of a transaction from its encoding: the encoding is canonical (fixed-width

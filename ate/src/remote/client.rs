@@ -237,7 +237,7 @@ impl RemoteClient {
         tx: Bytes,
         session: Option<Session>,
     ) -> Result<u64, RemoteError> {
-        let session = session.map_or_else(Vec::new, |s| s.0.to_vec());
+        let session = Session::wire(session);
         self.with_leader(chain, |mut c| {
             let req = CommitRequest {
                 chain: chain.0.to_vec(),
@@ -268,7 +268,7 @@ impl RemoteClient {
         session: Option<Session>,
     ) -> Result<Vec<Result<u64, RemoteError>>, RemoteError> {
         let n = txs.len();
-        let session = session.map_or_else(Vec::new, |s| s.0.to_vec());
+        let session = Session::wire(session);
         let results = self
             .with_leader(chain, |mut c| {
                 let req = CommitBatchRequest {
@@ -411,7 +411,7 @@ impl RemoteClient {
         reader: &SigningKey,
         session: Option<Session>,
     ) -> Result<tonic::Streaming<SubscribeEvent>, RemoteError> {
-        let session = session.map_or_else(Vec::new, |s| s.0.to_vec());
+        let session = Session::wire(session);
         self.with_leader(chain, |mut c| {
             let session = session.clone();
             async move {
@@ -466,6 +466,11 @@ impl Session {
     /// A fresh random session.
     pub fn random() -> Self {
         Self(rand::random())
+    }
+
+    /// As the protocol sends it: 16 bytes, or none (empty).
+    fn wire(session: Option<Self>) -> Vec<u8> {
+        session.map_or_else(Vec::new, |s| s.0.to_vec())
     }
 }
 
