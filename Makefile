@@ -1,5 +1,8 @@
 # The checks CI runs (.ci/run calls `make test`). Run them locally before pushing.
 CARGO ?= cargo
+# Cargo.toml's `ci` profile: release code, built once for lint, tests and the POSIX suites.
+PROFILE ?= ci
+export PROFILE
 
 .PHONY: test fmt-check clippy unit posix posix-cluster demo bench-ate fuzz
 
@@ -9,14 +12,14 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 clippy:
-	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --profile $(PROFILE) --workspace --all-targets --locked -- -D warnings
 
-# Every test with release binaries, what users run (a wiped replica's rebuild once failed only
-# in release builds, where openraft's debug assertions are compiled out: docs/chain-server.md).
-# One optimised build serves the tests and the POSIX suites below; a second, debug, build of
-# the workspace doubled CI's time.
+# Every test with optimised binaries built as users run them, without debug assertions (a wiped
+# replica's rebuild once failed only in release builds, where openraft's debug assertions are
+# compiled out: docs/chain-server.md). One build serves the tests and the POSIX suites below; a
+# second, debug, build of the workspace doubled CI's time.
 unit:
-	$(CARGO) test --release --workspace --locked
+	$(CARGO) test --profile $(PROFILE) --workspace --locked
 
 # pjdfstest and fsx (100,000 operations on seeds 1, 2 and a random one) on a real mount.
 posix:

@@ -16,10 +16,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The binaries of `make unit`'s build (cargo test --release builds them with the features
+# The binaries of `make unit`'s build (cargo test builds them with the features
 # the tests unify; `cargo build -p` would rebuild them with fewer, for minutes): no work after it.
-cargo test --release --workspace --locked --no-run 2>&1 | grep -v '^ *Executable'
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+cargo test --profile "${PROFILE:-ci}" --workspace --locked --no-run 2>&1 | grep -v '^ *Executable'
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/${PROFILE:-ci}"
 start_dev_cluster "$BIN/chain-server" "$DIR/cluster" "$BASE_PORT" "$DIR/cluster.log"
 "$BIN/atefs" keygen "$DIR/keys" >/dev/null
 SERVERS=$(cluster_servers "$BASE_PORT")

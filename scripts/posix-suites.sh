@@ -26,10 +26,10 @@ trap cleanup EXIT
 for tool in pjdfstest fsx; do
   command -v $tool >/dev/null || { echo "$tool missing: cargo install $tool" >&2; exit 1; }
 done
-# The binaries of `make unit`'s build (cargo test --release builds them with the features
+# The binaries of `make unit`'s build (cargo test builds them with the features
 # the tests unify; `cargo build -p` would rebuild them with fewer, for minutes): no work after it.
-cargo test --release --workspace --locked --no-run 2>&1 | grep -v '^ *Executable'
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/atefs"
+cargo test --profile "${PROFILE:-ci}" --workspace --locked --no-run 2>&1 | grep -v '^ *Executable'
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/${PROFILE:-ci}/atefs"
 mkdir -p "$MNT"
 # shellcheck disable=SC2086 # ATEFS_MOUNT_ARGS is a list of words
 exec 3< <("$BIN" mount "$MNT" --data "$STATE" --foreground ${ATEFS_MOUNT_ARGS:-} 2>"$LOG/atefs.log")
