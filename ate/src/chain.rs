@@ -16,7 +16,7 @@ use crate::redo::{
     SnapshotWriter,
 };
 use crate::storage::Storage;
-use crate::tx::{RecordHeader, Transaction};
+use crate::tx::{RecordHeader, Skeleton, Transaction};
 use crate::validate::{
     check_format, check_skeleton, check_stateful, check_stateless, ChainState, ValidationError,
 };
@@ -465,17 +465,44 @@ impl Chain {
         self.enqueue(tx, hash)
     }
 
+    /// Queues a transaction this process encoded and signed ([`crate::tx::TxEncoder`]);
+    /// checked for format, as [`Self::sign_and_commit_async`] does.
+    pub fn commit_encoded_async(
+        &self,
+        sk: Skeleton,
+        bytes: Bytes,
+    ) -> Result<PendingCommit, ChainError> {
+        crate::validate::check_skeleton_format(&sk)?;
+        if bytes.len() > crate::tx::MAX_TX_BYTES || sk.tx.ops.len() > crate::tx::MAX_OPS {
+            // Replay would refuse it: the log must hold only what decodes.
+            return Err(ChainError::Rejected(ValidationError::TooLarge(
+                "more than MAX_TX_BYTES or MAX_OPS",
+            )));
+        }
+        let offsets = sk.payload_offsets();
+        let prepared = Prepared {
+            tx: sk.tx,
+            bytes,
+            offsets,
+        };
+        self.enqueue_prepared(prepared, sk.hash)
+    }
+
     fn enqueue(&self, tx: Transaction, hash: TxHash) -> Result<PendingCommit, ChainError> {
+        self.enqueue_prepared(Prepared::new(tx), hash)
+    }
+
+    fn enqueue_prepared(
+        &self,
+        prepared: Prepared,
+        hash: TxHash,
+    ) -> Result<PendingCommit, ChainError> {
         if let Some(sender) = &self.sender {
             let reply = Arc::new(Reply::default());
-            let bytes = if sender.upstream.returns_own_by_hash() {
-                let prepared = Prepared::new(tx);
-                let bytes = prepared.bytes.clone();
+            let bytes = prepared.bytes.clone();
+            if sender.upstream.returns_own_by_hash() {
                 self.shared.held.lock().insert(hash, prepared);
-                bytes
-            } else {
-                Bytes::from(tx.encode())
-            };
+            }
             let out = crate::upstream::Outgoing {
                 bytes,
                 hash,
@@ -486,11 +513,7 @@ impl Chain {
             }
             return Ok(PendingCommit { reply });
         }
-        self.push_local(tx, hash)
-    }
-
-    fn push_local(&self, tx: Transaction, hash: TxHash) -> Result<PendingCommit, ChainError> {
-        self.push_prepared(Prepared::new(tx), hash)
+        self.push_prepared(prepared, hash)
     }
 
     fn push_prepared(&self, prepared: Prepared, hash: TxHash) -> Result<PendingCommit, ChainError> {

@@ -178,17 +178,25 @@ impl DataKey {
 
     /// Seals `plaintext` bound to `ad`. Output: nonce || ciphertext || tag.
     pub fn seal(&self, ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        let nonce: [u8; NONCE_LEN] = rand::random();
         let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+        self.seal_onto(ad, plaintext, &mut out);
+        out
+    }
+
+    /// [`Self::seal`] appending to `out`: a payload sealed straight into the buffer that
+    /// carries it (a transaction's encoding) is copied once, not twice.
+    pub fn seal_onto(&self, ad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        out.reserve(plaintext.len() + SEAL_OVERHEAD);
         out.extend_from_slice(&nonce);
+        let start = out.len();
         out.extend_from_slice(plaintext);
         let (key, n) = self.subkey(&nonce);
         // Only fails for inputs above 256 GiB, far beyond MAX_PAYLOAD.
-        match key.seal_in_place_separate_tag(n, Aad::from(ad), &mut out[NONCE_LEN..]) {
+        match key.seal_in_place_separate_tag(n, Aad::from(ad), &mut out[start..]) {
             Ok(tag) => out.extend_from_slice(tag.as_ref()),
             Err(_) => unreachable!("payload within ChaCha20-Poly1305 limits"),
         }
-        out
     }
 
     /// Opens a payload sealed by [`Self::seal`] with the same `ad`.

@@ -24,6 +24,9 @@ pub const MAX_AUTH_KEYS: usize = 256;
 
 const SIG_DOMAIN: &str = "ate 2026 transaction v1";
 
+mod encoder;
+pub use encoder::TxEncoder;
+
 /// Cleartext header of a record version: what servers index and validate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
@@ -177,6 +180,42 @@ impl Sink for blake3::Hasher {
 
 fn put_len<S: Sink>(s: &mut S, n: usize) {
     s.put(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+/// The signed digest of an encoded body (the encoding without its signature).
+fn hash_body(body: &[u8]) -> TxHash {
+    let mut h = blake3::Hasher::new_derive_key(SIG_DOMAIN);
+    h.update(body);
+    TxHash(*h.finalize().as_bytes())
+}
+
+fn encode_op<S: Sink>(op: &Op, s: &mut S) {
+    match op {
+        Op::Put {
+            header,
+            write,
+            payload,
+        } => {
+            encode_put_head(header, write, payload.len(), s);
+            s.payload(payload);
+        }
+        Op::Delete { key } => {
+            s.put(&[2]);
+            s.put(&key.0);
+        }
+        Op::SetRoot(root) => {
+            s.put(&[3]);
+            encode_root(root, s);
+        }
+    }
+}
+
+/// A Put up to its payload, which follows.
+fn encode_put_head<S: Sink>(header: &RecordHeader, write: &WriteAuthority, len: usize, s: &mut S) {
+    s.put(&[1]);
+    header.encode(s);
+    encode_write(write, s);
+    put_len(s, len);
 }
 
 impl RecordHeader {
@@ -347,6 +386,15 @@ impl Transaction {
     }
 
     fn encode_body<S: Sink>(&self, s: &mut S) {
+        self.encode_head(s);
+        put_len(s, self.ops.len());
+        for op in &self.ops {
+            encode_op(op, s);
+        }
+    }
+
+    /// Everything before the operation count.
+    fn encode_head<S: Sink>(&self, s: &mut S) {
         s.put(&TX_FORMAT.to_le_bytes());
         s.put(&self.chain.0);
         s.put(&self.author.0);
@@ -363,30 +411,6 @@ impl Transaction {
                     s.put(&[2]);
                     s.put(&k.0);
                     s.put(&v.to_le_bytes());
-                }
-            }
-        }
-        put_len(s, self.ops.len());
-        for op in &self.ops {
-            match op {
-                Op::Put {
-                    header,
-                    write,
-                    payload,
-                } => {
-                    s.put(&[1]);
-                    header.encode(s);
-                    encode_write(write, s);
-                    put_len(s, payload.len());
-                    s.payload(payload);
-                }
-                Op::Delete { key } => {
-                    s.put(&[2]);
-                    s.put(&key.0);
-                }
-                Op::SetRoot(root) => {
-                    s.put(&[3]);
-                    encode_root(root, s);
                 }
             }
         }
@@ -481,10 +505,7 @@ impl Transaction {
     /// fields, every tag checked, nothing trailing), so for bytes that decode this equals
     /// [`Self::hash`] of the decoded transaction; one pass over contiguous bytes.
     pub fn hash_encoded(bytes: &[u8]) -> TxHash {
-        let body = &bytes[..bytes.len().saturating_sub(64)];
-        let mut h = blake3::Hasher::new_derive_key(SIG_DOMAIN);
-        h.update(body);
-        TxHash(*h.finalize().as_bytes())
+        hash_body(&bytes[..bytes.len().saturating_sub(64)])
     }
 
     fn decode_parts(

@@ -32,6 +32,9 @@ pub enum ValidationError {
     /// The transaction does nothing.
     #[error("transaction has no operations")]
     Empty,
+    /// The transaction exceeds a bound of the format.
+    #[error("transaction beyond the format's bounds: {0}")]
+    TooLarge(&'static str),
     /// A record appears twice in one transaction.
     #[error("record {0} is touched twice in one transaction")]
     DuplicateRecord(RecordKey),
@@ -133,8 +136,14 @@ pub fn check_format(tx: &Transaction) -> Result<(), ValidationError> {
 /// [`check_stateless_hashed`] for a transaction decoded without its payloads: the same
 /// checks, the payload lengths taken from where they lie in the encoding.
 pub fn check_skeleton(sk: &Skeleton) -> Result<(), ValidationError> {
-    check_format_with(&sk.tx, |i, _| sk.payloads.get(i).map_or(0, |(_, len)| *len))?;
+    check_skeleton_format(sk)?;
     check_signature(&sk.tx, &sk.hash)
+}
+
+/// [`check_format`] for a transaction decoded without its payloads (or encoded by this
+/// process: [`crate::tx::TxEncoder`]).
+pub fn check_skeleton_format(sk: &Skeleton) -> Result<(), ValidationError> {
+    check_format_with(&sk.tx, |i, _| sk.payloads.get(i).map_or(0, |(_, len)| *len))
 }
 
 /// [`validate_hashed`] for a transaction decoded without its payloads.

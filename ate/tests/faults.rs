@@ -69,6 +69,40 @@ fn failed_write_is_reported_and_rolled_back() {
 }
 
 #[test]
+fn a_large_transaction_written_in_place_fails_whole_and_the_log_goes_on() {
+    // Transactions of 64 KiB and more are written from where they lie, after their frame
+    // header: a failure between the two writes must leave no trace.
+    let f = Fixture::new();
+    let (mem, plan, chain) = faulty(&f);
+    let big = |k: u8| vec![k; 300 << 10];
+    chain
+        .commit(f.put(&f.owner, key(1), None, &big(1)))
+        .unwrap();
+    chain.commit(f.put(&f.owner, key(2), None, b"v2")).unwrap();
+    // The header lands, the transaction does not (half of it, as a filling disk would).
+    plan.writes_before_failure.store(1, Ordering::SeqCst);
+    let err = chain
+        .commit(f.put(&f.owner, key(3), None, &big(3)))
+        .unwrap_err();
+    assert!(
+        matches!(err, ChainError::Log(LogError::Io { op: "write", .. })),
+        "{err}"
+    );
+    plan.heal();
+    chain
+        .commit(f.put(&f.owner, key(4), None, &big(4)))
+        .unwrap();
+    let reopened = reopen_after_crash(&f, &mem);
+    for c in [&chain, &reopened] {
+        let read = |k: u128| c.read_plain(&key(k), &f.data).unwrap().map(|(_, p)| p);
+        assert_eq!(read(1), Some(big(1)));
+        assert_eq!(read(2), Some(b"v2".to_vec()));
+        assert_eq!(read(3), None);
+        assert_eq!(read(4), Some(big(4)));
+    }
+}
+
+#[test]
 fn failed_fsync_poisons_until_reopen_and_loses_nothing_acknowledged() {
     let f = Fixture::new();
     let (mem, plan, chain) = faulty(&f);

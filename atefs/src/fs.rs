@@ -12,6 +12,7 @@
 
 use crate::error::{FsError, FsResult};
 use crate::records::{Dirent, Inode, Keys, Kind, MAX_NAME, ROOT_INO};
+use ate::tx::TxEncoder;
 use ate::{Chain, KeyFile, Op, Precondition, RecordKey, Transaction, WriteAuthority};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +29,9 @@ const BATCH_OPS: usize = 4000;
 const CLOSED_FILES: usize = 256;
 /// Most data bytes in one flush transaction.
 const FLUSH_TX_BYTES: usize = 32 << 20;
+/// Encoding bytes of a block's Put beyond its data (header, authority, nonce and tag), more
+/// or less: what a flush reserves per block.
+const PUT_OVERHEAD: usize = 160;
 
 /// Tuning and limits of a mount.
 #[derive(Clone, Debug)]
@@ -392,19 +396,6 @@ impl AteFs {
             WriteAuthority::Inherit,
             Some(&self.keyfile.data),
             &d.encode(),
-        )
-    }
-
-    fn put_block(&self, ino: u64, index: u64, data: &[u8]) -> Op {
-        let id = self.chain.id();
-        let key = self.keys.block(ino, index);
-        Op::put(
-            &id,
-            key,
-            Some(self.keys.inode(ino)),
-            WriteAuthority::Inherit,
-            Some(&self.keyfile.data),
-            data,
         )
     }
 
@@ -1244,15 +1235,17 @@ impl AteFs {
                     continue;
                 }
             }
-            let mut block = if within == 0 && take == bs as usize {
-                Vec::new()
+            let block = if within == 0 && take == bs as usize {
+                // A whole block: copied once, without zeroing it first.
+                src[..take].to_vec()
             } else {
-                self.block_locked(&mut st, ino, idx)?
+                let mut block = self.block_locked(&mut st, ino, idx)?;
+                if block.len() < within + take {
+                    block.resize(within + take, 0);
+                }
+                block[within..within + take].copy_from_slice(&src[..take]);
+                block
             };
-            if block.len() < within + take {
-                block.resize(within + take, 0);
-            }
-            block[within..within + take].copy_from_slice(&src[..take]);
             self.put_dirty(&mut st, ino, idx, block)?;
             pos += take as u64;
             src = &src[take..];
@@ -1330,35 +1323,51 @@ impl AteFs {
             files.push((ino, dirty, node.attr.clone()));
         }
         // Pack: transaction k carries parts of the files `members[k]` (indexes into `files`).
-        let mut txs = vec![self.tx()];
+        // Blocks are sealed straight into the encoding (TxEncoder): one copy of the data.
+        let mut left: usize = files
+            .iter()
+            .map(|(_, d, _)| d.values().map(|b| b.len() + PUT_OVERHEAD).sum::<usize>())
+            .sum();
+        let capacity = |left: usize| left.min(FLUSH_TX_BYTES + BATCH_OPS * PUT_OVERHEAD);
+        let mut txs = vec![TxEncoder::new(self.tx(), capacity(left))];
         let mut members: Vec<Vec<usize>> = vec![Vec::new()];
         let mut bytes = 0usize;
         for (fi, (ino, dirty, attr)) in files.iter().enumerate() {
             let ops = dirty
                 .iter()
+                // Trailing zeros are not stored: the block reads back the same, holes stay
+                // cheap.
                 .map(|(idx, data)| {
-                    // Trailing zeros are not stored: the block reads back the same, holes stay
-                    // cheap.
                     let used = data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
-                    (used, self.put_block(*ino, *idx, &data[..used]))
+                    (used, Some((*idx, &data[..used])))
                 })
-                .chain(std::iter::once((0, self.put_inode(attr))));
-            for (used, op) in ops {
+                .chain(std::iter::once((0, None)));
+            for (used, block) in ops {
                 let full = txs
                     .last()
-                    .is_some_and(|t| t.ops.len() >= BATCH_OPS || bytes + used > FLUSH_TX_BYTES);
-                if full && txs.last().is_some_and(|t| !t.ops.is_empty()) {
-                    txs.push(self.tx());
+                    .is_some_and(|t| t.ops() >= BATCH_OPS || bytes + used > FLUSH_TX_BYTES);
+                if full && txs.last().is_some_and(|t| t.ops() > 0) {
+                    txs.push(TxEncoder::new(self.tx(), capacity(left)));
                     members.push(Vec::new());
                     bytes = 0;
                 }
                 if let (Some(tx), Some(m)) = (txs.last_mut(), members.last_mut()) {
-                    tx.ops.push(op);
+                    match block {
+                        Some((idx, data)) => tx.push_sealed(
+                            self.keys.block(*ino, idx),
+                            Some(self.keys.inode(*ino)),
+                            WriteAuthority::Inherit,
+                            &self.keyfile.data,
+                            data,
+                        ),
+                        None => tx.push(self.put_inode(attr)),
+                    }
                     if m.last() != Some(&fi) {
                         m.push(fi);
                     }
                 }
                 bytes += used;
+                left = left.saturating_sub(used + PUT_OVERHEAD);
             }
         }
         let mut queued: Vec<Vec<ate::chain::PendingCommit>> =
@@ -1370,7 +1379,8 @@ impl AteFs {
                 unsent.extend(members[k].iter().copied());
                 continue;
             }
-            match self.chain.sign_and_commit_async(tx, &self.keyfile.owner) {
+            let (sk, encoded) = tx.finish(&self.keyfile.owner);
+            match self.chain.commit_encoded_async(sk, encoded) {
                 Ok(p) => {
                     st.last_queued = Some(p.watch());
                     for fi in &members[k] {
