@@ -183,18 +183,26 @@ impl DataKey {
         out
     }
 
-    /// [`Self::seal`] appending to `out`: a payload sealed straight into the buffer that
-    /// carries it (a transaction's encoding) is copied once, not twice.
+    /// [`Self::seal`] appending to `out`.
     pub fn seal_onto(&self, ad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let at = out.len();
+        out.resize(at + plaintext.len() + SEAL_OVERHEAD, 0);
+        self.seal_into(ad, plaintext, &mut out[at..]);
+    }
+
+    /// [`Self::seal`] into `out`, which must be exactly `plaintext.len() + SEAL_OVERHEAD`
+    /// long: a payload sealed where it will lie (a transaction's encoding) is copied once.
+    pub fn seal_into(&self, ad: &[u8], plaintext: &[u8], out: &mut [u8]) {
+        assert_eq!(out.len(), plaintext.len() + SEAL_OVERHEAD, "sealed length");
         let nonce: [u8; NONCE_LEN] = rand::random();
-        out.reserve(plaintext.len() + SEAL_OVERHEAD);
-        out.extend_from_slice(&nonce);
-        let start = out.len();
-        out.extend_from_slice(plaintext);
+        let (head, rest) = out.split_at_mut(NONCE_LEN);
+        head.copy_from_slice(&nonce);
+        let (body, tag_out) = rest.split_at_mut(plaintext.len());
+        body.copy_from_slice(plaintext);
         let (key, n) = self.subkey(&nonce);
         // Only fails for inputs above 256 GiB, far beyond MAX_PAYLOAD.
-        match key.seal_in_place_separate_tag(n, Aad::from(ad), &mut out[start..]) {
-            Ok(tag) => out.extend_from_slice(tag.as_ref()),
+        match key.seal_in_place_separate_tag(n, Aad::from(ad), body) {
+            Ok(tag) => tag_out.copy_from_slice(tag.as_ref()),
             Err(_) => unreachable!("payload within ChaCha20-Poly1305 limits"),
         }
     }

@@ -3,7 +3,9 @@
 //! Building a [`Transaction`] of sealed ops and then encoding it copies every payload twice
 //! (sealed into its own buffer, then into the encoding), and a file's data is most of what a
 //! mount writes. Here the plaintext is copied once, into the encoding, and encrypted in place;
-//! the hash is taken over the finished body in one pass.
+//! the hash is taken over the finished body in one pass. The payloads are sealed together at
+//! [`TxEncoder::finish`], on several threads when there is enough of them: sealing is most of
+//! the CPU a write costs, and the caller (a mount's flush) holds its state lock meanwhile.
 
 use super::{
     encode_op, encode_put_head, hash_body, put_len, Op, RecordHeader, Sink, Skeleton, Transaction,
@@ -19,18 +21,33 @@ impl Sink for Vec<u8> {
     }
 }
 
-/// A transaction being encoded. [`TxEncoder::finish`] signs it.
+/// Sealed bytes below which one thread seals them all (a thread costs tens of microseconds).
+const PARALLEL_MIN: usize = 1 << 20;
+/// Most threads sealing one transaction.
+const MAX_THREADS: usize = 4;
+
+/// A payload to seal at [`TxEncoder::finish`]: where it goes, what, bound to which header.
 #[derive(Debug)]
-pub struct TxEncoder {
+struct Deferred<'a> {
+    at: usize,
+    plaintext: &'a [u8],
+    ad: Vec<u8>,
+}
+
+/// A transaction being encoded. [`TxEncoder::finish`] seals and signs it.
+#[derive(Debug)]
+pub struct TxEncoder<'a> {
     /// The transaction as encoded so far, its Put payloads left empty.
     tx: Transaction,
     buf: Vec<u8>,
     /// Where the operation count lies (written when the count is known).
     ops_at: usize,
     payloads: Vec<(usize, usize)>,
+    data_key: Option<&'a DataKey>,
+    deferred: Vec<Deferred<'a>>,
 }
 
-impl TxEncoder {
+impl<'a> TxEncoder<'a> {
     /// Starts from `tx`'s chain, author, time, nonce and preconditions, then its ops if any;
     /// `capacity`: the payload bytes expected (saves regrowing a large buffer).
     pub fn new(mut tx: Transaction, capacity: usize) -> Self {
@@ -44,6 +61,8 @@ impl TxEncoder {
             buf,
             ops_at,
             payloads: Vec::new(),
+            data_key: None,
+            deferred: Vec::new(),
         };
         for op in ops {
             e.push(op);
@@ -77,14 +96,15 @@ impl TxEncoder {
         self.tx.ops.push(op);
     }
 
-    /// Appends a Put of `plaintext` sealed under `data_key`, as [`Op::put`] would make it.
+    /// Appends a Put of `plaintext` sealed under `data_key`, as [`Op::put`] would make it
+    /// (sealed at [`Self::finish`]; every sealed Put of one transaction uses the same key).
     pub fn push_sealed(
         &mut self,
         key: RecordKey,
         parent: Option<RecordKey>,
         write: WriteAuthority,
-        data_key: &DataKey,
-        plaintext: &[u8],
+        data_key: &'a DataKey,
+        plaintext: &'a [u8],
     ) {
         let header = RecordHeader {
             key,
@@ -93,15 +113,22 @@ impl TxEncoder {
             plain_len: plaintext.len() as u64,
         };
         let ad = header.associated_data(&self.tx.chain);
-        encode_put_head(
-            &header,
-            &write,
-            plaintext.len() + SEAL_OVERHEAD,
-            &mut self.buf,
-        );
+        let len = plaintext.len() + SEAL_OVERHEAD;
+        encode_put_head(&header, &write, len, &mut self.buf);
         let at = self.buf.len();
-        data_key.seal_onto(&ad, plaintext, &mut self.buf);
-        self.payloads.push((at, self.buf.len() - at));
+        // Reserved now, filled at finish.
+        self.buf.resize(at + len, 0);
+        self.payloads.push((at, len));
+        match self.data_key {
+            Some(k) if k.id() != header.data_key => {
+                // Another key: sealed at once rather than kept apart.
+                data_key.seal_into(&ad, plaintext, &mut self.buf[at..]);
+            }
+            _ => {
+                self.data_key = Some(data_key);
+                self.deferred.push(Deferred { at, plaintext, ad });
+            }
+        }
         self.tx.ops.push(Op::Put {
             header,
             write,
@@ -109,9 +136,76 @@ impl TxEncoder {
         });
     }
 
+    /// Seals the deferred payloads into their places.
+    fn seal_deferred(&mut self) {
+        let Some(key) = self.data_key else {
+            return;
+        };
+        let deferred = std::mem::take(&mut self.deferred);
+        // The payloads' places, in order, as disjoint slices of the buffer.
+        let mut places = Vec::with_capacity(deferred.len());
+        let mut rest: &mut [u8] = &mut self.buf;
+        let mut consumed = 0;
+        for d in &deferred {
+            let len = d.plaintext.len() + SEAL_OVERHEAD;
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(d.at - consumed);
+            let (place, tail) = tail.split_at_mut(len);
+            places.push((place, d));
+            rest = tail;
+            consumed = d.at + len;
+        }
+        let total: usize = deferred.iter().map(|d| d.plaintext.len()).sum();
+        let threads = if total < PARALLEL_MIN {
+            1
+        } else {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_THREADS)
+        };
+        let seal = |work: &mut [(&mut [u8], &Deferred<'_>)]| {
+            for (place, d) in work.iter_mut() {
+                key.seal_into(&d.ad, d.plaintext, place);
+            }
+        };
+        if threads <= 1 {
+            seal(&mut places);
+            return;
+        }
+        // Shares of about equal bytes, one per thread; this thread seals the first.
+        let share = total.div_ceil(threads);
+        let mut shares: Vec<&mut [(&mut [u8], &Deferred<'_>)]> = Vec::with_capacity(threads);
+        let mut left: &mut [(&mut [u8], &Deferred<'_>)] = &mut places;
+        while !left.is_empty() {
+            let mut bytes = 0;
+            let n = left
+                .iter()
+                .take_while(|(_, d)| {
+                    let take = bytes < share;
+                    bytes += d.plaintext.len();
+                    take
+                })
+                .count()
+                .max(1);
+            let (head, tail) = std::mem::take(&mut left).split_at_mut(n);
+            shares.push(head);
+            left = tail;
+        }
+        std::thread::scope(|s| {
+            let mut shares = shares.into_iter();
+            let first = shares.next();
+            for work in shares {
+                s.spawn(move || seal(work));
+            }
+            if let Some(work) = first {
+                seal(work);
+            }
+        });
+    }
+
     /// Signs with `key` (its public key becomes the author): the transaction without its
     /// payloads, where they lie, its hash, and the encoding.
     pub fn finish(mut self, key: &SigningKey) -> (Skeleton, Bytes) {
+        self.seal_deferred();
         self.tx.author = key.public();
         // The author follows the format version and the chain id.
         let at = std::mem::size_of_val(&super::TX_FORMAT) + self.tx.chain.0.len();
@@ -163,7 +257,26 @@ mod tests {
             Some(&dk),
             b"small",
         ));
-        assert_eq!(e.ops(), 3);
+        // Enough more to be sealed on several threads, and one under another key.
+        let blocks: Vec<Vec<u8>> = (0..24u8).map(|i| vec![i; 64 << 10]).collect();
+        for (i, b) in blocks.iter().enumerate() {
+            e.push_sealed(
+                RecordKey::from_u128(100 + i as u128),
+                None,
+                WriteAuthority::Inherit,
+                &dk,
+                b,
+            );
+        }
+        let other = DataKey::generate();
+        e.push_sealed(
+            RecordKey::from_u128(5),
+            None,
+            WriteAuthority::Inherit,
+            &other,
+            b"other key",
+        );
+        assert_eq!(e.ops(), 3 + 24 + 1);
         let (sk, bytes) = e.finish(&signer);
 
         // The bytes decode to the transaction the encoder describes, signed by `signer`.
@@ -183,6 +296,28 @@ mod tests {
         assert_eq!(
             header.open(&chain, &dk, payload.clone()).expect("opens"),
             plain
+        );
+        for (i, b) in blocks.iter().enumerate() {
+            let Op::Put {
+                header, payload, ..
+            } = &decoded.ops[3 + i]
+            else {
+                panic!("op {} is a block", 3 + i);
+            };
+            assert_eq!(
+                &header.open(&chain, &dk, payload.clone()).expect("opens"),
+                b
+            );
+        }
+        let Op::Put {
+            header, payload, ..
+        } = &decoded.ops[27]
+        else {
+            panic!("op 27 is the other key's");
+        };
+        assert_eq!(
+            header.open(&chain, &other, payload.clone()).expect("opens"),
+            b"other key"
         );
         crate::validate::check_skeleton(&sk).expect("well formed");
     }
