@@ -143,6 +143,17 @@ impl Prepared {
         }
         Self { tx, bytes, offsets }
     }
+
+    /// A transaction already encoded (`bytes`), described by its skeleton; and its hash.
+    fn from_skeleton(sk: Skeleton, bytes: Bytes) -> (Self, TxHash) {
+        let offsets = sk.payload_offsets();
+        let prepared = Self {
+            tx: sk.tx,
+            bytes,
+            offsets,
+        };
+        (prepared, sk.hash)
+    }
 }
 
 /// A one-shot reply slot. Waiters park at once: with dozens of writers on two cores, the
@@ -397,13 +408,8 @@ impl Chain {
             .map_err(|source| ChainError::Decode { index, source })?;
         check_skeleton(&sk)?;
         self.shared.held.lock().remove(&sk.hash);
-        let offsets = sk.payload_offsets();
-        let prepared = Prepared {
-            tx: sk.tx,
-            bytes,
-            offsets,
-        };
-        self.push_prepared(prepared, sk.hash)
+        let (prepared, hash) = Prepared::from_skeleton(sk, bytes);
+        self.push_prepared(prepared, hash)
     }
 
     /// Appends this chain's own transaction `hash`, which the upstream ordered next and sent
@@ -479,13 +485,8 @@ impl Chain {
                 "more than MAX_TX_BYTES or MAX_OPS",
             )));
         }
-        let offsets = sk.payload_offsets();
-        let prepared = Prepared {
-            tx: sk.tx,
-            bytes,
-            offsets,
-        };
-        self.enqueue_prepared(prepared, sk.hash)
+        let (prepared, hash) = Prepared::from_skeleton(sk, bytes);
+        self.enqueue_prepared(prepared, hash)
     }
 
     fn enqueue(&self, tx: Transaction, hash: TxHash) -> Result<PendingCommit, ChainError> {
