@@ -178,16 +178,9 @@ impl DataKey {
 
     /// Seals `plaintext` bound to `ad`. Output: nonce || ciphertext || tag.
     pub fn seal(&self, ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
-        self.seal_onto(ad, plaintext, &mut out);
+        let mut out = vec![0; plaintext.len() + SEAL_OVERHEAD];
+        self.seal_into(ad, plaintext, &mut out);
         out
-    }
-
-    /// [`Self::seal`] appending to `out`.
-    pub fn seal_onto(&self, ad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
-        let at = out.len();
-        out.resize(at + plaintext.len() + SEAL_OVERHEAD, 0);
-        self.seal_into(ad, plaintext, &mut out[at..]);
     }
 
     /// [`Self::seal`] into `out`, which must be exactly `plaintext.len() + SEAL_OVERHEAD`

@@ -329,8 +329,7 @@ impl RedoLog {
                 return Err(self.failed_write(e));
             }
         }
-        self.tail_len += written;
-        self.tail_len += self.buf.len() as u64;
+        self.tail_len += written + self.buf.len() as u64;
         self.next_index += txs.len() as u64;
         if self.buf.capacity() > 16 << 20 {
             self.buf = Vec::new();

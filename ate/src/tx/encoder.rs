@@ -26,11 +26,13 @@ const PARALLEL_MIN: usize = 1 << 20;
 /// Most threads sealing one transaction.
 const MAX_THREADS: usize = 4;
 
-/// A payload to seal at [`TxEncoder::finish`]: where it goes, what, bound to which header.
+/// A payload to seal at [`TxEncoder::finish`]: where it goes, what, under which key, bound
+/// to which header.
 #[derive(Debug)]
 struct Deferred<'a> {
     at: usize,
     plaintext: &'a [u8],
+    key: &'a DataKey,
     ad: Vec<u8>,
 }
 
@@ -43,7 +45,6 @@ pub struct TxEncoder<'a> {
     /// Where the operation count lies (written when the count is known).
     ops_at: usize,
     payloads: Vec<(usize, usize)>,
-    data_key: Option<&'a DataKey>,
     deferred: Vec<Deferred<'a>>,
 }
 
@@ -61,7 +62,6 @@ impl<'a> TxEncoder<'a> {
             buf,
             ops_at,
             payloads: Vec::new(),
-            data_key: None,
             deferred: Vec::new(),
         };
         for op in ops {
@@ -73,16 +73,6 @@ impl<'a> TxEncoder<'a> {
     /// Operations so far.
     pub fn ops(&self) -> usize {
         self.tx.ops.len()
-    }
-
-    /// Encoded bytes so far.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// True before the first byte (never: the head is written at once).
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
     }
 
     /// Appends an operation whose payload (if any) is already sealed.
@@ -97,7 +87,7 @@ impl<'a> TxEncoder<'a> {
     }
 
     /// Appends a Put of `plaintext` sealed under `data_key`, as [`Op::put`] would make it
-    /// (sealed at [`Self::finish`]; every sealed Put of one transaction uses the same key).
+    /// (sealed at [`Self::finish`]).
     pub fn push_sealed(
         &mut self,
         key: RecordKey,
@@ -119,16 +109,12 @@ impl<'a> TxEncoder<'a> {
         // Reserved now, filled at finish.
         self.buf.resize(at + len, 0);
         self.payloads.push((at, len));
-        match self.data_key {
-            Some(k) if k.id() != header.data_key => {
-                // Another key: sealed at once rather than kept apart.
-                data_key.seal_into(&ad, plaintext, &mut self.buf[at..]);
-            }
-            _ => {
-                self.data_key = Some(data_key);
-                self.deferred.push(Deferred { at, plaintext, ad });
-            }
-        }
+        self.deferred.push(Deferred {
+            at,
+            plaintext,
+            key: data_key,
+            ad,
+        });
         self.tx.ops.push(Op::Put {
             header,
             write,
@@ -138,9 +124,6 @@ impl<'a> TxEncoder<'a> {
 
     /// Seals the deferred payloads into their places.
     fn seal_deferred(&mut self) {
-        let Some(key) = self.data_key else {
-            return;
-        };
         let deferred = std::mem::take(&mut self.deferred);
         // The payloads' places, in order, as disjoint slices of the buffer.
         let mut places = Vec::with_capacity(deferred.len());
@@ -164,7 +147,7 @@ impl<'a> TxEncoder<'a> {
         };
         let seal = |work: &mut [(&mut [u8], &Deferred<'_>)]| {
             for (place, d) in work.iter_mut() {
-                key.seal_into(&d.ad, d.plaintext, place);
+                d.key.seal_into(&d.ad, d.plaintext, place);
             }
         };
         if threads <= 1 {
