@@ -479,12 +479,6 @@ impl Chain {
         bytes: Bytes,
     ) -> Result<PendingCommit, ChainError> {
         crate::validate::check_skeleton_format(&sk)?;
-        if bytes.len() > crate::tx::MAX_TX_BYTES || sk.tx.ops.len() > crate::tx::MAX_OPS {
-            // Replay would refuse it: the log must hold only what decodes.
-            return Err(ChainError::Rejected(ValidationError::TooLarge(
-                "more than MAX_TX_BYTES or MAX_OPS",
-            )));
-        }
         let (prepared, hash) = Prepared::from_skeleton(sk, bytes);
         self.enqueue_prepared(prepared, hash)
     }
@@ -498,6 +492,12 @@ impl Chain {
         prepared: Prepared,
         hash: TxHash,
     ) -> Result<PendingCommit, ChainError> {
+        if prepared.bytes.len() > crate::tx::MAX_TX_BYTES {
+            // Replay would refuse it: the log must hold only what decodes.
+            return Err(ChainError::Rejected(ValidationError::TooLarge(
+                "more than MAX_TX_BYTES",
+            )));
+        }
         if let Some(sender) = &self.sender {
             let reply = Arc::new(Reply::default());
             let bytes = prepared.bytes.clone();

@@ -2,7 +2,8 @@
 //!
 //! Map of the crate, bottom up:
 //! - [`ids`], [`codec`]: identifiers and bounded little-endian encoding.
-//! - [`crypto`]: ed25519 over BLAKE3 digests, XChaCha20-Poly1305 payloads, keyed hashes.
+//! - [`crypto`]: ed25519 over BLAKE3 digests, AES-256-GCM payloads (XChaCha20-Poly1305 in
+//!   format 1), keyed hashes.
 //! - [`authority`], [`tx`]: the authority tree and signed transactions.
 //! - [`validate`]: the one validator clients and servers share.
 //! - [`storage`]: the I/O backend trait (file, memory, fault injection).
@@ -31,7 +32,7 @@ pub mod view;
 
 pub use authority::{Role, RootAuthority, WriteAuthority};
 pub use chain::{Chain, ChainError, ChainOptions, ChainStats, CommitWatch, Receipt, Subscription};
-pub use crypto::{DataKey, NameKey, PublicKey, SigningKey};
+pub use crypto::{Cipher, DataKey, NameKey, PublicKey, SigningKey};
 pub use ids::{ChainId, KeyId, RecordKey, TxHash};
 pub use keyfile::KeyFile;
 pub use tx::{Op, Precondition, RecordHeader, Skeleton, Transaction};

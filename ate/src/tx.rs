@@ -6,11 +6,14 @@
 
 use crate::authority::{Role, RootAuthority, WriteAuthority};
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::crypto::{CryptoError, DataKey, PublicKey, SigningKey};
+use crate::crypto::{Cipher, CryptoError, DataKey, PublicKey, SigningKey};
 use crate::ids::{ChainId, KeyId, RecordKey, TxHash};
 
-/// Format version of the transaction encoding.
-pub const TX_FORMAT: u16 = 1;
+/// Format version of transactions whose payloads are all XChaCha20-Poly1305 (or that have none).
+pub const TX_FORMAT_1: u16 = 1;
+/// Format version of transactions with at least one AES-256-GCM payload: a reader that knows
+/// only format 1 refuses them by their version, not by a header it cannot parse.
+pub const TX_FORMAT_2: u16 = 2;
 /// Most operations in one transaction.
 pub const MAX_OPS: usize = 4096;
 /// Most preconditions in one transaction.
@@ -38,6 +41,8 @@ pub struct RecordHeader {
     pub data_key: KeyId,
     /// Plaintext length of the payload.
     pub plain_len: u64,
+    /// The AEAD of the payload (bound to it: the header is its associated data).
+    pub cipher: Cipher,
 }
 
 /// One change in a transaction.
@@ -76,6 +81,7 @@ impl Op {
             parent,
             data_key: KeyId::default(),
             plain_len: 0,
+            cipher: Cipher::default(),
         };
         let payload = match data_key {
             Some(k) => header.seal(chain, k, plaintext),
@@ -230,42 +236,63 @@ impl RecordHeader {
 
     fn encode<S: Sink>(&self, s: &mut S) {
         s.put(&self.key.0);
-        match &self.parent {
-            None => s.put(&[0]),
-            Some(p) => {
-                s.put(&[1]);
-                s.put(&p.0);
-            }
+        s.put(&[self.flags()]);
+        if let Some(p) = &self.parent {
+            s.put(&p.0);
         }
         s.put(&self.data_key.0);
         s.put(&self.plain_len.to_le_bytes());
     }
 
+    /// Bit 0: a parent key follows; bit 1: the payload is AES-256-GCM (format 2).
+    fn flags(&self) -> u8 {
+        u8::from(self.parent.is_some()) | (u8::from(self.cipher == Cipher::Aes256Gcm) << 1)
+    }
+
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let key = RecordKey(r.array()?);
-        let parent = match r.u8()? {
+        let flags = r.u8()?;
+        if flags > 0b11 {
+            return Err(DecodeError::Invalid {
+                what: "record header flags",
+                value: flags.into(),
+            });
+        }
+        let parent = match flags & 1 {
             0 => None,
-            1 => Some(RecordKey(r.array()?)),
-            v => {
-                return Err(DecodeError::Invalid {
-                    what: "parent tag",
-                    value: v.into(),
-                })
-            }
+            _ => Some(RecordKey(r.array()?)),
         };
         Ok(Self {
             key,
             parent,
             data_key: KeyId(r.array()?),
             plain_len: r.u64()?,
+            cipher: match flags & 0b10 {
+                0 => Cipher::XChaCha20Poly1305,
+                _ => Cipher::Aes256Gcm,
+            },
         })
     }
 
-    /// Seals `plaintext` for this header under `key`, filling in `data_key` and `plain_len`.
+    /// Seals `plaintext` for this header under `key` with [`Cipher::CURRENT`], filling in
+    /// `data_key`, `plain_len` and `cipher`.
     pub fn seal(&mut self, chain: &ChainId, key: &DataKey, plaintext: &[u8]) -> Vec<u8> {
+        self.seal_with(Cipher::CURRENT, chain, key, plaintext)
+    }
+
+    /// [`Self::seal`] with a chosen cipher (format 1's XChaCha20-Poly1305 for compatibility
+    /// tests and tools).
+    pub fn seal_with(
+        &mut self,
+        cipher: Cipher,
+        chain: &ChainId,
+        key: &DataKey,
+        plaintext: &[u8],
+    ) -> Vec<u8> {
         self.data_key = key.id();
         self.plain_len = plaintext.len() as u64;
-        key.seal(&self.associated_data(chain), plaintext)
+        self.cipher = cipher;
+        key.seal(cipher, &self.associated_data(chain), plaintext)
     }
 
     /// Opens a payload sealed for this header.
@@ -275,7 +302,7 @@ impl RecordHeader {
         key: &DataKey,
         sealed: Vec<u8>,
     ) -> Result<Vec<u8>, CryptoError> {
-        let plain = key.open(&self.associated_data(chain), sealed)?;
+        let plain = key.open(self.cipher, &self.associated_data(chain), sealed)?;
         if plain.len() as u64 != self.plain_len {
             return Err(CryptoError::Unseal);
         }
@@ -357,6 +384,18 @@ fn decode_write(r: &mut Reader<'_>) -> Result<WriteAuthority, DecodeError> {
     }
 }
 
+fn op_uses_aes(op: &Op) -> bool {
+    matches!(op, Op::Put { header, .. } if header.cipher == Cipher::Aes256Gcm)
+}
+
+fn format_of(uses_aes: bool) -> u16 {
+    if uses_aes {
+        TX_FORMAT_2
+    } else {
+        TX_FORMAT_1
+    }
+}
+
 /// Encodes a record header (used by snapshots).
 pub fn encode_header(h: &RecordHeader, w: &mut Writer) {
     h.encode(w)
@@ -393,9 +432,15 @@ impl Transaction {
         }
     }
 
+    /// The format version this transaction is encoded in: 2 exactly when a Put names
+    /// AES-256-GCM, so the encoding stays canonical.
+    pub fn format(&self) -> u16 {
+        format_of(self.ops.iter().any(op_uses_aes))
+    }
+
     /// Everything before the operation count.
     fn encode_head<S: Sink>(&self, s: &mut S) {
-        s.put(&TX_FORMAT.to_le_bytes());
+        s.put(&self.format().to_le_bytes());
         s.put(&self.chain.0);
         s.put(&self.author.0);
         s.put(&self.timestamp_ns.to_le_bytes());
@@ -522,7 +567,7 @@ impl Transaction {
         }
         let mut r = Reader::new(bytes);
         let format = r.u16()?;
-        if format != TX_FORMAT {
+        if format != TX_FORMAT_1 && format != TX_FORMAT_2 {
             return Err(DecodeError::Invalid {
                 what: "transaction format",
                 value: format.into(),
@@ -578,6 +623,14 @@ impl Transaction {
                 }
             });
         }
+        if format_of(ops.iter().any(op_uses_aes)) != format {
+            // Format 1 cannot carry AES-256-GCM payloads, and format 2 without one would be
+            // a second encoding of a format-1 transaction.
+            return Err(DecodeError::Invalid {
+                what: "transaction format for its payloads' ciphers",
+                value: format.into(),
+            });
+        }
         let signature = r.array()?;
         r.finish()?;
         Ok(Self {
@@ -605,6 +658,7 @@ mod tests {
             parent: Some(RecordKey::random()),
             data_key: KeyId::default(),
             plain_len: 0,
+            cipher: Cipher::default(),
         };
         let payload = header.seal(&chain, &dk, b"data");
         let mut tx = Transaction::new(chain, k.public());
@@ -705,6 +759,103 @@ mod tests {
             Err(DecodeError::TooLarge {
                 what: "transaction",
                 ..
+            })
+        ));
+    }
+
+    /// A transaction with one Put sealed under `cipher`, signed.
+    fn one_put(cipher: Cipher) -> (Transaction, DataKey) {
+        let k = SigningKey::generate();
+        let dk = DataKey::generate();
+        let chain = ChainId::random();
+        let mut header = RecordHeader {
+            key: RecordKey::random(),
+            parent: None,
+            data_key: KeyId::default(),
+            plain_len: 0,
+            cipher: Cipher::default(),
+        };
+        let payload = header.seal_with(cipher, &chain, &dk, b"data");
+        let mut tx = Transaction::new(chain, k.public());
+        tx.ops.push(Op::Put {
+            header,
+            write: WriteAuthority::Inherit,
+            payload,
+        });
+        (tx.sign(&k), dk)
+    }
+
+    #[test]
+    fn the_format_version_names_the_ciphers_and_a_mismatch_is_refused() {
+        for (cipher, format) in [
+            (Cipher::XChaCha20Poly1305, TX_FORMAT_1),
+            (Cipher::Aes256Gcm, TX_FORMAT_2),
+        ] {
+            let (tx, dk) = one_put(cipher);
+            assert_eq!(tx.format(), format);
+            let bytes = tx.encode();
+            assert_eq!(bytes[..2], format.to_le_bytes());
+            let back = Transaction::decode(&bytes).expect("decodes");
+            assert_eq!(back, tx);
+            let Some(Op::Put {
+                header, payload, ..
+            }) = back.ops.first()
+            else {
+                panic!("one put");
+            };
+            assert_eq!(header.cipher, cipher);
+            assert_eq!(
+                header.open(&tx.chain, &dk, payload.clone()).as_deref(),
+                Ok(&b"data"[..])
+            );
+            // The other version number on the same body is refused, not read differently.
+            let mut other = bytes.clone();
+            other[..2].copy_from_slice(&(TX_FORMAT_1 + TX_FORMAT_2 - format).to_le_bytes());
+            assert!(
+                matches!(
+                    Transaction::decode(&other),
+                    Err(DecodeError::Invalid {
+                        what: "transaction format for its payloads' ciphers",
+                        ..
+                    })
+                ),
+                "{cipher:?}"
+            );
+            for unknown in [0u16, 3, u16::MAX] {
+                let mut b = bytes.clone();
+                b[..2].copy_from_slice(&unknown.to_le_bytes());
+                assert!(matches!(
+                    Transaction::decode(&b),
+                    Err(DecodeError::Invalid {
+                        what: "transaction format",
+                        ..
+                    })
+                ));
+            }
+        }
+        // A transaction without payloads stays format 1.
+        let k = SigningKey::generate();
+        let mut tx = Transaction::new(ChainId::random(), k.public());
+        tx.ops.push(Op::Delete {
+            key: RecordKey::random(),
+        });
+        assert_eq!(tx.sign(&k).encode()[..2], TX_FORMAT_1.to_le_bytes());
+    }
+
+    #[test]
+    fn unknown_record_header_flags_are_refused() {
+        let (tx, _) = one_put(Cipher::Aes256Gcm);
+        let mut bytes = tx.encode();
+        // The flags byte follows format, chain, author, timestamp, nonce, the precondition
+        // count, the op count, the op tag and the record key.
+        let at = 2 + 16 + 32 + 8 + 8 + 4 + 4 + 1 + 16;
+        assert_eq!(bytes[at], 0b10);
+        bytes[at] = 0b100;
+        assert!(matches!(
+            Transaction::decode(&bytes),
+            Err(DecodeError::Invalid {
+                what: "record header flags",
+                value: 4
             })
         ));
     }

@@ -6,7 +6,7 @@
 //! preconditions) runs in commit order against the current state.
 
 use crate::authority::{RootAuthority, WriteAuthority};
-use crate::crypto::{CryptoError, SEAL_OVERHEAD};
+use crate::crypto::{Cipher, CryptoError, SEAL_OVERHEAD};
 use crate::ids::{ChainId, KeyId, RecordKey, TxHash};
 use crate::tx::{Op, Precondition, Skeleton, Transaction, MAX_AUTH_KEYS, MAX_PAYLOAD};
 use std::collections::{HashMap, HashSet};
@@ -163,6 +163,16 @@ fn check_format_with(
     if tx.ops.is_empty() {
         return Err(ValidationError::Empty);
     }
+    // A decoded transaction is within these bounds; a locally built one is checked here so
+    // the log never holds what replay would refuse to decode.
+    if tx.ops.len() > crate::tx::MAX_OPS {
+        return Err(ValidationError::TooLarge("more than MAX_OPS operations"));
+    }
+    if tx.preconditions.len() > crate::tx::MAX_PRECONDITIONS {
+        return Err(ValidationError::TooLarge(
+            "more than MAX_PRECONDITIONS preconditions",
+        ));
+    }
     let mut seen = HashSet::with_capacity(tx.ops.len());
     let mut roots = 0;
     let mut puts = 0;
@@ -196,6 +206,9 @@ fn check_format_with(
                     return Err(bad(
                         "a payload needs a data key, and only a payload may name one",
                     ));
+                }
+                if payload_len == 0 && header.cipher != Cipher::default() {
+                    return Err(bad("only a payload may name a cipher"));
                 }
                 if let WriteAuthority::Keys(ks) = write {
                     check_key_list(ks)?;

@@ -197,6 +197,70 @@ fn missing_parent_wrong_chain_and_bad_payload_are_refused() {
     assert_rejected(&chain, tx.sign(&f.owner), |e| {
         matches!(e, ValidationError::BadPayload { .. })
     });
+    // A header without a payload names no cipher (one meaning, one encoding).
+    let mut tx = Transaction::new(f.chain_id, f.owner.public());
+    tx.ops.push(Op::put(
+        &f.chain_id,
+        key(1),
+        None,
+        WriteAuthority::Inherit,
+        None,
+        b"",
+    ));
+    if let Op::Put { header, .. } = &mut tx.ops[0] {
+        header.cipher = ate::Cipher::Aes256Gcm;
+    }
+    assert_rejected(
+        &chain,
+        tx.sign(&f.owner),
+        |e| matches!(e, ValidationError::BadPayload { reason, .. } if reason.contains("cipher")),
+    );
+}
+
+#[test]
+fn locally_built_transactions_beyond_the_decoder_bounds_are_refused_before_the_log() {
+    let f = Fixture::new();
+    let (_, chain) = f.mem_chain();
+    let before = chain.stats();
+    let mut tx = Transaction::new(f.chain_id, f.owner.public());
+    tx.ops = (0..=ate::tx::MAX_OPS as u128)
+        .map(|i| Op::Delete { key: key(1000 + i) })
+        .collect();
+    assert!(matches!(
+        chain.sign_and_commit(tx, &f.owner),
+        Err(ChainError::Rejected(ValidationError::TooLarge(_)))
+    ));
+    let mut tx = Transaction::new(f.chain_id, f.owner.public());
+    tx.preconditions = (0..=ate::tx::MAX_PRECONDITIONS as u128)
+        .map(|i| Precondition::Absent(key(i)))
+        .collect();
+    tx.ops.push(Op::Delete { key: key(1) });
+    assert!(matches!(
+        chain.sign_and_commit(tx, &f.owner),
+        Err(ChainError::Rejected(ValidationError::TooLarge(_)))
+    ));
+    // Nine payloads at MAX_PAYLOAD pass every per-op check and exceed MAX_TX_BYTES together.
+    let block = vec![7u8; ate::tx::MAX_PAYLOAD - ate::crypto::SEAL_OVERHEAD];
+    let mut tx = Transaction::new(f.chain_id, f.owner.public());
+    for i in 0..9 {
+        tx.ops.push(Op::put(
+            &f.chain_id,
+            key(10 + i),
+            None,
+            WriteAuthority::Inherit,
+            Some(&f.data),
+            &block,
+        ));
+    }
+    assert!(matches!(
+        chain.sign_and_commit(tx, &f.owner),
+        Err(ChainError::Rejected(ValidationError::TooLarge(_)))
+    ));
+    assert_eq!(
+        chain.stats(),
+        before,
+        "a refused transaction changed the chain"
+    );
 }
 
 #[test]
@@ -220,6 +284,18 @@ fn flipped_payload_bytes_fail_to_open_and_change_nothing() {
         payload[30] ^= 0x80;
     }
     assert_rejected(&chain, tx, |e| matches!(e, ValidationError::Signature(_)));
+    // The cipher a header names is bound to the payload: naming the other one (before
+    // signing, so the transaction is valid) makes it unreadable, never read as something else.
+    let mut tx = f.put(&f.owner, key(4), None, b"secret");
+    if let Op::Put { header, .. } = &mut tx.ops[0] {
+        assert_eq!(header.cipher, ate::Cipher::Aes256Gcm);
+        header.cipher = ate::Cipher::XChaCha20Poly1305;
+    }
+    chain.commit(tx.sign(&f.owner)).unwrap();
+    assert!(matches!(
+        chain.read_plain(&key(4), &f.data),
+        Err(ChainError::Crypto { .. })
+    ));
     // A wrong data key fails too.
     chain.commit(f.put(&f.owner, key(3), None, b"ok")).unwrap();
     assert!(matches!(

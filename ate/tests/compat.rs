@@ -1,18 +1,22 @@
-//! Format compatibility: a chain written by format v1 (segments, a snapshot and a key envelope,
-//! committed under tests/data/format-v1) must open and read back exactly, forever. When the
-//! format changes, add a new sample directory and keep this one.
+//! Format compatibility: chains written by each format (segments, a snapshot and a key envelope,
+//! committed under tests/data/format-v1 and format-v2) must open and read back exactly, forever.
+//! When the format changes, add a new sample directory and keep the old ones. Format 1 sealed
+//! every payload with XChaCha20-Poly1305; format 2 names AES-256-GCM in the record header.
 #![allow(clippy::unwrap_used)]
 
 use ate::storage::{FileStorage, Storage};
 use ate::{
-    Chain, ChainOptions, KeyFile, Op, RecordKey, RootAuthority, Transaction, WriteAuthority,
+    Chain, ChainOptions, Cipher, KeyFile, Op, RecordKey, RootAuthority, Transaction, WriteAuthority,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-fn sample_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format-v1")
+fn sample_dir(format: u16) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/format-v{format}"))
 }
+
+/// The newest format, the one [`write_sample`] writes.
+const CURRENT: u16 = 2;
 
 fn k(n: u128) -> RecordKey {
     RecordKey::from_u128(n)
@@ -33,9 +37,9 @@ fn expected() -> Vec<(RecordKey, Option<Vec<u8>>, u64)> {
     ]
 }
 
-#[test]
-fn reads_the_committed_v1_sample() {
-    let src = sample_dir();
+/// A copy of sample `format`'s chain in a temporary directory, and its keys.
+fn open_sample(format: u16) -> (tempfile::TempDir, KeyFile) {
+    let src = sample_dir(format);
     let keys = {
         // Git does not keep file modes beyond the executable bit; the loader insists on 0600.
         let tmp = tempfile::tempdir().unwrap();
@@ -50,8 +54,25 @@ fn reads_the_committed_v1_sample() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
     }
-    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path()).unwrap());
-    let (chain, report) = Chain::open(storage, None, ChainOptions::default(), |_, _| {}).unwrap();
+    (dir, keys)
+}
+
+fn open_chain(dir: &Path) -> (Chain, ate::redo::Recovered) {
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir).unwrap());
+    Chain::open(storage, None, ChainOptions::default(), |_, _| {}).unwrap()
+}
+
+/// The cipher every payload of sample `format` names.
+fn cipher_of(format: u16) -> Cipher {
+    match format {
+        1 => Cipher::XChaCha20Poly1305,
+        _ => Cipher::Aes256Gcm,
+    }
+}
+
+fn reads_sample(format: u16) {
+    let (dir, keys) = open_sample(format);
+    let (chain, report) = open_chain(dir.path());
     assert_eq!(chain.id(), keys.chain);
     assert_eq!(report.truncated_bytes, 0);
     assert!(
@@ -77,12 +98,61 @@ fn reads_the_committed_v1_sample() {
     let mut n = 0;
     while let Some((_, tx)) = sub.next_timeout(std::time::Duration::ZERO).unwrap() {
         ate::validate::check_stateless(&tx).unwrap();
+        assert_eq!(tx.format(), format);
+        for op in &tx.ops {
+            if let Op::Put { header, .. } = op {
+                assert_eq!(header.cipher, cipher_of(format));
+            }
+        }
         n += 1;
     }
     assert_eq!(n, 2);
 }
 
-/// Regenerates the sample. Only for a deliberate format change:
+#[test]
+fn reads_the_committed_v1_sample() {
+    reads_sample(1);
+}
+
+#[test]
+fn reads_the_committed_v2_sample() {
+    reads_sample(2);
+}
+
+/// A chain written by format 1 goes on under format 2: old records still open beside new
+/// ones, through commits, compaction and reopening.
+#[test]
+fn a_v1_chain_takes_format_2_commits_compacts_and_reopens() {
+    let (dir, keys) = open_sample(1);
+    let (chain, _) = open_chain(dir.path());
+    let mut tx = Transaction::new(keys.chain, keys.owner.public());
+    tx.ops.push(Op::put(
+        &keys.chain,
+        k(6),
+        Some(k(1)),
+        WriteAuthority::Inherit,
+        Some(&keys.data),
+        b"format 2 beside format 1",
+    ));
+    let tx = tx.sign(&keys.owner);
+    assert_eq!(tx.format(), 2);
+    chain.commit(tx).unwrap();
+    chain.compact().unwrap();
+    drop(chain);
+    let (chain, report) = open_chain(dir.path());
+    assert_eq!(report.truncated_bytes, 0);
+    let read = |key| chain.read_plain(&key, &keys.data).unwrap().map(|(_, p)| p);
+    for (key, want, _) in expected() {
+        assert_eq!(read(key), want, "record {key}");
+    }
+    assert_eq!(
+        read(k(6)).as_deref(),
+        Some(&b"format 2 beside format 1"[..])
+    );
+    assert_eq!(chain.children(&k(1)), vec![k(2), k(4), k(6)]);
+}
+
+/// Writes the current format's sample. Only for a deliberate format change:
 /// `ATE_WRITE_SAMPLE=1 cargo test -p ate --test compat -- --ignored`.
 #[test]
 #[ignore]
@@ -90,7 +160,7 @@ fn write_sample() {
     if std::env::var_os("ATE_WRITE_SAMPLE").is_none() {
         return;
     }
-    let out = sample_dir();
+    let out = sample_dir(CURRENT);
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(out.join("chain")).unwrap();
     let keys = KeyFile::generate(ate::ChainId::random());

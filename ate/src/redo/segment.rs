@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! 0  [u8;8] magic "ATE-SEG\0" or "ATE-SNP\0"   20 [u8;16] chain id
-//! 8  u16 format (1)   10 u16 reserved (0)      36 u32 CRC32C of bytes 0..36
+//! 8  u16 format        10 u16 reserved (0)      36 u32 CRC32C of bytes 0..36
 //! 12 u64 first index (segments) / last index (snapshots)
 //! ```
 
@@ -15,8 +15,11 @@ pub const FILE_HEADER: usize = 40;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"ATE-SEG\0";
 /// Snapshot magic.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"ATE-SNP\0";
-/// File format version.
+/// Segment file format version.
 pub const FILE_FORMAT: u16 = 1;
+/// Snapshot file format version: 2 since record headers may name AES-256-GCM payloads (a
+/// format-1 reader refuses such a file by its version). Format-1 snapshots are still read.
+pub const SNAPSHOT_FORMAT: u16 = 2;
 
 /// A decoded file header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +37,12 @@ impl FileHeader {
     pub fn encode(&self) -> [u8; FILE_HEADER] {
         let mut b = [0u8; FILE_HEADER];
         b[..8].copy_from_slice(&self.magic);
-        b[8..10].copy_from_slice(&FILE_FORMAT.to_le_bytes());
+        let format = if self.magic == SNAPSHOT_MAGIC {
+            SNAPSHOT_FORMAT
+        } else {
+            FILE_FORMAT
+        };
+        b[8..10].copy_from_slice(&format.to_le_bytes());
         b[12..20].copy_from_slice(&self.index.to_le_bytes());
         b[20..36].copy_from_slice(&self.chain.0);
         let crc = crc32c::crc32c(&b[..36]);
@@ -53,7 +61,8 @@ impl FileHeader {
             });
         }
         let format = r.u16()?;
-        if format != FILE_FORMAT {
+        let known = format == FILE_FORMAT || (magic == SNAPSHOT_MAGIC && format == SNAPSHOT_FORMAT);
+        if !known {
             return Err(DecodeError::Invalid {
                 what: "file format",
                 value: format.into(),
@@ -105,4 +114,52 @@ pub fn parse_name(name: &str) -> Option<(bool, u64)> {
         .and_then(|s| s.strip_suffix(".snap"))
         .and_then(|n| n.parse().ok())
         .map(|i| (false, i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_format(magic: [u8; 8], format: u16) -> [u8; FILE_HEADER] {
+        let mut b = FileHeader {
+            magic,
+            index: 9,
+            chain: ChainId::default(),
+        }
+        .encode();
+        b[8..10].copy_from_slice(&format.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..36]);
+        b[36..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn snapshots_are_read_in_both_formats_and_segments_only_in_theirs() {
+        let snap = FileHeader {
+            magic: SNAPSHOT_MAGIC,
+            index: 9,
+            chain: ChainId::default(),
+        };
+        assert_eq!(snap.encode()[8..10], SNAPSHOT_FORMAT.to_le_bytes());
+        for f in [FILE_FORMAT, SNAPSHOT_FORMAT] {
+            assert_eq!(
+                FileHeader::decode(&with_format(SNAPSHOT_MAGIC, f)),
+                Ok(snap)
+            );
+        }
+        assert!(FileHeader::decode(&with_format(SEGMENT_MAGIC, FILE_FORMAT)).is_ok());
+        for (magic, f) in [
+            (SEGMENT_MAGIC, SNAPSHOT_FORMAT),
+            (SNAPSHOT_MAGIC, 3),
+            (SEGMENT_MAGIC, 0),
+        ] {
+            assert!(matches!(
+                FileHeader::decode(&with_format(magic, f)),
+                Err(DecodeError::Invalid {
+                    what: "file format",
+                    ..
+                })
+            ));
+        }
+    }
 }

@@ -11,7 +11,7 @@ use super::{
     encode_op, encode_put_head, hash_body, put_len, Op, RecordHeader, Sink, Skeleton, Transaction,
 };
 use crate::authority::WriteAuthority;
-use crate::crypto::{DataKey, SigningKey, SEAL_OVERHEAD};
+use crate::crypto::{Cipher, DataKey, SigningKey, SEAL_OVERHEAD};
 use crate::ids::RecordKey;
 use bytes::Bytes;
 
@@ -101,6 +101,7 @@ impl<'a> TxEncoder<'a> {
             parent,
             data_key: data_key.id(),
             plain_len: plaintext.len() as u64,
+            cipher: Cipher::CURRENT,
         };
         let ad = header.associated_data(&self.tx.chain);
         let len = plaintext.len() + SEAL_OVERHEAD;
@@ -147,7 +148,7 @@ impl<'a> TxEncoder<'a> {
         };
         let seal = |work: &mut [(&mut [u8], &Deferred<'_>)]| {
             for (place, d) in work.iter_mut() {
-                d.key.seal_into(&d.ad, d.plaintext, place);
+                d.key.seal_into(Cipher::CURRENT, &d.ad, d.plaintext, place);
             }
         };
         if threads <= 1 {
@@ -190,8 +191,11 @@ impl<'a> TxEncoder<'a> {
     pub fn finish(mut self, key: &SigningKey) -> (Skeleton, Bytes) {
         self.seal_deferred();
         self.tx.author = key.public();
+        // The format version depends on the ops' ciphers, known only now.
+        let format = self.tx.format().to_le_bytes();
+        self.buf[..format.len()].copy_from_slice(&format);
         // The author follows the format version and the chain id.
-        let at = std::mem::size_of_val(&super::TX_FORMAT) + self.tx.chain.0.len();
+        let at = format.len() + self.tx.chain.0.len();
         self.buf[at..at + self.tx.author.0.len()].copy_from_slice(&self.tx.author.0);
         let count = u32::try_from(self.tx.ops.len()).unwrap_or(u32::MAX);
         self.buf[self.ops_at..self.ops_at + 4].copy_from_slice(&count.to_le_bytes());
@@ -268,6 +272,7 @@ mod tests {
         assert_eq!(decoded.verify_signature().expect("signed"), sk.hash);
         assert_eq!(Transaction::decode_skeleton(&bytes).expect("skeleton"), sk);
         assert_eq!(decoded.encode(), bytes.to_vec());
+        assert_eq!(bytes[..2], super::super::TX_FORMAT_2.to_le_bytes());
         assert_eq!(decoded.preconditions, tx.preconditions);
         // The sealed payload opens to the plaintext under its header.
         let Op::Put {
