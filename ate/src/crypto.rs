@@ -182,7 +182,7 @@ impl DataKey {
 
     /// The one-payload key and the 12-byte AEAD nonce for a 24-byte nonce under `cipher`.
     fn subkey(&self, cipher: Cipher, nonce: &[u8; NONCE_LEN]) -> (LessSafeKey, Nonce) {
-        let mut sub: [u8; 32] = match cipher {
+        let (mut sub, alg): ([u8; 32], _) = match cipher {
             Cipher::XChaCha20Poly1305 => {
                 use chacha20::cipher::consts::U10;
                 use chacha20::cipher::generic_array::GenericArray;
@@ -193,18 +193,14 @@ impl DataKey {
                 let mut sub = [0u8; 32];
                 sub.copy_from_slice(&g);
                 g.as_mut_slice().zeroize();
-                sub
+                (sub, &CHACHA20_POLY1305)
             }
             Cipher::Aes256Gcm => {
                 let mut h = blake3::Hasher::new_keyed(&self.0);
                 h.update(AES_SUBKEY_DOMAIN);
                 h.update(&nonce[..16]);
-                *h.finalize().as_bytes()
+                (*h.finalize().as_bytes(), &AES_256_GCM)
             }
-        };
-        let alg = match cipher {
-            Cipher::XChaCha20Poly1305 => &CHACHA20_POLY1305,
-            Cipher::Aes256Gcm => &AES_256_GCM,
         };
         // Both algorithms take any 32-byte key, so this cannot fail.
         let key = UnboundKey::new(alg, &sub).map(LessSafeKey::new);

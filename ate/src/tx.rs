@@ -384,18 +384,6 @@ fn decode_write(r: &mut Reader<'_>) -> Result<WriteAuthority, DecodeError> {
     }
 }
 
-fn op_uses_aes(op: &Op) -> bool {
-    matches!(op, Op::Put { header, .. } if header.cipher == Cipher::Aes256Gcm)
-}
-
-fn format_of(uses_aes: bool) -> u16 {
-    if uses_aes {
-        TX_FORMAT_2
-    } else {
-        TX_FORMAT_1
-    }
-}
-
 /// Encodes a record header (used by snapshots).
 pub fn encode_header(h: &RecordHeader, w: &mut Writer) {
     h.encode(w)
@@ -435,7 +423,13 @@ impl Transaction {
     /// The format version this transaction is encoded in: 2 exactly when a Put names
     /// AES-256-GCM, so the encoding stays canonical.
     pub fn format(&self) -> u16 {
-        format_of(self.ops.iter().any(op_uses_aes))
+        let aes =
+            |op: &Op| matches!(op, Op::Put { header, .. } if header.cipher == Cipher::Aes256Gcm);
+        if self.ops.iter().any(aes) {
+            TX_FORMAT_2
+        } else {
+            TX_FORMAT_1
+        }
     }
 
     /// Everything before the operation count.
@@ -623,17 +617,9 @@ impl Transaction {
                 }
             });
         }
-        if format_of(ops.iter().any(op_uses_aes)) != format {
-            // Format 1 cannot carry AES-256-GCM payloads, and format 2 without one would be
-            // a second encoding of a format-1 transaction.
-            return Err(DecodeError::Invalid {
-                what: "transaction format for its payloads' ciphers",
-                value: format.into(),
-            });
-        }
         let signature = r.array()?;
         r.finish()?;
-        Ok(Self {
+        let tx = Self {
             chain,
             author,
             timestamp_ns,
@@ -641,7 +627,16 @@ impl Transaction {
             preconditions,
             ops,
             signature,
-        })
+        };
+        if tx.format() != format {
+            // Format 1 cannot carry AES-256-GCM payloads, and format 2 without one would be
+            // a second encoding of a format-1 transaction.
+            return Err(DecodeError::Invalid {
+                what: "transaction format for its payloads' ciphers",
+                value: format.into(),
+            });
+        }
+        Ok(tx)
     }
 }
 
