@@ -579,6 +579,41 @@ impl Chain {
         Ok(Some((header, plain)))
     }
 
+    /// [`Self::read_plain`] into `buf` at `at` (grown when too short, never shrunk, so a
+    /// caller reusing one buffer pays neither allocation nor zeroing per read); returns the
+    /// plaintext's length, None when the record is absent.
+    pub fn read_plain_into(
+        &self,
+        key: &RecordKey,
+        data_key: &crate::crypto::DataKey,
+        buf: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<Option<usize>, ChainError> {
+        let Some(entry) = self.record(key).filter(|e| !e.is_deleted()) else {
+            return Ok(None);
+        };
+        let Some(header) = entry.header else {
+            return Ok(None);
+        };
+        let Some((loc, len)) = entry.payload else {
+            return Ok(Some(0));
+        };
+        let end = at + len;
+        if buf.len() < end {
+            buf.resize(end, 0);
+        }
+        match self.shared.files.read_into(loc, &mut buf[at..end]) {
+            Ok(()) => {}
+            // Compaction may have moved it between our two lookups: look again.
+            Err(LogError::Compacted { .. }) => return self.read_plain_into(key, data_key, buf, at),
+            Err(e) => return Err(e.into()),
+        }
+        header
+            .open_in_place(&self.shared.id, data_key, &mut buf[at..end])
+            .map(Some)
+            .map_err(|source| ChainError::Crypto { key: *key, source })
+    }
+
     /// Live children of a record.
     pub fn children(&self, key: &RecordKey) -> Vec<RecordKey> {
         self.shared.view.read().children(key).copied().collect()

@@ -1154,12 +1154,28 @@ impl AteFs {
     }
 
     /// Reads up to `len` bytes at `offset`.
+    pub fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+        let mut buf = Vec::new();
+        let n = self.read_into(ino, offset, len, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Reads up to `len` bytes at `offset` into the front of `buf`; returns how many. `buf`
+    /// is scratch: grown when too short, never shrunk or cleared, so a caller that keeps one
+    /// (a FUSE worker) pays no allocation or zeroing per read.
     ///
     /// Committed blocks are opened after the state lock is released (see block_cache.rs):
     /// the kernel's readahead sends several reads at once, and they decrypt in parallel.
-    pub fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+    pub fn read_into(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> FsResult<usize> {
         let bs = self.opts.block_size as u64;
-        let (end, mut blocks, seen) = {
+        let (size, end, blocks, seen) = {
             let mut st = self.state.lock();
             let a = &self.node(&mut st, ino)?.attr;
             if a.kind == Kind::Dir {
@@ -1167,38 +1183,57 @@ impl AteFs {
             }
             let size = a.size;
             if offset >= size {
-                return Ok(Vec::new());
+                return Ok(0);
             }
             let end = size.min(offset + len as u64);
             let blocks = (offset / bs..end.div_ceil(bs))
                 .map(|idx| Ok((idx, self.block_source(&mut st, ino, idx)?)))
                 .collect::<FsResult<Vec<_>>>()?;
-            (end, blocks, self.cache.lock().generation())
+            (size, end, blocks, self.cache.lock().generation())
         };
-        for (idx, block) in &mut blocks {
-            if block.is_none() {
-                let data = Block::new(self.open_block(ino, *idx)?);
-                self.cache
-                    .lock()
-                    .put_if_unchanged(seen, (ino, *idx), data.clone());
-                *block = Some(data);
-            }
+        let total = (end - offset) as usize;
+        if buf.len() < total {
+            buf.resize(total, 0);
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
-        for (_, block) in blocks {
+        for (idx, block) in blocks {
+            let at = (pos - offset) as usize;
             let within = (pos % bs) as usize;
             let take = ((bs - pos % bs).min(end - pos)) as usize;
+            let block = match block {
+                Some(b) => b,
+                // A block read whole (sequential reads) is opened where it lies in the reply
+                // and not cached: the kernel's page cache keeps it, and a copy in ours would
+                // only cost a copy and evict blocks that partial reads share. Its sealed tail
+                // may run past `take`; the blocks after it overwrite that.
+                None if within == 0 && (take == bs as usize || pos + take as u64 == size) => {
+                    let key = self.keys.block(ino, idx);
+                    let got = self
+                        .chain
+                        .read_plain_into(&key, &self.keyfile.data, buf, at)?
+                        .unwrap_or(0)
+                        .min(take);
+                    buf[at + got..at + take].fill(0);
+                    pos += take as u64;
+                    continue;
+                }
+                None => {
+                    let data = Block::new(self.open_block(ino, idx)?);
+                    self.cache
+                        .lock()
+                        .put_if_unchanged(seen, (ino, idx), data.clone());
+                    data
+                }
+            };
             let have = block
-                .as_deref()
-                .and_then(|b| b.get(within..))
+                .get(within..)
                 .map_or(&[][..], |b| &b[..b.len().min(take)]);
-            out.extend_from_slice(have);
+            buf[at..at + have.len()].copy_from_slice(have);
             // A block shorter than the file (its tail, or a hole) reads as zeros.
-            out.resize(out.len() + take - have.len(), 0);
+            buf[at + have.len()..at + take].fill(0);
             pos += take as u64;
         }
-        Ok(out)
+        Ok(total)
     }
 
     /// Writes `data` at `offset`; returns the bytes written.

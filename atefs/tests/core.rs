@@ -28,6 +28,49 @@ fn files_survive_reopen_across_block_boundaries_and_holes() {
 }
 
 #[test]
+fn reads_into_a_reused_buffer_see_only_the_file() {
+    // Whole blocks are opened straight into the caller's buffer, which holds the previous
+    // read's bytes: holes, short blocks and the file's tail must come out as zeros anyway.
+    let (mem, keys, fs) = mem_fs(small_blocks());
+    let f = fs
+        .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
+    fs.write(f.ino, 0, &[1u8; 40]).unwrap();
+    fs.write(f.ino, 70, &[2u8; 3]).unwrap();
+    fs.write(f.ino, 100, &[3u8; 21]).unwrap();
+    fs.fsync(f.ino).unwrap();
+    // The block holding 16..32 shrinks to its first 4 bytes, committed.
+    fs.write(f.ino, 20, &[0u8; 12]).unwrap();
+    fs.fsync(f.ino).unwrap();
+    drop(fs);
+    let fs = open(&mem, &keys, small_blocks());
+    let mut want = [0u8; 121];
+    want[..20].fill(1);
+    want[32..40].fill(1);
+    want[70..73].fill(2);
+    want[100..].fill(3);
+    let mut buf = vec![0xaau8; 4096];
+    for (off, len) in [
+        (0, 4096),
+        (16, 48),
+        (64, 57),
+        (3, 100),
+        (96, 4096),
+        (0, 121),
+    ] {
+        buf.fill(0xaa);
+        let n = fs.read_into(f.ino, off, len, &mut buf).unwrap();
+        let end = (off as usize + len).min(want.len());
+        assert_eq!(&buf[..n], &want[off as usize..end], "read {off}+{len}");
+        assert_eq!(fs.read(f.ino, off, len).unwrap(), &want[off as usize..end]);
+    }
+    // A buffer shorter than the read grows.
+    let mut short = vec![0xaau8; 5];
+    let n = fs.read_into(f.ino, 0, 121, &mut short).unwrap();
+    assert_eq!(&short[..n], &want[..]);
+}
+
+#[test]
 fn truncate_shrinks_and_zero_extends() {
     let (_, _, fs) = mem_fs(small_blocks());
     let f = fs

@@ -88,14 +88,19 @@ impl Files {
 
     /// Reads `len` bytes at `loc`.
     pub fn read(&self, loc: Location, len: usize) -> Result<Vec<u8>, LogError> {
+        let mut buf = vec![0u8; len];
+        self.read_into(loc, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Reads `buf.len()` bytes at `loc` into `buf`.
+    pub fn read_into(&self, loc: Location, buf: &mut [u8]) -> Result<(), LogError> {
         let f = self.get(&loc.file).ok_or_else(|| LogError::Compacted {
             requested: 0,
             snapshot: self.snapshot().unwrap_or(0),
         })?;
-        let mut buf = vec![0u8; len];
-        f.read_at(&mut buf, loc.offset)
-            .map_err(LogError::io("read", loc.file.name()))?;
-        Ok(buf)
+        f.read_at(buf, loc.offset)
+            .map_err(LogError::io("read", loc.file.name()))
     }
 
     /// Total bytes of all files.

@@ -11,7 +11,7 @@ use super::{
     encode_op, encode_put_head, hash_body, put_len, Op, RecordHeader, Sink, Skeleton, Transaction,
 };
 use crate::authority::WriteAuthority;
-use crate::crypto::{Cipher, DataKey, SigningKey, SEAL_OVERHEAD};
+use crate::crypto::{Cipher, DataKey, SigningKey, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN};
 use crate::ids::RecordKey;
 use bytes::Bytes;
 
@@ -26,12 +26,12 @@ const PARALLEL_MIN: usize = 1 << 20;
 /// Most threads sealing one transaction.
 const MAX_THREADS: usize = 4;
 
-/// A payload to seal at [`TxEncoder::finish`]: where it goes, what, under which key, bound
-/// to which header.
+/// A payload to seal at [`TxEncoder::finish`]: where its plaintext lies (after room for the
+/// nonce), how long, under which key, bound to which header.
 #[derive(Debug)]
 struct Deferred<'a> {
     at: usize,
-    plaintext: &'a [u8],
+    plain_len: usize,
     key: &'a DataKey,
     ad: Vec<u8>,
 }
@@ -94,7 +94,7 @@ impl<'a> TxEncoder<'a> {
         parent: Option<RecordKey>,
         write: WriteAuthority,
         data_key: &'a DataKey,
-        plaintext: &'a [u8],
+        plaintext: &[u8],
     ) {
         let header = RecordHeader {
             key,
@@ -107,12 +107,15 @@ impl<'a> TxEncoder<'a> {
         let len = plaintext.len() + SEAL_OVERHEAD;
         encode_put_head(&header, &write, len, &mut self.buf);
         let at = self.buf.len();
-        // Reserved now, filled at finish.
-        self.buf.resize(at + len, 0);
+        // The plaintext is copied to where its ciphertext will lie and sealed there at finish
+        // (zeroing the place first cost 6 % of a mount's CPU in a sequential write, perf).
+        self.buf.extend_from_slice(&[0; NONCE_LEN]);
+        self.buf.extend_from_slice(plaintext);
+        self.buf.extend_from_slice(&[0; TAG_LEN]);
         self.payloads.push((at, len));
         self.deferred.push(Deferred {
             at,
-            plaintext,
+            plain_len: plaintext.len(),
             key: data_key,
             ad,
         });
@@ -131,14 +134,14 @@ impl<'a> TxEncoder<'a> {
         let mut rest: &mut [u8] = &mut self.buf;
         let mut consumed = 0;
         for d in &deferred {
-            let len = d.plaintext.len() + SEAL_OVERHEAD;
+            let len = d.plain_len + SEAL_OVERHEAD;
             let (_, tail) = std::mem::take(&mut rest).split_at_mut(d.at - consumed);
             let (place, tail) = tail.split_at_mut(len);
             places.push((place, d));
             rest = tail;
             consumed = d.at + len;
         }
-        let total: usize = deferred.iter().map(|d| d.plaintext.len()).sum();
+        let total: usize = deferred.iter().map(|d| d.plain_len).sum();
         let threads = if total < PARALLEL_MIN {
             1
         } else {
@@ -148,7 +151,7 @@ impl<'a> TxEncoder<'a> {
         };
         let seal = |work: &mut [(&mut [u8], &Deferred<'_>)]| {
             for (place, d) in work.iter_mut() {
-                d.key.seal_into(Cipher::CURRENT, &d.ad, d.plaintext, place);
+                d.key.seal_in_place(Cipher::CURRENT, &d.ad, place);
             }
         };
         if threads <= 1 {
@@ -165,7 +168,7 @@ impl<'a> TxEncoder<'a> {
                 .iter()
                 .take_while(|(_, d)| {
                     let take = bytes < share;
-                    bytes += d.plaintext.len();
+                    bytes += d.plain_len;
                     take
                 })
                 .count()
