@@ -1,10 +1,11 @@
 //! Format compatibility: chains written by each format (segments, a snapshot and a key envelope,
-//! committed under tests/data/format-v1 and format-v2) must open and read back exactly, forever.
+//! committed under tests/data/format-v1, -v2 and -v3) must open and read back exactly, forever.
 //! When the format changes, add a new sample directory and keep the old ones. Format 1 sealed
-//! every payload with XChaCha20-Poly1305; format 2 names AES-256-GCM in the record header.
+//! every payload with XChaCha20-Poly1305; format 2 names AES-256-GCM in the record header;
+//! format 3 writes segments of format 2, where padding frames align large transactions.
 #![allow(clippy::unwrap_used)]
 
-use ate::storage::{FileStorage, Storage};
+use ate::storage::{FileStorage, MemStorage, Storage};
 use ate::{
     Chain, ChainOptions, Cipher, KeyFile, Op, RecordKey, RootAuthority, Transaction, WriteAuthority,
 };
@@ -16,15 +17,20 @@ fn sample_dir(format: u16) -> PathBuf {
 }
 
 /// The newest format, the one [`write_sample`] writes.
-const CURRENT: u16 = 2;
+const CURRENT: u16 = 3;
+
+/// The large record of format 3's sample (its transaction is padded into alignment).
+fn large() -> Vec<u8> {
+    (0..100u32 << 10).map(|i| (i % 251) as u8).collect()
+}
 
 fn k(n: u128) -> RecordKey {
     RecordKey::from_u128(n)
 }
 
-/// What the sample holds: key -> plaintext (None = deleted), and each record's version.
-fn expected() -> Vec<(RecordKey, Option<Vec<u8>>, u64)> {
-    vec![
+/// What sample `format` holds: key -> plaintext (None = deleted), and each record's version.
+fn expected(format: u16) -> Vec<(RecordKey, Option<Vec<u8>>, u64)> {
+    let mut v = vec![
         (k(1), Some(b"directory".to_vec()), 1),
         (
             k(2),
@@ -34,7 +40,20 @@ fn expected() -> Vec<(RecordKey, Option<Vec<u8>>, u64)> {
         (k(3), None, 2),
         (k(4), Some(vec![0xab; 5000]), 1),
         (k(5), Some(b"written after the snapshot".to_vec()), 1),
-    ]
+    ];
+    if format >= 3 {
+        v.push((k(6), Some(large()), 1));
+    }
+    v
+}
+
+/// Transactions committed after the sample's snapshot.
+fn after_snapshot(format: u16) -> usize {
+    if format >= 3 {
+        3
+    } else {
+        2
+    }
 }
 
 /// A copy of sample `format`'s chain in a temporary directory, and its keys.
@@ -83,7 +102,7 @@ fn reads_sample(format: u16) {
         chain.root(),
         Some(RootAuthority::single_owner(keys.owner.public()))
     );
-    for (key, want, version) in expected() {
+    for (key, want, version) in expected(format) {
         let got = chain.read_plain(&key, &keys.data).unwrap().map(|(_, p)| p);
         assert_eq!(got, want, "record {key}");
         assert_eq!(
@@ -98,7 +117,8 @@ fn reads_sample(format: u16) {
     let mut n = 0;
     while let Some((_, tx)) = sub.next_timeout(std::time::Duration::ZERO).unwrap() {
         ate::validate::check_stateless(&tx).unwrap();
-        assert_eq!(tx.format(), format);
+        // Format 3 changed the segment file, not the transaction encoding.
+        assert_eq!(tx.format(), format.min(2));
         for op in &tx.ops {
             if let Op::Put { header, .. } = op {
                 assert_eq!(header.cipher, cipher_of(format));
@@ -106,7 +126,7 @@ fn reads_sample(format: u16) {
         }
         n += 1;
     }
-    assert_eq!(n, 2);
+    assert_eq!(n, after_snapshot(format));
 }
 
 #[test]
@@ -117,6 +137,35 @@ fn reads_the_committed_v1_sample() {
 #[test]
 fn reads_the_committed_v2_sample() {
     reads_sample(2);
+}
+
+#[test]
+fn reads_the_committed_v3_sample() {
+    reads_sample(3);
+    assert!(
+        sample_has_padding(&sample_dir(3).join("chain")),
+        "the sample must exercise padding frames"
+    );
+}
+
+/// Whether a segment in `dir` holds a padding frame.
+fn sample_has_padding(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let e = e.unwrap();
+        if !e.file_name().to_string_lossy().starts_with("seg-") {
+            return false;
+        }
+        let bytes = std::fs::read(e.path()).unwrap();
+        let mut at = ate::redo::FILE_HEADER;
+        while at < bytes.len() {
+            let (kind, _, used) = ate::redo::decode_frame(&bytes[at..]).unwrap();
+            if kind == ate::redo::FrameKind::Pad {
+                return true;
+            }
+            at += used;
+        }
+        false
+    })
 }
 
 /// A chain written by format 1 goes on under format 2: old records still open beside new
@@ -142,7 +191,7 @@ fn a_v1_chain_takes_format_2_commits_compacts_and_reopens() {
     let (chain, report) = open_chain(dir.path());
     assert_eq!(report.truncated_bytes, 0);
     let read = |key| chain.read_plain(&key, &keys.data).unwrap().map(|(_, p)| p);
-    for (key, want, _) in expected() {
+    for (key, want, _) in expected(1) {
         assert_eq!(read(key), want, "record {key}");
     }
     assert_eq!(
@@ -165,7 +214,10 @@ fn write_sample() {
     std::fs::create_dir_all(out.join("chain")).unwrap();
     let keys = KeyFile::generate(ate::ChainId::random());
     keys.save(&out.join("keys")).unwrap();
-    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(out.join("chain")).unwrap());
+    // Written in memory, which pads from 64 KiB (a disk file from 1 MiB), then saved: the
+    // sample stays small.
+    let mem = MemStorage::new();
+    let storage: Arc<dyn Storage> = Arc::new(mem.clone());
     let (chain, _) = Chain::open(
         storage,
         Some(keys.chain),
@@ -209,4 +261,13 @@ fn write_sample() {
         b"file two, rewritten after the snapshot",
     )]);
     commit(vec![put(k(5), None, b"written after the snapshot")]);
+    commit(vec![put(k(6), None, &large())]);
+    drop(chain);
+    for name in mem.list().unwrap() {
+        std::fs::write(out.join("chain").join(&name), mem.contents(&name).unwrap()).unwrap();
+    }
+    assert!(
+        sample_has_padding(&out.join("chain")),
+        "run again: no padding was needed"
+    );
 }

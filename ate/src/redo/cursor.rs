@@ -89,6 +89,11 @@ impl LogCursor {
                     payload.drain(..8);
                     return Ok(Some((index, payload)));
                 }
+                Scanned::Frame {
+                    kind: FrameKind::Pad,
+                    next,
+                    ..
+                } => self.offset = next,
                 Scanned::End => {
                     if self.files.get(&FileRef::Segment(self.next)).is_none() {
                         return Ok(None);

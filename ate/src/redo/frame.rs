@@ -26,6 +26,9 @@ pub enum FrameKind {
     Tx = 1,
     /// A Raft log entry of a replicated partition (chain-server); its layout is the server's.
     RaftEntry = 2,
+    /// Zeros that move the next frame's payload to a chosen offset (segment format 2): a large
+    /// transaction then lies in the file as in memory, aligned for a direct write.
+    Pad = 3,
     /// First frame of a snapshot.
     SnapshotHeader = 16,
     /// One record of a snapshot.
@@ -39,6 +42,7 @@ impl FrameKind {
         Some(match v {
             1 => Self::Tx,
             2 => Self::RaftEntry,
+            3 => Self::Pad,
             16 => Self::SnapshotHeader,
             17 => Self::SnapshotRecord,
             18 => Self::SnapshotEnd,

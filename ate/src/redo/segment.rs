@@ -15,8 +15,12 @@ pub const FILE_HEADER: usize = 40;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"ATE-SEG\0";
 /// Snapshot magic.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"ATE-SNP\0";
-/// Segment file format version.
-pub const FILE_FORMAT: u16 = 1;
+/// Segment file format version written: 2 since a segment may hold padding frames (a
+/// format-1 reader refuses such a file by its version). Format-1 segments are still read and
+/// appended to (without padding, so they stay readable by format-1 readers).
+pub const FILE_FORMAT: u16 = 2;
+/// The first segment format: transaction frames only.
+pub const FILE_FORMAT_1: u16 = 1;
 /// Snapshot file format version: 2 since record headers may name AES-256-GCM payloads (a
 /// format-1 reader refuses such a file by its version). Format-1 snapshots are still read.
 pub const SNAPSHOT_FORMAT: u16 = 2;
@@ -52,6 +56,11 @@ impl FileHeader {
 
     /// Decodes and checks a header.
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_with_format(b).map(|(h, _)| h)
+    }
+
+    /// [`Self::decode`], also returning the file's format version.
+    pub fn decode_with_format(b: &[u8]) -> Result<(Self, u16), DecodeError> {
         let mut r = Reader::new(b);
         let magic: [u8; 8] = r.array()?;
         if magic != SEGMENT_MAGIC && magic != SNAPSHOT_MAGIC {
@@ -61,7 +70,11 @@ impl FileHeader {
             });
         }
         let format = r.u16()?;
-        let known = format == FILE_FORMAT || (magic == SNAPSHOT_MAGIC && format == SNAPSHOT_FORMAT);
+        let known = if magic == SNAPSHOT_MAGIC {
+            format == 1 || format == SNAPSHOT_FORMAT
+        } else {
+            format == FILE_FORMAT_1 || format == FILE_FORMAT
+        };
         if !known {
             return Err(DecodeError::Invalid {
                 what: "file format",
@@ -84,11 +97,14 @@ impl FileHeader {
                 value: crc.into(),
             });
         }
-        Ok(Self {
-            magic,
-            index,
-            chain,
-        })
+        Ok((
+            Self {
+                magic,
+                index,
+                chain,
+            },
+            format,
+        ))
     }
 }
 
@@ -134,25 +150,31 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_are_read_in_both_formats_and_segments_only_in_theirs() {
+    fn both_formats_of_segments_and_snapshots_are_read_and_others_refused() {
         let snap = FileHeader {
             magic: SNAPSHOT_MAGIC,
             index: 9,
             chain: ChainId::default(),
         };
         assert_eq!(snap.encode()[8..10], SNAPSHOT_FORMAT.to_le_bytes());
-        for f in [FILE_FORMAT, SNAPSHOT_FORMAT] {
+        for f in [1, SNAPSHOT_FORMAT] {
             assert_eq!(
-                FileHeader::decode(&with_format(SNAPSHOT_MAGIC, f)),
-                Ok(snap)
+                FileHeader::decode_with_format(&with_format(SNAPSHOT_MAGIC, f)),
+                Ok((snap, f))
             );
         }
-        assert!(FileHeader::decode(&with_format(SEGMENT_MAGIC, FILE_FORMAT)).is_ok());
-        for (magic, f) in [
-            (SEGMENT_MAGIC, SNAPSHOT_FORMAT),
-            (SNAPSHOT_MAGIC, 3),
-            (SEGMENT_MAGIC, 0),
-        ] {
+        let seg = FileHeader {
+            magic: SEGMENT_MAGIC,
+            ..snap
+        };
+        assert_eq!(seg.encode()[8..10], FILE_FORMAT.to_le_bytes());
+        for f in [FILE_FORMAT_1, FILE_FORMAT] {
+            assert_eq!(
+                FileHeader::decode_with_format(&with_format(SEGMENT_MAGIC, f)),
+                Ok((seg, f))
+            );
+        }
+        for (magic, f) in [(SEGMENT_MAGIC, 3), (SNAPSHOT_MAGIC, 3), (SEGMENT_MAGIC, 0)] {
             assert!(matches!(
                 FileHeader::decode(&with_format(magic, f)),
                 Err(DecodeError::Invalid {

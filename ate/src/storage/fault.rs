@@ -137,4 +137,7 @@ impl StorageFile for FaultFile {
     fn truncate(&self, len: u64) -> io::Result<()> {
         self.inner.truncate(len)
     }
+    fn write_alignment(&self) -> Option<(usize, usize)> {
+        self.inner.write_alignment()
+    }
 }

@@ -128,6 +128,16 @@ impl StorageFile for DiskFile {
         let (head, rest) = buf.split_at((start - offset) as usize);
         let (middle, tail) = rest.split_at((end - start) as usize);
         self.file.write_all_at(head, offset)?;
+        if middle.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+            // Laid out by the writer to lie in memory as in the file (write_alignment).
+            return match direct.write_all_at(middle, start) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.file.write_all_at(middle, start)
+                }
+                r => r,
+            }
+            .and_then(|()| self.file.write_all_at(tail, end));
+        }
         // O_DIRECT also wants aligned memory: copy into an aligned window of a staging buffer
         // (a memory copy is far cheaper than the page-cache path it replaces), a bounded
         // piece at a time so the buffer stays small however large the batch.
@@ -156,5 +166,8 @@ impl StorageFile for DiskFile {
     }
     fn truncate(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+    fn write_alignment(&self) -> Option<(usize, usize)> {
+        self.direct.as_ref().map(|_| (DIRECT_ALIGN, DIRECT_MIN))
     }
 }

@@ -137,4 +137,9 @@ impl StorageFile for MemFile {
         self.0.lock().data.resize(len, 0);
         Ok(())
     }
+    /// Asks for the disk's layout (from a lower size, so more tests meet it): the logs the
+    /// tests replay then hold the padding frames real files get.
+    fn write_alignment(&self) -> Option<(usize, usize)> {
+        Some((4096, 64 << 10))
+    }
 }

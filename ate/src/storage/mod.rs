@@ -41,4 +41,10 @@ pub trait StorageFile: Send + Sync + Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// Cuts or extends the file.
     fn truncate(&self, len: u64) -> io::Result<()>;
+    /// `(align, min)`: a write of at least `min` bytes whose file offset and memory address
+    /// agree modulo `align` is sent without being copied (a direct write). None: no such
+    /// preference, so writers need not arrange it.
+    fn write_alignment(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
