@@ -221,6 +221,8 @@ pub(crate) struct Shared {
     /// This chain's own transactions sent upstream, until they come back by hash
     /// ([`crate::upstream::Upstream::returns_own_by_hash`]).
     pub(crate) held: Mutex<std::collections::HashMap<TxHash, Prepared>>,
+    /// Held by the one compaction that may run at a time.
+    compacting: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -338,6 +340,7 @@ impl Chain {
             published: Mutex::new(0),
             files,
             held: Mutex::default(),
+            compacting: Mutex::new(()),
         });
         let queue = Arc::new(BatchQueue::new());
         let s = shared.clone();
@@ -703,51 +706,64 @@ impl Chain {
         }
     }
 
-    /// Writes a snapshot of every record as of now and drops the segments it covers. Commits
-    /// wait meanwhile. Returns the snapshot's last index.
+    /// Writes a snapshot of every record as of now and drops the segments it covers. Returns
+    /// the snapshot's last index.
+    ///
+    /// Commits go on while the snapshot is written: only taking the records' list (a copy of
+    /// the index, no payloads) and, at the end, pointing the unchanged ones at their new place
+    /// and removing the old segments hold the log. Holding it throughout stalled every writer
+    /// for as long as copying the live data took (a third of a second for 64 MiB here; minutes
+    /// for a large volume).
     pub fn compact(&self) -> Result<u64, ChainError> {
-        let mut log = self.shared.log.lock();
-        let last = log.next_index() - 1;
-        // Without deferred syncs a batch is merged into the view only after its fdatasync,
-        // outside the log lock: a snapshot of a view behind the log would drop it.
-        {
-            let mut v = self.shared.visible.lock();
-            while *v < last {
-                if let Some(e) = &*self.shared.sync_failed.lock() {
-                    return Err(ChainError::Log(e.duplicate()));
+        let _one = self.shared.compacting.lock();
+        let (last, files, records, root) = {
+            let mut log = self.shared.log.lock();
+            let last = log.next_index() - 1;
+            // Without deferred syncs a batch is merged into the view only after its
+            // fdatasync, outside the log lock: a snapshot of a view behind the log would drop
+            // it.
+            {
+                let mut v = self.shared.visible.lock();
+                while *v < last {
+                    if let Some(e) = &*self.shared.sync_failed.lock() {
+                        return Err(ChainError::Log(e.duplicate()));
+                    }
+                    self.shared
+                        .visible_cv
+                        .wait_for(&mut v, Duration::from_millis(100));
                 }
-                self.shared
-                    .visible_cv
-                    .wait_for(&mut v, Duration::from_millis(100));
+            }
+            // New commits go to a segment of their own, which the snapshot does not cover.
+            log.roll()?;
+            let view = self.shared.view.read();
+            let records: Vec<(RecordKey, RecordEntry)> =
+                view.records().map(|(k, e)| (*k, e.clone())).collect();
+            (last, log.files().clone(), records, view.root().cloned())
+        };
+        // Only this compaction removes segments, so every location read here stays valid.
+        let mut w =
+            SnapshotWriter::create(files.storage.clone(), self.shared.id, last, root.as_ref())?;
+        let mut moved = Vec::new();
+        for (key, e) in &records {
+            let payload = match e.payload {
+                Some((loc, len)) => files.read(loc, len)?,
+                None => Vec::new(),
+            };
+            let loc = w.add(&e.to_snapshot(*key, payload.len()), &payload)?;
+            if let Some((old, _)) = e.payload {
+                moved.push((*key, old, loc));
             }
         }
-        log.roll()?;
-        let files = log.files().clone();
-        let mut moved = Vec::new();
-        let snapshot_file = {
-            let view = self.shared.view.read();
-            let mut w =
-                SnapshotWriter::create(files.storage.clone(), self.shared.id, last, view.root())?;
-            for (key, e) in view.records() {
-                let payload = match e.payload {
-                    Some((loc, len)) => files.read(loc, len)?,
-                    None => Vec::new(),
-                };
-                let loc = w.add(&e.to_snapshot(*key, payload.len()), &payload)?;
-                if e.payload.is_some() {
-                    moved.push((*key, loc));
-                }
-            }
-            w.finish()?
-        };
+        let snapshot_file = w.finish()?;
         files.insert(crate::redo::FileRef::Snapshot(last), snapshot_file.clone());
         {
+            // A record committed again meanwhile keeps its newer place.
             let mut view = self.shared.view.write();
-            for (k, loc) in moved {
-                view.relocate(&k, loc);
+            for (k, old, loc) in moved {
+                view.relocate_from(&k, old, loc);
             }
         }
-        log.retire_upto(snapshot_file, last)?;
+        self.shared.log.lock().retire_upto(snapshot_file, last)?;
         tracing::info!(chain = %self.shared.id, last, "compacted");
         Ok(last)
     }

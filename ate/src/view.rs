@@ -180,6 +180,18 @@ impl View {
             }
         }
     }
+
+    /// Points a record's payload at `to` if it still lies at `from` (compaction copied it;
+    /// a version committed since lies elsewhere and stays).
+    pub fn relocate_from(&mut self, key: &RecordKey, from: Location, to: Location) {
+        if let Some(e) = self.records.get_mut(key) {
+            if let Some((l, _)) = &mut e.payload {
+                if *l == from {
+                    *l = to;
+                }
+            }
+        }
+    }
 }
 
 impl ChainState for View {

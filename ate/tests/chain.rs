@@ -372,6 +372,144 @@ fn compaction_keeps_every_record_and_reopens_from_the_snapshot() {
     assert_eq!(chain.stats().snapshot, Some(last));
 }
 
+/// Memory storage whose first snapshot write waits (up to 30 s) for the test's go-ahead, after
+/// telling it the snapshot has started.
+#[derive(Debug)]
+struct GatedSnapshot {
+    inner: ate::storage::MemStorage,
+    gate: Arc<Gate>,
+}
+
+#[derive(Debug)]
+struct Gate {
+    started: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    release: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    timed_out: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug)]
+struct GatedFile {
+    inner: Arc<dyn ate::storage::StorageFile>,
+    gate: Arc<Gate>,
+}
+
+impl ate::storage::StorageFile for GatedFile {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if let Some(started) = self.gate.started.lock().unwrap().take() {
+            started.send(()).unwrap();
+            let release = self.gate.release.lock().unwrap().take().unwrap();
+            if release.recv_timeout(Duration::from_secs(30)).is_err() {
+                self.gate
+                    .timed_out
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn truncate(&self, len: u64) -> std::io::Result<()> {
+        self.inner.truncate(len)
+    }
+}
+
+impl Storage for GatedSnapshot {
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn open(
+        &self,
+        name: &str,
+        create: bool,
+    ) -> std::io::Result<Arc<dyn ate::storage::StorageFile>> {
+        let f = self.inner.open(name, create)?;
+        if !name.starts_with("snap-") {
+            return Ok(f);
+        }
+        Ok(Arc::new(GatedFile {
+            inner: f,
+            gate: self.gate.clone(),
+        }))
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
+    }
+}
+
+#[test]
+fn commits_go_on_while_a_compaction_writes_its_snapshot() {
+    let f = Fixture::new();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let gate = Arc::new(Gate {
+        started: std::sync::Mutex::new(Some(started_tx)),
+        release: std::sync::Mutex::new(Some(release_rx)),
+        timed_out: Default::default(),
+    });
+    let mem = ate::storage::MemStorage::new();
+    let storage: Arc<dyn Storage> = Arc::new(GatedSnapshot {
+        inner: mem.clone(),
+        gate: gate.clone(),
+    });
+    let chain = f.open(&storage);
+    chain
+        .commit(f.genesis(RootAuthority::single_owner(f.owner.public())))
+        .unwrap();
+    for i in 0..20 {
+        chain
+            .commit(f.put(&f.owner, key(i), None, &[i as u8; 3000]))
+            .unwrap();
+    }
+    let last = std::thread::scope(|s| {
+        let compactor = s.spawn(|| chain.compact().unwrap());
+        started.recv().unwrap();
+        // The snapshot is being written: commits still complete.
+        chain
+            .commit(f.put(&f.owner, key(1), None, b"rewritten meanwhile"))
+            .unwrap();
+        let mut tx = Transaction::new(f.chain_id, f.owner.public());
+        tx.ops.push(Op::Delete { key: key(2) });
+        chain.commit(tx.sign(&f.owner)).unwrap();
+        chain
+            .commit(f.put(&f.owner, key(100), None, b"new meanwhile"))
+            .unwrap();
+        release.send(()).unwrap();
+        compactor.join().unwrap()
+    });
+    assert!(
+        !gate.timed_out.load(std::sync::atomic::Ordering::SeqCst),
+        "the commits waited for the compaction"
+    );
+    assert_eq!(last, 21);
+    let check = |chain: &ate::Chain| {
+        let read = |k| chain.read_plain(&key(k), &f.data).unwrap().map(|(_, p)| p);
+        assert_eq!(read(1).as_deref(), Some(&b"rewritten meanwhile"[..]));
+        assert_eq!(read(2), None);
+        assert_eq!(read(100).as_deref(), Some(&b"new meanwhile"[..]));
+        for i in 3..20 {
+            assert_eq!(read(i), Some(vec![i as u8; 3000]), "record {i}");
+        }
+        assert_eq!(chain.record(&key(1)).unwrap().version, 2);
+        assert_eq!(chain.stats().snapshot, Some(last));
+    };
+    check(&chain);
+    drop(chain);
+    check(&f.open(&storage));
+}
+
 #[test]
 fn compaction_racing_commits_keeps_every_acknowledged_one() {
     // Without deferred syncs a batch joins the view only after its fdatasync: a compaction
