@@ -225,6 +225,26 @@ pub(crate) struct Shared {
     compacting: Mutex<()>,
 }
 
+impl Shared {
+    /// Waits until `counter` (durable or visible index, signalled by `cv`) reaches `target`;
+    /// fails once an fdatasync has failed (the counter would never get there).
+    fn wait_reaching(
+        &self,
+        counter: &Mutex<u64>,
+        cv: &Condvar,
+        target: u64,
+    ) -> Result<(), ChainError> {
+        let mut c = counter.lock();
+        while *c < target {
+            if let Some(e) = &*self.sync_failed.lock() {
+                return Err(ChainError::Log(e.duplicate()));
+            }
+            cv.wait_for(&mut c, Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 struct Committer {
     queue: Arc<BatchQueue<Pending>>,
@@ -657,16 +677,8 @@ impl Chain {
             *t = (*t).max(target);
         }
         self.shared.sync_cv.notify_all();
-        let mut d = self.shared.durable.lock();
-        while *d < target {
-            if let Some(e) = &*self.shared.sync_failed.lock() {
-                return Err(ChainError::Log(e.duplicate()));
-            }
-            self.shared
-                .durable_cv
-                .wait_for(&mut d, Duration::from_millis(100));
-        }
-        Ok(())
+        self.shared
+            .wait_reaching(&self.shared.durable, &self.shared.durable_cv, target)
     }
 
     /// Committed transactions from `from` on: history, then live.
@@ -722,17 +734,8 @@ impl Chain {
             // Without deferred syncs a batch is merged into the view only after its
             // fdatasync, outside the log lock: a snapshot of a view behind the log would drop
             // it.
-            {
-                let mut v = self.shared.visible.lock();
-                while *v < last {
-                    if let Some(e) = &*self.shared.sync_failed.lock() {
-                        return Err(ChainError::Log(e.duplicate()));
-                    }
-                    self.shared
-                        .visible_cv
-                        .wait_for(&mut v, Duration::from_millis(100));
-                }
-            }
+            self.shared
+                .wait_reaching(&self.shared.visible, &self.shared.visible_cv, last)?;
             // New commits go to a segment of their own, which the snapshot does not cover.
             log.roll()?;
             let view = self.shared.view.read();

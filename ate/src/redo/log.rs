@@ -504,6 +504,17 @@ mod tests {
         &backing[skip..skip + len]
     }
 
+    fn open_log(storage: &Arc<dyn Storage>, chain: ChainId) -> RedoLog {
+        RedoLog::open(
+            storage.clone(),
+            Some(chain),
+            LogOptions::default(),
+            &mut Entries::default(),
+        )
+        .expect("opens")
+        .0
+    }
+
     fn segment_format(mem: &MemStorage) -> u16 {
         let f = mem
             .open(&FileRef::Segment(1).name(), false)
@@ -518,13 +529,7 @@ mod tests {
         let mem = MemStorage::new();
         let storage: Arc<dyn Storage> = Arc::new(mem.clone());
         let chain = ChainId::random();
-        let (mut log, _) = RedoLog::open(
-            storage.clone(),
-            Some(chain),
-            LogOptions::default(),
-            &mut Entries::default(),
-        )
-        .expect("opens");
+        let mut log = open_log(&storage, chain);
         assert_eq!(segment_format(&mem), FILE_FORMAT);
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let big = at_phase(&mut a, 100, 200 << 10, 7).to_vec();
@@ -564,14 +569,7 @@ mod tests {
         let mem = MemStorage::new();
         let storage: Arc<dyn Storage> = Arc::new(mem.clone());
         let chain = ChainId::random();
-        let (log, _) = RedoLog::open(
-            storage.clone(),
-            Some(chain),
-            LogOptions::default(),
-            &mut Entries::default(),
-        )
-        .expect("opens");
-        drop(log);
+        drop(open_log(&storage, chain));
         // Rewrite the header as format 1, as a format-1 writer left it.
         let f = mem
             .open(&FileRef::Segment(1).name(), false)
@@ -582,13 +580,7 @@ mod tests {
         let crc = crc32c::crc32c(&hb[..36]);
         hb[36..].copy_from_slice(&crc.to_le_bytes());
         f.write_at(&hb, 0).expect("rewrites");
-        let (mut log, _) = RedoLog::open(
-            storage.clone(),
-            Some(chain),
-            LogOptions::default(),
-            &mut Entries::default(),
-        )
-        .expect("opens format 1");
+        let mut log = open_log(&storage, chain);
         let mut a = Vec::new();
         let big = at_phase(&mut a, 100, 200 << 10, 7);
         let locs = log.append(&[big]).expect("appends");
