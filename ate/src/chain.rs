@@ -561,65 +561,39 @@ impl Chain {
         self.shared.view.read().get(key).cloned()
     }
 
-    /// The live version's header and sealed payload (empty when it has none).
-    pub fn read(&self, key: &RecordKey) -> Result<Option<(RecordEntry, Vec<u8>)>, ChainError> {
-        let Some(entry) = self.record(key).filter(|e| !e.is_deleted()) else {
-            return Ok(None);
-        };
-        let sealed = match entry.payload {
-            None => Vec::new(),
-            Some((loc, len)) => {
-                let files = self.shared.files.clone();
-                match files.read(loc, len) {
-                    Ok(b) => b,
-                    // Compaction may have moved it between our two lookups: look again.
-                    Err(LogError::Compacted { .. }) => return self.read(key),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-        Ok(Some((entry, sealed)))
-    }
-
     /// Opens the live version's payload with `key_for` giving the data key for its header.
     pub fn read_plain(
         &self,
         key: &RecordKey,
         data_key: &crate::crypto::DataKey,
     ) -> Result<Option<(RecordHeader, Vec<u8>)>, ChainError> {
-        let Some((entry, sealed)) = self.read(key)? else {
-            return Ok(None);
-        };
-        let Some(header) = entry.header else {
-            return Ok(None);
-        };
-        if sealed.is_empty() {
-            return Ok(Some((header, Vec::new())));
-        }
-        let plain = header
-            .open(&self.shared.id, data_key, sealed)
-            .map_err(|source| ChainError::Crypto { key: *key, source })?;
-        Ok(Some((header, plain)))
+        let mut buf = Vec::new();
+        Ok(self
+            .read_plain_into(key, data_key, &mut buf, 0)?
+            .map(|(header, len)| {
+                buf.truncate(len);
+                (header, buf)
+            }))
     }
 
     /// [`Self::read_plain`] into `buf` at `at` (grown when too short, never shrunk, so a
     /// caller reusing one buffer pays neither allocation nor zeroing per read); returns the
-    /// plaintext's length, None when the record is absent.
+    /// header and the plaintext's length, None when the record is absent.
     pub fn read_plain_into(
         &self,
         key: &RecordKey,
         data_key: &crate::crypto::DataKey,
         buf: &mut Vec<u8>,
         at: usize,
-    ) -> Result<Option<usize>, ChainError> {
+    ) -> Result<Option<(RecordHeader, usize)>, ChainError> {
         let Some(entry) = self.record(key).filter(|e| !e.is_deleted()) else {
             return Ok(None);
         };
         let Some(header) = entry.header else {
             return Ok(None);
         };
-        let Some((loc, len)) = entry.payload else {
-            return Ok(Some(0));
+        let Some((loc, len)) = entry.payload.filter(|(_, len)| *len > 0) else {
+            return Ok(Some((header, 0)));
         };
         let end = at + len;
         if buf.len() < end {
@@ -631,10 +605,10 @@ impl Chain {
             Err(LogError::Compacted { .. }) => return self.read_plain_into(key, data_key, buf, at),
             Err(e) => return Err(e.into()),
         }
-        header
+        let plain = header
             .open_in_place(&self.shared.id, data_key, &mut buf[at..end])
-            .map(Some)
-            .map_err(|source| ChainError::Crypto { key: *key, source })
+            .map_err(|source| ChainError::Crypto { key: *key, source })?;
+        Ok(Some((header, plain)))
     }
 
     /// Live children of a record.

@@ -1211,7 +1211,7 @@ impl AteFs {
                     let got = self
                         .chain
                         .read_plain_into(&key, &self.keyfile.data, buf, at)?
-                        .unwrap_or(0)
+                        .map_or(0, |(_, len)| len)
                         .min(take);
                     buf[at + got..at + take].fill(0);
                     pos += take as u64;
