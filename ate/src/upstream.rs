@@ -96,46 +96,93 @@ impl std::fmt::Debug for Outgoing {
 /// message at 64 MiB).
 const BATCH_BYTES: usize = 32 << 20;
 
+/// Answered batches the sender may hand on before the acknowledging thread caught up.
+const ACKS_AHEAD: usize = 4;
+
+/// A batch the upstream answered, on its way to being acknowledged.
+type Answered = (Vec<Outgoing>, Vec<Result<u64, UpstreamError>>);
+
 /// The sender thread: everything queued goes up in one call (in queue order), and the next
-/// call takes what queued meanwhile.
+/// call takes what queued meanwhile. A second thread acknowledges each answered commit once
+/// it is back in the local view: the next call does not wait for that (appending an 8 MiB
+/// transaction to the local cache took as long as sending it, and the link sat idle).
 pub(crate) fn sender_loop(
     chain: std::sync::Weak<crate::chain::Shared>,
     upstream: std::sync::Arc<dyn Upstream>,
     rx: &crate::queue::BatchQueue<Outgoing>,
 ) {
-    while let Some(mut batch) = rx.pop_batch(256, BATCH_BYTES, |o| o.bytes.len()) {
-        let mut txs: Vec<Bytes> = batch
-            .iter_mut()
-            .map(|o| std::mem::take(&mut o.bytes))
-            .collect();
-        let results = if txs.len() == 1 {
-            vec![upstream.commit(txs.remove(0))]
-        } else {
-            upstream.commit_batch(txs)
-        };
-        for (o, r) in batch.into_iter().zip(results) {
-            let Some(shared) = chain.upgrade() else {
-                o.reply.send(Err(ChainError::Closed));
-                continue;
-            };
-            if r.is_err() {
-                // Refused, or its fate unknown: should it come back after all, it comes in
-                // full (the follower asks again when it does not hold the bytes).
-                shared.held.lock().remove(&o.hash);
-            }
-            let r = r.map_err(ChainError::Upstream).and_then(|index| {
-                match wait_back(&shared, upstream.as_ref(), index) {
-                    Ok(()) => Ok(Receipt {
-                        index,
-                        hash: o.hash,
-                    }),
-                    Err(why) => Err(ChainError::Upstream(UpstreamError::Failed(format!(
-                        "committed upstream at {index}, but {why}"
-                    )))),
+    let (answered, to_ack) = std::sync::mpsc::sync_channel::<Answered>(ACKS_AHEAD);
+    std::thread::scope(|s| {
+        let (chain, upstream) = (&chain, upstream.as_ref());
+        let acker = std::thread::Builder::new()
+            .name("ate-upstream-ack".into())
+            .spawn_scoped(s, move || {
+                for (batch, results) in to_ack {
+                    acknowledge(chain, upstream, batch, results);
                 }
             });
-            o.reply.send(r);
+        if let Err(e) = acker {
+            // Without the second thread, acknowledge in this one.
+            tracing::warn!(error = %e, "no acknowledging thread; acknowledging in the sender");
         }
+        let mut answered = Some(answered);
+        while let Some(mut batch) = rx.pop_batch(256, BATCH_BYTES, |o| o.bytes.len()) {
+            let mut txs: Vec<Bytes> = batch
+                .iter_mut()
+                .map(|o| std::mem::take(&mut o.bytes))
+                .collect();
+            let results = if txs.len() == 1 {
+                vec![upstream.commit(txs.remove(0))]
+            } else {
+                upstream.commit_batch(txs)
+            };
+            if let Some(shared) = chain.upgrade() {
+                for (o, r) in batch.iter().zip(&results) {
+                    if r.is_err() {
+                        // Refused, or its fate unknown: should it come back after all, it
+                        // comes in full (the follower asks again when it does not hold the
+                        // bytes).
+                        shared.held.lock().remove(&o.hash);
+                    }
+                }
+            }
+            let unsent = match &answered {
+                Some(tx) => tx.send((batch, results)).err().map(|e| e.0),
+                None => Some((batch, results)),
+            };
+            if let Some((batch, results)) = unsent {
+                answered = None;
+                acknowledge(chain, upstream, batch, results);
+            }
+        }
+        drop(answered);
+    });
+}
+
+/// Answers each commit of an answered batch once it is back in the local view.
+fn acknowledge(
+    chain: &std::sync::Weak<crate::chain::Shared>,
+    upstream: &dyn Upstream,
+    batch: Vec<Outgoing>,
+    results: Vec<Result<u64, UpstreamError>>,
+) {
+    for (o, r) in batch.into_iter().zip(results) {
+        let Some(shared) = chain.upgrade() else {
+            o.reply.send(Err(ChainError::Closed));
+            continue;
+        };
+        let r = r.map_err(ChainError::Upstream).and_then(|index| {
+            match wait_back(&shared, upstream, index) {
+                Ok(()) => Ok(Receipt {
+                    index,
+                    hash: o.hash,
+                }),
+                Err(why) => Err(ChainError::Upstream(UpstreamError::Failed(format!(
+                    "committed upstream at {index}, but {why}"
+                )))),
+            }
+        });
+        o.reply.send(r);
     }
 }
 
