@@ -3,8 +3,8 @@
 //!
 //! Layout: segment files `raft-<first index>.log`, each a 16-byte header (`ATERAFT2`, first
 //! index) followed by `ate` frames of kind `RaftEntry`, and before a large transaction
-//! possibly a `Pad` frame (`ATERAFT1` segments, written before padding, hold none). A frame's payload is a u32 length, the
-//! entry's metadata (postcard) and, for commands carrying a transaction, the transaction's
+//! possibly a `Pad` frame (`ATERAFT1` segments, written before padding, hold none). A
+//! RaftEntry frame's payload is a u32 length, the entry's metadata (postcard) and, for commands carrying a transaction, the transaction's
 //! bytes verbatim, so that the state machine can point at its sealed payloads in place. The
 //! vote, the purge point and the commit index live in `raft-meta` (replaced atomically).
 //!
@@ -12,7 +12,10 @@
 //! overrides (`truncate`) and dropping a prefix a snapshot covers (`purge`).
 
 use crate::types::{Command, Entry, LogId, StorageError, TypeConfig};
-use ate::redo::{decode_frame, frame_header, FileRef, Files, FrameKind, Location, FRAME_HEADER};
+use ate::redo::{
+    decode_frame, encode_pad, frame_header, FileRef, Files, FrameKind, Location, FRAME_HEADER,
+    MAX_PAD_ALIGN,
+};
 use ate::storage::{Storage, StorageFile};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{EntryPayload, LogState, Membership, RaftLogReader, StorageIOError, Vote};
@@ -28,8 +31,6 @@ use thiserror::Error;
 const SEGMENT_MAGIC: &[u8; 8] = b"ATERAFT2";
 /// Segments written before padding frames (read, and continued without padding).
 const SEGMENT_MAGIC_1: &[u8; 8] = b"ATERAFT1";
-/// Padding frames' payload (at most an alignment plus a frame header long).
-static ZEROS: [u8; 8192] = [0; 8192];
 const SEGMENT_HEADER: u64 = 16;
 const META: &str = "raft-meta";
 /// Transactions this large are written from where they lie, not copied behind their frame
@@ -130,7 +131,7 @@ impl Tail {
     fn new(first: u64, file: Arc<dyn StorageFile>, len: u64, pads: bool) -> Self {
         let align = file
             .write_alignment()
-            .filter(|(a, _)| pads && *a <= ZEROS.len() / 2);
+            .filter(|(a, _)| pads && *a <= MAX_PAD_ALIGN);
         Self {
             first,
             file,
@@ -285,15 +286,7 @@ impl TailWriter {
             // the file writes it from where it lies (copying it to aligned memory was 5 % of
             // the replicas' CPU in a sequential write through a cluster, perf).
             let lands = tail.len + self.len() + (FRAME_HEADER + head.len()) as u64;
-            let want = tx.as_ptr() as usize % align;
-            let gap = (want + align - (lands % align as u64) as usize) % align;
-            if gap != 0 {
-                let pad = if gap < FRAME_HEADER { gap + align } else { gap };
-                let zeros = &ZEROS[..pad - FRAME_HEADER];
-                self.buf
-                    .extend_from_slice(&frame_header(FrameKind::Pad, &[zeros]));
-                self.buf.extend_from_slice(zeros);
-            }
+            encode_pad(lands, tx.as_ptr() as usize, align, &mut self.buf);
         }
         let frame = tail.len + self.len();
         let parts = [head, tx];
@@ -838,16 +831,7 @@ mod tests {
             .map(|i| commit(i, 2, big(200 + i as u8)))
             .collect();
         log.append_sync(second.clone()).unwrap();
-        let expected: Commits = first[..29]
-            .iter()
-            .chain(&second)
-            .map(|e| match &e.payload {
-                EntryPayload::Normal(Command::Commit { tx, session, .. }) => {
-                    (e.log_id.index, tx.to_vec(), *session)
-                }
-                _ => unreachable!(),
-            })
-            .collect();
+        let expected = commits(&[&first[..29], &second].concat());
         assert_eq!(txs(&log, 1, 46), expected, "from memory");
         drop(log);
         let reopened = open();

@@ -51,6 +51,23 @@ impl FrameKind {
     }
 }
 
+/// The largest alignment [`encode_pad`] can reach.
+pub const MAX_PAD_ALIGN: usize = 4096;
+static ZEROS: [u8; 2 * MAX_PAD_ALIGN] = [0; 2 * MAX_PAD_ALIGN];
+
+/// Appends to `out` the padding frame (if any is needed) that moves a payload, which would
+/// otherwise start at file offset `lands`, to the offset equal to `addr` modulo `align`
+/// (at most [`MAX_PAD_ALIGN`]): the file can then write the payload from memory at `addr`
+/// without copying it to aligned memory.
+pub fn encode_pad(lands: u64, addr: usize, align: usize, out: &mut Vec<u8>) {
+    let want = addr % align;
+    let gap = (want + align - (lands % align as u64) as usize) % align;
+    if gap != 0 {
+        let pad = if gap < FRAME_HEADER { gap + align } else { gap };
+        encode_frame(FrameKind::Pad, &[&ZEROS[..pad - FRAME_HEADER]], out);
+    }
+}
+
 /// Appends a frame to `out`.
 pub fn encode_frame(kind: FrameKind, payload_parts: &[&[u8]], out: &mut Vec<u8>) {
     out.extend_from_slice(&frame_header(kind, payload_parts));

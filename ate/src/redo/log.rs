@@ -2,7 +2,9 @@
 //! them durable with one fdatasync per batch, rolls segments and retires compacted ones.
 
 use super::files::{FileRef, Files, Location};
-use super::frame::{encode_frame, frame_header, FrameKind, FRAME_HEADER};
+use super::frame::{
+    encode_frame, encode_pad, frame_header, FrameKind, FRAME_HEADER, MAX_PAD_ALIGN,
+};
 use super::recovery::{is_torn_tail, scan_frame, Recovered, RecoveryVisitor, Scanned};
 use super::segment::{parse_name, FileHeader, FILE_FORMAT, FILE_HEADER, SEGMENT_MAGIC};
 use super::snapshot::read_snapshot;
@@ -14,9 +16,6 @@ use std::sync::Arc;
 /// Transactions this large are written from where they lie, not copied behind their frame
 /// header into the append buffer.
 const WRITE_IN_PLACE: usize = 64 << 10;
-
-/// Padding frames' payload (at most an alignment plus a frame header long).
-static ZEROS: [u8; 8192] = [0; 8192];
 
 /// Tuning of the log.
 #[derive(Clone, Debug)]
@@ -315,7 +314,7 @@ impl RedoLog {
         let align = self
             .tail
             .write_alignment()
-            .filter(|(a, _)| self.tail_format >= FILE_FORMAT && *a <= ZEROS.len() / 2);
+            .filter(|(a, _)| self.tail_format >= FILE_FORMAT && *a <= MAX_PAD_ALIGN);
         for (i, tx) in txs.iter().enumerate() {
             let index = self.next_index + i as u64;
             let at = self.tail_len + written;
@@ -324,16 +323,7 @@ impl RedoLog {
                 // the file writes it from where it lies (copying it to aligned memory was a
                 // tenth of a mount's CPU in a sequential write, perf).
                 let lands = at + (self.buf.len() + FRAME_HEADER + 8) as u64;
-                let want = tx.as_ptr() as usize % align;
-                let gap = (want + align - (lands % align as u64) as usize) % align;
-                if gap != 0 {
-                    let pad = if gap < FRAME_HEADER { gap + align } else { gap };
-                    encode_frame(
-                        FrameKind::Pad,
-                        &[&ZEROS[..pad - FRAME_HEADER]],
-                        &mut self.buf,
-                    );
-                }
+                encode_pad(lands, tx.as_ptr() as usize, align, &mut self.buf);
             }
             let offset = at + (self.buf.len() + FRAME_HEADER + 8) as u64;
             let index_bytes = index.to_le_bytes();

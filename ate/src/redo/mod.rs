@@ -12,7 +12,8 @@ mod snapshot;
 pub use cursor::LogCursor;
 pub use files::{FileRef, Files, Location};
 pub use frame::{
-    decode_frame, encode_frame, frame_header, FrameKind, FRAME_HEADER, MAX_FRAME_PAYLOAD,
+    decode_frame, encode_frame, encode_pad, frame_header, FrameKind, FRAME_HEADER,
+    MAX_FRAME_PAYLOAD, MAX_PAD_ALIGN,
 };
 pub use log::{LogOptions, RedoLog};
 pub use recovery::{Recovered, RecoveryVisitor};
