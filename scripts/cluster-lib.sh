@@ -14,8 +14,20 @@ healthy() {
   ) 2>/dev/null
 }
 
+# Something answers on 127.0.0.1:PORT.
+listening() { (exec 4<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 start_dev_cluster() {
-  local bin=$1 dir=$2 base=$3 log=$4 n r
+  local bin=$1 dir=$2 base=$3 log=$4 n r p
+  # A cluster left by a killed run would answer the health checks below in this one's place.
+  for r in 1 2 3; do
+    for p in 0 1 2; do
+      if listening $((base + 10 * r + p)); then
+        echo "port $((base + 10 * r + p)) is taken (a cluster left running?); set BASE_PORT" >&2
+        return 1
+      fi
+    done
+  done
   "$bin" dev-cluster --dir "$dir" --base-port "$base" >>"$log" 2>&1 &
   CLUSTER_PID=$!
   for _ in $(seq 100); do

@@ -10,9 +10,10 @@ ROOT=$(pwd)
 FSX_OPS=${1:-100000}
 PJD_MIN=${PJD_MIN:-370}
 # pjdfstest 0.2.2 miscomputes its PATH_MAX test for some base-path lengths (9 characters is
-# one); this mount point's length is known good (POSIX_MNT runs a second copy elsewhere:
-# keep the length).
-MNT=${POSIX_MNT:-/tmp/atefs-pjdfstest}
+# one); this mount point's length, 20, is known good (POSIX_MNT mounts elsewhere: keep the
+# length). A fresh directory each run: a run killed before its cleanup leaves a dead FUSE
+# mount behind (ENOTCONN), and a fixed path made every later run on that machine fail.
+MNT=${POSIX_MNT:-$(mktemp -d /tmp/atefs-pj.XXXXXX)}
 STATE=$(mktemp -d /tmp/atefs-state.XXXXXX)
 LOG=$(mktemp -d /tmp/atefs-logs.XXXXXX)
 
@@ -20,6 +21,7 @@ cleanup() {
   umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
   [ -n "${DAEMON:-}" ] && kill "$DAEMON" 2>/dev/null || true
   rm -rf "$STATE"
+  [ -n "${POSIX_MNT:-}" ] || rmdir "$MNT" 2>/dev/null || true
 }
 trap cleanup EXIT
 
