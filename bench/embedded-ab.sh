@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Same-run A/B of the embedded mount's sequential write and read: two or more `atefs`
 # binaries, each on a fresh state directory, interleaved RUNS times. fio writes 512 MiB in
-# 1 MiB blocks with end_fsync=1, then (after drop_caches and a remount, so nothing comes from
-# the daemon's block cache either) reads it back: the seq_write and seq_read workloads of
+# 1 MiB blocks with end_fsync=1, then (after a remount, so nothing comes from the daemon's
+# block cache either, and drop_caches after it, since the remount's replay reads the log)
+# reads it back from the disk: the seq_write and seq_read workloads of
 # ../shared/bench/peers.sh. Prints every run and the medians.
 # Usage: bench/embedded-ab.sh RUNS ATEFS_A ATEFS_B [ATEFS...]    (root; apt-get install fio)
 set -euo pipefail
@@ -36,6 +37,7 @@ one_run() { # binary -> prints "write read"
   unmount
   echo 3 >/proc/sys/vm/drop_caches
   "$bin" mount "$MNT" --data "$WORK/state" >>"$WORK/mount.log" 2>&1
+  echo 3 >/proc/sys/vm/drop_caches
   r=$(fio_bw read)
   unmount
   echo "$w $r"
