@@ -27,6 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+mod run_read;
+pub use run_read::Run;
+
 /// Why a chain operation failed.
 #[derive(Debug, Error)]
 pub enum ChainError {

@@ -264,16 +264,29 @@ impl DataKey {
         ad: &[u8],
         buf: &mut [u8],
     ) -> Result<usize, CryptoError> {
-        if buf.len() < SEAL_OVERHEAD {
-            return Err(CryptoError::ShortCiphertext(buf.len()));
+        self.open_within(cipher, ad, buf, 0)
+    }
+
+    /// Opens the sealed payload that fills `buf[src..]`, leaving the plaintext at the front of
+    /// `buf`; returns the plaintext's length. A failed open leaves `buf` garbled.
+    pub fn open_within(
+        &self,
+        cipher: Cipher,
+        ad: &[u8],
+        buf: &mut [u8],
+        src: usize,
+    ) -> Result<usize, CryptoError> {
+        let sealed = buf.len().saturating_sub(src);
+        if sealed < SEAL_OVERHEAD {
+            return Err(CryptoError::ShortCiphertext(sealed));
         }
         let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&buf[..NONCE_LEN]);
+        nonce.copy_from_slice(&buf[src..src + NONCE_LEN]);
         let (key, n) = self.subkey(cipher, &nonce);
         // Opened where it lies, the plaintext shifted to the front in the same pass: reads of
         // file blocks spent a tenth of their time copying before (perf, sequential read).
         Ok(key
-            .open_within(n, Aad::from(ad), buf, NONCE_LEN..)
+            .open_within(n, Aad::from(ad), buf, src + NONCE_LEN..)
             .map_err(|_| CryptoError::Unseal)?
             .len())
     }

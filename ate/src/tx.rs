@@ -327,7 +327,19 @@ impl RecordHeader {
         key: &DataKey,
         buf: &mut [u8],
     ) -> Result<usize, CryptoError> {
-        let len = key.open_in_place(self.cipher, &self.associated_data(chain), buf)?;
+        self.open_within(chain, key, buf, 0)
+    }
+
+    /// [`Self::open`] for a payload that fills `buf[src..]`: the plaintext is left at the front
+    /// of `buf` and its length returned.
+    pub fn open_within(
+        &self,
+        chain: &ChainId,
+        key: &DataKey,
+        buf: &mut [u8],
+        src: usize,
+    ) -> Result<usize, CryptoError> {
+        let len = key.open_within(self.cipher, &self.associated_data(chain), buf, src)?;
         if len as u64 != self.plain_len {
             return Err(CryptoError::Unseal);
         }

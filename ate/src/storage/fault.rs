@@ -119,6 +119,9 @@ impl StorageFile for FaultFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.inner.read_at(buf, offset)
     }
+    fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_direct_at(buf, offset)
+    }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if let Err(e) = self.plan.charge(buf.len()) {
             // Like a real disk filling up: part of the write may land before the error.

@@ -47,4 +47,18 @@ pub trait StorageFile: Send + Sync + Debug {
     fn write_alignment(&self) -> Option<(usize, usize)> {
         None
     }
+    /// Reads up to `buf.len()` bytes at `offset`, bypassing the page cache where the backend
+    /// can (callers align `offset`, `buf`'s address and its length to [`READ_DIRECT_ALIGN`]);
+    /// returns how many, fewer only where the file ends.
+    fn read_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let n = usize::try_from(self.len()?.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        self.read_at(&mut buf[..n], offset)?;
+        Ok(n)
+    }
 }
+
+/// Alignment of offset, memory and length for [`StorageFile::read_direct_at`] (the largest
+/// logical block size in use).
+pub const READ_DIRECT_ALIGN: usize = 4096;
