@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 mod run_read;
-pub use run_read::Run;
 
 /// Why a chain operation failed.
 #[derive(Debug, Error)]

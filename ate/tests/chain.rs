@@ -631,7 +631,7 @@ fn put_all(f: &Fixture, first: u128, payloads: &[Vec<u8>]) -> Transaction {
 }
 
 #[test]
-fn runs_of_payloads_are_read_at_once_into_their_strides_and_anything_else_is_refused() {
+fn blocks_are_read_into_their_strides_whatever_their_order_in_the_log() {
     const STRIDE: usize = 64 << 10;
     let f = Fixture::new();
     let dir = tempfile::tempdir().unwrap();
@@ -641,7 +641,7 @@ fn runs_of_payloads_are_read_at_once_into_their_strides_and_anything_else_is_ref
     chain
         .commit(f.genesis(RootAuthority::single_owner(f.owner.public())))
         .unwrap();
-    // Twenty full blocks and a short tail; then one of them rewritten, and a short one.
+    // Twenty full blocks and a short tail; then one of them rewritten, and two short ones.
     let payloads: Vec<Vec<u8>> = (0..21u8)
         .map(|i| vec![i + 1; if i == 20 { 100 } else { STRIDE }])
         .collect();
@@ -652,50 +652,49 @@ fn runs_of_payloads_are_read_at_once_into_their_strides_and_anything_else_is_ref
     chain
         .commit(put_all(&f, 40, &[vec![7; 10], vec![8; 10]]))
         .unwrap();
-    let keys = |r: std::ops::Range<u128>| r.map(key).collect::<Vec<_>>();
+    let want = |k: u128| match k {
+        15 => vec![0xee; STRIDE],
+        40 => vec![7; 10],
+        41 => vec![8; 10],
+        _ => payloads[(k - 10) as usize].clone(),
+    };
+    let keys = |r: &[u128]| r.iter().copied().map(key).collect::<Vec<_>>();
     for chain in [chain, f.open(&storage)] {
         let mut buf = vec![0xaa; 3];
-        let run = chain
-            .read_run_into(&keys(16..31), &f.data, &mut buf, STRIDE)
-            .unwrap()
-            .expect("one transaction's payloads in order form a run");
-        assert_eq!(run.lens, [[STRIDE; 14].as_slice(), &[100]].concat());
-        for (k, len) in run.lens.iter().enumerate() {
-            let at = run.start + k * STRIDE;
-            assert!(
-                buf[at..at + len].iter().all(|b| *b == k as u8 + 7),
-                "block {k}"
-            );
-        }
-        // Refused: a record rewritten elsewhere in the log, out of order, one missing, a
-        // plaintext longer than the stride.
-        for (ks, stride) in [
-            (keys(13..17), STRIDE),
-            (vec![key(12), key(11)], STRIDE),
-            (keys(29..33), STRIDE),
-            (keys(10..12), STRIDE - 1),
+        // One run; a run broken by a rewritten record; records out of the log's order and
+        // from three transactions; short records at a large stride.
+        for ks in [
+            (16..31).collect::<Vec<_>>(),
+            (12..18).collect(),
+            vec![41, 29, 15, 11, 10, 40],
         ] {
-            let got = chain.read_run_into(&ks, &f.data, &mut buf, stride).unwrap();
-            assert_eq!(got, None, "{ks:?}");
+            let lens = chain
+                .read_blocks_into(&keys(&ks), &f.data, &mut buf, STRIDE)
+                .unwrap()
+                .expect("live records within the stride");
+            for (i, k) in ks.iter().enumerate() {
+                let w = want(*k);
+                assert_eq!(lens[i], w.len(), "{ks:?} {k}");
+                assert_eq!(&buf[i * STRIDE..][..w.len()], &w[..], "{ks:?} {k}");
+            }
         }
-        // A short record is no run's middle at a larger stride (the next would move right);
-        // at one it fits, it is.
-        assert_eq!(
-            chain
-                .read_run_into(&keys(40..42), &f.data, &mut buf, STRIDE)
-                .unwrap(),
-            None
-        );
-        let run = chain
-            .read_run_into(&keys(40..42), &f.data, &mut buf, 16)
+        let lens = chain
+            .read_blocks_into(&keys(&[40, 41]), &f.data, &mut buf, 16)
             .unwrap()
             .unwrap();
-        assert_eq!(run.lens, [10, 10]);
-        assert_eq!(&buf[run.start..run.start + 10], &[7; 10]);
-        assert_eq!(&buf[run.start + 16..run.start + 26], &[8; 10]);
+        assert_eq!(lens, [10, 10]);
+        assert_eq!(&buf[..10], &[7; 10]);
+        assert_eq!(&buf[16..26], &[8; 10]);
+        // Refused: a key with no record, a plaintext longer than the stride.
+        for (ks, stride) in [(keys(&[29, 30, 31]), STRIDE), (keys(&[10, 11]), STRIDE - 1)] {
+            let got = chain
+                .read_blocks_into(&ks, &f.data, &mut buf, stride)
+                .unwrap();
+            assert_eq!(got, None, "{ks:?}");
+        }
         let wrong = ate::DataKey::generate();
         assert!(matches!(
-            chain.read_run_into(&keys(10..12), &wrong, &mut buf, STRIDE),
+            chain.read_blocks_into(&keys(&[10, 11]), &wrong, &mut buf, STRIDE),
             Err(ChainError::Crypto { .. })
         ));
     }

@@ -1156,15 +1156,14 @@ impl AteFs {
     /// Reads up to `len` bytes at `offset`.
     pub fn read(&self, ino: u64, offset: u64, len: usize) -> FsResult<Vec<u8>> {
         let mut buf = Vec::new();
-        let range = self.read_into(ino, offset, len, &mut buf)?;
-        buf.truncate(range.end);
-        buf.drain(..range.start);
+        let n = self.read_into(ino, offset, len, &mut buf)?;
+        buf.truncate(n);
         Ok(buf)
     }
 
-    /// Reads up to `len` bytes at `offset` into `buf`; returns where in `buf` they are.
-    /// `buf` is scratch: grown when too short, never shrunk or cleared, so a caller that
-    /// keeps one (a FUSE worker) pays no allocation or zeroing per read.
+    /// Reads up to `len` bytes at `offset` into the front of `buf`; returns how many. `buf`
+    /// is scratch: grown when too short, never shrunk or cleared, so a caller that keeps one
+    /// (a FUSE worker) pays no allocation or zeroing per read.
     ///
     /// Committed blocks are opened after the state lock is released (see block_cache.rs):
     /// the kernel's readahead sends several reads at once, and they decrypt in parallel.
@@ -1174,7 +1173,7 @@ impl AteFs {
         offset: u64,
         len: usize,
         buf: &mut Vec<u8>,
-    ) -> FsResult<std::ops::Range<usize>> {
+    ) -> FsResult<usize> {
         let bs = self.opts.block_size as u64;
         let (size, end, blocks, seen) = {
             let mut st = self.state.lock();
@@ -1184,7 +1183,7 @@ impl AteFs {
             }
             let size = a.size;
             if offset >= size {
-                return Ok(0..0);
+                return Ok(0);
             }
             let end = size.min(offset + len as u64);
             let blocks = (offset / bs..end.div_ceil(bs))
@@ -1193,8 +1192,8 @@ impl AteFs {
             (size, end, blocks, self.cache.lock().generation())
         };
         let total = (end - offset) as usize;
-        if let Some(start) = self.read_run(ino, offset, end, size, &blocks, buf)? {
-            return Ok(start..start + total);
+        if self.read_run(ino, offset, end, size, &blocks, buf)? {
+            return Ok(total);
         }
         if buf.len() < total {
             buf.resize(total, 0);
@@ -1237,12 +1236,12 @@ impl AteFs {
             buf[at + have.len()..at + take].fill(0);
             pos += take as u64;
         }
-        Ok(0..total)
+        Ok(total)
     }
 
-    /// A read of whole committed blocks (the tail block may end the file), at least two: one
-    /// direct read of their run in the log ([`ate::chain::Chain::read_run_into`]). Returns
-    /// where the bytes start in `buf`, or None when the blocks are no such run.
+    /// A read of whole committed blocks (the tail block may end the file), at least two, with
+    /// few direct reads of the log ([`ate::chain::Chain::read_blocks_into`]) into the front
+    /// of `buf`. False when the blocks cannot be read so.
     fn read_run(
         &self,
         ino: u64,
@@ -1251,37 +1250,32 @@ impl AteFs {
         size: u64,
         blocks: &[(u64, Option<Block>)],
         buf: &mut Vec<u8>,
-    ) -> FsResult<Option<usize>> {
+    ) -> FsResult<bool> {
         let bs = self.opts.block_size as u64;
         let whole = offset.is_multiple_of(bs) && (end.is_multiple_of(bs) || end == size);
         if !whole || blocks.len() < 2 || blocks.iter().any(|(_, b)| b.is_some()) {
-            return Ok(None);
+            return Ok(false);
         }
         let keys: Vec<RecordKey> = blocks
             .iter()
             .map(|(idx, _)| self.keys.block(ino, *idx))
             .collect();
-        let Some(run) = self
-            .chain
-            .read_run_into(&keys, &self.keyfile.data, buf, bs as usize)?
+        let Some(lens) =
+            self.chain
+                .read_blocks_into(&keys, &self.keyfile.data, buf, bs as usize)?
         else {
-            return Ok(None);
+            return Ok(false);
         };
         // A block shorter than its share of the read (the file's tail, or one ending in a
         // hole) reads as zeros past its end.
-        let total = (end - offset) as usize;
-        if buf.len() < run.start + total {
-            buf.resize(run.start + total, 0);
-        }
-        let mut at = run.start;
         let mut pos = offset;
-        for len in run.lens {
+        for (k, len) in lens.into_iter().enumerate() {
             let take = (bs.min(end - pos)) as usize;
+            let at = k * bs as usize;
             buf[at + len.min(take)..at + take].fill(0);
-            at += bs as usize;
             pos += take as u64;
         }
-        Ok(Some(run.start))
+        Ok(true)
     }
 
     /// Writes `data` at `offset`; returns the bytes written.

@@ -399,7 +399,7 @@ impl Filesystem for FuseFs {
     ) {
         READ_BUF.with_borrow_mut(
             |buf| match self.fs.read_into(ino.0, offset, size as usize, buf) {
-                Ok(range) => reply.data(&buf[range]),
+                Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(errno(&e)),
             },
         )

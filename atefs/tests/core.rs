@@ -59,22 +59,22 @@ fn reads_into_a_reused_buffer_see_only_the_file() {
         (0, 121),
     ] {
         buf.fill(0xaa);
-        let got = fs.read_into(f.ino, off, len, &mut buf).unwrap();
+        let n = fs.read_into(f.ino, off, len, &mut buf).unwrap();
         let end = (off as usize + len).min(want.len());
-        assert_eq!(&buf[got], &want[off as usize..end], "read {off}+{len}");
+        assert_eq!(&buf[..n], &want[off as usize..end], "read {off}+{len}");
         assert_eq!(fs.read(f.ino, off, len).unwrap(), &want[off as usize..end]);
     }
     // A buffer shorter than the read grows.
     let mut short = vec![0xaau8; 5];
-    let got = fs.read_into(f.ino, 0, 121, &mut short).unwrap();
-    assert_eq!(&short[got], &want[..]);
+    let n = fs.read_into(f.ino, 0, 121, &mut short).unwrap();
+    assert_eq!(&short[..n], &want[..]);
 }
 
 #[test]
 fn reads_of_runs_of_committed_blocks_see_only_the_file() {
-    // Whole blocks committed together are read with one read of their run in the log and
-    // opened where they land (ate's Chain::read_run_into); runs broken by a rewrite, a hole
-    // or a short block fall back to one block at a time. Every read must see the file.
+    // Whole committed blocks are read with one read per run of them in the log and opened
+    // where they land (ate's Chain::read_blocks_into); a rewrite breaks a run, a hole sends
+    // the read one block at a time. Every read must see the file.
     let (mem, keys, fs) = mem_fs(small_blocks());
     let f = fs
         .mknod(ROOT_INO, b"f", Kind::File, 0o644, 0, b"", ROOT)
@@ -121,9 +121,9 @@ fn reads_of_runs_of_committed_blocks_see_only_the_file() {
         (5, 300),
     ] {
         buf.iter_mut().for_each(|b| *b = 0xaa);
-        let got = fs.read_into(f.ino, off, len, &mut buf).unwrap();
+        let n = fs.read_into(f.ino, off, len, &mut buf).unwrap();
         let end = (off as usize + len).min(want.len());
-        assert_eq!(&buf[got], &want[off as usize..end], "read {off}+{len}");
+        assert_eq!(&buf[..n], &want[off as usize..end], "read {off}+{len}");
     }
 }
 

@@ -1,122 +1,173 @@
-//! Reading a run of records whose payloads lie one after another in the log (a file's blocks,
-//! written together) with one direct read, each opened into its place in the caller's buffer.
+//! Reading many records' payloads (a file's blocks) with few direct reads, each payload opened
+//! into its place in the caller's buffer.
 //!
 //! Through the page cache, a sequential read of a mount cost two copies per byte in the
 //! daemon: the page cache's into the read buffer, then the reply into the kernel (perf: each
 //! about a quarter of the daemon's time). Read here, the disk writes into the buffer itself
-//! and each payload is opened shifted to its place in the same pass as its decryption.
+//! (one read per run of payloads lying one after another in the log) and each payload is
+//! decrypted straight to its place.
 
 use super::{Chain, ChainError};
 use crate::crypto::DataKey;
 use crate::ids::RecordKey;
-use crate::redo::LogError;
+use crate::redo::{FileRef, LogError};
 use crate::storage::READ_DIRECT_ALIGN as ALIGN;
 use crate::tx::RecordHeader;
 
-/// Bytes allowed between one payload's end and the next's start (their record headers).
-const MAX_GAP: u64 = 4096;
+/// Bytes allowed between one payload's end and the next's start for both to be read at once
+/// (the bytes between are read along and dropped): record headers, and where a transaction
+/// ends and the next begins, its signature, a padding frame of up to 4 KiB and the next one's
+/// headers (a limit of 4 KiB sent a third of a sequential read's requests the slow way).
+const MAX_GAP: u64 = 64 << 10;
 
-/// Where [`Chain::read_run_into`] left the plaintexts.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Run {
-    /// Index in the buffer of the first record's plaintext; record `k`'s starts `k * stride`
-    /// after it.
-    pub start: usize,
-    /// Each record's plaintext length (at most the stride).
-    pub lens: Vec<usize>,
+/// Where one payload is.
+struct Place {
+    header: RecordHeader,
+    at: Span,
+}
+
+/// Bytes in a log file.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    file: FileRef,
+    offset: u64,
+    len: usize,
 }
 
 impl Chain {
-    /// Reads and opens the live payloads of `keys` when they lie in one log file in this
-    /// order, each within [`MAX_GAP`] of the one before, and no plaintext is longer than
-    /// `stride`: plaintext `k` is left at `start + k * stride` of `buf` (grown as needed; the
-    /// bytes between a plaintext's end and the next stride are left as they are). `Ok(None)`
-    /// when the records are not such a run (one missing, deleted, elsewhere in the log or
-    /// compacted away meanwhile): the caller reads them one by one.
-    pub fn read_run_into(
+    /// Reads and opens the live payloads of `keys`, leaving plaintext `k` at `k * stride` in
+    /// `buf` (grown as needed; the bytes between a plaintext's end and the next stride are
+    /// left as they are); returns each plaintext's length. Payloads lying one after another
+    /// in the log are read with one direct read. `Ok(None)` when a key has no live payload or
+    /// one longer than `stride`: the caller reads them another way.
+    pub fn read_blocks_into(
         &self,
         keys: &[RecordKey],
         data_key: &DataKey,
         buf: &mut Vec<u8>,
         stride: usize,
-    ) -> Result<Option<Run>, ChainError> {
-        let Some((file_ref, run)) = self.locate_run(keys, stride) else {
+    ) -> Result<Option<Vec<usize>>, ChainError> {
+        let Some(places) = self.places(keys, stride) else {
             return Ok(None);
         };
-        let Some(file) = self.shared.files.get(&file_ref) else {
-            return Ok(None);
-        };
-        let first = run[0].1;
-        let from = first / ALIGN as u64 * ALIGN as u64;
-        let end = run
-            .last()
-            .map_or(first, |(_, offset, len)| offset + *len as u64);
-        let span = ((end - from) as usize).next_multiple_of(ALIGN);
-        if buf.len() < span + ALIGN {
-            buf.resize(span + ALIGN, 0);
+        let spans: Vec<Span> = places.iter().map(|p| p.at).collect();
+        let runs = runs(&spans);
+        // Each run is read to the right of every plaintext's place, so opening a payload
+        // (which moves it left) never overwrites one not yet opened.
+        let area = (keys.len() * stride).next_multiple_of(ALIGN);
+        let widest = runs.iter().map(|r| extent(&spans[r.clone()]).2).max();
+        let need = area + widest.unwrap_or(0) + ALIGN;
+        if buf.len() < need {
+            buf.resize(need, 0);
         }
-        let base = buf.as_ptr().align_offset(ALIGN);
-        let got = file
-            .read_direct_at(&mut buf[base..base + span], from)
-            .map_err(LogError::io("read", file_ref.name()))?;
-        if (got as u64) < end - from {
-            return Err(ChainError::Log(LogError::io("read", file_ref.name())(
-                std::io::ErrorKind::UnexpectedEof.into(),
-            )));
+        let area = area + buf[area..].as_ptr().align_offset(ALIGN);
+        let mut lens = vec![0; keys.len()];
+        for run in runs {
+            let (from, end, width) = extent(&spans[run.clone()]);
+            let file_ref = spans[run.start].file;
+            // Compacted away since `places`: the caller reads one by one (which looks again).
+            let Some(file) = self.shared.files.get(&file_ref) else {
+                return Ok(None);
+            };
+            let got = file
+                .read_direct_at(&mut buf[area..area + width], from)
+                .map_err(LogError::io("read", file_ref.name()))?;
+            if (got as u64) < end - from {
+                return Err(ChainError::Log(LogError::io("read", file_ref.name())(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                )));
+            }
+            for k in run {
+                let (p, at) = (&places[k], spans[k]);
+                let (dst, src) = (k * stride, area + (at.offset - from) as usize);
+                lens[k] = p
+                    .header
+                    .open_within(
+                        &self.shared.id,
+                        data_key,
+                        &mut buf[dst..src + at.len],
+                        src - dst,
+                    )
+                    .map_err(|source| ChainError::Crypto {
+                        key: keys[k],
+                        source,
+                    })?;
+            }
         }
-        // Record k's payload moves left, from where it was read to its stride: run[k].1 -
-        // first >= k * stride (locate_run checked it), so no plaintext overwrites a payload
-        // not yet opened.
-        let start = base + (first - from) as usize;
-        let mut lens = Vec::with_capacity(run.len());
-        for (k, (header, offset, len)) in run.iter().enumerate() {
-            let src = base + (offset - from) as usize;
-            let dst = start + k * stride;
-            let plain = header
-                .open_within(
-                    &self.shared.id,
-                    data_key,
-                    &mut buf[dst..src + len],
-                    src - dst,
-                )
-                .map_err(|source| ChainError::Crypto {
-                    key: keys[k],
-                    source,
-                })?;
-            lens.push(plain);
-        }
-        Ok(Some(Run { start, lens }))
+        Ok(Some(lens))
     }
 
-    /// The file and `(header, offset, sealed length)` of each key's payload, if they form a
-    /// run [`Self::read_run_into`] can read.
-    #[allow(clippy::type_complexity)]
-    fn locate_run(
-        &self,
-        keys: &[RecordKey],
-        stride: usize,
-    ) -> Option<(crate::redo::FileRef, Vec<(RecordHeader, u64, usize)>)> {
+    /// Where each key's live payload is; None if one has none or it is longer than `stride`.
+    fn places(&self, keys: &[RecordKey], stride: usize) -> Option<Vec<Place>> {
         let view = self.shared.view.read();
-        let mut run: Vec<(RecordHeader, u64, usize)> = Vec::with_capacity(keys.len());
-        let mut file = None;
-        for (k, key) in keys.iter().enumerate() {
-            let entry = view.get(key).filter(|e| !e.is_deleted())?;
-            let header = entry.header.clone()?;
-            let (loc, len) = entry.payload.filter(|(_, len)| *len > 0)?;
-            if header.plain_len > stride as u64 || *file.get_or_insert(loc.file) != loc.file {
-                return None;
+        keys.iter()
+            .map(|key| {
+                let entry = view.get(key).filter(|e| !e.is_deleted())?;
+                let header = entry.header.clone()?;
+                let (loc, len) = entry.payload.filter(|(_, len)| *len > 0)?;
+                (header.plain_len <= stride as u64).then_some(Place {
+                    header,
+                    at: Span {
+                        file: loc.file,
+                        offset: loc.offset,
+                        len,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+/// Consecutive spans that one read covers: in one file, in order, each within [`MAX_GAP`]
+/// of the one before.
+fn runs(spans: &[Span]) -> Vec<std::ops::Range<usize>> {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (k, p) in spans.iter().enumerate() {
+        match runs.last_mut() {
+            Some(run)
+                if {
+                    let prev = &spans[k - 1];
+                    let prev_end = prev.offset + prev.len as u64;
+                    prev.file == p.file && p.offset >= prev_end && p.offset - prev_end <= MAX_GAP
+                } =>
+            {
+                run.end = k + 1
             }
-            if let Some(prev) = run.last() {
-                let (prev_end, first) = (prev.1 + prev.2 as u64, run[0].1);
-                if loc.offset < prev_end
-                    || loc.offset - prev_end > MAX_GAP
-                    || loc.offset - first < (k * stride) as u64
-                {
-                    return None;
-                }
-            }
-            run.push((header, loc.offset, len));
+            _ => runs.push(k..k + 1),
         }
-        Some((file?, run))
+    }
+    runs
+}
+
+/// The aligned file offset a run's read starts at, where its last payload ends, and the
+/// aligned length to read.
+fn extent(run: &[Span]) -> (u64, u64, usize) {
+    let from = run[0].offset / ALIGN as u64 * ALIGN as u64;
+    let end = run.last().map_or(from, |p| p.offset + p.len as u64);
+    (from, end, ((end - from) as usize).next_multiple_of(ALIGN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_read_covers_spans_of_one_file_in_order_with_small_gaps() {
+        let at = |seg, offset, len| Span {
+            file: FileRef::Segment(seg),
+            offset,
+            len,
+        };
+        let spans = [
+            at(1, 100, 50),
+            at(1, 150, 50),
+            at(1, 200 + MAX_GAP, 10),     // the largest gap allowed
+            at(1, 211 + 2 * MAX_GAP, 10), // one byte more
+            at(1, 0, 10),                 // behind the one before
+            at(1, 10, 10),
+            at(2, 20, 10), // another file
+        ];
+        assert_eq!(runs(&spans), [0..3, 3..4, 4..6, 6..7]);
+        assert_eq!(extent(&spans[0..3]), (0, 210 + MAX_GAP, 69632));
     }
 }
