@@ -168,8 +168,8 @@ impl FuseFs {
 thread_local! {
     /// Each FUSE worker's read buffer, kept between reads: a fresh one per read cost its
     /// zeroing and page faults, 13 % of the daemon's time in sequential reads (perf), and
-    /// the reply's assembly from per-block copies another 10 %. At most max_read plus one
-    /// sealed block's overhead per worker.
+    /// the reply's assembly from per-block copies another 10 %. About twice max_read per
+    /// worker: direct reads of the log land to the right of the reply (Chain::read_blocks_into).
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
