@@ -614,43 +614,23 @@ fn concurrent_conditional_increments_serialise_through_the_pipeline() {
     );
 }
 
-/// Puts `payloads` under keys `first..` in one transaction.
-fn put_all(f: &Fixture, first: u128, payloads: &[Vec<u8>]) -> Transaction {
-    let mut tx = Transaction::new(f.chain_id, f.owner.public());
-    for (i, p) in payloads.iter().enumerate() {
-        tx.ops.push(Op::put(
-            &f.chain_id,
-            key(first + i as u128),
-            None,
-            WriteAuthority::Inherit,
-            Some(&f.data),
-            p,
-        ));
-    }
-    tx.sign(&f.owner)
-}
-
 #[test]
 fn blocks_are_read_into_their_strides_whatever_their_order_in_the_log() {
     const STRIDE: usize = 64 << 10;
     let f = Fixture::new();
     let dir = tempfile::tempdir().unwrap();
     // On disk, a transaction this large is written with O_DIRECT and read back that way.
-    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path()).unwrap());
-    let chain = f.open(&storage);
-    chain
-        .commit(f.genesis(RootAuthority::single_owner(f.owner.public())))
-        .unwrap();
+    let (storage, chain) = f.disk_chain(dir.path());
     // Twenty full blocks and a short tail; then one of them rewritten, and two short ones.
     let payloads: Vec<Vec<u8>> = (0..21u8)
         .map(|i| vec![i + 1; if i == 20 { 100 } else { STRIDE }])
         .collect();
-    chain.commit(put_all(&f, 10, &payloads)).unwrap();
+    chain.commit(f.put_all(10, &payloads)).unwrap();
     chain
         .commit(f.put(&f.owner, key(15), None, &[0xee; STRIDE]))
         .unwrap();
     chain
-        .commit(put_all(&f, 40, &[vec![7; 10], vec![8; 10]]))
+        .commit(f.put_all(40, &[vec![7; 10], vec![8; 10]]))
         .unwrap();
     let want = |k: u128| match k {
         15 => vec![0xee; STRIDE],

@@ -119,28 +119,14 @@ impl StorageFile for DiskFile {
                 && aligned(buf.len())
                 && offset.is_multiple_of(DIRECT_ALIGN as u64)
         }) else {
-            return buffered_read(&self.file, buf, offset);
+            return read_full(&self.file, buf, offset);
         };
-        let mut done = 0;
-        while done < buf.len() {
-            match direct.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Refused after all (some file systems): the page cache it is.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && done == 0 => {
-                    return buffered_read(&self.file, buf, offset)
-                }
-                Err(e) => return Err(e),
-            }
-            // A short direct read mid-file leaves the rest unaligned: finish it buffered.
-            if done < buf.len() && !aligned(done) {
-                return Ok(
-                    done + buffered_read(&self.file, &mut buf[done..], offset + done as u64)?
-                );
-            }
+        match read_full(direct, buf, offset) {
+            // Refused after all (some file systems, or a short read leaving the rest
+            // unaligned): the page cache it is.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => read_full(&self.file, buf, offset),
+            r => r,
         }
-        Ok(done)
     }
     /// Large writes (a big group commit) send their page-aligned middle with O_DIRECT: a
     /// buffered write into fresh page cache runs at about the disk's speed here (454 MB/s for
@@ -206,7 +192,7 @@ impl StorageFile for DiskFile {
 }
 
 /// Reads up to `buf.len()` bytes at `offset`; fewer only where the file ends.
-fn buffered_read(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], offset + done as u64) {

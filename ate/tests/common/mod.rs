@@ -71,6 +71,34 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// A chain on disk in `dir` with genesis committed, and its storage (to reopen it).
+    pub fn disk_chain(&self, dir: &std::path::Path) -> (Arc<dyn Storage>, Chain) {
+        let storage: Arc<dyn Storage> = Arc::new(ate::storage::FileStorage::new(dir).unwrap());
+        let chain = self.open(&storage);
+        chain
+            .commit(self.genesis(RootAuthority::single_owner(self.owner.public())))
+            .unwrap();
+        (storage, chain)
+    }
+
+    /// Puts `payloads` under keys `first..` in one transaction.
+    pub fn put_all(&self, first: u128, payloads: &[Vec<u8>]) -> Transaction {
+        let mut tx = Transaction::new(self.chain_id, self.owner.public());
+        for (i, p) in payloads.iter().enumerate() {
+            tx.ops.push(Op::put(
+                &self.chain_id,
+                key(first + i as u128),
+                None,
+                WriteAuthority::Inherit,
+                Some(&self.data),
+                p,
+            ));
+        }
+        tx.sign(&self.owner)
+    }
+}
+
 pub fn key(n: u128) -> RecordKey {
     RecordKey::from_u128(n)
 }
