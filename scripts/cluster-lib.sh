@@ -3,6 +3,7 @@
 # start_dev_cluster BIN DIR BASE_PORT LOG: starts `chain-server dev-cluster` in the
 # background (sets CLUSTER_PID) and waits until every replica reports leaders;
 # stop_dev_cluster: stops it (idempotent). API ports are BASE+10, BASE+20, BASE+30.
+# free_base_port BASE: BASE, or the next multiple of 100 above it whose ports are free.
 
 # GET /health on a metrics port: 200 once that replica's partitions have leaders.
 healthy() {
@@ -17,17 +18,35 @@ healthy() {
 # Something answers on 127.0.0.1:PORT.
 listening() { (exec 4<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-start_dev_cluster() {
-  local bin=$1 dir=$2 base=$3 log=$4 n r p
-  # A cluster left by a killed run would answer the health checks below in this one's place.
+# Whether nothing answers on any port of a cluster at BASE.
+ports_free() {
+  local r p
   for r in 1 2 3; do
     for p in 0 1 2; do
-      if listening $((base + 10 * r + p)); then
-        echo "port $((base + 10 * r + p)) is taken (a cluster left running?); set BASE_PORT" >&2
-        return 1
-      fi
+      listening $(($1 + 10 * r + p)) && return 1
     done
   done
+  return 0
+}
+
+# The first of BASE, BASE+100, ... (ten tries) whose ports are all free.
+free_base_port() {
+  local base=$1 _
+  for _ in $(seq 10); do
+    ports_free "$base" && { echo "$base"; return 0; }
+    base=$((base + 100))
+  done
+  echo "no free ports from $1 to $base" >&2
+  return 1
+}
+
+start_dev_cluster() {
+  local bin=$1 dir=$2 base=$3 log=$4 n r
+  # A cluster left by a killed run would answer the health checks below in this one's place.
+  if ! ports_free "$base"; then
+    echo "a port of $((base + 10))-$((base + 32)) is taken (a cluster left running?)" >&2
+    return 1
+  fi
   "$bin" dev-cluster --dir "$dir" --base-port "$base" >>"$log" 2>&1 &
   CLUSTER_PID=$!
   for _ in $(seq 100); do

@@ -20,6 +20,7 @@ trap cleanup EXIT
 # the tests unify; `cargo build -p` would rebuild them with fewer, for minutes): no work after it.
 cargo test --profile "${PROFILE:-ci}" --workspace --locked --no-run 2>&1 | grep -v '^ *Executable'
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/${PROFILE:-ci}"
+BASE_PORT=$(free_base_port "$BASE_PORT")
 start_dev_cluster "$BIN/chain-server" "$DIR/cluster" "$BASE_PORT" "$DIR/cluster.log"
 "$BIN/atefs" keygen "$DIR/keys" >/dev/null
 SERVERS=$(cluster_servers "$BASE_PORT")
