@@ -67,4 +67,6 @@ for p in "${pids[@]}"; do
   fi
 done
 [ "$fail" -eq 0 ] || { echo "artifacts in $LOG"; exit 1; }
+# Logs stay only when something failed.
+rm -rf "$LOG"
 echo "posix suites passed"
