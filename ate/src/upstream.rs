@@ -44,12 +44,33 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
     fn returns_own_by_hash(&self) -> bool {
         false
     }
+    /// A pipeline for the writer's queue, when this upstream has one: the sender hands each
+    /// transaction to [`Pipe::send`] in order and the acknowledging thread takes each result
+    /// from [`Pipe::answers`] in the same order, with several in flight. Without one the
+    /// sender calls [`Self::commit_batch`] and waits for each batch's answers.
+    fn pipe(&self) -> Option<Pipe> {
+        None
+    }
     /// The chain's last index as of now (a linearizable read).
     fn barrier(&self) -> Result<u64, UpstreamError>;
     /// Why transactions stopped coming back from the upstream, once they have: waits for
     /// them end at once with this reason instead of timing out.
     fn stopped(&self) -> Option<String> {
         None
+    }
+}
+
+/// A commit pipeline's two ends (see [`Upstream::pipe`]).
+pub struct Pipe {
+    /// Sends a transaction (blocks while the pipeline is full); false once it stopped.
+    pub send: Box<dyn FnMut(Bytes) -> bool + Send>,
+    /// The results, in the order the transactions were sent.
+    pub answers: std::sync::mpsc::Receiver<Result<u64, UpstreamError>>,
+}
+
+impl std::fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pipe")
     }
 }
 
@@ -111,6 +132,9 @@ pub(crate) fn sender_loop(
     upstream: std::sync::Arc<dyn Upstream>,
     rx: &crate::queue::BatchQueue<Outgoing>,
 ) {
+    if let Some(pipe) = upstream.pipe() {
+        return pipe_loop(&chain, upstream.as_ref(), rx, pipe);
+    }
     let (answered, to_ack) = std::sync::mpsc::sync_channel::<Answered>(ACKS_AHEAD);
     std::thread::scope(|s| {
         let (chain, upstream) = (&chain, upstream.as_ref());
@@ -156,6 +180,54 @@ pub(crate) fn sender_loop(
             }
         }
         drop(answered);
+    });
+}
+
+/// The sender through a pipeline: each queued transaction goes into the pipe in queue order
+/// while a second thread acknowledges the answers as they come (in the same order), so the
+/// next transaction travels while earlier ones replicate.
+fn pipe_loop(
+    chain: &std::sync::Weak<crate::chain::Shared>,
+    upstream: &dyn Upstream,
+    rx: &crate::queue::BatchQueue<Outgoing>,
+    pipe: Pipe,
+) {
+    let Pipe { mut send, answers } = pipe;
+    let (sent, to_ack) = std::sync::mpsc::channel::<Outgoing>();
+    std::thread::scope(|s| {
+        let acker = move || {
+            for o in to_ack {
+                let r = answers.recv().unwrap_or_else(|_| {
+                    Err(UpstreamError::Failed("the commit pipeline stopped".into()))
+                });
+                if r.is_err() {
+                    // As in the batch sender: should it come back after all, it comes in full.
+                    if let Some(shared) = chain.upgrade() {
+                        shared.held.lock().remove(&o.hash);
+                    }
+                }
+                acknowledge(chain, upstream, vec![o], vec![r]);
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("ate-upstream-ack".into())
+            .spawn_scoped(s, acker)
+        {
+            tracing::error!(error = %e, "no acknowledging thread; commits cannot be answered");
+            return;
+        }
+        while let Some(batch) = rx.pop_batch(256, BATCH_BYTES, |o| o.bytes.len()) {
+            for mut o in batch {
+                let tx = std::mem::take(&mut o.bytes);
+                // The acknowledging thread learns of it first: its answer may come at once.
+                if sent.send(o).is_err() || !send(tx) {
+                    break;
+                }
+            }
+        }
+        // Closing both ends lets the pipe answer what it holds and the acknowledger finish.
+        drop(send);
+        drop(sent);
     });
 }
 

@@ -33,6 +33,9 @@ const NONCE_TTL: Duration = Duration::from_secs(60);
 const QUORUM_WAIT: Duration = Duration::from_secs(5);
 /// Most transactions in one CommitBatch (the message size bound applies as well).
 const MAX_BATCH: usize = 1024;
+/// Transactions of one commit stream proposed but not yet answered: the server reads no
+/// further until the oldest is answered (the bound on what a stream holds in memory).
+const STREAM_DEPTH: usize = 8;
 
 /// The Chains service of a node.
 #[derive(Clone, Debug)]
@@ -93,6 +96,22 @@ impl Drop for Noted<'_> {
         for tx in &self.txs {
             self.sm.forget_hashed(tx);
         }
+    }
+}
+
+/// One transaction's answer as a batch or stream carries it.
+fn commit_result(r: Result<u64, Status>) -> CommitResult {
+    match r {
+        Ok(index) => CommitResult {
+            index,
+            code: 0,
+            message: String::new(),
+        },
+        Err(s) => CommitResult {
+            index: 0,
+            code: s.code() as i32,
+            message: s.message().to_string(),
+        },
     }
 }
 
@@ -214,6 +233,99 @@ impl Api {
         out
     }
 
+    /// Serves one commit stream whose first request is `first` (see the CommitStream RPC).
+    /// Each transaction's proposal reaches the Raft core before the next request is read, so
+    /// the log holds them in the stream's order; answers go out in that order too.
+    async fn serve_commit_stream(
+        self,
+        chain: ChainId,
+        first: CommitRequest,
+        mut inbound: tonic::Streaming<CommitRequest>,
+        out: tokio::sync::mpsc::Sender<Result<CommitResult, Status>>,
+    ) {
+        let mut pending: std::collections::VecDeque<tokio::task::JoinHandle<Result<u64, Status>>> =
+            std::collections::VecDeque::new();
+        let mut next = Some(first);
+        let mut open = true;
+        loop {
+            if let Some(req) = next.take() {
+                let proposal = match chain_id(&req.chain) {
+                    Ok(c) if c == chain => self.stream_proposal(chain, req, pending.is_empty()),
+                    Ok(_) => Err(Status::invalid_argument(
+                        "every transaction of a commit stream must be of its first one's chain",
+                    )),
+                    Err(e) => Err(e),
+                };
+                match proposal {
+                    Ok(mut proposal) => {
+                        // Its first poll hands the proposal to the Raft core (in order).
+                        std::future::poll_fn(|cx| {
+                            let _ = proposal.as_mut().poll(cx);
+                            std::task::Poll::Ready(())
+                        })
+                        .await;
+                        pending.push_back(tokio::spawn(proposal));
+                    }
+                    Err(e) => pending.push_back(tokio::spawn(async move { Err(e) })),
+                }
+            }
+            tokio::select! {
+                biased;
+                answer = async { pending.front_mut().expect("checked non-empty").await },
+                    if !pending.is_empty() =>
+                {
+                    pending.pop_front();
+                    let answer = answer
+                        .unwrap_or_else(|e| Err(Status::internal(format!("proposal failed: {e}"))));
+                    let fatal = matches!(&answer, Err(s) if s.code() == Code::Unavailable);
+                    let item = match answer {
+                        Err(s) if fatal => Err(s),
+                        other => Ok(commit_result(other)),
+                    };
+                    if out.send(item).await.is_err() || fatal {
+                        return;
+                    }
+                }
+                req = inbound.message(), if open && pending.len() < STREAM_DEPTH => match req {
+                    Ok(Some(req)) => next = Some(req),
+                    Ok(None) => open = false,
+                    Err(_) => return,
+                },
+                else => return,
+            }
+        }
+    }
+
+    /// The checked proposal of one streamed transaction; `alone` when nothing of the stream
+    /// is in flight, so that the chain's state can be checked first (otherwise the
+    /// transaction may build on those in flight, and the state machine checks it on apply).
+    fn stream_proposal(
+        &self,
+        chain: ChainId,
+        req: CommitRequest,
+        alone: bool,
+    ) -> Result<StreamedProposal, Status> {
+        let session = session_of(&req.session)?;
+        let p = self.node.partition(&chain);
+        let hash = if alone {
+            self.precheck(p, chain, &req.tx)?
+        } else {
+            precheck_stateless(&req.tx)?.hash
+        };
+        let api = self.clone();
+        Ok(Box::pin(async move {
+            let p = api.node.partition(&chain);
+            let mut noted = Noted::new(&p.sm);
+            noted.note(&req.tx, hash);
+            let cmd = Command::Commit {
+                chain: chain.0,
+                tx: req.tx,
+                session,
+            };
+            api.propose(p, cmd).await
+        }))
+    }
+
     /// Checks a transaction before it is proposed: the signature and format always, and the
     /// chain's state when this node has the chain (the leader has it).
     fn precheck(&self, p: &Partition, chain: ChainId, tx: &[u8]) -> Result<TxHash, Status> {
@@ -290,6 +402,9 @@ impl Api {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<SubscribeEvent, Status>> + Send>>;
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+/// A streamed transaction's proposal, owning what it needs (it runs in a task of its own).
+type StreamedProposal = Pin<Box<dyn Future<Output = Result<u64, Status>> + Send>>;
+type CommitResults = Pin<Box<dyn Stream<Item = Result<CommitResult, Status>> + Send>>;
 
 /// Bytes per FetchSnapshot message (well below tonic's 4 MiB message bound).
 const SNAPSHOT_CHUNK: u64 = 1 << 20;
@@ -402,22 +517,32 @@ impl Chains for Api {
         }) {
             return Err(s.clone());
         }
-        let results = results
-            .into_iter()
-            .map(|r| match r {
-                Ok(index) => CommitResult {
-                    index,
-                    code: 0,
-                    message: String::new(),
-                },
-                Err(s) => CommitResult {
-                    index: 0,
-                    code: s.code() as i32,
-                    message: s.message().to_string(),
-                },
-            })
-            .collect();
+        let results = results.into_iter().map(commit_result).collect();
         Ok(Response::new(CommitBatchReply { results }))
+    }
+
+    type CommitStreamStream = CommitResults;
+
+    async fn commit_stream(
+        &self,
+        req: Request<tonic::Streaming<CommitRequest>>,
+    ) -> Result<Response<CommitResults>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("a commit stream without a transaction"))?;
+        let chain = chain_id(&first.chain)?;
+        let p = self.node.partition(&chain);
+        let leader = p.raft.metrics().borrow().current_leader;
+        if leader != Some(self.node.config.id) {
+            return Err(self.redirect(leader));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_DEPTH);
+        tokio::spawn(self.clone().serve_commit_stream(chain, first, inbound, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn challenge(

@@ -425,3 +425,87 @@ fn a_cache_that_does_not_hold_its_sessions_transaction_fetches_it_in_full() {
         assert_eq!(plain, name.as_bytes());
     }
 }
+
+/// CommitStream (a writer's pipeline): transactions land in the order sent, with an answer
+/// each in that order (a forged one refused without ending the stream), several in flight;
+/// kill -9 of the leader in the middle loses nothing: the pipe opens a stream at the new
+/// leader, sends what was unanswered again, and the chain ends up holding every valid
+/// transaction exactly once, in the order sent.
+#[test]
+fn a_commit_stream_lands_in_order_and_survives_the_leaders_death() {
+    let mut cluster = Cluster::start(false, 1_000_000);
+    let rt = rt();
+    let client = Arc::new(cluster.client(Duration::from_secs(30)));
+    let (chain, owner, genesis) = new_chain();
+    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
+    let p = chain_server::node::partition_of(&chain, 2);
+    let key = DataKey::generate();
+    let stranger = ate::SigningKey::generate();
+    let txs: Vec<Vec<u8>> = (0..120u32)
+        .map(|i| match i {
+            17 => put_tx(chain, &stranger, &key, b"forged", b"no"),
+            _ => put_tx(
+                chain,
+                &owner,
+                &key,
+                format!("s{i}").as_bytes(),
+                &[i as u8; 20_000],
+            ),
+        })
+        .collect();
+    let (feed, rx) = tokio::sync::mpsc::channel::<(bytes::Bytes, usize)>(1);
+    let (answered, answers) = std::sync::mpsc::channel();
+    let pipe = {
+        let client = client.clone();
+        rt.spawn(async move {
+            client
+                .commit_pipe(chain, None, rx, |i, r| answered.send((i, r)).unwrap())
+                .await
+        })
+    };
+    let mut results = Vec::new();
+    for (i, tx) in txs.iter().enumerate() {
+        rt.block_on(feed.send((tx.clone().into(), i))).unwrap();
+        if i == 60 {
+            // Wait for some answers, then kill the leader with more in flight.
+            while results.len() < 40 {
+                results.push(answers.recv().unwrap());
+            }
+            let leader = cluster.leader_of(p).expect("a leader");
+            cluster.kill(leader);
+        }
+    }
+    drop(feed);
+    rt.block_on(pipe).unwrap();
+    results.extend(answers.iter());
+    assert_eq!(results.len(), txs.len());
+    let mut last = 1; // genesis
+    for (n, (i, r)) in results.iter().enumerate() {
+        assert_eq!(*i, n, "answers in the order sent");
+        match (i, r) {
+            (17, Err(RemoteError::Refused(Code::PermissionDenied, _))) => {}
+            (17, other) => panic!("forged tx: {other:?}"),
+            (_, Ok(index)) => {
+                assert!(
+                    *index > last,
+                    "tx {i} at {index}, after {last}: out of order"
+                );
+                last = *index;
+            }
+            (_, Err(e)) => panic!("tx {i}: {e}"),
+        }
+    }
+    // The chain holds each valid transaction once, in order (nothing else was committed).
+    let info = rt.block_on(client.info(chain)).unwrap();
+    assert_eq!(
+        info.index,
+        1 + txs.len() as u64 - 1,
+        "one forged, none twice"
+    );
+    let mut sub = client.subscribe(chain, 2, owner, None);
+    for (i, tx) in txs.iter().enumerate().filter(|(i, _)| *i != 17) {
+        let (index, bytes) = rt.block_on(sub.next()).unwrap();
+        assert_eq!(Some(index), results[i].1.as_ref().ok().copied());
+        assert!(&bytes == tx, "tx {i} differs");
+    }
+}

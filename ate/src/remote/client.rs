@@ -12,7 +12,7 @@ use crate::crypto::SigningKey;
 use crate::ids::{ChainId, TxHash};
 use parking_lot::Mutex;
 use prost::bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
@@ -23,6 +23,8 @@ pub const LEADER_HEADER: &str = "x-atefs-leader";
 pub const SERVER_NAME: &str = "atefs-chain-server";
 /// The longest one attempt may take before the client tries another replica.
 const ATTEMPT: Duration = Duration::from_secs(6);
+/// Transactions a commit pipe has in flight (the server's stream depth is 8 as well).
+pub const PIPE_DEPTH: usize = 8;
 /// The largest message exchanged.
 const MAX_MESSAGE: usize = crate::tx::MAX_TX_BYTES + (1 << 20);
 
@@ -38,7 +40,7 @@ pub struct RemoteOptions {
 }
 
 /// Why a remote call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RemoteError {
     /// No replica could name a leader before the deadline: the cluster has no quorum (or is
     /// unreachable).
@@ -292,6 +294,114 @@ impl RemoteClient {
                 code => Err(RemoteError::Refused(Code::from(code), r.message)),
             })
             .collect())
+    }
+
+    /// Commits the transactions `feed` gives, in its order, through a CommitStream at the
+    /// chain's leader: up to [`PIPE_DEPTH`] are in flight at once (one round trip of
+    /// replication overlaps the next transaction's transfer), and `answer` gets each result
+    /// in the same order. A broken stream (leader change, lost connection) is opened again at
+    /// the leader with everything unanswered sent first, in order; the server deduplicates
+    /// what had landed. Without progress for the deadline the unanswered ones fail. Returns
+    /// when `feed` is closed and everything sent was answered.
+    pub async fn commit_pipe<T>(
+        &self,
+        chain: ChainId,
+        session: Option<Session>,
+        mut feed: tokio::sync::mpsc::Receiver<(Bytes, T)>,
+        mut answer: impl FnMut(T, Result<u64, RemoteError>),
+    ) {
+        let session = Session::wire(session);
+        let request = |tx: &Bytes| CommitRequest {
+            chain: chain.0.to_vec(),
+            tx: tx.clone(),
+            session: session.clone(),
+        };
+        let mut unanswered: VecDeque<(Bytes, T)> = VecDeque::new();
+        let mut open = true;
+        let mut stalled: Option<Instant> = None;
+        loop {
+            if unanswered.is_empty() {
+                match feed.recv().await {
+                    Some(item) => unanswered.push_back(item),
+                    None => return,
+                }
+            }
+            let opened = self
+                .with_leader(chain, |mut c| {
+                    let (requests, rx) = tokio::sync::mpsc::channel(2 * PIPE_DEPTH);
+                    for (tx, _) in &unanswered {
+                        // Room for all: at most PIPE_DEPTH are unanswered.
+                        let _ = requests.try_send(request(tx));
+                    }
+                    async move {
+                        let answers = c
+                            .commit_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                            .await?;
+                        Ok((requests, answers.into_inner()))
+                    }
+                })
+                .await;
+            let (requests, mut answers) = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    for (_, t) in unanswered.drain(..) {
+                        answer(t, Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    biased;
+                    got = answers.message() => {
+                        let Ok(Some(r)) = got else { break };
+                        let Some((_, t)) = unanswered.pop_front() else { break };
+                        stalled = None;
+                        answer(t, match r.code {
+                            0 => Ok(r.index),
+                            code => Err(RemoteError::Refused(Code::from(code), r.message)),
+                        });
+                        if unanswered.is_empty() && !open {
+                            return;
+                        }
+                    }
+                    item = feed.recv(), if open && unanswered.len() < PIPE_DEPTH => match item {
+                        Some((tx, t)) => {
+                            let sent = requests.send(request(&tx)).await.is_ok();
+                            unanswered.push_back((tx, t));
+                            if !sent {
+                                break;
+                            }
+                        }
+                        None => {
+                            open = false;
+                            if unanswered.is_empty() {
+                                return;
+                            }
+                        }
+                    },
+                }
+            }
+            // The stream broke with transactions unanswered: open another, unless there was
+            // no progress for the deadline.
+            if unanswered.is_empty() {
+                stalled = None;
+                continue;
+            }
+            let since = *stalled.get_or_insert_with(Instant::now);
+            if since.elapsed() > self.opts.deadline {
+                let e = RemoteError::NoQuorum(
+                    self.opts.deadline,
+                    "the commit stream kept breaking".into(),
+                );
+                for (_, t) in unanswered.drain(..) {
+                    answer(t, Err(e.clone()));
+                }
+                stalled = None;
+            } else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     /// Size, quota and indexes of a chain, as the leader of its partition knows them.

@@ -7,7 +7,7 @@ use crate::crypto::SigningKey;
 use crate::ids::ChainId;
 use crate::storage::Storage;
 use crate::tx::Transaction;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Pipe, Upstream, UpstreamError};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,6 +72,20 @@ impl Upstream for GrpcUpstream {
                 .collect(),
             Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
         }
+    }
+    fn pipe(&self) -> Option<Pipe> {
+        let (feed, rx) = tokio::sync::mpsc::channel::<(Bytes, ())>(1);
+        let (answer, answers) = std::sync::mpsc::channel();
+        let (client, chain, session) = (self.client.clone(), self.chain, self.session);
+        self.rt.spawn(async move {
+            client
+                .commit_pipe(chain, Some(session), rx, |(), r| {
+                    let _ = answer.send(r.map_err(upstream_error));
+                })
+                .await;
+        });
+        let send = Box::new(move |tx: Bytes| feed.blocking_send((tx, ())).is_ok());
+        Some(Pipe { send, answers })
     }
     fn barrier(&self) -> Result<u64, UpstreamError> {
         self.check()?;
