@@ -509,3 +509,77 @@ fn a_commit_stream_lands_in_order_and_survives_the_leaders_death() {
         assert!(&bytes == tx, "tx {i} differs");
     }
 }
+
+/// Bad commit streams get the right status: a follower refuses one with the leader's address,
+/// an empty one and one naming no valid chain are INVALID_ARGUMENT, and a request of another
+/// chain in the middle of a stream is refused in its own answer while the others land.
+#[test]
+fn bad_commit_streams_are_refused_with_the_right_codes() {
+    let cluster = Cluster::start(false, 1_000_000);
+    let rt = rt();
+    let client = cluster.client(Duration::from_secs(20));
+    let (chain, owner, genesis) = new_chain();
+    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
+    let p = chain_server::node::partition_of(&chain, 2);
+    let leader = cluster.leader_of(p).expect("a leader");
+    let follower = (leader + 1) % 3;
+    let key = DataKey::generate();
+    let request = |chain: &[u8], name: &str| CommitRequest {
+        chain: chain.to_vec(),
+        tx: put_tx(
+            ate::ChainId(chain.try_into().unwrap_or([0; 16])),
+            &owner,
+            &key,
+            name.as_bytes(),
+            b"v",
+        )
+        .into(),
+        session: Vec::new(),
+    };
+    let open = |i: usize, reqs: Vec<CommitRequest>| {
+        rt.block_on(async {
+            let mut c = ChainsClient::connect(format!("http://{}", cluster.endpoints()[i]))
+                .await
+                .unwrap();
+            match c.commit_stream(tokio_stream::iter(reqs)).await {
+                Ok(answers) => {
+                    let mut answers = answers.into_inner();
+                    let mut got = Vec::new();
+                    while let Some(a) = answers.message().await.unwrap() {
+                        got.push(a);
+                    }
+                    Ok(got)
+                }
+                Err(s) => Err(s),
+            }
+        })
+    };
+    match open(follower, vec![request(&chain.0, "f")]) {
+        Err(s) if s.code() == Code::Unavailable => {
+            let named = s.metadata().get(chain_server::api::LEADER_HEADER).unwrap();
+            assert_eq!(named.to_str().unwrap(), cluster.endpoints()[leader]);
+        }
+        other => panic!("a follower's stream: {other:?}"),
+    }
+    match open(leader, Vec::new()) {
+        Err(s) => assert_eq!(s.code(), Code::InvalidArgument, "{s:?}"),
+        other => panic!("an empty stream: {other:?}"),
+    }
+    match open(leader, vec![request(&[1, 2, 3], "short")]) {
+        Err(s) => assert_eq!(s.code(), Code::InvalidArgument, "{s:?}"),
+        other => panic!("a bad chain id: {other:?}"),
+    }
+    let other = [9u8; 16];
+    let answers = open(
+        leader,
+        vec![
+            request(&chain.0, "a"),
+            request(&other, "b"),
+            request(&chain.0, "c"),
+        ],
+    )
+    .unwrap();
+    let codes: Vec<i32> = answers.iter().map(|a| a.code).collect();
+    assert_eq!(codes, vec![0, Code::InvalidArgument as i32, 0]);
+    assert!(answers[2].index > answers[0].index);
+}
