@@ -9,7 +9,7 @@ use ate::remote::pb::chain::chains_client::ChainsClient;
 use ate::remote::pb::chain::CommitRequest;
 use ate::remote::{Event, RemoteError, Session};
 use ate::{DataKey, Transaction};
-use common::{check_history, files_under, new_chain, put_tx, rt, Acks, Cluster};
+use common::{check_history, files_under, new_chain, put_tx, rt, Acks, Cluster, WithChain};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,13 +18,15 @@ use tonic::Code;
 #[test]
 fn commits_survive_a_killed_leader_exactly_once() {
     // No snapshot during the test: the history checker reads every transaction back.
-    let mut cluster = Cluster::start(false, 1_000_000);
-    let rt = rt();
-    let client = Arc::new(cluster.client(Duration::from_secs(30)));
-    let (chain, owner, genesis) = new_chain();
-    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
-    let p = chain_server::node::partition_of(&chain, 2);
-    let key = DataKey::generate();
+    let WithChain {
+        mut cluster,
+        rt,
+        client,
+        chain,
+        owner,
+        p,
+        key,
+    } = WithChain::start();
 
     // Four writers commit continuously; each logs what it sent and what was acknowledged.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -433,21 +435,16 @@ fn a_cache_that_does_not_hold_its_sessions_transaction_fetches_it_in_full() {
 /// transaction exactly once, in the order sent.
 #[test]
 fn a_commit_stream_lands_in_order_and_survives_the_leaders_death() {
-    let mut cluster = Cluster::start(false, 1_000_000);
-    let rt = rt();
-    let client = Arc::new(cluster.client(Duration::from_secs(30)));
-    let (chain, owner, genesis) = new_chain();
-    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
-    let p = chain_server::node::partition_of(&chain, 2);
-    let key = DataKey::generate();
+    let mut w = WithChain::start();
+    let (chain, rt) = (w.chain, &w.rt);
     let stranger = ate::SigningKey::generate();
     let txs: Vec<Vec<u8>> = (0..120u32)
         .map(|i| match i {
-            17 => put_tx(chain, &stranger, &key, b"forged", b"no"),
+            17 => put_tx(chain, &stranger, &w.key, b"forged", b"no"),
             _ => put_tx(
                 chain,
-                &owner,
-                &key,
+                &w.owner,
+                &w.key,
                 format!("s{i}").as_bytes(),
                 &[i as u8; 20_000],
             ),
@@ -456,7 +453,7 @@ fn a_commit_stream_lands_in_order_and_survives_the_leaders_death() {
     let (feed, rx) = tokio::sync::mpsc::channel::<(bytes::Bytes, usize)>(1);
     let (answered, answers) = std::sync::mpsc::channel();
     let pipe = {
-        let client = client.clone();
+        let client = w.client.clone();
         rt.spawn(async move {
             client
                 .commit_pipe(chain, None, rx, |i, r| answered.send((i, r)).unwrap())
@@ -471,8 +468,8 @@ fn a_commit_stream_lands_in_order_and_survives_the_leaders_death() {
             while results.len() < 40 {
                 results.push(answers.recv().unwrap());
             }
-            let leader = cluster.leader_of(p).expect("a leader");
-            cluster.kill(leader);
+            let leader = w.cluster.leader_of(w.p).expect("a leader");
+            w.cluster.kill(leader);
         }
     }
     drop(feed);
@@ -496,13 +493,13 @@ fn a_commit_stream_lands_in_order_and_survives_the_leaders_death() {
         }
     }
     // The chain holds each valid transaction once, in order (nothing else was committed).
-    let info = rt.block_on(client.info(chain)).unwrap();
+    let info = rt.block_on(w.client.info(chain)).unwrap();
     assert_eq!(
         info.index,
         1 + txs.len() as u64 - 1,
         "one forged, none twice"
     );
-    let mut sub = client.subscribe(chain, 2, owner, None);
+    let mut sub = w.client.subscribe(chain, 2, w.owner.clone(), None);
     for (i, tx) in txs.iter().enumerate().filter(|(i, _)| *i != 17) {
         let (index, bytes) = rt.block_on(sub.next()).unwrap();
         assert_eq!(Some(index), results[i].1.as_ref().ok().copied());
@@ -515,15 +512,17 @@ fn a_commit_stream_lands_in_order_and_survives_the_leaders_death() {
 /// chain in the middle of a stream is refused in its own answer while the others land.
 #[test]
 fn bad_commit_streams_are_refused_with_the_right_codes() {
-    let cluster = Cluster::start(false, 1_000_000);
-    let rt = rt();
-    let client = cluster.client(Duration::from_secs(20));
-    let (chain, owner, genesis) = new_chain();
-    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
-    let p = chain_server::node::partition_of(&chain, 2);
+    let WithChain {
+        cluster,
+        rt,
+        chain,
+        owner,
+        p,
+        key,
+        ..
+    } = WithChain::start();
     let leader = cluster.leader_of(p).expect("a leader");
     let follower = (leader + 1) % 3;
-    let key = DataKey::generate();
     let request = |chain: &[u8], name: &str| CommitRequest {
         chain: chain.to_vec(),
         tx: put_tx(

@@ -327,6 +327,39 @@ pub fn new_chain() -> (ChainId, SigningKey, Vec<u8>) {
     (chain, owner.clone(), tx.sign(&owner).encode())
 }
 
+/// A plaintext cluster holding one fresh chain (no snapshot during the test): the usual start
+/// of a test of commits.
+pub struct WithChain {
+    pub cluster: Cluster,
+    pub rt: tokio::runtime::Runtime,
+    pub client: std::sync::Arc<RemoteClient>,
+    pub chain: ChainId,
+    pub owner: SigningKey,
+    /// The chain's partition (of the cluster's two).
+    pub p: u32,
+    pub key: DataKey,
+}
+
+impl WithChain {
+    pub fn start() -> Self {
+        let cluster = Cluster::start(false, 1_000_000);
+        let rt = rt();
+        let client = std::sync::Arc::new(cluster.client(Duration::from_secs(30)));
+        let (chain, owner, genesis) = new_chain();
+        rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
+        let p = chain_server::node::partition_of(&chain, 2);
+        Self {
+            cluster,
+            rt,
+            client,
+            chain,
+            owner,
+            p,
+            key: DataKey::generate(),
+        }
+    }
+}
+
 /// A signed transaction putting `value` (sealed) under a record named by `name`.
 pub fn put_tx(
     chain: ChainId,
