@@ -63,7 +63,7 @@ for p in "${pids[@]}"; do
   if wait "${p%%:*}"; then
     echo "fsx seed ${p#*:}: $(tail -1 "$LOG/fsx.${p#*:}.out")"
   else
-    echo "fsx failed with seed ${p#*:}:"; grep -m5 ERROR "$LOG/fsx.${p#*:}.out"; fail=1
+    echo "fsx failed with seed ${p#*:}:"; grep -m5 -E "ERROR|panicked" "$LOG/fsx.${p#*:}.out" || tail -5 "$LOG/fsx.${p#*:}.out"; fail=1
   fi
 done
 [ "$fail" -eq 0 ] || { echo "artifacts in $LOG"; exit 1; }

@@ -258,13 +258,16 @@ impl Api {
                 };
                 match proposal {
                     Ok(mut proposal) => {
-                        // Its first poll hands the proposal to the Raft core (in order).
-                        std::future::poll_fn(|cx| {
-                            let _ = proposal.as_mut().poll(cx);
-                            std::task::Poll::Ready(())
+                        // Its first poll hands the proposal to the Raft core (in order); one
+                        // answered at once must not be polled again.
+                        let first = std::future::poll_fn(|cx| {
+                            std::task::Poll::Ready(proposal.as_mut().poll(cx))
                         })
                         .await;
-                        pending.push_back(tokio::spawn(proposal));
+                        pending.push_back(match first {
+                            std::task::Poll::Ready(r) => tokio::spawn(async move { r }),
+                            std::task::Poll::Pending => tokio::spawn(proposal),
+                        });
                     }
                     Err(e) => pending.push_back(tokio::spawn(async move { Err(e) })),
                 }
