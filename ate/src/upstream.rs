@@ -1,5 +1,6 @@
 //! A chain whose order is decided elsewhere (a chain-server cluster): commits are sent
-//! upstream in the order they were queued (everything queued at the time in one batch call);
+//! upstream in the order they were queued (through the upstream's pipeline when it has one,
+//! else everything queued at the time in one batch call);
 //! the transactions the upstream orders (ours and other writers') come back through
 //! [`crate::Chain::apply_upstream`] and are appended to the local log, which is then a cache
 //! of the upstream chain at the same indexes.
@@ -123,7 +124,8 @@ const ACKS_AHEAD: usize = 4;
 /// A batch the upstream answered, on its way to being acknowledged.
 type Answered = (Vec<Outgoing>, Vec<Result<u64, UpstreamError>>);
 
-/// The sender thread: everything queued goes up in one call (in queue order), and the next
+/// The sender thread (upstreams without a pipeline; see [`pipe_loop`] for those with one):
+/// everything queued goes up in one call (in queue order), and the next
 /// call takes what queued meanwhile. A second thread acknowledges each answered commit once
 /// it is back in the local view: the next call does not wait for that (appending an 8 MiB
 /// transaction to the local cache took as long as sending it, and the link sat idle).
