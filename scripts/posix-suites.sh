@@ -18,8 +18,10 @@ STATE=$(mktemp -d /tmp/atefs-state.XXXXXX)
 LOG=$(mktemp -d /tmp/atefs-logs.XXXXXX)
 
 cleanup() {
-  umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
-  [ -n "${DAEMON:-}" ] && kill "$DAEMON" 2>/dev/null || true
+  # atefs umount returns once everything written is committed; the daemon then exits (waited
+  # for: the cluster script stops the cluster next).
+  "${BIN:-false}" umount "$MNT" >/dev/null 2>&1 || umount -l "$MNT" 2>/dev/null || true
+  [ -n "${DAEMON:-}" ] && { kill "$DAEMON" 2>/dev/null; wait "$DAEMON" 2>/dev/null; } || true
   rm -rf "$STATE"
   [ -n "${POSIX_MNT:-}" ] || rmdir "$MNT" 2>/dev/null || true
 }

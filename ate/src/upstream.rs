@@ -61,6 +61,15 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The error a commit gets once the upstream [stopped](Upstream::stopped) sending back.
+pub fn stopped_error(upstream: &dyn Upstream) -> Option<UpstreamError> {
+    upstream.stopped().map(|why| {
+        UpstreamError::Failed(format!(
+            "the local cache stopped following the chain: {why}"
+        ))
+    })
+}
+
 /// A commit pipeline's two ends (see [`Upstream::pipe`]).
 pub struct Pipe {
     /// Sends a transaction (blocks while the pipeline is full); false once it stopped.
@@ -86,10 +95,8 @@ fn wait_back(
         if Chain::wait_visible(shared, index, Duration::from_millis(100)) {
             return Ok(());
         }
-        if let Some(why) = upstream.stopped() {
-            return Err(format!(
-                "the local cache stopped following the chain: {why}"
-            ));
+        if let Some(e) = stopped_error(upstream) {
+            return Err(e.to_string());
         }
         if std::time::Instant::now() >= deadline {
             return Err(format!("not received back within {APPLY_WAIT:?}"));
@@ -162,16 +169,6 @@ pub(crate) fn sender_loop(
             } else {
                 upstream.commit_batch(txs)
             };
-            if let Some(shared) = chain.upgrade() {
-                for (o, r) in batch.iter().zip(&results) {
-                    if r.is_err() {
-                        // Refused, or its fate unknown: should it come back after all, it
-                        // comes in full (the follower asks again when it does not hold the
-                        // bytes).
-                        shared.held.lock().remove(&o.hash);
-                    }
-                }
-            }
             let unsent = match &answered {
                 Some(tx) => tx.send((batch, results)).err().map(|e| e.0),
                 None => Some((batch, results)),
@@ -195,19 +192,17 @@ fn pipe_loop(
     pipe: Pipe,
 ) {
     let Pipe { mut send, answers } = pipe;
-    let (sent, to_ack) = std::sync::mpsc::channel::<Outgoing>();
+    // Each transaction with its answer when it was given here instead of by the pipe.
+    let (sent, to_ack) = std::sync::mpsc::channel::<(Outgoing, Option<UpstreamError>)>();
     std::thread::scope(|s| {
         let acker = move || {
-            for o in to_ack {
-                let r = answers.recv().unwrap_or_else(|_| {
-                    Err(UpstreamError::Failed("the commit pipeline stopped".into()))
-                });
-                if r.is_err() {
-                    // As in the batch sender: should it come back after all, it comes in full.
-                    if let Some(shared) = chain.upgrade() {
-                        shared.held.lock().remove(&o.hash);
-                    }
-                }
+            // Answers still to come for transactions given up on: discarded, in order.
+            let mut owed = 0usize;
+            for (o, local) in to_ack {
+                let r = match local {
+                    Some(e) => Err(e),
+                    None => pipe_answer(&answers, &mut owed, upstream),
+                };
                 acknowledge(chain, upstream, vec![o], vec![r]);
             }
         };
@@ -220,9 +215,16 @@ fn pipe_loop(
         }
         while let Some(batch) = rx.pop_batch(256, BATCH_BYTES, |o| o.bytes.len()) {
             for mut o in batch {
+                // Once nothing comes back, sending would only wait out the deadline.
+                if let Some(e) = stopped_error(upstream) {
+                    if sent.send((o, Some(e))).is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let tx = std::mem::take(&mut o.bytes);
                 // The acknowledging thread learns of it first: its answer may come at once.
-                if sent.send(o).is_err() || !send(tx) {
+                if sent.send((o, None)).is_err() || !send(tx) {
                     break;
                 }
             }
@@ -231,6 +233,32 @@ fn pipe_loop(
         drop(send);
         drop(sent);
     });
+}
+
+/// The next transaction's answer from the pipe. Once the upstream stopped sending back,
+/// waiting for the pipe (its deadline) would hold every commit behind this one: this one is
+/// given up on, and its answer, when it comes, is skipped (`owed`).
+fn pipe_answer(
+    answers: &std::sync::mpsc::Receiver<Result<u64, UpstreamError>>,
+    owed: &mut usize,
+    upstream: &dyn Upstream,
+) -> Result<u64, UpstreamError> {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        match answers.recv_timeout(Duration::from_millis(100)) {
+            Ok(_) if *owed > 0 => *owed -= 1,
+            Ok(r) => return r,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(UpstreamError::Failed("the commit pipeline stopped".into()))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(e) = stopped_error(upstream) {
+                    *owed += 1;
+                    return Err(e);
+                }
+            }
+        }
+    }
 }
 
 /// Answers each commit of an answered batch once it is back in the local view.
@@ -245,6 +273,11 @@ fn acknowledge(
             o.reply.send(Err(ChainError::Closed));
             continue;
         };
+        if r.is_err() {
+            // Refused, or its fate unknown: should it come back after all, it comes in full
+            // (the follower asks again when it does not hold the bytes).
+            shared.held.lock().remove(&o.hash);
+        }
         let r = r.map_err(ChainError::Upstream).and_then(|index| {
             match wait_back(&shared, upstream, index) {
                 Ok(()) => Ok(Receipt {

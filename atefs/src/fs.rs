@@ -1724,8 +1724,10 @@ impl AteFs {
         let _ = self.chain.sync();
     }
 
-    /// fsyncdir and syncfs: waits until every change made so far is durable.
+    /// fsyncdir and syncfs: waits until every change made so far is durable, buffered file
+    /// data included (`atefs umount` relies on it: the kernel does not wait for the daemon).
     pub fn sync_all(&self) -> FsResult<()> {
+        self.flush_all_async()?;
         let mut st = self.state.lock();
         self.send_batch(&mut st)?;
         self.wait_unlocked(st);

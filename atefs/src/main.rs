@@ -45,7 +45,7 @@ enum Cmd {
         #[command(flatten)]
         remote: RemoteArgs,
     },
-    /// Unmount DIR (the daemon commits buffered data and exits).
+    /// Unmount DIR once everything written there is committed (the daemon then exits).
     Umount {
         /// Mount point.
         dir: PathBuf,
@@ -345,6 +345,15 @@ fn unmount_path(dir: &Path) -> Result<()> {
 }
 
 fn umount(dir: &Path) -> Result<()> {
+    // The kernel does not wait for a FUSE daemon at unmount: what close() started committing
+    // would still be on its way when this returns (and lost if the cluster went away next).
+    // fsync of the root waits for every buffered commit.
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %dir.display(), "could not commit everything before unmounting; the daemon keeps trying")
+        }
+    }
     unmount_path(dir)?;
     println!("unmounted {}", dir.display());
     Ok(())

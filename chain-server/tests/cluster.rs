@@ -428,6 +428,64 @@ fn a_cache_that_does_not_hold_its_sessions_transaction_fetches_it_in_full() {
     }
 }
 
+/// Once a remote chain's cache stopped following (here: the whole cluster is gone for longer
+/// than the client's deadline), commits fail at once with that reason instead of each going up
+/// the commit pipeline and waiting out the deadline; what had landed stays readable.
+#[test]
+fn commits_fail_with_the_reason_once_the_cache_stopped_following() {
+    let mut cluster = Cluster::start(false, 1_000_000);
+    let rt = rt();
+    let client = cluster.client(Duration::from_secs(2));
+    let (chain, owner, genesis) = new_chain();
+    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
+    let cache: Arc<dyn ate::storage::Storage> = Arc::new(ate::storage::MemStorage::new());
+    let remote = ate::remote::open_remote(
+        cluster.client(Duration::from_secs(2)),
+        chain,
+        owner.clone(),
+        cache,
+        None,
+    )
+    .unwrap();
+    let key = DataKey::generate();
+    let put = |i: u32| {
+        let tx = put_tx(chain, &owner, &key, &i.to_le_bytes(), b"value");
+        Transaction::decode(&tx).unwrap()
+    };
+    remote.chain.sign_and_commit(put(0), &owner).unwrap();
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    // Each failed commit waits out the 2 s deadline until the follower's own reconnects
+    // give up (also after 2 s); from then on the reason is the stopped follower.
+    let mut errors = Vec::new();
+    for i in 1..=10 {
+        let e = remote.chain.sign_and_commit(put(i), &owner).unwrap_err();
+        let stopped = e.to_string().contains("stopped following the chain");
+        errors.push(e.to_string());
+        if stopped {
+            break;
+        }
+    }
+    assert!(
+        errors
+            .last()
+            .unwrap()
+            .contains("stopped following the chain"),
+        "{errors:#?}"
+    );
+    let e = remote.chain.sign_and_commit(put(99), &owner).unwrap_err();
+    assert!(e.to_string().contains("stopped following the chain"), "{e}");
+    let rk = ate::RecordKey(
+        *blake3::hash(&0u32.to_le_bytes())
+            .as_bytes()
+            .first_chunk()
+            .unwrap(),
+    );
+    let (_, plain) = remote.chain.read_plain(&rk, &key).unwrap().unwrap();
+    assert_eq!(plain, b"value");
+}
+
 /// CommitStream (a writer's pipeline): transactions land in the order sent, with an answer
 /// each in that order (a forged one refused without ending the stream), several in flight;
 /// kill -9 of the leader in the middle loses nothing: the pipe opens a stream at the new

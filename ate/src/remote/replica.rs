@@ -7,7 +7,7 @@ use crate::crypto::SigningKey;
 use crate::ids::ChainId;
 use crate::storage::Storage;
 use crate::tx::Transaction;
-use crate::upstream::{Pipe, Upstream, UpstreamError};
+use crate::upstream::{stopped_error, Pipe, Upstream, UpstreamError};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,12 +28,7 @@ struct GrpcUpstream {
 
 impl GrpcUpstream {
     fn check(&self) -> Result<(), UpstreamError> {
-        match self.stopped() {
-            Some(why) => Err(UpstreamError::Failed(format!(
-                "the local cache stopped following the chain: {why}"
-            ))),
-            None => Ok(()),
-        }
+        stopped_error(self).map_or(Ok(()), Err)
     }
 }
 
