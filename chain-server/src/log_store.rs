@@ -41,6 +41,11 @@ const WRITE_IN_PLACE: usize = 64 << 10;
 /// again to replicate it (once per follower), to apply it and to stream it to subscribers,
 /// and a follower to apply it; all of those come right after the append.
 const RECENT_BYTES: usize = 64 << 20;
+/// Entries still to be applied, or (on a leader) to be sent to a follower, stay in memory past
+/// [`RECENT_BYTES`] up to this: with several 8 MiB commits in flight per writer, 64 MiB did not
+/// cover them, and applying and replicating read them back through the page cache (374 MiB of
+/// readahead per 512 MiB written, perf; docs/benchmarks.md, session 17).
+const UNAPPLIED_BYTES: usize = 256 << 20;
 /// The most one replication request carries. openraft sends up to `max_payload_entries` (32)
 /// entries per request: 32 transactions of 4 MiB passed the gRPC message limit, were refused
 /// and sent again, and replication made no progress at all (docs/chain-server.md).
@@ -157,6 +162,10 @@ struct Inner {
 struct Recent {
     entries: BTreeMap<u64, Entry>,
     bytes: usize,
+    /// The state machine's last applied index: entries above it are needed again soon.
+    applied: u64,
+    /// On a leader, the lowest index every follower has; `u64::MAX` elsewhere.
+    replicated: u64,
 }
 
 impl Recent {
@@ -165,12 +174,33 @@ impl Recent {
         if let Some(old) = self.entries.insert(e.log_id.index, e) {
             self.bytes -= tx_len(&old);
         }
+        self.evict();
+    }
+
+    /// Drops the oldest entries past [`RECENT_BYTES`], but not those still to be applied
+    /// unless they pass [`UNAPPLIED_BYTES`].
+    fn evict(&mut self) {
         while self.bytes > RECENT_BYTES {
-            let Some((_, old)) = self.entries.pop_first() else {
+            let Some(oldest) = self.entries.first_entry() else {
                 break;
             };
+            let needed = *oldest.key() > self.applied.min(self.replicated);
+            if needed && self.bytes <= UNAPPLIED_BYTES {
+                break;
+            }
+            let old = oldest.remove();
             self.bytes -= tx_len(&old);
         }
+    }
+
+    fn applied(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
+        self.evict();
+    }
+
+    fn replicated(&mut self, index: u64) {
+        self.replicated = index;
+        self.evict();
     }
 
     /// Forgets entries from `from` on (a new leader overrode them).
@@ -433,7 +463,10 @@ impl LogStore {
                 tail,
                 meta,
                 segment_bytes,
-                recent: Recent::default(),
+                recent: Recent {
+                    replicated: u64::MAX,
+                    ..Recent::default()
+                },
             })),
         })
     }
@@ -462,6 +495,17 @@ impl LogStore {
     /// The first index still held (entries before it were purged).
     pub fn first_index(&self) -> Option<u64> {
         self.inner.lock().slots.keys().next().copied()
+    }
+
+    /// The state machine applied entries up to `index`: memory may let them go.
+    pub fn applied(&self, index: u64) {
+        self.inner.lock().recent.applied(index);
+    }
+
+    /// Every follower has entries up to `index` (`u64::MAX` on a node that is not leading):
+    /// memory may let them go.
+    pub fn replicated(&self, index: u64) {
+        self.inner.lock().recent.replicated(index);
     }
 
     /// Bytes of all segments.
@@ -841,6 +885,39 @@ mod tests {
             .purge_sync(LogId::new(openraft::CommittedLeaderId::new(2, 1), 35))
             .unwrap();
         assert_eq!(txs(&reopened, 1, 46), expected[35..].to_vec());
+    }
+
+    #[test]
+    fn memory_keeps_entries_still_to_be_applied_or_replicated_within_its_cap() {
+        const MIB8: usize = 8 << 20;
+        let tx = bytes::Bytes::from(vec![0u8; MIB8]);
+        let mut recent = Recent {
+            replicated: u64::MAX,
+            ..Recent::default()
+        };
+        let held = |r: &Recent| r.entries.keys().copied().collect::<Vec<u64>>();
+        for i in 1..=40 {
+            let mut e = commit(i, 1, Vec::new());
+            if let EntryPayload::Normal(Command::Commit { tx: t, .. }) = &mut e.payload {
+                *t = tx.clone();
+            }
+            recent.insert(e);
+        }
+        // Nothing applied: only the cap lets entries go.
+        assert_eq!(
+            held(&recent),
+            (41 - (UNAPPLIED_BYTES / MIB8) as u64..=40).collect::<Vec<_>>()
+        );
+        recent.applied(20);
+        assert_eq!(held(&recent), (21..=40).collect::<Vec<_>>());
+        // A follower of this leader has only up to 10: applied entries stay for it.
+        recent.replicated(10);
+        recent.applied(40);
+        assert_eq!(held(&recent), (21..=40).collect::<Vec<_>>());
+        recent.replicated(u64::MAX);
+        let newest = (RECENT_BYTES / MIB8) as u64;
+        assert_eq!(held(&recent), (41 - newest..=40).collect::<Vec<_>>());
+        assert_eq!(recent.bytes, RECENT_BYTES);
     }
 
     /// The kinds of a segment's frames, in order.

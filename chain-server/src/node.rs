@@ -154,6 +154,7 @@ impl Node {
             )
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
+            tokio::spawn(follow_replication(raft.metrics(), log.clone()));
             let vote_hold_off = (!log.has_vote()).then(|| {
                 std::time::Instant::now()
                     + std::time::Duration::from_millis(raft_config.election_timeout_max * 2)
@@ -217,6 +218,26 @@ impl Node {
             if let Err(e) = p.raft.shutdown().await {
                 tracing::warn!(partition = p.id, error = %e, "raft shutdown");
             }
+        }
+    }
+}
+
+/// Tells `log` how far every follower has got while this node leads, so that it keeps in memory
+/// what it will send again.
+async fn follow_replication(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>,
+    log: LogStore,
+) {
+    loop {
+        let floor = metrics
+            .borrow_and_update()
+            .replication
+            .as_ref()
+            .and_then(|r| r.values().map(|m| m.map_or(0, |l| l.index)).min())
+            .unwrap_or(u64::MAX);
+        log.replicated(floor);
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -561,9 +561,9 @@ impl Inner {
     }
 
     fn notify_applied(&self) {
-        let _ = self
-            .applied_tx
-            .send(self.last_applied.map_or(0, |l| l.index));
+        let index = self.last_applied.map_or(0, |l| l.index);
+        self.log.applied(index);
+        let _ = self.applied_tx.send(index);
     }
 }
 
