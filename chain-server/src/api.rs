@@ -85,9 +85,21 @@ impl<'a> Noted<'a> {
         }
     }
 
-    fn note(&mut self, tx: &bytes::Bytes, hash: TxHash) {
-        self.sm.note_hashed(tx, hash);
+    /// The command committing `tx` (checked, of hash `hash`), its hash noted.
+    fn commit(
+        &mut self,
+        chain: ChainId,
+        tx: bytes::Bytes,
+        hash: TxHash,
+        session: Option<[u8; 16]>,
+    ) -> Command {
+        self.sm.note_hashed(&tx, hash);
         self.txs.push(tx.clone());
+        Command::Commit {
+            chain: chain.0,
+            tx,
+            session,
+        }
     }
 }
 
@@ -192,25 +204,15 @@ impl Api {
         let mut slots: Vec<Slot<'_>> = txs
             .into_iter()
             .enumerate()
-            .map(|(i, tx)| {
-                let checked = if i == 0 {
-                    self.precheck(p, chain, &tx)
-                } else {
-                    precheck_stateless(&tx).map(|sk| sk.hash)
-                };
-                match checked {
+            .map(
+                |(i, tx)| match self.precheck_in_order(p, chain, &tx, i == 0) {
                     Ok(hash) => {
-                        noted.note(&tx, hash);
-                        let cmd = Command::Commit {
-                            chain: chain.0,
-                            tx,
-                            session,
-                        };
+                        let cmd = noted.commit(chain, tx, hash, session);
                         Slot::Proposing(Box::pin(self.propose(p, cmd)))
                     }
                     Err(e) => Slot::Done(Err(e)),
-                }
-            })
+                },
+            )
             .collect();
         std::future::poll_fn(|cx| {
             for slot in &mut slots {
@@ -243,8 +245,7 @@ impl Api {
         mut inbound: tonic::Streaming<CommitRequest>,
         out: tokio::sync::mpsc::Sender<Result<CommitResult, Status>>,
     ) {
-        let mut pending: std::collections::VecDeque<tokio::task::JoinHandle<Result<u64, Status>>> =
-            std::collections::VecDeque::new();
+        let mut pending: std::collections::VecDeque<StreamAnswer> = Default::default();
         let mut next = Some(first);
         let mut open = true;
         loop {
@@ -265,21 +266,21 @@ impl Api {
                         })
                         .await;
                         pending.push_back(match first {
-                            std::task::Poll::Ready(r) => tokio::spawn(async move { r }),
-                            std::task::Poll::Pending => tokio::spawn(proposal),
+                            std::task::Poll::Ready(r) => StreamAnswer::Given(Some(r)),
+                            std::task::Poll::Pending => {
+                                StreamAnswer::Coming(tokio::spawn(proposal))
+                            }
                         });
                     }
-                    Err(e) => pending.push_back(tokio::spawn(async move { Err(e) })),
+                    Err(e) => pending.push_back(StreamAnswer::Given(Some(Err(e)))),
                 }
             }
             tokio::select! {
                 biased;
-                answer = async { pending.front_mut().expect("checked non-empty").await },
+                answer = async { pending.front_mut().expect("checked non-empty").take().await },
                     if !pending.is_empty() =>
                 {
                     pending.pop_front();
-                    let answer = answer
-                        .unwrap_or_else(|e| Err(Status::internal(format!("proposal failed: {e}"))));
                     let fatal = matches!(&answer, Err(s) if s.code() == Code::Unavailable);
                     let item = match answer {
                         Err(s) if fatal => Err(s),
@@ -309,24 +310,31 @@ impl Api {
         alone: bool,
     ) -> Result<StreamedProposal, Status> {
         let session = session_of(&req.session)?;
-        let p = self.node.partition(&chain);
-        let hash = if alone {
-            self.precheck(p, chain, &req.tx)?
-        } else {
-            precheck_stateless(&req.tx)?.hash
-        };
+        let hash = self.precheck_in_order(self.node.partition(&chain), chain, &req.tx, alone)?;
         let api = self.clone();
         Ok(Box::pin(async move {
             let p = api.node.partition(&chain);
             let mut noted = Noted::new(&p.sm);
-            noted.note(&req.tx, hash);
-            let cmd = Command::Commit {
-                chain: chain.0,
-                tx: req.tx,
-                session,
-            };
+            let cmd = noted.commit(chain, req.tx, hash, session);
             api.propose(p, cmd).await
         }))
+    }
+
+    /// [`Self::precheck`] for the first of a writer's transactions in flight, only the
+    /// stateless checks for the others: those may build on the ones before them, and the
+    /// state machine checks each against the chain's state when it applies it.
+    fn precheck_in_order(
+        &self,
+        p: &Partition,
+        chain: ChainId,
+        tx: &[u8],
+        first: bool,
+    ) -> Result<TxHash, Status> {
+        if first {
+            self.precheck(p, chain, tx)
+        } else {
+            Ok(precheck_stateless(tx)?.hash)
+        }
     }
 
     /// Checks a transaction before it is proposed: the signature and format always, and the
@@ -407,6 +415,29 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<SubscribeEvent, Status>> + S
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
 /// A streamed transaction's proposal, owning what it needs (it runs in a task of its own).
 type StreamedProposal = Pin<Box<dyn Future<Output = Result<u64, Status>> + Send>>;
+
+/// A streamed transaction's answer: given when it was proposed (a refusal, or the Raft core
+/// answered at once), or coming from its proposal, which runs on in a task of its own while
+/// the stream reads on.
+enum StreamAnswer {
+    Given(Option<Result<u64, Status>>),
+    Coming(tokio::task::JoinHandle<Result<u64, Status>>),
+}
+
+impl StreamAnswer {
+    /// The answer (cancel-safe: a given one is taken on the first poll, a task's handle is
+    /// only borrowed).
+    async fn take(&mut self) -> Result<u64, Status> {
+        match self {
+            Self::Given(r) => r
+                .take()
+                .unwrap_or_else(|| Err(Status::internal("an answer was taken twice"))),
+            Self::Coming(task) => task
+                .await
+                .unwrap_or_else(|e| Err(Status::internal(format!("proposal failed: {e}")))),
+        }
+    }
+}
 type CommitResults = Pin<Box<dyn Stream<Item = Result<CommitResult, Status>> + Send>>;
 
 /// Bytes per FetchSnapshot message (well below tonic's 4 MiB message bound).
@@ -483,17 +514,8 @@ impl Chains for Api {
         let p = self.node.partition(&chain);
         let hash = self.precheck(p, chain, &req.tx)?;
         let mut noted = Noted::new(&p.sm);
-        noted.note(&req.tx, hash);
-        let index = self
-            .propose(
-                p,
-                Command::Commit {
-                    chain: chain.0,
-                    tx: req.tx,
-                    session,
-                },
-            )
-            .await?;
+        let cmd = noted.commit(chain, req.tx, hash, session);
+        let index = self.propose(p, cmd).await?;
         Ok(Response::new(CommitReply { index }))
     }
 

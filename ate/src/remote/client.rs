@@ -24,7 +24,7 @@ pub const SERVER_NAME: &str = "atefs-chain-server";
 /// The longest one attempt may take before the client tries another replica.
 const ATTEMPT: Duration = Duration::from_secs(6);
 /// Transactions a commit pipe has in flight (the server's stream depth is 8 as well).
-pub const PIPE_DEPTH: usize = 8;
+const PIPE_DEPTH: usize = 8;
 /// The largest message exchanged.
 const MAX_MESSAGE: usize = crate::tx::MAX_TX_BYTES + (1 << 20);
 
@@ -297,7 +297,7 @@ impl RemoteClient {
     }
 
     /// Commits the transactions `feed` gives, in its order, through a CommitStream at the
-    /// chain's leader: up to [`PIPE_DEPTH`] are in flight at once (one round trip of
+    /// chain's leader: up to `PIPE_DEPTH` (8) are in flight at once (one round trip of
     /// replication overlaps the next transaction's transfer), and `answer` gets each result
     /// in the same order. A broken stream (leader change, lost connection) is opened again at
     /// the leader with everything unanswered sent first, in order; the server deduplicates
