@@ -151,14 +151,12 @@ struct Inner {
     storage: Arc<dyn Storage>,
     files: Arc<Files>,
     slots: BTreeMap<u64, Slot>,
-    tail: Option<Tail>,
     meta: Meta,
     segment_bytes: u64,
-    recent: Recent,
 }
 
 /// The newest appended entries (their transactions are shared, not copied, when read).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Recent {
     entries: BTreeMap<u64, Entry>,
     bytes: usize,
@@ -166,9 +164,22 @@ struct Recent {
     applied: u64,
     /// On a leader, the lowest index every follower has; `u64::MAX` elsewhere.
     replicated: u64,
+    /// The first entry being written, if any (`u64::MAX` if not): entries from it on are
+    /// nowhere else yet and stay whatever the bounds.
+    writing: u64,
 }
 
 impl Recent {
+    fn new() -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            bytes: 0,
+            applied: 0,
+            replicated: u64::MAX,
+            writing: u64::MAX,
+        }
+    }
+
     fn insert(&mut self, e: Entry) {
         self.bytes += tx_len(&e);
         if let Some(old) = self.entries.insert(e.log_id.index, e) {
@@ -185,7 +196,7 @@ impl Recent {
                 break;
             };
             let needed = *oldest.key() > self.applied.min(self.replicated);
-            if needed && self.bytes <= UNAPPLIED_BYTES {
+            if *oldest.key() >= self.writing || (needed && self.bytes <= UNAPPLIED_BYTES) {
                 break;
             }
             let old = oldest.remove();
@@ -217,6 +228,11 @@ impl Recent {
     }
 }
 
+/// The first key of `map` in `from..to`.
+fn first_in<V>(map: &BTreeMap<u64, V>, from: u64, to: u64) -> Option<u64> {
+    map.range(from..to).next().map(|(i, _)| *i)
+}
+
 fn tx_len(e: &Entry) -> usize {
     match &e.payload {
         EntryPayload::Normal(Command::Create { tx, .. } | Command::Commit { tx, .. }) => tx.len(),
@@ -225,9 +241,18 @@ fn tx_len(e: &Entry) -> usize {
 }
 
 /// The log store (cheap to clone; clones share the log and serve as readers).
+///
+/// Three locks, always taken in this order: `tail`, `inner`, `recent`. An append holds only
+/// `tail` while it writes and fdatasyncs, so replication, the state machine and subscribers
+/// read on meanwhile (they read what is being written from `recent`): when one lock covered
+/// the writes too, a leader could not send a follower anything while its own disk write of
+/// the next entries lasted (docs/benchmarks.md, session 18).
 #[derive(Clone, Debug)]
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
+    /// The segment appends go to; appends, truncations and rolls are made under it.
+    tail: Arc<Mutex<Option<Tail>>>,
+    recent: Arc<Mutex<Recent>>,
 }
 
 /// An entry's frame payload in two parts: its length-prefixed metadata, and the transaction
@@ -341,21 +366,18 @@ impl TailWriter {
         Ok(())
     }
 
-    /// Writes what is left, makes it durable, then visible.
-    fn finish(&mut self, inner: &mut Inner) -> Result<(), LogStoreError> {
+    /// Writes what is left, makes it durable, then readable from the segment.
+    fn finish(&mut self, tail: &mut Tail, inner: &Mutex<Inner>) -> Result<(), LogStoreError> {
         if self.len() == 0 {
             return Ok(());
         }
-        let Some(tail) = &mut inner.tail else {
-            return Ok(());
-        };
         self.write_buf(tail)?;
         tail.file
             .sync_data()
             .map_err(io("fdatasync", &segment_name(tail.first)))?;
         tail.len += self.written;
         self.written = 0;
-        inner.slots.extend(self.slots.drain(..));
+        inner.lock().slots.extend(self.slots.drain(..));
         Ok(())
     }
 }
@@ -460,14 +482,11 @@ impl LogStore {
                 storage,
                 files,
                 slots,
-                tail,
                 meta,
                 segment_bytes,
-                recent: Recent {
-                    replicated: u64::MAX,
-                    ..Recent::default()
-                },
             })),
+            tail: Arc::new(Mutex::new(tail)),
+            recent: Arc::new(Mutex::new(Recent::new())),
         })
     }
 
@@ -499,13 +518,13 @@ impl LogStore {
 
     /// The state machine applied entries up to `index`: memory may let them go.
     pub fn applied(&self, index: u64) {
-        self.inner.lock().recent.applied(index);
+        self.recent.lock().applied(index);
     }
 
     /// Every follower has entries up to `index` (`u64::MAX` on a node that is not leading):
     /// memory may let them go.
     pub fn replicated(&self, index: u64) {
-        self.inner.lock().recent.replicated(index);
+        self.recent.lock().replicated(index);
     }
 
     /// Bytes of all segments.
@@ -529,17 +548,26 @@ impl LogStore {
     ) -> Result<Vec<Entry>, LogStoreError> {
         let (files, wanted): (_, Vec<Result<Entry, Slot>>) = {
             let inner = self.inner.lock();
+            let recent = self.recent.lock();
+            let mut wanted = Vec::new();
             let mut total = 0u64;
-            let wanted = inner
-                .slots
-                .range(from..to)
-                .enumerate()
-                .take_while(|(n, (_, s))| {
-                    total += u64::from(s.len);
-                    *n == 0 || total <= max_bytes
-                })
-                .map(|(_, (i, s))| inner.recent.entries.get(i).cloned().ok_or(*s))
-                .collect();
+            // Entries before the first held one were purged.
+            let start = first_in(&inner.slots, from, to)
+                .or_else(|| first_in(&recent.entries, from, to))
+                .unwrap_or(to);
+            for index in start..to {
+                // Entries being appended have no slot yet: they are in memory.
+                let (len, entry) = match (inner.slots.get(&index), recent.entries.get(&index)) {
+                    (Some(s), e) => (u64::from(s.len), e.cloned().ok_or(*s)),
+                    (None, Some(e)) => (tx_len(e) as u64, Ok(e.clone())),
+                    (None, None) => break,
+                };
+                total += len;
+                if !wanted.is_empty() && total > max_bytes {
+                    break;
+                }
+                wanted.push(entry);
+            }
             (inner.files.clone(), wanted)
         };
         wanted
@@ -574,72 +602,108 @@ impl LogStore {
     }
 
     fn append_sync(&self, entries: Vec<Entry>) -> Result<(), LogStoreError> {
+        let Some(first) = entries.first().map(|e| e.log_id.index) else {
+            return Ok(());
+        };
+        let mut tail = self.tail.lock();
         // Entries that replace held ones: openraft truncates first, but replacing keeps the
         // log a sequence whatever the caller does.
-        if let Some(first) = entries.first().map(|e| e.log_id.index) {
-            let held = self.inner.lock().slots.contains_key(&first);
-            if held {
-                self.truncate_sync(first)?;
+        let held = self.inner.lock().slots.contains_key(&first);
+        if held {
+            self.truncate_under(&mut tail, first)?;
+        }
+        {
+            let mut recent = self.recent.lock();
+            recent.writing = first;
+            for e in &entries {
+                recent.insert(e.clone());
             }
         }
-        let mut inner = self.inner.lock();
-        let inner = &mut *inner;
+        let written = self.write_entries(&mut tail, &entries);
+        let mut recent = self.recent.lock();
+        recent.writing = u64::MAX;
+        if written.is_err() {
+            // Never durable: no reader may find them (openraft stops this node's Raft).
+            recent.truncate(first);
+        }
+        recent.evict();
+        written
+    }
+
+    /// Writes and fdatasyncs `entries` behind the tail, rolling segments as they fill.
+    fn write_entries(
+        &self,
+        tail: &mut Option<Tail>,
+        entries: &[Entry],
+    ) -> Result<(), LogStoreError> {
+        let (storage, files, segment_bytes) = {
+            let inner = self.inner.lock();
+            (
+                inner.storage.clone(),
+                inner.files.clone(),
+                inner.segment_bytes,
+            )
+        };
         let mut out = TailWriter::default();
-        for e in &entries {
+        for e in entries {
             let index = e.log_id.index;
-            let roll = match &inner.tail {
+            let roll = match tail.as_ref() {
                 None => true,
-                Some(t) => t.len + out.len() >= inner.segment_bytes,
+                Some(t) => t.len + out.len() >= segment_bytes,
             };
             if roll {
-                out.finish(inner)?;
+                if let Some(t) = tail.as_mut() {
+                    out.finish(t, &self.inner)?;
+                }
                 let name = segment_name(index);
-                let file = inner
-                    .storage
-                    .open(&name, true)
-                    .map_err(io("create", &name))?;
+                let file = storage.open(&name, true).map_err(io("create", &name))?;
                 let mut header = SEGMENT_MAGIC.to_vec();
                 header.extend_from_slice(&index.to_le_bytes());
                 file.write_at(&header, 0).map_err(io("write", &name))?;
                 file.sync_data().map_err(io("fdatasync", &name))?;
-                inner.storage.sync_dir().map_err(io("sync", "."))?;
-                inner.files.insert(FileRef::Segment(index), file.clone());
-                inner.tail = Some(Tail::new(index, file, SEGMENT_HEADER, true));
+                storage.sync_dir().map_err(io("sync", "."))?;
+                files.insert(FileRef::Segment(index), file.clone());
+                *tail = Some(Tail::new(index, file, SEGMENT_HEADER, true));
             }
-            let Some(tail) = &inner.tail else {
+            let Some(t) = tail.as_ref() else {
                 return Err(LogStoreError::Missing(index));
             };
             let (head, tx) = entry_parts(e).map_err(|err| LogStoreError::Corrupt {
-                file: segment_name(tail.first),
-                offset: tail.len + out.len(),
+                file: segment_name(t.first),
+                offset: t.len + out.len(),
                 reason: err.to_string(),
             })?;
-            let frame = out.push(tail, &head, tx)?;
+            let frame = out.push(t, &head, tx)?;
             out.slots.push((
                 index,
                 Slot {
                     log_id: e.log_id,
-                    segment: tail.first,
+                    segment: t.first,
                     frame,
                     len: (head.len() + tx.len()) as u32,
                     tx_at: head.len() as u32,
                 },
             ));
         }
-        out.finish(inner)?;
-        for e in entries {
-            inner.recent.insert(e);
+        match tail.as_mut() {
+            Some(t) => out.finish(t, &self.inner),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn truncate_sync(&self, from: u64) -> Result<(), LogStoreError> {
+        let mut tail = self.tail.lock();
+        self.truncate_under(&mut tail, from)
+    }
+
+    /// Truncates from `from` on; the caller holds the tail.
+    fn truncate_under(&self, tail: &mut Option<Tail>, from: u64) -> Result<(), LogStoreError> {
         let mut inner = self.inner.lock();
         let Some(first) = inner.slots.get(&from).copied() else {
             return Ok(());
         };
         inner.slots.split_off(&from);
-        inner.recent.truncate(from);
+        self.recent.lock().truncate(from);
         let segments = inner.files.segments();
         for seg in segments.into_iter().filter(|s| *s > first.segment) {
             let name = segment_name(seg);
@@ -657,7 +721,7 @@ impl LogStore {
         let mut magic = [0u8; 8];
         file.read_at(&mut magic, 0).map_err(io("read", &name))?;
         let pads = &magic == SEGMENT_MAGIC;
-        inner.tail = Some(Tail::new(first.segment, file, first.frame, pads));
+        *tail = Some(Tail::new(first.segment, file, first.frame, pads));
         Ok(())
     }
 
@@ -667,7 +731,7 @@ impl LogStore {
         Self::save_meta(&inner)?;
         let keep = inner.slots.split_off(&(upto.index + 1));
         inner.slots = keep;
-        inner.recent.purge(upto.index);
+        self.recent.lock().purge(upto.index);
         // A segment goes once the next one starts at or below the first index still kept.
         let segments = inner.files.segments();
         for pair in segments.windows(2) {
@@ -891,10 +955,7 @@ mod tests {
     fn memory_keeps_entries_still_to_be_applied_or_replicated_within_its_cap() {
         const MIB8: usize = 8 << 20;
         let tx = bytes::Bytes::from(vec![0u8; MIB8]);
-        let mut recent = Recent {
-            replicated: u64::MAX,
-            ..Recent::default()
-        };
+        let mut recent = Recent::new();
         let held = |r: &Recent| r.entries.keys().copied().collect::<Vec<u64>>();
         for i in 1..=40 {
             let mut e = commit(i, 1, Vec::new());
@@ -991,5 +1052,127 @@ mod tests {
         mem.set_contents(&padded, bad);
         let err = open().unwrap_err().to_string();
         assert!(err.contains("unexpected frame Pad"), "{err}");
+    }
+
+    /// A storage whose fdatasyncs wait, once armed, until the test releases them.
+    #[derive(Debug)]
+    struct Gated {
+        mem: ate::storage::MemStorage,
+        gate: Arc<Gate>,
+    }
+
+    #[derive(Debug, Default)]
+    struct Gate {
+        armed: std::sync::atomic::AtomicBool,
+        /// (an fdatasync is waiting, released)
+        state: parking_lot::Mutex<(bool, bool)>,
+        cv: parking_lot::Condvar,
+    }
+
+    impl Gate {
+        fn pass(&self) {
+            if !self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let mut s = self.state.lock();
+            s.0 = true;
+            self.cv.notify_all();
+            while !s.1 {
+                self.cv.wait(&mut s);
+            }
+        }
+        fn wait_syncing(&self) {
+            let mut s = self.state.lock();
+            while !s.0 {
+                self.cv.wait(&mut s);
+            }
+        }
+        fn release(&self) {
+            self.state.lock().1 = true;
+            self.cv.notify_all();
+        }
+    }
+
+    #[derive(Debug)]
+    struct GatedFile(Arc<dyn StorageFile>, Arc<Gate>);
+
+    impl StorageFile for GatedFile {
+        fn len(&self) -> std::io::Result<u64> {
+            self.0.len()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            self.0.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.0.write_at(buf, offset)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.1.pass();
+            self.0.sync_data()
+        }
+        fn truncate(&self, len: u64) -> std::io::Result<()> {
+            self.0.truncate(len)
+        }
+    }
+
+    impl Storage for Gated {
+        fn list(&self) -> std::io::Result<Vec<String>> {
+            self.mem.list()
+        }
+        fn open(&self, name: &str, create: bool) -> std::io::Result<Arc<dyn StorageFile>> {
+            let f = self.mem.open(name, create)?;
+            Ok(Arc::new(GatedFile(f, self.gate.clone())))
+        }
+        fn remove(&self, name: &str) -> std::io::Result<()> {
+            self.mem.remove(name)
+        }
+        fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+            self.mem.rename(from, to)
+        }
+        fn sync_dir(&self) -> std::io::Result<()> {
+            self.mem.sync_dir()
+        }
+    }
+
+    #[test]
+    fn entries_being_written_are_read_from_memory_without_waiting_for_the_disk() {
+        let gate = Arc::new(Gate::default());
+        let storage = Gated {
+            mem: ate::storage::MemStorage::new(),
+            gate: gate.clone(),
+        };
+        let log = LogStore::open(Arc::new(storage), 64 << 20).unwrap();
+        let all: Vec<Entry> = (1..=6).map(|i| commit(i, 1, vec![i as u8; 100])).collect();
+        log.append_sync(all[..3].to_vec()).unwrap();
+        gate.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let writer = {
+            let (log, rest) = (log.clone(), all[3..].to_vec());
+            std::thread::spawn(move || log.append_sync(rest))
+        };
+        gate.wait_syncing();
+        // The append waits in its fdatasync. Replication and the state machine go on: a
+        // reader in a thread of its own, given a minute before this test calls it stuck.
+        let (done, answer) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let read = txs(&log, 1, 7);
+                log.applied(6);
+                log.replicated(u64::MAX);
+                let _ = done.send((read, log.tx_location(5).is_some()));
+            });
+        }
+        let (read, located) = answer
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("readers waited for the append's fdatasync");
+        assert_eq!(read, commits(&all));
+        assert!(
+            !located,
+            "an entry is found in its segment only once it is durable"
+        );
+        gate.release();
+        writer.join().unwrap().unwrap();
+        assert!(log.tx_location(5).is_some());
+        assert_eq!(txs(&log, 1, 7), commits(&all));
     }
 }
