@@ -372,98 +372,12 @@ fn compaction_keeps_every_record_and_reopens_from_the_snapshot() {
     assert_eq!(chain.stats().snapshot, Some(last));
 }
 
-/// Memory storage whose first snapshot write waits (up to 30 s) for the test's go-ahead, after
-/// telling it the snapshot has started.
-#[derive(Debug)]
-struct GatedSnapshot {
-    inner: ate::storage::MemStorage,
-    gate: Arc<Gate>,
-}
-
-#[derive(Debug)]
-struct Gate {
-    started: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
-    release: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
-    timed_out: std::sync::atomic::AtomicBool,
-}
-
-#[derive(Debug)]
-struct GatedFile {
-    inner: Arc<dyn ate::storage::StorageFile>,
-    gate: Arc<Gate>,
-}
-
-impl ate::storage::StorageFile for GatedFile {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        if let Some(started) = self.gate.started.lock().unwrap().take() {
-            started.send(()).unwrap();
-            let release = self.gate.release.lock().unwrap().take().unwrap();
-            if release.recv_timeout(Duration::from_secs(30)).is_err() {
-                self.gate
-                    .timed_out
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        self.inner.write_at(buf, offset)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn truncate(&self, len: u64) -> std::io::Result<()> {
-        self.inner.truncate(len)
-    }
-}
-
-impl Storage for GatedSnapshot {
-    fn list(&self) -> std::io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn open(
-        &self,
-        name: &str,
-        create: bool,
-    ) -> std::io::Result<Arc<dyn ate::storage::StorageFile>> {
-        let f = self.inner.open(name, create)?;
-        if !name.starts_with("snap-") {
-            return Ok(f);
-        }
-        Ok(Arc::new(GatedFile {
-            inner: f,
-            gate: self.gate.clone(),
-        }))
-    }
-    fn remove(&self, name: &str) -> std::io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn sync_dir(&self) -> std::io::Result<()> {
-        self.inner.sync_dir()
-    }
-}
-
 #[test]
 fn commits_go_on_while_a_compaction_writes_its_snapshot() {
     let f = Fixture::new();
-    let (started_tx, started) = std::sync::mpsc::channel();
-    let (release, release_rx) = std::sync::mpsc::channel();
-    let gate = Arc::new(Gate {
-        started: std::sync::Mutex::new(Some(started_tx)),
-        release: std::sync::Mutex::new(Some(release_rx)),
-        timed_out: Default::default(),
-    });
-    let mem = ate::storage::MemStorage::new();
-    let storage: Arc<dyn Storage> = Arc::new(GatedSnapshot {
-        inner: mem.clone(),
-        gate: gate.clone(),
-    });
+    // The compaction's first snapshot write waits until the commits below are done.
+    let (faulty, plan) = ate::storage::FaultStorage::new(Arc::new(ate::storage::MemStorage::new()));
+    let storage: Arc<dyn Storage> = Arc::new(faulty);
     let chain = f.open(&storage);
     chain
         .commit(f.genesis(RootAuthority::single_owner(f.owner.public())))
@@ -474,8 +388,9 @@ fn commits_go_on_while_a_compaction_writes_its_snapshot() {
             .unwrap();
     }
     let last = std::thread::scope(|s| {
+        plan.hold(ate::storage::Held::Write, "snap-");
         let compactor = s.spawn(|| chain.compact().unwrap());
-        started.recv().unwrap();
+        plan.wait_held();
         // The snapshot is being written: commits still complete.
         chain
             .commit(f.put(&f.owner, key(1), None, b"rewritten meanwhile"))
@@ -486,11 +401,11 @@ fn commits_go_on_while_a_compaction_writes_its_snapshot() {
         chain
             .commit(f.put(&f.owner, key(100), None, b"new meanwhile"))
             .unwrap();
-        release.send(()).unwrap();
+        plan.release();
         compactor.join().unwrap()
     });
     assert!(
-        !gate.timed_out.load(std::sync::atomic::Ordering::SeqCst),
+        !plan.held_too_long(),
         "the commits waited for the compaction"
     );
     assert_eq!(last, 21);

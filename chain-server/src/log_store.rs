@@ -1054,124 +1054,33 @@ mod tests {
         assert!(err.contains("unexpected frame Pad"), "{err}");
     }
 
-    /// A storage whose fdatasyncs wait, once armed, until the test releases them.
-    #[derive(Debug)]
-    struct Gated {
-        mem: ate::storage::MemStorage,
-        gate: Arc<Gate>,
-    }
-
-    #[derive(Debug, Default)]
-    struct Gate {
-        armed: std::sync::atomic::AtomicBool,
-        /// (an fdatasync is waiting, released)
-        state: parking_lot::Mutex<(bool, bool)>,
-        cv: parking_lot::Condvar,
-    }
-
-    impl Gate {
-        fn pass(&self) {
-            if !self.armed.load(std::sync::atomic::Ordering::SeqCst) {
-                return;
-            }
-            let mut s = self.state.lock();
-            s.0 = true;
-            self.cv.notify_all();
-            while !s.1 {
-                self.cv.wait(&mut s);
-            }
-        }
-        fn wait_syncing(&self) {
-            let mut s = self.state.lock();
-            while !s.0 {
-                self.cv.wait(&mut s);
-            }
-        }
-        fn release(&self) {
-            self.state.lock().1 = true;
-            self.cv.notify_all();
-        }
-    }
-
-    #[derive(Debug)]
-    struct GatedFile(Arc<dyn StorageFile>, Arc<Gate>);
-
-    impl StorageFile for GatedFile {
-        fn len(&self) -> std::io::Result<u64> {
-            self.0.len()
-        }
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-            self.0.read_at(buf, offset)
-        }
-        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-            self.0.write_at(buf, offset)
-        }
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.1.pass();
-            self.0.sync_data()
-        }
-        fn truncate(&self, len: u64) -> std::io::Result<()> {
-            self.0.truncate(len)
-        }
-    }
-
-    impl Storage for Gated {
-        fn list(&self) -> std::io::Result<Vec<String>> {
-            self.mem.list()
-        }
-        fn open(&self, name: &str, create: bool) -> std::io::Result<Arc<dyn StorageFile>> {
-            let f = self.mem.open(name, create)?;
-            Ok(Arc::new(GatedFile(f, self.gate.clone())))
-        }
-        fn remove(&self, name: &str) -> std::io::Result<()> {
-            self.mem.remove(name)
-        }
-        fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
-            self.mem.rename(from, to)
-        }
-        fn sync_dir(&self) -> std::io::Result<()> {
-            self.mem.sync_dir()
-        }
-    }
-
     #[test]
     fn entries_being_written_are_read_from_memory_without_waiting_for_the_disk() {
-        let gate = Arc::new(Gate::default());
-        let storage = Gated {
-            mem: ate::storage::MemStorage::new(),
-            gate: gate.clone(),
-        };
+        use ate::storage::{FaultStorage, Held, MemStorage};
+        let (storage, plan) = FaultStorage::new(Arc::new(MemStorage::new()));
         let log = LogStore::open(Arc::new(storage), 64 << 20).unwrap();
         let all: Vec<Entry> = (1..=6).map(|i| commit(i, 1, vec![i as u8; 100])).collect();
         log.append_sync(all[..3].to_vec()).unwrap();
-        gate.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        plan.hold(Held::Sync, "raft-");
         let writer = {
             let (log, rest) = (log.clone(), all[3..].to_vec());
             std::thread::spawn(move || log.append_sync(rest))
         };
-        gate.wait_syncing();
-        // The append waits in its fdatasync. Replication and the state machine go on: a
-        // reader in a thread of its own, given a minute before this test calls it stuck.
-        let (done, answer) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let read = txs(&log, 1, 7);
-                log.applied(6);
-                log.replicated(u64::MAX);
-                let _ = done.send((read, log.tx_location(5).is_some()));
-            });
-        }
-        let (read, located) = answer
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("readers waited for the append's fdatasync");
+        plan.wait_held();
+        // The append waits in its fdatasync. Replication and the state machine go on.
+        let read = txs(&log, 1, 7);
+        log.applied(6);
+        log.replicated(u64::MAX);
+        let located = log.tx_location(5).is_some();
+        let waited = plan.held_too_long();
+        plan.release();
+        writer.join().unwrap().unwrap();
+        assert!(!waited, "readers waited for the append's fdatasync");
         assert_eq!(read, commits(&all));
         assert!(
             !located,
             "an entry is found in its segment only once it is durable"
         );
-        gate.release();
-        writer.join().unwrap().unwrap();
         assert!(log.tx_location(5).is_some());
         assert_eq!(txs(&log, 1, 7), commits(&all));
     }

@@ -1,10 +1,35 @@
 //! A backend that fails on command: the next N writes or syncs, or every write once a byte budget
-//! (a "disk") is used up. Counters are shared so a test can arm them while the log runs.
+//! (a "disk") is used up. Counters are shared so a test can arm them while the log runs. It
+//! can also hold one write or sync mid-way until the test lets it go, to check what goes on
+//! meanwhile.
 
 use super::{Storage, StorageFile};
 use std::io;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// An operation [`FaultPlan::hold`] can stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// A write.
+    Write,
+    /// An fdatasync.
+    Sync,
+}
+
+/// The longest an operation is held: past it, it goes on and
+/// [`FaultPlan::held_too_long`] says so (what the test waited for did not happen).
+const HOLD_LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+struct Hold {
+    /// The operation to hold next, on a file whose name starts with this.
+    armed: Option<(Held, String)>,
+    holding: bool,
+    released: bool,
+    too_long: bool,
+}
 
 /// What to fail. Negative counters are disarmed.
 #[derive(Debug)]
@@ -15,6 +40,8 @@ pub struct FaultPlan {
     pub syncs_before_failure: AtomicI64,
     /// Bytes that may still be written before writes fail with ENOSPC (-1 = unlimited).
     pub space_left: AtomicI64,
+    hold: parking_lot::Mutex<Hold>,
+    held: parking_lot::Condvar,
 }
 
 impl Default for FaultPlan {
@@ -23,6 +50,8 @@ impl Default for FaultPlan {
             writes_before_failure: AtomicI64::new(-1),
             syncs_before_failure: AtomicI64::new(-1),
             space_left: AtomicI64::new(-1),
+            hold: Default::default(),
+            held: Default::default(),
         }
     }
 }
@@ -33,6 +62,51 @@ impl FaultPlan {
         self.writes_before_failure.store(-1, Ordering::SeqCst);
         self.syncs_before_failure.store(-1, Ordering::SeqCst);
         self.space_left.store(-1, Ordering::SeqCst);
+    }
+
+    /// Holds the next `op` on a file whose name starts with `prefix` until [`Self::release`].
+    pub fn hold(&self, op: Held, prefix: &str) {
+        *self.hold.lock() = Hold {
+            armed: Some((op, prefix.to_string())),
+            ..Hold::default()
+        };
+    }
+
+    /// Waits until the operation armed by [`Self::hold`] is being held.
+    pub fn wait_held(&self) {
+        let mut h = self.hold.lock();
+        while !h.holding {
+            self.held.wait(&mut h);
+        }
+    }
+
+    /// Lets the held operation go on.
+    pub fn release(&self) {
+        self.hold.lock().released = true;
+        self.held.notify_all();
+    }
+
+    /// Whether the held operation went on by itself, unreleased after 30 s.
+    pub fn held_too_long(&self) -> bool {
+        self.hold.lock().too_long
+    }
+
+    fn pass(&self, op: Held, name: &str) {
+        let mut h = self.hold.lock();
+        let armed = h.armed.as_ref();
+        if !armed.is_some_and(|(o, prefix)| *o == op && name.starts_with(prefix.as_str())) {
+            return;
+        }
+        h.armed = None;
+        h.holding = true;
+        self.held.notify_all();
+        let deadline = Instant::now() + HOLD_LIMIT;
+        while !h.released {
+            if self.held.wait_until(&mut h, deadline).timed_out() {
+                h.too_long = true;
+                break;
+            }
+        }
     }
 
     fn countdown(c: &AtomicI64) -> bool {
@@ -86,6 +160,7 @@ impl FaultStorage {
 
 #[derive(Debug)]
 struct FaultFile {
+    name: String,
     inner: Arc<dyn StorageFile>,
     plan: Arc<FaultPlan>,
 }
@@ -97,6 +172,7 @@ impl Storage for FaultStorage {
     fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
         let inner = self.inner.open(name, create)?;
         Ok(Arc::new(FaultFile {
+            name: name.to_string(),
             inner,
             plan: self.plan.clone(),
         }))
@@ -123,6 +199,7 @@ impl StorageFile for FaultFile {
         self.inner.read_direct_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.plan.pass(Held::Write, &self.name);
         if let Err(e) = self.plan.charge(buf.len()) {
             // Like a real disk filling up: part of the write may land before the error.
             let partial = buf.len() / 2;
@@ -132,6 +209,7 @@ impl StorageFile for FaultFile {
         self.inner.write_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
+        self.plan.pass(Held::Sync, &self.name);
         if FaultPlan::countdown(&self.plan.syncs_before_failure) {
             return Err(io::Error::other("injected fsync failure"));
         }

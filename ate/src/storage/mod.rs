@@ -6,7 +6,7 @@ mod fault;
 mod file;
 mod mem;
 
-pub use fault::{FaultPlan, FaultStorage};
+pub use fault::{FaultPlan, FaultStorage, Held};
 pub use file::FileStorage;
 pub use mem::MemStorage;
 
