@@ -415,6 +415,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<SubscribeEvent, Status>> + S
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
 /// A streamed transaction's proposal, owning what it needs (it runs in a task of its own).
 type StreamedProposal = Pin<Box<dyn Future<Output = Result<u64, Status>> + Send>>;
+type CommitResults = Pin<Box<dyn Stream<Item = Result<CommitResult, Status>> + Send>>;
 
 /// A streamed transaction's answer: given when it was proposed (a refusal, or the Raft core
 /// answered at once), or coming from its proposal, which runs on in a task of its own while
@@ -438,7 +439,6 @@ impl StreamAnswer {
         }
     }
 }
-type CommitResults = Pin<Box<dyn Stream<Item = Result<CommitResult, Status>> + Send>>;
 
 /// Bytes per FetchSnapshot message (well below tonic's 4 MiB message bound).
 const SNAPSHOT_CHUNK: u64 = 1 << 20;

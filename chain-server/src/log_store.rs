@@ -607,11 +607,8 @@ impl LogStore {
         };
         let mut tail = self.tail.lock();
         // Entries that replace held ones: openraft truncates first, but replacing keeps the
-        // log a sequence whatever the caller does.
-        let held = self.inner.lock().slots.contains_key(&first);
-        if held {
-            self.truncate_under(&mut tail, first)?;
-        }
+        // log a sequence whatever the caller does (nothing to do when `first` is not held).
+        self.truncate_under(&mut tail, first)?;
         {
             let mut recent = self.recent.lock();
             recent.writing = first;
