@@ -884,9 +884,10 @@ fn committer_loop(shared: Arc<Shared>, rx: &BatchQueue<Pending>, opts: ChainOpti
     let s = shared.clone();
     let q = to_syncer.clone();
     let deferred = opts.deferred_sync;
+    let disposable = opts.log.disposable;
     let syncer = std::thread::Builder::new()
         .name(format!("ate-sync-{}", &shared.id.to_hex()[..8]))
-        .spawn(move || syncer_loop(s, &q, deferred));
+        .spawn(move || syncer_loop(s, &q, deferred, disposable));
     let syncer = match syncer {
         Ok(t) => t,
         Err(e) => {
@@ -1021,11 +1022,17 @@ fn publish(shared: &Shared, batches: &mut [Appended]) {
 /// Stage two: fdatasync, then (unless published at append) publish and acknowledge. Every
 /// batch appended while the previous fdatasync ran shares the next one. With deferred syncs
 /// it first waits up to the delay, or until [`Chain::sync`] asks for more than is on disk.
-fn syncer_loop(shared: Arc<Shared>, rx: &BatchQueue<Appended>, deferred: Option<Duration>) {
+/// A disposable log is never synced: what it appended counts as durable at once.
+fn syncer_loop(
+    shared: Arc<Shared>,
+    rx: &BatchQueue<Appended>,
+    deferred: Option<Duration>,
+    disposable: bool,
+) {
     let mut failed: Option<LogError> = None;
     let mut synced_upto = *shared.durable.lock();
     while let Some(mut batches) = rx.pop_batch(usize::MAX, usize::MAX, |_| 0) {
-        if let Some(delay) = deferred {
+        if let Some(delay) = deferred.filter(|_| !disposable) {
             let deadline = Instant::now() + delay;
             let mut target = shared.sync_target.lock();
             while *target <= synced_upto && !rx.is_closed() {
@@ -1036,7 +1043,7 @@ fn syncer_loop(shared: Arc<Shared>, rx: &BatchQueue<Appended>, deferred: Option<
             drop(target);
             batches.extend(rx.take_all());
         }
-        if failed.is_none() {
+        if failed.is_none() && !disposable {
             // A batch list can span a segment roll: sync every file involved, oldest first.
             let mut synced: Vec<&str> = Vec::new();
             for b in batches.iter().rev() {

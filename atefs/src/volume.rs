@@ -134,7 +134,12 @@ pub fn open_remote(
 ) -> Result<Volume, VolumeError> {
     let lock = lock(dir)?;
     let cache_dir = dir.join(format!("cache-{}", keys.chain.to_hex()));
-    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(&cache_dir).map_err(io(&cache_dir))?);
+    // Never fdatasynced (the cluster holds the chain), so never written around the page cache.
+    let storage: Arc<dyn Storage> = Arc::new(
+        FileStorage::new(&cache_dir)
+            .map_err(io(&cache_dir))?
+            .buffered_writes(),
+    );
     let remote = ate::remote::open_remote(
         client,
         keys.chain,

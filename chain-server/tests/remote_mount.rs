@@ -331,3 +331,77 @@ fn a_newer_exclusive_mount_fences_the_older_one() {
     drop(f);
     drop((old, new));
 }
+
+/// The cache is never fdatasynced (the cluster holds the chain), so after a host's crash any
+/// part of it may be damaged: a damaged cache is cut at its first defect and the rest fetched
+/// again from the cluster, where a durable log would refuse to open; a damaged snapshot makes
+/// the mount clear the cache and fetch it whole.
+#[test]
+fn a_damaged_cache_is_cut_and_fetched_again() {
+    let Some((cluster, tmp, keys)) = setup() else {
+        return;
+    };
+    let content = |i: usize| format!("file {i} {}\n", "y".repeat(10_000 + i)).into_bytes();
+    let big: Vec<u8> = (0..(3u32 << 20) / 4)
+        .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+        .collect();
+    let host = Mount::start(&cluster, tmp.path(), "host", &keys);
+    for i in 0..50 {
+        std::fs::write(host.dir.join(format!("f{i}")), content(i)).unwrap();
+    }
+    std::fs::write(host.dir.join("big"), &big).unwrap();
+    std::fs::write(host.dir.join("last"), b"written last").unwrap();
+    drop(host);
+
+    let chain = ate::KeyFile::load(&keys).unwrap().chain;
+    let cache = tmp
+        .path()
+        .join("host-cache")
+        .join(format!("cache-{}", chain.to_hex()));
+    let segment = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| ate::redo::parse_name(n.to_str()?))
+                .is_some_and(|(segment, _)| segment)
+        })
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("the cache has a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let len = bytes.len();
+    assert!(len > 3 << 20, "{} is {len} bytes", segment.display());
+    // Damage in the middle, with whole entries after it: not a torn tail.
+    for b in &mut bytes[len / 3..len / 3 + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let host = Mount::start(&cluster, tmp.path(), "host", &keys);
+    for i in 0..50 {
+        assert_eq!(
+            std::fs::read(host.dir.join(format!("f{i}"))).unwrap(),
+            content(i),
+            "f{i}"
+        );
+    }
+    assert!(
+        std::fs::read(host.dir.join("big")).unwrap() == big,
+        "big differs"
+    );
+    assert_eq!(
+        std::fs::read(host.dir.join("last")).unwrap(),
+        b"written last"
+    );
+    drop(host);
+
+    // A damaged snapshot cannot be cut: the cache is cleared and fetched whole.
+    std::fs::write(cache.join(ate::redo::snapshot_name(5)), vec![0x41; 4096]).unwrap();
+    let host = Mount::start(&cluster, tmp.path(), "host", &keys);
+    assert!(
+        std::fs::read(host.dir.join("big")).unwrap() == big,
+        "big differs"
+    );
+    assert_eq!(std::fs::read(host.dir.join("f7")).unwrap(), content(7));
+    drop(host);
+}

@@ -22,12 +22,18 @@ const WRITE_IN_PLACE: usize = 64 << 10;
 pub struct LogOptions {
     /// A new segment starts once the current one exceeds this many bytes.
     pub segment_bytes: u64,
+    /// The log is a copy of a chain held durably elsewhere (a mount's cache of a cluster's
+    /// chain): it never fdatasyncs (not its appends, not its rolls), and on open it is cut at
+    /// its first defect, wherever it lies, where a durable log refuses to open. What a crash
+    /// cost it is fetched again.
+    pub disposable: bool,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
         Self {
             segment_bytes: 64 << 20,
+            disposable: false,
         }
     }
 }
@@ -111,6 +117,8 @@ impl RedoLog {
         }
         let segments = &segments[keep_from..];
 
+        // The first defect met in a disposable log.
+        let mut cut = None;
         for (i, &first) in segments.iter().enumerate() {
             let last = i + 1 == segments.len();
             let name = FileRef::Segment(first).name();
@@ -118,11 +126,6 @@ impl RedoLog {
                 .open(&name, false)
                 .map_err(LogError::io("open", &name))?;
             let len = file.len().map_err(LogError::io("stat", &name))?;
-            let corrupt = |offset: u64, reason: String| LogError::Corrupt {
-                file: name.clone(),
-                offset,
-                reason,
-            };
             if len < FILE_HEADER as u64 && last {
                 // Created but its header never made it to disk: it holds nothing.
                 storage
@@ -131,86 +134,123 @@ impl RedoLog {
                 report.truncated_bytes += len;
                 continue;
             }
-            let mut hb = [0u8; FILE_HEADER];
-            file.read_at(&mut hb, 0)
-                .map_err(|_| corrupt(0, "shorter than its header".into()))?;
-            let (fh, format) =
-                FileHeader::decode_with_format(&hb).map_err(|e| corrupt(0, e.to_string()))?;
-            tail_format = format;
-            if fh.magic != SEGMENT_MAGIC || fh.index != first {
-                return Err(corrupt(0, "header does not match the file name".into()));
-            }
-            if *chain.get_or_insert(fh.chain) != fh.chain {
-                return Err(corrupt(0, format!("belongs to chain {}", fh.chain)));
-            }
-            if first > next_index {
-                return Err(corrupt(
-                    0,
-                    format!("starts at index {first}, expected {next_index}: a segment is missing"),
-                ));
-            }
             let mut index = first;
-            let mut off = FILE_HEADER as u64;
-            loop {
-                match scan_frame(file.as_ref(), &name, off, len)? {
-                    Scanned::End => break,
-                    Scanned::Frame {
-                        kind: FrameKind::Pad,
-                        next,
-                        ..
-                    } => {
-                        done += next - off;
-                        off = next;
+            let mut seg_format = FILE_FORMAT;
+            // Where this segment stops being sound, and why.
+            let defect: Option<(u64, String)> = 'scan: {
+                let mut hb = [0u8; FILE_HEADER];
+                if file.read_at(&mut hb, 0).is_err() {
+                    break 'scan Some((0, "shorter than its header".into()));
+                }
+                let fh = match FileHeader::decode_with_format(&hb) {
+                    Ok((fh, format)) => {
+                        seg_format = format;
+                        fh
                     }
-                    Scanned::Frame {
-                        kind,
-                        payload,
-                        next,
-                    } => {
-                        if kind != FrameKind::Tx || payload.len() < 8 {
-                            return Err(corrupt(
-                                off,
-                                format!("unexpected {kind:?} frame in a segment"),
-                            ));
+                    Err(e) => break 'scan Some((0, e.to_string())),
+                };
+                if fh.magic != SEGMENT_MAGIC || fh.index != first {
+                    break 'scan Some((0, "header does not match the file name".into()));
+                }
+                if *chain.get_or_insert(fh.chain) != fh.chain {
+                    // Not what a crash leaves: another chain's files are here.
+                    return Err(LogError::Corrupt {
+                        file: name,
+                        offset: 0,
+                        reason: format!("belongs to chain {}", fh.chain),
+                    });
+                }
+                if first > next_index {
+                    break 'scan Some((
+                        0,
+                        format!(
+                            "starts at index {first}, expected {next_index}: a segment is missing"
+                        ),
+                    ));
+                }
+                let mut off = FILE_HEADER as u64;
+                loop {
+                    match scan_frame(file.as_ref(), &name, off, len)? {
+                        Scanned::End => break 'scan None,
+                        Scanned::Frame {
+                            kind: FrameKind::Pad,
+                            next,
+                            ..
+                        } => {
+                            done += next - off;
+                            off = next;
                         }
-                        let mut ib = [0u8; 8];
-                        ib.copy_from_slice(&payload[..8]);
-                        let got = u64::from_le_bytes(ib);
-                        if got != index {
-                            return Err(corrupt(
-                                off,
-                                format!("entry has index {got}, expected {index}"),
-                            ));
+                        Scanned::Frame {
+                            kind,
+                            payload,
+                            next,
+                        } => {
+                            if kind != FrameKind::Tx || payload.len() < 8 {
+                                break 'scan Some((
+                                    off,
+                                    format!("unexpected {kind:?} frame in a segment"),
+                                ));
+                            }
+                            let mut ib = [0u8; 8];
+                            ib.copy_from_slice(&payload[..8]);
+                            let got = u64::from_le_bytes(ib);
+                            if got != index {
+                                break 'scan Some((
+                                    off,
+                                    format!("entry has index {got}, expected {index}"),
+                                ));
+                            }
+                            if index >= next_index {
+                                let at = Location {
+                                    file: FileRef::Segment(first),
+                                    offset: off + (FRAME_HEADER + 8) as u64,
+                                };
+                                visitor.entry(index, &payload[8..], at)?;
+                                report.entries += 1;
+                                next_index = index + 1;
+                            }
+                            index += 1;
+                            done += next - off;
+                            off = next;
+                            if report.entries % 4096 == 0 {
+                                visitor.progress(done, total);
+                            }
                         }
-                        if index >= next_index {
-                            let at = Location {
-                                file: FileRef::Segment(first),
-                                offset: off + (FRAME_HEADER + 8) as u64,
-                            };
-                            visitor.entry(index, &payload[8..], at)?;
-                            report.entries += 1;
-                            next_index = index + 1;
+                        Scanned::Bad { reason } => {
+                            if opts.disposable
+                                || !last
+                                || !is_torn_tail(file.as_ref(), &name, off, len)?
+                            {
+                                break 'scan Some((off, reason));
+                            }
+                            tracing::warn!(file = %name, offset = off, bytes = len - off, %reason, "truncating torn tail");
+                            file.truncate(off)
+                                .map_err(LogError::io("truncate", &name))?;
+                            file.sync_data().map_err(LogError::io("fdatasync", &name))?;
+                            report.truncated_bytes += len - off;
+                            break 'scan None;
                         }
-                        index += 1;
-                        done += next - off;
-                        off = next;
-                        if report.entries % 4096 == 0 {
-                            visitor.progress(done, total);
-                        }
-                    }
-                    Scanned::Bad { reason } => {
-                        if !last || !is_torn_tail(file.as_ref(), &name, off, len)? {
-                            return Err(corrupt(off, reason));
-                        }
-                        tracing::warn!(file = %name, offset = off, bytes = len - off, %reason, "truncating torn tail");
-                        file.truncate(off)
-                            .map_err(LogError::io("truncate", &name))?;
-                        file.sync_data().map_err(LogError::io("fdatasync", &name))?;
-                        report.truncated_bytes += len - off;
-                        break;
                     }
                 }
+            };
+            if let Some((offset, reason)) = defect {
+                if !opts.disposable {
+                    return Err(LogError::Corrupt {
+                        file: name,
+                        offset,
+                        reason,
+                    });
+                }
+                cut = Some(Defect {
+                    segment: i,
+                    offset,
+                    index,
+                    format: seg_format,
+                    reason,
+                });
+                break;
             }
+            tail_format = seg_format;
             files.insert(FileRef::Segment(first), file);
         }
         visitor.progress(total, total);
@@ -225,6 +265,13 @@ impl RedoLog {
             (None, Some(want)) => want,
             (None, None) => return Err(LogError::WrongChain("no chain in this storage".into())),
         };
+        if let Some(defect) = cut {
+            if let Some(format) =
+                cut_at(&storage, &files, segments, defect, next_index, &mut report)?
+            {
+                tail_format = format;
+            }
+        }
         let mut log = RedoLog {
             files,
             chain,
@@ -288,8 +335,10 @@ impl RedoLog {
         file.truncate(0).map_err(LogError::io("truncate", &name))?;
         file.write_at(&header, 0)
             .map_err(LogError::io("write", &name))?;
-        file.sync_data().map_err(LogError::io("fdatasync", &name))?;
-        storage.sync_dir().map_err(LogError::io("fsync", "."))?;
+        if !self.opts.disposable {
+            file.sync_data().map_err(LogError::io("fdatasync", &name))?;
+            storage.sync_dir().map_err(LogError::io("fsync", "."))?;
+        }
         self.files.insert(FileRef::Segment(first), file.clone());
         self.tail = file;
         self.tail_first = first;
@@ -385,6 +434,9 @@ impl RedoLog {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
+        if self.opts.disposable {
+            return Ok(());
+        }
         self.tail.sync_data().map_err(|e| {
             self.poisoned = true;
             LogError::Io {
@@ -397,6 +449,7 @@ impl RedoLog {
 
     /// What [`Self::sync`] would sync: the current tail, so that another thread can fdatasync
     /// a batch while the next one is appended. Report a failure with [`Self::poison`].
+    /// Unless [`Self::is_disposable`]: such a log is never synced.
     pub fn sync_handle(&self) -> (Arc<dyn StorageFile>, String) {
         (self.tail.clone(), FileRef::Segment(self.tail_first).name())
     }
@@ -404,6 +457,11 @@ impl RedoLog {
     /// Marks the log unusable (after a failed fsync done through a sync handle).
     pub fn poison(&mut self) {
         self.poisoned = true;
+    }
+
+    /// True for a copy of a chain held elsewhere ([`LogOptions::disposable`]).
+    pub fn is_disposable(&self) -> bool {
+        self.opts.disposable
     }
 
     /// True after a failure that needs a reopen.
@@ -436,6 +494,63 @@ impl RedoLog {
         }
         storage.sync_dir().map_err(LogError::io("fsync", "."))
     }
+}
+
+/// Where a disposable log's first defect lies.
+struct Defect {
+    /// Position in the list of segments.
+    segment: usize,
+    offset: u64,
+    /// Index the entry there should have had.
+    index: u64,
+    /// The segment's format.
+    format: u16,
+    reason: String,
+}
+
+/// Cuts a disposable log at its first defect. Its appends and rolls are not synced, so after
+/// a crash any of its segments may have lost its end; whatever followed the defect is fetched
+/// again from where the chain is held. Returns the format of the segment cut, if kept.
+fn cut_at(
+    storage: &Arc<dyn Storage>,
+    files: &Files,
+    segments: &[u64],
+    defect: Defect,
+    next_index: u64,
+    report: &mut Recovered,
+) -> Result<Option<u16>, LogError> {
+    let Defect {
+        segment,
+        offset,
+        index,
+        format,
+        reason,
+    } = defect;
+    let name = FileRef::Segment(segments[segment]).name();
+    tracing::warn!(file = %name, offset, next_index, %reason, "cutting a disposable log at its first defect");
+    let file = storage
+        .open(&name, false)
+        .map_err(LogError::io("open", &name))?;
+    let len = file.len().map_err(LogError::io("stat", &name))?;
+    // Kept only if what it holds before the defect ends where the log now ends.
+    let kept = offset >= FILE_HEADER as u64 && index == next_index;
+    if kept {
+        file.truncate(offset)
+            .map_err(LogError::io("truncate", &name))?;
+        report.truncated_bytes += len - offset;
+        files.insert(FileRef::Segment(segments[segment]), file);
+    } else {
+        storage
+            .remove(&name)
+            .map_err(LogError::io("remove", &name))?;
+        report.truncated_bytes += len;
+    }
+    for &later in &segments[segment + 1..] {
+        let n = FileRef::Segment(later).name();
+        report.truncated_bytes += storage.open(&n, false).and_then(|f| f.len()).unwrap_or(0);
+        storage.remove(&n).map_err(LogError::io("remove", &n))?;
+    }
+    Ok(kept.then_some(format))
 }
 
 /// Placeholder tail before the first segment exists (never written to).

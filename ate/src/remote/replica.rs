@@ -5,6 +5,7 @@ use super::client::{Event, RemoteClient, RemoteError, Session};
 use crate::chain::{Chain, ChainError, ChainOptions, PendingCommit};
 use crate::crypto::SigningKey;
 use crate::ids::ChainId;
+use crate::redo::{LogError, LogOptions};
 use crate::storage::Storage;
 use crate::tx::Transaction;
 use crate::upstream::{stopped_error, Pipe, Upstream, UpstreamError};
@@ -145,15 +146,25 @@ fn install_snapshot(
     out.truncate(0).map_err(cache_io("truncate", TMP))?;
     let index = rt.block_on(client.fetch_snapshot(chain, reader, out.as_ref()))?;
     drop(out);
+    clear_cache(cache)?;
+    let name = crate::redo::snapshot_name(index);
+    cache.rename(TMP, &name).map_err(cache_io("rename", TMP))?;
+    cache.sync_dir().map_err(cache_io("sync", "."))?;
+    Ok(index)
+}
+
+/// Removes every log file (segments and snapshots) from the cache.
+fn clear_cache(cache: &Arc<dyn Storage>) -> Result<(), ReplicaError> {
+    let cache_io = |op: &'static str, file: &str| {
+        let file = file.to_string();
+        move |source| ReplicaError::CacheIo { op, file, source }
+    };
     for name in cache.list().map_err(cache_io("list", "."))? {
         if crate::redo::parse_name(&name).is_some() {
             cache.remove(&name).map_err(cache_io("remove", &name))?;
         }
     }
-    let name = crate::redo::snapshot_name(index);
-    cache.rename(TMP, &name).map_err(cache_io("rename", TMP))?;
-    cache.sync_dir().map_err(cache_io("sync", "."))?;
-    Ok(index)
+    Ok(())
 }
 
 /// An open remote chain; the follower stops when this drops.
@@ -231,19 +242,36 @@ pub fn open_remote_in_session(
         broken: broken.clone(),
     });
     let mut installs = 0;
+    let mut cleared = false;
     let local = loop {
-        let (local, _) = Chain::open_upstream(
+        let opened = Chain::open_upstream(
             cache.clone(),
             chain,
             ChainOptions {
-                // The cluster holds the chain durably; the cache is fdatasynced now and then,
-                // and a crash leaves a prefix the follower resumes from.
-                deferred_sync: Some(std::time::Duration::from_secs(1)),
+                // The cluster holds the chain durably: the cache never fdatasyncs, so it
+                // does not take the disk from the cluster's replicas; it is readable once
+                // appended, and after a crash it is cut at its first defect and the follower
+                // fetches the rest again.
+                log: LogOptions {
+                    disposable: true,
+                    ..LogOptions::default()
+                },
+                deferred_sync: Some(std::time::Duration::ZERO),
                 ..ChainOptions::default()
             },
             upstream.clone(),
             |_, _| {},
-        )?;
+        );
+        let local = match opened {
+            // Damage a cut cannot mend (its snapshot, say): the cache starts over.
+            Err(ChainError::Log(e @ LogError::Corrupt { .. })) if !cleared => {
+                tracing::warn!(%chain, error = %e, "the local cache is damaged; fetching the chain again");
+                clear_cache(&cache)?;
+                cleared = true;
+                continue;
+            }
+            r => r?.0,
+        };
         let first = rt.block_on(client.info(chain))?.first_index;
         if local.last_index() + 1 >= first {
             break local;
