@@ -253,6 +253,8 @@ pub struct LogStore {
     /// The segment appends go to; appends, truncations and rolls are made under it.
     tail: Arc<Mutex<Option<Tail>>>,
     recent: Arc<Mutex<Recent>>,
+    /// How long appends took (for /metrics).
+    append_timing: Arc<Mutex<crate::metrics::Histogram>>,
 }
 
 /// An entry's frame payload in two parts: its length-prefixed metadata, and the transaction
@@ -487,6 +489,7 @@ impl LogStore {
             })),
             tail: Arc::new(Mutex::new(tail)),
             recent: Arc::new(Mutex::new(Recent::new())),
+            append_timing: Arc::default(),
         })
     }
 
@@ -601,6 +604,11 @@ impl LogStore {
         Ok(entry_of(log_id, stored, tx.into()))
     }
 
+    /// How long the appends so far took to write and fdatasync.
+    pub fn append_seconds(&self) -> crate::metrics::Histogram {
+        self.append_timing.lock().clone()
+    }
+
     fn append_sync(&self, entries: Vec<Entry>) -> Result<(), LogStoreError> {
         let Some(first) = entries.first().map(|e| e.log_id.index) else {
             return Ok(());
@@ -616,7 +624,11 @@ impl LogStore {
                 recent.insert(e.clone());
             }
         }
+        let started = std::time::Instant::now();
         let written = self.write_entries(&mut tail, &entries);
+        if written.is_ok() {
+            self.append_timing.lock().observe(started.elapsed());
+        }
         let mut recent = self.recent.lock();
         recent.writing = u64::MAX;
         if written.is_err() {

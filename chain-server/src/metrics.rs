@@ -1,6 +1,7 @@
 //! `/metrics` (Prometheus text format) and `/health` on a small HTTP listener of their own.
 //! Per partition: commit latency histogram, Raft term, leader, commit and applied index, and
-//! bytes stored.
+//! bytes stored; the time of each Raft log append, and of each replication round trip per
+//! follower (where a write's time goes: the disk, or the transfer to the followers).
 
 use crate::node::Node;
 use parking_lot::Mutex;
@@ -15,12 +16,45 @@ const BUCKETS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 ];
 
+/// Durations in [`BUCKETS`] (cumulative, as Prometheus wants them).
 #[derive(Debug, Default, Clone)]
-struct Histogram {
+pub struct Histogram {
     counts: [u64; BUCKETS.len()],
     count: u64,
     sum: f64,
 }
+
+impl Histogram {
+    /// Counts one duration.
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += s;
+    }
+
+    /// Durations counted.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Writes the series of `name` with `labels` (`key="value",...`).
+    fn write(&self, o: &mut String, name: &str, labels: &str) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{b}\"}} {}", self.counts[i]);
+        }
+        let _ = writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(o, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(o, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+/// Per follower (node id), the round trips of replication requests that carried entries.
+pub type PeerTimings = Arc<Mutex<std::collections::BTreeMap<u64, Histogram>>>;
 
 /// Counters the API updates.
 #[derive(Debug, Default)]
@@ -31,16 +65,7 @@ pub struct Metrics {
 impl Metrics {
     /// Records one acknowledged commit.
     pub fn commit_latency(&self, partition: u32, d: Duration) {
-        let s = d.as_secs_f64();
-        let mut map = self.latency.lock();
-        let h = map.entry(partition).or_default();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if s <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += s;
+        self.latency.lock().entry(partition).or_default().observe(d);
     }
 
     /// The Prometheus text exposition of everything.
@@ -52,24 +77,35 @@ impl Metrics {
         );
         let _ = writeln!(o, "# TYPE atefs_commit_seconds histogram");
         for (p, h) in self.latency.lock().iter() {
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    o,
-                    "atefs_commit_seconds_bucket{{partition=\"{p}\",le=\"{b}\"}} {}",
-                    h.counts[i]
-                );
+            h.write(
+                &mut o,
+                "atefs_commit_seconds",
+                &format!("partition=\"{p}\""),
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP atefs_raft_append_seconds Time to write and fdatasync one append to the partition's Raft log."
+        );
+        let _ = writeln!(o, "# TYPE atefs_raft_append_seconds histogram");
+        for p in &node.partitions {
+            let h = p.log.append_seconds();
+            h.write(
+                &mut o,
+                "atefs_raft_append_seconds",
+                &format!("partition=\"{}\"", p.id),
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP atefs_raft_replicate_seconds Round trip of one replication request carrying entries, leader to follower: transfer, the follower's append, the answer."
+        );
+        let _ = writeln!(o, "# TYPE atefs_raft_replicate_seconds histogram");
+        for p in &node.partitions {
+            for (peer, h) in p.replication.lock().iter() {
+                let labels = format!("partition=\"{}\",peer=\"{peer}\"", p.id);
+                h.write(&mut o, "atefs_raft_replicate_seconds", &labels);
             }
-            let _ = writeln!(
-                o,
-                "atefs_commit_seconds_bucket{{partition=\"{p}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(o, "atefs_commit_seconds_sum{{partition=\"{p}\"}} {}", h.sum);
-            let _ = writeln!(
-                o,
-                "atefs_commit_seconds_count{{partition=\"{p}\"}} {}",
-                h.count
-            );
         }
         let gauges: [(&str, &str); 6] = [
             ("atefs_raft_term", "Current Raft term."),

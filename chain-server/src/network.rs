@@ -1,6 +1,7 @@
 //! The Raft transport, client side: openraft's messages to a peer's Raft service over gRPC,
 //! postcard-encoded inside the protobuf envelope (proto/raft.proto).
 
+use crate::metrics::PeerTimings;
 use crate::pb::raft::RaftReply;
 use crate::raft_codec::{Outgoing, RaftCodec};
 use crate::tls::Tls;
@@ -29,6 +30,7 @@ pub struct Network {
     source: Option<std::net::IpAddr>,
     tls: Arc<Tls>,
     channels: Arc<parking_lot::Mutex<HashMap<String, Channel>>>,
+    replication: PeerTimings,
 }
 
 impl Network {
@@ -44,7 +46,13 @@ impl Network {
             source,
             tls,
             channels,
+            replication: PeerTimings::default(),
         }
+    }
+
+    /// Round trips of the replication requests that carried entries, per follower.
+    pub fn replication_timings(&self) -> PeerTimings {
+        self.replication.clone()
     }
 }
 
@@ -56,6 +64,7 @@ pub struct Peer {
     client: Option<Grpc<Channel>>,
     error: Option<String>,
     in_flight: Option<InFlight>,
+    replication: PeerTimings,
 }
 
 /// Why a call did not get an answer.
@@ -97,6 +106,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client,
             error,
             in_flight: None,
+            replication: self.replication.clone(),
         }
     }
 }
@@ -227,12 +237,24 @@ impl RaftNetwork<TypeConfig> for Peer {
             self.in_flight = None;
         }
         let (partition, target) = (self.partition, self.target);
+        let timings = self.replication.clone();
         let flight = self.in_flight.get_or_insert_with(|| InFlight {
             key,
             answer: tokio::spawn(async move {
+                let carries = !rpc.entries.is_empty();
+                let started = std::time::Instant::now();
                 let sent = call(client, partition, target, Rpc::Append, Arc::new(rpc));
                 match tokio::time::timeout(OUTLIVE, sent).await {
-                    Ok(answer) => answer,
+                    Ok(answer) => {
+                        if carries && answer.is_ok() {
+                            timings
+                                .lock()
+                                .entry(target)
+                                .or_default()
+                                .observe(started.elapsed());
+                        }
+                        answer
+                    }
                     Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
                 }
             }),

@@ -74,6 +74,8 @@ pub struct Partition {
     pub log: LogStore,
     /// Its state machine.
     pub sm: StateMachine,
+    /// Replication round trips per follower (while this node leads).
+    pub replication: crate::metrics::PeerTimings,
     /// Until when this replica refuses to vote: set when it starts without a saved vote. A
     /// wiped replica has forgotten whom it voted for; had it voted in a term still being
     /// decided, a second vote in that term could elect two leaders. Any election that was
@@ -145,6 +147,7 @@ impl Node {
             let sm = StateMachine::open(Arc::new(storage("state")?), log.clone())
                 .map_err(|e| NodeError::State(p, e))?;
             let network = Network::new(p, config.source_ip, tls.clone(), channels.clone());
+            let replication = network.replication_timings();
             let raft = Raft::new(
                 config.id,
                 raft_config.clone(),
@@ -164,6 +167,7 @@ impl Node {
                 raft,
                 log,
                 sm,
+                replication,
                 vote_hold_off,
             });
         }

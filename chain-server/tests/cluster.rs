@@ -171,6 +171,33 @@ fn forged_unauthenticated_and_bad_requests_are_refused_and_no_plaintext_is_store
     let (_, metrics) = cluster.http_get(0, "/metrics");
     assert!(metrics.contains("atefs_raft_term{partition=\"0\"}"));
     assert!(metrics.contains("atefs_stored_bytes"));
+    // Every replica appended; the chain's leader timed its replication to both followers.
+    // The labels of the series of `name` whose count is not 0.
+    let counted = |text: &str, name: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name)?.split_once("} "))
+            .filter(|(_, n)| n.parse::<u64>().is_ok_and(|n| n > 0))
+            .map(|(labels, _)| labels.to_string())
+            .collect()
+    };
+    let mut followers_timed = 0;
+    for i in 0..cluster.replicas.len() {
+        let (_, m) = cluster.http_get(i, "/metrics");
+        assert!(
+            !counted(&m, "atefs_raft_append_seconds_count{").is_empty(),
+            "replica {i} timed no append:\n{m}"
+        );
+        let peers: std::collections::BTreeSet<String> =
+            counted(&m, "atefs_raft_replicate_seconds_count{")
+                .iter()
+                .filter_map(|l| Some(l.split_once("peer=")?.1.to_string()))
+                .collect();
+        followers_timed = followers_timed.max(peers.len());
+    }
+    assert_eq!(
+        followers_timed, 2,
+        "the leader times its replication to each follower"
+    );
 
     // No replica's data holds the name or the content.
     drop(sub);
