@@ -17,6 +17,7 @@ pub mod network;
 pub mod node;
 mod raft_codec;
 pub mod raft_service;
+pub mod staging;
 pub mod tls;
 
 /// The largest gRPC message either side accepts: one transaction at its limit, plus room.

@@ -49,7 +49,7 @@ const UNAPPLIED_BYTES: usize = 256 << 20;
 /// The most one replication request carries. openraft sends up to `max_payload_entries` (32)
 /// entries per request: 32 transactions of 4 MiB passed the gRPC message limit, were refused
 /// and sent again, and replication made no progress at all (docs/chain-server.md).
-const REPLICATION_BYTES: u64 = 8 << 20;
+pub const REPLICATION_BYTES: u64 = 8 << 20;
 
 /// Log store failures.
 #[derive(Debug, Error)]
@@ -233,7 +233,8 @@ fn first_in<V>(map: &BTreeMap<u64, V>, from: u64, to: u64) -> Option<u64> {
     map.range(from..to).next().map(|(i, _)| *i)
 }
 
-fn tx_len(e: &Entry) -> usize {
+/// Bytes of an entry's transaction (0 for other entries).
+pub(crate) fn tx_len(e: &Entry) -> usize {
     match &e.payload {
         EntryPayload::Normal(Command::Create { tx, .. } | Command::Commit { tx, .. }) => tx.len(),
         _ => 0,

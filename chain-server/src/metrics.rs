@@ -107,6 +107,33 @@ impl Metrics {
                 h.write(&mut o, "atefs_raft_replicate_seconds", &labels);
             }
         }
+        let staged: Vec<(u32, u64, u64)> = node
+            .partitions
+            .iter()
+            .map(|p| {
+                let s = p.staged.lock();
+                (p.id, s.used, s.missing)
+            })
+            .collect();
+        for (name, help, pick) in [
+            (
+                "atefs_raft_staged_entries_total",
+                "Entries a replication request named instead of carrying, because its leader had sent them ahead.",
+                0,
+            ),
+            (
+                "atefs_raft_staged_missing_total",
+                "Replication requests that named an entry this replica no longer held (sent again in full).",
+                1,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} counter");
+            for (p, used, missing) in &staged {
+                let v = if pick == 0 { used } else { missing };
+                let _ = writeln!(o, "{name}{{partition=\"{p}\"}} {v}");
+            }
+        }
         let gauges: [(&str, &str); 6] = [
             ("atefs_raft_term", "Current Raft term."),
             (

@@ -1,9 +1,11 @@
 //! The Raft transport, client side: openraft's messages to a peer's Raft service over gRPC,
 //! postcard-encoded inside the protobuf envelope (proto/raft.proto).
 
+use crate::log_store::LogStore;
 use crate::metrics::PeerTimings;
 use crate::pb::raft::RaftReply;
 use crate::raft_codec::{Outgoing, RaftCodec};
+use crate::staging::StagedAppend;
 use crate::tls::Tls;
 use crate::types::TypeConfig;
 use openraft::error::{
@@ -14,10 +16,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, LogId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tonic::client::Grpc;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -31,6 +33,8 @@ pub struct Network {
     tls: Arc<Tls>,
     channels: Arc<parking_lot::Mutex<HashMap<String, Channel>>>,
     replication: PeerTimings,
+    /// The partition's log, read for entries to send ahead.
+    log: LogStore,
 }
 
 impl Network {
@@ -40,6 +44,7 @@ impl Network {
         source: Option<std::net::IpAddr>,
         tls: Arc<Tls>,
         channels: Arc<parking_lot::Mutex<HashMap<String, Channel>>>,
+        log: LogStore,
     ) -> Self {
         Self {
             partition,
@@ -47,6 +52,7 @@ impl Network {
             tls,
             channels,
             replication: PeerTimings::default(),
+            log,
         }
     }
 
@@ -65,6 +71,18 @@ pub struct Peer {
     error: Option<String>,
     in_flight: Option<InFlight>,
     replication: PeerTimings,
+    log: LogStore,
+    /// Entries the follower holds staged (sent ahead and answered), by index.
+    held: BTreeMap<u64, LogId<u64>>,
+    /// Entries on their way ahead.
+    push: Option<Push>,
+}
+
+/// A `Stage` request in flight: the log ids it carries once answered.
+#[derive(Debug)]
+struct Push {
+    first: u64,
+    task: tokio::task::JoinHandle<Option<Vec<LogId<u64>>>>,
 }
 
 /// Why a call did not get an answer.
@@ -107,6 +125,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             error,
             in_flight: None,
             replication: self.replication.clone(),
+            log: self.log.clone(),
+            held: BTreeMap::new(),
+            push: None,
         }
     }
 }
@@ -115,7 +136,14 @@ enum Rpc {
     Append,
     Vote,
     Snapshot,
+    Stage,
+    AppendStaged,
 }
+
+/// Entries sent ahead at a time: what one request carries.
+const STAGE_BYTES: u64 = crate::log_store::REPLICATION_BYTES;
+/// Less than this ahead is not worth a request of its own (small commits travel fast).
+const STAGE_MIN: u64 = 1 << 20;
 
 type AppendResult = Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>>;
 
@@ -160,7 +188,90 @@ fn joined(answer: Result<AppendResult, tokio::task::JoinError>) -> AppendResult 
     }
 }
 
+/// Sends one AppendEntries, naming the entries the follower holds staged; when it no longer
+/// holds them (a restart, say) they go in full.
+#[allow(clippy::result_large_err)]
+async fn send_append(
+    client: Grpc<Channel>,
+    (partition, target): (u32, u64),
+    rpc: AppendEntriesRequest<TypeConfig>,
+    staged: StagedAppend,
+    timings: PeerTimings,
+) -> AppendResult {
+    let started = std::time::Instant::now();
+    let attempt = async {
+        let rpc = Arc::new(rpc);
+        if staged.named() == 0 {
+            return call(client, partition, target, Rpc::Append, rpc).await;
+        }
+        let sent = call(
+            client.clone(),
+            partition,
+            target,
+            Rpc::AppendStaged,
+            Arc::new(staged),
+        );
+        match sent.await {
+            Err(RPCError::Network(e)) => {
+                tracing::debug!(target, error = %e, "staged entries not used; sending them in full");
+                call(client, partition, target, Rpc::Append, rpc).await
+            }
+            other => other,
+        }
+    };
+    match tokio::time::timeout(OUTLIVE, attempt).await {
+        Ok(answer) => {
+            if answer.is_ok() {
+                timings
+                    .lock()
+                    .entry(target)
+                    .or_default()
+                    .observe(started.elapsed());
+            }
+            answer
+        }
+        Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+    }
+}
+
 impl Peer {
+    /// Sends the follower the entries after `last` that this leader holds, while it appends
+    /// the request that ends at `last` (one such request at a time).
+    fn push_after(&mut self, client: Grpc<Channel>, last: u64) {
+        if self.push.is_some() {
+            return;
+        }
+        let Ok(entries) = self.log.read_range_within(last + 1, u64::MAX, STAGE_BYTES) else {
+            return;
+        };
+        let bytes: u64 = entries
+            .iter()
+            .map(|e| crate::log_store::tx_len(e) as u64)
+            .sum();
+        let Some(first) = entries.first().map(|e| e.log_id.index) else {
+            return;
+        };
+        if bytes < STAGE_MIN {
+            return;
+        }
+        let ids: Vec<LogId<u64>> = entries.iter().map(|e| e.log_id).collect();
+        let (partition, target) = (self.partition, self.target);
+        let task = tokio::spawn(async move {
+            let sent = call::<_, (), openraft::error::Infallible>(
+                client,
+                partition,
+                target,
+                Rpc::Stage,
+                Arc::new(entries),
+            );
+            match tokio::time::timeout(OUTLIVE, sent).await {
+                Ok(Ok(())) => Some(ids),
+                _ => None,
+            }
+        });
+        self.push = Some(Push { first, task });
+    }
+
     fn client(&self) -> Result<Grpc<Channel>, Unreachable> {
         self.client
             .clone()
@@ -185,6 +296,8 @@ where
         Rpc::Append => "/atefs.raft.v1.Raft/AppendEntries",
         Rpc::Vote => "/atefs.raft.v1.Raft/Vote",
         Rpc::Snapshot => "/atefs.raft.v1.Raft/InstallSnapshot",
+        Rpc::Stage => "/atefs.raft.v1.Raft/Stage",
+        Rpc::AppendStaged => "/atefs.raft.v1.Raft/AppendStaged",
     });
     let request = tonic::Request::new(Outgoing {
         partition,
@@ -236,29 +349,38 @@ impl RaftNetwork<TypeConfig> for Peer {
             let _ = (&mut other.answer).await;
             self.in_flight = None;
         }
-        let (partition, target) = (self.partition, self.target);
-        let timings = self.replication.clone();
-        let flight = self.in_flight.get_or_insert_with(|| InFlight {
-            key,
-            answer: tokio::spawn(async move {
-                let carries = !rpc.entries.is_empty();
-                let started = std::time::Instant::now();
-                let sent = call(client, partition, target, Rpc::Append, Arc::new(rpc));
-                match tokio::time::timeout(OUTLIVE, sent).await {
-                    Ok(answer) => {
-                        if carries && answer.is_ok() {
-                            timings
-                                .lock()
-                                .entry(target)
-                                .or_default()
-                                .observe(started.elapsed());
-                        }
-                        answer
-                    }
-                    Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        if self.in_flight.is_none() {
+            let last = rpc.entries.last().map_or(0, |e| e.log_id.index);
+            // Entries of this request still on their way ahead are waited for, not sent
+            // again.
+            if let Some(push) = self.push.as_mut().filter(|p| p.first <= last) {
+                if let Ok(Some(ids)) = (&mut push.task).await {
+                    self.held.extend(ids.into_iter().map(|id| (id.index, id)));
                 }
-            }),
-        });
+                self.push = None;
+            }
+            let staged = StagedAppend::of(&rpc, &self.held);
+            // The follower uses them (or drops them) with this request.
+            self.held = self.held.split_off(&(last + 1));
+            let (partition, target) = (self.partition, self.target);
+            let timings = self.replication.clone();
+            self.in_flight = Some(InFlight {
+                key,
+                answer: tokio::spawn(send_append(
+                    client.clone(),
+                    (partition, target),
+                    rpc,
+                    staged,
+                    timings,
+                )),
+            });
+            self.push_after(client, last);
+        }
+        let Some(flight) = self.in_flight.as_mut() else {
+            return Err(RPCError::Network(NetworkError::new(&Failed(
+                "no request in flight".into(),
+            ))));
+        };
         let answer = (&mut flight.answer).await;
         self.in_flight = None;
         joined(answer)

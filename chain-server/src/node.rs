@@ -76,6 +76,8 @@ pub struct Partition {
     pub sm: StateMachine,
     /// Replication round trips per follower (while this node leads).
     pub replication: crate::metrics::PeerTimings,
+    /// Entries a leader sent ahead, until the request that names them comes.
+    pub staged: Arc<parking_lot::Mutex<crate::staging::Staged>>,
     /// Until when this replica refuses to vote: set when it starts without a saved vote. A
     /// wiped replica has forgotten whom it voted for; had it voted in a term still being
     /// decided, a second vote in that term could elect two leaders. Any election that was
@@ -146,7 +148,13 @@ impl Node {
                 .map_err(|e| NodeError::Log(p, e))?;
             let sm = StateMachine::open(Arc::new(storage("state")?), log.clone())
                 .map_err(|e| NodeError::State(p, e))?;
-            let network = Network::new(p, config.source_ip, tls.clone(), channels.clone());
+            let network = Network::new(
+                p,
+                config.source_ip,
+                tls.clone(),
+                channels.clone(),
+                log.clone(),
+            );
             let replication = network.replication_timings();
             let raft = Raft::new(
                 config.id,
@@ -168,6 +176,7 @@ impl Node {
                 log,
                 sm,
                 replication,
+                staged: Default::default(),
                 vote_hold_off,
             });
         }

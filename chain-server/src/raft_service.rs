@@ -21,10 +21,13 @@ impl RaftService {
     }
 
     fn partition(&self, p: u32) -> Result<&crate::types::Raft, Status> {
+        self.partition_of(p).map(|p| &p.raft)
+    }
+
+    fn partition_of(&self, p: u32) -> Result<&crate::node::Partition, Status> {
         self.node
             .partitions
             .get(p as usize)
-            .map(|p| &p.raft)
             .ok_or_else(|| Status::invalid_argument(format!("no partition {p}")))
     }
 
@@ -72,6 +75,28 @@ impl RaftRpc for RaftService {
         let req = req.into_inner();
         let raft = self.partition(req.partition)?;
         reply(raft.append_entries(decode(&req.body)?).await)
+    }
+
+    async fn stage(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let p = self.partition_of(req.partition)?;
+        let entries: Vec<crate::types::Entry> = decode(&req.body)?;
+        p.staged.lock().insert(entries);
+        reply::<(), ()>(Ok(()))
+    }
+
+    async fn append_staged(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let p = self.partition_of(req.partition)?;
+        let staged: crate::staging::StagedAppend = decode(&req.body)?;
+        let rpc =
+            p.staged.lock().resolve(staged).map_err(|id| {
+                Status::failed_precondition(format!("entry {id} is not staged here"))
+            })?;
+        reply(p.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {

@@ -333,6 +333,38 @@ fn large_commits_from_several_writers_replicate_in_requests_that_fit_the_heartbe
     }
 }
 
+/// A follower that was down catches up in requests of large entries; while it appends one,
+/// its leader sends it the entries of the next (Stage), and the next request names them
+/// instead of carrying them again.
+#[test]
+fn a_follower_catching_up_is_sent_the_next_entries_while_it_appends() {
+    let mut cluster = Cluster::start(false, 1_000_000);
+    let rt = rt();
+    let client = cluster.client(Duration::from_secs(60));
+    let (chain, owner, genesis) = new_chain();
+    rt.block_on(client.create(chain, 1 << 32, genesis)).unwrap();
+    let p = chain_server::node::partition_of(&chain, 2);
+    let leader = cluster.leader_of(p).expect("the partition has a leader");
+    let down = (leader + 1) % 3;
+    cluster.kill(down);
+    let key = DataKey::generate();
+    let value = vec![0xa5; 4 << 20];
+    let mut last = 0;
+    for i in 0..24 {
+        let tx = put_tx(chain, &owner, &key, format!("n{i}").as_bytes(), &value);
+        last = rt.block_on(client.commit(chain, tx)).unwrap();
+    }
+    cluster.spawn(down, false);
+    assert!(
+        cluster.wait_applied(down, p, last, Duration::from_secs(60)),
+        "the follower applied only up to {}: {}",
+        cluster.gauge(down, "atefs_raft_applied_index", p),
+        cluster.log_tail(down)
+    );
+    let staged = cluster.gauge(down, "atefs_raft_staged_entries_total", p);
+    assert!(staged > 0, "no entry came ahead of its request");
+}
+
 /// Writer sessions: what a session committed comes back to that session's subscription as
 /// its hash only, and in full to every other subscriber; a session that is not 16 bytes is
 /// refused.
