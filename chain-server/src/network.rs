@@ -421,3 +421,106 @@ impl RaftNetwork<TypeConfig> for Peer {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::pb::raft::raft_server::{Raft as RaftRpc, RaftServer};
+    use crate::pb::raft::RaftRequest;
+    use crate::types::Command;
+    use openraft::{CommittedLeaderId, EntryPayload, Vote};
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use tonic::{Request, Response, Status};
+
+    /// A follower that lost what it was sent ahead (a restart): it refuses every
+    /// AppendStaged and counts the entries that come in full.
+    #[derive(Clone, Default)]
+    struct Forgetful {
+        named: Arc<AtomicUsize>,
+        full: Arc<AtomicUsize>,
+    }
+
+    fn ok<T: Serialize>(v: &T) -> Result<Response<RaftReply>, Status> {
+        Ok(Response::new(RaftReply {
+            body: postcard::to_stdvec(v).unwrap(),
+            error: Vec::new(),
+        }))
+    }
+
+    #[tonic::async_trait]
+    impl RaftRpc for Forgetful {
+        async fn append_entries(
+            &self,
+            req: Request<RaftRequest>,
+        ) -> Result<Response<RaftReply>, Status> {
+            let rpc: AppendEntriesRequest<TypeConfig> =
+                crate::shared_bytes::decode(&req.into_inner().body).unwrap();
+            self.full.fetch_add(rpc.entries.len(), SeqCst);
+            ok(&AppendEntriesResponse::<u64>::Success)
+        }
+        async fn append_staged(
+            &self,
+            _: Request<RaftRequest>,
+        ) -> Result<Response<RaftReply>, Status> {
+            self.named.fetch_add(1, SeqCst);
+            Err(Status::failed_precondition("not staged here"))
+        }
+        async fn stage(&self, _: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+            ok(&())
+        }
+        async fn vote(&self, _: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("vote"))
+        }
+        async fn install_snapshot(
+            &self,
+            _: Request<RaftRequest>,
+        ) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("install_snapshot"))
+        }
+    }
+
+    fn entry(index: u64) -> crate::types::Entry {
+        crate::types::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Commit {
+                chain: [3; 16],
+                tx: vec![index as u8; 1000].into(),
+                session: None,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_the_follower_no_longer_holds_go_again_in_full() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let follower = Forgetful::default();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::new(follower.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let log = LogStore::open(Arc::new(ate::storage::MemStorage::new()), 1 << 20).unwrap();
+        let mut network = Network::new(0, None, Arc::new(Tls::plaintext()), Arc::default(), log);
+        let mut peer = network
+            .new_client(2, &BasicNode::new(addr.to_string()))
+            .await;
+        let entries: Vec<_> = (1..=3).map(entry).collect();
+        // As far as this leader knows, the follower holds them staged.
+        peer.held
+            .extend(entries.iter().map(|e| (e.log_id.index, e.log_id)));
+        let rpc = AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        };
+        let option = RPCOption::new(std::time::Duration::from_secs(10));
+        let answer = peer.append_entries(rpc, option).await.unwrap();
+        assert_eq!(answer, AppendEntriesResponse::Success);
+        assert_eq!(follower.named.load(SeqCst), 1, "first named");
+        assert_eq!(follower.full.load(SeqCst), 3, "then sent in full");
+        assert!(peer.held.is_empty(), "nothing is believed staged any more");
+    }
+}
