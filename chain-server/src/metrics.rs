@@ -37,11 +37,6 @@ impl Histogram {
         self.sum += s;
     }
 
-    /// Durations counted.
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
     /// Writes the series of `name` with `labels` (`key="value",...`).
     fn write(&self, o: &mut String, name: &str, labels: &str) {
         for (i, b) in BUCKETS.iter().enumerate() {
@@ -107,31 +102,29 @@ impl Metrics {
                 h.write(&mut o, "atefs_raft_replicate_seconds", &labels);
             }
         }
-        let staged: Vec<(u32, u64, u64)> = node
+        let staged: Vec<(u32, [u64; 2])> = node
             .partitions
             .iter()
             .map(|p| {
                 let s = p.staged.lock();
-                (p.id, s.used, s.missing)
+                (p.id, [s.used, s.missing])
             })
             .collect();
-        for (name, help, pick) in [
+        let counters = [
             (
                 "atefs_raft_staged_entries_total",
                 "Entries a replication request named instead of carrying, because its leader had sent them ahead.",
-                0,
             ),
             (
                 "atefs_raft_staged_missing_total",
                 "Replication requests that named an entry this replica no longer held (sent again in full).",
-                1,
             ),
-        ] {
+        ];
+        for (i, (name, help)) in counters.iter().enumerate() {
             let _ = writeln!(o, "# HELP {name} {help}");
             let _ = writeln!(o, "# TYPE {name} counter");
-            for (p, used, missing) in &staged {
-                let v = if pick == 0 { used } else { missing };
-                let _ = writeln!(o, "{name}{{partition=\"{p}\"}} {v}");
+            for (p, vals) in &staged {
+                let _ = writeln!(o, "{name}{{partition=\"{p}\"}} {}", vals[i]);
             }
         }
         let gauges: [(&str, &str); 6] = [

@@ -195,15 +195,15 @@ async fn send_append(
     client: Grpc<Channel>,
     (partition, target): (u32, u64),
     rpc: AppendEntriesRequest<TypeConfig>,
-    staged: StagedAppend,
+    staged: Option<StagedAppend>,
     timings: PeerTimings,
 ) -> AppendResult {
     let started = std::time::Instant::now();
     let attempt = async {
         let rpc = Arc::new(rpc);
-        if staged.named() == 0 {
+        let Some(staged) = staged else {
             return call(client, partition, target, Rpc::Append, rpc).await;
-        }
+        };
         let sent = call(
             client.clone(),
             partition,

@@ -40,22 +40,32 @@ pub enum Slot {
 }
 
 impl StagedAppend {
-    /// `rpc` with the entries in `held` named by log id.
-    pub fn of(rpc: &AppendEntriesRequest<TypeConfig>, held: &BTreeMap<u64, LogId<u64>>) -> Self {
+    /// `rpc` with the entries in `held` named by log id; `None` when it holds none of them.
+    pub fn of(
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        held: &BTreeMap<u64, LogId<u64>>,
+    ) -> Option<Self> {
+        let is_held = |e: &Entry| held.get(&e.log_id.index) == Some(&e.log_id);
+        if !rpc.entries.iter().any(is_held) {
+            return None;
+        }
         let entries = rpc
             .entries
             .iter()
-            .map(|e| match held.get(&e.log_id.index) {
-                Some(id) if *id == e.log_id => Slot::Staged(e.log_id),
-                _ => Slot::Full(e.clone()),
+            .map(|e| {
+                if is_held(e) {
+                    Slot::Staged(e.log_id)
+                } else {
+                    Slot::Full(e.clone())
+                }
             })
             .collect();
-        Self {
+        Some(Self {
             vote: rpc.vote,
             prev_log_id: rpc.prev_log_id,
             leader_commit: rpc.leader_commit,
             entries,
-        }
+        })
     }
 
     /// How many entries it names instead of carrying.
@@ -190,8 +200,12 @@ mod tests {
         let all: Vec<Entry> = (1..=5).map(|i| entry(2, i, 100)).collect();
         let mut staged = Staged::default();
         staged.insert(all[1..4].to_vec());
-        let req = StagedAppend::of(&rpc(all.clone()), &held(&all[1..4]));
+        let req = StagedAppend::of(&rpc(all.clone()), &held(&all[1..4])).unwrap();
         assert_eq!(req.named(), 3);
+        assert!(
+            StagedAppend::of(&rpc(all.clone()), &BTreeMap::new()).is_none(),
+            "nothing held, nothing to name"
+        );
         let back = staged.resolve(req).unwrap();
         assert_eq!(back.entries, all);
         assert!(staged.is_empty());
@@ -204,11 +218,11 @@ mod tests {
         staged.insert(vec![entry(2, 1, 10), entry(2, 2, 10)]);
         // The leader of term 3 made another entry 2.
         let other = vec![entry(2, 1, 10), entry(3, 2, 10)];
-        let req = StagedAppend::of(&rpc(other.clone()), &held(&other));
+        let req = StagedAppend::of(&rpc(other.clone()), &held(&other)).unwrap();
         let missing = staged.resolve(req).unwrap_err();
         assert_eq!(missing, other[1].log_id);
         assert_eq!(staged.len(), 2);
-        let req = StagedAppend::of(&rpc(vec![entry(2, 3, 10)]), &held(&[entry(2, 3, 10)]));
+        let req = StagedAppend::of(&rpc(vec![entry(2, 3, 10)]), &held(&[entry(2, 3, 10)])).unwrap();
         assert!(staged.resolve(req).is_err());
         assert_eq!(staged.len(), 2);
         assert_eq!((staged.used, staged.missing), (0, 2));
@@ -221,7 +235,8 @@ mod tests {
         staged.insert((1..=5).map(|i| entry(2, i, big)).collect());
         // 100 MiB offered, 64 MiB kept: the highest indexes.
         assert_eq!(staged.len(), 3);
-        let req = StagedAppend::of(&rpc(vec![entry(2, 4, big)]), &held(&[entry(2, 4, big)]));
+        let req =
+            StagedAppend::of(&rpc(vec![entry(2, 4, big)]), &held(&[entry(2, 4, big)])).unwrap();
         staged.resolve(req).unwrap();
         assert_eq!(staged.len(), 1, "entry 3 is below the request and goes");
         assert_eq!(staged.bytes, size(&entry(2, 5, big)));

@@ -243,6 +243,8 @@ impl RedoLog {
                 }
                 cut = Some(Defect {
                     segment: i,
+                    file,
+                    len,
                     offset,
                     index,
                     format: seg_format,
@@ -449,7 +451,7 @@ impl RedoLog {
 
     /// What [`Self::sync`] would sync: the current tail, so that another thread can fdatasync
     /// a batch while the next one is appended. Report a failure with [`Self::poison`].
-    /// Unless [`Self::is_disposable`]: such a log is never synced.
+    /// A disposable log ([`LogOptions::disposable`]) is never synced.
     pub fn sync_handle(&self) -> (Arc<dyn StorageFile>, String) {
         (self.tail.clone(), FileRef::Segment(self.tail_first).name())
     }
@@ -457,11 +459,6 @@ impl RedoLog {
     /// Marks the log unusable (after a failed fsync done through a sync handle).
     pub fn poison(&mut self) {
         self.poisoned = true;
-    }
-
-    /// True for a copy of a chain held elsewhere ([`LogOptions::disposable`]).
-    pub fn is_disposable(&self) -> bool {
-        self.opts.disposable
     }
 
     /// True after a failure that needs a reopen.
@@ -500,6 +497,9 @@ impl RedoLog {
 struct Defect {
     /// Position in the list of segments.
     segment: usize,
+    /// The segment, as opened for the scan, and its length.
+    file: Arc<dyn StorageFile>,
+    len: u64,
     offset: u64,
     /// Index the entry there should have had.
     index: u64,
@@ -521,6 +521,8 @@ fn cut_at(
 ) -> Result<Option<u16>, LogError> {
     let Defect {
         segment,
+        file,
+        len,
         offset,
         index,
         format,
@@ -528,10 +530,6 @@ fn cut_at(
     } = defect;
     let name = FileRef::Segment(segments[segment]).name();
     tracing::warn!(file = %name, offset, next_index, %reason, "cutting a disposable log at its first defect");
-    let file = storage
-        .open(&name, false)
-        .map_err(LogError::io("open", &name))?;
-    let len = file.len().map_err(LogError::io("stat", &name))?;
     // Kept only if what it holds before the defect ends where the log now ends.
     let kept = offset >= FILE_HEADER as u64 && index == next_index;
     if kept {

@@ -124,6 +124,12 @@ pub enum ReplicaError {
     CatchUp(u32),
 }
 
+/// Maps an I/O error of `op` on the cache's `file`.
+fn cache_io(op: &'static str, file: &str) -> impl FnOnce(std::io::Error) -> ReplicaError {
+    let file = file.to_string();
+    move |source| ReplicaError::CacheIo { op, file, source }
+}
+
 /// Snapshot installs tried before opening gives up (each one is the cluster's newest).
 const CATCH_UP_TRIES: u32 = 3;
 
@@ -137,10 +143,6 @@ fn install_snapshot(
     reader: &SigningKey,
     cache: &Arc<dyn Storage>,
 ) -> Result<u64, ReplicaError> {
-    let cache_io = |op: &'static str, file: &str| {
-        let file = file.to_string();
-        move |source| ReplicaError::CacheIo { op, file, source }
-    };
     const TMP: &str = "snap-install.tmp";
     let out = cache.open(TMP, true).map_err(cache_io("create", TMP))?;
     out.truncate(0).map_err(cache_io("truncate", TMP))?;
@@ -155,10 +157,6 @@ fn install_snapshot(
 
 /// Removes every log file (segments and snapshots) from the cache.
 fn clear_cache(cache: &Arc<dyn Storage>) -> Result<(), ReplicaError> {
-    let cache_io = |op: &'static str, file: &str| {
-        let file = file.to_string();
-        move |source| ReplicaError::CacheIo { op, file, source }
-    };
     for name in cache.list().map_err(cache_io("list", "."))? {
         if crate::redo::parse_name(&name).is_some() {
             cache.remove(&name).map_err(cache_io("remove", &name))?;
