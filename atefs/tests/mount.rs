@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::mount::{can_mount, Mounted};
+use common::mount::{can_mount, mount_type, Mounted};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -137,6 +137,48 @@ fn a_daemon_killed_while_it_gathers_fsyncs_exits() {
             vec![round; 20_000]
         );
     }
+    m.unmount();
+}
+
+/// A tmpfs mounted by a test, unmounted on drop (also when the test fails).
+struct Tmpfs(std::path::PathBuf);
+impl Tmpfs {
+    fn mount(dir: &Path) -> Tmpfs {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "atefs-test"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs failed");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A daemon on its way out after its volume was unmounted leaves alone what was mounted on
+/// the directory since (a CSI node can publish a volume again at the same path at once).
+/// fuser's own cleanup unmounted the path a second time, taking that file system with it:
+/// this failed with the tmpfs gone.
+#[test]
+fn an_exiting_daemon_leaves_the_next_mount_on_its_directory_alone() {
+    require_fuse!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mnt, data) = (tmp.path().join("mnt"), tmp.path().join("data"));
+    let m = Mounted::start(&mnt, &data);
+    std::fs::write(mnt.join("f"), b"committed on the way out").unwrap();
+    let mut next = None;
+    m.unmount_stopped_then(|| next = Some(Tmpfs::mount(&mnt)));
+    assert_eq!(mount_type(&mnt).as_deref(), Some("tmpfs"));
+    drop(next);
+    let m = Mounted::start(&mnt, &data);
+    assert_eq!(
+        std::fs::read(mnt.join("f")).unwrap(),
+        b"committed on the way out"
+    );
     m.unmount();
 }
 

@@ -67,6 +67,35 @@ impl Mounted {
         assert!(exit.success(), "daemon exited with {exit}");
     }
 
+    /// Unmounts with the daemon stopped (SIGSTOP: the kernel does not wait for it), runs
+    /// `meanwhile`, then lets the daemon go on and checks it exited with success: what the
+    /// daemon does on its way out happens after `meanwhile`, whatever the scheduling.
+    pub fn unmount_stopped_then(mut self, meanwhile: impl FnOnce()) {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        let signal = |sig: &str| {
+            let st = Command::new("kill").args([sig, &pid]).status().unwrap();
+            assert!(st.success(), "kill {sig} {pid} failed");
+        };
+        signal("-STOP");
+        // Without --no-canonicalize umount(8) stats the directory first: a request the
+        // stopped daemon would never answer.
+        let st = Command::new("umount")
+            .arg("--no-canonicalize")
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        if !st.success() {
+            signal("-CONT");
+            self.child = Some(child);
+            panic!("umount --no-canonicalize {} failed", self.dir.display());
+        }
+        meanwhile();
+        signal("-CONT");
+        let exit = child.wait().unwrap();
+        assert!(exit.success(), "daemon exited with {exit}");
+    }
+
     /// Kills the daemon with SIGKILL (a crash) and clears the dead mount. Fails if the daemon
     /// does not exit: a thread of it waiting in its own mount cannot be killed, and the kernel
     /// keeps the connection (and the daemon) until that thread's request is answered. Such a
@@ -134,9 +163,18 @@ impl Drop for Mounted {
 
 /// True when `dir` is a mount point in /proc/mounts.
 pub fn is_mounted(dir: &Path) -> bool {
+    mount_type(dir).is_some()
+}
+
+/// The file system type of the newest mount on `dir` in /proc/mounts.
+pub fn mount_type(dir: &Path) -> Option<String> {
     let canon = dir.canonicalize().unwrap_or(dir.to_path_buf());
     std::fs::read_to_string("/proc/mounts")
         .unwrap_or_default()
         .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(canon.to_str().unwrap_or("")))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1).copied() == canon.to_str()).then(|| f.get(2).map(|t| t.to_string()))?
+        })
+        .last()
 }
