@@ -172,9 +172,9 @@ pub fn mount_type(dir: &Path) -> Option<String> {
     std::fs::read_to_string("/proc/mounts")
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| {
+        .rev()
+        .find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.get(1).copied() == canon.to_str()).then(|| f.get(2).map(|t| t.to_string()))?
         })
-        .last()
 }
