@@ -71,3 +71,17 @@ stop_dev_cluster() {
 cluster_servers() {
   echo "127.0.0.1:$(($1 + 10)),127.0.0.1:$(($1 + 20)),127.0.0.1:$(($1 + 30))"
 }
+
+# mount_dev_cluster BIN WORK BASE MNT: a fresh three-replica cluster of BIN's build in
+# WORK/cluster (log WORK/cluster.log), a key file for it and an `--exclusive` mount at MNT
+# with its cache in WORK/cache (log WORK/mount.log). Undo with umount MNT; stop_dev_cluster.
+mount_dev_cluster() {
+  local bin=$1 work=$2 base=$3 mnt=$4
+  rm -rf "$work/cluster" "$work/cache"
+  mkdir -p "$mnt"
+  start_dev_cluster "$bin/chain-server" "$work/cluster" "$base" "$work/cluster.log" || return 1
+  "$bin/atefs" keygen "$work/cluster/keys" >/dev/null
+  "$bin/atefs" mount "$mnt" --data "$work/cache" --keys "$work/cluster/keys" \
+    --server "$(cluster_servers "$base")" --ca "$work/cluster/certs/ca.pem" --exclusive \
+    >>"$work/mount.log" 2>&1
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# What this machine allows a three-replica sequential write, measured in one run: RUNS times,
+# (1) the disk alone: fio writing three 512 MiB files at once (the replicas' three copies),
+# O_DIRECT 8 MiB writes and buffered writes with a final fsync; (2) GlusterFS replica 3
+# (mounted by ../shared/bench/mount-peers.sh) and (3) a fresh atefs cluster + mount of BIN_DIR's
+# build, both on bench/seq-write-cost.sh (MiB/s, CPU seconds of servers and client, of the whole
+# machine, idle seconds, disk busy seconds and MiB). Prints every run, then medians.
+# Usage: bench/ceilings.sh RUNS /ABSOLUTE/BIN_DIR [OUT_FILE]  (root; fio, glusterfs-server)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=$1 BIN=$2 OUT=${3:-/dev/null}
+WORK=$(mktemp -d /tmp/atefs-ceilings.XXXXXX)
+. scripts/cluster-lib.sh
+BASE_PORT=$(free_base_port "${BASE_PORT:-7900}")
+MNT=$WORK/mnt
+cleanup() {
+  grep -q " $MNT " /proc/mounts && umount -l "$MNT"
+  stop_dev_cluster
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+disk() { # fio args -> aggregate MiB/s of three 512 MiB writers
+  mkdir -p "$WORK/disk"
+  fio --name=disk --directory="$WORK/disk" --rw=write --size=512M --numjobs=3 \
+    --group_reporting --output-format=json "$@" |
+    python3 -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["write"]["bw"]/1024,1))'
+  rm -rf "$WORK/disk"
+}
+
+for run in $(seq "$RUNS"); do
+  echo "run $run disk-direct MiB/s=$(disk --bs=8M --direct=1)"
+  echo "run $run disk-buffered MiB/s=$(disk --bs=1M --end_fsync=1)"
+  PEERS_RESULTS="$WORK/gl" PEERS_SCRIPT="$(pwd)/bench/seq-write-cost.sh" \
+    SEQ_COST_PROCS="glusterfsd glusterfs_--process-name_fuse" \
+    ../shared/bench/mount-peers.sh -n 1 -s "$run" gluster >/dev/null 2>&1
+  echo "run $run gluster $(cat "$WORK/gl/gluster.run$run.out")"
+  mount_dev_cluster "$BIN" "$WORK" "$BASE_PORT" "$MNT"
+  echo "run $run atefs $(bench/seq-write-cost.sh "$MNT" "$BIN/chain-server run" "atefs mount $MNT")"
+  umount "$MNT"
+  stop_dev_cluster
+done | tee "$WORK/runs" "$OUT"
+python3 - "$WORK/runs" <<'PY' | tee -a "$OUT"
+import collections, statistics, sys
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    _, _, what, *pairs = line.split()
+    rows[what].append({k: float(v) for k, v in (p.split("=") for p in pairs)})
+med = {w: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for w, rs in rows.items()}
+for w, m in med.items():
+    print(f"median {w}: " + " ".join(f"{k}={v:g}" for k, v in m.items()))
+g, a = med["gluster"], med["atefs"]
+target = 2 * g["MiB/s"]
+secs = 512 / target
+print(f"2x GlusterFS = {target:.0f} MiB/s: 512 MiB in {secs:.2f} s, which on 2 cores is "
+      f"{2 * secs:.2f} CPU-s for everything, and {3 * 512 / secs:.0f} MiB/s of disk for three "
+      f"copies (the disk alone: {med['disk-direct']['MiB/s']:g} direct, "
+      f"{med['disk-buffered']['MiB/s']:g} buffered)")
+for w, m in (("gluster", g), ("atefs", a)):
+    print(f"{w}: {m['machine_cpu_s']:.2f} CPU-s of the machine per 512 MiB "
+          f"(servers {m['proc1_cpu_s']:.2f}, client {m['proc2_cpu_s']:.2f}), "
+          f"disk busy {m['disk_busy_s']:.2f} s for {m['disk_MiB']:g} MiB")
+PY
