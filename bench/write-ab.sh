@@ -24,12 +24,7 @@ trap cleanup EXIT
 
 one_run() { # bin_dir -> prints MiB/s
   local bin=$1 bw
-  rm -rf "$WORK/cluster" "$WORK/cache"; mkdir -p "$MNT"
-  start_dev_cluster "$bin/chain-server" "$WORK/cluster" "$BASE_PORT" "$WORK/cluster.log"
-  "$bin/atefs" keygen "$WORK/cluster/keys" >/dev/null
-  "$bin/atefs" mount "$MNT" --data "$WORK/cache" --keys "$WORK/cluster/keys" \
-    --server "$(cluster_servers "$BASE_PORT")" --ca "$WORK/cluster/certs/ca.pem" --exclusive \
-    >>"$WORK/mount.log" 2>&1
+  mount_dev_cluster "$bin" "$WORK" "$BASE_PORT" "$MNT"
   bw=$(fio --name=seq --filename="$MNT/seq" --rw=write --bs=1M --size=512M --end_fsync=1 \
     --output-format=json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["write"]["bw"]/1024,1))')
   umount "$MNT"

@@ -182,6 +182,24 @@ fn an_exiting_daemon_leaves_the_next_mount_on_its_directory_alone() {
     m.unmount();
 }
 
+/// SIGTERM (how an orchestrator stops a daemon) unmounts, commits what was written without
+/// fsync and exits with success.
+#[test]
+fn sigterm_unmounts_and_keeps_what_was_written() {
+    require_fuse!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mnt, data) = (tmp.path().join("mnt"), tmp.path().join("data"));
+    let m = Mounted::start(&mnt, &data);
+    std::fs::write(mnt.join("f"), b"written, never fsynced").unwrap();
+    m.terminate();
+    let m = Mounted::start(&mnt, &data);
+    assert_eq!(
+        std::fs::read(mnt.join("f")).unwrap(),
+        b"written, never fsynced"
+    );
+    m.unmount();
+}
+
 /// Bytes in the files under `dir` (the volume's log and snapshot).
 fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;

@@ -67,6 +67,19 @@ impl Mounted {
         assert!(exit.success(), "daemon exited with {exit}");
     }
 
+    /// Sends the daemon SIGTERM and checks it unmounted the directory and exited with success.
+    pub fn terminate(mut self) {
+        let mut child = self.child.take().unwrap();
+        let st = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -TERM failed");
+        let exit = child.wait().unwrap();
+        assert!(exit.success(), "daemon exited with {exit}");
+        assert!(!is_mounted(&self.dir), "still mounted after SIGTERM");
+    }
+
     /// Unmounts with the daemon stopped (SIGSTOP: the kernel does not wait for it), runs
     /// `meanwhile`, then lets the daemon go on and checks it exited with success: what the
     /// daemon does on its way out happens after `meanwhile`, whatever the scheduling.
