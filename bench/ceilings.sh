@@ -5,7 +5,7 @@
 # (mounted by ../shared/bench/mount-peers.sh) and (3) a fresh atefs cluster + mount of BIN_DIR's
 # build, both on bench/seq-write-cost.sh (MiB/s, CPU seconds of servers and client, of the whole
 # machine, idle seconds, disk busy seconds and MiB). Prints every run, then medians.
-# Usage: bench/ceilings.sh RUNS /ABSOLUTE/BIN_DIR [OUT_FILE]  (root; fio, glusterfs-server)
+# Usage: bench/ceilings.sh RUNS /ABSOLUTE/BIN_DIR [OUT_FILE, appended to]  (root; fio, glusterfs-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=$1 BIN=$2 OUT=${3:-/dev/null}
@@ -28,18 +28,20 @@ disk() { # fio args -> aggregate MiB/s of three 512 MiB writers
   rm -rf "$WORK/disk"
 }
 
+# Not a pipeline: the loop starts clusters, and the EXIT trap can only stop the one it knows.
+say() { echo "$*" | tee -a "$WORK/runs" "$OUT"; }
 for run in $(seq "$RUNS"); do
-  echo "run $run disk-direct MiB/s=$(disk --bs=8M --direct=1)"
-  echo "run $run disk-buffered MiB/s=$(disk --bs=1M --end_fsync=1)"
+  say "run $run disk-direct MiB/s=$(disk --bs=8M --direct=1)"
+  say "run $run disk-buffered MiB/s=$(disk --bs=1M --end_fsync=1)"
   PEERS_RESULTS="$WORK/gl" PEERS_SCRIPT="$(pwd)/bench/seq-write-cost.sh" \
     SEQ_COST_PROCS="glusterfsd glusterfs_--process-name_fuse" \
     ../shared/bench/mount-peers.sh -n 1 -s "$run" gluster >/dev/null 2>&1
-  echo "run $run gluster $(cat "$WORK/gl/gluster.run$run.out")"
+  say "run $run gluster $(cat "$WORK/gl/gluster.run$run.out")"
   mount_dev_cluster "$BIN" "$WORK" "$BASE_PORT" "$MNT"
-  echo "run $run atefs $(bench/seq-write-cost.sh "$MNT" "$BIN/chain-server run" "atefs mount $MNT")"
+  say "run $run atefs $(bench/seq-write-cost.sh "$MNT" "$BIN/chain-server run" "atefs mount $MNT")"
   umount "$MNT"
   stop_dev_cluster
-done | tee "$WORK/runs" "$OUT"
+done
 python3 - "$WORK/runs" <<'PY' | tee -a "$OUT"
 import collections, statistics, sys
 rows = collections.defaultdict(list)
