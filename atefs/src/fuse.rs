@@ -39,8 +39,6 @@ pub struct FuseFs {
     next_dir_fh: std::sync::atomic::AtomicU64,
     /// fsync gathering (gather.rs), with the writeback cache only.
     gather: Option<crate::gather::Gather>,
-    /// Told when the session ends (dropped then too, should it end by a panic).
-    ended: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl FuseFs {
@@ -58,16 +56,7 @@ impl FuseFs {
             listings: Default::default(),
             next_dir_fh: std::sync::atomic::AtomicU64::new(1),
             gather: None,
-            ended: None,
         }
-    }
-
-    /// Returns a receiver that hears (or sees disconnected) once the kernel has ended the
-    /// session and buffered data was committed.
-    pub fn on_end(&mut self) -> std::sync::mpsc::Receiver<()> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.ended = Some(tx);
-        rx
     }
 
     /// Gathers fsyncs (gather.rs) with `helper`, a command running [`crate::gather::serve`]
@@ -214,9 +203,6 @@ impl Filesystem for FuseFs {
     fn destroy(&mut self) {
         if let Err(e) = self.fs.flush_all() {
             tracing::error!(error = %e, "could not commit buffered data at unmount");
-        }
-        if let Some(tx) = self.ended.take() {
-            let _ = tx.send(());
         }
     }
 

@@ -293,14 +293,14 @@ fn mount_foreground(
         std::env::current_exe().context("finding this program to start its helper")?,
     );
     helper.arg("gather-helper").arg(dir);
-    let mut fuse = FuseFs::new(fs.clone()).gather_fsyncs(helper);
-    let ended = fuse.on_end();
-    let session = fuser::spawn_mount(fuse, dir, &config).with_context(|| {
-        format!(
-            "mounting on {} (is /dev/fuse available and are you root?)",
-            dir.display()
-        )
-    })?;
+    let mut session =
+        fuser::spawn_mount(FuseFs::new(fs.clone()).gather_fsyncs(helper), dir, &config)
+            .with_context(|| {
+                format!(
+                    "mounting on {} (is /dev/fuse available and are you root?)",
+                    dir.display()
+                )
+            })?;
     tune_bdi(dir);
     println!("mounted");
     std::io::stdout().flush()?;
@@ -319,18 +319,22 @@ fn mount_foreground(
     });
     // Either way the kernel has unmounted the directory by the time the session ends, and
     // something else may already be mounted there (a CSI node publishing a volume again). So
-    // the session is not joined but forgotten once it has ended: joining drops fuser 0.18's
-    // mount guard, which unmounts the directory again when its connection is gone (its check
-    // takes the sign of an unmounted connection, POLLERR, for a live mount) and so took the
-    // next file system with it (tests/mount.rs, an_exiting_daemon_leaves_...). What is left
-    // to the session thread is dropping the file system; the process exits below.
-    let _ = ended.recv();
+    // only the session's thread is joined and the rest is forgotten: dropping it drops fuser
+    // 0.18's mount guard, which unmounts the directory again when its connection is gone (its
+    // check takes the sign of an unmounted connection, POLLERR, for a live mount) and so took
+    // the next file system with it (tests/mount.rs, an_exiting_daemon_leaves_...). A finished
+    // stand-in takes the thread handle's place.
+    let thread = std::mem::replace(&mut session.guard, std::thread::spawn(|| Ok(())));
     std::mem::forget(session);
+    let r = thread
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the FUSE session thread panicked")));
     handle.close();
     let _ = watcher.join();
     fs.flush_all()
         .context("committing buffered data at unmount")?;
     drop(vol);
+    r.context("FUSE session")?;
     Ok(())
 }
 
