@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seq_write workload (fio, 1 MiB blocks, 512 MiB, end_fsync=1, as bench/seq-write.sh) on a
+# The seq_write workload (bench/seq-write.sh: fio, 1 MiB blocks, 512 MiB, end_fsync=1) on a
 # mounted DIR, with what it cost the machine while fio ran: the CPU seconds of the processes
 # whose command lines match each PATTERN (utime+stime), of the whole machine (user+sys, every
 # core) and the seconds it sat idle or waiting for I/O, and the disk's busy seconds and MiB
@@ -15,9 +15,7 @@ if [ $# -eq 0 ] && [ -n "${SEQ_COST_PROCS:-}" ]; then
   set -- "${pats[@]//_/ }"
 fi
 DISK=${DISK:-vda}
-W="$DIR/costbench.$$"
-mkdir -p "$W"
-trap 'rm -rf "$W"' EXIT
+HERE=$(dirname "$0")
 pid_ticks() { # pattern -> "pid:utime+stime" of every matching process
   local p
   for p in $(pgrep -f "$1"); do
@@ -31,8 +29,7 @@ machine() { # -> "busy-ticks idle-ticks disk-busy-ms disk-sectors"
 before=() after=()
 for pat in "$@"; do before+=("$(pid_ticks "$pat")"); done
 m0=$(machine)
-bw=$(fio --name=seq_write --filename="$W/seq.dat" --rw=write --bs=1M --size=512M --end_fsync=1 \
-  --output-format=json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["write"]["bw"]/1024,1))')
+bw=$("$HERE/seq-write.sh" "$DIR" | awk '{print $2}')
 m1=$(machine)
 for pat in "$@"; do after+=("$(pid_ticks "$pat")"); done
 python3 - "$bw" "$(getconf CLK_TCK)" "$m0" "$m1" "${before[@]}" -- "${after[@]}" <<'PY'

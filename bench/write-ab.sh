@@ -25,8 +25,7 @@ trap cleanup EXIT
 one_run() { # bin_dir -> prints MiB/s
   local bin=$1 bw
   mount_dev_cluster "$bin" "$WORK" "$BASE_PORT" "$MNT"
-  bw=$(fio --name=seq --filename="$MNT/seq" --rw=write --bs=1M --size=512M --end_fsync=1 \
-    --output-format=json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["write"]["bw"]/1024,1))')
+  bw=$(bench/seq-write.sh "$MNT" | awk '{print $2}')
   umount "$MNT"
   for _ in $(seq 100); do pgrep -f "atefs mount $MNT" >/dev/null || break; sleep 0.1; done
   stop_dev_cluster
