@@ -70,11 +70,7 @@ impl Mounted {
     /// Sends the daemon SIGTERM and checks it unmounted the directory and exited with success.
     pub fn terminate(mut self) {
         let mut child = self.child.take().unwrap();
-        let st = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success(), "kill -TERM failed");
+        signal(&child, "-TERM");
         let exit = child.wait().unwrap();
         assert!(exit.success(), "daemon exited with {exit}");
         assert!(!is_mounted(&self.dir), "still mounted after SIGTERM");
@@ -85,12 +81,7 @@ impl Mounted {
     /// daemon does on its way out happens after `meanwhile`, whatever the scheduling.
     pub fn unmount_stopped_then(mut self, meanwhile: impl FnOnce()) {
         let mut child = self.child.take().unwrap();
-        let pid = child.id().to_string();
-        let signal = |sig: &str| {
-            let st = Command::new("kill").args([sig, &pid]).status().unwrap();
-            assert!(st.success(), "kill {sig} {pid} failed");
-        };
-        signal("-STOP");
+        signal(&child, "-STOP");
         // Without --no-canonicalize umount(8) stats the directory first: a request the
         // stopped daemon would never answer.
         let st = Command::new("umount")
@@ -99,12 +90,12 @@ impl Mounted {
             .status()
             .unwrap();
         if !st.success() {
-            signal("-CONT");
+            signal(&child, "-CONT");
             self.child = Some(child);
             panic!("umount --no-canonicalize {} failed", self.dir.display());
         }
         meanwhile();
-        signal("-CONT");
+        signal(&child, "-CONT");
         let exit = child.wait().unwrap();
         assert!(exit.success(), "daemon exited with {exit}");
     }
@@ -144,6 +135,13 @@ impl Mounted {
         }
         let _ = std::fs::write(base.join(conn).join("abort"), "1");
     }
+}
+
+/// Sends `child` the signal `sig` (as kill(1) names it, e.g. "-TERM").
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().to_string();
+    let st = Command::new("kill").args([sig, &pid]).status().unwrap();
+    assert!(st.success(), "kill {sig} {pid} failed");
 }
 
 /// The FUSE connection number of the mount at `dir`: the minor of its device, read from
