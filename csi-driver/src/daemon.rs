@@ -1,0 +1,267 @@
+//! The `atefs mount` daemons behind staged volumes: started in their own process group (a
+//! restart of the plugin, or a signal kubelet sends it, leaves them mounted), found again after
+//! a restart by the pid file beside the volume's state, and waited for at unstage, since a
+//! daemon commits what it still buffers after the kernel has unmounted its directory.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
+
+/// Why a daemon could not be started or did not end well.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The atefs binary could not be run.
+    #[error("starting {bin}: {source}")]
+    Spawn {
+        /// The binary.
+        bin: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The daemon ended before mounting, or failed at the end.
+    #[error("the atefs mount daemon failed ({status}); its log ends:\n{log}")]
+    Failed {
+        /// Its exit status.
+        status: String,
+        /// The end of its log.
+        log: String,
+    },
+    /// No answer in time.
+    #[error("the atefs mount daemon of {dir} {what} within {secs} s; its log ends:\n{log}")]
+    Timeout {
+        /// The mount point.
+        dir: String,
+        /// What it did not do.
+        what: &'static str,
+        /// The bound.
+        secs: u64,
+        /// The end of its log.
+        log: String,
+    },
+    /// Files beside the volume.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// How to mount one volume.
+#[derive(Clone, Debug)]
+pub struct MountSpec {
+    /// The staging directory.
+    pub dir: PathBuf,
+    /// The mount's cache of the chain.
+    pub cache: PathBuf,
+    /// The key envelope (mode 0600).
+    pub keys: PathBuf,
+    /// Chain-server API addresses.
+    pub servers: Vec<String>,
+    /// CA certificate to check the servers against.
+    pub ca: Option<PathBuf>,
+    /// Talk to the servers without TLS.
+    pub insecure_plaintext: bool,
+    /// A single-writer mount (`atefs mount --exclusive`).
+    pub exclusive: bool,
+    /// Quota reported by statfs.
+    pub quota: Option<u64>,
+    /// The daemon's log (its stderr).
+    pub log: PathBuf,
+    /// Where its pid is kept.
+    pub pid_file: PathBuf,
+}
+
+/// The last `n` lines of a log, for error messages.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The daemons this process started (its children: it reaps them).
+#[derive(Debug)]
+pub struct Daemons {
+    bin: PathBuf,
+    exits: Mutex<HashMap<u32, watch::Receiver<Option<ExitStatus>>>>,
+}
+
+impl Daemons {
+    /// Daemons run by `bin` (the atefs binary).
+    pub fn new(bin: PathBuf) -> Self {
+        Self {
+            bin,
+            exits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts a daemon and returns its pid once it reports the file system mounted.
+    pub async fn start(&self, spec: &MountSpec, limit: Duration) -> Result<u32, DaemonError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .map_err(io(format!("opening {}", spec.log.display())))?;
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.arg("mount")
+            .arg(&spec.dir)
+            .arg("--foreground")
+            .arg("--data")
+            .arg(&spec.cache)
+            .arg("--keys")
+            .arg(&spec.keys)
+            .arg("--server")
+            .arg(spec.servers.join(","));
+        if let Some(ca) = &spec.ca {
+            cmd.arg("--ca").arg(ca);
+        }
+        if spec.insecure_plaintext {
+            cmd.arg("--insecure-plaintext");
+        }
+        if spec.exclusive {
+            cmd.arg("--exclusive");
+        }
+        if let Some(q) = spec.quota {
+            cmd.arg("--quota").arg(q.to_string());
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(|source| DaemonError::Spawn {
+            bin: self.bin.display().to_string(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill().await;
+            return Err(DaemonError::Failed {
+                status: "no stdout pipe".into(),
+                log: String::new(),
+            });
+        };
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(stdout);
+        match tokio::time::timeout(limit, reader.read_line(&mut line)).await {
+            Ok(Ok(_)) if line.trim() == "mounted" => {}
+            Ok(_) => {
+                let status = child.wait().await.map_err(io("waiting for the daemon"))?;
+                return Err(DaemonError::Failed {
+                    status: status.to_string(),
+                    log: log_tail(&spec.log, 20),
+                });
+            }
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(DaemonError::Timeout {
+                    dir: spec.dir.display().to_string(),
+                    what: "did not mount",
+                    secs: limit.as_secs(),
+                    log: log_tail(&spec.log, 20),
+                });
+            }
+        }
+        std::fs::write(&spec.pid_file, pid.to_string())
+            .map_err(io(format!("writing {}", spec.pid_file.display())))?;
+        let (tx, rx) = watch::channel(None);
+        self.exits.lock().insert(pid, rx);
+        tokio::spawn(async move {
+            // Nothing more comes on stdout; keeping the pipe open spares the daemon an EPIPE.
+            let mut rest = String::new();
+            let _ = reader.read_line(&mut rest).await;
+            let status = child.wait().await;
+            tracing::info!(pid, ?status, "mount daemon exited");
+            let _ = tx.send(status.ok());
+        });
+        Ok(pid)
+    }
+
+    /// Waits until the daemon recorded in `pid_file` has exited (at most `limit`). Ok(None)
+    /// when there is no such daemon or it was not this process's child (its status is
+    /// unknown); Ok(Some(status)) otherwise.
+    pub async fn wait_exit(
+        &self,
+        pid_file: &Path,
+        dir: &Path,
+        log: &Path,
+        limit: Duration,
+    ) -> Result<Option<ExitStatus>, DaemonError> {
+        let Some(pid) = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        else {
+            return Ok(None);
+        };
+        let timeout = || DaemonError::Timeout {
+            dir: dir.display().to_string(),
+            what: "did not exit",
+            secs: limit.as_secs(),
+            log: log_tail(log, 20),
+        };
+        let rx = self.exits.lock().get(&pid).cloned();
+        if let Some(mut rx) = rx {
+            let status = tokio::time::timeout(limit, rx.wait_for(|s| s.is_some()))
+                .await
+                .map_err(|_| timeout())?
+                .ok()
+                .and_then(|s| *s);
+            self.exits.lock().remove(&pid);
+            return Ok(status);
+        }
+        // Started by an earlier instance of the plugin: wait on a pidfd, if the pid is still
+        // that daemon (pids are reused).
+        if !is_daemon_of(pid, dir) {
+            return Ok(None);
+        }
+        let Ok(raw) = i32::try_from(pid) else {
+            return Ok(None);
+        };
+        let Some(p) = rustix::process::Pid::from_raw(raw) else {
+            return Ok(None);
+        };
+        let fd = match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::SRCH) => return Ok(None),
+            Err(e) => return Err(io("pidfd_open")(e.into())),
+        };
+        let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+        let ready = tokio::task::spawn_blocking(move || {
+            let mut fds = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
+            let t = rustix::event::Timespec {
+                tv_sec: i64::from(ms / 1000),
+                tv_nsec: i64::from(ms % 1000) * 1_000_000,
+            };
+            rustix::event::poll(&mut fds, Some(&t))
+        })
+        .await
+        .map_err(|e| io("waiting for the daemon")(std::io::Error::other(e)))?
+        .map_err(|e| io("poll on a pidfd")(e.into()))?;
+        if ready == 0 {
+            return Err(timeout());
+        }
+        Ok(None)
+    }
+}
+
+/// True if `pid` is an `atefs mount` of `dir`.
+pub fn is_daemon_of(pid: u32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.get(1) == Some(&&b"mount"[..]) && args.get(2) == Some(&dir.as_os_str().as_encoded_bytes())
+}

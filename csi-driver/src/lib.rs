@@ -1,0 +1,15 @@
+//! The atefs CSI plugin: the Identity and Node services kubelet calls over a unix socket to
+//! mount atefs volumes into pods (docs/csi.md).
+
+pub mod daemon;
+pub mod identity;
+pub mod metrics;
+pub mod mountinfo;
+pub mod node;
+pub mod volume_id;
+
+/// The CSI messages and services (proto/csi.proto).
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod pb {
+    tonic::include_proto!("csi.v1");
+}

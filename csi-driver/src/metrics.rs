@@ -1,0 +1,109 @@
+//! `/metrics` (Prometheus text) and `/health` of the plugin: calls by method and status code,
+//! their total time, and the atefs mounts the node has.
+
+use crate::mountinfo;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Calls and seconds, by (method, status code).
+type CallCounts = BTreeMap<(&'static str, &'static str), (u64, f64)>;
+
+/// Counters of the CSI calls served.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    calls: Mutex<CallCounts>,
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl Metrics {
+    /// Counts one call of `method` that ended with `code` after `took`.
+    pub fn record(&self, method: &'static str, code: tonic::Code, took: Duration) {
+        let mut c = self.calls.lock();
+        let e = c.entry((method, code_name(code))).or_default();
+        e.0 += 1;
+        e.1 += took.as_secs_f64();
+    }
+
+    /// The Prometheus text.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        o.push_str("# HELP atefs_csi_calls_total CSI calls served, by method and gRPC status.\n# TYPE atefs_csi_calls_total counter\n");
+        let calls = self.calls.lock().clone();
+        for ((m, c), (n, _)) in &calls {
+            let _ = writeln!(
+                o,
+                "atefs_csi_calls_total{{method=\"{m}\",code=\"{c}\"}} {n}"
+            );
+        }
+        o.push_str("# HELP atefs_csi_call_seconds_total Time spent in CSI calls, by method and gRPC status.\n# TYPE atefs_csi_call_seconds_total counter\n");
+        for ((m, c), (_, s)) in &calls {
+            let _ = writeln!(
+                o,
+                "atefs_csi_call_seconds_total{{method=\"{m}\",code=\"{c}\"}} {s}"
+            );
+        }
+        let mounts = mountinfo::read()
+            .map(|all| all.iter().filter(|m| mountinfo::is_atefs(m)).count())
+            .unwrap_or(0);
+        let _ = writeln!(o, "# HELP atefs_csi_mounts atefs mounts on this node (staged and published).\n# TYPE atefs_csi_mounts gauge\natefs_csi_mounts {mounts}");
+        o
+    }
+}
+
+/// Serves `/metrics`, `/health` and `/live` until the listener fails.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                match sock.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&buf);
+            let (status, body) = match head.split_whitespace().nth(1).unwrap_or("/") {
+                "/metrics" => ("200 OK", metrics.render()),
+                "/health" | "/ready" | "/live" => ("200 OK", "ok\n".to_string()),
+                _ => ("404 Not Found", "try /metrics or /health\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}

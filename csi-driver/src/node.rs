@@ -1,0 +1,618 @@
+//! The CSI Node service: a volume is staged once per node (an `atefs mount` daemon on the
+//! staging path) and published to each pod by a bind mount, read-only when asked. Every call is
+//! idempotent and answers from what the kernel has mounted (`mountinfo`), so a restarted plugin
+//! carries on where the last one stopped.
+
+use crate::daemon::{log_tail, Daemons, MountSpec};
+use crate::metrics::Metrics;
+use crate::mountinfo::{self, MountEntry};
+use crate::pb;
+use crate::pb::volume_capability::access_mode::Mode;
+use crate::pb::volume_capability::AccessType;
+use crate::volume_id::{parse_keys, VolumeId};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+/// What a node plugin needs to know.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id (kubelet's node name).
+    pub node_id: String,
+    /// Where each staged volume keeps its key envelope, cache and daemon log.
+    pub state_dir: PathBuf,
+    /// The atefs binary.
+    pub atefs_bin: PathBuf,
+    /// Chain-server API addresses, unless a volume names its own (`servers` attribute).
+    pub servers: Vec<String>,
+    /// CA certificate of the chain servers.
+    pub ca: Option<PathBuf>,
+    /// Talk to the chain servers without TLS (tests only).
+    pub insecure_plaintext: bool,
+    /// How long a mount may take to come up (it may replay a long chain).
+    pub mount_timeout: Duration,
+    /// How long an unmounting daemon may take to commit what it buffers and exit.
+    pub unmount_timeout: Duration,
+}
+
+/// The Node service.
+#[derive(Debug)]
+pub struct NodeService {
+    cfg: NodeConfig,
+    daemons: Daemons,
+    metrics: Arc<Metrics>,
+    /// Volumes with a call in progress: a second call for one gets ABORTED (the spec's answer;
+    /// kubelet retries).
+    busy: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Holds a volume's slot in `busy` for the length of a call.
+struct Busy {
+    set: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.id);
+    }
+}
+
+fn required<'a>(v: &'a str, what: &str) -> Result<&'a str, Status> {
+    if v.is_empty() {
+        return Err(Status::invalid_argument(format!("{what} is required")));
+    }
+    Ok(v)
+}
+
+fn absolute(v: &str, what: &str) -> Result<PathBuf, Status> {
+    let p = PathBuf::from(required(v, what)?);
+    if !p.is_absolute() {
+        return Err(Status::invalid_argument(format!(
+            "{what} must be an absolute path, not {v:?}"
+        )));
+    }
+    Ok(p)
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+/// Checks a capability: a file system (not a block device) of a known access mode.
+fn check_capability(cap: Option<&pb::VolumeCapability>) -> Result<Mode, Status> {
+    let cap = cap.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+    match &cap.access_type {
+        Some(AccessType::Mount(m)) => {
+            if !m.fs_type.is_empty() && m.fs_type != "atefs" && m.fs_type != "fuse.atefs" {
+                return Err(Status::invalid_argument(format!(
+                    "fs_type {:?}: atefs volumes are atefs file systems",
+                    m.fs_type
+                )));
+            }
+        }
+        Some(AccessType::Block(_)) => {
+            return Err(Status::invalid_argument(
+                "atefs volumes are file systems; block access is not supported",
+            ))
+        }
+        None => {
+            return Err(Status::invalid_argument(
+                "volume_capability needs an access type",
+            ))
+        }
+    }
+    let mode = cap
+        .access_mode
+        .as_ref()
+        .and_then(|m| Mode::try_from(m.mode).ok())
+        .unwrap_or(Mode::Unknown);
+    if mode == Mode::Unknown {
+        return Err(Status::invalid_argument(
+            "volume_capability needs a known access mode",
+        ));
+    }
+    Ok(mode)
+}
+
+/// The mount flags a publish may ask for (applied to the pod's bind mount).
+fn bind_flags(cap: Option<&pb::VolumeCapability>) -> Result<rustix::mount::MountFlags, Status> {
+    use rustix::mount::MountFlags;
+    let mut flags = MountFlags::empty();
+    if let Some(AccessType::Mount(m)) = cap.and_then(|c| c.access_type.as_ref()) {
+        for f in &m.mount_flags {
+            flags |= match f.as_str() {
+                "ro" => MountFlags::RDONLY,
+                "nosuid" => MountFlags::NOSUID,
+                "nodev" => MountFlags::NODEV,
+                "noexec" => MountFlags::NOEXEC,
+                "noatime" => MountFlags::NOATIME,
+                "rw" | "defaults" => MountFlags::empty(),
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "mount flag {other:?} is not supported (ro, rw, nosuid, nodev, noexec, noatime)"
+                    )))
+                }
+            };
+        }
+    }
+    Ok(flags)
+}
+
+impl NodeService {
+    /// A Node service over `cfg`, counting its calls in `metrics`.
+    pub fn new(cfg: NodeConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            daemons: Daemons::new(cfg.atefs_bin.clone()),
+            cfg,
+            metrics,
+            busy: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Runs one call: counted, timed, and its failure logged (requests are not: they carry
+    /// secrets).
+    async fn observe<T>(
+        &self,
+        method: &'static str,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        let r = call.await;
+        let code = r.as_ref().err().map_or(tonic::Code::Ok, Status::code);
+        self.metrics.record(method, code, start.elapsed());
+        if let Err(s) = &r {
+            tracing::warn!(method, code = ?s.code(), message = s.message(), "call failed");
+        }
+        r.map(Response::new)
+    }
+
+    fn claim(&self, id: &str) -> Result<Busy, Status> {
+        if !self.busy.lock().insert(id.to_string()) {
+            return Err(Status::aborted(format!(
+                "an operation on volume {id} is in progress"
+            )));
+        }
+        Ok(Busy {
+            set: self.busy.clone(),
+            id: id.to_string(),
+        })
+    }
+
+    fn volume_dir(&self, id: &VolumeId) -> PathBuf {
+        self.cfg.state_dir.join("volumes").join(id.to_string())
+    }
+
+    fn spec(
+        &self,
+        id: &VolumeId,
+        dir: &Path,
+        ctx: &BTreeMap<String, String>,
+        mode: Mode,
+    ) -> Result<MountSpec, Status> {
+        let state = self.volume_dir(id);
+        let servers: Vec<String> = match ctx.get("servers") {
+            Some(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            None => self.cfg.servers.clone(),
+        };
+        if servers.is_empty() {
+            return Err(Status::invalid_argument(
+                "no chain servers: the volume has no `servers` attribute and the plugin no --servers",
+            ));
+        }
+        // One writer at a time unless the volume is shared between nodes: an --exclusive mount
+        // waits for the cluster only at fsync (docs/csi.md). A volume may say otherwise.
+        let single = matches!(
+            mode,
+            Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter
+        );
+        let exclusive = match ctx.get("exclusive").map(String::as_str) {
+            None => single,
+            Some("true") => true,
+            Some("false") => false,
+            Some(v) => {
+                return Err(Status::invalid_argument(format!(
+                    "volume attribute exclusive={v:?}: true or false"
+                )))
+            }
+        };
+        let quota = match ctx.get("capacity") {
+            None => None,
+            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                Status::invalid_argument(format!("volume attribute capacity={v:?}: bytes"))
+            })?),
+        };
+        Ok(MountSpec {
+            dir: dir.to_path_buf(),
+            cache: state.join("cache"),
+            keys: state.join("keys"),
+            servers,
+            ca: self.cfg.ca.clone(),
+            insecure_plaintext: self.cfg.insecure_plaintext,
+            exclusive,
+            quota,
+            log: state.join("mount.log"),
+            pid_file: state.join("pid"),
+        })
+    }
+
+    async fn stage(&self, r: pb::NodeStageVolumeRequest) -> Result<(), Status> {
+        let id = VolumeId::parse(&r.volume_id)?;
+        let dir = absolute(&r.staging_target_path, "staging_target_path")?;
+        let mode = check_capability(r.volume_capability.as_ref())?;
+        let _busy = self.claim(&r.volume_id)?;
+        if let Some(m) = mountinfo::at(&dir).map_err(|e| internal("reading mountinfo", e))? {
+            if mountinfo::is_atefs(&m) && self.staged_here(&id, &dir) {
+                return Ok(());
+            }
+            return Err(Status::already_exists(format!(
+                "{} already has a mount ({} from {}) that is not volume {id}",
+                dir.display(),
+                m.fs_type,
+                m.source
+            )));
+        }
+        let keys = parse_keys(&r.secrets, &id)?;
+        let ctx: BTreeMap<String, String> = r.volume_context.into_iter().collect();
+        let spec = self.spec(&id, &dir, &ctx, mode)?;
+        let state = self.volume_dir(&id);
+        create_private_dir(&state)
+            .map_err(|e| internal("creating the volume's state directory", e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| internal("creating the staging directory", e))?;
+        keys.save(&spec.keys)
+            .map_err(|e| internal("writing the key envelope", e))?;
+        std::fs::write(state.join("staging"), dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| internal("recording the staging path", e))?;
+        match self.daemons.start(&spec, self.cfg.mount_timeout).await {
+            Ok(pid) => {
+                tracing::info!(volume = %id, dir = %dir.display(), pid, exclusive = spec.exclusive, "staged");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&spec.keys);
+                Err(Status::internal(format!("mounting volume {id}: {e}")))
+            }
+        }
+    }
+
+    /// True if this plugin staged `id` at `dir` (its state says so).
+    fn staged_here(&self, id: &VolumeId, dir: &Path) -> bool {
+        std::fs::read(self.volume_dir(id).join("staging"))
+            .is_ok_and(|b| b == dir.as_os_str().as_encoded_bytes())
+    }
+
+    async fn unstage(&self, r: pb::NodeUnstageVolumeRequest) -> Result<(), Status> {
+        let id = VolumeId::parse(&r.volume_id)?;
+        let dir = absolute(&r.staging_target_path, "staging_target_path")?;
+        let _busy = self.claim(&r.volume_id)?;
+        let state = self.volume_dir(&id);
+        let all = mountinfo::read().map_err(|e| internal("reading mountinfo", e))?;
+        if let Some(m) = all.iter().rev().find(|m| m.mount_point == dir) {
+            if !mountinfo::is_atefs(m) {
+                return Err(Status::failed_precondition(format!(
+                    "{} has a {} mount, not an atefs volume",
+                    dir.display(),
+                    m.fs_type
+                )));
+            }
+            let published: Vec<&MountEntry> = all
+                .iter()
+                .filter(|o| o.device == m.device && o.mount_point != dir)
+                .collect();
+            if let Some(p) = published.first() {
+                return Err(Status::failed_precondition(format!(
+                    "volume {id} is still published at {} (unpublish it first)",
+                    p.mount_point.display()
+                )));
+            }
+            let out = tokio::process::Command::new(&self.cfg.atefs_bin)
+                .arg("umount")
+                .arg(&dir)
+                .output()
+                .await
+                .map_err(|e| internal("running atefs umount", e))?;
+            if !out.status.success() {
+                return Err(Status::internal(format!(
+                    "unmounting {}: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        // The kernel has let go; the daemon commits what it still buffers, then exits.
+        let status = self
+            .daemons
+            .wait_exit(
+                &state.join("pid"),
+                &dir,
+                &state.join("mount.log"),
+                self.cfg.unmount_timeout,
+            )
+            .await
+            .map_err(|e| Status::internal(format!("unstaging volume {id}: {e}")))?;
+        let _ = std::fs::remove_file(state.join("keys"));
+        if let Some(s) = status.filter(|s| !s.success()) {
+            // Keep the cache: it may hold what the daemon could not commit.
+            return Err(Status::internal(format!(
+                "the mount daemon of volume {id} failed at unmount ({s}); its cache is kept in {}; log:\n{}",
+                state.display(),
+                log_tail(&state.join("mount.log"), 20)
+            )));
+        }
+        if state.exists() {
+            std::fs::remove_dir_all(&state)
+                .map_err(|e| internal("removing the volume's state", e))?;
+        }
+        tracing::info!(volume = %id, dir = %dir.display(), "unstaged");
+        Ok(())
+    }
+
+    async fn publish(&self, r: pb::NodePublishVolumeRequest) -> Result<(), Status> {
+        let id = VolumeId::parse(&r.volume_id)?;
+        let target = absolute(&r.target_path, "target_path")?;
+        let staging = absolute(&r.staging_target_path, "staging_target_path")?;
+        let mode = check_capability(r.volume_capability.as_ref())?;
+        let mut flags = bind_flags(r.volume_capability.as_ref())?;
+        if r.readonly || matches!(mode, Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly) {
+            flags |= rustix::mount::MountFlags::RDONLY;
+        }
+        let read_only = flags.contains(rustix::mount::MountFlags::RDONLY);
+        let _busy = self.claim(&r.volume_id)?;
+        let all = mountinfo::read().map_err(|e| internal("reading mountinfo", e))?;
+        let Some(staged) = all
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == staging && mountinfo::is_atefs(m))
+        else {
+            return Err(Status::failed_precondition(format!(
+                "volume {id} is not staged at {}",
+                staging.display()
+            )));
+        };
+        if let Some(t) = all.iter().rev().find(|m| m.mount_point == target) {
+            if t.device == staged.device && t.read_only == read_only {
+                return Ok(());
+            }
+            return Err(Status::already_exists(format!(
+                "{} is already a mount ({} from {}, {}) incompatible with this publish",
+                target.display(),
+                t.fs_type,
+                t.source,
+                if t.read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                }
+            )));
+        }
+        std::fs::create_dir_all(&target)
+            .map_err(|e| internal("creating the target directory", e))?;
+        rustix::mount::mount_bind(&staging, &target).map_err(|e| {
+            internal(
+                &format!(
+                    "bind-mounting {} on {}",
+                    staging.display(),
+                    target.display()
+                ),
+                e,
+            )
+        })?;
+        if !flags.is_empty() {
+            // A bind mount takes flags only when remounted.
+            if let Err(e) =
+                rustix::mount::mount_remount(&target, rustix::mount::MountFlags::BIND | flags, "")
+            {
+                let _ = rustix::mount::unmount(&target, rustix::mount::UnmountFlags::empty());
+                return Err(internal("applying the mount flags", e));
+            }
+        }
+        tracing::info!(volume = %id, target = %target.display(), read_only, "published");
+        Ok(())
+    }
+
+    async fn unpublish(&self, r: pb::NodeUnpublishVolumeRequest) -> Result<(), Status> {
+        let id = VolumeId::parse(&r.volume_id)?;
+        let target = absolute(&r.target_path, "target_path")?;
+        let _busy = self.claim(&r.volume_id)?;
+        // A target published twice has two mounts stacked on it.
+        while let Some(m) = mountinfo::at(&target).map_err(|e| internal("reading mountinfo", e))? {
+            if !mountinfo::is_atefs(&m) {
+                return Err(Status::failed_precondition(format!(
+                    "{} has a {} mount, not an atefs volume",
+                    target.display(),
+                    m.fs_type
+                )));
+            }
+            rustix::mount::unmount(&target, rustix::mount::UnmountFlags::empty())
+                .map_err(|e| internal(&format!("unmounting {}", target.display()), e))?;
+        }
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(internal(&format!("removing {}", target.display()), e)),
+        }
+        tracing::info!(volume = %id, target = %target.display(), "unpublished");
+        Ok(())
+    }
+
+    fn stats(
+        &self,
+        r: &pb::NodeGetVolumeStatsRequest,
+    ) -> Result<pb::NodeGetVolumeStatsResponse, Status> {
+        VolumeId::parse(&r.volume_id)?;
+        let path = absolute(&r.volume_path, "volume_path")?;
+        let m = mountinfo::at(&path).map_err(|e| internal("reading mountinfo", e))?;
+        if !m.as_ref().is_some_and(mountinfo::is_atefs) {
+            return Err(Status::not_found(format!(
+                "no atefs volume is mounted at {}",
+                path.display()
+            )));
+        }
+        let v = match rustix::fs::statvfs(&path) {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(pb::NodeGetVolumeStatsResponse {
+                    usage: vec![],
+                    volume_condition: Some(pb::VolumeCondition {
+                        abnormal: true,
+                        message: format!(
+                            "statfs of {} failed: {e} (the mount daemon may have died; unstage and stage the volume again)",
+                            path.display()
+                        ),
+                    }),
+                })
+            }
+        };
+        let i = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        let bytes = |blocks: u64| i(blocks.saturating_mul(v.f_frsize));
+        Ok(pb::NodeGetVolumeStatsResponse {
+            usage: vec![
+                pb::VolumeUsage {
+                    available: bytes(v.f_bavail),
+                    total: bytes(v.f_blocks),
+                    used: bytes(v.f_blocks.saturating_sub(v.f_bfree)),
+                    unit: pb::volume_usage::Unit::Bytes.into(),
+                },
+                pb::VolumeUsage {
+                    available: i(v.f_favail),
+                    total: i(v.f_files),
+                    used: i(v.f_files.saturating_sub(v.f_ffree)),
+                    unit: pb::volume_usage::Unit::Inodes.into(),
+                },
+            ],
+            volume_condition: Some(pb::VolumeCondition {
+                abnormal: false,
+                message: String::new(),
+            }),
+        })
+    }
+}
+
+/// A directory only root may enter (it holds key envelopes).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+#[tonic::async_trait]
+impl pb::node_server::Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        req: Request<pb::NodeStageVolumeRequest>,
+    ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
+        self.observe("NodeStageVolume", async {
+            self.stage(req.into_inner()).await?;
+            Ok(pb::NodeStageVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        req: Request<pb::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
+        self.observe("NodeUnstageVolume", async {
+            self.unstage(req.into_inner()).await?;
+            Ok(pb::NodeUnstageVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_publish_volume(
+        &self,
+        req: Request<pb::NodePublishVolumeRequest>,
+    ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
+        self.observe("NodePublishVolume", async {
+            self.publish(req.into_inner()).await?;
+            Ok(pb::NodePublishVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        req: Request<pb::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
+        self.observe("NodeUnpublishVolume", async {
+            self.unpublish(req.into_inner()).await?;
+            Ok(pb::NodeUnpublishVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        req: Request<pb::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
+        self.observe("NodeGetVolumeStats", async { self.stats(req.get_ref()) })
+            .await
+    }
+
+    async fn node_expand_volume(
+        &self,
+        _req: Request<pb::NodeExpandVolumeRequest>,
+    ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
+        self.observe("NodeExpandVolume", async {
+            Err(Status::unimplemented(
+                "expansion is not supported yet (the node does not advertise EXPAND_VOLUME)",
+            ))
+        })
+        .await
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _req: Request<pb::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
+        self.observe("NodeGetCapabilities", async {
+            use pb::node_service_capability::rpc::Type;
+            let caps = [
+                Type::StageUnstageVolume,
+                Type::GetVolumeStats,
+                Type::VolumeCondition,
+                Type::SingleNodeMultiWriter,
+            ]
+            .into_iter()
+            .map(|t| pb::NodeServiceCapability {
+                r#type: Some(pb::node_service_capability::Type::Rpc(
+                    pb::node_service_capability::Rpc { r#type: t.into() },
+                )),
+            })
+            .collect();
+            Ok(pb::NodeGetCapabilitiesResponse { capabilities: caps })
+        })
+        .await
+    }
+
+    async fn node_get_info(
+        &self,
+        _req: Request<pb::NodeGetInfoRequest>,
+    ) -> Result<Response<pb::NodeGetInfoResponse>, Status> {
+        self.observe("NodeGetInfo", async {
+            Ok(pb::NodeGetInfoResponse {
+                node_id: self.cfg.node_id.clone(),
+                max_volumes_per_node: 0,
+                accessible_topology: None,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,243 @@
+//! Real parts for the CSI tests: the plugin binary on a unix socket, a CSI client as kubelet
+//! uses it, and a local three-replica chain-server cluster (`chain-server dev-cluster`). Every
+//! process is stopped and every mount undone on drop, also when a test fails.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use csi_driver::pb;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// Ports no other test of this run uses.
+pub fn ports(n: u16) -> u16 {
+    // Below the ephemeral range, apart from the chain-server tests' 20000-39999.
+    let base = 10_000 + (std::process::id() % 100) as u16 * 100;
+    base + NEXT_PORT.fetch_add(n, Ordering::SeqCst)
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_atefs-csi")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+pub fn can_mount() -> bool {
+    let ok = Path::new("/dev/fuse").exists()
+        && Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout == b"0\n");
+    if !ok {
+        eprintln!("skipped: needs root and /dev/fuse");
+    }
+    ok
+}
+
+fn terminate(child: &mut Child) {
+    let pid = rustix::process::Pid::from_child(child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let _ = child.wait();
+}
+
+/// `chain-server dev-cluster`: three replicas with TLS on loopback.
+pub struct DevCluster {
+    pub dir: tempfile::TempDir,
+    pub servers: Vec<String>,
+    child: Child,
+}
+
+impl DevCluster {
+    pub fn start() -> DevCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let base = ports(40);
+        let mut child = Command::new(bin("chain-server"))
+            .arg("dev-cluster")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--base-port", &base.to_string(), "--partitions", "2"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("dev cluster"), "dev-cluster said {line:?}");
+        // The replicas write to the same pipe: keep it drained.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let c = DevCluster {
+            dir,
+            servers: (1..=3)
+                .map(|i| format!("127.0.0.1:{}", base + 10 * i))
+                .collect(),
+            child,
+        };
+        // Ready: every replica's partitions have a leader.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 1..=3u16 {
+            while !http_get(&format!("127.0.0.1:{}", base + 10 * i + 2), "/health")
+                .contains(" 200 ")
+            {
+                assert!(Instant::now() < deadline, "replica {i} never became ready");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        c
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("certs/ca.pem")
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// A GET over plain HTTP; the status line and body, or "" when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The plugin process.
+pub struct Plugin {
+    pub socket: PathBuf,
+    pub metrics: String,
+    pub state: PathBuf,
+    child: Option<Child>,
+}
+
+impl Plugin {
+    /// Starts `atefs-csi` with its socket and state under `dir`; returns once it serves.
+    pub fn start(dir: &Path, node: &str, cluster: Option<&DevCluster>) -> Plugin {
+        let socket = dir.join(format!("{node}.sock"));
+        let state = dir.join(format!("{node}-state"));
+        let metrics = format!("127.0.0.1:{}", ports(1));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atefs-csi"));
+        cmd.arg("--endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--node-id", node, "--metrics", &metrics])
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--mount-timeout", "60", "--unmount-timeout", "60"]);
+        if let Some(c) = cluster {
+            cmd.arg("--servers")
+                .arg(c.servers.join(","))
+                .arg("--ca")
+                .arg(c.ca());
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ready"), "atefs-csi said {line:?}");
+        Plugin {
+            socket,
+            metrics,
+            state,
+            child: Some(child),
+        }
+    }
+
+    /// SIGKILL: what a crash or an OOM kill does.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn client(&self) -> Csi {
+        let path = self.socket.clone();
+        let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .unwrap();
+        Csi {
+            identity: pb::identity_client::IdentityClient::new(channel.clone()),
+            node: pb::node_client::NodeClient::new(channel),
+        }
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c);
+        }
+    }
+}
+
+pub struct Csi {
+    pub identity: pb::identity_client::IdentityClient<Channel>,
+    pub node: pb::node_client::NodeClient<Channel>,
+}
+
+/// A mount capability of the given access mode.
+pub fn capability(mode: pb::volume_capability::access_mode::Mode) -> pb::VolumeCapability {
+    pb::VolumeCapability {
+        access_type: Some(pb::volume_capability::AccessType::Mount(
+            pb::volume_capability::MountVolume::default(),
+        )),
+        access_mode: Some(pb::volume_capability::AccessMode { mode: mode.into() }),
+    }
+}
+
+/// A new volume's keys: (volume id, node-stage secrets).
+pub fn new_volume() -> (String, std::collections::HashMap<String, String>) {
+    let k = ate::KeyFile::generate(ate::ChainId::random());
+    (
+        k.chain.to_hex(),
+        std::collections::HashMap::from([(
+            csi_driver::volume_id::KEY_ENVELOPE.to_string(),
+            hex::encode(&*k.encode()),
+        )]),
+    )
+}
+
+/// Unmounts whatever is left under `dir` (a failed test's mounts), deepest first.
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let Ok(all) = csi_driver::mountinfo::read() else {
+            return;
+        };
+        for m in all
+            .iter()
+            .rev()
+            .filter(|m| m.mount_point.starts_with(&self.0))
+        {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&m.mount_point)
+                .status();
+        }
+    }
+}

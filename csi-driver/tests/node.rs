@@ -1,0 +1,519 @@
+//! The CSI node plugin as kubelet drives it: the real `atefs-csi` binary on a unix socket,
+//! called by a CSI client, mounting volumes of a real three-replica chain-server cluster with
+//! FUSE and bind mounts. The mount tests need root and /dev/fuse (skipped otherwise).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{can_mount, capability, new_volume, DevCluster, MountGuard, Plugin};
+use csi_driver::pb;
+use pb::volume_capability::access_mode::Mode;
+use std::path::Path;
+use tonic::Code;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn stage_req(
+    id: &str,
+    dir: &Path,
+    secrets: &std::collections::HashMap<String, String>,
+    mode: Mode,
+) -> pb::NodeStageVolumeRequest {
+    pb::NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: dir.display().to_string(),
+        volume_capability: Some(capability(mode)),
+        secrets: secrets.clone(),
+        ..Default::default()
+    }
+}
+
+fn publish_req(
+    id: &str,
+    staging: &Path,
+    target: &Path,
+    readonly: bool,
+) -> pb::NodePublishVolumeRequest {
+    pb::NodePublishVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(capability(Mode::MultiNodeMultiWriter)),
+        readonly,
+        ..Default::default()
+    }
+}
+
+fn unpublish_req(id: &str, target: &Path) -> pb::NodeUnpublishVolumeRequest {
+    pb::NodeUnpublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.display().to_string(),
+    }
+}
+
+fn unstage_req(id: &str, staging: &Path) -> pb::NodeUnstageVolumeRequest {
+    pb::NodeUnstageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+    }
+}
+
+fn is_atefs_mount(p: &Path) -> bool {
+    csi_driver::mountinfo::at(p)
+        .unwrap()
+        .is_some_and(|m| csi_driver::mountinfo::is_atefs(&m))
+}
+
+#[test]
+fn identity_and_node_info_answer_as_the_spec_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugin = Plugin::start(tmp.path(), "node-a", None);
+    rt().block_on(async {
+        let mut c = plugin.client().await;
+        let info = c
+            .identity
+            .get_plugin_info(pb::GetPluginInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.name, csi_driver::identity::DRIVER_NAME);
+        assert!(!info.vendor_version.is_empty());
+        let probe = c
+            .identity
+            .probe(pb::ProbeRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(probe.ready, Some(true));
+        let caps = c
+            .identity
+            .get_plugin_capabilities(pb::GetPluginCapabilitiesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            caps.capabilities.is_empty(),
+            "a node-only plugin has no controller service"
+        );
+
+        let node = c
+            .node
+            .node_get_info(pb::NodeGetInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(node.node_id, "node-a");
+        let caps = c
+            .node
+            .node_get_capabilities(pb::NodeGetCapabilitiesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        use pb::node_service_capability::{rpc::Type, Type as Cap};
+        let types: Vec<i32> = caps
+            .capabilities
+            .iter()
+            .filter_map(|c| c.r#type.as_ref().map(|Cap::Rpc(r)| r.r#type))
+            .collect();
+        for t in [
+            Type::StageUnstageVolume,
+            Type::GetVolumeStats,
+            Type::VolumeCondition,
+        ] {
+            assert!(types.contains(&(t as i32)), "{t:?} missing from {types:?}");
+        }
+        assert!(!types.contains(&(Type::ExpandVolume as i32)));
+    });
+    let m = common::http_get(&plugin.metrics, "/metrics");
+    assert!(m.contains("atefs_csi_mounts"), "{m}");
+    assert!(
+        m.contains(r#"atefs_csi_calls_total{method="NodeGetInfo",code="OK"} 1"#),
+        "{m}"
+    );
+    assert!(common::http_get(&plugin.metrics, "/health").contains(" 200 "));
+}
+
+#[test]
+fn bad_requests_get_the_spec_codes_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugin = Plugin::start(tmp.path(), "node-a", None);
+    let (id, secrets) = new_volume();
+    let (other, other_secrets) = new_volume();
+    let staging = tmp.path().join("staging");
+    let target = tmp.path().join("target");
+    rt().block_on(async {
+        let mut c = plugin.client().await;
+        let code = |r: Result<tonic::Response<pb::NodeStageVolumeResponse>, tonic::Status>| {
+            r.err().map(|s| s.code())
+        };
+        let ok = stage_req(&id, &staging, &secrets, Mode::SingleNodeWriter);
+
+        let mut r = ok.clone();
+        r.volume_id.clear();
+        assert_eq!(
+            code(c.node.node_stage_volume(r).await),
+            Some(Code::InvalidArgument)
+        );
+        let mut r = ok.clone();
+        r.volume_id = "../../etc".into();
+        assert_eq!(
+            code(c.node.node_stage_volume(r).await),
+            Some(Code::InvalidArgument)
+        );
+        let mut r = ok.clone();
+        r.staging_target_path = "relative/dir".into();
+        assert_eq!(
+            code(c.node.node_stage_volume(r).await),
+            Some(Code::InvalidArgument)
+        );
+        let mut r = ok.clone();
+        r.volume_capability = None;
+        assert_eq!(
+            code(c.node.node_stage_volume(r).await),
+            Some(Code::InvalidArgument)
+        );
+        let mut r = ok.clone();
+        r.volume_capability = Some(pb::VolumeCapability {
+            access_type: Some(pb::volume_capability::AccessType::Block(Default::default())),
+            access_mode: capability(Mode::SingleNodeWriter).access_mode,
+        });
+        assert_eq!(
+            code(c.node.node_stage_volume(r).await),
+            Some(Code::InvalidArgument)
+        );
+        let mut r = ok.clone();
+        r.secrets.clear();
+        assert_eq!(
+            code(c.node.node_stage_volume(r).await),
+            Some(Code::InvalidArgument)
+        );
+        // Another volume's keys: refused before anything is mounted or written.
+        let mut r = ok.clone();
+        r.secrets = other_secrets.clone();
+        let e = c.node.node_stage_volume(r).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains(&other), "{}", e.message());
+        assert!(
+            !e.message()
+                .contains(&other_secrets[csi_driver::volume_id::KEY_ENVELOPE]),
+            "the secret is echoed"
+        );
+        // No servers configured and none named by the volume.
+        let e = c.node.node_stage_volume(ok.clone()).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(!is_atefs_mount(&staging));
+        assert!(!plugin.state.join("volumes").join(&id).join("keys").exists());
+
+        // Publish of a volume that is not staged.
+        let e = c
+            .node
+            .node_publish_volume(publish_req(&id, &staging, &target, false))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        // Stats of a path with no volume.
+        let e = c
+            .node
+            .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                volume_id: id.clone(),
+                volume_path: tmp.path().display().to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        // Undoing what was never done succeeds (kubelet retries after crashes).
+        c.node
+            .node_unpublish_volume(unpublish_req(&id, &target))
+            .await
+            .unwrap();
+        c.node
+            .node_unstage_volume(unstage_req(&id, &staging))
+            .await
+            .unwrap();
+        // Expansion is not offered.
+        let e = c
+            .node
+            .node_expand_volume(pb::NodeExpandVolumeRequest {
+                volume_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented);
+    });
+    let m = common::http_get(&plugin.metrics, "/metrics");
+    assert!(
+        m.contains(r#"atefs_csi_calls_total{method="NodeStageVolume",code="INVALID_ARGUMENT"} 8"#),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_volume_is_staged_published_shared_between_nodes_and_unstaged() {
+    if !can_mount() {
+        return;
+    }
+    let cluster = DevCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let _guard = MountGuard(tmp.path().to_path_buf());
+    let a = Plugin::start(tmp.path(), "node-a", Some(&cluster));
+    let b = Plugin::start(tmp.path(), "node-b", Some(&cluster));
+    let (id, secrets) = new_volume();
+    let stage_a = tmp.path().join("a/staging");
+    let rw = tmp.path().join("a/pod-1/volume");
+    let ro = tmp.path().join("a/pod-2/volume");
+    let stage_b = tmp.path().join("b/staging");
+    let rw_b = tmp.path().join("b/pod-3/volume");
+    rt().block_on(async {
+        let mut ca = a.client().await;
+        let mut cb = b.client().await;
+        // Twice: a repeated call is a success that changes nothing.
+        for _ in 0..2 {
+            ca.node
+                .node_stage_volume(stage_req(
+                    &id,
+                    &stage_a,
+                    &secrets,
+                    Mode::MultiNodeMultiWriter,
+                ))
+                .await
+                .unwrap();
+        }
+        assert!(is_atefs_mount(&stage_a));
+        for _ in 0..2 {
+            ca.node
+                .node_publish_volume(publish_req(&id, &stage_a, &rw, false))
+                .await
+                .unwrap();
+            ca.node
+                .node_publish_volume(publish_req(&id, &stage_a, &ro, true))
+                .await
+                .unwrap();
+        }
+        // The same target read-only now: incompatible with what is there.
+        let e = ca
+            .node
+            .node_publish_volume(publish_req(&id, &stage_a, &rw, true))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists);
+
+        std::fs::write(rw.join("from-pod-1"), b"written on node a\n").unwrap();
+        assert_eq!(
+            std::fs::read(ro.join("from-pod-1")).unwrap(),
+            b"written on node a\n"
+        );
+        let e = std::fs::write(ro.join("nope"), b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc_erofs()), "{e}");
+
+        // Node b stages the same volume: it sees node a's file, and a sees b's.
+        cb.node
+            .node_stage_volume(stage_req(
+                &id,
+                &stage_b,
+                &secrets,
+                Mode::MultiNodeMultiWriter,
+            ))
+            .await
+            .unwrap();
+        cb.node
+            .node_publish_volume(publish_req(&id, &stage_b, &rw_b, false))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(rw_b.join("from-pod-1")).unwrap(),
+            b"written on node a\n"
+        );
+        std::fs::write(rw_b.join("from-pod-3"), b"written on node b\n").unwrap();
+        assert_eq!(
+            std::fs::read(rw.join("from-pod-3")).unwrap(),
+            b"written on node b\n"
+        );
+
+        let stats = ca
+            .node
+            .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                volume_id: id.clone(),
+                volume_path: rw.display().to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let bytes = stats
+            .usage
+            .iter()
+            .find(|u| u.unit == pb::volume_usage::Unit::Bytes as i32)
+            .unwrap();
+        assert!(
+            bytes.total > 0 && bytes.used > 0 && bytes.available > 0,
+            "{bytes:?}"
+        );
+        assert!(stats
+            .usage
+            .iter()
+            .any(|u| u.unit == pb::volume_usage::Unit::Inodes as i32 && u.used >= 2));
+        assert!(!stats.volume_condition.unwrap().abnormal);
+
+        // Unstage while still published is refused: the pods' mounts would keep it alive.
+        let e = ca
+            .node
+            .node_unstage_volume(unstage_req(&id, &stage_a))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+
+        for _ in 0..2 {
+            ca.node
+                .node_unpublish_volume(unpublish_req(&id, &rw))
+                .await
+                .unwrap();
+            ca.node
+                .node_unpublish_volume(unpublish_req(&id, &ro))
+                .await
+                .unwrap();
+        }
+        assert!(
+            !rw.exists() && !ro.exists(),
+            "unpublish removes the target it made"
+        );
+        let pid: u32 = std::fs::read_to_string(a.state.join("volumes").join(&id).join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        for _ in 0..2 {
+            ca.node
+                .node_unstage_volume(unstage_req(&id, &stage_a))
+                .await
+                .unwrap();
+        }
+        assert!(!is_atefs_mount(&stage_a));
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the mount daemon has exited"
+        );
+        assert!(
+            !a.state.join("volumes").join(&id).exists(),
+            "keys and cache are gone from the node"
+        );
+
+        // Everything written on a is in the cluster: b reads it, and a fresh stage on a too.
+        assert_eq!(
+            std::fs::read(rw_b.join("from-pod-1")).unwrap(),
+            b"written on node a\n"
+        );
+        ca.node
+            .node_stage_volume(stage_req(&id, &stage_a, &secrets, Mode::SingleNodeWriter))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(stage_a.join("from-pod-3")).unwrap(),
+            b"written on node b\n"
+        );
+        ca.node
+            .node_unstage_volume(unstage_req(&id, &stage_a))
+            .await
+            .unwrap();
+        cb.node
+            .node_unpublish_volume(unpublish_req(&id, &rw_b))
+            .await
+            .unwrap();
+        cb.node
+            .node_unstage_volume(unstage_req(&id, &stage_b))
+            .await
+            .unwrap();
+        assert!(!is_atefs_mount(&stage_b));
+    });
+}
+
+fn libc_erofs() -> i32 {
+    rustix::io::Errno::ROFS.raw_os_error()
+}
+
+#[test]
+fn a_restarted_plugin_carries_on_with_the_volumes_it_mounted() {
+    if !can_mount() {
+        return;
+    }
+    let cluster = DevCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let _guard = MountGuard(tmp.path().to_path_buf());
+    let (id, secrets) = new_volume();
+    let staging = tmp.path().join("staging");
+    let target = tmp.path().join("pod/volume");
+    let mut first = Plugin::start(tmp.path(), "node-a", Some(&cluster));
+    rt().block_on(async {
+        let mut c = first.client().await;
+        c.node
+            .node_stage_volume(stage_req(&id, &staging, &secrets, Mode::SingleNodeWriter))
+            .await
+            .unwrap();
+        c.node
+            .node_publish_volume(publish_req(&id, &staging, &target, false))
+            .await
+            .unwrap();
+    });
+    let pid: u32 = std::fs::read_to_string(first.state.join("volumes").join(&id).join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // A crash of the plugin: the pod's volume keeps working.
+    first.kill();
+    std::fs::write(target.join("after-crash"), b"still here\n").unwrap();
+    let second = Plugin::start(tmp.path(), "node-a", Some(&cluster));
+    rt().block_on(async {
+        let mut c = second.client().await;
+        // kubelet retries what it had not seen answered: both succeed without a second mount.
+        c.node
+            .node_stage_volume(stage_req(&id, &staging, &secrets, Mode::SingleNodeWriter))
+            .await
+            .unwrap();
+        c.node
+            .node_publish_volume(publish_req(&id, &staging, &target, false))
+            .await
+            .unwrap();
+        let atefs_mounts = csi_driver::mountinfo::read()
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.mount_point.starts_with(tmp.path()))
+            .count();
+        assert_eq!(atefs_mounts, 2, "staging + one publish");
+        c.node
+            .node_unpublish_volume(unpublish_req(&id, &target))
+            .await
+            .unwrap();
+        // The daemon is no longer this plugin's child: it is waited for through a pidfd.
+        c.node
+            .node_unstage_volume(unstage_req(&id, &staging))
+            .await
+            .unwrap();
+        assert!(!is_atefs_mount(&staging));
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "the old daemon has exited"
+        );
+        // What was written while the plugin was down reached the cluster.
+        c.node
+            .node_stage_volume(stage_req(&id, &staging, &secrets, Mode::SingleNodeWriter))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(staging.join("after-crash")).unwrap(),
+            b"still here\n"
+        );
+        c.node
+            .node_unstage_volume(unstage_req(&id, &staging))
+            .await
+            .unwrap();
+    });
+}
