@@ -17,6 +17,7 @@ type CallCounts = BTreeMap<(&'static str, &'static str), (u64, f64)>;
 #[derive(Debug, Default)]
 pub struct Metrics {
     calls: Mutex<CallCounts>,
+    daemon_failures: std::sync::atomic::AtomicU64,
 }
 
 fn code_name(c: tonic::Code) -> &'static str {
@@ -51,6 +52,12 @@ impl Metrics {
         e.1 += took.as_secs_f64();
     }
 
+    /// Counts a mount daemon that ended badly.
+    pub fn daemon_failed(&self) {
+        self.daemon_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The Prometheus text.
     pub fn render(&self) -> String {
         let mut o = String::new();
@@ -69,6 +76,7 @@ impl Metrics {
                 "atefs_csi_call_seconds_total{{method=\"{m}\",code=\"{c}\"}} {s}"
             );
         }
+        let _ = writeln!(o, "# HELP atefs_csi_daemon_failures_total Mount daemons that died or failed to commit at unmount.\n# TYPE atefs_csi_daemon_failures_total counter\natefs_csi_daemon_failures_total {}", self.daemon_failures.load(std::sync::atomic::Ordering::Relaxed));
         let mounts = mountinfo::read()
             .map(|all| all.iter().filter(|m| mountinfo::is_atefs(m)).count())
             .unwrap_or(0);

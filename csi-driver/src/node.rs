@@ -283,6 +283,29 @@ impl NodeService {
         }
     }
 
+    /// Moves a failed volume's state aside (`failed/ID-SECONDS`); returns where it went.
+    fn keep_failed(&self, id: &VolumeId, state: &Path) -> PathBuf {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let to = self
+            .cfg
+            .state_dir
+            .join("failed")
+            .join(format!("{id}-{secs}"));
+        let moved = to
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::rename(state, &to));
+        match moved {
+            Ok(()) => to,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not move the failed volume's state aside");
+                state.to_path_buf()
+            }
+        }
+    }
+
     /// True if this plugin staged `id` at `dir` (its state says so).
     fn staged_here(&self, id: &VolumeId, dir: &Path) -> bool {
         std::fs::read(self.volume_dir(id).join("staging"))
@@ -340,14 +363,13 @@ impl NodeService {
             .map_err(|e| Status::internal(format!("unstaging volume {id}: {e}")))?;
         let _ = std::fs::remove_file(state.join("keys"));
         if let Some(s) = status.filter(|s| !s.success()) {
-            // Keep the cache: it may hold what the daemon could not commit.
-            return Err(Status::internal(format!(
-                "the mount daemon of volume {id} failed at unmount ({s}); its cache is kept in {}; log:\n{}",
-                state.display(),
-                log_tail(&state.join("mount.log"), 20)
-            )));
-        }
-        if state.exists() {
+            // The volume is unmounted either way and kubelet can do nothing about it; what the
+            // daemon could not commit may be in its cache, so that is kept (without the keys)
+            // for an operator, and the failure is logged and counted.
+            let kept = self.keep_failed(&id, &state);
+            self.metrics.daemon_failed();
+            tracing::error!(volume = %id, status = %s, kept = %kept.display(), log = %log_tail(&kept.join("mount.log"), 20), "the mount daemon failed at unmount");
+        } else if state.exists() {
             std::fs::remove_dir_all(&state)
                 .map_err(|e| internal("removing the volume's state", e))?;
         }

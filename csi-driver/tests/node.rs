@@ -517,3 +517,86 @@ fn a_restarted_plugin_carries_on_with_the_volumes_it_mounted() {
             .unwrap();
     });
 }
+
+#[test]
+fn a_dead_mount_daemon_is_reported_and_the_volume_can_be_unstaged() {
+    if !can_mount() {
+        return;
+    }
+    let cluster = DevCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let _guard = MountGuard(tmp.path().to_path_buf());
+    let (id, secrets) = new_volume();
+    let staging = tmp.path().join("staging");
+    let target = tmp.path().join("pod/volume");
+    let plugin = Plugin::start(tmp.path(), "node-a", Some(&cluster));
+    rt().block_on(async {
+        let mut c = plugin.client().await;
+        c.node
+            .node_stage_volume(stage_req(&id, &staging, &secrets, Mode::SingleNodeWriter))
+            .await
+            .unwrap();
+        c.node
+            .node_publish_volume(publish_req(&id, &staging, &target, false))
+            .await
+            .unwrap();
+        let stats_req = pb::NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        };
+        let before = c
+            .node
+            .node_get_volume_stats(stats_req.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!before.volume_condition.unwrap().abnormal);
+
+        let pid: i32 = std::fs::read_to_string(plugin.state.join("volumes").join(&id).join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        // The kernel fails the connection once the daemon is gone; wait for that event.
+        let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok();
+        if let Some(fd) = fd {
+            let mut fds = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
+            rustix::event::poll(&mut fds, None).unwrap();
+        }
+
+        let after = c
+            .node
+            .node_get_volume_stats(stats_req)
+            .await
+            .unwrap()
+            .into_inner();
+        let cond = after.volume_condition.unwrap();
+        assert!(cond.abnormal, "{cond:?}");
+        assert!(after.usage.is_empty());
+
+        c.node
+            .node_unpublish_volume(unpublish_req(&id, &target))
+            .await
+            .unwrap();
+        c.node
+            .node_unstage_volume(unstage_req(&id, &staging))
+            .await
+            .unwrap();
+        assert!(!is_atefs_mount(&staging));
+        assert!(!plugin.state.join("volumes").join(&id).exists());
+        let failed: Vec<_> = std::fs::read_dir(plugin.state.join("failed"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(failed.len(), 1, "the failed volume's cache is kept aside");
+        assert!(!failed[0].join("keys").exists(), "but not its keys");
+    });
+    let m = common::http_get(&plugin.metrics, "/metrics");
+    assert!(m.contains("atefs_csi_daemon_failures_total 1"), "{m}");
+}
