@@ -1,8 +1,11 @@
 //! The atefs CSI plugin: the Identity and Node services kubelet calls over a unix socket to
 //! mount atefs volumes into pods (docs/csi.md).
 
+pub mod capability;
+pub mod controller;
 pub mod daemon;
 pub mod identity;
+pub mod keystore;
 pub mod metrics;
 pub mod mountinfo;
 pub mod node;

@@ -1,8 +1,11 @@
-//! `atefs-csi`: the CSI node plugin of atefs (Identity + Node over a unix socket).
+//! `atefs-csi`: the CSI plugin of atefs: Identity, plus Node (`--node-id`, on every node) and/or
+//! Controller (`--controller`, beside the provisioner sidecar), over a unix socket.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use csi_driver::controller::ControllerService;
 use csi_driver::identity::IdentityService;
+use csi_driver::keystore::{DirStore, KeyStore, SecretStore};
 use csi_driver::metrics::Metrics;
 use csi_driver::node::{NodeConfig, NodeService};
 use csi_driver::pb;
@@ -12,14 +15,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "atefs-csi", version, about = "The atefs CSI node plugin")]
+#[command(
+    name = "atefs-csi",
+    version,
+    about = "The atefs CSI plugin (Identity, Node, Controller)"
+)]
 struct Cli {
     /// The CSI socket kubelet calls (unix:///path or a path).
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
     endpoint: String,
-    /// This node's id (the Kubernetes node name).
+    /// Serve the Node service as this node (the Kubernetes node name).
     #[arg(long, env = "NODE_ID")]
-    node_id: String,
+    node_id: Option<String>,
+    /// Serve the Controller service (create and delete volumes).
+    #[arg(long)]
+    controller: bool,
+    /// Controller: keep each volume's keys in a Secret of this namespace (in-cluster API access).
+    #[arg(long, env = "SECRETS_NAMESPACE", conflicts_with = "keys_dir")]
+    secrets_namespace: Option<String>,
+    /// Controller: keep each volume's keys in files of this directory (no Kubernetes).
+    #[arg(long)]
+    keys_dir: Option<PathBuf>,
     /// Where staged volumes keep their key envelope (0600), cache and daemon log.
     #[arg(long, default_value = "/var/lib/atefs-csi")]
     state_dir: PathBuf,
@@ -54,6 +70,36 @@ fn socket_path(endpoint: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(p))
 }
 
+/// The Controller service of `cli`: a client of the chain servers and a key store.
+async fn controller_service(cli: &Cli, metrics: Arc<Metrics>) -> Result<ControllerService> {
+    if cli.servers.is_empty() {
+        bail!("--controller needs --servers");
+    }
+    let ca_pem = match &cli.ca {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None if cli.insecure_plaintext => None,
+        None => bail!("give --ca FILE (the chain servers' CA), or --insecure-plaintext"),
+    };
+    let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions {
+        endpoints: cli.servers.clone(),
+        ca_pem,
+        deadline: Duration::from_secs(30),
+    })?;
+    let store: Arc<dyn KeyStore> = match (&cli.secrets_namespace, &cli.keys_dir) {
+        (Some(ns), _) => {
+            let kube = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+            Arc::new(SecretStore::new(kube, ns))
+        }
+        (None, Some(dir)) => Arc::new(
+            DirStore::new(dir.clone()).with_context(|| format!("creating {}", dir.display()))?,
+        ),
+        (None, None) => bail!("--controller needs --secrets-namespace NS or --keys-dir DIR"),
+    };
+    Ok(ControllerService::new(Arc::new(client), store, metrics))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -63,13 +109,16 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let atefs = match cli.atefs {
+    if cli.node_id.is_none() && !cli.controller {
+        bail!("serve something: --node-id NAME (Node service), --controller, or both");
+    }
+    let atefs = match cli.atefs.clone() {
         Some(p) => p,
         None => std::env::current_exe()
             .context("locating this binary")?
             .with_file_name("atefs"),
     };
-    if !atefs.exists() {
+    if cli.node_id.is_some() && !atefs.exists() {
         bail!("{} not found (give --atefs PATH)", atefs.display());
     }
     let sock = socket_path(&cli.endpoint)?;
@@ -89,20 +138,30 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("listening on {} (metrics)", cli.metrics))?;
     tokio::spawn(csi_driver::metrics::serve(http, metrics.clone()));
-    let node = NodeService::new(
-        NodeConfig {
-            node_id: cli.node_id,
-            state_dir: cli.state_dir,
-            atefs_bin: atefs,
-            servers: cli.servers,
-            ca: cli.ca,
-            insecure_plaintext: cli.insecure_plaintext,
-            mount_timeout: Duration::from_secs(cli.mount_timeout),
-            unmount_timeout: Duration::from_secs(cli.unmount_timeout),
-        },
-        metrics,
-    );
-    tracing::info!(socket = %sock.display(), "serving CSI Identity and Node");
+    let node = match &cli.node_id {
+        Some(id) => Some(pb::node_server::NodeServer::new(NodeService::new(
+            NodeConfig {
+                node_id: id.clone(),
+                state_dir: cli.state_dir.clone(),
+                atefs_bin: atefs,
+                servers: cli.servers.clone(),
+                ca: cli.ca.clone(),
+                insecure_plaintext: cli.insecure_plaintext,
+                mount_timeout: Duration::from_secs(cli.mount_timeout),
+                unmount_timeout: Duration::from_secs(cli.unmount_timeout),
+            },
+            metrics.clone(),
+        ))),
+        None => None,
+    };
+    let controller = if cli.controller {
+        Some(pb::controller_server::ControllerServer::new(
+            controller_service(&cli, metrics).await?,
+        ))
+    } else {
+        None
+    };
+    tracing::info!(socket = %sock.display(), node = cli.node_id.is_some(), controller = cli.controller, "serving CSI");
     // The line tests and scripts wait for.
     println!("ready {}", sock.display());
     std::io::stdout().flush()?;
@@ -116,9 +175,10 @@ async fn main() -> Result<()> {
     };
     tonic::transport::Server::builder()
         .add_service(pb::identity_server::IdentityServer::new(IdentityService {
-            controller: false,
+            controller: controller.is_some(),
         }))
-        .add_service(pb::node_server::NodeServer::new(node))
+        .add_optional_service(node)
+        .add_optional_service(controller)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,

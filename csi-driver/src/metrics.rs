@@ -85,6 +85,26 @@ impl Metrics {
     }
 }
 
+/// Runs one call: counted, timed, and its failure logged (requests are not: they carry
+/// secrets).
+pub async fn observe<T>(
+    metrics: &Metrics,
+    method: &'static str,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let start = std::time::Instant::now();
+    let r = call.await;
+    let code = r
+        .as_ref()
+        .err()
+        .map_or(tonic::Code::Ok, tonic::Status::code);
+    metrics.record(method, code, start.elapsed());
+    if let Err(s) = &r {
+        tracing::warn!(method, code = ?s.code(), message = s.message(), "call failed");
+    }
+    r.map(tonic::Response::new)
+}
+
 /// Serves `/metrics`, `/health` and `/live` until the listener fails.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {

@@ -3,6 +3,7 @@
 //! idempotent and answers from what the kernel has mounted (`mountinfo`), so a restarted plugin
 //! carries on where the last one stopped.
 
+use crate::capability::check_capability;
 use crate::daemon::{log_tail, Daemons, MountSpec};
 use crate::metrics::Metrics;
 use crate::mountinfo::{self, MountEntry};
@@ -14,7 +15,7 @@ use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 /// What a node plugin needs to know.
@@ -82,42 +83,6 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Status {
     Status::internal(format!("{what}: {e}"))
 }
 
-/// Checks a capability: a file system (not a block device) of a known access mode.
-fn check_capability(cap: Option<&pb::VolumeCapability>) -> Result<Mode, Status> {
-    let cap = cap.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
-    match &cap.access_type {
-        Some(AccessType::Mount(m)) => {
-            if !m.fs_type.is_empty() && m.fs_type != "atefs" && m.fs_type != "fuse.atefs" {
-                return Err(Status::invalid_argument(format!(
-                    "fs_type {:?}: atefs volumes are atefs file systems",
-                    m.fs_type
-                )));
-            }
-        }
-        Some(AccessType::Block(_)) => {
-            return Err(Status::invalid_argument(
-                "atefs volumes are file systems; block access is not supported",
-            ))
-        }
-        None => {
-            return Err(Status::invalid_argument(
-                "volume_capability needs an access type",
-            ))
-        }
-    }
-    let mode = cap
-        .access_mode
-        .as_ref()
-        .and_then(|m| Mode::try_from(m.mode).ok())
-        .unwrap_or(Mode::Unknown);
-    if mode == Mode::Unknown {
-        return Err(Status::invalid_argument(
-            "volume_capability needs a known access mode",
-        ));
-    }
-    Ok(mode)
-}
-
 /// The mount flags a publish may ask for (applied to the pod's bind mount).
 fn bind_flags(cap: Option<&pb::VolumeCapability>) -> Result<rustix::mount::MountFlags, Status> {
     use rustix::mount::MountFlags;
@@ -153,21 +118,12 @@ impl NodeService {
         }
     }
 
-    /// Runs one call: counted, timed, and its failure logged (requests are not: they carry
-    /// secrets).
     async fn observe<T>(
         &self,
         method: &'static str,
         call: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
-        let start = Instant::now();
-        let r = call.await;
-        let code = r.as_ref().err().map_or(tonic::Code::Ok, Status::code);
-        self.metrics.record(method, code, start.elapsed());
-        if let Err(s) = &r {
-            tracing::warn!(method, code = ?s.code(), message = s.message(), "call failed");
-        }
-        r.map(Response::new)
+        crate::metrics::observe(&self.metrics, method, call).await
     }
 
     fn claim(&self, id: &str) -> Result<Busy, Status> {

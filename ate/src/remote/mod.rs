@@ -14,7 +14,18 @@ pub mod pb {
     }
 }
 
+use crate::crypto::SigningKey;
 use crate::ids::ChainId;
+
+/// The signed first transaction of a new chain (`Create`'s genesis): `owner` as its single
+/// root owner.
+pub fn genesis(chain: ChainId, owner: &SigningKey) -> Vec<u8> {
+    let mut tx = crate::tx::Transaction::new(chain, owner.public());
+    tx.ops.push(crate::tx::Op::SetRoot(
+        crate::authority::RootAuthority::single_owner(owner.public()),
+    ));
+    tx.sign(owner).encode()
+}
 
 /// What a reader key signs to subscribe to `chain` from `from`, given the server's `nonce`.
 pub fn subscribe_digest(chain: &ChainId, nonce: &[u8], from: u64) -> [u8; 32] {

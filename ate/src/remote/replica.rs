@@ -7,7 +7,6 @@ use crate::crypto::SigningKey;
 use crate::ids::ChainId;
 use crate::redo::{LogError, LogOptions};
 use crate::storage::Storage;
-use crate::tx::Transaction;
 use crate::upstream::{stopped_error, Pipe, Upstream, UpstreamError};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -222,11 +221,7 @@ pub fn open_remote_in_session(
         Ok(_) => {}
         Err(RemoteError::Refused(Code::NotFound, _)) if create.is_some() => {
             if let Some((quota, owner)) = &create {
-                let mut tx = Transaction::new(chain, owner.public());
-                tx.ops.push(crate::tx::Op::SetRoot(
-                    crate::authority::RootAuthority::single_owner(owner.public()),
-                ));
-                rt.block_on(client.create(chain, *quota, tx.sign(owner).encode()))?;
+                rt.block_on(client.create(chain, *quota, super::genesis(chain, owner)))?;
             }
         }
         Err(e) => return Err(e.into()),

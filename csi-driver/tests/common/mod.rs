@@ -125,6 +125,16 @@ pub struct Plugin {
 impl Plugin {
     /// Starts `atefs-csi` with its socket and state under `dir`; returns once it serves.
     pub fn start(dir: &Path, node: &str, cluster: Option<&DevCluster>) -> Plugin {
+        Self::start_with(dir, node, cluster, &[])
+    }
+
+    /// As [`Plugin::start`], with more arguments.
+    pub fn start_with(
+        dir: &Path,
+        node: &str,
+        cluster: Option<&DevCluster>,
+        extra: &[&std::ffi::OsStr],
+    ) -> Plugin {
         let socket = dir.join(format!("{node}.sock"));
         let state = dir.join(format!("{node}-state"));
         let metrics = format!("127.0.0.1:{}", ports(1));
@@ -141,7 +151,7 @@ impl Plugin {
                 .arg("--ca")
                 .arg(c.ca());
         }
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd.args(extra).stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -179,6 +189,7 @@ impl Plugin {
             .unwrap();
         Csi {
             identity: pb::identity_client::IdentityClient::new(channel.clone()),
+            controller: pb::controller_client::ControllerClient::new(channel.clone()),
             node: pb::node_client::NodeClient::new(channel),
         }
     }
@@ -194,6 +205,7 @@ impl Drop for Plugin {
 
 pub struct Csi {
     pub identity: pb::identity_client::IdentityClient<Channel>,
+    pub controller: pb::controller_client::ControllerClient<Channel>,
     pub node: pb::node_client::NodeClient<Channel>,
 }
 

@@ -1,0 +1,275 @@
+//! Where the controller keeps each volume's key envelope: a Kubernetes Secret per volume (what
+//! the StorageClass hands to NodeStageVolume), or files in a directory (development and tests
+//! without an API server). Records are found by the CSI volume name (CreateVolume's idempotency
+//! key) and by volume id (DeleteVolume's only argument).
+
+use crate::volume_id::{VolumeId, KEY_ENVELOPE};
+use ate::KeyFile;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Label naming a Secret's volume id.
+pub const VOLUME_ID_LABEL: &str = "csi.atefs.io/volume-id";
+/// Secret entry holding the volume's capacity in bytes.
+pub const CAPACITY: &str = "capacityBytes";
+
+/// A volume as the controller keeps it.
+#[derive(Clone, Debug)]
+pub struct StoredVolume {
+    /// Its keys (the chain id is the volume id).
+    pub keys: KeyFile,
+    /// The capacity it was created with (its chain's quota).
+    pub capacity: u64,
+}
+
+/// Why the store failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The Kubernetes API.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The key directory.
+    #[error("key directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// A record that is not a volume's.
+    #[error("{0} is not a valid atefs volume record: {1}")]
+    Invalid(String, String),
+}
+
+/// A store of volume records.
+#[tonic::async_trait]
+pub trait KeyStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The record of the volume named `name`.
+    async fn get(&self, name: &str) -> Result<Option<StoredVolume>, StoreError>;
+    /// Creates the record of `name`; false if one exists already (a racing call made it).
+    async fn create(&self, name: &str, v: &StoredVolume) -> Result<bool, StoreError>;
+    /// The name of the record of volume `id`.
+    async fn find(&self, id: &VolumeId) -> Result<Option<String>, StoreError>;
+    /// Removes the record of `name` (absent is fine).
+    async fn delete(&self, name: &str) -> Result<(), StoreError>;
+}
+
+/// The Secret of volume `name`: `atefs-NAME` when that is a valid object name (external-
+/// provisioner's names, `pvc-UID`, are), so that a StorageClass can name it as
+/// `atefs-${pv.name}`; otherwise a digest of the name.
+pub fn record_name(name: &str) -> String {
+    let plain = format!("atefs-{name}");
+    let valid = plain.len() <= 253
+        && plain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && plain.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        plain
+    } else {
+        format!("atefs-{}", &blake3::hash(name.as_bytes()).to_hex()[..32])
+    }
+}
+
+fn encode(v: &StoredVolume) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (KEY_ENVELOPE.to_string(), hex::encode(&*v.keys.encode())),
+        (CAPACITY.to_string(), v.capacity.to_string()),
+    ])
+}
+
+fn decode(what: &str, data: &BTreeMap<String, String>) -> Result<StoredVolume, StoreError> {
+    let bad = |why: &str| StoreError::Invalid(what.to_string(), why.to_string());
+    let hex = data
+        .get(KEY_ENVELOPE)
+        .ok_or_else(|| bad("no key envelope"))?;
+    let bytes = zeroize::Zeroizing::new(hex::decode(hex).map_err(|_| bad("key envelope not hex"))?);
+    let keys = KeyFile::decode(&bytes).map_err(|e| bad(&e.to_string()))?;
+    let capacity = data
+        .get(CAPACITY)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no capacity"))?;
+    Ok(StoredVolume { keys, capacity })
+}
+
+/// Records as Secrets of one namespace.
+#[derive(Clone)]
+pub struct SecretStore {
+    api: kube::Api<k8s_openapi::api::core::v1::Secret>,
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretStore")
+    }
+}
+
+impl SecretStore {
+    /// Secrets in `namespace`, through `client`.
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Self {
+            api: kube::Api::namespaced(client, namespace),
+        }
+    }
+}
+
+fn string_data(s: &k8s_openapi::api::core::v1::Secret) -> BTreeMap<String, String> {
+    s.data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
+
+#[tonic::async_trait]
+impl KeyStore for SecretStore {
+    async fn get(&self, name: &str) -> Result<Option<StoredVolume>, StoreError> {
+        let n = record_name(name);
+        match self.api.get_opt(&n).await? {
+            Some(s) => Ok(Some(decode(&format!("Secret {n}"), &string_data(&s))?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn create(&self, name: &str, v: &StoredVolume) -> Result<bool, StoreError> {
+        use k8s_openapi::api::core::v1::Secret;
+        use kube::api::ObjectMeta;
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(record_name(name)),
+                labels: Some(BTreeMap::from([
+                    (VOLUME_ID_LABEL.to_string(), v.keys.chain.to_hex()),
+                    (
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "atefs-csi".to_string(),
+                    ),
+                ])),
+                annotations: Some(BTreeMap::from([(
+                    "csi.atefs.io/volume-name".to_string(),
+                    name.to_string(),
+                )])),
+                ..Default::default()
+            },
+            string_data: Some(encode(v)),
+            type_: Some("Opaque".to_string()),
+            immutable: Some(true),
+            ..Default::default()
+        };
+        match self.api.create(&Default::default(), &secret).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.is_already_exists() || s.is_conflict() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn find(&self, id: &VolumeId) -> Result<Option<String>, StoreError> {
+        let lp = kube::api::ListParams::default().labels(&format!("{VOLUME_ID_LABEL}={id}"));
+        let list = self.api.list(&lp).await?;
+        Ok(list.items.into_iter().find_map(|s| {
+            s.metadata
+                .annotations
+                .and_then(|mut a| a.remove("csi.atefs.io/volume-name"))
+        }))
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        match self
+            .api
+            .delete(&record_name(name), &Default::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Records as files (mode 0600) in a directory: one per volume, named as its Secret would be.
+#[derive(Debug)]
+pub struct DirStore {
+    dir: PathBuf,
+}
+
+impl DirStore {
+    /// Records in `dir` (created, mode 0700).
+    pub fn new(dir: PathBuf) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        Ok(Self { dir })
+    }
+
+    fn read(&self, path: &std::path::Path) -> Result<Option<(String, StoredVolume)>, StoreError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let data: BTreeMap<String, String> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let name = data.get("name").cloned().unwrap_or_default();
+        Ok(Some((name, decode(&path.display().to_string(), &data)?)))
+    }
+}
+
+#[tonic::async_trait]
+impl KeyStore for DirStore {
+    async fn get(&self, name: &str) -> Result<Option<StoredVolume>, StoreError> {
+        Ok(self
+            .read(&self.dir.join(record_name(name)))?
+            .map(|(_, v)| v))
+    }
+
+    async fn create(&self, name: &str, v: &StoredVolume) -> Result<bool, StoreError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(record_name(name));
+        let tmp = path.with_extension("tmp");
+        let mut text = format!("name={name}\n");
+        for (k, val) in encode(v) {
+            text.push_str(&format!("{k}={val}\n"));
+        }
+        let text = zeroize::Zeroizing::new(text);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        // A hard link fails if a racing call created the record first; rename would replace it.
+        let linked = std::fs::hard_link(&tmp, &path);
+        std::fs::remove_file(&tmp)?;
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn find(&self, id: &VolumeId) -> Result<Option<String>, StoreError> {
+        for e in std::fs::read_dir(&self.dir)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "tmp") {
+                continue;
+            }
+            if let Some((name, v)) = self.read(&p)? {
+                if v.keys.chain == id.0 {
+                    return Ok(Some(name));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        match std::fs::remove_file(self.dir.join(record_name(name))) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

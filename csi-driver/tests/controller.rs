@@ -1,0 +1,258 @@
+//! The Controller service as external-provisioner drives it, on the real binary against a real
+//! three-replica cluster: CreateVolume makes the keys and the chain, idempotently by name; the
+//! volume then stages and mounts on a node with the keys the controller kept; DeleteVolume
+//! removes chain and keys. Keys are kept in a directory here (`--keys-dir`); the Secret store is
+//! tested against a scripted API server in `secret_store.rs`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{can_mount, capability, DevCluster, MountGuard, Plugin};
+use csi_driver::pb;
+use pb::volume_capability::access_mode::Mode;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use tonic::Code;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn create_req(name: &str, required: i64) -> pb::CreateVolumeRequest {
+    pb::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(pb::CapacityRange {
+            required_bytes: required,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![capability(Mode::MultiNodeMultiWriter)],
+        ..Default::default()
+    }
+}
+
+/// The secrets kubelet would pass: the record the controller wrote, as the Secret's data.
+fn secrets_of(keys_dir: &std::path::Path, name: &str) -> HashMap<String, String> {
+    let text =
+        std::fs::read_to_string(keys_dir.join(csi_driver::keystore::record_name(name))).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn volumes_are_created_mounted_and_deleted_through_the_controller() {
+    if !can_mount() {
+        return;
+    }
+    let cluster = DevCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let _guard = MountGuard(tmp.path().to_path_buf());
+    let keys_dir = tmp.path().join("keys");
+    let plugin = Plugin::start_with(
+        tmp.path(),
+        "node-a",
+        Some(&cluster),
+        &[
+            OsStr::new("--controller"),
+            OsStr::new("--keys-dir"),
+            keys_dir.as_os_str(),
+        ],
+    );
+    let staging = tmp.path().join("staging");
+    let target = tmp.path().join("pod/volume");
+    rt().block_on(async {
+        let mut c = plugin.client().await;
+        let caps = c
+            .identity
+            .get_plugin_capabilities(pb::GetPluginCapabilitiesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(caps.capabilities.len(), 1, "CONTROLLER_SERVICE");
+        let ccaps = c
+            .controller
+            .controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ccaps.capabilities.len(), 1, "CREATE_DELETE_VOLUME");
+
+        let name = "pvc-6f1d2c3e-0000-4000-8000-000000000001";
+        let v = c
+            .controller
+            .create_volume(create_req(name, 64 << 20))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(v.capacity_bytes, 64 << 20);
+        assert_eq!(v.volume_id.len(), 32);
+        // A retry (the provisioner lost the answer) gives the same volume.
+        let again = c
+            .controller
+            .create_volume(create_req(name, 64 << 20))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(again.volume_id, v.volume_id);
+        // The same name asked bigger: not the volume that exists.
+        let e = c
+            .controller
+            .create_volume(create_req(name, 128 << 20))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists);
+        // Bad requests.
+        let mut r = create_req("", 1);
+        assert_eq!(
+            c.controller
+                .create_volume(r.clone())
+                .await
+                .unwrap_err()
+                .code(),
+            Code::InvalidArgument
+        );
+        r = create_req("pvc-x", 1);
+        r.volume_capabilities.clear();
+        assert_eq!(
+            c.controller.create_volume(r).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        r = create_req("pvc-x", 10);
+        r.capacity_range.as_mut().unwrap().limit_bytes = 5;
+        assert_eq!(
+            c.controller.create_volume(r).await.unwrap_err().code(),
+            Code::OutOfRange
+        );
+
+        let valid = c
+            .controller
+            .validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
+                volume_id: v.volume_id.clone(),
+                volume_capabilities: vec![capability(Mode::SingleNodeWriter)],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(valid.confirmed.is_some(), "{}", valid.message);
+        let e = c
+            .controller
+            .validate_volume_capabilities(pb::ValidateVolumeCapabilitiesRequest {
+                volume_id: ate::ChainId::random().to_hex(),
+                volume_capabilities: vec![capability(Mode::SingleNodeWriter)],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+
+        // The node mounts it with the controller's keys and the volume's context.
+        let secrets = secrets_of(&keys_dir, name);
+        c.node
+            .node_stage_volume(pb::NodeStageVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                staging_target_path: staging.display().to_string(),
+                volume_capability: Some(capability(Mode::SingleNodeWriter)),
+                secrets: secrets.clone(),
+                volume_context: v.volume_context.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        c.node
+            .node_publish_volume(pb::NodePublishVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                staging_target_path: staging.display().to_string(),
+                target_path: target.display().to_string(),
+                volume_capability: Some(capability(Mode::SingleNodeWriter)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        std::fs::write(target.join("hello"), b"provisioned\n").unwrap();
+        let stats = c
+            .node
+            .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                volume_id: v.volume_id.clone(),
+                volume_path: target.display().to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let bytes = stats
+            .usage
+            .iter()
+            .find(|u| u.unit == pb::volume_usage::Unit::Bytes as i32)
+            .unwrap();
+        assert_eq!(
+            bytes.total,
+            64 << 20,
+            "statfs reports the volume's capacity"
+        );
+        c.node
+            .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                target_path: target.display().to_string(),
+            })
+            .await
+            .unwrap();
+        c.node
+            .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                staging_target_path: staging.display().to_string(),
+            })
+            .await
+            .unwrap();
+
+        // Delete, twice: chain and keys are gone.
+        for _ in 0..2 {
+            c.controller
+                .delete_volume(pb::DeleteVolumeRequest {
+                    volume_id: v.volume_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        assert!(!keys_dir
+            .join(csi_driver::keystore::record_name(name))
+            .exists());
+        let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions {
+            endpoints: cluster.servers.clone(),
+            ca_pem: Some(std::fs::read(cluster.ca()).unwrap()),
+            deadline: std::time::Duration::from_secs(10),
+        })
+        .unwrap();
+        let chain = ate::ChainId::from_hex(&v.volume_id).unwrap();
+        match client.info(chain).await {
+            Err(ate::remote::RemoteError::Refused(code, _)) => assert_eq!(code, Code::NotFound),
+            other => panic!("the chain is still there: {other:?}"),
+        }
+        // A malformed id is refused; an unknown one is already deleted.
+        let e = c
+            .controller
+            .delete_volume(pb::DeleteVolumeRequest {
+                volume_id: "nope".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        c.controller
+            .delete_volume(pb::DeleteVolumeRequest {
+                volume_id: ate::ChainId::random().to_hex(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+}

@@ -1,0 +1,211 @@
+//! The controller's Secret store against a scripted Kubernetes API server (kube's client over a
+//! tower-test mock service): the requests it makes (method, path, labels, immutable Opaque
+//! Secret with the key envelope) and how it reads the answers, 404 and 409 included.
+#![allow(clippy::unwrap_used)]
+
+use csi_driver::keystore::{record_name, KeyStore, SecretStore, StoredVolume, VOLUME_ID_LABEL};
+use csi_driver::volume_id::{VolumeId, KEY_ENVELOPE};
+use http::{Request, Response};
+use kube::client::Body;
+use serde_json::{json, Value};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn store() -> (SecretStore, Handle) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    (SecretStore::new(client, "atefs-system"), handle)
+}
+
+/// Answers the next request with `status` and `body`; returns (method, path+query, body).
+async fn answer(h: &mut Handle, status: u16, body: Value) -> (String, String, Value) {
+    let (req, send) = h.next_request().await.expect("a request");
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    let sent = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    send.send_response(
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+    (method, uri, sent)
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": reason, "reason": reason, "code": code})
+}
+
+fn volume() -> StoredVolume {
+    StoredVolume {
+        keys: ate::KeyFile::generate(ate::ChainId::random()),
+        capacity: 5 << 30,
+    }
+}
+
+fn secret_json(name: &str, v: &StoredVolume) -> Value {
+    use base64_like::encode;
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": record_name(name), "namespace": "atefs-system",
+                     "labels": {VOLUME_ID_LABEL: v.keys.chain.to_hex()},
+                     "annotations": {"csi.atefs.io/volume-name": name}},
+        "type": "Opaque",
+        "data": {KEY_ENVELOPE: encode(hex::encode(&*v.keys.encode()).as_bytes()),
+                 "capacityBytes": encode(v.capacity.to_string().as_bytes())}
+    })
+}
+
+/// Standard base64, as the API server sends Secret data (no crate needed for a test).
+mod base64_like {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    pub fn encode(b: &[u8]) -> String {
+        let mut o = String::new();
+        for c in b.chunks(3) {
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for i in 0..4 {
+                if i <= c.len() {
+                    o.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    o.push('=');
+                }
+            }
+        }
+        o
+    }
+}
+
+#[tokio::test]
+async fn create_writes_an_immutable_labelled_secret_and_a_conflict_is_not_an_error() {
+    let (s, mut h) = store();
+    let v = volume();
+    let name = "pvc-0a1b";
+    let server = tokio::spawn(async move {
+        let first = answer(
+            &mut h,
+            201,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "atefs-pvc-0a1b"}}),
+        )
+        .await;
+        let second = answer(&mut h, 409, status(409, "AlreadyExists")).await;
+        (first, second)
+    });
+    assert!(s.create(name, &v).await.unwrap(), "created");
+    assert!(
+        !s.create(name, &v).await.unwrap(),
+        "a racing create is reported, not failed"
+    );
+    let ((method, uri, body), (m2, _, _)) = server.await.unwrap();
+    assert_eq!(method, "POST");
+    assert_eq!(m2, "POST");
+    assert!(
+        uri.starts_with("/api/v1/namespaces/atefs-system/secrets"),
+        "{uri}"
+    );
+    assert_eq!(body["metadata"]["name"], "atefs-pvc-0a1b");
+    assert_eq!(
+        body["metadata"]["labels"][VOLUME_ID_LABEL],
+        v.keys.chain.to_hex()
+    );
+    assert_eq!(body["immutable"], true);
+    assert_eq!(body["type"], "Opaque");
+    assert_eq!(
+        body["stringData"][KEY_ENVELOPE],
+        hex::encode(&*v.keys.encode())
+    );
+    assert_eq!(
+        body["stringData"]["capacityBytes"],
+        (5u64 << 30).to_string()
+    );
+}
+
+#[tokio::test]
+async fn get_reads_the_secret_back_and_absent_is_none() {
+    let (s, mut h) = store();
+    let v = volume();
+    let name = "pvc-77";
+    let reply = secret_json(name, &v);
+    let server = tokio::spawn(async move {
+        let a = answer(&mut h, 200, reply).await;
+        let b = answer(&mut h, 404, status(404, "NotFound")).await;
+        (a, b)
+    });
+    let got = s.get(name).await.unwrap().expect("the volume");
+    assert_eq!(got.keys.chain, v.keys.chain);
+    assert_eq!(got.capacity, v.capacity);
+    assert!(s.get("pvc-missing").await.unwrap().is_none());
+    let ((m, uri, _), (_, uri2, _)) = server.await.unwrap();
+    assert_eq!(m, "GET");
+    assert_eq!(uri, "/api/v1/namespaces/atefs-system/secrets/atefs-pvc-77");
+    assert_eq!(
+        uri2,
+        "/api/v1/namespaces/atefs-system/secrets/atefs-pvc-missing"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_secret_is_an_error_not_a_new_volume() {
+    let (s, mut h) = store();
+    let v = volume();
+    let mut reply = secret_json("pvc-9", &v);
+    reply["data"][KEY_ENVELOPE] = json!(base64_like::encode(b"00ff"));
+    let server = tokio::spawn(async move { answer(&mut h, 200, reply).await });
+    let e = s.get("pvc-9").await.unwrap_err();
+    assert!(
+        e.to_string().contains("not a valid atefs volume record"),
+        "{e}"
+    );
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn find_selects_by_volume_id_label_and_delete_tolerates_absence() {
+    let (s, mut h) = store();
+    let v = volume();
+    let list = json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {},
+                      "items": [secret_json("pvc-5", &v)]});
+    let server = tokio::spawn(async move {
+        let a = answer(&mut h, 200, list).await;
+        let b = answer(&mut h, 404, status(404, "NotFound")).await;
+        (a, b)
+    });
+    let id = VolumeId(v.keys.chain);
+    assert_eq!(s.find(&id).await.unwrap().as_deref(), Some("pvc-5"));
+    s.delete("pvc-5").await.unwrap();
+    let ((m, uri, _), (m2, uri2, _)) = server.await.unwrap();
+    assert_eq!(m, "GET");
+    assert!(
+        uri.contains("labelSelector=csi.atefs.io%2Fvolume-id%3D"),
+        "{uri}"
+    );
+    assert!(uri.contains(&v.keys.chain.to_hex()), "{uri}");
+    assert_eq!(m2, "DELETE");
+    assert_eq!(
+        uri2.trim_end_matches('?'),
+        "/api/v1/namespaces/atefs-system/secrets/atefs-pvc-5"
+    );
+}
+
+#[test]
+fn record_names_are_valid_object_names() {
+    assert_eq!(record_name("pvc-1234"), "atefs-pvc-1234");
+    for odd in ["Upper", "with space", "ünï", &"x".repeat(300), "ends-"] {
+        let n = record_name(odd);
+        assert!(
+            n.len() <= 253
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "{n}"
+        );
+    }
+    assert_ne!(record_name("Upper"), record_name("upper2"));
+}
