@@ -61,8 +61,12 @@ enum Cmd {
 #[derive(clap::Args, Clone)]
 struct RunArgs {
     /// This replica's id.
-    #[arg(long)]
-    id: u64,
+    #[arg(long, required_unless_present = "id_from_hostname")]
+    id: Option<u64>,
+    /// Take the id from the host name's ordinal: `NAME-0` is replica 1, `NAME-1` replica 2, ...
+    /// (a StatefulSet's pods).
+    #[arg(long, conflicts_with = "id")]
+    id_from_hostname: bool,
     /// A replica as ID=RAFT_ADDR,API_ADDR (repeat for each, this one included).
     #[arg(long = "peer", required = true)]
     peers: Vec<String>,
@@ -85,6 +89,10 @@ struct RunArgs {
     /// replica).
     #[arg(long)]
     bootstrap: bool,
+    /// Bootstrap if this is the lowest-numbered replica and its --data directory does not
+    /// exist yet: the same arguments on every replica (a StatefulSet) start a new cluster once.
+    #[arg(long, conflicts_with = "bootstrap")]
+    bootstrap_first: bool,
     /// Entries between snapshots.
     #[arg(long, default_value_t = 20_000)]
     snapshot_every: u64,
@@ -139,16 +147,50 @@ fn main() -> Result<()> {
     }
 }
 
+/// The replica id of a StatefulSet pod named `NAME-N`: N + 1.
+fn id_from_hostname(host: &str) -> Result<u64> {
+    let ordinal = host
+        .trim()
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .with_context(|| format!("host name {host:?} does not end in -ORDINAL"))?;
+    Ok(ordinal + 1)
+}
+
+/// Where to listen for `addr` (host:port): the address itself when it is one, else every
+/// interface on its port (a peer named by DNS, as in a StatefulSet).
+fn listen_addr(addr: &str) -> Result<std::net::SocketAddr> {
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    let port = addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .with_context(|| format!("address {addr}: expected HOST:PORT"))?;
+    Ok(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
+}
+
 async fn run(args: RunArgs) -> Result<()> {
     let peers: BTreeMap<u64, PeerAddr> = args
         .peers
         .iter()
         .map(|p| parse_peer(p))
         .collect::<Result<_>>()?;
+    let id = match args.id {
+        Some(id) => id,
+        None => {
+            let host = std::env::var("HOSTNAME")
+                .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+                .context("--id-from-hostname: no HOSTNAME and no /etc/hostname")?;
+            id_from_hostname(&host)?
+        }
+    };
     let me = peers
-        .get(&args.id)
-        .with_context(|| format!("--id {} is not among the --peer entries", args.id))?
+        .get(&id)
+        .with_context(|| format!("--id {id} is not among the --peer entries"))?
         .clone();
+    let bootstrap = args.bootstrap
+        || (args.bootstrap_first && peers.keys().next() == Some(&id) && !args.data.exists());
     let tls = Arc::new(match (&args.tls_dir, args.insecure_plaintext) {
         (Some(d), _) => Tls::load(d)?,
         (None, true) => Tls::plaintext(),
@@ -157,7 +199,7 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     });
     let config = NodeConfig {
-        id: args.id,
+        id,
         peers,
         partitions: args.partitions,
         data: args.data.clone(),
@@ -168,14 +210,8 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let node = Node::start(config, tls.clone()).await?;
     let metrics = Arc::new(Metrics::default());
-    let raft_addr = me
-        .raft
-        .parse()
-        .with_context(|| format!("raft address {}", me.raft))?;
-    let api_addr = me
-        .api
-        .parse()
-        .with_context(|| format!("api address {}", me.api))?;
+    let raft_addr = listen_addr(&me.raft)?;
+    let api_addr = listen_addr(&me.api)?;
     let metrics_listener = tokio::net::TcpListener::bind(&args.metrics)
         .await
         .with_context(|| format!("binding {}", args.metrics))?;
@@ -203,10 +239,10 @@ async fn run(args: RunArgs) -> Result<()> {
         .max_encoding_message_size(MAX_MESSAGE);
     let api_task = tokio::spawn(api_server.add_service(api_svc).serve(api_addr));
 
-    if args.bootstrap {
+    if bootstrap {
         node.bootstrap().await?;
     }
-    tracing::info!(id = args.id, raft = %me.raft, api = %me.api, metrics = %args.metrics,
+    tracing::info!(id, raft = %me.raft, api = %me.api, metrics = %args.metrics,
         tls = tls.enabled(), "serving");
     // The readiness line scripts wait for.
     println!("serving api={} raft={}", me.api, me.raft);
@@ -280,4 +316,30 @@ fn dev_cluster(dir: &std::path::Path, base: u16, partitions: u32) -> Result<()> 
         let _ = c.wait();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_come_from_the_pod_ordinal() {
+        assert_eq!(id_from_hostname("atefs-chain-server-0\n").ok(), Some(1));
+        assert_eq!(id_from_hostname("a-b-12").ok(), Some(13));
+        assert!(id_from_hostname("chain-server").is_err());
+        assert!(id_from_hostname("nohyphen").is_err());
+    }
+
+    #[test]
+    fn host_names_listen_on_every_interface() {
+        assert_eq!(
+            listen_addr("127.0.0.1:7000").ok(),
+            Some(([127, 0, 0, 1], 7000).into())
+        );
+        assert_eq!(
+            listen_addr("atefs-chain-server-0.atefs-chain-server:7001").ok(),
+            Some(([0, 0, 0, 0], 7001).into())
+        );
+        assert!(listen_addr("host-without-port").is_err());
+    }
 }

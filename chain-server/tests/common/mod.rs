@@ -16,7 +16,7 @@ use std::time::Duration;
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// Ports no other test in this process uses (the process id spreads test binaries apart).
-fn ports(n: u16) -> u16 {
+pub fn ports(n: u16) -> u16 {
     let base = 20_000 + (std::process::id() % 200) as u16 * 100;
     base + NEXT_PORT.fetch_add(n, Ordering::SeqCst)
 }
