@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Lints and renders charts/atefs with the real Helm engine (helm-python-sdk), validates every
+object against the Kubernetes schemas (kubernetes-validate, strict: unknown fields fail), checks
+what the chart must contain, and compares manifests/atefs.yaml with a fresh render (drift fails;
+`--write` regenerates it). Needs: pip install helm-python-sdk kubernetes-validate."""
+
+import base64
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "atefs"
+MANIFEST = ROOT / "manifests" / "atefs.yaml"
+NAMESPACE = "atefs-system"
+# Oldest and newest Kubernetes the chart is checked against.
+KUBE_VERSIONS = ["1.28.0", "1.33.0"]
+HEADER = "# Rendered from charts/atefs by scripts/chart-check.py --write; do not edit.\n"
+
+
+def fail(msg):
+    print(f"chart-check: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def render(values):
+    chart = helm.Chart.load(str(CHART))
+    out = chart.render(values, name="atefs", namespace=NAMESPACE, is_install=True)
+    docs = []
+    for path in sorted(out):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        for d in yaml.safe_load_all(out[path]):
+            if d:
+                docs.append((path, d))
+    return docs
+
+
+def validate(docs, label):
+    for path, d in docs:
+        for v in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(d, v, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                fail(f"{label}: {path}: {d['kind']}/{d['metadata'].get('name')} invalid for {v}: {e.message} at {list(e.path)}")
+
+
+def kinds(docs):
+    return {(d["kind"], d["metadata"]["name"]) for _, d in docs}
+
+
+def tls_check(tls, chain_server):
+    """The chart's generated TLS material works: three chain servers using it form a cluster
+    (mutual TLS between replicas) and a client checking the server against the CA, by the name
+    every client asks for, completes a handshake with the API."""
+    with tempfile.TemporaryDirectory() as d:
+        certs = Path(d) / "certs"
+        certs.mkdir()
+        for k, v in tls.items():
+            (certs / k).write_bytes(base64.b64decode(v))
+            os.chmod(certs / k, 0o600)
+        base = 10500 + os.getpid() % 40 * 40
+        proc = subprocess.Popen([chain_server, "dev-cluster", "--dir", d, "--base-port", str(base),
+                                 "--partitions", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 60
+            for i in (1, 2, 3):
+                while True:
+                    try:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{base + 10 * i + 2}/health", timeout=2) as r:
+                            if r.status == 200:
+                                break
+                    except OSError:
+                        pass
+                    if time.time() > deadline:
+                        fail(f"chain servers with the chart's certificates never became ready (replica {i})")
+                    time.sleep(0.1)
+            ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+            ctx.set_alpn_protocols(["h2"])
+            with socket.create_connection(("127.0.0.1", base + 10)) as sock:
+                with ctx.wrap_socket(sock, server_hostname="atefs-chain-server") as tls_sock:
+                    if tls_sock.version() is None:
+                        fail("no TLS handshake with the API")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    print("chart-check: chain servers run with the chart's generated TLS material (mutual TLS between replicas, CA-checked API)")
+
+
+def main():
+    report = helm.lint(str(CHART), strict=True, namespace=NAMESPACE)
+    errors = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    if errors or report.get("errors"):
+        fail(f"helm lint: {errors or report['errors']}")
+
+    default = render({})
+    validate(default, "default values")
+    have = kinds(default)
+    for want in [("CSIDriver", "csi.atefs.io"), ("StorageClass", "atefs"),
+                 ("StatefulSet", "atefs-chain-server"), ("Service", "atefs-chain-server"),
+                 ("PodDisruptionBudget", "atefs-chain-server"), ("Deployment", "atefs-controller"),
+                 ("DaemonSet", "atefs-node"), ("Secret", "atefs-tls"),
+                 ("ClusterRole", "atefs-controller"), ("Role", "atefs-controller")]:
+        if want not in have:
+            fail(f"default render lacks {want}; has {sorted(have)}")
+    by = {(d["kind"], d["metadata"]["name"]): d for _, d in default}
+    sts = by[("StatefulSet", "atefs-chain-server")]["spec"]
+    args = sts["template"]["spec"]["containers"][0]["args"]
+    peers = [a for a in args if a.startswith("--peer=")]
+    if len(peers) != sts["replicas"]:
+        fail(f"{len(peers)} --peer arguments for {sts['replicas']} replicas")
+    sc = by[("StorageClass", "atefs")]
+    if sc["parameters"]["csi.storage.k8s.io/node-stage-secret-name"] != "atefs-${pv.name}":
+        fail("the StorageClass must hand each volume's Secret to the node")
+    role = by[("Role", "atefs-controller")]
+    secret_rules = [r for r in role["rules"] if "secrets" in r["resources"]]
+    if not secret_rules or "update" in secret_rules[0]["verbs"] or "watch" in secret_rules[0]["verbs"]:
+        fail("the controller's Secret access must stay get/list/create/delete")
+    tls = by[("Secret", "atefs-tls")]["data"]
+    if set(tls) != {"ca.pem", "server.pem", "server.key"}:
+        fail(f"TLS Secret keys: {sorted(tls)}")
+    for kind in ("Deployment", "DaemonSet"):
+        name = "atefs-controller" if kind == "Deployment" else "atefs-node"
+        vols = by[(kind, name)]["spec"]["template"]["spec"]["volumes"]
+        tlsvol = [v for v in vols if v["name"] == "tls"][0]
+        if tlsvol["secret"].get("items") != [{"key": "ca.pem", "path": "ca.pem"}]:
+            fail(f"{kind} {name} must mount only the CA, not the server key")
+
+    five = render({"chainServer": {"replicas": 5}})
+    validate(five, "5 replicas")
+    if "--chain-server" in sys.argv:
+        tls_check(tls, sys.argv[sys.argv.index("--chain-server") + 1])
+
+    pinned = yaml.safe_load((ROOT / "manifests" / "values.yaml").read_text())
+    docs = render(pinned)
+    validate(docs, "manifests values")
+    if any(d["kind"] == "Secret" for _, d in docs):
+        fail("manifests must not carry generated secrets")
+    text = HEADER + "".join("---\n" + yaml.safe_dump(d, sort_keys=True) for _, d in docs)
+    if "--write" in sys.argv:
+        MANIFEST.write_text(text)
+        print(f"wrote {MANIFEST.relative_to(ROOT)} ({len(docs)} objects)")
+    elif not MANIFEST.exists() or MANIFEST.read_text() != text:
+        fail("manifests/atefs.yaml differs from the chart: run scripts/chart-check.py --write")
+    print(f"chart-check: lint clean; {len(default)} objects (default), {len(five)} (5 replicas), "
+          f"{len(docs)} (manifests) valid for Kubernetes {', '.join(KUBE_VERSIONS)}; manifests up to date")
+
+
+if __name__ == "__main__":
+    main()
