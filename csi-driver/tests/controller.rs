@@ -7,19 +7,12 @@
 
 mod common;
 
-use common::{can_mount, capability, DevCluster, MountGuard, Plugin};
+use common::{can_mount, capability, rt, DevCluster, MountGuard, Plugin};
 use csi_driver::pb;
 use pb::volume_capability::access_mode::Mode;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use tonic::Code;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn create_req(name: &str, required: i64) -> pb::CreateVolumeRequest {
     pb::CreateVolumeRequest {
@@ -167,27 +160,10 @@ fn volumes_are_created_mounted_and_deleted_through_the_controller() {
             })
             .await
             .unwrap();
-        c.node
-            .node_publish_volume(pb::NodePublishVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                staging_target_path: staging.display().to_string(),
-                target_path: target.display().to_string(),
-                volume_capability: Some(capability(Mode::SingleNodeWriter)),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let id = &v.volume_id;
+        c.publish(id, &staging, &target, false).await.unwrap();
         std::fs::write(target.join("hello"), b"provisioned\n").unwrap();
-        let stats = c
-            .node
-            .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
-                volume_id: v.volume_id.clone(),
-                volume_path: target.display().to_string(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let stats = c.stats(id, &target).await.unwrap();
         let bytes = stats
             .usage
             .iter()
@@ -198,20 +174,8 @@ fn volumes_are_created_mounted_and_deleted_through_the_controller() {
             64 << 20,
             "statfs reports the volume's capacity"
         );
-        c.node
-            .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                target_path: target.display().to_string(),
-            })
-            .await
-            .unwrap();
-        c.node
-            .node_unstage_volume(pb::NodeUnstageVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                staging_target_path: staging.display().to_string(),
-            })
-            .await
-            .unwrap();
+        c.unpublish(id, &target).await.unwrap();
+        c.unstage(id, &staging).await.unwrap();
 
         // Delete, twice: chain and keys are gone.
         for _ in 0..2 {

@@ -5,63 +5,11 @@
 
 mod common;
 
-use common::{can_mount, capability, new_volume, DevCluster, MountGuard, Plugin};
+use common::{can_mount, capability, new_volume, rt, stage_req, DevCluster, MountGuard, Plugin};
 use csi_driver::pb;
 use pb::volume_capability::access_mode::Mode;
 use std::path::Path;
 use tonic::Code;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn stage_req(
-    id: &str,
-    dir: &Path,
-    secrets: &std::collections::HashMap<String, String>,
-    mode: Mode,
-) -> pb::NodeStageVolumeRequest {
-    pb::NodeStageVolumeRequest {
-        volume_id: id.into(),
-        staging_target_path: dir.display().to_string(),
-        volume_capability: Some(capability(mode)),
-        secrets: secrets.clone(),
-        ..Default::default()
-    }
-}
-
-fn publish_req(
-    id: &str,
-    staging: &Path,
-    target: &Path,
-    readonly: bool,
-) -> pb::NodePublishVolumeRequest {
-    pb::NodePublishVolumeRequest {
-        volume_id: id.into(),
-        staging_target_path: staging.display().to_string(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(capability(Mode::MultiNodeMultiWriter)),
-        readonly,
-        ..Default::default()
-    }
-}
-
-fn unpublish_req(id: &str, target: &Path) -> pb::NodeUnpublishVolumeRequest {
-    pb::NodeUnpublishVolumeRequest {
-        volume_id: id.into(),
-        target_path: target.display().to_string(),
-    }
-}
-
-fn unstage_req(id: &str, staging: &Path) -> pb::NodeUnstageVolumeRequest {
-    pb::NodeUnstageVolumeRequest {
-        volume_id: id.into(),
-        staging_target_path: staging.display().to_string(),
-    }
-}
 
 fn is_atefs_mount(p: &Path) -> bool {
     csi_driver::mountinfo::at(p)
@@ -210,32 +158,14 @@ fn bad_requests_get_the_spec_codes_and_change_nothing() {
         assert!(!plugin.state.join("volumes").join(&id).join("keys").exists());
 
         // Publish of a volume that is not staged.
-        let e = c
-            .node
-            .node_publish_volume(publish_req(&id, &staging, &target, false))
-            .await
-            .unwrap_err();
+        let e = c.publish(&id, &staging, &target, false).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
         // Stats of a path with no volume.
-        let e = c
-            .node
-            .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
-                volume_id: id.clone(),
-                volume_path: tmp.path().display().to_string(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
+        let e = c.stats(&id, tmp.path()).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         // Undoing what was never done succeeds (kubelet retries after crashes).
-        c.node
-            .node_unpublish_volume(unpublish_req(&id, &target))
-            .await
-            .unwrap();
-        c.node
-            .node_unstage_volume(unstage_req(&id, &staging))
-            .await
-            .unwrap();
+        c.unpublish(&id, &target).await.unwrap();
+        c.unstage(&id, &staging).await.unwrap();
         // Expansion is not offered.
         let e = c
             .node
@@ -275,33 +205,17 @@ fn a_volume_is_staged_published_shared_between_nodes_and_unstaged() {
         let mut cb = b.client().await;
         // Twice: a repeated call is a success that changes nothing.
         for _ in 0..2 {
-            ca.node
-                .node_stage_volume(stage_req(
-                    &id,
-                    &stage_a,
-                    &secrets,
-                    Mode::MultiNodeMultiWriter,
-                ))
+            ca.stage(&id, &stage_a, &secrets, Mode::MultiNodeMultiWriter)
                 .await
                 .unwrap();
         }
         assert!(is_atefs_mount(&stage_a));
         for _ in 0..2 {
-            ca.node
-                .node_publish_volume(publish_req(&id, &stage_a, &rw, false))
-                .await
-                .unwrap();
-            ca.node
-                .node_publish_volume(publish_req(&id, &stage_a, &ro, true))
-                .await
-                .unwrap();
+            ca.publish(&id, &stage_a, &rw, false).await.unwrap();
+            ca.publish(&id, &stage_a, &ro, true).await.unwrap();
         }
         // The same target read-only now: incompatible with what is there.
-        let e = ca
-            .node
-            .node_publish_volume(publish_req(&id, &stage_a, &rw, true))
-            .await
-            .unwrap_err();
+        let e = ca.publish(&id, &stage_a, &rw, true).await.unwrap_err();
         assert_eq!(e.code(), Code::AlreadyExists);
 
         std::fs::write(rw.join("from-pod-1"), b"written on node a\n").unwrap();
@@ -313,19 +227,10 @@ fn a_volume_is_staged_published_shared_between_nodes_and_unstaged() {
         assert_eq!(e.raw_os_error(), Some(libc_erofs()), "{e}");
 
         // Node b stages the same volume: it sees node a's file, and a sees b's.
-        cb.node
-            .node_stage_volume(stage_req(
-                &id,
-                &stage_b,
-                &secrets,
-                Mode::MultiNodeMultiWriter,
-            ))
+        cb.stage(&id, &stage_b, &secrets, Mode::MultiNodeMultiWriter)
             .await
             .unwrap();
-        cb.node
-            .node_publish_volume(publish_req(&id, &stage_b, &rw_b, false))
-            .await
-            .unwrap();
+        cb.publish(&id, &stage_b, &rw_b, false).await.unwrap();
         assert_eq!(
             std::fs::read(rw_b.join("from-pod-1")).unwrap(),
             b"written on node a\n"
@@ -336,16 +241,7 @@ fn a_volume_is_staged_published_shared_between_nodes_and_unstaged() {
             b"written on node b\n"
         );
 
-        let stats = ca
-            .node
-            .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
-                volume_id: id.clone(),
-                volume_path: rw.display().to_string(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let stats = ca.stats(&id, &rw).await.unwrap();
         let bytes = stats
             .usage
             .iter()
@@ -362,22 +258,12 @@ fn a_volume_is_staged_published_shared_between_nodes_and_unstaged() {
         assert!(!stats.volume_condition.unwrap().abnormal);
 
         // Unstage while still published is refused: the pods' mounts would keep it alive.
-        let e = ca
-            .node
-            .node_unstage_volume(unstage_req(&id, &stage_a))
-            .await
-            .unwrap_err();
+        let e = ca.unstage(&id, &stage_a).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
 
         for _ in 0..2 {
-            ca.node
-                .node_unpublish_volume(unpublish_req(&id, &rw))
-                .await
-                .unwrap();
-            ca.node
-                .node_unpublish_volume(unpublish_req(&id, &ro))
-                .await
-                .unwrap();
+            ca.unpublish(&id, &rw).await.unwrap();
+            ca.unpublish(&id, &ro).await.unwrap();
         }
         assert!(
             !rw.exists() && !ro.exists(),
@@ -389,10 +275,7 @@ fn a_volume_is_staged_published_shared_between_nodes_and_unstaged() {
             .parse()
             .unwrap();
         for _ in 0..2 {
-            ca.node
-                .node_unstage_volume(unstage_req(&id, &stage_a))
-                .await
-                .unwrap();
+            ca.unstage(&id, &stage_a).await.unwrap();
         }
         assert!(!is_atefs_mount(&stage_a));
         assert!(
@@ -409,26 +292,16 @@ fn a_volume_is_staged_published_shared_between_nodes_and_unstaged() {
             std::fs::read(rw_b.join("from-pod-1")).unwrap(),
             b"written on node a\n"
         );
-        ca.node
-            .node_stage_volume(stage_req(&id, &stage_a, &secrets, Mode::SingleNodeWriter))
+        ca.stage(&id, &stage_a, &secrets, Mode::SingleNodeWriter)
             .await
             .unwrap();
         assert_eq!(
             std::fs::read(stage_a.join("from-pod-3")).unwrap(),
             b"written on node b\n"
         );
-        ca.node
-            .node_unstage_volume(unstage_req(&id, &stage_a))
-            .await
-            .unwrap();
-        cb.node
-            .node_unpublish_volume(unpublish_req(&id, &rw_b))
-            .await
-            .unwrap();
-        cb.node
-            .node_unstage_volume(unstage_req(&id, &stage_b))
-            .await
-            .unwrap();
+        ca.unstage(&id, &stage_a).await.unwrap();
+        cb.unpublish(&id, &rw_b).await.unwrap();
+        cb.unstage(&id, &stage_b).await.unwrap();
         assert!(!is_atefs_mount(&stage_b));
     });
 }
@@ -451,14 +324,10 @@ fn a_restarted_plugin_carries_on_with_the_volumes_it_mounted() {
     let mut first = Plugin::start(tmp.path(), "node-a", Some(&cluster));
     rt().block_on(async {
         let mut c = first.client().await;
-        c.node
-            .node_stage_volume(stage_req(&id, &staging, &secrets, Mode::SingleNodeWriter))
+        c.stage(&id, &staging, &secrets, Mode::SingleNodeWriter)
             .await
             .unwrap();
-        c.node
-            .node_publish_volume(publish_req(&id, &staging, &target, false))
-            .await
-            .unwrap();
+        c.publish(&id, &staging, &target, false).await.unwrap();
     });
     let pid: u32 = std::fs::read_to_string(first.state.join("volumes").join(&id).join("pid"))
         .unwrap()
@@ -472,29 +341,19 @@ fn a_restarted_plugin_carries_on_with_the_volumes_it_mounted() {
     rt().block_on(async {
         let mut c = second.client().await;
         // kubelet retries what it had not seen answered: both succeed without a second mount.
-        c.node
-            .node_stage_volume(stage_req(&id, &staging, &secrets, Mode::SingleNodeWriter))
+        c.stage(&id, &staging, &secrets, Mode::SingleNodeWriter)
             .await
             .unwrap();
-        c.node
-            .node_publish_volume(publish_req(&id, &staging, &target, false))
-            .await
-            .unwrap();
+        c.publish(&id, &staging, &target, false).await.unwrap();
         let atefs_mounts = csi_driver::mountinfo::read()
             .unwrap()
             .into_iter()
             .filter(|m| m.mount_point.starts_with(tmp.path()))
             .count();
         assert_eq!(atefs_mounts, 2, "staging + one publish");
-        c.node
-            .node_unpublish_volume(unpublish_req(&id, &target))
-            .await
-            .unwrap();
+        c.unpublish(&id, &target).await.unwrap();
         // The daemon is no longer this plugin's child: it is waited for through a pidfd.
-        c.node
-            .node_unstage_volume(unstage_req(&id, &staging))
-            .await
-            .unwrap();
+        c.unstage(&id, &staging).await.unwrap();
         assert!(!is_atefs_mount(&staging));
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists()
@@ -503,18 +362,14 @@ fn a_restarted_plugin_carries_on_with_the_volumes_it_mounted() {
             "the old daemon has exited"
         );
         // What was written while the plugin was down reached the cluster.
-        c.node
-            .node_stage_volume(stage_req(&id, &staging, &secrets, Mode::SingleNodeWriter))
+        c.stage(&id, &staging, &secrets, Mode::SingleNodeWriter)
             .await
             .unwrap();
         assert_eq!(
             std::fs::read(staging.join("after-crash")).unwrap(),
             b"still here\n"
         );
-        c.node
-            .node_unstage_volume(unstage_req(&id, &staging))
-            .await
-            .unwrap();
+        c.unstage(&id, &staging).await.unwrap();
     });
 }
 
@@ -532,25 +387,11 @@ fn a_dead_mount_daemon_is_reported_and_the_volume_can_be_unstaged() {
     let plugin = Plugin::start(tmp.path(), "node-a", Some(&cluster));
     rt().block_on(async {
         let mut c = plugin.client().await;
-        c.node
-            .node_stage_volume(stage_req(&id, &staging, &secrets, Mode::SingleNodeWriter))
+        c.stage(&id, &staging, &secrets, Mode::SingleNodeWriter)
             .await
             .unwrap();
-        c.node
-            .node_publish_volume(publish_req(&id, &staging, &target, false))
-            .await
-            .unwrap();
-        let stats_req = pb::NodeGetVolumeStatsRequest {
-            volume_id: id.clone(),
-            volume_path: target.display().to_string(),
-            ..Default::default()
-        };
-        let before = c
-            .node
-            .node_get_volume_stats(stats_req.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        c.publish(&id, &staging, &target, false).await.unwrap();
+        let before = c.stats(&id, &target).await.unwrap();
         assert!(!before.volume_condition.unwrap().abnormal);
 
         let pid: i32 = std::fs::read_to_string(plugin.state.join("volumes").join(&id).join("pid"))
@@ -570,24 +411,13 @@ fn a_dead_mount_daemon_is_reported_and_the_volume_can_be_unstaged() {
             rustix::event::poll(&mut fds, None).unwrap();
         }
 
-        let after = c
-            .node
-            .node_get_volume_stats(stats_req)
-            .await
-            .unwrap()
-            .into_inner();
+        let after = c.stats(&id, &target).await.unwrap();
         let cond = after.volume_condition.unwrap();
         assert!(cond.abnormal, "{cond:?}");
         assert!(after.usage.is_empty());
 
-        c.node
-            .node_unpublish_volume(unpublish_req(&id, &target))
-            .await
-            .unwrap();
-        c.node
-            .node_unstage_volume(unstage_req(&id, &staging))
-            .await
-            .unwrap();
+        c.unpublish(&id, &target).await.unwrap();
+        c.unstage(&id, &staging).await.unwrap();
         assert!(!is_atefs_mount(&staging));
         assert!(!plugin.state.join("volumes").join(&id).exists());
         let failed: Vec<_> = std::fs::read_dir(plugin.state.join("failed"))

@@ -4,12 +4,15 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use csi_driver::pb;
+use pb::volume_capability::access_mode::Mode;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
+use tonic::Status;
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
@@ -249,5 +252,114 @@ impl Drop for MountGuard {
                 .arg(&m.mount_point)
                 .status();
         }
+    }
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub fn stage_req(
+    id: &str,
+    dir: &Path,
+    secrets: &HashMap<String, String>,
+    mode: Mode,
+) -> pb::NodeStageVolumeRequest {
+    pb::NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: dir.display().to_string(),
+        volume_capability: Some(capability(mode)),
+        secrets: secrets.clone(),
+        ..Default::default()
+    }
+}
+
+pub fn publish_req(
+    id: &str,
+    staging: &Path,
+    target: &Path,
+    readonly: bool,
+) -> pb::NodePublishVolumeRequest {
+    pb::NodePublishVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(capability(Mode::MultiNodeMultiWriter)),
+        readonly,
+        ..Default::default()
+    }
+}
+
+pub fn unpublish_req(id: &str, target: &Path) -> pb::NodeUnpublishVolumeRequest {
+    pb::NodeUnpublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.display().to_string(),
+    }
+}
+
+pub fn unstage_req(id: &str, staging: &Path) -> pb::NodeUnstageVolumeRequest {
+    pb::NodeUnstageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+    }
+}
+
+impl Csi {
+    pub async fn stage(
+        &mut self,
+        id: &str,
+        dir: &Path,
+        secrets: &HashMap<String, String>,
+        mode: Mode,
+    ) -> Result<(), Status> {
+        self.node
+            .node_stage_volume(stage_req(id, dir, secrets, mode))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn publish(
+        &mut self,
+        id: &str,
+        staging: &Path,
+        target: &Path,
+        readonly: bool,
+    ) -> Result<(), Status> {
+        self.node
+            .node_publish_volume(publish_req(id, staging, target, readonly))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn unpublish(&mut self, id: &str, target: &Path) -> Result<(), Status> {
+        self.node
+            .node_unpublish_volume(unpublish_req(id, target))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn unstage(&mut self, id: &str, staging: &Path) -> Result<(), Status> {
+        self.node
+            .node_unstage_volume(unstage_req(id, staging))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn stats(
+        &mut self,
+        id: &str,
+        path: &Path,
+    ) -> Result<pb::NodeGetVolumeStatsResponse, Status> {
+        self.node
+            .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+                volume_id: id.into(),
+                volume_path: path.display().to_string(),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
     }
 }
