@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{can_mount, capability, rt, DevCluster, MountGuard, Plugin};
+use common::{capability, rt, MountEnv, Plugin};
 use csi_driver::pb;
 use pb::volume_capability::access_mode::Mode;
 use std::collections::HashMap;
@@ -38,17 +38,15 @@ fn secrets_of(keys_dir: &std::path::Path, name: &str) -> HashMap<String, String>
 
 #[test]
 fn volumes_are_created_mounted_and_deleted_through_the_controller() {
-    if !can_mount() {
+    let Some(env) = MountEnv::start() else {
         return;
-    }
-    let cluster = DevCluster::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let _guard = MountGuard(tmp.path().to_path_buf());
+    };
+    let (cluster, tmp) = (&env.cluster, &env.tmp);
     let keys_dir = tmp.path().join("keys");
     let plugin = Plugin::start_with(
         tmp.path(),
         "node-a",
-        Some(&cluster),
+        Some(cluster),
         &[
             OsStr::new("--controller"),
             OsStr::new("--keys-dir"),

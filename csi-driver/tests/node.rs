@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{can_mount, capability, new_volume, rt, stage_req, DevCluster, MountGuard, Plugin};
+use common::{capability, new_volume, rt, stage_req, MountEnv, Plugin};
 use csi_driver::pb;
 use pb::volume_capability::access_mode::Mode;
 use std::path::Path;
@@ -186,14 +186,12 @@ fn bad_requests_get_the_spec_codes_and_change_nothing() {
 
 #[test]
 fn a_volume_is_staged_published_shared_between_nodes_and_unstaged() {
-    if !can_mount() {
+    let Some(env) = MountEnv::start() else {
         return;
-    }
-    let cluster = DevCluster::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let _guard = MountGuard(tmp.path().to_path_buf());
-    let a = Plugin::start(tmp.path(), "node-a", Some(&cluster));
-    let b = Plugin::start(tmp.path(), "node-b", Some(&cluster));
+    };
+    let (cluster, tmp) = (&env.cluster, &env.tmp);
+    let a = Plugin::start(tmp.path(), "node-a", Some(cluster));
+    let b = Plugin::start(tmp.path(), "node-b", Some(cluster));
     let (id, secrets) = new_volume();
     let stage_a = tmp.path().join("a/staging");
     let rw = tmp.path().join("a/pod-1/volume");
@@ -312,16 +310,14 @@ fn libc_erofs() -> i32 {
 
 #[test]
 fn a_restarted_plugin_carries_on_with_the_volumes_it_mounted() {
-    if !can_mount() {
+    let Some(env) = MountEnv::start() else {
         return;
-    }
-    let cluster = DevCluster::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let _guard = MountGuard(tmp.path().to_path_buf());
+    };
+    let (cluster, tmp) = (&env.cluster, &env.tmp);
     let (id, secrets) = new_volume();
     let staging = tmp.path().join("staging");
     let target = tmp.path().join("pod/volume");
-    let mut first = Plugin::start(tmp.path(), "node-a", Some(&cluster));
+    let mut first = Plugin::start(tmp.path(), "node-a", Some(cluster));
     rt().block_on(async {
         let mut c = first.client().await;
         c.stage(&id, &staging, &secrets, Mode::SingleNodeWriter)
@@ -337,7 +333,7 @@ fn a_restarted_plugin_carries_on_with_the_volumes_it_mounted() {
     // A crash of the plugin: the pod's volume keeps working.
     first.kill();
     std::fs::write(target.join("after-crash"), b"still here\n").unwrap();
-    let second = Plugin::start(tmp.path(), "node-a", Some(&cluster));
+    let second = Plugin::start(tmp.path(), "node-a", Some(cluster));
     rt().block_on(async {
         let mut c = second.client().await;
         // kubelet retries what it had not seen answered: both succeed without a second mount.
@@ -375,16 +371,14 @@ fn a_restarted_plugin_carries_on_with_the_volumes_it_mounted() {
 
 #[test]
 fn a_dead_mount_daemon_is_reported_and_the_volume_can_be_unstaged() {
-    if !can_mount() {
+    let Some(env) = MountEnv::start() else {
         return;
-    }
-    let cluster = DevCluster::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let _guard = MountGuard(tmp.path().to_path_buf());
+    };
+    let (cluster, tmp) = (&env.cluster, &env.tmp);
     let (id, secrets) = new_volume();
     let staging = tmp.path().join("staging");
     let target = tmp.path().join("pod/volume");
-    let plugin = Plugin::start(tmp.path(), "node-a", Some(&cluster));
+    let plugin = Plugin::start(tmp.path(), "node-a", Some(cluster));
     rt().block_on(async {
         let mut c = plugin.client().await;
         c.stage(&id, &staging, &secrets, Mode::SingleNodeWriter)

@@ -363,3 +363,27 @@ impl Csi {
             .map(tonic::Response::into_inner)
     }
 }
+
+/// What every mount test starts with: a cluster, a temp dir, and the guard that unmounts what a
+/// failed test left there (dropped in this order: guard, dir, cluster). None when mounts are
+/// impossible here.
+pub struct MountEnv {
+    pub guard: MountGuard,
+    pub tmp: tempfile::TempDir,
+    pub cluster: DevCluster,
+}
+
+impl MountEnv {
+    pub fn start() -> Option<MountEnv> {
+        if !can_mount() {
+            return None;
+        }
+        let cluster = DevCluster::start();
+        let tmp = tempfile::tempdir().unwrap();
+        Some(MountEnv {
+            guard: MountGuard(tmp.path().to_path_buf()),
+            tmp,
+            cluster,
+        })
+    }
+}
