@@ -142,6 +142,14 @@ def main():
     if "--chain-server" in sys.argv:
         tls_check(tls, sys.argv[sys.argv.index("--chain-server") + 1])
 
+    # The kind end-to-end test cannot run here: its workload and scripts are checked statically.
+    workload = [("kind-tests/workload.yaml", d) for d in
+                yaml.safe_load_all((ROOT / "kind-tests" / "workload.yaml").read_text()) if d]
+    validate(workload, "kind-tests")
+    for script in ("kind-tests/run.sh", "images/build.sh", "images/smoke.sh"):
+        if subprocess.run(["bash", "-n", str(ROOT / script)]).returncode != 0:
+            fail(f"{script} does not parse")
+
     pinned = yaml.safe_load((ROOT / "manifests" / "values.yaml").read_text())
     docs = render(pinned)
     validate(docs, "manifests values")
@@ -154,7 +162,7 @@ def main():
     elif not MANIFEST.exists() or MANIFEST.read_text() != text:
         fail("manifests/atefs.yaml differs from the chart: run scripts/chart-check.py --write")
     print(f"chart-check: lint clean; {len(default)} objects (default), {len(five)} (5 replicas), "
-          f"{len(docs)} (manifests) valid for Kubernetes {', '.join(KUBE_VERSIONS)}; manifests up to date")
+          f"{len(docs)} (manifests), {len(workload)} (kind-tests) valid for Kubernetes {', '.join(KUBE_VERSIONS)}; manifests up to date")
 
 
 if __name__ == "__main__":
