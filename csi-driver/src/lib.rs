@@ -9,6 +9,7 @@ pub mod keystore;
 pub mod metrics;
 pub mod mountinfo;
 pub mod node;
+pub mod orphans;
 pub mod volume_id;
 
 /// The CSI messages and services (proto/csi.proto).

@@ -33,6 +33,14 @@ struct Cli {
     /// Controller: keep each volume's keys in a Secret of this namespace (in-cluster API access).
     #[arg(long, env = "SECRETS_NAMESPACE", conflicts_with = "keys_dir")]
     secrets_namespace: Option<String>,
+    /// Controller with Secrets: seconds between sweeps for orphaned volumes (a volume Secret
+    /// whose PersistentVolume is gone: its chain and Secret are deleted); 0 turns them off.
+    #[arg(long, default_value_t = 300)]
+    orphan_sweep: u64,
+    /// Controller with Secrets: a volume Secret younger than this many seconds is never an
+    /// orphan (its PersistentVolume may not exist yet).
+    #[arg(long, default_value_t = 900)]
+    orphan_grace: u64,
     /// Controller: keep each volume's keys in files of this directory (no Kubernetes).
     #[arg(long)]
     keys_dir: Option<PathBuf>,
@@ -80,16 +88,31 @@ async fn controller_service(cli: &Cli, metrics: Arc<Metrics>) -> Result<Controll
         None if cli.insecure_plaintext => None,
         None => bail!("give --ca FILE (the chain servers' CA), or --insecure-plaintext"),
     };
-    let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions {
-        endpoints: cli.servers.clone(),
-        ca_pem,
-        deadline: Duration::from_secs(30),
-    })?;
+    let client = Arc::new(ate::remote::RemoteClient::new(
+        ate::remote::RemoteOptions {
+            endpoints: cli.servers.clone(),
+            ca_pem,
+            deadline: Duration::from_secs(30),
+        },
+    )?);
     let store: Arc<dyn KeyStore> = match (&cli.secrets_namespace, &cli.keys_dir) {
         (Some(ns), _) => {
             let kube = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+            if cli.orphan_sweep > 0 {
+                let collector = csi_driver::orphans::OrphanCollector::new(
+                    kube.clone(),
+                    ns,
+                    Duration::from_secs(cli.orphan_grace),
+                );
+                tokio::spawn(sweep_orphans(
+                    collector,
+                    client.clone(),
+                    Duration::from_secs(cli.orphan_sweep),
+                    metrics.clone(),
+                ));
+            }
             Arc::new(SecretStore::new(kube, ns))
         }
         (None, Some(dir)) => Arc::new(
@@ -97,7 +120,32 @@ async fn controller_service(cli: &Cli, metrics: Arc<Metrics>) -> Result<Controll
         ),
         (None, None) => bail!("--controller needs --secrets-namespace NS or --keys-dir DIR"),
     };
-    Ok(ControllerService::new(Arc::new(client), store, metrics))
+    Ok(ControllerService::new(client, store, metrics))
+}
+
+/// Sweeps for orphaned volumes every `every`, for as long as the process runs.
+async fn sweep_orphans(
+    collector: csi_driver::orphans::OrphanCollector,
+    client: Arc<ate::remote::RemoteClient>,
+    every: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match collector.sweep(client.as_ref()).await {
+            Ok(s) => {
+                metrics.orphans_collected(s.collected.len() as u64);
+                tracing::debug!(
+                    seen = s.seen,
+                    collected = s.collected.len(),
+                    failed = s.failed,
+                    "orphan sweep"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "orphan sweep failed; retrying at the next"),
+        }
+    }
 }
 
 #[tokio::main]

@@ -18,6 +18,7 @@ type CallCounts = BTreeMap<(&'static str, &'static str), (u64, f64)>;
 pub struct Metrics {
     calls: Mutex<CallCounts>,
     daemon_failures: std::sync::atomic::AtomicU64,
+    orphans: std::sync::atomic::AtomicU64,
 }
 
 fn code_name(c: tonic::Code) -> &'static str {
@@ -58,6 +59,12 @@ impl Metrics {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Counts orphaned volumes collected.
+    pub fn orphans_collected(&self, n: u64) {
+        self.orphans
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The Prometheus text.
     pub fn render(&self) -> String {
         let mut o = String::new();
@@ -77,6 +84,7 @@ impl Metrics {
             );
         }
         let _ = writeln!(o, "# HELP atefs_csi_daemon_failures_total Mount daemons that died or failed to commit at unmount.\n# TYPE atefs_csi_daemon_failures_total counter\natefs_csi_daemon_failures_total {}", self.daemon_failures.load(std::sync::atomic::Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP atefs_csi_orphans_collected_total Volumes deleted because their PersistentVolume was gone.\n# TYPE atefs_csi_orphans_collected_total counter\natefs_csi_orphans_collected_total {}", self.orphans.load(std::sync::atomic::Ordering::Relaxed));
         let mounts = mountinfo::read()
             .map(|all| all.iter().filter(|m| mountinfo::is_atefs(m)).count())
             .unwrap_or(0);

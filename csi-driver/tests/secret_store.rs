@@ -1,6 +1,8 @@
 //! The controller's Secret store against a scripted Kubernetes API server (kube's client over a
 //! tower-test mock service): the requests it makes (method, path, labels, immutable Opaque
-//! Secret with the key envelope) and how it reads the answers, 404 and 409 included.
+//! Secret with the key envelope) and how it reads the answers, 404 and 409 included; and the
+//! orphan sweep's decisions (which volumes it collects, which it leaves, which it never asks
+//! about).
 #![allow(clippy::unwrap_used)]
 
 use csi_driver::keystore::{record_name, KeyStore, SecretStore, StoredVolume, VOLUME_ID_LABEL};
@@ -51,10 +53,15 @@ fn volume() -> StoredVolume {
 }
 
 fn secret_json(name: &str, v: &StoredVolume) -> Value {
+    secret_json_at(name, v, "2026-01-01T00:00:00Z")
+}
+
+fn secret_json_at(name: &str, v: &StoredVolume, created: &str) -> Value {
     use base64_like::encode;
     json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": record_name(name), "namespace": "atefs-system",
+                     "creationTimestamp": created,
                      "labels": {VOLUME_ID_LABEL: v.keys.chain.to_hex()},
                      "annotations": {"csi.atefs.io/volume-name": name}},
         "type": "Opaque",
@@ -208,4 +215,96 @@ fn record_names_are_valid_object_names() {
         );
     }
     assert_ne!(record_name("Upper"), record_name("upper2"));
+}
+
+/// Records what it was asked to delete.
+#[derive(Default)]
+struct Deleted(std::sync::Mutex<Vec<ate::ChainId>>);
+
+#[tonic::async_trait]
+impl csi_driver::orphans::ChainDeleter for Deleted {
+    async fn delete_chain(
+        &self,
+        chain: ate::ChainId,
+        _owner: &ate::SigningKey,
+    ) -> Result<(), ate::remote::RemoteError> {
+        self.0.lock().unwrap().push(chain);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn orphans_are_volumes_whose_pv_is_gone_and_that_are_past_the_grace_period() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let collector = csi_driver::orphans::OrphanCollector::new(
+        client,
+        "atefs-system",
+        std::time::Duration::from_secs(600),
+    );
+    let (kept, orphan, young) = (volume(), volume(), volume());
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let list = json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {},
+        "items": [secret_json("pvc-kept", &kept), secret_json("pvc-orphan", &orphan),
+                  secret_json_at("pvc-young", &young, &now)]});
+    let pv =
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pvc-kept"}});
+    let server = tokio::spawn(async move {
+        let mut seen = vec![];
+        seen.push(answer(&mut h, 200, list).await);
+        seen.push(answer(&mut h, 200, pv).await);
+        seen.push(answer(&mut h, 404, status(404, "NotFound")).await);
+        seen.push(
+            answer(
+                &mut h,
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+            )
+            .await,
+        );
+        seen
+    });
+    let deleted = Deleted::default();
+    let sweep = collector.sweep(&deleted).await.unwrap();
+    assert_eq!(sweep.seen, 3);
+    assert_eq!(sweep.collected, vec!["pvc-orphan".to_string()]);
+    assert_eq!(sweep.failed, 0);
+    assert_eq!(
+        *deleted.0.lock().unwrap(),
+        vec![orphan.keys.chain],
+        "only the orphan's chain"
+    );
+    let seen = server.await.unwrap();
+    let calls: Vec<(String, String)> = seen
+        .into_iter()
+        .map(|(m, u, _)| (m, u.trim_end_matches('?').to_string()))
+        .collect();
+    assert!(
+        calls[0]
+            .1
+            .starts_with("/api/v1/namespaces/atefs-system/secrets?"),
+        "{calls:?}"
+    );
+    assert!(
+        calls[0]
+            .1
+            .contains("labelSelector=csi.atefs.io%2Fvolume-id"),
+        "{calls:?}"
+    );
+    assert_eq!(
+        calls[1],
+        ("GET".into(), "/api/v1/persistentvolumes/pvc-kept".into())
+    );
+    assert_eq!(
+        calls[2],
+        ("GET".into(), "/api/v1/persistentvolumes/pvc-orphan".into())
+    );
+    assert_eq!(
+        calls[3],
+        (
+            "DELETE".into(),
+            "/api/v1/namespaces/atefs-system/secrets/atefs-pvc-orphan".into()
+        )
+    );
+    // The young one was not even looked up: no fifth request.
 }
