@@ -59,10 +59,18 @@ impl Mounted {
         m
     }
 
-    /// Unmounts cleanly and checks the daemon exited with success.
+    /// Unmounts cleanly and checks the daemon exited with success. A mount some process still
+    /// uses (EBUSY) is reported with the processes that hold it, and tried again while they
+    /// go away (once in CI: an unknown short-lived holder; the report names it next time).
     pub fn unmount(mut self) {
-        let st = Command::new("umount").arg(&self.dir).status().unwrap();
-        assert!(st.success(), "umount failed");
+        let mut tries = 0;
+        while !Command::new("umount").arg(&self.dir).status().unwrap().success() {
+            let holders = holders_of(&self.dir);
+            eprintln!("umount {}: busy; held by {holders:?}", self.dir.display());
+            tries += 1;
+            assert!(tries < 50, "umount failed: still held by {holders:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let exit = self.child.take().unwrap().wait().unwrap();
         assert!(exit.success(), "daemon exited with {exit}");
     }
@@ -135,6 +143,33 @@ impl Mounted {
         }
         let _ = std::fs::write(base.join(conn).join("abort"), "1");
     }
+}
+
+/// Processes with a working directory, root or open file under `dir`: (pid, command, path).
+fn holders_of(dir: &Path) -> Vec<(String, String, PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+        let mut links: Vec<PathBuf> = ["cwd", "root"].iter().map(|l| p.path().join(l)).collect();
+        if let Ok(fds) = std::fs::read_dir(p.path().join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        for l in links {
+            if let Ok(target) = std::fs::read_link(&l) {
+                if target.starts_with(dir) {
+                    out.push((pid.clone(), comm.trim().to_string(), target));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Sends `child` the signal `sig` (as kill(1) names it, e.g. "-TERM").
