@@ -64,7 +64,12 @@ impl Mounted {
     /// go away (once in CI: an unknown short-lived holder; the report names it next time).
     pub fn unmount(mut self) {
         let mut tries = 0;
-        while !Command::new("umount").arg(&self.dir).status().unwrap().success() {
+        while !Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .unwrap()
+            .success()
+        {
             let holders = holders_of(&self.dir);
             eprintln!("umount {}: busy; held by {holders:?}", self.dir.display());
             tries += 1;
