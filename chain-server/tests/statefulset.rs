@@ -124,5 +124,26 @@ fn identical_pods_named_by_host_name_form_one_cluster_once() {
     .unwrap();
     let (chain, _owner, genesis) = common::new_chain();
     rt.block_on(client.create(chain, 1 << 20, genesis)).unwrap();
-    assert!(rt.block_on(client.barrier(chain)).unwrap() >= 1);
+    let index = rt.block_on(client.barrier(chain)).unwrap();
+    assert!(index >= 1);
+
+    // Pod 0 loses its volume: with --bootstrap-first it starts "fresh" again.
+    pods.stop(0);
+    std::fs::remove_dir_all(pods.dir.path().join("data-0")).unwrap();
+    pods.start(0);
+    for i in 0..3 {
+        pods.wait_ready(i);
+    }
+    assert!(
+        rt.block_on(client.barrier(chain)).unwrap() >= index,
+        "the chain survives"
+    );
+    let (chain2, _owner2, genesis2) = common::new_chain();
+    rt.block_on(client.create(chain2, 1 << 20, genesis2))
+        .unwrap();
+    // And pod 0 alone with one other still commits (it holds the log again).
+    pods.stop(1);
+    let (chain3, _o3, g3) = common::new_chain();
+    rt.block_on(client.create(chain3, 1 << 20, g3)).unwrap();
+    assert!(rt.block_on(client.barrier(chain)).unwrap() >= index);
 }
