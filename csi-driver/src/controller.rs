@@ -4,13 +4,12 @@
 //! after any failure finds the same keys and finishes the job.
 
 use crate::capability::check_capability;
+use crate::in_flight::InFlight;
 use crate::keystore::{KeyStore, StoreError, StoredVolume};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::volume_id::VolumeId;
 use ate::remote::{RemoteClient, RemoteError};
-use parking_lot::Mutex;
-use std::collections::HashSet;
 use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 
@@ -23,19 +22,8 @@ pub struct ControllerService {
     client: Arc<RemoteClient>,
     store: Arc<dyn KeyStore>,
     metrics: Arc<Metrics>,
-    busy: Arc<Mutex<HashSet<String>>>,
-}
-
-/// Holds a name's slot in `busy` for the length of a call.
-struct Busy {
-    set: Arc<Mutex<HashSet<String>>>,
-    key: String,
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.set.lock().remove(&self.key);
-    }
+    /// Volume names and ids with a call in progress.
+    busy: InFlight,
 }
 
 fn store_error(e: StoreError) -> Status {
@@ -96,20 +84,8 @@ impl ControllerService {
             client,
             store,
             metrics,
-            busy: Arc::new(Mutex::new(HashSet::new())),
+            busy: InFlight::default(),
         }
-    }
-
-    fn claim(&self, key: &str) -> Result<Busy, Status> {
-        if !self.busy.lock().insert(key.to_string()) {
-            return Err(Status::aborted(format!(
-                "an operation on {key} is in progress"
-            )));
-        }
-        Ok(Busy {
-            set: self.busy.clone(),
-            key: key.to_string(),
-        })
     }
 
     async fn create(&self, r: pb::CreateVolumeRequest) -> Result<pb::CreateVolumeResponse, Status> {
@@ -128,7 +104,7 @@ impl ControllerService {
             ));
         }
         let want = capacity(r.capacity_range.as_ref())?;
-        let _busy = self.claim(&format!("volume name {}", r.name))?;
+        let _busy = self.busy.claim(format!("volume name {}", r.name))?;
         let v = match self.store.get(&r.name).await.map_err(store_error)? {
             Some(v) if fits(&v, r.capacity_range.as_ref()) => v,
             Some(v) => {
@@ -175,7 +151,7 @@ impl ControllerService {
 
     async fn delete(&self, r: pb::DeleteVolumeRequest) -> Result<pb::DeleteVolumeResponse, Status> {
         let id = VolumeId::parse(&r.volume_id)?;
-        let _busy = self.claim(&format!("volume {id}"))?;
+        let _busy = self.busy.claim(format!("volume {id}"))?;
         let Some(name) = self.store.find(&id).await.map_err(store_error)? else {
             return Ok(pb::DeleteVolumeResponse {});
         };

@@ -5,6 +5,7 @@ pub mod capability;
 pub mod controller;
 pub mod daemon;
 pub mod identity;
+pub mod in_flight;
 pub mod keystore;
 pub mod metrics;
 pub mod mountinfo;

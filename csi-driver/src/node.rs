@@ -5,14 +5,14 @@
 
 use crate::capability::check_capability;
 use crate::daemon::{log_tail, Daemons, MountSpec};
+use crate::in_flight::InFlight;
 use crate::metrics::Metrics;
 use crate::mountinfo::{self, MountEntry};
 use crate::pb;
 use crate::pb::volume_capability::access_mode::Mode;
 use crate::pb::volume_capability::AccessType;
 use crate::volume_id::{parse_keys, VolumeId};
-use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,21 +45,8 @@ pub struct NodeService {
     cfg: NodeConfig,
     daemons: Daemons,
     metrics: Arc<Metrics>,
-    /// Volumes with a call in progress: a second call for one gets ABORTED (the spec's answer;
-    /// kubelet retries).
-    busy: Arc<Mutex<HashSet<String>>>,
-}
-
-/// Holds a volume's slot in `busy` for the length of a call.
-struct Busy {
-    set: Arc<Mutex<HashSet<String>>>,
-    id: String,
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.set.lock().remove(&self.id);
-    }
+    /// Volumes with a call in progress.
+    busy: InFlight,
 }
 
 fn required<'a>(v: &'a str, what: &str) -> Result<&'a str, Status> {
@@ -114,7 +101,7 @@ impl NodeService {
             daemons: Daemons::new(cfg.atefs_bin.clone()),
             cfg,
             metrics,
-            busy: Arc::new(Mutex::new(HashSet::new())),
+            busy: InFlight::default(),
         }
     }
 
@@ -124,18 +111,6 @@ impl NodeService {
         call: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
         crate::metrics::observe(&self.metrics, method, call).await
-    }
-
-    fn claim(&self, id: &str) -> Result<Busy, Status> {
-        if !self.busy.lock().insert(id.to_string()) {
-            return Err(Status::aborted(format!(
-                "an operation on volume {id} is in progress"
-            )));
-        }
-        Ok(Busy {
-            set: self.busy.clone(),
-            id: id.to_string(),
-        })
     }
 
     fn volume_dir(&self, id: &VolumeId) -> PathBuf {
@@ -204,7 +179,7 @@ impl NodeService {
         let id = VolumeId::parse(&r.volume_id)?;
         let dir = absolute(&r.staging_target_path, "staging_target_path")?;
         let mode = check_capability(r.volume_capability.as_ref())?;
-        let _busy = self.claim(&r.volume_id)?;
+        let _busy = self.busy.claim(format!("volume {id}"))?;
         if let Some(m) = mountinfo::at(&dir).map_err(|e| internal("reading mountinfo", e))? {
             if mountinfo::is_atefs(&m) && self.staged_here(&id, &dir) {
                 return Ok(());
@@ -271,7 +246,7 @@ impl NodeService {
     async fn unstage(&self, r: pb::NodeUnstageVolumeRequest) -> Result<(), Status> {
         let id = VolumeId::parse(&r.volume_id)?;
         let dir = absolute(&r.staging_target_path, "staging_target_path")?;
-        let _busy = self.claim(&r.volume_id)?;
+        let _busy = self.busy.claim(format!("volume {id}"))?;
         let state = self.volume_dir(&id);
         let all = mountinfo::read().map_err(|e| internal("reading mountinfo", e))?;
         if let Some(m) = all.iter().rev().find(|m| m.mount_point == dir) {
@@ -343,7 +318,7 @@ impl NodeService {
             flags |= rustix::mount::MountFlags::RDONLY;
         }
         let read_only = flags.contains(rustix::mount::MountFlags::RDONLY);
-        let _busy = self.claim(&r.volume_id)?;
+        let _busy = self.busy.claim(format!("volume {id}"))?;
         let all = mountinfo::read().map_err(|e| internal("reading mountinfo", e))?;
         let Some(staged) = all
             .iter()
@@ -399,7 +374,7 @@ impl NodeService {
     async fn unpublish(&self, r: pb::NodeUnpublishVolumeRequest) -> Result<(), Status> {
         let id = VolumeId::parse(&r.volume_id)?;
         let target = absolute(&r.target_path, "target_path")?;
-        let _busy = self.claim(&r.volume_id)?;
+        let _busy = self.busy.claim(format!("volume {id}"))?;
         // A target published twice has two mounts stacked on it.
         while let Some(m) = mountinfo::at(&target).map_err(|e| internal("reading mountinfo", e))? {
             if !mountinfo::is_atefs(&m) {
