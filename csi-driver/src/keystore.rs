@@ -3,7 +3,7 @@
 //! without an API server). Records are found by the CSI volume name (CreateVolume's idempotency
 //! key) and by volume id (DeleteVolume's only argument).
 
-use crate::volume_id::{VolumeId, KEY_ENVELOPE};
+use crate::volume_id::{envelope_from_hex, envelope_to_hex, EnvelopeError, VolumeId, KEY_ENVELOPE};
 use ate::KeyFile;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -69,7 +69,10 @@ pub fn record_name(name: &str) -> String {
 
 fn encode(v: &StoredVolume) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (KEY_ENVELOPE.to_string(), hex::encode(&*v.keys.encode())),
+        (
+            KEY_ENVELOPE.to_string(),
+            envelope_to_hex(&v.keys).to_string(),
+        ),
         (CAPACITY.to_string(), v.capacity.to_string()),
     ])
 }
@@ -79,8 +82,10 @@ fn decode(what: &str, data: &BTreeMap<String, String>) -> Result<StoredVolume, S
     let hex = data
         .get(KEY_ENVELOPE)
         .ok_or_else(|| bad("no key envelope"))?;
-    let bytes = zeroize::Zeroizing::new(hex::decode(hex).map_err(|_| bad("key envelope not hex"))?);
-    let keys = KeyFile::decode(&bytes).map_err(|e| bad(&e.to_string()))?;
+    let keys = envelope_from_hex(hex).map_err(|e| match e {
+        EnvelopeError::NotHex => bad("key envelope not hex"),
+        EnvelopeError::Invalid(e) => bad(&e.to_string()),
+    })?;
     let capacity = data
         .get(CAPACITY)
         .and_then(|c| c.parse().ok())

@@ -5,7 +5,7 @@
 
 use crate::keystore::{StoreError, VOLUME_ID_LABEL};
 use ate::remote::{RemoteClient, RemoteError};
-use ate::{ChainId, KeyFile, SigningKey};
+use ate::{ChainId, SigningKey};
 use k8s_openapi::api::core::v1::{PersistentVolume, Secret};
 use kube::api::{Api, ListParams};
 use std::time::Duration;
@@ -97,9 +97,8 @@ impl OrphanCollector {
                 .data
                 .as_ref()
                 .and_then(|d| d.get(crate::volume_id::KEY_ENVELOPE))
-                .and_then(|v| hex::decode(&v.0).ok())
-                .map(zeroize::Zeroizing::new)
-                .and_then(|b| KeyFile::decode(&b).ok());
+                .and_then(|v| std::str::from_utf8(&v.0).ok())
+                .and_then(|hex| crate::volume_id::envelope_from_hex(hex).ok());
             let Some(keys) = keys else {
                 tracing::warn!(secret = %secret_name, "orphaned volume Secret without a valid key envelope; left for an operator");
                 out.failed += 1;

@@ -36,6 +36,28 @@ impl std::fmt::Display for VolumeId {
     }
 }
 
+/// Why a hex key envelope could not be read (never quoting it).
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Not hex.
+    #[error("not hex")]
+    NotHex,
+    /// Hex, but not an envelope (length, magic, checksum, ...).
+    #[error("not a key envelope: {0}")]
+    Invalid(ate::codec::DecodeError),
+}
+
+/// A key envelope as secrets hold it: hex (CSI secrets are strings; the envelope is binary).
+pub fn envelope_to_hex(keys: &KeyFile) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(hex::encode(&*keys.encode()))
+}
+
+/// The key envelope in `hex` (the plain bytes are zeroed after decoding).
+pub fn envelope_from_hex(hex: &str) -> Result<KeyFile, EnvelopeError> {
+    let bytes = zeroize::Zeroizing::new(hex::decode(hex).map_err(|_| EnvelopeError::NotHex)?);
+    KeyFile::decode(&bytes).map_err(EnvelopeError::Invalid)
+}
+
 /// The key envelope of `id` from the node-stage secrets. Never echoes the secret.
 pub fn parse_keys(secrets: &HashMap<String, String>, id: &VolumeId) -> Result<KeyFile, Status> {
     let hex = secrets.get(KEY_ENVELOPE).ok_or_else(|| {
@@ -43,14 +65,8 @@ pub fn parse_keys(secrets: &HashMap<String, String>, id: &VolumeId) -> Result<Ke
             "the node-stage secret has no {KEY_ENVELOPE} entry (the StorageClass must name the volume's Secret: csi.storage.k8s.io/node-stage-secret-name)"
         ))
     })?;
-    let bytes = zeroize::Zeroizing::new(hex::decode(hex.trim()).map_err(|_| {
-        Status::invalid_argument(format!("the secret's {KEY_ENVELOPE} is not hex"))
-    })?);
-    let keys = KeyFile::decode(&bytes).map_err(|e| {
-        Status::invalid_argument(format!(
-            "the secret's {KEY_ENVELOPE} is not a key envelope: {e}"
-        ))
-    })?;
+    let keys = envelope_from_hex(hex.trim())
+        .map_err(|e| Status::invalid_argument(format!("the secret's {KEY_ENVELOPE} is {e}")))?;
     if keys.chain != id.0 {
         return Err(Status::invalid_argument(format!(
             "the secret's key envelope is for chain {}, not volume {id}",
@@ -65,7 +81,7 @@ mod tests {
     use super::*;
 
     fn secrets(k: &KeyFile) -> HashMap<String, String> {
-        HashMap::from([(KEY_ENVELOPE.to_string(), hex::encode(&*k.encode()))])
+        HashMap::from([(KEY_ENVELOPE.to_string(), envelope_to_hex(k).to_string())])
     }
 
     #[test]

@@ -65,7 +65,7 @@ fn secret_json_at(name: &str, v: &StoredVolume, created: &str) -> Value {
                      "labels": {VOLUME_ID_LABEL: v.keys.chain.to_hex()},
                      "annotations": {"csi.atefs.io/volume-name": name}},
         "type": "Opaque",
-        "data": {KEY_ENVELOPE: encode(hex::encode(&*v.keys.encode()).as_bytes()),
+        "data": {KEY_ENVELOPE: encode(csi_driver::volume_id::envelope_to_hex(&v.keys).to_string().as_bytes()),
                  "capacityBytes": encode(v.capacity.to_string().as_bytes())}
     })
 }
@@ -127,7 +127,7 @@ async fn create_writes_an_immutable_labelled_secret_and_a_conflict_is_not_an_err
     assert_eq!(body["type"], "Opaque");
     assert_eq!(
         body["stringData"][KEY_ENVELOPE],
-        hex::encode(&*v.keys.encode())
+        csi_driver::volume_id::envelope_to_hex(&v.keys).to_string()
     );
     assert_eq!(
         body["stringData"]["capacityBytes"],

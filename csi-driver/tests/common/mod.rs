@@ -229,7 +229,7 @@ pub fn new_volume() -> (String, std::collections::HashMap<String, String>) {
         k.chain.to_hex(),
         std::collections::HashMap::from([(
             csi_driver::volume_id::KEY_ENVELOPE.to_string(),
-            hex::encode(&*k.encode()),
+            csi_driver::volume_id::envelope_to_hex(&k).to_string(),
         )]),
     )
 }
