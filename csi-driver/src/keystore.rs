@@ -186,6 +186,17 @@ impl KeyStore for SecretStore {
     }
 }
 
+/// Creates `dir` and its missing parents with mode 0700 (only their owner may enter: they hold
+/// key envelopes), and sets 0700 on `dir` should it exist already.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Records as files (mode 0600) in a directory: one per volume, named as its Secret would be.
 #[derive(Debug)]
 pub struct DirStore {
@@ -195,11 +206,7 @@ pub struct DirStore {
 impl DirStore {
     /// Records in `dir` (created, mode 0700).
     pub fn new(dir: PathBuf) -> std::io::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
+        create_private_dir(&dir)?;
         Ok(Self { dir })
     }
 

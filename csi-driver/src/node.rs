@@ -6,6 +6,7 @@
 use crate::capability::check_capability;
 use crate::daemon::{log_tail, Daemons, MountSpec};
 use crate::in_flight::InFlight;
+use crate::keystore::create_private_dir;
 use crate::metrics::Metrics;
 use crate::mountinfo::{self, MountEntry};
 use crate::pb;
@@ -447,22 +448,6 @@ impl NodeService {
             }),
         })
     }
-}
-
-/// A directory only root may enter (it holds key envelopes).
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)?;
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 #[tonic::async_trait]
