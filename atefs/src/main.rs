@@ -207,20 +207,11 @@ fn open_volume(data: &Path, quota: u64, remote: &RemoteArgs) -> Result<atefs::vo
             key_path.display()
         )
     })?;
-    let ca_pem = match (&remote.ca, remote.insecure_plaintext) {
-        (Some(ca), _) => {
-            Some(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?)
-        }
-        (None, true) => None,
-        (None, false) => {
-            bail!("give --ca FILE (the cluster's CA certificate), or --insecure-plaintext")
-        }
-    };
-    let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions {
-        endpoints: remote.server.clone(),
-        ca_pem,
-        deadline: std::time::Duration::from_secs(30),
-    })?;
+    let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions::from_flags(
+        remote.server.clone(),
+        remote.ca.as_deref(),
+        remote.insecure_plaintext,
+    )?)?;
     atefs::volume::open_remote(data, keys, client, quota).with_context(|| {
         format!(
             "opening chain of {} on {}",

@@ -83,17 +83,12 @@ async fn controller_service(cli: &Cli, metrics: Arc<Metrics>) -> Result<Controll
     if cli.servers.is_empty() {
         bail!("--controller needs --servers");
     }
-    let ca_pem = match &cli.ca {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
-        None if cli.insecure_plaintext => None,
-        None => bail!("give --ca FILE (the chain servers' CA), or --insecure-plaintext"),
-    };
     let client = Arc::new(ate::remote::RemoteClient::new(
-        ate::remote::RemoteOptions {
-            endpoints: cli.servers.clone(),
-            ca_pem,
-            deadline: Duration::from_secs(30),
-        },
+        ate::remote::RemoteOptions::from_flags(
+            cli.servers.clone(),
+            cli.ca.as_deref(),
+            cli.insecure_plaintext,
+        )?,
     )?);
     let store: Arc<dyn KeyStore> = match (&cli.secrets_namespace, &cli.keys_dir) {
         (Some(ns), _) => {

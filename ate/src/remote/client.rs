@@ -39,6 +39,47 @@ pub struct RemoteOptions {
     pub deadline: Duration,
 }
 
+/// Why a cluster's CA certificate could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// The file named could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Neither a CA nor plaintext was asked for.
+    #[error("give --ca FILE (the cluster's CA certificate), or --insecure-plaintext")]
+    Missing,
+}
+
+impl RemoteOptions {
+    /// Options for `endpoints` with the CA in the file `ca` (PEM), or none with
+    /// `insecure_plaintext`: the choice every command-line client offers. A call keeps
+    /// retrying for 30 s.
+    pub fn from_flags(
+        endpoints: Vec<String>,
+        ca: Option<&std::path::Path>,
+        insecure_plaintext: bool,
+    ) -> Result<Self, CaError> {
+        let ca_pem = match (ca, insecure_plaintext) {
+            (Some(p), _) => Some(std::fs::read(p).map_err(|source| CaError::Read {
+                path: p.display().to_string(),
+                source,
+            })?),
+            (None, true) => None,
+            (None, false) => return Err(CaError::Missing),
+        };
+        Ok(Self {
+            endpoints,
+            ca_pem,
+            deadline: Duration::from_secs(30),
+        })
+    }
+}
+
 /// Why a remote call failed.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum RemoteError {

@@ -55,7 +55,7 @@ fn proof_digest(context: &[u8], chain: &ChainId, nonce: &[u8], n: u64) -> [u8; 3
 mod client;
 pub mod codec;
 pub use client::{
-    Event, RemoteClient, RemoteError, RemoteOptions, Session, Subscription, LEADER_HEADER,
+    CaError, Event, RemoteClient, RemoteError, RemoteOptions, Session, Subscription, LEADER_HEADER,
     SERVER_NAME,
 };
 

@@ -2,11 +2,9 @@
 //! commit signed transactions of `--size` sealed bytes back to back for `--seconds`; prints
 //! throughput and latency percentiles as `metric value unit` lines.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ate::remote::{RemoteClient, RemoteOptions};
-use ate::{
-    ChainId, DataKey, Op, RecordKey, RootAuthority, SigningKey, Transaction, WriteAuthority,
-};
+use ate::{ChainId, DataKey, Op, RecordKey, SigningKey, Transaction, WriteAuthority};
 use clap::Parser;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,21 +32,15 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Runtime::new()?;
-    let ca_pem = match &args.ca {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
-        None => None,
-    };
-    let client = Arc::new(RemoteClient::new(RemoteOptions {
-        endpoints: args.server.clone(),
-        ca_pem,
-        deadline: Duration::from_secs(30),
-    })?);
+    // Plaintext unless a CA is given.
+    let client = Arc::new(RemoteClient::new(RemoteOptions::from_flags(
+        args.server.clone(),
+        args.ca.as_deref(),
+        args.ca.is_none(),
+    )?)?);
     let owner = SigningKey::generate();
     let chain = ChainId::random();
-    let mut g = Transaction::new(chain, owner.public());
-    g.ops
-        .push(Op::SetRoot(RootAuthority::single_owner(owner.public())));
-    rt.block_on(client.create(chain, u64::MAX, g.sign(&owner).encode()))?;
+    rt.block_on(client.create(chain, u64::MAX, ate::remote::genesis(chain, &owner)))?;
     let data = DataKey::generate();
     let payload = vec![0x5a; args.size];
     let until = Instant::now() + Duration::from_secs(args.seconds);
