@@ -46,6 +46,9 @@ pub struct FsOptions {
     pub max_inflight: usize,
     /// Volume quota in bytes (statfs reports it; writes beyond it fail with ENOSPC).
     pub quota_bytes: u64,
+    /// Where the quota is read again while mounted (a shared volume's chain quota, which its
+    /// owner may raise); without one, `quota_bytes` is fixed.
+    pub quota_source: Option<std::sync::Arc<dyn crate::quota::QuotaSource>>,
     /// Wait for every namespace commit before replying. Needed when other writers share the
     /// chain (their conflicting change makes our commit fail, which must reach the caller as
     /// EEXIST); an embedded volume has one writer by construction and queues instead.
@@ -72,6 +75,7 @@ impl Default for FsOptions {
             flush_bytes: 8 << 20,
             max_inflight: 16 << 20,
             quota_bytes: 1 << 40,
+            quota_source: None,
             sync_namespace: false,
             cache_bytes: 64 << 20,
             remote: false,
@@ -183,6 +187,7 @@ pub struct AteFs {
     keyfile: KeyFile,
     keys: Keys,
     opts: FsOptions,
+    quota: crate::quota::Quota,
     state: Mutex<State>,
     /// Decrypted committed blocks, bounded by `FsOptions::cache_bytes`. Taken after `state`.
     cache: Mutex<block_cache::BlockCache>,
@@ -218,11 +223,13 @@ impl AteFs {
         let keys = Keys::new(keyfile.names.clone());
         let blocks = (opts.cache_bytes / opts.block_size.max(1)).max(1);
         let cap = std::num::NonZeroUsize::new(blocks).unwrap_or(std::num::NonZeroUsize::MIN);
+        let quota = crate::quota::Quota::new(opts.quota_bytes, opts.quota_source.clone());
         let mut fs = Self {
             chain,
             keyfile,
             keys,
             opts,
+            quota,
             state: Mutex::new(State {
                 next_fh: 1,
                 ..Default::default()
@@ -1289,7 +1296,7 @@ impl AteFs {
             return Err(FsError::TooBig);
         }
         let grow = end.saturating_sub(self.node(&mut st, ino)?.attr.size);
-        if grow > 0 && self.chain.disk_bytes() + grow > self.opts.quota_bytes {
+        if grow > 0 && !self.quota.fits(self.chain.disk_bytes(), grow) {
             return Err(FsError::NoSpace);
         }
         let mut pos = offset;
@@ -1831,7 +1838,7 @@ impl AteFs {
     /// Volume usage: (total bytes, used bytes, inodes used).
     pub fn statfs(&self) -> (u64, u64, u64) {
         let s = self.chain.stats();
-        (self.opts.quota_bytes, s.bytes, s.live as u64)
+        (self.quota.fresh(), s.bytes, s.live as u64)
     }
 
     /// Block size (statfs and st_blksize).

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod gather;
+pub mod quota;
 pub mod records;
 pub mod volume;
 

@@ -36,7 +36,9 @@ enum Cmd {
         /// Stay in the foreground until unmounted or interrupted (SIGINT/SIGTERM unmount).
         #[arg(long, short)]
         foreground: bool,
-        /// Quota in bytes reported by statfs; writes beyond it fail with ENOSPC.
+        /// Quota in bytes reported by statfs; writes beyond it fail with ENOSPC. With
+        /// --server, the quota of a chain this mount creates; an existing chain's quota is
+        /// the cluster's, followed while mounted (its owner may raise it).
         #[arg(long, default_value_t = 1 << 40)]
         quota: u64,
         /// FUSE worker threads.
@@ -249,8 +251,19 @@ fn mount_foreground(
             umask: 0,
         }
     };
+    // A shared volume's size is its chain's quota on the cluster, read now and again while
+    // mounted (atefs::quota).
+    let quota_source = vol
+        .remote
+        .as_ref()
+        .map(|r| Arc::new(r.quota_reader()) as Arc<dyn atefs::quota::QuotaSource>);
+    let quota = quota_source
+        .as_ref()
+        .and_then(|s| s.read())
+        .unwrap_or(quota);
     let opts = FsOptions {
         quota_bytes: quota,
+        quota_source,
         remote: vol.remote.is_some() && !remote.exclusive,
         writer_lease: vol.remote.is_some() && remote.exclusive,
         // A commit through the cluster is answered after a replication round trip: keep

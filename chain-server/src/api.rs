@@ -8,7 +8,8 @@ use crate::pb::chain::chains_server::Chains;
 use crate::pb::chain::{
     BarrierReply, ChainRef, ChallengeReply, ChallengeRequest, CommitBatchReply, CommitBatchRequest,
     CommitReply, CommitRequest, CommitResult, CreateRequest, DeleteReply, DeleteRequest,
-    FetchSnapshotRequest, InfoReply, SnapshotChunk, SubscribeEvent, SubscribeRequest,
+    FetchSnapshotRequest, InfoReply, SetQuotaReply, SetQuotaRequest, SnapshotChunk, SubscribeEvent,
+    SubscribeRequest,
 };
 use crate::state_machine::refusal_of;
 use crate::types::{Command, Outcome, Refusal};
@@ -135,6 +136,7 @@ fn refused(kind: Refusal, reason: String) -> Status {
         Refusal::NoChain => Status::not_found(reason),
         Refusal::Exists => Status::already_exists(reason),
         Refusal::Quota => Status::resource_exhausted(reason),
+        Refusal::BelowUsage => Status::out_of_range(reason),
     }
 }
 
@@ -347,6 +349,23 @@ impl Api {
         Ok(sk.hash)
     }
 
+    /// Waits until this node is the partition's confirmed leader and has applied everything
+    /// committed before the call (openraft's read index), so that what is read next is not
+    /// stale: a leader fresh from a restart or an election applies the log after it wins,
+    /// and until then it would answer NOT_FOUND for chains that exist.
+    async fn linearize(&self, p: &Partition) -> Result<(), Status> {
+        let r = tokio::time::timeout(QUORUM_WAIT, p.raft.ensure_linearizable())
+            .await
+            .map_err(|_| Status::unavailable("no quorum confirmed the leadership in time"))?;
+        match r {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(self.redirect(f.leader_id))
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
     fn take_nonce(&self, nonce: &[u8]) -> Result<(), Status> {
         let n: [u8; 32] = nonce
             .try_into()
@@ -494,6 +513,7 @@ impl Chains for Api {
         let req = req.into_inner();
         let chain = chain_id(&req.chain)?;
         let p = self.node.partition(&chain);
+        self.linearize(p).await?;
         self.check_proof(
             p,
             chain,
@@ -505,6 +525,37 @@ impl Chains for Api {
         )?;
         self.propose(p, Command::Delete { chain: chain.0 }).await?;
         Ok(Response::new(DeleteReply {}))
+    }
+
+    async fn set_quota(
+        &self,
+        req: Request<SetQuotaRequest>,
+    ) -> Result<Response<SetQuotaReply>, Status> {
+        let req = req.into_inner();
+        let chain = chain_id(&req.chain)?;
+        let p = self.node.partition(&chain);
+        self.linearize(p).await?;
+        self.check_proof(
+            p,
+            chain,
+            &req.nonce,
+            &req.owner_key,
+            &req.signature,
+            &ate::remote::quota_digest(&chain, &req.nonce, req.quota_bytes),
+            (ate::RootAuthority::is_owner, "an owner"),
+        )?;
+        let quota = req.quota_bytes;
+        self.propose(
+            p,
+            Command::SetQuota {
+                chain: chain.0,
+                quota,
+            },
+        )
+        .await?;
+        // Read after the apply: what the chain holds under its new quota.
+        let used_bytes = p.sm.with_chain(&chain, |c| c.used).unwrap_or(0);
+        Ok(Response::new(SetQuotaReply { used_bytes }))
     }
 
     async fn commit(&self, req: Request<CommitRequest>) -> Result<Response<CommitReply>, Status> {
@@ -598,6 +649,7 @@ impl Chains for Api {
         let p = self.node.partition(&chain).clone();
         let proof = (&req.nonce[..], &req.reader_key[..], &req.signature[..]);
         let digest = ate::remote::subscribe_digest(&chain, &req.nonce, req.from_index);
+        self.linearize(&p).await?;
         self.check_reader(&p, chain, proof, &digest)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let from = req.from_index.max(1);
@@ -617,6 +669,7 @@ impl Chains for Api {
         let chain = chain_id(&req.chain)?;
         let p = self.node.partition(&chain);
         let proof = (&req.nonce[..], &req.reader_key[..], &req.signature[..]);
+        self.linearize(p).await?;
         self.check_reader(
             p,
             chain,
@@ -641,16 +694,7 @@ impl Chains for Api {
     async fn barrier(&self, req: Request<ChainRef>) -> Result<Response<BarrierReply>, Status> {
         let chain = chain_id(&req.into_inner().chain)?;
         let p = self.node.partition(&chain);
-        let r = tokio::time::timeout(QUORUM_WAIT, p.raft.ensure_linearizable())
-            .await
-            .map_err(|_| Status::unavailable("no quorum confirmed the leadership in time"))?;
-        match r {
-            Ok(_) => {}
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                return Err(self.redirect(f.leader_id))
-            }
-            Err(e) => return Err(Status::unavailable(e.to_string())),
-        }
+        self.linearize(p).await?;
         let index =
             p.sm.with_chain(&chain, |c| c.index)
                 .ok_or_else(|| Status::not_found(format!("no chain {chain}")))?;
@@ -660,6 +704,7 @@ impl Chains for Api {
     async fn info(&self, req: Request<ChainRef>) -> Result<Response<InfoReply>, Status> {
         let chain = chain_id(&req.into_inner().chain)?;
         let p = self.node.partition(&chain);
+        self.linearize(p).await?;
         let leader = p.raft.metrics().borrow().current_leader.unwrap_or(0);
         p.sm.with_chain(&chain, |c| InfoReply {
             index: c.index,

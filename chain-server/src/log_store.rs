@@ -98,6 +98,7 @@ enum Stored {
     Delete { chain: [u8; 16] },
     // Last, so the variants before it keep their encoding (logs written before it existed).
     CommitFrom { chain: [u8; 16], session: [u8; 16] },
+    SetQuota { chain: [u8; 16], quota: u64 },
 }
 
 /// What `raft-meta` holds.
@@ -282,6 +283,13 @@ fn entry_parts(e: &Entry) -> Result<(Vec<u8>, &[u8]), postcard::Error> {
             ),
         },
         EntryPayload::Normal(Command::Delete { chain }) => (Stored::Delete { chain: *chain }, &[]),
+        EntryPayload::Normal(Command::SetQuota { chain, quota }) => (
+            Stored::SetQuota {
+                chain: *chain,
+                quota: *quota,
+            },
+            &[],
+        ),
     };
     let meta = postcard::to_stdvec(&(e.log_id, stored))?;
     let mut head = Vec::with_capacity(4 + meta.len());
@@ -318,6 +326,9 @@ fn entry_of(log_id: LogId, stored: Stored, tx: bytes::Bytes) -> Entry {
             session: Some(session),
         }),
         Stored::Delete { chain } => EntryPayload::Normal(Command::Delete { chain }),
+        Stored::SetQuota { chain, quota } => {
+            EntryPayload::Normal(Command::SetQuota { chain, quota })
+        }
     };
     Entry { log_id, payload }
 }

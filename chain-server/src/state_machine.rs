@@ -424,6 +424,24 @@ impl Inner {
                     reason: format!("no chain {}", ChainId(chain)),
                 },
             },
+            Command::SetQuota { chain, quota } => match self.chains.get_mut(&ChainId(chain)) {
+                Some(c) if quota < c.used => Outcome::Refused {
+                    kind: Refusal::BelowUsage,
+                    reason: format!(
+                        "chain {} holds {} bytes, more than a quota of {quota}",
+                        ChainId(chain),
+                        c.used
+                    ),
+                },
+                Some(c) => {
+                    c.quota = quota;
+                    Outcome::Applied { index: c.index }
+                }
+                None => Outcome::Refused {
+                    kind: Refusal::NoChain,
+                    reason: format!("no chain {}", ChainId(chain)),
+                },
+            },
         }
     }
 

@@ -57,6 +57,13 @@ pub enum Command {
         /// Chain id.
         chain: [u8; 16],
     },
+    /// Sets a chain's quota (not below the bytes it holds).
+    SetQuota {
+        /// Chain id.
+        chain: [u8; 16],
+        /// Bytes the chain may hold from now on.
+        quota: u64,
+    },
 }
 
 impl Command {
@@ -65,7 +72,8 @@ impl Command {
         match self {
             Command::Create { chain, .. }
             | Command::Commit { chain, .. }
-            | Command::Delete { chain } => ate::ChainId(*chain),
+            | Command::Delete { chain }
+            | Command::SetQuota { chain, .. } => ate::ChainId(*chain),
         }
     }
 }
@@ -73,7 +81,8 @@ impl Command {
 /// What applying a command did. Every replica computes the same outcome.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// Applied; the chain's index of the transaction (0 for a delete).
+    /// Applied; the chain's index of the transaction (0 for a delete, the chain's last index
+    /// for a quota).
     Applied {
         /// Chain index.
         index: u64,
@@ -102,4 +111,6 @@ pub enum Refusal {
     Exists,
     /// The chain's quota is used up.
     Quota,
+    /// A quota below the bytes the chain already holds.
+    BelowUsage,
 }

@@ -699,3 +699,63 @@ fn bad_commit_streams_are_refused_with_the_right_codes() {
     assert_eq!(codes, vec![0, Code::InvalidArgument as i32, 0]);
     assert!(answers[2].index > answers[0].index);
 }
+
+/// SetQuota (a volume's expansion): only an owner sets it, never below what the chain holds;
+/// commits the old quota refused then land; the new quota is in the replicated log, so it
+/// holds when every replica restarts.
+#[test]
+fn an_owner_sets_a_chains_quota_and_it_survives_a_restart() {
+    let mut cluster = Cluster::start(false, 1_000_000);
+    let rt = rt();
+    let client = cluster.client(Duration::from_secs(30));
+    let (chain, owner, genesis) = new_chain();
+    rt.block_on(client.create(chain, 4096, genesis)).unwrap();
+    let key = DataKey::generate();
+    let big = put_tx(chain, &owner, &key, b"big", &[7u8; 8192]);
+    match rt.block_on(client.commit(chain, big.clone())) {
+        Err(RemoteError::Refused(Code::ResourceExhausted, _)) => {}
+        other => panic!("a commit past the quota: {other:?}"),
+    }
+
+    let stranger = ate::SigningKey::generate();
+    match rt.block_on(client.set_quota(chain, 1 << 20, &stranger)) {
+        Err(RemoteError::Refused(Code::PermissionDenied, _)) => {}
+        other => panic!("a stranger's quota: {other:?}"),
+    }
+    let (missing, _, _) = new_chain();
+    match rt.block_on(client.set_quota(missing, 1 << 20, &owner)) {
+        Err(RemoteError::Refused(Code::NotFound, _)) => {}
+        other => panic!("the quota of no chain: {other:?}"),
+    }
+    let used = rt
+        .block_on(client.set_quota(chain, 1 << 20, &owner))
+        .unwrap();
+    assert!(used > 0 && used < 4096, "used {used}");
+    assert_eq!(rt.block_on(client.commit(chain, big)).unwrap(), 2);
+    let info = rt.block_on(client.info(chain)).unwrap();
+    assert_eq!(info.quota_bytes, 1 << 20);
+    assert!(info.used_bytes > 8192, "{info:?}");
+
+    match rt.block_on(client.set_quota(chain, 8192, &owner)) {
+        Err(RemoteError::Refused(Code::OutOfRange, m)) => {
+            assert!(m.contains("more than a quota of 8192"), "{m}")
+        }
+        other => panic!("a quota below the chain's bytes: {other:?}"),
+    }
+    // Shrinking to exactly what it holds is allowed.
+    let held = rt
+        .block_on(client.set_quota(chain, info.used_bytes, &owner))
+        .unwrap();
+    assert_eq!(held, info.used_bytes);
+    rt.block_on(client.set_quota(chain, 3 << 20, &owner))
+        .unwrap();
+
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    for i in 0..3 {
+        cluster.spawn(i, false);
+    }
+    let info = rt.block_on(client.info(chain)).unwrap();
+    assert_eq!((info.index, info.quota_bytes), (2, 3 << 20));
+}

@@ -405,3 +405,56 @@ fn a_damaged_cache_is_cut_and_fetched_again() {
     assert_eq!(std::fs::read(host.dir.join("f7")).unwrap(), content(7));
     drop(host);
 }
+
+/// The size `statfs` gives a mount (blocks times fragment size).
+fn volume_size(dir: &Path) -> u64 {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%b %S"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stat -f {}", dir.display());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (blocks, size) = text.trim().split_once(' ').unwrap();
+    blocks.parse::<u64>().unwrap() * size.parse::<u64>().unwrap()
+}
+
+/// A volume's expansion while it is mounted: the chain's owner raises its quota on the
+/// cluster; the mount's statfs shows the new size, and a write the old quota refused with
+/// ENOSPC lands.
+#[test]
+fn a_raised_quota_reaches_a_mounted_volume() {
+    let Some((cluster, tmp, keys)) = setup() else {
+        return;
+    };
+    let key_file = ate::KeyFile::load(&keys).unwrap();
+    let m = Mount::start_with(&cluster, tmp.path(), "m", &keys, &["--quota", "1048576"]);
+    assert_eq!(volume_size(&m.dir), 1 << 20);
+    let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
+    let refused = std::fs::write(m.dir.join("big"), &data).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::StorageFull, "{refused}");
+
+    let rt = rt();
+    let client = cluster.client(std::time::Duration::from_secs(20));
+    rt.block_on(client.set_quota(key_file.chain, 8 << 20, &key_file.owner))
+        .unwrap();
+    // The mount reads the quota again at most once a second (atefs::quota::REFRESH).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while volume_size(&m.dir) != 8 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "statfs still says {} bytes",
+            volume_size(&m.dir)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut f = std::fs::File::create(m.dir.join("big")).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // Another host sees the file, and the size, from its first statfs.
+    let other = Mount::start(&cluster, tmp.path(), "other", &keys);
+    assert_eq!(volume_size(&other.dir), 8 << 20);
+    assert!(std::fs::read(other.dir.join("big")).unwrap() == data);
+    drop((other, m));
+}

@@ -6,7 +6,7 @@
 use super::pb::chain::chains_client::ChainsClient;
 use super::pb::chain::{
     ChainRef, ChallengeRequest, CommitBatchRequest, CommitRequest, CreateRequest, DeleteRequest,
-    FetchSnapshotRequest, InfoReply, SubscribeEvent, SubscribeRequest,
+    FetchSnapshotRequest, InfoReply, SetQuotaRequest, SubscribeEvent, SubscribeRequest,
 };
 use crate::crypto::SigningKey;
 use crate::ids::{ChainId, TxHash};
@@ -468,6 +468,29 @@ impl RemoteClient {
                 signature,
             };
             c.delete(req).await.map(|_| ())
+        })
+        .await
+    }
+
+    /// Sets a chain's quota, proving `owner` is one of its owners; returns the bytes the
+    /// chain held then. A quota below them is refused (OUT_OF_RANGE).
+    pub async fn set_quota(
+        &self,
+        chain: ChainId,
+        quota: u64,
+        owner: &SigningKey,
+    ) -> Result<u64, RemoteError> {
+        self.with_leader(chain, |mut c| async move {
+            let (nonce, owner_key, signature) =
+                prove(&mut c, owner, |n| super::quota_digest(&chain, n, quota)).await?;
+            let req = SetQuotaRequest {
+                chain: chain.0.to_vec(),
+                quota_bytes: quota,
+                nonce,
+                owner_key,
+                signature,
+            };
+            c.set_quota(req).await.map(|r| r.into_inner().used_bytes)
         })
         .await
     }

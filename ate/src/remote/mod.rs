@@ -42,6 +42,12 @@ pub fn delete_digest(chain: &ChainId, nonce: &[u8]) -> [u8; 32] {
     proof_digest(b"atefs-delete", chain, nonce, 0)
 }
 
+/// What an owner key signs to set `chain`'s quota to `quota` bytes, given the server's
+/// `nonce`.
+pub fn quota_digest(chain: &ChainId, nonce: &[u8], quota: u64) -> [u8; 32] {
+    proof_digest(b"atefs-set-quota", chain, nonce, quota)
+}
+
 fn proof_digest(context: &[u8], chain: &ChainId, nonce: &[u8], n: u64) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(context);
@@ -60,4 +66,4 @@ pub use client::{
 };
 
 mod replica;
-pub use replica::{open_remote, open_remote_in_session, RemoteChain, ReplicaError};
+pub use replica::{open_remote, open_remote_in_session, QuotaReader, RemoteChain, ReplicaError};

@@ -171,7 +171,46 @@ pub struct RemoteChain {
     pub chain: Chain,
     stop: Arc<AtomicBool>,
     follower: Option<std::thread::JoinHandle<()>>,
-    _rt: Arc<tokio::runtime::Runtime>,
+    client: Arc<RemoteClient>,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl RemoteChain {
+    /// A handle that reads the chain's quota from the cluster (its owner may change it while
+    /// the chain is open), from any thread outside an async runtime.
+    pub fn quota_reader(&self) -> QuotaReader {
+        QuotaReader {
+            client: self.client.clone(),
+            rt: self.rt.clone(),
+            chain: self.chain.id(),
+        }
+    }
+}
+
+/// See [`RemoteChain::quota_reader`].
+#[derive(Clone, Debug)]
+pub struct QuotaReader {
+    client: Arc<RemoteClient>,
+    rt: Arc<tokio::runtime::Runtime>,
+    chain: ChainId,
+}
+
+impl QuotaReader {
+    /// The chain's quota in bytes, as its partition's leader has it, or an error once `limit`
+    /// passed (a caller with a cached value keeps that rather than wait for a lost quorum).
+    pub fn read(&self, limit: std::time::Duration) -> Result<u64, RemoteError> {
+        let info = self
+            .rt
+            .handle()
+            .block_on(async { tokio::time::timeout(limit, self.client.info(self.chain)).await });
+        match info {
+            Ok(r) => r.map(|i| i.quota_bytes),
+            Err(_) => Err(RemoteError::NoQuorum(
+                limit,
+                "no answer about the chain's quota".into(),
+            )),
+        }
+    }
 }
 
 impl Drop for RemoteChain {
@@ -298,7 +337,8 @@ pub fn open_remote_in_session(
         chain: local,
         stop,
         follower: Some(follower),
-        _rt: rt,
+        client,
+        rt,
     })
 }
 

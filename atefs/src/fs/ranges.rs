@@ -59,7 +59,7 @@ impl AteFs {
             Allocate::PunchHole => 0,
             _ => end.saturating_sub(size),
         };
-        if grow > 0 && self.chain.disk_bytes() + grow > self.opts.quota_bytes {
+        if grow > 0 && !self.quota.fits(self.chain.disk_bytes(), grow) {
             return Err(FsError::NoSpace);
         }
         if matches!(how, Allocate::PunchHole | Allocate::ZeroRange { .. }) {
