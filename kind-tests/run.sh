@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end on kind: builds the image, installs the chart, provisions a ReadWriteMany volume,
-# writes it from one node and reads it from another, deletes it and checks that its keys went
-# with it. Needs docker, kind, kubectl and helm, and a registry for the sidecar and busybox
+# writes it from one node and reads it from another, expands it while mounted, deletes it and
+# checks that its keys went with it. Needs docker, kind, kubectl and helm, and a registry for the sidecar and busybox
 # images; none of these can run on the project's build machine, where this file is only
 # checked statically (bash -n, and its YAML against the Kubernetes schemas: scripts/chart-check.py).
 #   kind-tests/run.sh [CLUSTER_NAME]
@@ -42,6 +42,16 @@ fi
 pv=$(kubectl get pvc shared -o jsonpath='{.spec.volumeName}')
 kubectl -n "$NS" get secret "atefs-$pv" >/dev/null
 
+# Expanded while both pods use it: the claim's capacity and the mounts' df follow.
+kubectl patch pvc shared --type=merge -p '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}'
+kubectl wait --for=jsonpath='{.status.capacity.storage}'=2Gi pvc/shared --timeout=120s
+for _ in $(seq 1 30); do
+  size=$(kubectl exec reader -- df -k /data | awk 'NR==2 {print $2}')
+  [ "$size" = "2097152" ] && break
+  sleep 1
+done
+[ "$size" = "2097152" ] || { echo "kind-tests: df in the reader says ${size}K, not 2Gi" >&2; exit 1; }
+
 kubectl delete -f kind-tests/workload.yaml --wait --timeout=180s
 for _ in $(seq 1 60); do
   kubectl -n "$NS" get secret "atefs-$pv" >/dev/null 2>&1 || break
@@ -50,4 +60,4 @@ done
 if kubectl -n "$NS" get secret "atefs-$pv" >/dev/null 2>&1; then
   echo "kind-tests: the deleted volume's keys remain" >&2; exit 1
 fi
-echo "kind-tests: ok (written on $writer_node, read on $reader_node, deleted with its keys)"
+echo "kind-tests: ok (written on $writer_node, read on $reader_node, expanded to 2Gi, deleted with its keys)"

@@ -123,6 +123,21 @@ def main():
     sc = by[("StorageClass", "atefs")]
     if sc["parameters"]["csi.storage.k8s.io/node-stage-secret-name"] != "atefs-${pv.name}":
         fail("the StorageClass must hand each volume's Secret to the node")
+    if sc.get("allowVolumeExpansion") is not True:
+        fail("the StorageClass must allow volume expansion (ControllerExpandVolume)")
+    controller = by[("Deployment", "atefs-controller")]["spec"]["template"]["spec"]
+    if "csi-resizer" not in [c["name"] for c in controller["containers"]]:
+        fail("volume expansion needs external-resizer beside the controller")
+    cluster_rules = by[("ClusterRole", "atefs-controller")]["rules"]
+    if not any("persistentvolumeclaims/status" in r["resources"] and "patch" in r["verbs"]
+               for r in cluster_rules):
+        fail("external-resizer must be allowed to patch a claim's status")
+    fixed = {(d["kind"], d["metadata"]["name"]): d
+             for _, d in render({"storageClass": {"allowVolumeExpansion": False}})}
+    if (fixed[("StorageClass", "atefs")].get("allowVolumeExpansion") is not False
+            or "csi-resizer" in [c["name"] for c in fixed[("Deployment", "atefs-controller")]
+                                 ["spec"]["template"]["spec"]["containers"]]):
+        fail("allowVolumeExpansion=false must leave the resizer out")
     role = by[("Role", "atefs-controller")]
     secret_rules = [r for r in role["rules"] if "secrets" in r["resources"]]
     if not secret_rules or "update" in secret_rules[0]["verbs"] or "watch" in secret_rules[0]["verbs"]:

@@ -36,8 +36,8 @@ fn remote_error(what: &str, e: RemoteError) -> Status {
             Status::unavailable(format!("{what}: {e}"))
         }
         RemoteError::Refused(code, msg) => Status::new(
-            if code == Code::ResourceExhausted {
-                Code::ResourceExhausted
+            if matches!(code, Code::ResourceExhausted | Code::OutOfRange) {
+                code
             } else {
                 Code::Internal
             },
@@ -167,6 +167,62 @@ impl ControllerService {
         Ok(pb::DeleteVolumeResponse {})
     }
 
+    /// Raises the chain's quota: the mounts follow it (atefs::quota), so no node step is
+    /// needed, online or not. Never shrinks a volume.
+    async fn expand(
+        &self,
+        r: pb::ControllerExpandVolumeRequest,
+    ) -> Result<pb::ControllerExpandVolumeResponse, Status> {
+        let id = VolumeId::parse(&r.volume_id)?;
+        let range = r
+            .capacity_range
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+        let want = capacity(Some(range))?;
+        if r.volume_capability.is_some() {
+            check_capability(r.volume_capability.as_ref())?;
+        }
+        let _busy = self.busy.claim(format!("volume {id}"))?;
+        let not_found = || Status::not_found(format!("no volume {id}"));
+        let name = self
+            .store
+            .find(&id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(not_found)?;
+        let v = self
+            .store
+            .get(&name)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(not_found)?;
+        let current = match self.client.info(id.0).await {
+            Ok(info) => info.quota_bytes,
+            Err(RemoteError::Refused(Code::NotFound, _)) => return Err(not_found()),
+            Err(e) => return Err(remote_error("reading the volume's chain", e)),
+        };
+        let capacity = if current >= want {
+            if range.limit_bytes > 0 && current > range.limit_bytes as u64 {
+                return Err(Status::out_of_range(format!(
+                    "volume {id} has {current} bytes, more than the limit of {}; volumes do not shrink",
+                    range.limit_bytes
+                )));
+            }
+            current
+        } else {
+            self.client
+                .set_quota(id.0, want, &v.keys.owner)
+                .await
+                .map_err(|e| remote_error("raising the volume's quota", e))?;
+            tracing::info!(%name, volume = %id, from = current, to = want, "volume expanded");
+            want
+        };
+        Ok(pb::ControllerExpandVolumeResponse {
+            capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
+            node_expansion_required: false,
+        })
+    }
+
     async fn validate(
         &self,
         r: pb::ValidateVolumeCapabilitiesRequest,
@@ -225,6 +281,18 @@ impl pb::controller_server::Controller for ControllerService {
         .await
     }
 
+    async fn controller_expand_volume(
+        &self,
+        req: Request<pb::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<pb::ControllerExpandVolumeResponse>, Status> {
+        crate::metrics::observe(
+            &self.metrics,
+            "ControllerExpandVolume",
+            self.expand(req.into_inner()),
+        )
+        .await
+    }
+
     async fn controller_get_capabilities(
         &self,
         _req: Request<pb::ControllerGetCapabilitiesRequest>,
@@ -232,11 +300,12 @@ impl pb::controller_server::Controller for ControllerService {
         use pb::controller_service_capability::{rpc::Type, Rpc, Type as Cap};
         crate::metrics::observe(&self.metrics, "ControllerGetCapabilities", async {
             Ok(pb::ControllerGetCapabilitiesResponse {
-                capabilities: vec![pb::ControllerServiceCapability {
-                    r#type: Some(Cap::Rpc(Rpc {
-                        r#type: Type::CreateDeleteVolume.into(),
-                    })),
-                }],
+                capabilities: [Type::CreateDeleteVolume, Type::ExpandVolume]
+                    .into_iter()
+                    .map(|t| pb::ControllerServiceCapability {
+                        r#type: Some(Cap::Rpc(Rpc { r#type: t.into() })),
+                    })
+                    .collect(),
             })
         })
         .await

@@ -30,13 +30,22 @@ impl pb::identity_server::Identity for IdentityService {
         &self,
         _req: Request<pb::GetPluginCapabilitiesRequest>,
     ) -> Result<Response<pb::GetPluginCapabilitiesResponse>, Status> {
-        use pb::plugin_capability::{service::Type, Service, Type as Cap};
+        use pb::plugin_capability::VolumeExpansion;
+        use pb::plugin_capability::{service, volume_expansion, Service, Type as Cap};
         let capabilities = if self.controller {
-            vec![pb::PluginCapability {
-                r#type: Some(Cap::Service(Service {
-                    r#type: Type::ControllerService.into(),
-                })),
-            }]
+            vec![
+                pb::PluginCapability {
+                    r#type: Some(Cap::Service(Service {
+                        r#type: service::Type::ControllerService.into(),
+                    })),
+                },
+                // A mounted volume follows its chain's quota (atefs::quota).
+                pb::PluginCapability {
+                    r#type: Some(Cap::VolumeExpansion(VolumeExpansion {
+                        r#type: volume_expansion::Type::Online.into(),
+                    })),
+                },
+            ]
         } else {
             vec![]
         };

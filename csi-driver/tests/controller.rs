@@ -63,14 +63,22 @@ fn volumes_are_created_mounted_and_deleted_through_the_controller() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(caps.capabilities.len(), 1, "CONTROLLER_SERVICE");
+        assert_eq!(
+            caps.capabilities.len(),
+            2,
+            "CONTROLLER_SERVICE, VolumeExpansion ONLINE"
+        );
         let ccaps = c
             .controller
             .controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {})
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(ccaps.capabilities.len(), 1, "CREATE_DELETE_VOLUME");
+        assert_eq!(
+            ccaps.capabilities.len(),
+            2,
+            "CREATE_DELETE_VOLUME, EXPAND_VOLUME"
+        );
 
         let name = "pvc-6f1d2c3e-0000-4000-8000-000000000001";
         let v = c
@@ -172,6 +180,80 @@ fn volumes_are_created_mounted_and_deleted_through_the_controller() {
             64 << 20,
             "statfs reports the volume's capacity"
         );
+
+        // Expanded while published: the mount's statfs follows; asked again or smaller, the
+        // volume keeps its size; a limit below it, no range, bad and unknown ids are refused.
+        let expand = |required: i64, limit: i64| pb::ControllerExpandVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            capacity_range: Some(pb::CapacityRange {
+                required_bytes: required,
+                limit_bytes: limit,
+            }),
+            volume_capability: Some(capability(Mode::SingleNodeWriter)),
+            ..Default::default()
+        };
+        for (required, limit) in [(128 << 20, 0), (128 << 20, 0), (32 << 20, 0)] {
+            let r = c
+                .controller
+                .controller_expand_volume(expand(required, limit))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                (r.capacity_bytes, r.node_expansion_required),
+                (128 << 20, false)
+            );
+        }
+        let e = c
+            .controller
+            .controller_expand_volume(expand(16 << 20, 32 << 20))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        let mut bad = expand(1, 0);
+        bad.capacity_range = None;
+        let e = c
+            .controller
+            .controller_expand_volume(bad)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let mut bad = expand(1, 0);
+        bad.volume_id = "nope".into();
+        let e = c
+            .controller
+            .controller_expand_volume(bad)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let mut unknown = expand(1, 0);
+        unknown.volume_id = ate::ChainId::random().to_hex();
+        let e = c
+            .controller
+            .controller_expand_volume(unknown)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        // The mount reads its quota again at most once a second (atefs::quota::REFRESH).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stats = c.stats(id, &target).await.unwrap();
+            let total = stats
+                .usage
+                .iter()
+                .find(|u| u.unit == pb::volume_usage::Unit::Bytes as i32)
+                .unwrap()
+                .total;
+            if total == 128 << 20 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mount still reports {total} bytes"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+
         c.unpublish(id, &target).await.unwrap();
         c.unstage(id, &staging).await.unwrap();
 
