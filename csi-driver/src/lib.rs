@@ -3,7 +3,6 @@
 
 pub mod capability;
 pub mod controller;
-pub mod daemon;
 pub mod identity;
 pub mod in_flight;
 pub mod keystore;

@@ -9,6 +9,9 @@ use csi_driver::keystore::{DirStore, KeyStore, SecretStore};
 use csi_driver::metrics::Metrics;
 use csi_driver::node::{NodeConfig, NodeService};
 use csi_driver::pb;
+use node_agent::client::AgentClient;
+use node_agent::daemon::Daemons;
+use node_agent::Launcher;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +53,10 @@ struct Cli {
     /// The atefs binary (default: `atefs` beside this one).
     #[arg(long)]
     atefs: Option<PathBuf>,
+    /// Node: run the mount daemons in the node agent listening here (unix:///path), not in
+    /// this process, so that they outlive this plugin's container (docs/kubernetes.md).
+    #[arg(long, env = "NODE_AGENT")]
+    node_agent: Option<String>,
     /// Chain-server API addresses (host:port, comma-separated), unless a volume names its own.
     #[arg(long, value_delimiter = ',')]
     servers: Vec<String>,
@@ -70,12 +77,28 @@ struct Cli {
     unmount_timeout: u64,
 }
 
-fn socket_path(endpoint: &str) -> Result<PathBuf> {
-    let p = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
-    if !p.starts_with('/') {
-        bail!("--endpoint {endpoint}: give unix:///absolute/path");
+/// The Node service's settings from `cli`.
+fn node_config(id: &str, cli: &Cli, atefs: PathBuf) -> NodeConfig {
+    NodeConfig {
+        node_id: id.to_string(),
+        state_dir: cli.state_dir.clone(),
+        atefs_bin: atefs,
+        servers: cli.servers.clone(),
+        ca: cli.ca.clone(),
+        insecure_plaintext: cli.insecure_plaintext,
+        mount_timeout: Duration::from_secs(cli.mount_timeout),
+        unmount_timeout: Duration::from_secs(cli.unmount_timeout),
     }
-    Ok(PathBuf::from(p))
+}
+
+/// Where the Node service's mount daemons run: the node agent, or this process.
+fn launcher(cli: &Cli, atefs: PathBuf) -> Result<Launcher> {
+    Ok(match &cli.node_agent {
+        Some(endpoint) => Launcher::Agent(AgentClient::new(node_agent::socket::socket_path(
+            endpoint,
+        )?)?),
+        None => Launcher::Local(Daemons::new(atefs)),
+    })
 }
 
 /// The Controller service of `cli`: a client of the chain servers and a key store.
@@ -161,21 +184,11 @@ async fn main() -> Result<()> {
             .context("locating this binary")?
             .with_file_name("atefs"),
     };
-    if cli.node_id.is_some() && !atefs.exists() {
+    if cli.node_id.is_some() && cli.node_agent.is_none() && !atefs.exists() {
         bail!("{} not found (give --atefs PATH)", atefs.display());
     }
-    let sock = socket_path(&cli.endpoint)?;
-    if let Some(dir) = sock.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // A socket left by an earlier instance (kubelet keeps the path).
-    match std::fs::remove_file(&sock) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", sock.display())),
-    }
-    let listener = tokio::net::UnixListener::bind(&sock)
-        .with_context(|| format!("listening on {}", sock.display()))?;
+    let sock = node_agent::socket::socket_path(&cli.endpoint)?;
+    let listener = node_agent::socket::bind(&sock)?;
     let metrics = Arc::new(Metrics::default());
     let http = tokio::net::TcpListener::bind(&cli.metrics)
         .await
@@ -183,16 +196,8 @@ async fn main() -> Result<()> {
     tokio::spawn(csi_driver::metrics::serve(http, metrics.clone()));
     let node = match &cli.node_id {
         Some(id) => Some(pb::node_server::NodeServer::new(NodeService::new(
-            NodeConfig {
-                node_id: id.clone(),
-                state_dir: cli.state_dir.clone(),
-                atefs_bin: atefs,
-                servers: cli.servers.clone(),
-                ca: cli.ca.clone(),
-                insecure_plaintext: cli.insecure_plaintext,
-                mount_timeout: Duration::from_secs(cli.mount_timeout),
-                unmount_timeout: Duration::from_secs(cli.unmount_timeout),
-            },
+            node_config(id, &cli, atefs.clone()),
+            launcher(&cli, atefs)?,
             metrics.clone(),
         ))),
         None => None,

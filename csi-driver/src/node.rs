@@ -4,7 +4,6 @@
 //! carries on where the last one stopped.
 
 use crate::capability::check_capability;
-use crate::daemon::{log_tail, Daemons, MountSpec};
 use crate::in_flight::InFlight;
 use crate::keystore::create_private_dir;
 use crate::metrics::Metrics;
@@ -13,6 +12,8 @@ use crate::pb;
 use crate::pb::volume_capability::access_mode::Mode;
 use crate::pb::volume_capability::AccessType;
 use crate::volume_id::{parse_keys, VolumeId};
+use node_agent::daemon::{log_tail, MountSpec};
+use node_agent::Launcher;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,7 +45,8 @@ pub struct NodeConfig {
 #[derive(Debug)]
 pub struct NodeService {
     cfg: NodeConfig,
-    daemons: Daemons,
+    /// Where the mount daemons run: this process, or the node agent.
+    daemons: Launcher,
     metrics: Arc<Metrics>,
     /// Volumes with a call in progress.
     busy: InFlight,
@@ -96,10 +98,11 @@ fn bind_flags(cap: Option<&pb::VolumeCapability>) -> Result<rustix::mount::Mount
 }
 
 impl NodeService {
-    /// A Node service over `cfg`, counting its calls in `metrics`.
-    pub fn new(cfg: NodeConfig, metrics: Arc<Metrics>) -> Self {
+    /// A Node service over `cfg` whose mount daemons `daemons` runs, counting its calls in
+    /// `metrics`.
+    pub fn new(cfg: NodeConfig, daemons: Launcher, metrics: Arc<Metrics>) -> Self {
         Self {
-            daemons: Daemons::new(cfg.atefs_bin.clone()),
+            daemons,
             cfg,
             metrics,
             busy: InFlight::default(),
@@ -294,7 +297,7 @@ impl NodeService {
             .await
             .map_err(|e| Status::internal(format!("unstaging volume {id}: {e}")))?;
         let _ = std::fs::remove_file(state.join("keys"));
-        if let Some(s) = status.filter(|s| !s.success()) {
+        if let Some(s) = status.filter(|s| !s.success) {
             // The volume is unmounted either way and kubelet can do nothing about it; what the
             // daemon could not commit may be in its cache, so that is kept (without the keys)
             // for an operator, and the failure is logged and counted.

@@ -45,9 +45,12 @@ pub fn can_mount() -> bool {
     ok
 }
 
+/// SIGTERM, and waits. A [`contained`] child leads a process group: the signal goes to the
+/// group, since `unshare` ignores SIGTERM itself and waits for the process it runs.
 fn terminate(child: &mut Child) {
+    use rustix::process::{kill_process, kill_process_group, Signal};
     let pid = rustix::process::Pid::from_child(child);
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let _ = kill_process_group(pid, Signal::TERM).or_else(|_| kill_process(pid, Signal::TERM));
     let _ = child.wait();
 }
 
@@ -138,10 +141,36 @@ impl Plugin {
         cluster: Option<&DevCluster>,
         extra: &[&std::ffi::OsStr],
     ) -> Plugin {
+        Self::launch(dir, node, cluster, extra, false)
+    }
+
+    /// As [`Plugin::start_with`], in a PID namespace of its own, as in a container: when the
+    /// plugin dies, the kernel kills every process it started (see [`contained`]).
+    pub fn start_contained(
+        dir: &Path,
+        node: &str,
+        cluster: Option<&DevCluster>,
+        extra: &[&std::ffi::OsStr],
+    ) -> Plugin {
+        Self::launch(dir, node, cluster, extra, true)
+    }
+
+    fn launch(
+        dir: &Path,
+        node: &str,
+        cluster: Option<&DevCluster>,
+        extra: &[&std::ffi::OsStr],
+        in_container: bool,
+    ) -> Plugin {
         let socket = dir.join(format!("{node}.sock"));
         let state = dir.join(format!("{node}-state"));
         let metrics = format!("127.0.0.1:{}", ports(1));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atefs-csi"));
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_atefs-csi"));
+        let mut cmd = if in_container {
+            contained(&bin)
+        } else {
+            Command::new(&bin)
+        };
         cmd.arg("--endpoint")
             .arg(format!("unix://{}", socket.display()))
             .args(["--node-id", node, "--metrics", &metrics])
@@ -199,6 +228,78 @@ impl Plugin {
 }
 
 impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c);
+        }
+    }
+}
+
+/// A command running `bin` as the first process of a new PID namespace (`unshare --pid
+/// --fork --kill-child`): killing the returned child kills `bin`, and with it, as in a
+/// container, every process in the namespace. The mount namespace is shared.
+pub fn contained(bin: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child", "--"])
+        .arg(bin)
+        .process_group(0);
+    cmd
+}
+
+/// True once nothing accepts connections on `socket` (its server is gone).
+pub fn socket_dead(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_err()
+}
+
+/// `atefs-node-agent` in a PID namespace of its own (its container), socket and metrics
+/// address of its own.
+pub struct Agent {
+    pub socket: PathBuf,
+    pub metrics: String,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn start(dir: &Path) -> Agent {
+        let socket = dir.join("agent.sock");
+        let metrics = format!("127.0.0.1:{}", ports(1));
+        let mut child = contained(&bin("atefs-node-agent"))
+            .arg("--endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--atefs")
+            .arg(bin("atefs"))
+            .args(["--metrics", &metrics])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ready"), "atefs-node-agent said {line:?}");
+        Agent {
+            socket,
+            metrics,
+            child: Some(child),
+        }
+    }
+
+    /// `--node-agent` for a plugin using this agent.
+    pub fn endpoint(&self) -> std::ffi::OsString {
+        format!("unix://{}", self.socket.display()).into()
+    }
+
+    /// The value of an unlabelled metric.
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = http_get(&self.metrics, "/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    }
+}
+
+impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             terminate(&mut c);

@@ -6,7 +6,7 @@
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::AsyncBufReadExt;
@@ -43,6 +43,9 @@ pub enum DaemonError {
         /// The end of its log.
         log: String,
     },
+    /// The node agent could not be asked, or said no (its message).
+    #[error("node agent: {0}")]
+    Agent(String),
     /// Files beside the volume.
     #[error("{what}: {source}")]
     Io {
@@ -83,6 +86,30 @@ pub struct MountSpec {
     pub pid_file: PathBuf,
 }
 
+/// How a daemon ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code 0.
+    pub success: bool,
+    /// The exit status, for people.
+    pub status: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.status)
+    }
+}
+
+impl From<std::process::ExitStatus> for Exit {
+    fn from(s: std::process::ExitStatus) -> Self {
+        Self {
+            success: s.success(),
+            status: s.to_string(),
+        }
+    }
+}
+
 /// The last `n` lines of a log, for error messages.
 pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -94,7 +121,7 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 #[derive(Debug)]
 pub struct Daemons {
     bin: PathBuf,
-    exits: Mutex<HashMap<u32, watch::Receiver<Option<ExitStatus>>>>,
+    exits: Mutex<HashMap<u32, watch::Receiver<Option<Exit>>>>,
 }
 
 impl Daemons {
@@ -104,6 +131,15 @@ impl Daemons {
             bin,
             exits: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How many daemons this process started are still running.
+    pub fn running(&self) -> usize {
+        self.exits
+            .lock()
+            .values()
+            .filter(|rx| rx.borrow().is_none())
+            .count()
     }
 
     /// Starts a daemon and returns its pid once it reports the file system mounted.
@@ -182,7 +218,7 @@ impl Daemons {
             let _ = reader.read_line(&mut rest).await;
             let status = child.wait().await;
             tracing::info!(pid, ?status, "mount daemon exited");
-            let _ = tx.send(status.ok());
+            let _ = tx.send(status.ok().map(Exit::from));
         });
         Ok(pid)
     }
@@ -196,7 +232,7 @@ impl Daemons {
         dir: &Path,
         log: &Path,
         limit: Duration,
-    ) -> Result<Option<ExitStatus>, DaemonError> {
+    ) -> Result<Option<Exit>, DaemonError> {
         let Some(pid) = std::fs::read_to_string(pid_file)
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
@@ -215,7 +251,7 @@ impl Daemons {
                 .await
                 .map_err(|_| timeout())?
                 .ok()
-                .and_then(|s| *s);
+                .and_then(|s| s.clone());
             self.exits.lock().remove(&pid);
             return Ok(status);
         }

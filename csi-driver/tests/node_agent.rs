@@ -1,0 +1,127 @@
+//! The node agent keeps the pods' mounts through a restart of the plugin's container. The
+//! plugin and the agent each run in a PID namespace of their own (`unshare --pid --fork
+//! --kill-child`), as in their containers: when the first process of a namespace dies, the
+//! kernel kills every other process in it. Without an agent the mount daemons are the
+//! plugin's and die with it (the control); with one they are the agent's, and a pod's volume
+//! stays usable while the plugin is killed and started again, which then unstages it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{new_volume, rt, socket_dead, Agent, MountEnv, Plugin};
+use csi_driver::pb;
+use pb::volume_capability::access_mode::Mode;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Waits (at most 20 s) until `what` holds of `path`.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True while `dir` answers statfs (its file system's daemon is alive).
+fn alive(dir: &Path) -> bool {
+    rustix::fs::statfs(dir).is_ok()
+}
+
+#[test]
+fn without_an_agent_a_plugin_container_restart_ends_the_mount() {
+    let Some(env) = MountEnv::start() else {
+        return;
+    };
+    let tmp = env.tmp.path();
+    let mut plugin = Plugin::start_contained(tmp, "node-a", Some(&env.cluster), &[]);
+    let (id, secrets) = new_volume();
+    let (staging, target) = (tmp.join("staging"), tmp.join("pod/volume"));
+    rt().block_on(async {
+        let mut c = plugin.client().await;
+        c.stage(&id, &staging, &secrets, Mode::MultiNodeMultiWriter)
+            .await
+            .unwrap();
+        c.publish(&id, &staging, &target, false).await.unwrap();
+    });
+    std::fs::write(target.join("before"), b"written before the restart").unwrap();
+    plugin.kill();
+    // The daemon was in the plugin's namespace: the kernel kills it, and the pod's volume
+    // stops answering (ENOTCONN) — what the agent is for.
+    wait_until("the mount dies with the plugin", || !alive(&target));
+    assert!(std::fs::read(target.join("before")).is_err());
+}
+
+#[test]
+fn the_node_agents_mounts_outlive_a_plugin_container_restart() {
+    let Some(env) = MountEnv::start() else {
+        return;
+    };
+    let tmp = env.tmp.path();
+    let agent = Agent::start(tmp);
+    let with_agent = [std::ffi::OsStr::new("--node-agent"), &agent.endpoint()];
+    let start = || Plugin::start_contained(tmp, "node-a", Some(&env.cluster), &with_agent);
+    let mut plugin = start();
+    let (id, secrets) = new_volume();
+    let (staging, target) = (tmp.join("staging"), tmp.join("pod/volume"));
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = plugin.client().await;
+        c.stage(&id, &staging, &secrets, Mode::MultiNodeMultiWriter)
+            .await
+            .unwrap();
+        c.publish(&id, &staging, &target, false).await.unwrap();
+    });
+    std::fs::write(target.join("before"), b"written before the restart").unwrap();
+    assert_eq!(agent.metric("atefs_node_agent_daemons"), 1);
+
+    plugin.kill();
+    wait_until("the plugin is gone", || socket_dead(&plugin.socket));
+    // The pod's volume still works: read what was there, write and fsync more.
+    assert!(alive(&target));
+    assert_eq!(
+        std::fs::read(target.join("before")).unwrap(),
+        b"written before the restart"
+    );
+    let mut f = std::fs::File::create(target.join("during")).unwrap();
+    f.write_all(b"written while the plugin was down").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    // A new plugin takes over: repeated calls succeed without a second mount, and it
+    // unstages the volume through the agent, which waits for its daemon to exit.
+    let plugin = start();
+    rt.block_on(async {
+        let mut c = plugin.client().await;
+        c.stage(&id, &staging, &secrets, Mode::MultiNodeMultiWriter)
+            .await
+            .unwrap();
+        c.publish(&id, &staging, &target, false).await.unwrap();
+        c.unpublish(&id, &target).await.unwrap();
+        c.unstage(&id, &staging).await.unwrap();
+    });
+    assert!(csi_driver::mountinfo::at(&staging).unwrap().is_none());
+    assert!(
+        !plugin.state.join("volumes").join(&id).exists(),
+        "state kept"
+    );
+    assert_eq!(agent.metric("atefs_node_agent_daemons"), 0);
+    assert_eq!(agent.metric("atefs_node_agent_mounts_total"), 1);
+    assert_eq!(agent.metric("atefs_node_agent_failed_exits_total"), 0);
+
+    // What was written while the plugin was down is on the cluster.
+    rt.block_on(async {
+        let mut c = plugin.client().await;
+        c.stage(&id, &staging, &secrets, Mode::MultiNodeMultiWriter)
+            .await
+            .unwrap();
+    });
+    assert_eq!(
+        std::fs::read(staging.join("during")).unwrap(),
+        b"written while the plugin was down"
+    );
+    rt.block_on(async {
+        plugin.client().await.unstage(&id, &staging).await.unwrap();
+    });
+}

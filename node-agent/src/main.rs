@@ -1,0 +1,88 @@
+//! `atefs-node-agent`: runs the `atefs mount` daemons of a node's staged volumes for the CSI
+//! node plugin (`atefs-csi --node-agent`), in a container of its own, so that restarting or
+//! upgrading the plugin leaves the pods' mounts alone (docs/kubernetes.md).
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use node_agent::pb::node_agent_server::NodeAgentServer;
+use node_agent::service::AgentService;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "atefs-node-agent",
+    version,
+    about = "Runs atefs mount daemons for the CSI node plugin"
+)]
+struct Cli {
+    /// The socket the plugin calls (unix:///path or a path; mode 0600).
+    #[arg(long, default_value = "unix:///run/atefs/agent.sock")]
+    endpoint: String,
+    /// The atefs binary (default: `atefs` beside this one).
+    #[arg(long)]
+    atefs: Option<PathBuf>,
+    /// Address of /metrics and /health.
+    #[arg(long, default_value = "0.0.0.0:9811")]
+    metrics: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let atefs = match cli.atefs {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .with_file_name("atefs"),
+    };
+    anyhow::ensure!(
+        atefs.exists(),
+        "{} not found (give --atefs PATH)",
+        atefs.display()
+    );
+    let sock = node_agent::socket::socket_path(&cli.endpoint)?;
+    let listener = node_agent::socket::bind(&sock)?;
+    // Whoever can call it can mount anything as root: only the plugin (same user) may.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", sock.display()))?;
+    let service = AgentService::new(atefs);
+    let http = tokio::net::TcpListener::bind(&cli.metrics)
+        .await
+        .with_context(|| format!("listening on {} (metrics)", cli.metrics))?;
+    let render = {
+        let s = service.clone();
+        Arc::new(move || s.render())
+    };
+    tokio::spawn(node_agent::http::serve(http, render));
+    tracing::info!(socket = %sock.display(), "serving the node agent");
+    // The line tests and scripts wait for.
+    println!("ready {}", sock.display());
+    std::io::stdout().flush()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+    };
+    tonic::transport::Server::builder()
+        .add_service(NodeAgentServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("serving the node agent")?;
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}
