@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Builds the atefs image (atefs, atefs-csi, chain-server) with no registry pull: FROM scratch
+# Builds the atefs image (atefs, atefs-csi, atefs-node-agent, chain-server) with no registry pull: FROM scratch
 # plus the binaries and the C libraries they link, taken from this Debian machine.
 #   images/build.sh [TAG] [PROFILE]        default: atefs:dev, release
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${1:-atefs:dev}
 PROFILE=${2:-release}
-BINS="atefs atefs-csi chain-server"
+BINS="atefs atefs-csi atefs-node-agent chain-server"
 
-cargo build --profile "$PROFILE" --locked -p atefs -p chain-server -p csi-driver
+cargo build --profile "$PROFILE" --locked -p atefs -p chain-server -p csi-driver -p node-agent
 dir=target/$PROFILE
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT

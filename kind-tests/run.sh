@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end on kind: builds the image, installs the chart, provisions a ReadWriteMany volume,
-# writes it from one node and reads it from another, expands it while mounted, deletes it and
-# checks that its keys went with it. Needs docker, kind, kubectl and helm, and a registry for the sidecar and busybox
+# writes it from one node and reads it from another, replaces the node plugin's pods under the
+# mounted volume, expands it while mounted, deletes it and checks that its keys went with it. Needs docker, kind, kubectl and helm, and a registry for the sidecar and busybox
 # images; none of these can run on the project's build machine, where this file is only
 # checked statically (bash -n, and its YAML against the Kubernetes schemas: scripts/chart-check.py).
 #   kind-tests/run.sh [CLUSTER_NAME]
@@ -27,6 +27,7 @@ helm install atefs charts/atefs --namespace "$NS" --create-namespace \
   --set chainServer.storage.size=1Gi --wait --timeout 5m
 kubectl -n "$NS" rollout status statefulset/atefs-chain-server --timeout=5m
 kubectl -n "$NS" rollout status daemonset/atefs-node --timeout=5m
+kubectl -n "$NS" rollout status daemonset/atefs-node-agent --timeout=5m
 
 kubectl apply -f kind-tests/workload.yaml
 kubectl wait --for=jsonpath='{.status.phase}'=Bound pvc/shared --timeout=120s
@@ -41,6 +42,13 @@ if kubectl exec reader -- sh -c 'echo x > /data/nope' 2>/dev/null; then
 fi
 pv=$(kubectl get pvc shared -o jsonpath='{.spec.volumeName}')
 kubectl -n "$NS" get secret "atefs-$pv" >/dev/null
+
+# The node plugin's pods replaced (an upgrade): the mounts are the node agent's and stay.
+kubectl -n "$NS" delete pod -l app.kubernetes.io/component=node --wait --timeout=120s
+kubectl -n "$NS" rollout status daemonset/atefs-node --timeout=5m
+got=$(kubectl exec reader -- cat /data/hello)
+[ "$got" = "written-by-writer" ] || { echo "kind-tests: after the plugin's restart the reader saw '$got'" >&2; exit 1; }
+kubectl exec writer -- sh -c 'echo after-restart > /data/later && sync'
 
 # Expanded while both pods use it: the claim's capacity and the mounts' df follow.
 kubectl patch pvc shared --type=merge -p '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}'

@@ -110,7 +110,8 @@ def main():
     for want in [("CSIDriver", "csi.atefs.io"), ("StorageClass", "atefs"),
                  ("StatefulSet", "atefs-chain-server"), ("Service", "atefs-chain-server"),
                  ("PodDisruptionBudget", "atefs-chain-server"), ("Deployment", "atefs-controller"),
-                 ("DaemonSet", "atefs-node"), ("Secret", "atefs-tls"),
+                 ("DaemonSet", "atefs-node"), ("DaemonSet", "atefs-node-agent"),
+                 ("Secret", "atefs-tls"),
                  ("ClusterRole", "atefs-controller"), ("Role", "atefs-controller")]:
         if want not in have:
             fail(f"default render lacks {want}; has {sorted(have)}")
@@ -151,6 +152,23 @@ def main():
         tlsvol = [v for v in vols if v["name"] == "tls"][0]
         if tlsvol["secret"].get("items") != [{"key": "ca.pem", "path": "ca.pem"}]:
             fail(f"{kind} {name} must mount only the CA, not the server key")
+
+    agent = by[("DaemonSet", "atefs-node-agent")]["spec"]
+    if agent["updateStrategy"]["type"] != "OnDelete":
+        fail("the node agent's pods must be replaced only when deleted (their mounts end)")
+    agent_args = agent["template"]["spec"]["containers"][0]["args"]
+    plugin_args = by[("DaemonSet", "atefs-node")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    agent_socket = [a.split("=", 1)[1] for a in agent_args if a.startswith("--endpoint=")]
+    if [a.split("=", 1)[1] for a in plugin_args if a.startswith("--node-agent=")] != agent_socket:
+        fail(f"the plugin must call the agent's socket: {plugin_args} vs {agent_args}")
+    for ds in ("atefs-node", "atefs-node-agent"):
+        mounts = by[("DaemonSet", ds)]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        if not any(m.get("mountPropagation") == "Bidirectional" for m in mounts):
+            fail(f"{ds}'s mounts must propagate to the host")
+    solo = {(d["kind"], d["metadata"]["name"]): d for _, d in render({"nodeAgent": {"enabled": False}})}
+    if ("DaemonSet", "atefs-node-agent") in solo or any(
+            a.startswith("--node-agent") for a in solo[("DaemonSet", "atefs-node")]["spec"]["template"]["spec"]["containers"][0]["args"]):
+        fail("nodeAgent.enabled=false must run the daemons in the plugin")
 
     five = render({"chainServer": {"replicas": 5}})
     validate(five, "5 replicas")
