@@ -32,7 +32,8 @@ fn agent_error(s: tonic::Status) -> DaemonError {
 }
 
 impl AgentClient {
-    /// A client of the agent listening on `socket`.
+    /// A client of the agent listening on `socket`. Must be called within a tokio runtime
+    /// (the channel's worker is spawned on it).
     pub fn new(socket: PathBuf) -> Result<Self, DaemonError> {
         // The URI is required by the API and unused: every connection goes to the socket.
         let endpoint = Endpoint::try_from("http://node-agent.invalid")

@@ -171,7 +171,10 @@ impl Daemons {
         if let Some(q) = spec.quota {
             cmd.arg("--quota").arg(q.to_string());
         }
-        cmd.stdin(Stdio::null())
+        // An error's backtrace would push the error itself out of the log tail that callers
+        // are shown (panics keep theirs).
+        cmd.env("RUST_LIB_BACKTRACE", "0")
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
             .process_group(0);
