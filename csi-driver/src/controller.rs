@@ -149,13 +149,25 @@ impl ControllerService {
         })
     }
 
+    /// The record of volume `id`: its name, and its keys unless the record went meanwhile.
+    async fn record_of(
+        &self,
+        id: &VolumeId,
+    ) -> Result<Option<(String, Option<StoredVolume>)>, Status> {
+        let Some(name) = self.store.find(id).await.map_err(store_error)? else {
+            return Ok(None);
+        };
+        let v = self.store.get(&name).await.map_err(store_error)?;
+        Ok(Some((name, v)))
+    }
+
     async fn delete(&self, r: pb::DeleteVolumeRequest) -> Result<pb::DeleteVolumeResponse, Status> {
         let id = VolumeId::parse(&r.volume_id)?;
         let _busy = self.busy.claim(format!("volume {id}"))?;
-        let Some(name) = self.store.find(&id).await.map_err(store_error)? else {
+        let Some((name, v)) = self.record_of(&id).await? else {
             return Ok(pb::DeleteVolumeResponse {});
         };
-        if let Some(v) = self.store.get(&name).await.map_err(store_error)? {
+        if let Some(v) = v {
             match self.client.delete(id.0, &v.keys.owner).await {
                 Ok(()) | Err(RemoteError::Refused(Code::NotFound, _)) => {}
                 Err(e) => return Err(remote_error("deleting the volume's chain", e)),
@@ -184,18 +196,9 @@ impl ControllerService {
         }
         let _busy = self.busy.claim(format!("volume {id}"))?;
         let not_found = || Status::not_found(format!("no volume {id}"));
-        let name = self
-            .store
-            .find(&id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(not_found)?;
-        let v = self
-            .store
-            .get(&name)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(not_found)?;
+        let Some((name, Some(v))) = self.record_of(&id).await? else {
+            return Err(not_found());
+        };
         let current = match self.client.info(id.0).await {
             Ok(info) => info.quota_bytes,
             Err(RemoteError::Refused(Code::NotFound, _)) => return Err(not_found()),

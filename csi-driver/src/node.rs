@@ -41,6 +41,29 @@ pub struct NodeConfig {
     pub unmount_timeout: Duration,
 }
 
+/// A staged volume's files on the node, in its state directory.
+#[derive(Debug)]
+struct VolumeFiles(PathBuf);
+
+impl VolumeFiles {
+    fn keys(&self) -> PathBuf {
+        self.0.join("keys")
+    }
+    fn cache(&self) -> PathBuf {
+        self.0.join("cache")
+    }
+    fn log(&self) -> PathBuf {
+        self.0.join("mount.log")
+    }
+    fn pid(&self) -> PathBuf {
+        self.0.join("pid")
+    }
+    /// Where it was staged (the staging path's bytes).
+    fn staging(&self) -> PathBuf {
+        self.0.join("staging")
+    }
+}
+
 /// The Node service.
 #[derive(Debug)]
 pub struct NodeService {
@@ -117,8 +140,8 @@ impl NodeService {
         crate::metrics::observe(&self.metrics, method, call).await
     }
 
-    fn volume_dir(&self, id: &VolumeId) -> PathBuf {
-        self.cfg.state_dir.join("volumes").join(id.to_string())
+    fn volume_dir(&self, id: &VolumeId) -> VolumeFiles {
+        VolumeFiles(self.cfg.state_dir.join("volumes").join(id.to_string()))
     }
 
     fn spec(
@@ -167,15 +190,15 @@ impl NodeService {
         };
         Ok(MountSpec {
             dir: dir.to_path_buf(),
-            cache: state.join("cache"),
-            keys: state.join("keys"),
+            cache: state.cache(),
+            keys: state.keys(),
             servers,
             ca: self.cfg.ca.clone(),
             insecure_plaintext: self.cfg.insecure_plaintext,
             exclusive,
             quota,
-            log: state.join("mount.log"),
-            pid_file: state.join("pid"),
+            log: state.log(),
+            pid_file: state.pid(),
         })
     }
 
@@ -199,12 +222,12 @@ impl NodeService {
         let ctx: BTreeMap<String, String> = r.volume_context.into_iter().collect();
         let spec = self.spec(&id, &dir, &ctx, mode)?;
         let state = self.volume_dir(&id);
-        create_private_dir(&state)
+        create_private_dir(&state.0)
             .map_err(|e| internal("creating the volume's state directory", e))?;
         std::fs::create_dir_all(&dir).map_err(|e| internal("creating the staging directory", e))?;
         keys.save(&spec.keys)
             .map_err(|e| internal("writing the key envelope", e))?;
-        std::fs::write(state.join("staging"), dir.as_os_str().as_encoded_bytes())
+        std::fs::write(state.staging(), dir.as_os_str().as_encoded_bytes())
             .map_err(|e| internal("recording the staging path", e))?;
         match self.daemons.start(&spec, self.cfg.mount_timeout).await {
             Ok(pid) => {
@@ -243,7 +266,7 @@ impl NodeService {
 
     /// True if this plugin staged `id` at `dir` (its state says so).
     fn staged_here(&self, id: &VolumeId, dir: &Path) -> bool {
-        std::fs::read(self.volume_dir(id).join("staging"))
+        std::fs::read(self.volume_dir(id).staging())
             .is_ok_and(|b| b == dir.as_os_str().as_encoded_bytes())
     }
 
@@ -288,24 +311,19 @@ impl NodeService {
         // The kernel has let go; the daemon commits what it still buffers, then exits.
         let status = self
             .daemons
-            .wait_exit(
-                &state.join("pid"),
-                &dir,
-                &state.join("mount.log"),
-                self.cfg.unmount_timeout,
-            )
+            .wait_exit(&state.pid(), &dir, &state.log(), self.cfg.unmount_timeout)
             .await
             .map_err(|e| Status::internal(format!("unstaging volume {id}: {e}")))?;
-        let _ = std::fs::remove_file(state.join("keys"));
+        let _ = std::fs::remove_file(state.keys());
         if let Some(s) = status.filter(|s| !s.success) {
             // The volume is unmounted either way and kubelet can do nothing about it; what the
             // daemon could not commit may be in its cache, so that is kept (without the keys)
             // for an operator, and the failure is logged and counted.
-            let kept = self.keep_failed(&id, &state);
+            let kept = self.keep_failed(&id, &state.0);
             self.metrics.daemon_failed();
-            tracing::error!(volume = %id, status = %s, kept = %kept.display(), log = %log_tail(&kept.join("mount.log"), 20), "the mount daemon failed at unmount");
-        } else if state.exists() {
-            std::fs::remove_dir_all(&state)
+            tracing::error!(volume = %id, status = %s, kept = %kept.display(), log = %log_tail(&VolumeFiles(kept.clone()).log(), 20), "the mount daemon failed at unmount");
+        } else if state.0.exists() {
+            std::fs::remove_dir_all(&state.0)
                 .map_err(|e| internal("removing the volume's state", e))?;
         }
         tracing::info!(volume = %id, dir = %dir.display(), "unstaged");
