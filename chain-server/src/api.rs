@@ -349,6 +349,25 @@ impl Api {
         Ok(sk.hash)
     }
 
+    /// Proposes `cmd`, an owner's change to `chain`, once the owner's proof over `digest`
+    /// checks out against the chain's current state.
+    async fn as_owner(
+        &self,
+        chain: ChainId,
+        (nonce, key, sig): (&[u8], &[u8], &[u8]),
+        digest: &[u8; 32],
+        cmd: Command,
+    ) -> Result<u64, Status> {
+        let p = self.node.partition(&chain);
+        self.linearize(p).await?;
+        let owner = (
+            ate::RootAuthority::is_owner as fn(&_, &_) -> bool,
+            "an owner",
+        );
+        self.check_proof(p, chain, nonce, key, sig, digest, owner)?;
+        self.propose(p, cmd).await
+    }
+
     /// Waits until this node is the partition's confirmed leader and has applied everything
     /// committed before the call (openraft's read index), so that what is read next is not
     /// stale: a leader fresh from a restart or an election applies the log after it wins,
@@ -512,18 +531,10 @@ impl Chains for Api {
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteReply>, Status> {
         let req = req.into_inner();
         let chain = chain_id(&req.chain)?;
-        let p = self.node.partition(&chain);
-        self.linearize(p).await?;
-        self.check_proof(
-            p,
-            chain,
-            &req.nonce,
-            &req.owner_key,
-            &req.signature,
-            &ate::remote::delete_digest(&chain, &req.nonce),
-            (ate::RootAuthority::is_owner, "an owner"),
-        )?;
-        self.propose(p, Command::Delete { chain: chain.0 }).await?;
+        let proof = (&req.nonce[..], &req.owner_key[..], &req.signature[..]);
+        let digest = ate::remote::delete_digest(&chain, &req.nonce);
+        self.as_owner(chain, proof, &digest, Command::Delete { chain: chain.0 })
+            .await?;
         Ok(Response::new(DeleteReply {}))
     }
 
@@ -533,27 +544,16 @@ impl Chains for Api {
     ) -> Result<Response<SetQuotaReply>, Status> {
         let req = req.into_inner();
         let chain = chain_id(&req.chain)?;
-        let p = self.node.partition(&chain);
-        self.linearize(p).await?;
-        self.check_proof(
-            p,
-            chain,
-            &req.nonce,
-            &req.owner_key,
-            &req.signature,
-            &ate::remote::quota_digest(&chain, &req.nonce, req.quota_bytes),
-            (ate::RootAuthority::is_owner, "an owner"),
-        )?;
+        let proof = (&req.nonce[..], &req.owner_key[..], &req.signature[..]);
         let quota = req.quota_bytes;
-        self.propose(
-            p,
-            Command::SetQuota {
-                chain: chain.0,
-                quota,
-            },
-        )
-        .await?;
+        let digest = ate::remote::quota_digest(&chain, &req.nonce, quota);
+        let cmd = Command::SetQuota {
+            chain: chain.0,
+            quota,
+        };
+        self.as_owner(chain, proof, &digest, cmd).await?;
         // Read after the apply: what the chain holds under its new quota.
+        let p = self.node.partition(&chain);
         let used_bytes = p.sm.with_chain(&chain, |c| c.used).unwrap_or(0);
         Ok(Response::new(SetQuotaReply { used_bytes }))
     }

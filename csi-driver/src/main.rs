@@ -12,7 +12,6 @@ use csi_driver::pb;
 use node_agent::client::AgentClient;
 use node_agent::daemon::Daemons;
 use node_agent::Launcher;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -210,15 +209,10 @@ async fn main() -> Result<()> {
         None
     };
     tracing::info!(socket = %sock.display(), node = cli.node_id.is_some(), controller = cli.controller, "serving CSI");
-    // The line tests and scripts wait for.
-    println!("ready {}", sock.display());
-    std::io::stdout().flush()?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    node_agent::socket::announce_ready(&sock)?;
+    let stop = node_agent::socket::stop_signal()?;
     let shutdown = async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        stop.await;
         tracing::info!("stopping; the volumes stay mounted");
     };
     tonic::transport::Server::builder()

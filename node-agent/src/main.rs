@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use node_agent::pb::node_agent_server::NodeAgentServer;
 use node_agent::service::AgentService;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,15 +63,10 @@ async fn main() -> Result<()> {
     };
     tokio::spawn(node_agent::http::serve(http, render));
     tracing::info!(socket = %sock.display(), "serving the node agent");
-    // The line tests and scripts wait for.
-    println!("ready {}", sock.display());
-    std::io::stdout().flush()?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    node_agent::socket::announce_ready(&sock)?;
+    let stop = node_agent::socket::stop_signal()?;
     let shutdown = async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        stop.await;
         tracing::info!("stopping");
     };
     tonic::transport::Server::builder()

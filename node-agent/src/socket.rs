@@ -47,3 +47,22 @@ pub fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener, SocketEr
     }
     tokio::net::UnixListener::bind(path).map_err(|e| io("listening on", e))
 }
+
+/// Says on stdout that the server listens on `path` (the line tests and scripts wait for).
+pub fn announce_ready(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {}", path.display())?;
+    out.flush()
+}
+
+/// Resolves at SIGINT or SIGTERM (a graceful stop). Must be called within a tokio runtime.
+pub fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
