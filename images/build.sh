@@ -15,6 +15,8 @@ trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/rootfs/usr/bin" "$ctx/rootfs/tmp" "$ctx/rootfs/etc"
 for b in $BINS; do
   cp "$dir/$b" "$ctx/rootfs/usr/bin/$b"
+  # The line tables are three quarters of a binary; symbols stay, so backtraces keep names.
+  strip --strip-debug "$ctx/rootfs/usr/bin/$b"
 done
 # The shared libraries (and the loader) the binaries need, at the paths they were linked with.
 for lib in $(for b in $BINS; do ldd "$dir/$b"; done | grep -o '/[^ ]*' | sort -u); do

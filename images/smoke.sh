@@ -3,7 +3,8 @@
 # like a StatefulSet's pods on one network (peers by DNS name, --id-from-hostname,
 # --bootstrap-first, TLS, user 65532, read-only root file system, no capabilities); two atefs
 # mounts in containers given only /dev/fuse and CAP_SYS_ADMIN, their mount points propagated to
-# the host: what one writes the other reads; the CSI plugin (node and controller) serving.
+# the host: what one writes the other reads; the node agent and the CSI plugin (node, through
+# the agent, and controller) serving.
 #   images/smoke.sh [TAG]        (images/build.sh first; needs root and a running dockerd)
 set -euo pipefail
 TAG=${1:-atefs:dev}
@@ -100,11 +101,17 @@ done
 echo "smoke: stopping a mount container unmounts it"
 
 mkdir -p "$work/csi"
+run "atefs-node-agent-$id" --network "$net" --user 0 --cap-drop ALL --cap-add SYS_ADMIN --device /dev/fuse \
+  -v "$work/csi:/csi" --entrypoint /usr/bin/atefs-node-agent "$TAG" \
+  --endpoint unix:///csi/agent.sock --metrics 0.0.0.0:9811
+wait_http "http://$(ip_of "atefs-node-agent-$id"):9811/health" "atefs-node-agent"
+[ -S "$work/csi/agent.sock" ] || { echo "smoke: no node agent socket"; exit 1; }
+echo "smoke: atefs-node-agent serves on $work/csi/agent.sock"
 run "atefs-csi-$id" --network "$net" --user 0 --cap-drop ALL --cap-add SYS_ADMIN --device /dev/fuse \
   -v "$work/csi:/csi" -v "$work/certs/ca.pem:/ca.pem:ro" "$TAG" \
   --controller --keys-dir /csi/keys --node-id smoke-node --endpoint unix:///csi/csi.sock \
-  --servers "$servers" --ca /ca.pem --metrics 0.0.0.0:9810
+  --servers "$servers" --ca /ca.pem --metrics 0.0.0.0:9810 --node-agent unix:///csi/agent.sock
 wait_http "http://$(ip_of "atefs-csi-$id"):9810/health" "atefs-csi"
 [ -S "$work/csi/csi.sock" ] || { echo "smoke: no CSI socket"; exit 1; }
-echo "smoke: atefs-csi serves Node and Controller on $work/csi/csi.sock"
+echo "smoke: atefs-csi serves Node (through the node agent) and Controller on $work/csi/csi.sock"
 echo "smoke: ok"
