@@ -209,14 +209,27 @@ impl NodeService {
         let _busy = self.busy.claim(format!("volume {id}"))?;
         if let Some(m) = mountinfo::at(&dir).map_err(|e| internal("reading mountinfo", e))? {
             if mountinfo::is_atefs(&m) && self.staged_here(&id, &dir) {
-                return Ok(());
+                match rustix::fs::statfs(&dir) {
+                    Ok(_) => return Ok(()),
+                    // Its daemon died (killed, out of memory, its agent replaced): pods
+                    // published from now on get a fresh mount. The old one is detached, not
+                    // unmounted, since running pods' bind mounts still hold it; they see the
+                    // error until they restart.
+                    Err(e) => {
+                        tracing::warn!(volume = %id, dir = %dir.display(), error = %e, "the staged mount is dead; staging the volume again");
+                        self.metrics.daemon_failed();
+                        rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH)
+                            .map_err(|e| internal("detaching the dead mount", e))?;
+                    }
+                }
+            } else {
+                return Err(Status::already_exists(format!(
+                    "{} already has a mount ({} from {}) that is not volume {id}",
+                    dir.display(),
+                    m.fs_type,
+                    m.source
+                )));
             }
-            return Err(Status::already_exists(format!(
-                "{} already has a mount ({} from {}) that is not volume {id}",
-                dir.display(),
-                m.fs_type,
-                m.source
-            )));
         }
         let keys = parse_keys(&r.secrets, &id)?;
         let ctx: BTreeMap<String, String> = r.volume_context.into_iter().collect();

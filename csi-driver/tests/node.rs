@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::io::Write;
+
 use common::{capability, new_volume, rt, stage_req, MountEnv, Plugin};
 use csi_driver::pb;
 use pb::volume_capability::access_mode::Mode;
@@ -369,6 +371,82 @@ fn a_restarted_plugin_carries_on_with_the_volumes_it_mounted() {
     });
 }
 
+/// SIGKILLs the mount daemon of volume `id` and waits until it is gone (the kernel fails its
+/// connection then).
+fn kill_daemon(plugin: &Plugin, id: &str) {
+    let pid: i32 = std::fs::read_to_string(plugin.state.join("volumes").join(id).join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    rustix::event::poll(&mut fds, None).unwrap();
+}
+
+/// A staged volume whose daemon died is staged afresh when kubelet stages it for the next
+/// pod: that pod's mount works and holds what was committed; the dead mount stays with the
+/// pod that had it until it is unpublished; everything then unstages cleanly.
+#[test]
+fn a_dead_staged_mount_is_staged_again_for_the_next_pod() {
+    let Some(env) = MountEnv::start() else {
+        return;
+    };
+    let (cluster, tmp) = (&env.cluster, &env.tmp);
+    let (id, secrets) = new_volume();
+    let staging = tmp.path().join("staging");
+    let (old_pod, new_pod) = (
+        tmp.path().join("pod-1/volume"),
+        tmp.path().join("pod-2/volume"),
+    );
+    let plugin = Plugin::start(tmp.path(), "node-a", Some(cluster));
+    rt().block_on(async {
+        let mut c = plugin.client().await;
+        c.stage(&id, &staging, &secrets, Mode::SingleNodeMultiWriter)
+            .await
+            .unwrap();
+        c.publish(&id, &staging, &old_pod, false).await.unwrap();
+        let mut f = std::fs::File::create(old_pod.join("kept")).unwrap();
+        f.write_all(b"committed before the daemon died").unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        kill_daemon(&plugin, &id);
+        assert!(std::fs::read(old_pod.join("kept")).is_err());
+
+        c.stage(&id, &staging, &secrets, Mode::SingleNodeMultiWriter)
+            .await
+            .unwrap();
+        c.publish(&id, &staging, &new_pod, false).await.unwrap();
+        assert_eq!(
+            std::fs::read(new_pod.join("kept")).unwrap(),
+            b"committed before the daemon died"
+        );
+        std::fs::write(new_pod.join("later"), b"after").unwrap();
+        assert!(
+            std::fs::read(old_pod.join("kept")).is_err(),
+            "the old pod keeps the dead mount"
+        );
+        // A repeated stage of the live mount changes nothing.
+        c.stage(&id, &staging, &secrets, Mode::SingleNodeMultiWriter)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(new_pod.join("later")).unwrap(), b"after");
+
+        c.unpublish(&id, &old_pod).await.unwrap();
+        c.unpublish(&id, &new_pod).await.unwrap();
+        c.unstage(&id, &staging).await.unwrap();
+        assert!(!is_atefs_mount(&staging));
+        assert!(!plugin.state.join("volumes").join(&id).exists());
+    });
+    let m = common::http_get(&plugin.metrics, "/metrics");
+    assert!(m.contains("atefs_csi_daemon_failures_total 1"), "{m}");
+}
+
 #[test]
 fn a_dead_mount_daemon_is_reported_and_the_volume_can_be_unstaged() {
     let Some(env) = MountEnv::start() else {
@@ -388,22 +466,7 @@ fn a_dead_mount_daemon_is_reported_and_the_volume_can_be_unstaged() {
         let before = c.stats(&id, &target).await.unwrap();
         assert!(!before.volume_condition.unwrap().abnormal);
 
-        let pid: i32 = std::fs::read_to_string(plugin.state.join("volumes").join(&id).join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let pid = rustix::process::Pid::from_raw(pid).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-        // The kernel fails the connection once the daemon is gone; wait for that event.
-        let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok();
-        if let Some(fd) = fd {
-            let mut fds = [rustix::event::PollFd::new(
-                &fd,
-                rustix::event::PollFlags::IN,
-            )];
-            rustix::event::poll(&mut fds, None).unwrap();
-        }
+        kill_daemon(&plugin, &id);
 
         let after = c.stats(&id, &target).await.unwrap();
         let cond = after.volume_condition.unwrap();
