@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod mountinfo;
 pub mod node;
 pub mod orphans;
+pub mod status;
 pub mod volume_id;
 
 /// The CSI messages and services (proto/csi.proto).

@@ -123,8 +123,14 @@ async fn controller_service(cli: &Cli, metrics: Arc<Metrics>) -> Result<Controll
                     ns,
                     Duration::from_secs(cli.orphan_grace),
                 );
+                let checker = csi_driver::status::StatusChecker::new(
+                    kube.clone(),
+                    ns,
+                    csi_driver::identity::DRIVER_NAME,
+                );
                 tokio::spawn(sweep_orphans(
                     collector,
+                    checker,
                     client.clone(),
                     Duration::from_secs(cli.orphan_sweep),
                     metrics.clone(),
@@ -140,9 +146,11 @@ async fn controller_service(cli: &Cli, metrics: Arc<Metrics>) -> Result<Controll
     Ok(ControllerService::new(client, store, metrics))
 }
 
-/// Sweeps for orphaned volumes every `every`, for as long as the process runs.
+/// Sweeps for orphaned volumes and reports volumes in trouble every `every`, for as long as
+/// the process runs.
 async fn sweep_orphans(
     collector: csi_driver::orphans::OrphanCollector,
+    checker: csi_driver::status::StatusChecker,
     client: Arc<ate::remote::RemoteClient>,
     every: Duration,
     metrics: Arc<Metrics>,
@@ -161,6 +169,16 @@ async fn sweep_orphans(
                 );
             }
             Err(e) => tracing::warn!(error = %e, "orphan sweep failed; retrying at the next"),
+        }
+        let checked = match checker.check(client.as_ref()).await {
+            Ok(findings) => {
+                metrics.set_problems(&findings);
+                checker.report(&findings).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
+            tracing::warn!(error = %e, "volume status check failed; retrying at the next sweep");
         }
     }
 }

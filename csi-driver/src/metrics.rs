@@ -18,6 +18,8 @@ pub struct Metrics {
     calls: Mutex<CallCounts>,
     daemon_failures: std::sync::atomic::AtomicU64,
     orphans: std::sync::atomic::AtomicU64,
+    /// Volumes in trouble at the last status check, by reason (crate::status).
+    problems: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn code_name(c: tonic::Code) -> &'static str {
@@ -64,6 +66,17 @@ impl Metrics {
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// What the last status check found.
+    pub fn set_problems(&self, findings: &[crate::status::Finding]) {
+        let mut p = self.problems.lock();
+        for r in crate::status::REASONS {
+            p.insert(r, 0);
+        }
+        for f in findings {
+            *p.entry(f.problem.reason()).or_default() += 1;
+        }
+    }
+
     /// The Prometheus text.
     pub fn render(&self) -> String {
         let mut o = String::new();
@@ -84,6 +97,13 @@ impl Metrics {
         }
         let _ = writeln!(o, "# HELP atefs_csi_daemon_failures_total Mount daemons that died or failed to commit at unmount.\n# TYPE atefs_csi_daemon_failures_total counter\natefs_csi_daemon_failures_total {}", self.daemon_failures.load(std::sync::atomic::Ordering::Relaxed));
         let _ = writeln!(o, "# HELP atefs_csi_orphans_collected_total Volumes deleted because their PersistentVolume was gone.\n# TYPE atefs_csi_orphans_collected_total counter\natefs_csi_orphans_collected_total {}", self.orphans.load(std::sync::atomic::Ordering::Relaxed));
+        let problems = self.problems.lock().clone();
+        if !problems.is_empty() {
+            o.push_str("# HELP atefs_csi_volume_problems Volumes in trouble at the last status check, by reason.\n# TYPE atefs_csi_volume_problems gauge\n");
+            for (r, n) in &problems {
+                let _ = writeln!(o, "atefs_csi_volume_problems{{reason=\"{r}\"}} {n}");
+            }
+        }
         let mounts = mountinfo::read()
             .map(|all| all.iter().filter(|m| mountinfo::is_atefs(m)).count())
             .unwrap_or(0);

@@ -1,8 +1,8 @@
-//! The controller's Secret store against a scripted Kubernetes API server (kube's client over a
+//! The controller's Kubernetes side against a scripted Kubernetes API server (kube's client over a
 //! tower-test mock service): the requests it makes (method, path, labels, immutable Opaque
 //! Secret with the key envelope) and how it reads the answers, 404 and 409 included; and the
 //! orphan sweep's decisions (which volumes it collects, which it leaves, which it never asks
-//! about).
+//! about); the status check's findings and the Events it posts on claims.
 #![allow(clippy::unwrap_used)]
 
 use csi_driver::keystore::{record_name, KeyStore, SecretStore, StoredVolume, VOLUME_ID_LABEL};
@@ -307,4 +307,143 @@ async fn orphans_are_volumes_whose_pv_is_gone_and_that_are_past_the_grace_period
         )
     );
     // The young one was not even looked up: no fifth request.
+}
+
+/// Chain usage by chain, as the chain servers would answer.
+struct Usage(std::collections::HashMap<ate::ChainId, (u64, u64)>);
+
+#[tonic::async_trait]
+impl csi_driver::status::ChainUsage for Usage {
+    async fn usage(
+        &self,
+        chain: ate::ChainId,
+    ) -> Result<Option<(u64, u64)>, ate::remote::RemoteError> {
+        Ok(self.0.get(&chain).copied())
+    }
+}
+
+fn pv_json(name: &str, driver: &str, chain: ate::ChainId, claim: Option<(&str, &str)>) -> Value {
+    let mut spec = json!({"csi": {"driver": driver, "volumeHandle": chain.to_hex()}});
+    if let Some((ns, c)) = claim {
+        spec["claimRef"] = json!({"namespace": ns, "name": c, "uid": format!("uid-{c}")});
+    }
+    json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name}, "spec": spec})
+}
+
+/// The status check: a volume whose keys Secret is gone, one whose chain the servers lost and
+/// one nearly full are each reported with a Warning Event on its claim; a healthy volume,
+/// another driver's and an unbound one are not.
+#[tokio::test]
+async fn volumes_in_trouble_are_reported_on_their_claims() {
+    use csi_driver::status::{Problem, StatusChecker};
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let checker = StatusChecker::new(
+        kube::Client::new(svc, "default"),
+        "atefs-system",
+        "csi.atefs.io",
+    );
+    let [ok, no_keys, lost, full, other, unbound] =
+        std::array::from_fn::<_, 6, _>(|_| ate::ChainId::random());
+    let keyed = |c: ate::ChainId| json!({"metadata": {"labels": {VOLUME_ID_LABEL: c.to_hex()}}});
+    let secrets = json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {},
+        "items": [keyed(ok), keyed(lost), keyed(full), keyed(unbound)]});
+    let pvs = json!({"apiVersion": "v1", "kind": "PersistentVolumeList", "metadata": {}, "items": [
+        pv_json("pv-ok", "csi.atefs.io", ok, Some(("apps", "ok"))),
+        pv_json("pv-no-keys", "csi.atefs.io", no_keys, Some(("apps", "data"))),
+        pv_json("pv-lost", "csi.atefs.io", lost, Some(("db", "wal"))),
+        pv_json("pv-full", "csi.atefs.io", full, Some(("apps", "logs"))),
+        pv_json("pv-other", "other.csi.io", other, Some(("apps", "x"))),
+        pv_json("pv-unbound", "csi.atefs.io", unbound, None),
+    ]});
+    let usage = Usage(
+        [(ok, (10, 100)), (full, (95, 100)), (unbound, (99, 100))]
+            .into_iter()
+            .collect(),
+    );
+    let server = tokio::spawn(async move {
+        let mut seen = vec![
+            answer(&mut h, 200, secrets).await,
+            answer(&mut h, 200, pvs).await,
+        ];
+        for _ in 0..3 {
+            seen.push(
+                answer(
+                    &mut h,
+                    201,
+                    json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": "e"}, "involvedObject": {}}),
+                )
+                .await,
+            );
+        }
+        seen
+    });
+    let findings = checker.check(&usage).await.unwrap();
+    let got: Vec<(&str, &Problem)> = findings
+        .iter()
+        .map(|f| (f.pv.as_str(), &f.problem))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("pv-no-keys", &Problem::KeysMissing),
+            ("pv-lost", &Problem::ChainMissing),
+            (
+                "pv-full",
+                &Problem::NearlyFull {
+                    used: 95,
+                    quota: 100
+                }
+            ),
+            (
+                "pv-unbound",
+                &Problem::NearlyFull {
+                    used: 99,
+                    quota: 100
+                }
+            ),
+        ]
+    );
+    assert_eq!(checker.report(&findings).await.unwrap(), 3);
+    let seen = server.await.unwrap();
+    assert!(
+        seen[0]
+            .1
+            .starts_with("/api/v1/namespaces/atefs-system/secrets?"),
+        "{seen:?}"
+    );
+    assert!(
+        seen[1].1.starts_with("/api/v1/persistentvolumes"),
+        "{seen:?}"
+    );
+    let events: Vec<(String, String, String, String)> = seen[2..]
+        .iter()
+        .map(|(m, uri, body)| {
+            assert_eq!(m, "POST");
+            assert_eq!(body["type"], "Warning");
+            assert_eq!(body["involvedObject"]["kind"], "PersistentVolumeClaim");
+            (
+                uri.trim_end_matches('?').to_string(),
+                body["involvedObject"]["name"].as_str().unwrap().to_string(),
+                body["involvedObject"]["uid"].as_str().unwrap().to_string(),
+                body["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let ev = |ns: &str, claim: &str, reason: &str| {
+        (
+            format!("/api/v1/namespaces/{ns}/events"),
+            claim.to_string(),
+            format!("uid-{claim}"),
+            reason.to_string(),
+        )
+    };
+    assert_eq!(
+        events,
+        vec![
+            ev("apps", "data", "VolumeKeysMissing"),
+            ev("db", "wal", "VolumeChainMissing"),
+            ev("apps", "logs", "VolumeNearlyFull"),
+        ]
+    );
 }
