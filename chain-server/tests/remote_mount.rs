@@ -427,17 +427,32 @@ fn a_raised_quota_reaches_a_mounted_volume() {
     let Some((cluster, tmp, keys)) = setup() else {
         return;
     };
-    let key_file = ate::KeyFile::load(&keys).unwrap();
     let m = Mount::start_with(&cluster, tmp.path(), "m", &keys, &["--quota", "1048576"]);
     assert_eq!(volume_size(&m.dir), 1 << 20);
     let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
     let refused = std::fs::write(m.dir.join("big"), &data).unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::StorageFull, "{refused}");
 
-    let rt = rt();
-    let client = cluster.client(std::time::Duration::from_secs(20));
-    rt.block_on(client.set_quota(key_file.chain, 8 << 20, &key_file.owner))
-        .unwrap();
+    // Raised the way a user without Kubernetes does it.
+    let quota = |args: &[&str]| {
+        let out = Command::new(atefs_bin())
+            .arg("quota")
+            .args(args)
+            .arg("--server")
+            .arg(cluster.endpoints().join(","))
+            .arg("--keys")
+            .arg(&keys)
+            .arg("--ca")
+            .arg(cluster.dir.path().join("certs/ca.pem"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "atefs quota {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let said = quota(&["8388608"]);
+    assert!(said.contains("quota 8388608 bytes"), "{said}");
+    let said = quota(&[]);
+    assert!(said.contains("of 8388608 bytes used"), "{said}");
     // The mount reads the quota again at most once a second (atefs::quota::REFRESH).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while volume_size(&m.dir) != 8 << 20 {
