@@ -209,18 +209,8 @@ impl NodeService {
         let _busy = self.busy.claim(format!("volume {id}"))?;
         if let Some(m) = mountinfo::at(&dir).map_err(|e| internal("reading mountinfo", e))? {
             if mountinfo::is_atefs(&m) && self.staged_here(&id, &dir) {
-                match rustix::fs::statfs(&dir) {
-                    Ok(_) => return Ok(()),
-                    // Its daemon died (killed, out of memory, its agent replaced): pods
-                    // published from now on get a fresh mount. The old one is detached, not
-                    // unmounted, since running pods' bind mounts still hold it; they see the
-                    // error until they restart.
-                    Err(e) => {
-                        tracing::warn!(volume = %id, dir = %dir.display(), error = %e, "the staged mount is dead; staging the volume again");
-                        self.metrics.daemon_failed();
-                        rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH)
-                            .map_err(|e| internal("detaching the dead mount", e))?;
-                    }
+                if !self.detach_if_dead(&id, &dir)? {
+                    return Ok(());
                 }
             } else {
                 return Err(Status::already_exists(format!(
@@ -233,13 +223,53 @@ impl NodeService {
         }
         let keys = parse_keys(&r.secrets, &id)?;
         let ctx: BTreeMap<String, String> = r.volume_context.into_iter().collect();
-        let spec = self.spec(&id, &dir, &ctx, mode)?;
+        self.mount_staged(&id, &dir, &ctx, mode, Some(keys)).await
+    }
+
+    /// True if the atefs mount staged at `dir` is dead (its daemon died: killed, out of
+    /// memory, its agent replaced); it is then detached, not unmounted, since running pods'
+    /// bind mounts still hold it (they see the error until they restart), so that the volume
+    /// can be mounted there afresh for the pods published from now on.
+    fn detach_if_dead(&self, id: &VolumeId, dir: &Path) -> Result<bool, Status> {
+        let Err(e) = rustix::fs::statfs(dir) else {
+            return Ok(false);
+        };
+        tracing::warn!(volume = %id, dir = %dir.display(), error = %e, "the staged mount is dead; mounting the volume again");
+        self.metrics.daemon_failed();
+        rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| internal("detaching the dead mount", e))?;
+        Ok(true)
+    }
+
+    /// Mounts volume `id` at the staging path `dir`: with `keys` from the request, or (a dead
+    /// mount staged again at publish) with those its staging kept.
+    async fn mount_staged(
+        &self,
+        id: &VolumeId,
+        dir: &Path,
+        ctx: &BTreeMap<String, String>,
+        mode: Mode,
+        keys: Option<ate::KeyFile>,
+    ) -> Result<(), Status> {
+        let id = *id;
+        let from_request = keys.is_some();
+        let spec = self.spec(&id, dir, ctx, mode)?;
         let state = self.volume_dir(&id);
         create_private_dir(&state.0)
             .map_err(|e| internal("creating the volume's state directory", e))?;
-        std::fs::create_dir_all(&dir).map_err(|e| internal("creating the staging directory", e))?;
-        keys.save(&spec.keys)
-            .map_err(|e| internal("writing the key envelope", e))?;
+        std::fs::create_dir_all(dir).map_err(|e| internal("creating the staging directory", e))?;
+        match keys {
+            Some(keys) => keys
+                .save(&spec.keys)
+                .map_err(|e| internal("writing the key envelope", e))?,
+            None if spec.keys.exists() => {}
+            None => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {id}'s mount at {} is dead and its keys are gone: unstage and stage it again",
+                    dir.display()
+                )))
+            }
+        }
         std::fs::write(state.staging(), dir.as_os_str().as_encoded_bytes())
             .map_err(|e| internal("recording the staging path", e))?;
         match self.daemons.start(&spec, self.cfg.mount_timeout).await {
@@ -248,7 +278,11 @@ impl NodeService {
                 Ok(())
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&spec.keys);
+                // Keys written for a stage that failed go; those a staging kept stay for the
+                // retry (they are removed at unstage).
+                if from_request {
+                    let _ = std::fs::remove_file(&spec.keys);
+                }
                 Err(Status::internal(format!("mounting volume {id}: {e}")))
             }
         }
@@ -354,7 +388,19 @@ impl NodeService {
         }
         let read_only = flags.contains(rustix::mount::MountFlags::RDONLY);
         let _busy = self.busy.claim(format!("volume {id}"))?;
-        let all = mountinfo::read().map_err(|e| internal("reading mountinfo", e))?;
+        let mut all = mountinfo::read().map_err(|e| internal("reading mountinfo", e))?;
+        let staged_at = |all: &[MountEntry]| {
+            all.iter()
+                .rev()
+                .any(|m| m.mount_point == staging && mountinfo::is_atefs(m))
+        };
+        // kubelet stages a volume once per node, not per pod: a dead staging is mounted again
+        // here, so that the pod being published gets a working volume.
+        if staged_at(&all) && self.detach_if_dead(&id, &staging)? {
+            let ctx: BTreeMap<String, String> = r.volume_context.into_iter().collect();
+            self.mount_staged(&id, &staging, &ctx, mode, None).await?;
+            all = mountinfo::read().map_err(|e| internal("reading mountinfo", e))?;
+        }
         let Some(staged) = all
             .iter()
             .rev()

@@ -389,11 +389,12 @@ fn kill_daemon(plugin: &Plugin, id: &str) {
     rustix::event::poll(&mut fds, None).unwrap();
 }
 
-/// A staged volume whose daemon died is staged afresh when kubelet stages it for the next
-/// pod: that pod's mount works and holds what was committed; the dead mount stays with the
-/// pod that had it until it is unpublished; everything then unstages cleanly.
+/// A staged volume whose daemon died is mounted afresh when kubelet publishes it to the next
+/// pod (or stages it again): that pod's mount works and holds what was committed; the dead
+/// mount stays with the pod that had it until it is unpublished; everything then unstages
+/// cleanly.
 #[test]
-fn a_dead_staged_mount_is_staged_again_for_the_next_pod() {
+fn a_dead_staged_mount_is_mounted_again_for_the_next_pod() {
     let Some(env) = MountEnv::start() else {
         return;
     };
@@ -418,9 +419,8 @@ fn a_dead_staged_mount_is_staged_again_for_the_next_pod() {
         kill_daemon(&plugin, &id);
         assert!(std::fs::read(old_pod.join("kept")).is_err());
 
-        c.stage(&id, &staging, &secrets, Mode::SingleNodeMultiWriter)
-            .await
-            .unwrap();
+        // kubelet stages once per node: the next pod's publish alone finds the mount dead
+        // and mounts the volume again.
         c.publish(&id, &staging, &new_pod, false).await.unwrap();
         assert_eq!(
             std::fs::read(new_pod.join("kept")).unwrap(),
@@ -436,6 +436,19 @@ fn a_dead_staged_mount_is_staged_again_for_the_next_pod() {
             .await
             .unwrap();
         assert_eq!(std::fs::read(new_pod.join("later")).unwrap(), b"after");
+        // Dead again: a stage mounts it afresh too.
+        kill_daemon(&plugin, &id);
+        c.stage(&id, &staging, &secrets, Mode::SingleNodeMultiWriter)
+            .await
+            .unwrap();
+        assert!(
+            std::fs::read(new_pod.join("later")).is_err(),
+            "that pod keeps the dead mount"
+        );
+        let third = tmp.path().join("pod-3/volume");
+        c.publish(&id, &staging, &third, false).await.unwrap();
+        assert_eq!(std::fs::read(third.join("later")).unwrap(), b"after");
+        c.unpublish(&id, &third).await.unwrap();
 
         c.unpublish(&id, &old_pod).await.unwrap();
         c.unpublish(&id, &new_pod).await.unwrap();
@@ -444,7 +457,7 @@ fn a_dead_staged_mount_is_staged_again_for_the_next_pod() {
         assert!(!plugin.state.join("volumes").join(&id).exists());
     });
     let m = common::http_get(&plugin.metrics, "/metrics");
-    assert!(m.contains("atefs_csi_daemon_failures_total 1"), "{m}");
+    assert!(m.contains("atefs_csi_daemon_failures_total 2"), "{m}");
 }
 
 #[test]
