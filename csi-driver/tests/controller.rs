@@ -204,36 +204,25 @@ fn volumes_are_created_mounted_and_deleted_through_the_controller() {
                 (128 << 20, false)
             );
         }
-        let e = c
-            .controller
-            .controller_expand_volume(expand(16 << 20, 32 << 20))
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
-        let mut bad = expand(1, 0);
-        bad.capacity_range = None;
-        let e = c
-            .controller
-            .controller_expand_volume(bad)
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-        let mut bad = expand(1, 0);
-        bad.volume_id = "nope".into();
-        let e = c
-            .controller
-            .controller_expand_volume(bad)
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let mut no_range = expand(1, 0);
+        no_range.capacity_range = None;
+        let mut bad_id = expand(1, 0);
+        bad_id.volume_id = "nope".into();
         let mut unknown = expand(1, 0);
         unknown.volume_id = ate::ChainId::random().to_hex();
-        let e = c
-            .controller
-            .controller_expand_volume(unknown)
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        for (req, want) in [
+            (expand(16 << 20, 32 << 20), Code::OutOfRange),
+            (no_range, Code::InvalidArgument),
+            (bad_id, Code::InvalidArgument),
+            (unknown, Code::NotFound),
+        ] {
+            let e = c
+                .controller
+                .controller_expand_volume(req)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), want, "{e:?}");
+        }
         // The mount reads its quota again at most once a second (atefs::quota::REFRESH).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {

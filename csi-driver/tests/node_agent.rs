@@ -29,16 +29,19 @@ fn alive(dir: &Path) -> bool {
     rustix::fs::statfs(dir).is_ok()
 }
 
-#[test]
-fn without_an_agent_a_plugin_container_restart_ends_the_mount() {
-    let Some(env) = MountEnv::start() else {
-        return;
-    };
-    let tmp = env.tmp.path();
-    let mut plugin = Plugin::start_contained(tmp, "node-a", Some(&env.cluster), &[]);
+/// A new volume staged at `dir`/staging and published to a pod's `dir`/pod/volume, where the
+/// pod writes `before`; the volume (id, secrets) and the pod's path.
+fn use_a_volume(
+    rt: &tokio::runtime::Runtime,
+    plugin: &Plugin,
+    dir: &Path,
+) -> (
+    (String, std::collections::HashMap<String, String>),
+    std::path::PathBuf,
+) {
     let (id, secrets) = new_volume();
-    let (staging, target) = (tmp.join("staging"), tmp.join("pod/volume"));
-    rt().block_on(async {
+    let (staging, target) = (dir.join("staging"), dir.join("pod/volume"));
+    rt.block_on(async {
         let mut c = plugin.client().await;
         c.stage(&id, &staging, &secrets, Mode::MultiNodeMultiWriter)
             .await
@@ -46,6 +49,17 @@ fn without_an_agent_a_plugin_container_restart_ends_the_mount() {
         c.publish(&id, &staging, &target, false).await.unwrap();
     });
     std::fs::write(target.join("before"), b"written before the restart").unwrap();
+    ((id, secrets), target)
+}
+
+#[test]
+fn without_an_agent_a_plugin_container_restart_ends_the_mount() {
+    let Some(env) = MountEnv::start() else {
+        return;
+    };
+    let tmp = env.tmp.path();
+    let mut plugin = Plugin::start_contained(tmp, "node-a", Some(&env.cluster), &[]);
+    let (_, target) = use_a_volume(&rt(), &plugin, tmp);
     plugin.kill();
     // The daemon was in the plugin's namespace: the kernel kills it, and the pod's volume
     // stops answering (ENOTCONN) — what the agent is for.
@@ -63,17 +77,9 @@ fn the_node_agents_mounts_outlive_a_plugin_container_restart() {
     let with_agent = [std::ffi::OsStr::new("--node-agent"), &agent.endpoint()];
     let start = || Plugin::start_contained(tmp, "node-a", Some(&env.cluster), &with_agent);
     let mut plugin = start();
-    let (id, secrets) = new_volume();
-    let (staging, target) = (tmp.join("staging"), tmp.join("pod/volume"));
     let rt = rt();
-    rt.block_on(async {
-        let mut c = plugin.client().await;
-        c.stage(&id, &staging, &secrets, Mode::MultiNodeMultiWriter)
-            .await
-            .unwrap();
-        c.publish(&id, &staging, &target, false).await.unwrap();
-    });
-    std::fs::write(target.join("before"), b"written before the restart").unwrap();
+    let ((id, secrets), target) = use_a_volume(&rt, &plugin, tmp);
+    let staging = tmp.join("staging");
     assert_eq!(agent.metric("atefs_node_agent_daemons"), 1);
 
     plugin.kill();
