@@ -195,12 +195,8 @@ async fn main() -> Result<()> {
     if cli.node_id.is_none() && !cli.controller {
         bail!("serve something: --node-id NAME (Node service), --controller, or both");
     }
-    let atefs = match cli.atefs.clone() {
-        Some(p) => p,
-        None => std::env::current_exe()
-            .context("locating this binary")?
-            .with_file_name("atefs"),
-    };
+    let atefs =
+        node_agent::daemon::atefs_binary(cli.atefs.clone()).context("locating this binary")?;
     if cli.node_id.is_some() && cli.node_agent.is_none() && !atefs.exists() {
         bail!("{} not found (give --atefs PATH)", atefs.display());
     }

@@ -110,6 +110,14 @@ impl From<std::process::ExitStatus> for Exit {
     }
 }
 
+/// The atefs binary: `given`, else `atefs` beside the running binary (as in the image).
+pub fn atefs_binary(given: Option<PathBuf>) -> std::io::Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p),
+        None => Ok(std::env::current_exe()?.with_file_name("atefs")),
+    }
+}
+
 /// The last `n` lines of a log, for error messages.
 pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -37,12 +37,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let atefs = match cli.atefs {
-        Some(p) => p,
-        None => std::env::current_exe()
-            .context("locating this binary")?
-            .with_file_name("atefs"),
-    };
+    let atefs = node_agent::daemon::atefs_binary(cli.atefs).context("locating this binary")?;
     anyhow::ensure!(
         atefs.exists(),
         "{} not found (give --atefs PATH)",
