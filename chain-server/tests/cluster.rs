@@ -759,3 +759,57 @@ fn an_owner_sets_a_chains_quota_and_it_survives_a_restart() {
     let info = rt.block_on(client.info(chain)).unwrap();
     assert_eq!((info.index, info.quota_bytes), (2, 3 << 20));
 }
+
+/// A cache follows its chain through a loss of quorum longer than its client's deadline,
+/// as long as one replica answers: the subscription is served from what that replica has and
+/// goes live again with quorum, so commits land afterwards. (Once no replica answers for that
+/// long the follower stops: `commits_fail_with_the_reason_once_the_cache_stopped_following`.)
+#[test]
+fn a_cache_follows_its_chain_through_a_loss_of_quorum() {
+    let mut cluster = Cluster::start(false, 1_000_000);
+    let rt = rt();
+    let client = cluster.client(Duration::from_secs(2));
+    let (chain, owner, genesis) = new_chain();
+    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
+    let cache: Arc<dyn ate::storage::Storage> = Arc::new(ate::storage::MemStorage::new());
+    let remote = ate::remote::open_remote(
+        cluster.client(Duration::from_secs(2)),
+        chain,
+        owner.clone(),
+        cache,
+        None,
+    )
+    .unwrap();
+    let key = DataKey::generate();
+    let put = |i: u32| {
+        let tx = put_tx(chain, &owner, &key, &i.to_le_bytes(), b"value");
+        Transaction::decode(&tx).unwrap()
+    };
+    remote.chain.sign_and_commit(put(0), &owner).unwrap();
+    // Two of three gone for twice the client's deadline: the follower's reconnects find
+    // only the third, which has no quorum.
+    let p = chain_server::node::partition_of(&chain, 2);
+    let survivor = cluster.leader_of(p).map_or(0, |l| (l + 1) % 3);
+    let gone: Vec<usize> = (0..3).filter(|i| *i != survivor).collect();
+    for &i in &gone {
+        cluster.kill(i);
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    for &i in &gone {
+        cluster.spawn(i, false);
+    }
+    let mut landed = None;
+    for i in 1..=10 {
+        match remote.chain.sign_and_commit(put(i), &owner) {
+            Ok(r) => {
+                landed = Some(r);
+                break;
+            }
+            Err(e) => assert!(
+                !e.to_string().contains("stopped following"),
+                "the follower gave up: {e}"
+            ),
+        }
+    }
+    assert!(landed.is_some(), "no commit landed after quorum returned");
+}
