@@ -1,8 +1,9 @@
 //! A volume's size. An embedded volume's is fixed at mount; a shared volume's is its chain's
 //! quota on the cluster, which the chain's owner may raise while it is mounted (a CSI volume
 //! expansion). That one is read again when statfs asks and before a write is refused for want
-//! of space, at most once per [`REFRESH`]: a raised quota is seen by the next `df` or write,
-//! and a full volume does not ask the cluster on every write it refuses.
+//! of space, at most once per [`REFRESH`] (per [`RETRY_AFTER_FAILURE`] once the cluster did not
+//! answer): a raised quota is seen by the next `df` or write, and a full volume does not ask
+//! the cluster on every write it refuses.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +12,10 @@ use std::time::{Duration, Instant};
 
 /// The shortest time between two reads of a quota source.
 pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// The time before the source is asked again after it could not answer (each try may take
+/// [`READ_LIMIT`], with statfs or a write waiting on it).
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
 /// How long a read of the cluster's quota may take before the known value stands.
 const READ_LIMIT: Duration = Duration::from_secs(2);
@@ -38,9 +43,9 @@ impl QuotaSource for ate::remote::QuotaReader {
 pub struct Quota {
     bytes: AtomicU64,
     source: Option<Arc<dyn QuotaSource>>,
-    /// When the source was last read. Held while it is read, so concurrent callers wait
+    /// When the source may be read next. Held while it is read, so concurrent callers wait
     /// for that read instead of each asking.
-    read_at: Mutex<Option<Instant>>,
+    next_read: Mutex<Option<Instant>>,
 }
 
 impl Quota {
@@ -49,7 +54,7 @@ impl Quota {
         Self {
             bytes: AtomicU64::new(bytes),
             source,
-            read_at: Mutex::new(None),
+            next_read: Mutex::new(None),
         }
     }
 
@@ -63,14 +68,18 @@ impl Quota {
         let Some(source) = &self.source else {
             return self.bytes();
         };
-        let mut read_at = self.read_at.lock();
-        if read_at.is_some_and(|t| t.elapsed() < REFRESH) {
+        let mut next_read = self.next_read.lock();
+        if next_read.is_some_and(|t| Instant::now() < t) {
             return self.bytes();
         }
-        if let Some(q) = source.read() {
-            self.bytes.store(q, Ordering::Relaxed);
-        }
-        *read_at = Some(Instant::now());
+        let wait = match source.read() {
+            Some(q) => {
+                self.bytes.store(q, Ordering::Relaxed);
+                REFRESH
+            }
+            None => RETRY_AFTER_FAILURE,
+        };
+        *next_read = Some(Instant::now() + wait);
         self.bytes()
     }
 
@@ -129,16 +138,25 @@ mod tests {
         assert!(!q.fits(50, 60));
         assert_eq!(src.reads.load(Ordering::Relaxed), 1);
         // Once REFRESH passed, the raise is seen.
-        *q.read_at.lock() = Instant::now().checked_sub(REFRESH);
+        *q.next_read.lock() = Some(Instant::now());
         assert!(q.fits(50, 60));
         assert_eq!((q.bytes(), src.reads.load(Ordering::Relaxed)), (200, 2));
     }
 
     #[test]
-    fn an_unreadable_source_keeps_the_last_quota() {
+    fn an_unreadable_source_keeps_the_last_quota_and_is_asked_again_much_later() {
         let src = scripted(None);
         let q = Quota::new(100, Some(src.clone()));
         assert_eq!(q.fresh(), 100);
         assert_eq!(src.reads.load(Ordering::Relaxed), 1);
+        // Not asked again within RETRY_AFTER_FAILURE, even past REFRESH.
+        *src.value.lock() = Some(200);
+        let next = *q.next_read.lock();
+        assert!(next.is_some_and(|t| t >= Instant::now() + RETRY_AFTER_FAILURE - REFRESH));
+        assert!(!q.fits(100, 50));
+        assert_eq!(src.reads.load(Ordering::Relaxed), 1);
+        *q.next_read.lock() = Some(Instant::now());
+        assert!(q.fits(100, 50));
+        assert_eq!(src.reads.load(Ordering::Relaxed), 2);
     }
 }
