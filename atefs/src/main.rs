@@ -207,6 +207,19 @@ fn open_volume(data: &Path, quota: u64, remote: &RemoteArgs) -> Result<atefs::vo
         }
         return Ok(vol);
     }
+    let (key_path, keys, client) = remote_volume(remote)?;
+    atefs::volume::open_remote(data, keys, client, quota).with_context(|| {
+        format!(
+            "opening chain of {} on {}",
+            key_path.display(),
+            remote.server.join(",")
+        )
+    })
+}
+
+/// A shared volume's key file (its path and keys) and a client of its cluster, from the
+/// command line.
+fn remote_volume(remote: &RemoteArgs) -> Result<(&Path, ate::KeyFile, ate::remote::RemoteClient)> {
     let key_path = remote
         .keys
         .as_deref()
@@ -223,13 +236,7 @@ fn open_volume(data: &Path, quota: u64, remote: &RemoteArgs) -> Result<atefs::vo
         remote.ca.as_deref(),
         remote.insecure_plaintext,
     )?)?;
-    atefs::volume::open_remote(data, keys, client, quota).with_context(|| {
-        format!(
-            "opening chain of {} on {}",
-            key_path.display(),
-            remote.server.join(",")
-        )
-    })
+    Ok((key_path, keys, client))
 }
 
 /// How often buffered data is committed without fsync (plus one deferred fdatasync,
@@ -392,17 +399,7 @@ fn quota(bytes: Option<u64>, remote: &RemoteArgs) -> Result<()> {
     if remote.server.is_empty() {
         bail!("atefs quota is for shared volumes: give --server ADDRS and --keys FILE");
     }
-    let key_path = remote
-        .keys
-        .as_deref()
-        .context("--server needs --keys FILE")?;
-    let keys =
-        ate::KeyFile::load(key_path).with_context(|| format!("reading {}", key_path.display()))?;
-    let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions::from_flags(
-        remote.server.clone(),
-        remote.ca.as_deref(),
-        remote.insecure_plaintext,
-    )?)?;
+    let (_, keys, client) = remote_volume(remote)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

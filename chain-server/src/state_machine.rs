@@ -322,6 +322,14 @@ fn load_snapshot(file: &Arc<dyn StorageFile>) -> Result<Loaded, LogError> {
     })
 }
 
+/// The refusal of a command about a chain this state does not hold.
+fn no_chain(chain: ChainId) -> Outcome {
+    Outcome::Refused {
+        kind: Refusal::NoChain,
+        reason: format!("no chain {chain}"),
+    }
+}
+
 impl Inner {
     fn read_payload(&self, loc: Location, len: usize) -> Result<Vec<u8>, LogError> {
         match loc.file {
@@ -345,7 +353,7 @@ impl Inner {
             return refuse(Refusal::Invalid, "entry not in the local log".into());
         };
         let Some(c) = self.chains.get_mut(&chain) else {
-            return refuse(Refusal::NoChain, format!("no chain {chain}"));
+            return no_chain(chain);
         };
         let hash = sk.hash;
         if let Some(index) = c.seen.get(&hash.0) {
@@ -419,10 +427,7 @@ impl Inner {
             }
             Command::Delete { chain } => match self.chains.remove(&ChainId(chain)) {
                 Some(_) => Outcome::Applied { index: 0 },
-                None => Outcome::Refused {
-                    kind: Refusal::NoChain,
-                    reason: format!("no chain {}", ChainId(chain)),
-                },
+                None => no_chain(ChainId(chain)),
             },
             Command::SetQuota { chain, quota } => match self.chains.get_mut(&ChainId(chain)) {
                 Some(c) if quota < c.used => Outcome::Refused {
@@ -437,10 +442,7 @@ impl Inner {
                     c.quota = quota;
                     Outcome::Applied { index: c.index }
                 }
-                None => Outcome::Refused {
-                    kind: Refusal::NoChain,
-                    reason: format!("no chain {}", ChainId(chain)),
-                },
+                None => no_chain(ChainId(chain)),
             },
         }
     }

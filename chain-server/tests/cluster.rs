@@ -490,28 +490,57 @@ fn a_cache_that_does_not_hold_its_sessions_transaction_fetches_it_in_full() {
 /// Once a remote chain's cache stopped following (here: the whole cluster is gone for longer
 /// than the client's deadline), commits fail at once with that reason instead of each going up
 /// the commit pipeline and waiting out the deadline; what had landed stays readable.
+/// A new chain of `cluster` and a cache following it whose client gives up after 2 s.
+struct Followed {
+    chain: ate::ChainId,
+    owner: ate::SigningKey,
+    key: DataKey,
+    remote: ate::remote::RemoteChain,
+}
+
+impl Followed {
+    fn open(cluster: &Cluster) -> Followed {
+        let client = cluster.client(Duration::from_secs(2));
+        let (chain, owner, genesis) = new_chain();
+        rt().block_on(client.create(chain, 1 << 30, genesis))
+            .unwrap();
+        let cache: Arc<dyn ate::storage::Storage> = Arc::new(ate::storage::MemStorage::new());
+        let remote = ate::remote::open_remote(
+            cluster.client(Duration::from_secs(2)),
+            chain,
+            owner.clone(),
+            cache,
+            None,
+        )
+        .unwrap();
+        Followed {
+            chain,
+            owner,
+            key: DataKey::generate(),
+            remote,
+        }
+    }
+
+    /// A transaction putting "value" under the record named by `i`.
+    fn put(&self, i: u32) -> Transaction {
+        let tx = put_tx(
+            self.chain,
+            &self.owner,
+            &self.key,
+            &i.to_le_bytes(),
+            b"value",
+        );
+        Transaction::decode(&tx).unwrap()
+    }
+}
+
 #[test]
 fn commits_fail_with_the_reason_once_the_cache_stopped_following() {
     let mut cluster = Cluster::start(false, 1_000_000);
-    let rt = rt();
-    let client = cluster.client(Duration::from_secs(2));
-    let (chain, owner, genesis) = new_chain();
-    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
-    let cache: Arc<dyn ate::storage::Storage> = Arc::new(ate::storage::MemStorage::new());
-    let remote = ate::remote::open_remote(
-        cluster.client(Duration::from_secs(2)),
-        chain,
-        owner.clone(),
-        cache,
-        None,
-    )
-    .unwrap();
-    let key = DataKey::generate();
-    let put = |i: u32| {
-        let tx = put_tx(chain, &owner, &key, &i.to_le_bytes(), b"value");
-        Transaction::decode(&tx).unwrap()
-    };
-    remote.chain.sign_and_commit(put(0), &owner).unwrap();
+    let f = Followed::open(&cluster);
+    let (owner, key, remote) = (&f.owner, &f.key, &f.remote);
+    let put = |i: u32| f.put(i);
+    remote.chain.sign_and_commit(put(0), owner).unwrap();
     for i in 0..3 {
         cluster.kill(i);
     }
@@ -519,7 +548,7 @@ fn commits_fail_with_the_reason_once_the_cache_stopped_following() {
     // give up (also after 2 s); from then on the reason is the stopped follower.
     let mut errors = Vec::new();
     for i in 1..=10 {
-        let e = remote.chain.sign_and_commit(put(i), &owner).unwrap_err();
+        let e = remote.chain.sign_and_commit(put(i), owner).unwrap_err();
         let stopped = e.to_string().contains("stopped following the chain");
         errors.push(e.to_string());
         if stopped {
@@ -533,7 +562,7 @@ fn commits_fail_with_the_reason_once_the_cache_stopped_following() {
             .contains("stopped following the chain"),
         "{errors:#?}"
     );
-    let e = remote.chain.sign_and_commit(put(99), &owner).unwrap_err();
+    let e = remote.chain.sign_and_commit(put(99), owner).unwrap_err();
     assert!(e.to_string().contains("stopped following the chain"), "{e}");
     let rk = ate::RecordKey(
         *blake3::hash(&0u32.to_le_bytes())
@@ -541,7 +570,7 @@ fn commits_fail_with_the_reason_once_the_cache_stopped_following() {
             .first_chunk()
             .unwrap(),
     );
-    let (_, plain) = remote.chain.read_plain(&rk, &key).unwrap().unwrap();
+    let (_, plain) = remote.chain.read_plain(&rk, key).unwrap().unwrap();
     assert_eq!(plain, b"value");
 }
 
@@ -767,25 +796,10 @@ fn an_owner_sets_a_chains_quota_and_it_survives_a_restart() {
 #[test]
 fn a_cache_follows_its_chain_through_a_loss_of_quorum() {
     let mut cluster = Cluster::start(false, 1_000_000);
-    let rt = rt();
-    let client = cluster.client(Duration::from_secs(2));
-    let (chain, owner, genesis) = new_chain();
-    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
-    let cache: Arc<dyn ate::storage::Storage> = Arc::new(ate::storage::MemStorage::new());
-    let remote = ate::remote::open_remote(
-        cluster.client(Duration::from_secs(2)),
-        chain,
-        owner.clone(),
-        cache,
-        None,
-    )
-    .unwrap();
-    let key = DataKey::generate();
-    let put = |i: u32| {
-        let tx = put_tx(chain, &owner, &key, &i.to_le_bytes(), b"value");
-        Transaction::decode(&tx).unwrap()
-    };
-    remote.chain.sign_and_commit(put(0), &owner).unwrap();
+    let f = Followed::open(&cluster);
+    let (chain, owner, remote) = (f.chain, &f.owner, &f.remote);
+    let put = |i: u32| f.put(i);
+    remote.chain.sign_and_commit(put(0), owner).unwrap();
     // Two of three gone for twice the client's deadline: the follower's reconnects find
     // only the third, which has no quorum.
     let p = chain_server::node::partition_of(&chain, 2);
@@ -800,7 +814,7 @@ fn a_cache_follows_its_chain_through_a_loss_of_quorum() {
     }
     let mut landed = None;
     for i in 1..=10 {
-        match remote.chain.sign_and_commit(put(i), &owner) {
+        match remote.chain.sign_and_commit(put(i), owner) {
             Ok(r) => {
                 landed = Some(r);
                 break;

@@ -199,9 +199,10 @@ impl ControllerService {
         let Some((name, Some(v))) = self.record_of(&id).await? else {
             return Err(not_found());
         };
-        let current = match self.client.info(id.0).await {
-            Ok(info) => info.quota_bytes,
-            Err(RemoteError::Refused(Code::NotFound, _)) => return Err(not_found()),
+        use crate::status::ChainUsage;
+        let current = match self.client.usage(id.0).await {
+            Ok(Some((_, quota))) => quota,
+            Ok(None) => return Err(not_found()),
             Err(e) => return Err(remote_error("reading the volume's chain", e)),
         };
         let capacity = if current >= want {
