@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+mod frozen;
 mod run_read;
+pub use frozen::{Frozen, LiveRecord};
 
 /// Why a chain operation failed.
 #[derive(Debug, Error)]

@@ -11,12 +11,14 @@
 //! - [`view`]: the materialized view (latest versions, children).
 //! - [`chain`]: a local chain with group commit and subscriptions.
 //! - [`keyfile`]: the key envelope of a volume.
+//! - [`copy`]: a chain's live records copied into a new chain under other keys.
 //!
 //! ate knows nothing of FUSE, gRPC servers or Kubernetes.
 
 pub mod authority;
 pub mod chain;
 pub mod codec;
+pub mod copy;
 pub mod crypto;
 pub mod ids;
 pub mod keyfile;

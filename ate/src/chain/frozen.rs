@@ -1,0 +1,99 @@
+//! A chain's records as of one index, readable while the chain moves on: what a copy of a
+//! volume (a clone, a snapshot) is taken from.
+
+use super::{Chain, ChainError};
+use crate::authority::{RootAuthority, WriteAuthority};
+use crate::crypto::DataKey;
+use crate::ids::RecordKey;
+use crate::redo::Location;
+use crate::tx::RecordHeader;
+use crate::validate::ChainState;
+
+/// A live record of a [`Frozen`] chain.
+#[derive(Clone, Debug)]
+pub struct LiveRecord {
+    /// The record.
+    pub key: RecordKey,
+    /// Its parent.
+    pub parent: Option<RecordKey>,
+    /// Its write authority.
+    pub write: WriteAuthority,
+    /// Its header.
+    pub header: RecordHeader,
+    payload: Option<(Location, usize)>,
+}
+
+/// The live records of a chain at [`Frozen::index`]. Later commits do not show; compaction
+/// waits until this drops (it would move the payloads the entries point at).
+pub struct Frozen<'a> {
+    chain: &'a Chain,
+    _no_compaction: parking_lot::MutexGuard<'a, ()>,
+    /// The chain index the records are as of.
+    pub index: u64,
+    /// The root authority at that index.
+    pub root: Option<RootAuthority>,
+    /// Live records (tombstones left out), in key order.
+    pub records: Vec<LiveRecord>,
+}
+
+impl std::fmt::Debug for Frozen<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frozen")
+            .field("index", &self.index)
+            .field("records", &self.records.len())
+            .finish()
+    }
+}
+
+impl Chain {
+    /// The live records as of the last index in the view.
+    pub fn frozen(&self) -> Frozen<'_> {
+        let guard = self.shared.compacting.lock();
+        let view = self.shared.view.read();
+        let mut records: Vec<LiveRecord> = view
+            .records()
+            .filter_map(|(k, e)| {
+                Some(LiveRecord {
+                    key: *k,
+                    parent: e.parent,
+                    write: e.write.clone(),
+                    header: e.header.clone()?,
+                    payload: e.payload,
+                })
+            })
+            .collect();
+        records.sort_by_key(|r| r.key);
+        Frozen {
+            chain: self,
+            _no_compaction: guard,
+            index: view.last_index(),
+            root: view.root().cloned(),
+            records,
+        }
+    }
+}
+
+impl Frozen<'_> {
+    /// Opens the payload of `record` (one of [`Self::records`]) with `data_key`; empty for a
+    /// record without payload.
+    pub fn read_plain(
+        &self,
+        record: &LiveRecord,
+        data_key: &DataKey,
+    ) -> Result<Vec<u8>, ChainError> {
+        let Some((loc, len)) = record.payload.filter(|(_, len)| *len > 0) else {
+            return Ok(Vec::new());
+        };
+        let mut buf = vec![0u8; len];
+        self.chain.shared.files.read_into(loc, &mut buf)?;
+        let plain = record
+            .header
+            .open_in_place(&self.chain.shared.id, data_key, &mut buf)
+            .map_err(|source| ChainError::Crypto {
+                key: record.key,
+                source,
+            })?;
+        buf.truncate(plain);
+        Ok(buf)
+    }
+}
