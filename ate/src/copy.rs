@@ -37,6 +37,9 @@ pub enum CopyError {
         /// Its data key.
         data_key: KeyId,
     },
+    /// The copy's keys have another name key ([`KeyFile::for_copy`] keeps it).
+    #[error("the copy's keys have another name key than the source's: its records could not be found by name")]
+    NameKey,
     /// Reading or opening a payload failed.
     #[error(transparent)]
     Chain(#[from] ChainError),
@@ -71,6 +74,9 @@ impl<'f, 'c> Copier<'f, 'c> {
         from: &'f KeyFile,
         to: &'f KeyFile,
     ) -> Result<Self, CopyError> {
+        if from.names.as_bytes() != to.names.as_bytes() {
+            return Err(CopyError::NameKey);
+        }
         let root = frozen.root.clone().ok_or(CopyError::NoRoot(from.chain))?;
         let old_owner = from.owner.public();
         if !root.is_owner(&old_owner.id()) {

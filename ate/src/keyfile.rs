@@ -72,6 +72,16 @@ impl KeyFile {
         }
     }
 
+    /// Keys for a copy of this chain as `chain` (see [`crate::copy`]): a new owner and data
+    /// key, so neither set opens or signs for the other chain, and the same name key, from
+    /// which the records' keys derive.
+    pub fn for_copy(&self, chain: ChainId) -> Self {
+        Self {
+            names: self.names.clone(),
+            ..Self::generate(chain)
+        }
+    }
+
     /// Encodes the envelope.
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut b = Zeroizing::new(Vec::with_capacity(KEYFILE_LEN));

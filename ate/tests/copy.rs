@@ -46,7 +46,7 @@ fn replay(copier: &mut Copier<'_, '_>, to: &KeyFile) -> (Chain, usize) {
 #[test]
 fn a_copy_holds_every_live_record_as_of_its_index_under_the_new_keys() {
     let from = KeyFile::generate(ChainId::random());
-    let to = KeyFile::generate(ChainId::random());
+    let to = from.for_copy(ChainId::random());
     let f = fixture(&from);
     let (_, source) = f.mem_chain();
     let big: Vec<u8> = (0..6u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
@@ -145,7 +145,7 @@ fn a_copy_holds_every_live_record_as_of_its_index_under_the_new_keys() {
 #[test]
 fn keys_that_do_not_own_the_chain_or_seal_its_payloads_are_refused() {
     let from = KeyFile::generate(ChainId::random());
-    let to = KeyFile::generate(ChainId::random());
+    let to = from.for_copy(ChainId::random());
     let f = fixture(&from);
     let (_, source) = f.mem_chain();
     let stranger = KeyFile {
@@ -154,7 +154,11 @@ fn keys_that_do_not_own_the_chain_or_seal_its_payloads_are_refused() {
     };
     let frozen = source.frozen();
     assert!(matches!(
-        Copier::new(&frozen, &stranger, &to),
+        Copier::new(&frozen, &from, &KeyFile::generate(ChainId::random())),
+        Err(CopyError::NameKey)
+    ));
+    assert!(matches!(
+        Copier::new(&frozen, &stranger, &stranger.for_copy(ChainId::random())),
         Err(CopyError::NotAnOwner(c)) if c == from.chain
     ));
     drop(frozen);

@@ -72,6 +72,18 @@ enum Cmd {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Copy a shared volume as it is now into a new volume on the same cluster, with keys of
+    /// its own (written to OUT, mode 0600). Mounts of the source may go on writing: the copy
+    /// is the state after one transaction, as a crash would leave it.
+    Clone {
+        /// Key file of the new volume; must not exist.
+        out: PathBuf,
+        /// Quota of the new volume in bytes (default: the source's).
+        #[arg(long)]
+        quota: Option<u64>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// Write a new key envelope (a new volume's keys) to FILE with mode 0600.
     Keygen {
         /// Output file; must not exist.
@@ -146,6 +158,7 @@ fn main() -> Result<()> {
         Cmd::Umount { dir } => umount(&dir),
         Cmd::Status { data } => status(&data),
         Cmd::Keygen { out } => keygen(&out),
+        Cmd::Clone { out, quota, remote } => clone(&out, quota, &remote),
         Cmd::Quota { bytes, remote } => quota(bytes, &remote),
         Cmd::Fsck { data } => fsck(&data),
         Cmd::GatherHelper { dir } => {
@@ -231,12 +244,16 @@ fn remote_volume(remote: &RemoteArgs) -> Result<(&Path, ate::KeyFile, ate::remot
             key_path.display()
         )
     })?;
-    let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions::from_flags(
+    let client = ate::remote::RemoteClient::new(remote_options(remote)?)?;
+    Ok((key_path, keys, client))
+}
+
+fn remote_options(remote: &RemoteArgs) -> Result<ate::remote::RemoteOptions> {
+    Ok(ate::remote::RemoteOptions::from_flags(
         remote.server.clone(),
         remote.ca.as_deref(),
         remote.insecure_plaintext,
-    )?)?;
-    Ok((key_path, keys, client))
+    )?)
 }
 
 /// How often buffered data is committed without fsync (plus one deferred fdatasync,
@@ -463,6 +480,44 @@ fn status(data: &Path) -> Result<()> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn clone(out: &Path, quota: Option<u64>, remote: &RemoteArgs) -> Result<()> {
+    if remote.server.is_empty() {
+        bail!("atefs clone is for shared volumes: give --server ADDRS and --keys FILE");
+    }
+    if out.exists() {
+        bail!("{} exists; refusing to overwrite keys", out.display());
+    }
+    let (_, keys, client) = remote_volume(remote)?;
+    let quota = match quota {
+        Some(q) => q,
+        None => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(client.info(keys.chain))
+                .with_context(|| format!("reading chain {}", keys.chain))?
+                .quota_bytes
+        }
+    };
+    let copy = keys.for_copy(ate::ChainId::random());
+    // Saved before the chain exists: a copy whose keys were lost could never be deleted.
+    copy.save(out)?;
+    let cache = tempfile::tempdir().context("creating a directory for the source's cache")?;
+    let storage = std::sync::Arc::new(ate::storage::FileStorage::new(cache.path())?);
+    let report = ate::remote::copy_chain(remote_options(remote)?, &keys, &copy, quota, storage)
+        .with_context(|| format!("copying chain {} to {}", keys.chain, copy.chain))?;
+    println!(
+        "copied chain {} (as of index {}, {} records) to chain {}; its keys are in {}",
+        keys.chain,
+        report.index,
+        report.records,
+        copy.chain,
+        out.display()
+    );
+    Ok(())
 }
 
 fn keygen(out: &Path) -> Result<()> {

@@ -473,3 +473,84 @@ fn a_raised_quota_reaches_a_mounted_volume() {
     assert!(std::fs::read(other.dir.join("big")).unwrap() == data);
     drop((other, m));
 }
+
+/// `atefs clone`: a copy of a mounted volume as of one moment, with keys of its own. The copy
+/// holds the tree as it was (contents, modes, times, links), and from then on each volume
+/// goes its own way.
+#[test]
+fn a_clone_holds_the_volume_as_it_was_and_then_goes_its_own_way() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some((cluster, tmp, keys)) = setup() else {
+        return;
+    };
+    let src = Mount::start(&cluster, tmp.path(), "src", &keys);
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::create_dir(src.dir.join("d")).unwrap();
+    let mut f = std::fs::File::create(src.dir.join("d/f")).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::fs::set_permissions(src.dir.join("d/f"), PermissionsExt::from_mode(0o640)).unwrap();
+    std::fs::hard_link(src.dir.join("d/f"), src.dir.join("d/h")).unwrap();
+    std::os::unix::fs::symlink("d/f", src.dir.join("l")).unwrap();
+    std::fs::write(src.dir.join("gone"), b"x").unwrap();
+    std::fs::remove_file(src.dir.join("gone")).unwrap();
+
+    let out = tmp.path().join("clone-keys");
+    let clone = |out: &Path| {
+        Command::new(atefs_bin())
+            .arg("clone")
+            .arg(out)
+            .arg("--server")
+            .arg(cluster.endpoints().join(","))
+            .arg("--keys")
+            .arg(&keys)
+            .arg("--ca")
+            .arg(cluster.dir.path().join("certs/ca.pem"))
+            .output()
+            .unwrap()
+    };
+    let made = clone(&out);
+    assert!(made.status.success(), "atefs clone: {made:?}");
+    let again = clone(&out);
+    assert!(
+        !again.status.success(),
+        "an existing key file was overwritten"
+    );
+    // The source goes on after the clone was taken.
+    std::fs::write(src.dir.join("after"), b"later").unwrap();
+
+    let copy = Mount::start(&cluster, tmp.path(), "copy", &out);
+    assert!(std::fs::read(copy.dir.join("d/f")).unwrap() == data);
+    let (a, b) = (
+        std::fs::metadata(src.dir.join("d/f")).unwrap(),
+        std::fs::metadata(copy.dir.join("d/f")).unwrap(),
+    );
+    assert_eq!(b.mode(), a.mode());
+    assert_eq!(b.nlink(), 2);
+    assert_eq!(b.modified().unwrap(), a.modified().unwrap());
+    assert_eq!(
+        std::fs::metadata(copy.dir.join("d/h")).unwrap().ino(),
+        b.ino()
+    );
+    assert_eq!(
+        std::fs::read_link(copy.dir.join("l")).unwrap(),
+        Path::new("d/f")
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&copy.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["d", "l"]);
+
+    std::fs::write(copy.dir.join("mine"), b"clone only").unwrap();
+    std::fs::write(copy.dir.join("d/f"), b"rewritten in the clone").unwrap();
+    assert!(!src.dir.join("mine").exists());
+    assert!(std::fs::read(src.dir.join("d/f")).unwrap() == data);
+    assert_eq!(
+        std::fs::read(copy.dir.join("d/h")).unwrap(),
+        b"rewritten in the clone"
+    );
+    drop((copy, src));
+}

@@ -65,5 +65,7 @@ pub use client::{
     SERVER_NAME,
 };
 
+mod copy;
+pub use copy::{copy_chain, CopyReport, RemoteCopyError};
 mod replica;
 pub use replica::{open_remote, open_remote_in_session, QuotaReader, RemoteChain, ReplicaError};

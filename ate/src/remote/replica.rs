@@ -171,8 +171,8 @@ pub struct RemoteChain {
     pub chain: Chain,
     stop: Arc<AtomicBool>,
     follower: Option<std::thread::JoinHandle<()>>,
-    client: Arc<RemoteClient>,
-    rt: Arc<tokio::runtime::Runtime>,
+    pub(super) client: Arc<RemoteClient>,
+    pub(super) rt: Arc<tokio::runtime::Runtime>,
 }
 
 impl RemoteChain {
