@@ -2,6 +2,11 @@
 //! kept by a [`KeyStore`] (a Kubernetes Secret per volume). CreateVolume is idempotent by the
 //! CO's volume name: the record is written first, then the chain created from it, so a retry
 //! after any failure finds the same keys and finishes the job.
+//!
+//! A snapshot is a copy of a volume's chain that no one mounts, with keys of its own in a
+//! store of its own; a clone, or a volume made from a snapshot, is a copy of the source's
+//! chain (`ate::remote::copy_chain`: the cluster records when a copy is complete, so a retry
+//! of either call never copies again what is done).
 
 use crate::capability::check_capability;
 use crate::in_flight::InFlight;
@@ -9,7 +14,9 @@ use crate::keystore::{KeyStore, StoreError, StoredVolume};
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::volume_id::VolumeId;
-use ate::remote::{RemoteClient, RemoteError};
+use ate::remote::{RemoteClient, RemoteCopyError, RemoteError, ReplicaError};
+use ate::KeyFile;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 
@@ -21,6 +28,9 @@ pub const DEFAULT_CAPACITY: u64 = 1 << 30;
 pub struct ControllerService {
     client: Arc<RemoteClient>,
     store: Arc<dyn KeyStore>,
+    snapshots: Arc<dyn KeyStore>,
+    /// Where a copy keeps the source's cache while it copies.
+    work_dir: PathBuf,
     metrics: Arc<Metrics>,
     /// Volume names and ids with a call in progress.
     busy: InFlight,
@@ -70,6 +80,15 @@ fn capacity(range: Option<&pb::CapacityRange>) -> Result<u64, Status> {
     Ok(want)
 }
 
+fn copy_error(e: RemoteCopyError) -> Status {
+    match e {
+        RemoteCopyError::Source(ReplicaError::Remote(e)) => remote_error("reading the source", e),
+        RemoteCopyError::Target(e) => remote_error("writing the copy", e),
+        e @ RemoteCopyError::Source(_) => Status::unavailable(e.to_string()),
+        e @ RemoteCopyError::Copy(_) => Status::internal(e.to_string()),
+    }
+}
+
 fn fits(v: &StoredVolume, range: Option<&pb::CapacityRange>) -> bool {
     range.is_none_or(|r| {
         v.capacity >= r.required_bytes.max(0) as u64
@@ -78,14 +97,66 @@ fn fits(v: &StoredVolume, range: Option<&pb::CapacityRange>) -> bool {
 }
 
 impl ControllerService {
-    /// A Controller over the cluster `client` reaches, keeping keys in `store`.
-    pub fn new(client: Arc<RemoteClient>, store: Arc<dyn KeyStore>, metrics: Arc<Metrics>) -> Self {
+    /// A Controller over the cluster `client` reaches, keeping the keys of volumes in `store`
+    /// and of snapshots in `snapshots`, and copies' caches in `work_dir`.
+    pub fn new(
+        client: Arc<RemoteClient>,
+        store: Arc<dyn KeyStore>,
+        snapshots: Arc<dyn KeyStore>,
+        work_dir: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             client,
             store,
+            snapshots,
+            work_dir,
             metrics,
             busy: InFlight::default(),
         }
+    }
+
+    /// Copies the chain of `from` into `to.chain` with `quota` (see the module's comment).
+    async fn copy(&self, from: &KeyFile, to: &KeyFile, quota: u64) -> Result<(), Status> {
+        let (opts, from, to) = (self.client.options().clone(), from.clone(), to.clone());
+        let dir = self.work_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let cache = tempfile::tempdir_in(&dir).map_err(|e| {
+                Status::unavailable(format!("a cache for the copy in {}: {e}", dir.display()))
+            })?;
+            let storage = ate::storage::FileStorage::new(cache.path())
+                .map_err(|e| Status::unavailable(format!("the copy's cache: {e}")))?;
+            ate::remote::copy_chain(opts, &from, &to, quota, Arc::new(storage)).map_err(copy_error)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the copy stopped: {e}")))??;
+        Ok(())
+    }
+
+    /// The record of what a new volume is to be copied from.
+    async fn content_source(&self, cs: &pb::VolumeContentSource) -> Result<StoredVolume, Status> {
+        use pb::volume_content_source::Type;
+        let (id, store, what) = match &cs.r#type {
+            Some(Type::Volume(v)) => (&v.volume_id, &self.store, "volume"),
+            Some(Type::Snapshot(s)) => (&s.snapshot_id, &self.snapshots, "snapshot"),
+            None => {
+                return Err(Status::invalid_argument(
+                    "volume_content_source names neither a volume nor a snapshot",
+                ))
+            }
+        };
+        let id = VolumeId::parse(id)?;
+        let not_found = || Status::not_found(format!("no source {what} {id}"));
+        let name = store
+            .find(&id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(not_found)?;
+        store
+            .get(&name)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(not_found)
     }
 
     async fn create(&self, r: pb::CreateVolumeRequest) -> Result<pb::CreateVolumeResponse, Status> {
@@ -98,12 +169,22 @@ impl ControllerService {
         for c in &r.volume_capabilities {
             check_capability(Some(c))?;
         }
-        if r.volume_content_source.is_some() {
-            return Err(Status::invalid_argument(
-                "volumes from snapshots or clones are not supported yet",
-            ));
+        let source = match &r.volume_content_source {
+            Some(cs) => Some(self.content_source(cs).await?),
+            None => None,
+        };
+        let mut want = capacity(r.capacity_range.as_ref())?;
+        if let Some(src) = &source {
+            // A copy is at least as large as what it is copied from.
+            let limit = r.capacity_range.as_ref().map_or(0, |c| c.limit_bytes);
+            if limit > 0 && src.capacity > limit as u64 {
+                return Err(Status::out_of_range(format!(
+                    "the source has {} bytes, more than the limit of {limit}",
+                    src.capacity
+                )));
+            }
+            want = want.max(src.capacity);
         }
-        let want = capacity(r.capacity_range.as_ref())?;
         let _busy = self.busy.claim(format!("volume name {}", r.name))?;
         let v = match self.store.get(&r.name).await.map_err(store_error)? {
             Some(v) if fits(&v, r.capacity_range.as_ref()) => v,
@@ -114,9 +195,14 @@ impl ControllerService {
                 )))
             }
             None => {
+                let chain = ate::ChainId::random();
                 let v = StoredVolume {
-                    keys: ate::KeyFile::generate(ate::ChainId::random()),
+                    keys: match &source {
+                        Some(src) => src.keys.for_copy(chain),
+                        None => KeyFile::generate(chain),
+                    },
                     capacity: want,
+                    snapshot_of: None,
                 };
                 if self.store.create(&r.name, &v).await.map_err(store_error)? {
                     v
@@ -131,20 +217,25 @@ impl ControllerService {
             }
         };
         let chain = v.keys.chain;
-        let genesis = ate::remote::genesis(chain, &v.keys.owner);
-        match self.client.create(chain, v.capacity, genesis).await {
-            Ok(_) => {}
-            // Made by an earlier attempt whose answer was lost.
-            Err(RemoteError::Refused(Code::AlreadyExists, _)) => {}
-            Err(e) => return Err(remote_error("creating the volume's chain", e)),
+        match &source {
+            Some(src) => self.copy(&src.keys, &v.keys, v.capacity).await?,
+            None => {
+                let genesis = ate::remote::genesis(chain, &v.keys.owner);
+                match self.client.create(chain, v.capacity, genesis).await {
+                    Ok(_) => {}
+                    // Made by an earlier attempt whose answer was lost.
+                    Err(RemoteError::Refused(Code::AlreadyExists, _)) => {}
+                    Err(e) => return Err(remote_error("creating the volume's chain", e)),
+                }
+            }
         }
-        tracing::info!(name = %r.name, volume = %chain, capacity = v.capacity, "volume created");
+        tracing::info!(name = %r.name, volume = %chain, capacity = v.capacity, from = ?source.as_ref().map(|s| s.keys.chain), "volume created");
         Ok(pb::CreateVolumeResponse {
             volume: Some(pb::Volume {
                 capacity_bytes: i64::try_from(v.capacity).unwrap_or(i64::MAX),
                 volume_id: chain.to_hex(),
                 volume_context: [("capacity".to_string(), v.capacity.to_string())].into(),
-                content_source: None,
+                content_source: r.volume_content_source,
             }),
         })
     }
@@ -227,6 +318,96 @@ impl ControllerService {
         })
     }
 
+    async fn create_snapshot(
+        &self,
+        r: pb::CreateSnapshotRequest,
+    ) -> Result<pb::CreateSnapshotResponse, Status> {
+        if r.name.is_empty() {
+            return Err(Status::invalid_argument("name is required"));
+        }
+        let source = VolumeId::parse(&r.source_volume_id)?;
+        let _busy = self.busy.claim(format!("snapshot name {}", r.name))?;
+        let snap = match self.snapshots.get(&r.name).await.map_err(store_error)? {
+            Some(s) => s,
+            None => {
+                let Some((_, Some(vol))) = self.record_of(&source).await? else {
+                    return Err(Status::not_found(format!("no volume {source}")));
+                };
+                let taken = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                let s = StoredVolume {
+                    keys: vol.keys.for_copy(ate::ChainId::random()),
+                    capacity: vol.capacity,
+                    snapshot_of: Some((source.to_string(), taken)),
+                };
+                if self
+                    .snapshots
+                    .create(&r.name, &s)
+                    .await
+                    .map_err(store_error)?
+                {
+                    s
+                } else {
+                    self.snapshots
+                        .get(&r.name)
+                        .await
+                        .map_err(store_error)?
+                        .ok_or_else(|| Status::aborted("the snapshot record vanished; retry"))?
+                }
+            }
+        };
+        let Some((of, taken)) = snap.snapshot_of.clone() else {
+            return Err(Status::internal(format!(
+                "the record of snapshot {} names no source volume",
+                r.name
+            )));
+        };
+        if of != r.source_volume_id {
+            return Err(Status::already_exists(format!(
+                "snapshot {} exists, of volume {of}",
+                r.name
+            )));
+        }
+        let Some((_, Some(vol))) = self.record_of(&source).await? else {
+            return Err(Status::not_found(format!("no volume {source}")));
+        };
+        self.copy(&vol.keys, &snap.keys, snap.capacity).await?;
+        tracing::info!(name = %r.name, snapshot = %snap.keys.chain, volume = %source, "snapshot taken");
+        Ok(pb::CreateSnapshotResponse {
+            snapshot: Some(pb::Snapshot {
+                size_bytes: i64::try_from(snap.capacity).unwrap_or(i64::MAX),
+                snapshot_id: snap.keys.chain.to_hex(),
+                source_volume_id: of,
+                creation_time: Some(prost_types::Timestamp {
+                    seconds: taken,
+                    nanos: 0,
+                }),
+                ready_to_use: true,
+            }),
+        })
+    }
+
+    async fn delete_snapshot(
+        &self,
+        r: pb::DeleteSnapshotRequest,
+    ) -> Result<pb::DeleteSnapshotResponse, Status> {
+        let id = VolumeId::parse(&r.snapshot_id)?;
+        let _busy = self.busy.claim(format!("snapshot {id}"))?;
+        let Some(name) = self.snapshots.find(&id).await.map_err(store_error)? else {
+            return Ok(pb::DeleteSnapshotResponse {});
+        };
+        if let Some(s) = self.snapshots.get(&name).await.map_err(store_error)? {
+            match self.client.delete(id.0, &s.keys.owner).await {
+                Ok(()) | Err(RemoteError::Refused(Code::NotFound, _)) => {}
+                Err(e) => return Err(remote_error("deleting the snapshot's chain", e)),
+            }
+        }
+        self.snapshots.delete(&name).await.map_err(store_error)?;
+        tracing::info!(%name, snapshot = %id, "snapshot deleted");
+        Ok(pb::DeleteSnapshotResponse {})
+    }
+
     async fn validate(
         &self,
         r: pb::ValidateVolumeCapabilitiesRequest,
@@ -297,6 +478,30 @@ impl pb::controller_server::Controller for ControllerService {
         .await
     }
 
+    async fn create_snapshot(
+        &self,
+        req: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+        crate::metrics::observe(
+            &self.metrics,
+            "CreateSnapshot",
+            self.create_snapshot(req.into_inner()),
+        )
+        .await
+    }
+
+    async fn delete_snapshot(
+        &self,
+        req: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        crate::metrics::observe(
+            &self.metrics,
+            "DeleteSnapshot",
+            self.delete_snapshot(req.into_inner()),
+        )
+        .await
+    }
+
     async fn controller_get_capabilities(
         &self,
         _req: Request<pb::ControllerGetCapabilitiesRequest>,
@@ -304,12 +509,17 @@ impl pb::controller_server::Controller for ControllerService {
         use pb::controller_service_capability::{rpc::Type, Rpc, Type as Cap};
         crate::metrics::observe(&self.metrics, "ControllerGetCapabilities", async {
             Ok(pb::ControllerGetCapabilitiesResponse {
-                capabilities: [Type::CreateDeleteVolume, Type::ExpandVolume]
-                    .into_iter()
-                    .map(|t| pb::ControllerServiceCapability {
-                        r#type: Some(Cap::Rpc(Rpc { r#type: t.into() })),
-                    })
-                    .collect(),
+                capabilities: [
+                    Type::CreateDeleteVolume,
+                    Type::ExpandVolume,
+                    Type::CloneVolume,
+                    Type::CreateDeleteSnapshot,
+                ]
+                .into_iter()
+                .map(|t| pb::ControllerServiceCapability {
+                    r#type: Some(Cap::Rpc(Rpc { r#type: t.into() })),
+                })
+                .collect(),
             })
         })
         .await

@@ -11,16 +11,56 @@ use thiserror::Error;
 
 /// Label naming a Secret's volume id.
 pub const VOLUME_ID_LABEL: &str = "csi.atefs.io/volume-id";
+/// Label naming a snapshot Secret's snapshot id.
+pub const SNAPSHOT_ID_LABEL: &str = "csi.atefs.io/snapshot-id";
 /// Secret entry holding the volume's capacity in bytes.
 pub const CAPACITY: &str = "capacityBytes";
+/// Secret entry of a snapshot: the volume it was taken from.
+const SOURCE: &str = "sourceVolumeId";
+/// Secret entry of a snapshot: when it was taken (Unix seconds).
+const CREATED: &str = "createdAt";
 
-/// A volume as the controller keeps it.
+/// A volume, or a snapshot (a chain no one mounts), as the controller keeps it.
 #[derive(Clone, Debug)]
 pub struct StoredVolume {
-    /// Its keys (the chain id is the volume id).
+    /// Its keys (the chain id is the volume or snapshot id).
     pub keys: KeyFile,
-    /// The capacity it was created with (its chain's quota).
+    /// The capacity it was created with (its chain's quota); a snapshot's, its source's.
     pub capacity: u64,
+    /// A snapshot's source volume and when it was taken (Unix seconds).
+    pub snapshot_of: Option<(String, i64)>,
+}
+
+/// What a store keeps: the two never share Secrets (the orphan sweep and the status checks
+/// look at volume Secrets only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Records {
+    /// Volumes: `atefs-NAME`, labelled with the volume id.
+    Volumes,
+    /// Snapshots: `atefs-snap-NAME`, labelled with the snapshot id.
+    Snapshots,
+}
+
+impl Records {
+    fn id_label(self) -> &'static str {
+        match self {
+            Records::Volumes => VOLUME_ID_LABEL,
+            Records::Snapshots => SNAPSHOT_ID_LABEL,
+        }
+    }
+    fn name_annotation(self) -> &'static str {
+        match self {
+            Records::Volumes => "csi.atefs.io/volume-name",
+            Records::Snapshots => "csi.atefs.io/snapshot-name",
+        }
+    }
+    /// The record (Secret, file) name of `name`.
+    pub fn record_name(self, name: &str) -> String {
+        match self {
+            Records::Volumes => record_name(name),
+            Records::Snapshots => record_name(&format!("snap-{name}")),
+        }
+    }
 }
 
 /// Why the store failed.
@@ -68,13 +108,18 @@ pub fn record_name(name: &str) -> String {
 }
 
 fn encode(v: &StoredVolume) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut m = BTreeMap::from([
         (
             KEY_ENVELOPE.to_string(),
             envelope_to_hex(&v.keys).to_string(),
         ),
         (CAPACITY.to_string(), v.capacity.to_string()),
-    ])
+    ]);
+    if let Some((source, created)) = &v.snapshot_of {
+        m.insert(SOURCE.to_string(), source.clone());
+        m.insert(CREATED.to_string(), created.to_string());
+    }
+    m
 }
 
 fn decode(what: &str, data: &BTreeMap<String, String>) -> Result<StoredVolume, StoreError> {
@@ -90,13 +135,25 @@ fn decode(what: &str, data: &BTreeMap<String, String>) -> Result<StoredVolume, S
         .get(CAPACITY)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| bad("no capacity"))?;
-    Ok(StoredVolume { keys, capacity })
+    let snapshot_of = match (data.get(SOURCE), data.get(CREATED)) {
+        (Some(source), Some(created)) => Some((
+            source.clone(),
+            created.parse().map_err(|_| bad("createdAt not a number"))?,
+        )),
+        _ => None,
+    };
+    Ok(StoredVolume {
+        keys,
+        capacity,
+        snapshot_of,
+    })
 }
 
 /// Records as Secrets of one namespace.
 #[derive(Clone)]
 pub struct SecretStore {
     api: kube::Api<k8s_openapi::api::core::v1::Secret>,
+    records: Records,
 }
 
 impl std::fmt::Debug for SecretStore {
@@ -106,10 +163,16 @@ impl std::fmt::Debug for SecretStore {
 }
 
 impl SecretStore {
-    /// Secrets in `namespace`, through `client`.
+    /// Volume Secrets in `namespace`, through `client`.
     pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Self::of(client, namespace, Records::Volumes)
+    }
+
+    /// `records` as Secrets in `namespace`, through `client`.
+    pub fn of(client: kube::Client, namespace: &str, records: Records) -> Self {
         Self {
             api: kube::Api::namespaced(client, namespace),
+            records,
         }
     }
 }
@@ -125,7 +188,7 @@ fn string_data(s: &k8s_openapi::api::core::v1::Secret) -> BTreeMap<String, Strin
 #[tonic::async_trait]
 impl KeyStore for SecretStore {
     async fn get(&self, name: &str) -> Result<Option<StoredVolume>, StoreError> {
-        let n = record_name(name);
+        let n = self.records.record_name(name);
         match self.api.get_opt(&n).await? {
             Some(s) => Ok(Some(decode(&format!("Secret {n}"), &string_data(&s))?)),
             None => Ok(None),
@@ -137,16 +200,16 @@ impl KeyStore for SecretStore {
         use kube::api::ObjectMeta;
         let secret = Secret {
             metadata: ObjectMeta {
-                name: Some(record_name(name)),
+                name: Some(self.records.record_name(name)),
                 labels: Some(BTreeMap::from([
-                    (VOLUME_ID_LABEL.to_string(), v.keys.chain.to_hex()),
+                    (self.records.id_label().to_string(), v.keys.chain.to_hex()),
                     (
                         "app.kubernetes.io/managed-by".to_string(),
                         "atefs-csi".to_string(),
                     ),
                 ])),
                 annotations: Some(BTreeMap::from([(
-                    "csi.atefs.io/volume-name".to_string(),
+                    self.records.name_annotation().to_string(),
                     name.to_string(),
                 )])),
                 ..Default::default()
@@ -164,19 +227,20 @@ impl KeyStore for SecretStore {
     }
 
     async fn find(&self, id: &VolumeId) -> Result<Option<String>, StoreError> {
-        let lp = kube::api::ListParams::default().labels(&format!("{VOLUME_ID_LABEL}={id}"));
+        let label = self.records.id_label();
+        let lp = kube::api::ListParams::default().labels(&format!("{label}={id}"));
         let list = self.api.list(&lp).await?;
         Ok(list.items.into_iter().find_map(|s| {
             s.metadata
                 .annotations
-                .and_then(|mut a| a.remove("csi.atefs.io/volume-name"))
+                .and_then(|mut a| a.remove(self.records.name_annotation()))
         }))
     }
 
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         match self
             .api
-            .delete(&record_name(name), &Default::default())
+            .delete(&self.records.record_name(name), &Default::default())
             .await
         {
             Ok(_) => Ok(()),
@@ -264,8 +328,9 @@ impl KeyStore for DirStore {
 
     async fn find(&self, id: &VolumeId) -> Result<Option<String>, StoreError> {
         for e in std::fs::read_dir(&self.dir)? {
-            let p = e?.path();
-            if p.extension().is_some_and(|x| x == "tmp") {
+            let e = e?;
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "tmp") || e.file_type()?.is_dir() {
                 continue;
             }
             if let Some((name, v)) = self.read(&p)? {

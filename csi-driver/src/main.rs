@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use csi_driver::controller::ControllerService;
 use csi_driver::identity::IdentityService;
-use csi_driver::keystore::{DirStore, KeyStore, SecretStore};
+use csi_driver::keystore::{DirStore, KeyStore, Records, SecretStore};
 use csi_driver::metrics::Metrics;
 use csi_driver::node::{NodeConfig, NodeService};
 use csi_driver::pb;
@@ -43,9 +43,14 @@ struct Cli {
     /// orphan (its PersistentVolume may not exist yet).
     #[arg(long, default_value_t = 900)]
     orphan_grace: u64,
-    /// Controller: keep each volume's keys in files of this directory (no Kubernetes).
+    /// Controller: keep each volume's keys in files of this directory (no Kubernetes);
+    /// snapshots' keys go in its `snapshots` directory.
     #[arg(long)]
     keys_dir: Option<PathBuf>,
+    /// Controller: where a snapshot or clone keeps a cache of its source while it copies it
+    /// (as large as the source's data; removed when the copy ends).
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    work_dir: PathBuf,
     /// Where staged volumes keep their key envelope (0600), cache and daemon log.
     #[arg(long, default_value = "/var/lib/atefs-csi")]
     state_dir: PathBuf,
@@ -112,38 +117,58 @@ async fn controller_service(cli: &Cli, metrics: Arc<Metrics>) -> Result<Controll
             cli.insecure_plaintext,
         )?,
     )?);
-    let store: Arc<dyn KeyStore> = match (&cli.secrets_namespace, &cli.keys_dir) {
-        (Some(ns), _) => {
-            let kube = kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-            if cli.orphan_sweep > 0 {
-                let collector = csi_driver::orphans::OrphanCollector::new(
-                    kube.clone(),
-                    ns,
-                    Duration::from_secs(cli.orphan_grace),
-                );
-                let checker = csi_driver::status::StatusChecker::new(
-                    kube.clone(),
-                    ns,
-                    csi_driver::identity::DRIVER_NAME,
-                );
-                tokio::spawn(sweep_orphans(
-                    collector,
-                    checker,
-                    client.clone(),
-                    Duration::from_secs(cli.orphan_sweep),
-                    metrics.clone(),
-                ));
+    let stores: (Arc<dyn KeyStore>, Arc<dyn KeyStore>) =
+        match (&cli.secrets_namespace, &cli.keys_dir) {
+            (Some(ns), _) => {
+                let kube = kube::Client::try_default().await.context(
+                    "connecting to the Kubernetes API (in-cluster config or KUBECONFIG)",
+                )?;
+                if cli.orphan_sweep > 0 {
+                    let collector = csi_driver::orphans::OrphanCollector::new(
+                        kube.clone(),
+                        ns,
+                        Duration::from_secs(cli.orphan_grace),
+                    );
+                    let checker = csi_driver::status::StatusChecker::new(
+                        kube.clone(),
+                        ns,
+                        csi_driver::identity::DRIVER_NAME,
+                    );
+                    tokio::spawn(sweep_orphans(
+                        collector,
+                        checker,
+                        client.clone(),
+                        Duration::from_secs(cli.orphan_sweep),
+                        metrics.clone(),
+                    ));
+                }
+                (
+                    Arc::new(SecretStore::new(kube.clone(), ns)),
+                    Arc::new(SecretStore::of(kube, ns, Records::Snapshots)),
+                )
             }
-            Arc::new(SecretStore::new(kube, ns))
-        }
-        (None, Some(dir)) => Arc::new(
-            DirStore::new(dir.clone()).with_context(|| format!("creating {}", dir.display()))?,
-        ),
-        (None, None) => bail!("--controller needs --secrets-namespace NS or --keys-dir DIR"),
-    };
-    Ok(ControllerService::new(client, store, metrics))
+            (None, Some(dir)) => {
+                let snapshots = dir.join("snapshots");
+                (
+                    Arc::new(
+                        DirStore::new(dir.clone())
+                            .with_context(|| format!("creating {}", dir.display()))?,
+                    ),
+                    Arc::new(
+                        DirStore::new(snapshots.clone())
+                            .with_context(|| format!("creating {}", snapshots.display()))?,
+                    ),
+                )
+            }
+            (None, None) => bail!("--controller needs --secrets-namespace NS or --keys-dir DIR"),
+        };
+    Ok(ControllerService::new(
+        client,
+        stores.0,
+        stores.1,
+        cli.work_dir.clone(),
+        metrics,
+    ))
 }
 
 /// Sweeps for orphaned volumes and reports volumes in trouble every `every`, for as long as

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{capability, rt, MountEnv, Plugin};
+use common::{capability, rt, Csi, MountEnv, Plugin};
 use csi_driver::pb;
 use pb::volume_capability::access_mode::Mode;
 use std::collections::HashMap;
@@ -76,8 +76,8 @@ fn volumes_are_created_mounted_and_deleted_through_the_controller() {
             .into_inner();
         assert_eq!(
             ccaps.capabilities.len(),
-            2,
-            "CREATE_DELETE_VOLUME, EXPAND_VOLUME"
+            4,
+            "CREATE_DELETE_VOLUME, EXPAND_VOLUME, CLONE_VOLUME, CREATE_DELETE_SNAPSHOT"
         );
 
         let name = "pvc-6f1d2c3e-0000-4000-8000-000000000001";
@@ -287,5 +287,252 @@ fn volumes_are_created_mounted_and_deleted_through_the_controller() {
             })
             .await
             .unwrap();
+    });
+}
+
+/// Stages and publishes volume `v` (named `name`) as kubelet would, under `root/tag`; returns
+/// the pod's path.
+async fn mount(
+    c: &mut Csi,
+    keys_dir: &std::path::Path,
+    name: &str,
+    v: &pb::Volume,
+    root: &std::path::Path,
+    tag: &str,
+) -> std::path::PathBuf {
+    let (staging, target) = (root.join(tag).join("staging"), root.join(tag).join("pod"));
+    c.stage(
+        &v.volume_id,
+        &staging,
+        &secrets_of(keys_dir, name),
+        Mode::SingleNodeWriter,
+    )
+    .await
+    .unwrap();
+    c.publish(&v.volume_id, &staging, &target, false)
+        .await
+        .unwrap();
+    target
+}
+
+async fn unmount(c: &mut Csi, v: &pb::Volume, root: &std::path::Path, tag: &str) {
+    let (staging, target) = (root.join(tag).join("staging"), root.join(tag).join("pod"));
+    c.unpublish(&v.volume_id, &target).await.unwrap();
+    c.unstage(&v.volume_id, &staging).await.unwrap();
+}
+
+fn write_synced(path: &std::path::Path, data: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Snapshots and clones as external-snapshotter and external-provisioner drive them: a
+/// snapshot of a mounted volume, a volume made from it and a clone of the volume each hold
+/// what the volume held when they were taken, mount with keys of their own, and go their own
+/// way after. Retries return what the first call made, without copying again.
+#[test]
+fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
+    let Some(env) = MountEnv::start() else {
+        return;
+    };
+    let (cluster, tmp) = (&env.cluster, &env.tmp);
+    let keys_dir = tmp.path().join("keys");
+    let plugin = Plugin::start_with(
+        tmp.path(),
+        "node-a",
+        Some(cluster),
+        &[
+            OsStr::new("--controller"),
+            OsStr::new("--keys-dir"),
+            keys_dir.as_os_str(),
+        ],
+    );
+    let root = tmp.path();
+    rt().block_on(async {
+        let mut c = plugin.client().await;
+        let create = |name: &str,
+                      required: i64,
+                      source: Option<pb::volume_content_source::Type>| {
+            let mut r = create_req(name, required);
+            r.volume_content_source = source.map(|t| pb::VolumeContentSource { r#type: Some(t) });
+            r
+        };
+        let src = c
+            .controller
+            .create_volume(create_req("pvc-src", 32 << 20))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let src_dir = mount(&mut c, &keys_dir, "pvc-src", &src, root, "src").await;
+        write_synced(&src_dir.join("a"), b"before");
+
+        let snap_req = pb::CreateSnapshotRequest {
+            source_volume_id: src.volume_id.clone(),
+            name: "snapshot-1".into(),
+            ..Default::default()
+        };
+        let s1 = c
+            .controller
+            .create_snapshot(snap_req.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert!(s1.ready_to_use);
+        assert_eq!(s1.size_bytes, 32 << 20);
+        assert_eq!(s1.source_volume_id, src.volume_id);
+        assert_ne!(s1.snapshot_id, src.volume_id);
+        write_synced(&src_dir.join("a"), b"after");
+        // A retry after the volume changed: the same snapshot, not a new copy.
+        let s2 = c
+            .controller
+            .create_snapshot(snap_req.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert_eq!(s2, s1);
+        let mut other = snap_req.clone();
+        other.source_volume_id = ate::ChainId::random().to_hex();
+        let mut unknown = snap_req.clone();
+        unknown.name = "snapshot-2".into();
+        unknown.source_volume_id = ate::ChainId::random().to_hex();
+        let mut nameless = snap_req.clone();
+        nameless.name.clear();
+        for (req, want) in [
+            (other, Code::AlreadyExists),
+            (unknown, Code::NotFound),
+            (nameless, Code::InvalidArgument),
+        ] {
+            let e = c.controller.create_snapshot(req).await.unwrap_err();
+            assert_eq!(e.code(), want, "{e:?}");
+        }
+
+        // A volume from the snapshot: asked smaller, it is as large as the snapshot.
+        use pb::volume_content_source::{SnapshotSource, Type, VolumeSource};
+        let from_snap = Type::Snapshot(SnapshotSource {
+            snapshot_id: s1.snapshot_id.clone(),
+        });
+        let restored = c
+            .controller
+            .create_volume(create("pvc-restored", 16 << 20, Some(from_snap.clone())))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(restored.capacity_bytes, 32 << 20);
+        assert_eq!(
+            restored.content_source.clone().and_then(|s| s.r#type),
+            Some(from_snap)
+        );
+        let restored_dir = mount(
+            &mut c,
+            &keys_dir,
+            "pvc-restored",
+            &restored,
+            root,
+            "restored",
+        )
+        .await;
+        assert_eq!(std::fs::read(restored_dir.join("a")).unwrap(), b"before");
+
+        // A clone of the volume as it is now.
+        let clone = c
+            .controller
+            .create_volume(create(
+                "pvc-clone",
+                32 << 20,
+                Some(Type::Volume(VolumeSource {
+                    volume_id: src.volume_id.clone(),
+                })),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let clone_dir = mount(&mut c, &keys_dir, "pvc-clone", &clone, root, "clone").await;
+        assert_eq!(std::fs::read(clone_dir.join("a")).unwrap(), b"after");
+        write_synced(&clone_dir.join("c"), b"clone only");
+        write_synced(&restored_dir.join("a"), b"restored, then changed");
+        assert!(!src_dir.join("c").exists());
+        assert_eq!(std::fs::read(src_dir.join("a")).unwrap(), b"after");
+        assert_ne!(
+            secrets_of(&keys_dir, "pvc-clone"),
+            secrets_of(&keys_dir, "pvc-src"),
+            "a clone has keys of its own"
+        );
+
+        // Sources that are not there, or larger than the limit.
+        let unknown = create(
+            "pvc-x",
+            1,
+            Some(Type::Snapshot(SnapshotSource {
+                snapshot_id: ate::ChainId::random().to_hex(),
+            })),
+        );
+        let mut too_small = create(
+            "pvc-y",
+            1,
+            Some(Type::Volume(VolumeSource {
+                volume_id: src.volume_id.clone(),
+            })),
+        );
+        too_small.capacity_range.as_mut().unwrap().limit_bytes = 1 << 20;
+        for (req, want) in [(unknown, Code::NotFound), (too_small, Code::OutOfRange)] {
+            let e = c.controller.create_volume(req).await.unwrap_err();
+            assert_eq!(e.code(), want, "{e:?}");
+        }
+
+        for (v, tag) in [(&src, "src"), (&restored, "restored"), (&clone, "clone")] {
+            unmount(&mut c, v, root, tag).await;
+        }
+        // The snapshot goes (twice: the second finds nothing), and so does its chain; the
+        // volume made from it stays.
+        for _ in 0..2 {
+            c.controller
+                .delete_snapshot(pb::DeleteSnapshotRequest {
+                    snapshot_id: s1.snapshot_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions {
+            endpoints: cluster.servers.clone(),
+            ca_pem: Some(std::fs::read(cluster.ca()).unwrap()),
+            deadline: std::time::Duration::from_secs(10),
+        })
+        .unwrap();
+        let snap_chain = ate::ChainId::from_hex(&s1.snapshot_id).unwrap();
+        match client.info(snap_chain).await {
+            Err(ate::remote::RemoteError::Refused(code, _)) => assert_eq!(code, Code::NotFound),
+            other => panic!("the snapshot's chain is still there: {other:?}"),
+        }
+        let e = c
+            .controller
+            .delete_snapshot(pb::DeleteSnapshotRequest {
+                snapshot_id: "nope".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        for v in [&src, &restored, &clone] {
+            c.controller
+                .delete_volume(pb::DeleteVolumeRequest {
+                    volume_id: v.volume_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
     });
 }

@@ -49,6 +49,7 @@ fn volume() -> StoredVolume {
     StoredVolume {
         keys: ate::KeyFile::generate(ate::ChainId::random()),
         capacity: 5 << 30,
+        snapshot_of: None,
     }
 }
 

@@ -248,6 +248,11 @@ impl RemoteClient {
         }
     }
 
+    /// How this client reaches its cluster (for another client of the same cluster).
+    pub fn options(&self) -> &RemoteOptions {
+        &self.opts
+    }
+
     /// Creates a chain with `genesis` (which sets its root authority) and a quota.
     pub async fn create(
         &self,

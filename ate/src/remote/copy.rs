@@ -13,7 +13,7 @@ use tonic::Code;
 /// What a copy did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CopyReport {
-    /// The source's chain index the copy is as of.
+    /// The source's chain index the copy is as of (0 when the copy was complete already).
     pub index: u64,
     /// Records copied.
     pub records: usize,
@@ -23,7 +23,7 @@ pub struct CopyReport {
     pub transactions: usize,
 }
 
-/// Why a copy failed; the new chain may exist, half filled (a retry deletes it first).
+/// Why a copy failed; the new chain may exist, half filled (a retry makes it again).
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteCopyError {
     /// Reading the source into the cache failed.
@@ -38,9 +38,13 @@ pub enum RemoteCopyError {
 }
 
 /// Copies `from.chain` into `to.chain` (which gets `quota`), reading the source through
-/// `cache` (empty, or a cache of the source). A `to.chain` left by an earlier attempt is
-/// deleted first, so a retry starts clean. Blocking: call it outside an async runtime (or
+/// `cache` (empty, or a cache of the source). Blocking: call it outside an async runtime (or
 /// from `spawn_blocking`).
+///
+/// The copy is made with a quota one byte off `quota` and set to `quota` once every record
+/// is in, so the cluster itself records that it is complete: a call for a complete copy
+/// returns at once (`transactions` 0), and a copy an earlier attempt left half filled is
+/// deleted and made again.
 pub fn copy_chain(
     opts: RemoteOptions,
     from: &KeyFile,
@@ -48,22 +52,38 @@ pub fn copy_chain(
     quota: u64,
     cache: Arc<dyn Storage>,
 ) -> Result<CopyReport, RemoteCopyError> {
-    let client = RemoteClient::new(opts)?;
-    let source = open_remote(client, from.chain, from.owner.clone(), cache, None)?;
+    let filling = if quota == u64::MAX {
+        quota - 1
+    } else {
+        quota + 1
+    };
+    let client = RemoteClient::new(opts.clone())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ReplicaError::Runtime)?;
+    match rt.block_on(client.info(to.chain)) {
+        Ok(info) if info.quota_bytes == quota => {
+            return Ok(CopyReport {
+                index: 0,
+                records: info.records as usize,
+                skipped: 0,
+                transactions: 0,
+            })
+        }
+        Ok(_) => rt.block_on(client.delete(to.chain, &to.owner))?,
+        Err(RemoteError::Refused(Code::NotFound, _)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // A client's connections belong to the runtime that made them: the source's reader
+    // gets a client of its own for its runtime.
+    drop((client, rt));
+    let source = open_remote(RemoteClient::new(opts)?, from.chain, from.owner.clone(), cache, None)?;
     let (rt, client) = (source.rt.clone(), source.client.clone());
     let frozen = source.chain.frozen();
     let mut copier = Copier::new(&frozen, from, to)?;
     tracing::info!(from = %from.chain, to = %to.chain, index = frozen.index, records = copier.records(), "copying a chain");
-    let genesis = copier.genesis();
-    rt.block_on(async {
-        match client.create(to.chain, quota, genesis.clone()).await {
-            Err(RemoteError::Refused(Code::AlreadyExists, _)) => {
-                client.delete(to.chain, &to.owner).await?;
-                client.create(to.chain, quota, genesis).await
-            }
-            r => r,
-        }
-    })?;
+    rt.block_on(client.create(to.chain, filling, copier.genesis()))?;
     let mut transactions = 1;
     let mut logged = std::time::Instant::now();
     while let Some(tx) = copier.next_tx() {
@@ -74,6 +94,7 @@ pub fn copy_chain(
             tracing::info!(to = %to.chain, done = copier.done(), of = copier.records(), "copying a chain");
         }
     }
+    rt.block_on(client.set_quota(to.chain, quota, &to.owner))?;
     let report = CopyReport {
         index: frozen.index,
         records: copier.records(),
