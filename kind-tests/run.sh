@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end on kind: builds the image, installs the chart, provisions a ReadWriteMany volume,
 # writes it from one node and reads it from another, replaces the node plugin's pods under the
-# mounted volume, expands it while mounted, deletes it and checks that its keys went with it. Needs docker, kind, kubectl and helm, and a registry for the sidecar and busybox
+# mounted volume, expands it while mounted, clones it, deletes it and checks that its keys went
+# with it. Needs docker, kind, kubectl and helm, and a registry for the sidecar and busybox
 # images; none of these can run on the project's build machine, where this file is only
 # checked statically (bash -n, and its YAML against the Kubernetes schemas: scripts/chart-check.py).
 #   kind-tests/run.sh [CLUSTER_NAME]
@@ -60,6 +61,16 @@ for _ in $(seq 1 30); do
 done
 [ "$size" = "2097152" ] || { echo "kind-tests: df in the reader says ${size}K, not 2Gi" >&2; exit 1; }
 
+# A clone of the claim holds what it held, and is a volume of its own.
+kubectl apply -f kind-tests/clone.yaml
+kubectl wait --for=condition=Ready pod/clone-reader --timeout=300s
+got=$(kubectl exec clone-reader -- cat /data/later)
+[ "$got" = "after-restart" ] || { echo "kind-tests: the clone holds '$got'" >&2; exit 1; }
+if kubectl exec reader -- cat /data/mine 2>/dev/null; then
+  echo "kind-tests: a write to the clone reached its source" >&2; exit 1
+fi
+kubectl delete -f kind-tests/clone.yaml --wait --timeout=180s
+
 kubectl delete -f kind-tests/workload.yaml --wait --timeout=180s
 for _ in $(seq 1 60); do
   kubectl -n "$NS" get secret "atefs-$pv" >/dev/null 2>&1 || break
@@ -68,4 +79,4 @@ done
 if kubectl -n "$NS" get secret "atefs-$pv" >/dev/null 2>&1; then
   echo "kind-tests: the deleted volume's keys remain" >&2; exit 1
 fi
-echo "kind-tests: ok (written on $writer_node, read on $reader_node, expanded to 2Gi, deleted with its keys)"
+echo "kind-tests: ok (written on $writer_node, read on $reader_node, expanded to 2Gi, cloned, deleted with its keys)"

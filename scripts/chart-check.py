@@ -47,8 +47,18 @@ def render(values):
     return docs
 
 
+# Kinds of CRDs the chart uses, which kubernetes-validate has no schema for: checked by hand.
+CRD_KINDS = {"VolumeSnapshotClass": ("snapshot.storage.k8s.io/v1",
+                                     {"apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"})}
+
+
 def validate(docs, label):
     for path, d in docs:
+        if d["kind"] in CRD_KINDS:
+            api, fields = CRD_KINDS[d["kind"]]
+            if d["apiVersion"] != api or not set(d) <= fields or d.get("deletionPolicy") not in ("Delete", "Retain"):
+                fail(f"{label}: {path}: {d['kind']} malformed: {d}")
+            continue
         for v in KUBE_VERSIONS:
             try:
                 kubernetes_validate.validate(d, v, strict=True)
@@ -139,6 +149,25 @@ def main():
             or "csi-resizer" in [c["name"] for c in fixed[("Deployment", "atefs-controller")]
                                  ["spec"]["template"]["spec"]["containers"]]):
         fail("allowVolumeExpansion=false must leave the resizer out")
+    if "csi-snapshotter" in [c["name"] for c in controller["containers"]] or any(
+            d["kind"] == "VolumeSnapshotClass" for _, d in default):
+        fail("snapshots need CRDs the cluster may lack: off unless snapshots.enabled")
+    copy_args = controller["containers"][0]["args"]
+    work = [a.split("=", 1)[1] for a in copy_args if a.startswith("--work-dir=")]
+    if not work or not any(m["mountPath"] == work[0] for m in controller["containers"][0]["volumeMounts"]):
+        fail("copies (clones, snapshots) need a writable --work-dir: the root file system is read-only")
+    snaps = render({"snapshots": {"enabled": True}})
+    validate(snaps, "snapshots enabled")
+    sby = {(d["kind"], d["metadata"]["name"]): d for _, d in snaps}
+    vsc = sby.get(("VolumeSnapshotClass", "atefs"))
+    if not vsc or vsc["driver"] != "csi.atefs.io":
+        fail("snapshots.enabled must make a VolumeSnapshotClass of the driver")
+    if "csi-snapshotter" not in [c["name"] for c in sby[("Deployment", "atefs-controller")]
+                                 ["spec"]["template"]["spec"]["containers"]]:
+        fail("snapshots.enabled must run csi-snapshotter beside the controller")
+    if not any("volumesnapshotcontents/status" in r["resources"]
+               for r in sby[("ClusterRole", "atefs-controller")]["rules"]):
+        fail("csi-snapshotter must be allowed to update VolumeSnapshotContent status")
     role = by[("Role", "atefs-controller")]
     secret_rules = [r for r in role["rules"] if "secrets" in r["resources"]]
     if not secret_rules or "update" in secret_rules[0]["verbs"] or "watch" in secret_rules[0]["verbs"]:
@@ -176,8 +205,8 @@ def main():
         tls_check(tls, sys.argv[sys.argv.index("--chain-server") + 1])
 
     # The kind end-to-end test cannot run here: its workload and scripts are checked statically.
-    workload = [("kind-tests/workload.yaml", d) for d in
-                yaml.safe_load_all((ROOT / "kind-tests" / "workload.yaml").read_text()) if d]
+    workload = [(f"kind-tests/{f}", d) for f in ("workload.yaml", "clone.yaml") for d in
+                yaml.safe_load_all((ROOT / "kind-tests" / f).read_text()) if d]
     validate(workload, "kind-tests")
     for script in ("kind-tests/run.sh", "images/build.sh", "images/smoke.sh"):
         if subprocess.run(["bash", "-n", str(ROOT / script)]).returncode != 0:

@@ -152,11 +152,25 @@ impl ControllerService {
             .await
             .map_err(store_error)?
             .ok_or_else(not_found)?;
-        store
+        let v = store
             .get(&name)
             .await
             .map_err(store_error)?
-            .ok_or_else(not_found)
+            .ok_or_else(not_found)?;
+        self.as_large_as_now(v).await
+    }
+
+    /// `v` with the capacity its chain has now (an expansion raised the quota, not the
+    /// record); NOT_FOUND when the chain is gone.
+    async fn as_large_as_now(&self, mut v: StoredVolume) -> Result<StoredVolume, Status> {
+        use crate::status::ChainUsage;
+        let id = v.keys.chain;
+        match self.client.usage(id).await {
+            Ok(Some((_, quota))) => v.capacity = quota,
+            Ok(None) => return Err(Status::not_found(format!("the chain of {id} is gone"))),
+            Err(e) => return Err(remote_error("reading the source's chain", e)),
+        }
+        Ok(v)
     }
 
     async fn create(&self, r: pb::CreateVolumeRequest) -> Result<pb::CreateVolumeResponse, Status> {
@@ -333,6 +347,7 @@ impl ControllerService {
                 let Some((_, Some(vol))) = self.record_of(&source).await? else {
                     return Err(Status::not_found(format!("no volume {source}")));
                 };
+                let vol = self.as_large_as_now(vol).await?;
                 let taken = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);

@@ -443,7 +443,18 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
         .await;
         assert_eq!(std::fs::read(restored_dir.join("a")).unwrap(), b"before");
 
-        // A clone of the volume as it is now.
+        // A clone of the volume as it is now, expanded since: as large as it is now.
+        c.controller
+            .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+                volume_id: src.volume_id.clone(),
+                capacity_range: Some(pb::CapacityRange {
+                    required_bytes: 48 << 20,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         let clone = c
             .controller
             .create_volume(create(
@@ -458,6 +469,7 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
             .into_inner()
             .volume
             .unwrap();
+        assert_eq!(clone.capacity_bytes, 48 << 20);
         let clone_dir = mount(&mut c, &keys_dir, "pvc-clone", &clone, root, "clone").await;
         assert_eq!(std::fs::read(clone_dir.join("a")).unwrap(), b"after");
         write_synced(&clone_dir.join("c"), b"clone only");

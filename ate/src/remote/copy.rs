@@ -78,7 +78,13 @@ pub fn copy_chain(
     // A client's connections belong to the runtime that made them: the source's reader
     // gets a client of its own for its runtime.
     drop((client, rt));
-    let source = open_remote(RemoteClient::new(opts)?, from.chain, from.owner.clone(), cache, None)?;
+    let source = open_remote(
+        RemoteClient::new(opts)?,
+        from.chain,
+        from.owner.clone(),
+        cache,
+        None,
+    )?;
     let (rt, client) = (source.rt.clone(), source.client.clone());
     let frozen = source.chain.frozen();
     let mut copier = Copier::new(&frozen, from, to)?;
