@@ -12,11 +12,13 @@ use crate::authority::{Role, RootAuthority, WriteAuthority};
 use crate::chain::{ChainError, Frozen, LiveRecord};
 use crate::ids::{KeyId, RecordKey};
 use crate::keyfile::KeyFile;
-use crate::tx::{Op, Transaction};
+use crate::tx::{Op, Transaction, TxEncoder};
+use bytes::Bytes;
 use std::collections::HashMap;
 
-/// Plaintext bytes per copy transaction (a transaction closes at the first record over it).
-pub const BATCH_BYTES: usize = 4 << 20;
+/// Plaintext bytes per copy transaction (a transaction closes at the first record over it);
+/// what a mount's writes commit at once, the size the cluster's write path is tuned for.
+pub const BATCH_BYTES: usize = 8 << 20;
 /// Records per copy transaction.
 pub const BATCH_RECORDS: usize = 1024;
 
@@ -56,6 +58,8 @@ pub struct Copier<'f, 'c> {
     next: usize,
     skipped: usize,
     root: RootAuthority,
+    /// One buffer for every payload's plaintext.
+    plain: Vec<u8>,
 }
 
 impl std::fmt::Debug for Copier<'_, '_> {
@@ -94,6 +98,7 @@ impl<'f, 'c> Copier<'f, 'c> {
             next: 0,
             skipped,
             root,
+            plain: Vec::new(),
         })
     }
 
@@ -121,60 +126,46 @@ impl<'f, 'c> Copier<'f, 'c> {
     }
 
     /// The next encoded, signed transaction, None when every record is copied.
-    pub fn next_tx(&mut self) -> Option<Result<Vec<u8>, CopyError>> {
+    pub fn next_tx(&mut self) -> Option<Result<Bytes, CopyError>> {
         if self.next == self.order.len() {
             return None;
         }
-        let mut tx = Transaction::new(self.to.chain, self.to.owner.public());
+        let (old, new) = (self.from.owner.public().id(), self.to.owner.public().id());
+        let mut tx = TxEncoder::new(
+            Transaction::new(self.to.chain, self.to.owner.public()),
+            BATCH_BYTES + (1 << 20),
+        );
+        let mut plain = std::mem::take(&mut self.plain);
         let mut bytes = 0;
-        while self.next < self.order.len() && bytes < BATCH_BYTES && tx.ops.len() < BATCH_RECORDS {
+        while self.next < self.order.len() && bytes < BATCH_BYTES && tx.ops() < BATCH_RECORDS {
             let r = &self.frozen.records[self.order[self.next]];
-            match self.copy_op(r) {
-                Ok((op, len)) => {
-                    tx.ops.push(op);
-                    bytes += len;
-                }
-                Err(e) => return Some(Err(e)),
-            }
-            self.next += 1;
-        }
-        Some(Ok(tx.sign(&self.to.owner).encode()))
-    }
-
-    fn copy_op(&self, r: &LiveRecord) -> Result<(Op, usize), CopyError> {
-        let write = match &r.write {
-            WriteAuthority::Inherit => WriteAuthority::Inherit,
-            WriteAuthority::Keys(ids) => {
-                let (old, new) = (self.from.owner.public().id(), self.to.owner.public().id());
-                WriteAuthority::Keys(
+            let write = match &r.write {
+                WriteAuthority::Inherit => WriteAuthority::Inherit,
+                WriteAuthority::Keys(ids) => WriteAuthority::Keys(
                     ids.iter()
                         .map(|k| if *k == old { new } else { *k })
                         .collect(),
-                )
+                ),
+            };
+            if r.header.plain_len == 0 && r.header.data_key == KeyId::default() {
+                tx.push(Op::put(&self.to.chain, r.key, r.parent, write, None, &[]));
+            } else if r.header.data_key != self.from.data.id() {
+                return Some(Err(CopyError::ForeignKey {
+                    key: r.key,
+                    data_key: r.header.data_key,
+                }));
+            } else {
+                let len = match self.frozen.read_plain_into(r, &self.from.data, &mut plain) {
+                    Ok(len) => len,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                tx.push_sealed(r.key, r.parent, write, &self.to.data, &plain[..len]);
+                bytes += len;
             }
-        };
-        if r.header.plain_len == 0 && r.header.data_key == KeyId::default() {
-            return Ok((
-                Op::put(&self.to.chain, r.key, r.parent, write, None, &[]),
-                0,
-            ));
+            self.next += 1;
         }
-        if r.header.data_key != self.from.data.id() {
-            return Err(CopyError::ForeignKey {
-                key: r.key,
-                data_key: r.header.data_key,
-            });
-        }
-        let plain = self.frozen.read_plain(r, &self.from.data)?;
-        let op = Op::put(
-            &self.to.chain,
-            r.key,
-            r.parent,
-            write,
-            Some(&self.to.data),
-            &plain,
-        );
-        Ok((op, plain.len()))
+        self.plain = plain;
+        Some(Ok(tx.finish(&self.to.owner).1))
     }
 }
 

@@ -63,6 +63,9 @@ fn a_copy_holds_every_live_record_as_of_its_index_under_the_new_keys() {
         .commit(f.put(&f.owner, key(10), None, &big[1..]))
         .unwrap();
     source
+        .commit(f.put(&f.owner, key(11), None, &big[2..]))
+        .unwrap();
+    source
         .commit(f.put(&f.owner, key(1), None, b"one again"))
         .unwrap();
     let mine = WriteAuthority::Keys(vec![from.owner.public().id()]);
@@ -103,12 +106,12 @@ fn a_copy_holds_every_live_record_as_of_its_index_under_the_new_keys() {
         .commit(f.put(&f.owner, key(2), Some(key(1)), b"two later"))
         .unwrap();
     let mut copier = Copier::new(&frozen, &from, &to).unwrap();
-    assert_eq!(copier.records(), 6);
+    assert_eq!(copier.records(), 7);
     let (copy, txs) = replay(&mut copier, &to);
     assert_eq!(copier.skipped(), 1, "the orphan");
     assert!(
         txs >= 2,
-        "12 MiB go in more than one transaction, got {txs}"
+        "18 MiB go in more than one transaction, got {txs}"
     );
 
     let read = |k| copy.read_plain(&key(k), &to.data).unwrap().map(|(_, p)| p);
@@ -118,6 +121,7 @@ fn a_copy_holds_every_live_record_as_of_its_index_under_the_new_keys() {
     assert_eq!(read(4).unwrap(), b"");
     assert_eq!(read(5).unwrap(), b"narrowed");
     assert_eq!(read(10).unwrap(), &big[1..]);
+    assert_eq!(read(11).unwrap(), &big[2..]);
     for gone in [6, 7, 8, 9] {
         assert!(copy.record(&key(gone)).is_none(), "record {gone}");
     }

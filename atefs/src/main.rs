@@ -490,14 +490,15 @@ fn clone(out: &Path, quota: Option<u64>, remote: &RemoteArgs) -> Result<()> {
         bail!("{} exists; refusing to overwrite keys", out.display());
     }
     let (_, keys, client) = remote_volume(remote)?;
+    // One runtime for `client`: its connections belong to the runtime that made them.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let quota = match quota {
         Some(q) => q,
         None => {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?
-                .block_on(client.info(keys.chain))
+            rt.block_on(client.info(keys.chain))
                 .with_context(|| format!("reading chain {}", keys.chain))?
                 .quota_bytes
         }
@@ -507,8 +508,25 @@ fn clone(out: &Path, quota: Option<u64>, remote: &RemoteArgs) -> Result<()> {
     copy.save(out)?;
     let cache = tempfile::tempdir().context("creating a directory for the source's cache")?;
     let storage = std::sync::Arc::new(ate::storage::FileStorage::new(cache.path())?);
-    let report = ate::remote::copy_chain(remote_options(remote)?, &keys, &copy, quota, storage)
-        .with_context(|| format!("copying chain {} to {}", keys.chain, copy.chain))?;
+    let report =
+        match ate::remote::copy_chain(remote_options(remote)?, &keys, &copy, quota, storage) {
+            Ok(r) => r,
+            Err(e) => {
+                // Half a copy is of no use to anyone: its chain and keys go.
+                match rt.block_on(client.delete(copy.chain, &copy.owner)) {
+                    Err(d) if !d.is_not_found() => eprintln!(
+                        "the partial copy {} stays on the cluster ({d}); its keys are in {}",
+                        copy.chain,
+                        out.display()
+                    ),
+                    _ => {
+                        let _ = std::fs::remove_file(out);
+                    }
+                }
+                return Err(anyhow::Error::new(e)
+                    .context(format!("copying chain {} to {}", keys.chain, copy.chain)));
+            }
+        };
     println!(
         "copied chain {} (as of index {}, {} records) to chain {}; its keys are in {}",
         keys.chain,

@@ -510,6 +510,46 @@ fn a_clone_holds_the_volume_as_it_was_and_then_goes_its_own_way() {
             .output()
             .unwrap()
     };
+    // Too small a quota for the copy: refused, and nothing is left behind.
+    let small = tmp.path().join("small-keys");
+    let refused = Command::new(atefs_bin())
+        .arg("clone")
+        .arg(&small)
+        .args(["--quota", "1048576", "--server"])
+        .arg(cluster.endpoints().join(","))
+        .arg("--keys")
+        .arg(&keys)
+        .arg("--ca")
+        .arg(cluster.dir.path().join("certs/ca.pem"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a 3 MiB volume copied into 1 MiB"
+    );
+    assert!(said.contains("quota"), "{said}");
+    assert!(!small.exists(), "the failed copy's keys were kept");
+    // Too small a quota for the copy: refused, and nothing is left behind.
+    let small = tmp.path().join("small-keys");
+    let refused = Command::new(atefs_bin())
+        .arg("clone")
+        .arg(&small)
+        .args(["--quota", "1048576", "--server"])
+        .arg(cluster.endpoints().join(","))
+        .arg("--keys")
+        .arg(&keys)
+        .arg("--ca")
+        .arg(cluster.dir.path().join("certs/ca.pem"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a 3 MiB volume copied into 1 MiB"
+    );
+    assert!(said.contains("quota"), "{said}");
+    assert!(!small.exists(), "the failed copy's keys were kept");
     let made = clone(&out);
     assert!(made.status.success(), "atefs clone: {made:?}");
     let again = clone(&out);

@@ -100,6 +100,11 @@ impl RemoteError {
     pub fn is_precondition(&self) -> bool {
         matches!(self, RemoteError::Refused(Code::FailedPrecondition, _))
     }
+
+    /// True when the cluster has no such chain.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RemoteError::Refused(Code::NotFound, _))
+    }
 }
 
 /// A client. Cheap to share (`Arc`); calls may run concurrently.
