@@ -128,7 +128,7 @@ fn commit_all(
         let producer = s.spawn(move || -> Result<(), CopyError> {
             let mut logged = Instant::now();
             while let Some(tx) = copier.next_tx() {
-                if refused.load(Ordering::Relaxed) || feed.blocking_send((tx?.into(), ())).is_err() {
+                if refused.load(Ordering::Relaxed) || feed.blocking_send((tx?, ())).is_err() {
                     break;
                 }
                 if logged.elapsed() >= Duration::from_secs(5) {
