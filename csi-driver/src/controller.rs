@@ -117,10 +117,20 @@ impl ControllerService {
     }
 
     /// Copies the chain of `from` into `to.chain` with `quota` (see the module's comment).
-    async fn copy(&self, from: &KeyFile, to: &KeyFile, quota: u64) -> Result<(), Status> {
+    /// The copy holds `claim` until it ends: when the CO gives up waiting and cancels the call,
+    /// the copy goes on, and a retry gets ABORTED until it is done (then it finds the copy
+    /// complete) instead of starting a second copy into the same chain.
+    async fn copy(
+        &self,
+        from: &KeyFile,
+        to: &KeyFile,
+        quota: u64,
+        claim: crate::in_flight::Claim,
+    ) -> Result<(), Status> {
         let (opts, from, to) = (self.client.options().clone(), from.clone(), to.clone());
         let dir = self.work_dir.clone();
         tokio::task::spawn_blocking(move || {
+            let _claim = claim;
             let cache = tempfile::tempdir_in(&dir).map_err(|e| {
                 Status::unavailable(format!("a cache for the copy in {}: {e}", dir.display()))
             })?;
@@ -199,7 +209,7 @@ impl ControllerService {
             }
             want = want.max(src.capacity);
         }
-        let _busy = self.busy.claim(format!("volume name {}", r.name))?;
+        let busy = self.busy.claim(format!("volume name {}", r.name))?;
         let v = match self.store.get(&r.name).await.map_err(store_error)? {
             Some(v) if fits(&v, r.capacity_range.as_ref()) => v,
             Some(v) => {
@@ -232,7 +242,7 @@ impl ControllerService {
         };
         let chain = v.keys.chain;
         match &source {
-            Some(src) => self.copy(&src.keys, &v.keys, v.capacity).await?,
+            Some(src) => self.copy(&src.keys, &v.keys, v.capacity, busy).await?,
             None => {
                 let genesis = ate::remote::genesis(chain, &v.keys.owner);
                 match self.client.create(chain, v.capacity, genesis).await {
@@ -340,7 +350,7 @@ impl ControllerService {
             return Err(Status::invalid_argument("name is required"));
         }
         let source = VolumeId::parse(&r.source_volume_id)?;
-        let _busy = self.busy.claim(format!("snapshot name {}", r.name))?;
+        let busy = self.busy.claim(format!("snapshot name {}", r.name))?;
         let snap = match self.snapshots.get(&r.name).await.map_err(store_error)? {
             Some(s) => s,
             None => {
@@ -387,7 +397,8 @@ impl ControllerService {
         let Some((_, Some(vol))) = self.record_of(&source).await? else {
             return Err(Status::not_found(format!("no volume {source}")));
         };
-        self.copy(&vol.keys, &snap.keys, snap.capacity).await?;
+        self.copy(&vol.keys, &snap.keys, snap.capacity, busy)
+            .await?;
         tracing::info!(name = %r.name, snapshot = %snap.keys.chain, volume = %source, "snapshot taken");
         Ok(pb::CreateSnapshotResponse {
             snapshot: Some(pb::Snapshot {

@@ -472,6 +472,36 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
         assert_eq!(clone.capacity_bytes, 48 << 20);
         let clone_dir = mount(&mut c, &keys_dir, "pvc-clone", &clone, root, "clone").await;
         assert_eq!(std::fs::read(clone_dir.join("a")).unwrap(), b"after");
+
+        // A clone whose caller gives up at once: the copy goes on, retries are ABORTED while
+        // it runs (not a second copy into the same chain), then answered with the volume.
+        let impatient = || {
+            create(
+                "pvc-impatient",
+                32 << 20,
+                Some(Type::Volume(VolumeSource {
+                    volume_id: src.volume_id.clone(),
+                })),
+            )
+        };
+        let mut req = tonic::Request::new(impatient());
+        req.set_timeout(std::time::Duration::from_millis(1));
+        let e = c.controller.create_volume(req).await.unwrap_err();
+        assert!(
+            matches!(e.code(), Code::Cancelled | Code::DeadlineExceeded),
+            "{e:?}"
+        );
+        let late = loop {
+            match c.controller.create_volume(impatient()).await {
+                Ok(r) => break r.into_inner().volume.unwrap(),
+                Err(e) if e.code() == Code::Aborted => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("a retry of the cancelled clone: {e:?}"),
+            }
+        };
+        let late_dir = mount(&mut c, &keys_dir, "pvc-impatient", &late, root, "late").await;
+        assert_eq!(std::fs::read(late_dir.join("a")).unwrap(), b"after");
         write_synced(&clone_dir.join("c"), b"clone only");
         write_synced(&restored_dir.join("a"), b"restored, then changed");
         assert!(!src_dir.join("c").exists());
@@ -503,7 +533,12 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
             assert_eq!(e.code(), want, "{e:?}");
         }
 
-        for (v, tag) in [(&src, "src"), (&restored, "restored"), (&clone, "clone")] {
+        for (v, tag) in [
+            (&src, "src"),
+            (&restored, "restored"),
+            (&clone, "clone"),
+            (&late, "late"),
+        ] {
             unmount(&mut c, v, root, tag).await;
         }
         // The snapshot goes (twice: the second finds nothing), and so does its chain; the
@@ -537,7 +572,7 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
-        for v in [&src, &restored, &clone] {
+        for v in [&src, &restored, &clone, &late] {
             c.controller
                 .delete_volume(pb::DeleteVolumeRequest {
                     volume_id: v.volume_id.clone(),
