@@ -284,16 +284,13 @@ fn mount_foreground(
             umask: 0,
         }
     };
-    // A shared volume's size is its chain's quota on the cluster, read now and again while
-    // mounted (atefs::quota).
+    // A shared volume's size is its chain's quota on the cluster, as opening it read it, and
+    // read again while mounted (atefs::quota).
     let quota_source = vol
         .remote
         .as_ref()
         .map(|r| Arc::new(r.quota_reader()) as Arc<dyn atefs::quota::QuotaSource>);
-    let quota = quota_source
-        .as_ref()
-        .and_then(|s| s.read())
-        .unwrap_or(quota);
+    let quota = vol.remote.as_ref().map_or(quota, |r| r.quota_at_open);
     let opts = FsOptions {
         quota_bytes: quota,
         quota_source,

@@ -169,6 +169,8 @@ fn clear_cache(cache: &Arc<dyn Storage>) -> Result<(), ReplicaError> {
 pub struct RemoteChain {
     /// The local cache; commits on it go to the cluster.
     pub chain: Chain,
+    /// The chain's quota when it was opened (what [`QuotaReader::read`] would have said).
+    pub quota_at_open: u64,
     stop: Arc<AtomicBool>,
     follower: Option<std::thread::JoinHandle<()>>,
     pub(super) client: Arc<RemoteClient>,
@@ -275,7 +277,7 @@ pub fn open_remote_in_session(
     });
     let mut installs = 0;
     let mut cleared = false;
-    let local = loop {
+    let (local, quota_at_open) = loop {
         let opened = Chain::open_upstream(
             cache.clone(),
             chain,
@@ -304,9 +306,10 @@ pub fn open_remote_in_session(
             }
             r => r?.0,
         };
-        let first = rt.block_on(client.info(chain))?.first_index;
+        let info = rt.block_on(client.info(chain))?;
+        let first = info.first_index;
         if local.last_index() + 1 >= first {
-            break local;
+            break (local, info.quota_bytes);
         }
         // A new host, or one offline while the cluster compacted: the transactions this
         // cache needs next are only in the cluster's snapshot.
@@ -335,6 +338,7 @@ pub fn open_remote_in_session(
     local.sync_upstream()?;
     Ok(RemoteChain {
         chain: local,
+        quota_at_open,
         stop,
         follower: Some(follower),
         client,
