@@ -36,6 +36,20 @@ fn secrets_of(keys_dir: &std::path::Path, name: &str) -> HashMap<String, String>
         .collect()
 }
 
+/// Asserts that the cluster has no chain `id` (hex).
+async fn assert_chain_gone(cluster: &common::DevCluster, id: &str) {
+    let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions {
+        endpoints: cluster.servers.clone(),
+        ca_pem: Some(std::fs::read(cluster.ca()).unwrap()),
+        deadline: std::time::Duration::from_secs(10),
+    })
+    .unwrap();
+    match client.info(ate::ChainId::from_hex(id).unwrap()).await {
+        Err(e) if e.is_not_found() => {}
+        other => panic!("chain {id} is still there: {other:?}"),
+    }
+}
+
 #[test]
 fn volumes_are_created_mounted_and_deleted_through_the_controller() {
     let Some(env) = MountEnv::start() else {
@@ -259,17 +273,7 @@ fn volumes_are_created_mounted_and_deleted_through_the_controller() {
         assert!(!keys_dir
             .join(csi_driver::keystore::record_name(name))
             .exists());
-        let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions {
-            endpoints: cluster.servers.clone(),
-            ca_pem: Some(std::fs::read(cluster.ca()).unwrap()),
-            deadline: std::time::Duration::from_secs(10),
-        })
-        .unwrap();
-        let chain = ate::ChainId::from_hex(&v.volume_id).unwrap();
-        match client.info(chain).await {
-            Err(ate::remote::RemoteError::Refused(code, _)) => assert_eq!(code, Code::NotFound),
-            other => panic!("the chain is still there: {other:?}"),
-        }
+        assert_chain_gone(cluster, &v.volume_id).await;
         // A malformed id is refused; an unknown one is already deleted.
         let e = c
             .controller
@@ -552,17 +556,7 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
                 .await
                 .unwrap();
         }
-        let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions {
-            endpoints: cluster.servers.clone(),
-            ca_pem: Some(std::fs::read(cluster.ca()).unwrap()),
-            deadline: std::time::Duration::from_secs(10),
-        })
-        .unwrap();
-        let snap_chain = ate::ChainId::from_hex(&s1.snapshot_id).unwrap();
-        match client.info(snap_chain).await {
-            Err(ate::remote::RemoteError::Refused(code, _)) => assert_eq!(code, Code::NotFound),
-            other => panic!("the snapshot's chain is still there: {other:?}"),
-        }
+        assert_chain_gone(cluster, &s1.snapshot_id).await;
         let e = c
             .controller
             .delete_snapshot(pb::DeleteSnapshotRequest {
