@@ -5,7 +5,9 @@
 //! about); the status check's findings and the Events it posts on claims.
 #![allow(clippy::unwrap_used)]
 
-use csi_driver::keystore::{record_name, KeyStore, SecretStore, StoredVolume, VOLUME_ID_LABEL};
+use csi_driver::keystore::{
+    record_name, KeyStore, Records, SecretStore, StoredVolume, SNAPSHOT_ID_LABEL, VOLUME_ID_LABEL,
+};
 use csi_driver::volume_id::{VolumeId, KEY_ENVELOPE};
 use http::{Request, Response};
 use kube::client::Body;
@@ -133,6 +135,76 @@ async fn create_writes_an_immutable_labelled_secret_and_a_conflict_is_not_an_err
     assert_eq!(
         body["stringData"]["capacityBytes"],
         (5u64 << 30).to_string()
+    );
+}
+
+/// Snapshots' records are Secrets of their own: another name, another label (so the orphan
+/// sweep and the status checks, which select volume Secrets by label, never see them), their
+/// source and time kept and read back.
+#[tokio::test]
+async fn snapshot_records_are_secrets_of_their_own_with_their_source() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let s = SecretStore::of(
+        kube::Client::new(svc, "default"),
+        "atefs-system",
+        Records::Snapshots,
+    );
+    let snap = StoredVolume {
+        snapshot_of: Some(("00112233445566778899aabbccddeeff".into(), 1_780_000_000)),
+        ..volume()
+    };
+    let name = "snapshot-4c1d";
+    let mut stored = secret_json(name, &snap);
+    stored["metadata"]["name"] = json!("atefs-snap-snapshot-4c1d");
+    stored["data"]["sourceVolumeId"] =
+        json!(base64_like::encode(b"00112233445566778899aabbccddeeff"));
+    stored["data"]["createdAt"] = json!(base64_like::encode(b"1780000000"));
+    let list = json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {},
+                      "items": [{"apiVersion": "v1", "kind": "Secret",
+                                 "metadata": {"name": "atefs-snap-snapshot-4c1d",
+                                              "annotations": {"csi.atefs.io/snapshot-name": name}}}]});
+    let server = tokio::spawn(async move {
+        let created = answer(
+            &mut h,
+            201,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}}),
+        )
+        .await;
+        let got = answer(&mut h, 200, stored).await;
+        let found = answer(&mut h, 200, list).await;
+        (created, got, found)
+    });
+    assert!(s.create(name, &snap).await.unwrap());
+    let back = s.get(name).await.unwrap().expect("the snapshot");
+    assert_eq!(back.snapshot_of, snap.snapshot_of);
+    assert_eq!(back.keys.chain, snap.keys.chain);
+    assert_eq!(
+        s.find(&VolumeId(snap.keys.chain)).await.unwrap().as_deref(),
+        Some(name)
+    );
+    let ((_, _, body), (_, get_uri, _), (_, find_uri, _)) = server.await.unwrap();
+    assert_eq!(body["metadata"]["name"], "atefs-snap-snapshot-4c1d");
+    assert_eq!(
+        body["metadata"]["labels"][SNAPSHOT_ID_LABEL],
+        snap.keys.chain.to_hex()
+    );
+    assert!(body["metadata"]["labels"].get(VOLUME_ID_LABEL).is_none());
+    assert_eq!(
+        body["metadata"]["annotations"]["csi.atefs.io/snapshot-name"],
+        name
+    );
+    assert_eq!(
+        body["stringData"]["sourceVolumeId"],
+        "00112233445566778899aabbccddeeff"
+    );
+    assert_eq!(body["stringData"]["createdAt"], "1780000000");
+    assert_eq!(
+        get_uri,
+        "/api/v1/namespaces/atefs-system/secrets/atefs-snap-snapshot-4c1d"
+    );
+    assert!(
+        find_uri.contains("labelSelector=csi.atefs.io%2Fsnapshot-id%3D"),
+        "{find_uri}"
     );
 }
 
