@@ -89,6 +89,20 @@ fn copy_error(e: RemoteCopyError) -> Status {
     }
 }
 
+/// The CSI view of snapshot `s` of volume `of`, taken at `taken` (Unix seconds).
+fn snapshot_of(s: &StoredVolume, of: &str, taken: i64) -> pb::Snapshot {
+    pb::Snapshot {
+        size_bytes: i64::try_from(s.capacity).unwrap_or(i64::MAX),
+        snapshot_id: s.keys.chain.to_hex(),
+        source_volume_id: of.to_string(),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: taken,
+            nanos: 0,
+        }),
+        ready_to_use: true,
+    }
+}
+
 fn fits(v: &StoredVolume, range: Option<&pb::CapacityRange>) -> bool {
     range.is_none_or(|r| {
         v.capacity >= r.required_bytes.max(0) as u64
@@ -401,16 +415,68 @@ impl ControllerService {
             .await?;
         tracing::info!(name = %r.name, snapshot = %snap.keys.chain, volume = %source, "snapshot taken");
         Ok(pb::CreateSnapshotResponse {
-            snapshot: Some(pb::Snapshot {
-                size_bytes: i64::try_from(snap.capacity).unwrap_or(i64::MAX),
-                snapshot_id: snap.keys.chain.to_hex(),
-                source_volume_id: of,
-                creation_time: Some(prost_types::Timestamp {
-                    seconds: taken,
-                    nanos: 0,
-                }),
-                ready_to_use: true,
-            }),
+            snapshot: Some(snapshot_of(&snap, &of, taken)),
+        })
+    }
+
+    /// Snapshots sorted by id, from `starting_token` (the id the previous page stopped
+    /// before) on. A snapshot whose copy is not complete is not listed (the spec: not before
+    /// it is cut).
+    async fn list_snapshots(
+        &self,
+        r: pb::ListSnapshotsRequest,
+    ) -> Result<pb::ListSnapshotsResponse, Status> {
+        if r.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries must not be negative"));
+        }
+        let start = match r.starting_token.as_str() {
+            "" => None,
+            t => Some(ate::ChainId::from_hex(t).ok_or_else(|| {
+                Status::aborted(format!("starting_token {t:?} is not one of ours"))
+            })?),
+        };
+        let mut all: Vec<(String, StoredVolume)> = self
+            .snapshots
+            .list()
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|(_, s)| {
+                (r.snapshot_id.is_empty() || s.keys.chain.to_hex() == r.snapshot_id)
+                    && (r.source_volume_id.is_empty()
+                        || s.snapshot_of
+                            .as_ref()
+                            .is_some_and(|(v, _)| *v == r.source_volume_id))
+            })
+            .collect();
+        all.sort_by_key(|(_, s)| s.keys.chain);
+        let mut entries = Vec::new();
+        let mut next_token = String::new();
+        for (_, s) in all
+            .iter()
+            .filter(|(_, s)| start.is_none_or(|t| s.keys.chain >= t))
+        {
+            let Some((of, taken)) = &s.snapshot_of else {
+                continue;
+            };
+            // A copy is complete once its chain has its quota (ate::remote::copy_chain).
+            use crate::status::ChainUsage;
+            match self.client.usage(s.keys.chain).await {
+                Ok(Some((_, quota))) if quota == s.capacity => {}
+                Ok(_) => continue,
+                Err(e) => return Err(remote_error("reading a snapshot's chain", e)),
+            }
+            if r.max_entries > 0 && entries.len() == r.max_entries as usize {
+                next_token = s.keys.chain.to_hex();
+                break;
+            }
+            entries.push(pb::list_snapshots_response::Entry {
+                snapshot: Some(snapshot_of(s, of, *taken)),
+            });
+        }
+        Ok(pb::ListSnapshotsResponse {
+            entries,
+            next_token,
         })
     }
 
@@ -528,6 +594,18 @@ impl pb::controller_server::Controller for ControllerService {
         .await
     }
 
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        crate::metrics::observe(
+            &self.metrics,
+            "ListSnapshots",
+            self.list_snapshots(req.into_inner()),
+        )
+        .await
+    }
+
     async fn controller_get_capabilities(
         &self,
         _req: Request<pb::ControllerGetCapabilitiesRequest>,
@@ -540,6 +618,7 @@ impl pb::controller_server::Controller for ControllerService {
                     Type::ExpandVolume,
                     Type::CloneVolume,
                     Type::CreateDeleteSnapshot,
+                    Type::ListSnapshots,
                 ]
                 .into_iter()
                 .map(|t| pb::ControllerServiceCapability {

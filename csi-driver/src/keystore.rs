@@ -88,6 +88,8 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug + 'static {
     async fn find(&self, id: &VolumeId) -> Result<Option<String>, StoreError>;
     /// Removes the record of `name` (absent is fine).
     async fn delete(&self, name: &str) -> Result<(), StoreError>;
+    /// Every record, by name; one that does not decode is left out (and logged).
+    async fn list(&self) -> Result<Vec<(String, StoredVolume)>, StoreError>;
 }
 
 /// The Secret of volume `name`: `atefs-NAME` when that is a valid object name (external-
@@ -237,6 +239,30 @@ impl KeyStore for SecretStore {
         }))
     }
 
+    async fn list(&self) -> Result<Vec<(String, StoredVolume)>, StoreError> {
+        let lp = kube::api::ListParams::default().labels(self.records.id_label());
+        let mut out = Vec::new();
+        for s in self.api.list(&lp).await?.items {
+            let secret = s.metadata.name.clone().unwrap_or_default();
+            let Some(name) = s
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(self.records.name_annotation()))
+                .cloned()
+            else {
+                continue;
+            };
+            match decode(&format!("Secret {secret}"), &string_data(&s)) {
+                Ok(v) => out.push((name, v)),
+                Err(e) => {
+                    tracing::warn!(%secret, error = %e, "a record that does not decode is left out")
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         match self
             .api
@@ -327,19 +353,31 @@ impl KeyStore for DirStore {
     }
 
     async fn find(&self, id: &VolumeId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .find(|(_, v)| v.keys.chain == id.0)
+            .map(|(name, _)| name))
+    }
+
+    async fn list(&self) -> Result<Vec<(String, StoredVolume)>, StoreError> {
+        let mut out = Vec::new();
         for e in std::fs::read_dir(&self.dir)? {
             let e = e?;
             let p = e.path();
             if p.extension().is_some_and(|x| x == "tmp") || e.file_type()?.is_dir() {
                 continue;
             }
-            if let Some((name, v)) = self.read(&p)? {
-                if v.keys.chain == id.0 {
-                    return Ok(Some(name));
+            match self.read(&p) {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "a record that does not decode is left out")
                 }
             }
         }
-        Ok(None)
+        Ok(out)
     }
 
     async fn delete(&self, name: &str) -> Result<(), StoreError> {

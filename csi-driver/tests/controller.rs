@@ -90,8 +90,8 @@ fn volumes_are_created_mounted_and_deleted_through_the_controller() {
             .into_inner();
         assert_eq!(
             ccaps.capabilities.len(),
-            4,
-            "CREATE_DELETE_VOLUME, EXPAND_VOLUME, CLONE_VOLUME, CREATE_DELETE_SNAPSHOT"
+            5,
+            "CREATE_DELETE_VOLUME, EXPAND_VOLUME, CLONE_VOLUME, CREATE_DELETE_SNAPSHOT, LIST_SNAPSHOTS"
         );
 
         let name = "pvc-6f1d2c3e-0000-4000-8000-000000000001";
@@ -477,6 +477,82 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
         let clone_dir = mount(&mut c, &keys_dir, "pvc-clone", &clone, root, "clone").await;
         assert_eq!(std::fs::read(clone_dir.join("a")).unwrap(), b"after");
 
+        // Two snapshots, listed: all, a page at a time, by id, by volume; bad requests.
+        let s2 = c
+            .controller
+            .create_snapshot(pb::CreateSnapshotRequest {
+                source_volume_id: clone.volume_id.clone(),
+                name: "snapshot-of-clone".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        let list = |max_entries: i32, starting_token: &str, source: &str, id: &str| {
+            pb::ListSnapshotsRequest {
+                max_entries,
+                starting_token: starting_token.into(),
+                source_volume_id: source.into(),
+                snapshot_id: id.into(),
+                ..Default::default()
+            }
+        };
+        let ids = |r: &pb::ListSnapshotsResponse| -> Vec<String> {
+            r.entries
+                .iter()
+                .map(|e| e.snapshot.as_ref().unwrap().snapshot_id.clone())
+                .collect()
+        };
+        let mut both = vec![s1.snapshot_id.clone(), s2.snapshot_id.clone()];
+        both.sort();
+        let all = c
+            .controller
+            .list_snapshots(list(0, "", "", ""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ids(&all), both);
+        assert!(all.next_token.is_empty());
+        assert!(all.entries.iter().any(|e| e.snapshot.as_ref() == Some(&s1)));
+        let first = c
+            .controller
+            .list_snapshots(list(1, "", "", ""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ids(&first), both[..1]);
+        let rest = c
+            .controller
+            .list_snapshots(list(1, &first.next_token, "", ""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ids(&rest), both[1..]);
+        assert!(rest.next_token.is_empty());
+        for (req, want) in [
+            (
+                list(0, "", "", &s1.snapshot_id),
+                vec![s1.snapshot_id.clone()],
+            ),
+            (
+                list(0, "", &clone.volume_id, ""),
+                vec![s2.snapshot_id.clone()],
+            ),
+            (list(0, "", "", &ate::ChainId::random().to_hex()), vec![]),
+        ] {
+            let got = c.controller.list_snapshots(req).await.unwrap().into_inner();
+            assert_eq!(ids(&got), want);
+        }
+        for (req, want) in [
+            (list(-1, "", "", ""), Code::InvalidArgument),
+            (list(0, "not-a-token", "", ""), Code::Aborted),
+        ] {
+            let e = c.controller.list_snapshots(req).await.unwrap_err();
+            assert_eq!(e.code(), want, "{e:?}");
+        }
+
         // A clone whose caller gives up at once: the copy goes on, retries are ABORTED while
         // it runs (not a second copy into the same chain), then answered with the volume.
         let impatient = || {
@@ -547,15 +623,22 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
         }
         // The snapshot goes (twice: the second finds nothing), and so does its chain; the
         // volume made from it stays.
-        for _ in 0..2 {
+        for id in [&s1.snapshot_id, &s1.snapshot_id, &s2.snapshot_id] {
             c.controller
                 .delete_snapshot(pb::DeleteSnapshotRequest {
-                    snapshot_id: s1.snapshot_id.clone(),
+                    snapshot_id: id.clone(),
                     ..Default::default()
                 })
                 .await
                 .unwrap();
         }
+        let left = c
+            .controller
+            .list_snapshots(list(0, "", "", ""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(left.entries.is_empty(), "{left:?}");
         assert_chain_gone(cluster, &s1.snapshot_id).await;
         let e = c
             .controller

@@ -156,6 +156,7 @@ async fn snapshot_records_are_secrets_of_their_own_with_their_source() {
     let name = "snapshot-4c1d";
     let mut stored = secret_json(name, &snap);
     stored["metadata"]["name"] = json!("atefs-snap-snapshot-4c1d");
+    stored["metadata"]["annotations"] = json!({"csi.atefs.io/snapshot-name": name});
     stored["data"]["sourceVolumeId"] =
         json!(base64_like::encode(b"00112233445566778899aabbccddeeff"));
     stored["data"]["createdAt"] = json!(base64_like::encode(b"1780000000"));
@@ -163,6 +164,11 @@ async fn snapshot_records_are_secrets_of_their_own_with_their_source() {
                       "items": [{"apiVersion": "v1", "kind": "Secret",
                                  "metadata": {"name": "atefs-snap-snapshot-4c1d",
                                               "annotations": {"csi.atefs.io/snapshot-name": name}}}]});
+    let mut damaged = stored.clone();
+    damaged["metadata"]["annotations"]["csi.atefs.io/snapshot-name"] = json!("snapshot-bad");
+    damaged["data"][KEY_ENVELOPE] = json!(base64_like::encode(b"00ff"));
+    let everything = json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {},
+                            "items": [stored.clone(), damaged]});
     let server = tokio::spawn(async move {
         let created = answer(
             &mut h,
@@ -172,7 +178,8 @@ async fn snapshot_records_are_secrets_of_their_own_with_their_source() {
         .await;
         let got = answer(&mut h, 200, stored).await;
         let found = answer(&mut h, 200, list).await;
-        (created, got, found)
+        let listed = answer(&mut h, 200, everything).await;
+        (created, got, found, listed)
     });
     assert!(s.create(name, &snap).await.unwrap());
     let back = s.get(name).await.unwrap().expect("the snapshot");
@@ -182,7 +189,16 @@ async fn snapshot_records_are_secrets_of_their_own_with_their_source() {
         s.find(&VolumeId(snap.keys.chain)).await.unwrap().as_deref(),
         Some(name)
     );
-    let ((_, _, body), (_, get_uri, _), (_, find_uri, _)) = server.await.unwrap();
+    // A record that does not decode is left out of the list, not the list's end.
+    let all = s.list().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].0, name);
+    assert_eq!(all[0].1.snapshot_of, snap.snapshot_of);
+    let ((_, _, body), (_, get_uri, _), (_, find_uri, _), (_, list_uri, _)) = server.await.unwrap();
+    assert!(
+        list_uri.contains("labelSelector=csi.atefs.io%2Fsnapshot-id"),
+        "{list_uri}"
+    );
     assert_eq!(body["metadata"]["name"], "atefs-snap-snapshot-4c1d");
     assert_eq!(
         body["metadata"]["labels"][SNAPSHOT_ID_LABEL],
