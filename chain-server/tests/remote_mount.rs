@@ -407,6 +407,21 @@ fn a_damaged_cache_is_cut_and_fetched_again() {
 }
 
 /// The size `statfs` gives a mount (blocks times fragment size).
+/// `atefs COMMAND ARGS` for the volume of `keys` on `cluster`.
+fn atefs_on(cluster: &Cluster, keys: &Path, command: &str, args: &[&str]) -> std::process::Output {
+    Command::new(atefs_bin())
+        .arg(command)
+        .args(args)
+        .arg("--server")
+        .arg(cluster.endpoints().join(","))
+        .arg("--keys")
+        .arg(keys)
+        .arg("--ca")
+        .arg(cluster.dir.path().join("certs/ca.pem"))
+        .output()
+        .unwrap()
+}
+
 fn volume_size(dir: &Path) -> u64 {
     let out = Command::new("stat")
         .args(["-f", "-c", "%b %S"])
@@ -435,17 +450,7 @@ fn a_raised_quota_reaches_a_mounted_volume() {
 
     // Raised the way a user without Kubernetes does it.
     let quota = |args: &[&str]| {
-        let out = Command::new(atefs_bin())
-            .arg("quota")
-            .args(args)
-            .arg("--server")
-            .arg(cluster.endpoints().join(","))
-            .arg("--keys")
-            .arg(&keys)
-            .arg("--ca")
-            .arg(cluster.dir.path().join("certs/ca.pem"))
-            .output()
-            .unwrap();
+        let out = atefs_on(&cluster, &keys, "quota", args);
         assert!(out.status.success(), "atefs quota {args:?}: {out:?}");
         String::from_utf8(out.stdout).unwrap()
     };
@@ -498,18 +503,9 @@ fn a_clone_holds_the_volume_as_it_was_and_then_goes_its_own_way() {
 
     let out = tmp.path().join("clone-keys");
     let clone = |out: &Path, extra: &[&str]| {
-        Command::new(atefs_bin())
-            .arg("clone")
-            .arg(out)
-            .args(extra)
-            .arg("--server")
-            .arg(cluster.endpoints().join(","))
-            .arg("--keys")
-            .arg(&keys)
-            .arg("--ca")
-            .arg(cluster.dir.path().join("certs/ca.pem"))
-            .output()
-            .unwrap()
+        let mut args = vec![out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        atefs_on(&cluster, &keys, "clone", &args)
     };
     // Too small a quota for the copy: refused, and nothing is left behind.
     let small = tmp.path().join("small-keys");

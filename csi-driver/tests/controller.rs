@@ -36,6 +36,22 @@ fn secrets_of(keys_dir: &std::path::Path, name: &str) -> HashMap<String, String>
         .collect()
 }
 
+/// The plugin as node `node-a` and controller, keeping keys in a directory (returned).
+fn controller_plugin(env: &MountEnv) -> (Plugin, std::path::PathBuf) {
+    let keys_dir = env.tmp.path().join("keys");
+    let plugin = Plugin::start_with(
+        env.tmp.path(),
+        "node-a",
+        Some(&env.cluster),
+        &[
+            OsStr::new("--controller"),
+            OsStr::new("--keys-dir"),
+            keys_dir.as_os_str(),
+        ],
+    );
+    (plugin, keys_dir)
+}
+
 /// Asserts that the cluster has no chain `id` (hex).
 async fn assert_chain_gone(cluster: &common::DevCluster, id: &str) {
     let client = ate::remote::RemoteClient::new(ate::remote::RemoteOptions {
@@ -56,17 +72,7 @@ fn volumes_are_created_mounted_and_deleted_through_the_controller() {
         return;
     };
     let (cluster, tmp) = (&env.cluster, &env.tmp);
-    let keys_dir = tmp.path().join("keys");
-    let plugin = Plugin::start_with(
-        tmp.path(),
-        "node-a",
-        Some(cluster),
-        &[
-            OsStr::new("--controller"),
-            OsStr::new("--keys-dir"),
-            keys_dir.as_os_str(),
-        ],
-    );
+    let (plugin, keys_dir) = controller_plugin(&env);
     let staging = tmp.path().join("staging");
     let target = tmp.path().join("pod/volume");
     rt().block_on(async {
@@ -342,17 +348,7 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
         return;
     };
     let (cluster, tmp) = (&env.cluster, &env.tmp);
-    let keys_dir = tmp.path().join("keys");
-    let plugin = Plugin::start_with(
-        tmp.path(),
-        "node-a",
-        Some(cluster),
-        &[
-            OsStr::new("--controller"),
-            OsStr::new("--keys-dir"),
-            keys_dir.as_os_str(),
-        ],
-    );
+    let (plugin, keys_dir) = controller_plugin(&env);
     let root = tmp.path();
     rt().block_on(async {
         let mut c = plugin.client().await;
