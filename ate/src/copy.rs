@@ -60,6 +60,8 @@ pub struct Copier<'f, 'c> {
     root: RootAuthority,
     /// One buffer for every payload's plaintext.
     plain: Vec<u8>,
+    /// Plaintext bytes copied so far.
+    bytes: u64,
 }
 
 impl std::fmt::Debug for Copier<'_, '_> {
@@ -99,6 +101,7 @@ impl<'f, 'c> Copier<'f, 'c> {
             skipped,
             root,
             plain: Vec::new(),
+            bytes: 0,
         })
     }
 
@@ -117,6 +120,11 @@ impl<'f, 'c> Copier<'f, 'c> {
     /// Records copied so far.
     pub fn done(&self) -> usize {
         self.next
+    }
+
+    /// Plaintext bytes of the records copied so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Live records left out because an ancestor is gone: nothing can reach them (a file
@@ -161,6 +169,7 @@ impl<'f, 'c> Copier<'f, 'c> {
                 };
                 tx.push_sealed(r.key, r.parent, write, &self.to.data, &plain[..len]);
                 bytes += len;
+                self.bytes += len as u64;
             }
             self.next += 1;
         }

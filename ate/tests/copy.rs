@@ -109,6 +109,11 @@ fn a_copy_holds_every_live_record_as_of_its_index_under_the_new_keys() {
     assert_eq!(copier.records(), 7);
     let (copy, txs) = replay(&mut copier, &to);
     assert_eq!(copier.skipped(), 1, "the orphan");
+    assert_eq!(
+        copier.bytes(),
+        (9 + 3 + 8 + 3 * big.len() - 3) as u64,
+        "the live payloads' plaintext, the orphan's not"
+    );
     assert!(
         txs >= 2,
         "18 MiB go in more than one transaction, got {txs}"

@@ -142,7 +142,7 @@ impl ControllerService {
         claim: crate::in_flight::Claim,
     ) -> Result<(), Status> {
         let (opts, from, to) = (self.client.options().clone(), from.clone(), to.clone());
-        let dir = self.work_dir.clone();
+        let (dir, metrics) = (self.work_dir.clone(), self.metrics.clone());
         tokio::task::spawn_blocking(move || {
             let _claim = claim;
             let cache = tempfile::tempdir_in(&dir).map_err(|e| {
@@ -150,7 +150,10 @@ impl ControllerService {
             })?;
             let storage = ate::storage::FileStorage::new(cache.path())
                 .map_err(|e| Status::unavailable(format!("the copy's cache: {e}")))?;
-            ate::remote::copy_chain(opts, &from, &to, quota, Arc::new(storage)).map_err(copy_error)
+            metrics.copy_started();
+            let copied = ate::remote::copy_chain(opts, &from, &to, quota, Arc::new(storage));
+            metrics.copy_ended(copied.as_ref().map_or(0, |r| r.bytes));
+            copied.map_err(copy_error)
         })
         .await
         .map_err(|e| Status::internal(format!("the copy stopped: {e}")))??;

@@ -20,6 +20,10 @@ pub struct Metrics {
     orphans: std::sync::atomic::AtomicU64,
     /// Volumes in trouble at the last status check, by reason (crate::status).
     problems: Mutex<BTreeMap<&'static str, u64>>,
+    /// Copies (clones, snapshots) running now.
+    copies: std::sync::atomic::AtomicU64,
+    /// Plaintext bytes the finished copies copied.
+    copied: std::sync::atomic::AtomicU64,
 }
 
 fn code_name(c: tonic::Code) -> &'static str {
@@ -66,6 +70,20 @@ impl Metrics {
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// A copy (clone, snapshot) began.
+    pub fn copy_started(&self) {
+        self.copies
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A copy ended, having copied `bytes` (0 if it failed).
+    pub fn copy_ended(&self, bytes: u64) {
+        self.copies
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.copied
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// What the last status check found.
     pub fn set_problems(&self, findings: &[crate::status::Finding]) {
         let mut p = self.problems.lock();
@@ -97,6 +115,8 @@ impl Metrics {
         }
         let _ = writeln!(o, "# HELP atefs_csi_daemon_failures_total Mount daemons that died or failed to commit at unmount.\n# TYPE atefs_csi_daemon_failures_total counter\natefs_csi_daemon_failures_total {}", self.daemon_failures.load(std::sync::atomic::Ordering::Relaxed));
         let _ = writeln!(o, "# HELP atefs_csi_orphans_collected_total Volumes deleted because their PersistentVolume was gone.\n# TYPE atefs_csi_orphans_collected_total counter\natefs_csi_orphans_collected_total {}", self.orphans.load(std::sync::atomic::Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP atefs_csi_copies_running Volume copies (clones, snapshots) running now.\n# TYPE atefs_csi_copies_running gauge\natefs_csi_copies_running {}", self.copies.load(std::sync::atomic::Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP atefs_csi_copied_bytes_total Bytes of file system data the finished copies copied.\n# TYPE atefs_csi_copied_bytes_total counter\natefs_csi_copied_bytes_total {}", self.copied.load(std::sync::atomic::Ordering::Relaxed));
         let problems = self.problems.lock().clone();
         if !problems.is_empty() {
             o.push_str("# HELP atefs_csi_volume_problems Volumes in trouble at the last status check, by reason.\n# TYPE atefs_csi_volume_problems gauge\n");

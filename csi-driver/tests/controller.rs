@@ -628,6 +628,17 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
                 .await
                 .unwrap();
         }
+        // Every copy ended; what they copied is counted (the clone's 3 copies of "after"
+        // and the restored volume's "before" at least).
+        let m = common::http_get(&plugin.metrics, "/metrics");
+        assert!(m.contains("atefs_csi_copies_running 0"), "{m}");
+        let copied: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("atefs_csi_copied_bytes_total "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(copied >= 11, "{copied} bytes copied");
         let left = c
             .controller
             .list_snapshots(list(0, "", "", ""))

@@ -25,6 +25,8 @@ pub struct CopyReport {
     pub skipped: usize,
     /// Transactions committed to the copy (its genesis included).
     pub transactions: usize,
+    /// Plaintext bytes copied.
+    pub bytes: u64,
 }
 
 /// Why a copy failed; the new chain may exist, half filled (a retry makes it again).
@@ -73,6 +75,7 @@ pub fn copy_chain(
                 records: info.records as usize,
                 skipped: 0,
                 transactions: 0,
+                bytes: 0,
             })
         }
         Ok(_) => rt.block_on(client.delete(to.chain, &to.owner))?,
@@ -101,6 +104,7 @@ pub fn copy_chain(
         records: copier.records(),
         skipped: copier.skipped(),
         transactions,
+        bytes: copier.bytes(),
     };
     if report.skipped > 0 {
         tracing::warn!(from = %from.chain, skipped = report.skipped, "records whose parent is gone were not copied");
