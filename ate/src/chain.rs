@@ -596,23 +596,39 @@ impl Chain {
         let Some(header) = entry.header else {
             return Ok(None);
         };
-        let Some((loc, len)) = entry.payload.filter(|(_, len)| *len > 0) else {
-            return Ok(Some((header, 0)));
+        match self.open_payload_into(key, &header, entry.payload, data_key, buf, at) {
+            Ok(plain) => Ok(Some((header, plain))),
+            // Compaction may have moved it between our two lookups: look again.
+            Err(ChainError::Log(LogError::Compacted { .. })) => {
+                self.read_plain_into(key, data_key, buf, at)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads the sealed payload of record `key` (`header`) found at `payload` into `buf` at
+    /// `at` (grown when too short) and opens it there; returns the plaintext's length (0
+    /// without a payload).
+    pub(crate) fn open_payload_into(
+        &self,
+        key: &RecordKey,
+        header: &RecordHeader,
+        payload: Option<(Location, usize)>,
+        data_key: &crate::crypto::DataKey,
+        buf: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<usize, ChainError> {
+        let Some((loc, len)) = payload.filter(|(_, len)| *len > 0) else {
+            return Ok(0);
         };
         let end = at + len;
         if buf.len() < end {
             buf.resize(end, 0);
         }
-        match self.shared.files.read_into(loc, &mut buf[at..end]) {
-            Ok(()) => {}
-            // Compaction may have moved it between our two lookups: look again.
-            Err(LogError::Compacted { .. }) => return self.read_plain_into(key, data_key, buf, at),
-            Err(e) => return Err(e.into()),
-        }
-        let plain = header
+        self.shared.files.read_into(loc, &mut buf[at..end])?;
+        header
             .open_in_place(&self.shared.id, data_key, &mut buf[at..end])
-            .map_err(|source| ChainError::Crypto { key: *key, source })?;
-        Ok(Some((header, plain)))
+            .map_err(|source| ChainError::Crypto { key: *key, source })
     }
 
     /// Live children of a record.

@@ -5,9 +5,7 @@ mod common;
 
 use ate::copy::{Copier, CopyError};
 use ate::storage::{MemStorage, Storage};
-use ate::{
-    Chain, ChainError, ChainId, ChainOptions, DataKey, KeyFile, Op, Transaction, WriteAuthority,
-};
+use ate::{Chain, ChainError, ChainId, DataKey, KeyFile, Op, Transaction, WriteAuthority};
 use common::{key, Fixture};
 use std::sync::Arc;
 
@@ -28,8 +26,7 @@ fn commit(chain: &Chain, f: &Fixture, ops: Vec<Op>) {
 /// Commits what `copier` produces to a fresh chain, as a cluster would (each validated).
 fn replay(copier: &mut Copier<'_, '_>, to: &KeyFile) -> (Chain, usize) {
     let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
-    let (chain, _) =
-        Chain::open(storage, Some(to.chain), ChainOptions::default(), |_, _| {}).unwrap();
+    let chain = fixture(to).open(&storage);
     chain
         .commit(Transaction::decode(&copier.genesis()).unwrap())
         .unwrap();
@@ -186,9 +183,7 @@ fn keys_that_do_not_own_the_chain_or_seal_its_payloads_are_refused() {
         Some(Err(CopyError::ForeignKey { key: k, .. })) if k == key(1)
     ));
 
-    let empty: Arc<dyn Storage> = Arc::new(MemStorage::new());
-    let (bare, _) =
-        Chain::open(empty, Some(from.chain), ChainOptions::default(), |_, _| {}).unwrap();
+    let bare = f.open(&(Arc::new(MemStorage::new()) as Arc<dyn Storage>));
     let frozen = bare.frozen();
     assert!(matches!(
         Copier::new(&frozen, &from, &to),

@@ -74,40 +74,22 @@ impl Chain {
 }
 
 impl Frozen<'_> {
-    /// Opens the payload of `record` (one of [`Self::records`]) with `data_key`; empty for a
-    /// record without payload.
-    pub fn read_plain(
-        &self,
-        record: &LiveRecord,
-        data_key: &DataKey,
-    ) -> Result<Vec<u8>, ChainError> {
-        let mut buf = Vec::new();
-        let len = self.read_plain_into(record, data_key, &mut buf)?;
-        buf.truncate(len);
-        Ok(buf)
-    }
-
-    /// [`Self::read_plain`] into the front of `buf` (grown when too short, never shrunk, so
-    /// one buffer serves a whole copy); returns the plaintext's length.
+    /// Opens the payload of `record` (one of [`Self::records`]) with `data_key` into the
+    /// front of `buf` (grown when too short, never shrunk, so one buffer serves a whole
+    /// copy); returns the plaintext's length, 0 for a record without payload.
     pub fn read_plain_into(
         &self,
         record: &LiveRecord,
         data_key: &DataKey,
         buf: &mut Vec<u8>,
     ) -> Result<usize, ChainError> {
-        let Some((loc, len)) = record.payload.filter(|(_, len)| *len > 0) else {
-            return Ok(0);
-        };
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        self.chain.shared.files.read_into(loc, &mut buf[..len])?;
-        record
-            .header
-            .open_in_place(&self.chain.shared.id, data_key, &mut buf[..len])
-            .map_err(|source| ChainError::Crypto {
-                key: record.key,
-                source,
-            })
+        self.chain.open_payload_into(
+            &record.key,
+            &record.header,
+            record.payload,
+            data_key,
+            buf,
+            0,
+        )
     }
 }
