@@ -409,15 +409,30 @@ fn umount(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn quota(bytes: Option<u64>, remote: &RemoteArgs) -> Result<()> {
+/// What a command about a shared volume (`quota`, `clone`) works with: the volume's keys, a
+/// client of its cluster, and the one runtime for that client (its connections belong to the
+/// runtime that made them).
+fn shared_volume(
+    command: &str,
+    remote: &RemoteArgs,
+) -> Result<(
+    ate::KeyFile,
+    ate::remote::RemoteClient,
+    tokio::runtime::Runtime,
+)> {
     if remote.server.is_empty() {
-        bail!("atefs quota is for shared volumes: give --server ADDRS and --keys FILE");
+        bail!("atefs {command} is for shared volumes: give --server ADDRS and --keys FILE");
     }
     let (_, keys, client) = remote_volume(remote)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    Ok((keys, client, rt))
+}
+
+fn quota(bytes: Option<u64>, remote: &RemoteArgs) -> Result<()> {
+    let (keys, client, rt) = shared_volume("quota", remote)?;
     let chain = keys.chain;
     match bytes {
         None => {
@@ -480,18 +495,10 @@ fn status(data: &Path) -> Result<()> {
 }
 
 fn clone(out: &Path, quota: Option<u64>, remote: &RemoteArgs) -> Result<()> {
-    if remote.server.is_empty() {
-        bail!("atefs clone is for shared volumes: give --server ADDRS and --keys FILE");
-    }
     if out.exists() {
         bail!("{} exists; refusing to overwrite keys", out.display());
     }
-    let (_, keys, client) = remote_volume(remote)?;
-    // One runtime for `client`: its connections belong to the runtime that made them.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let (keys, client, rt) = shared_volume("clone", remote)?;
     let quota = match quota {
         Some(q) => q,
         None => {

@@ -50,12 +50,7 @@ impl Mount {
             .arg(&dir)
             .arg("--data")
             .arg(root.join(format!("{name}-cache")))
-            .arg("--server")
-            .arg(cluster.endpoints().join(","))
-            .arg("--keys")
-            .arg(keys)
-            .arg("--ca")
-            .arg(cluster.dir.path().join("certs/ca.pem"))
+            .args(cluster_args(cluster, keys))
             .arg("--foreground")
             .args(extra)
             .stdout(Stdio::piped())
@@ -407,17 +402,24 @@ fn a_damaged_cache_is_cut_and_fetched_again() {
 }
 
 /// The size `statfs` gives a mount (blocks times fragment size).
+/// The arguments naming the volume of `keys` on `cluster`: `--server`, `--keys`, `--ca`.
+fn cluster_args(cluster: &Cluster, keys: &Path) -> [std::ffi::OsString; 6] {
+    [
+        "--server".into(),
+        cluster.endpoints().join(",").into(),
+        "--keys".into(),
+        keys.into(),
+        "--ca".into(),
+        cluster.dir.path().join("certs/ca.pem").into(),
+    ]
+}
+
 /// `atefs COMMAND ARGS` for the volume of `keys` on `cluster`.
 fn atefs_on(cluster: &Cluster, keys: &Path, command: &str, args: &[&str]) -> std::process::Output {
     Command::new(atefs_bin())
         .arg(command)
         .args(args)
-        .arg("--server")
-        .arg(cluster.endpoints().join(","))
-        .arg("--keys")
-        .arg(keys)
-        .arg("--ca")
-        .arg(cluster.dir.path().join("certs/ca.pem"))
+        .args(cluster_args(cluster, keys))
         .output()
         .unwrap()
 }

@@ -80,6 +80,18 @@ fn capacity(range: Option<&pb::CapacityRange>) -> Result<u64, Status> {
     Ok(want)
 }
 
+/// The record of `id` in `store`: its name, and its contents unless it went meanwhile.
+async fn record_in(
+    store: &dyn KeyStore,
+    id: &VolumeId,
+) -> Result<Option<(String, Option<StoredVolume>)>, Status> {
+    let Some(name) = store.find(id).await.map_err(store_error)? else {
+        return Ok(None);
+    };
+    let v = store.get(&name).await.map_err(store_error)?;
+    Ok(Some((name, v)))
+}
+
 fn copy_error(e: RemoteCopyError) -> Status {
     match e {
         RemoteCopyError::Source(ReplicaError::Remote(e)) => remote_error("reading the source", e),
@@ -173,17 +185,9 @@ impl ControllerService {
             }
         };
         let id = VolumeId::parse(id)?;
-        let not_found = || Status::not_found(format!("no source {what} {id}"));
-        let name = store
-            .find(&id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(not_found)?;
-        let v = store
-            .get(&name)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(not_found)?;
+        let Some((_, Some(v))) = record_in(&**store, &id).await? else {
+            return Err(Status::not_found(format!("no source {what} {id}")));
+        };
         self.as_large_as_now(v).await
     }
 
@@ -245,16 +249,7 @@ impl ControllerService {
                     capacity: want,
                     snapshot_of: None,
                 };
-                if self.store.create(&r.name, &v).await.map_err(store_error)? {
-                    v
-                } else {
-                    // Another controller made it first: use what it wrote.
-                    self.store
-                        .get(&r.name)
-                        .await
-                        .map_err(store_error)?
-                        .ok_or_else(|| Status::aborted("the volume record vanished; retry"))?
-                }
+                Self::create_record(&*self.store, &r.name, v).await?
             }
         };
         let chain = v.keys.chain;
@@ -286,28 +281,49 @@ impl ControllerService {
         &self,
         id: &VolumeId,
     ) -> Result<Option<(String, Option<StoredVolume>)>, Status> {
-        let Some(name) = self.store.find(id).await.map_err(store_error)? else {
-            return Ok(None);
+        record_in(&*self.store, id).await
+    }
+
+    /// Writes the record of `name` (volume or snapshot) into `store`, unless a racing call
+    /// wrote it first: the record that stands is returned.
+    async fn create_record(
+        store: &dyn KeyStore,
+        name: &str,
+        v: StoredVolume,
+    ) -> Result<StoredVolume, Status> {
+        if store.create(name, &v).await.map_err(store_error)? {
+            return Ok(v);
+        }
+        store
+            .get(name)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| Status::aborted("the record vanished; retry"))
+    }
+
+    /// Deletes the chain of record `id` in `store` (a volume or a snapshot: `what`), then the
+    /// record; an unknown id is already deleted.
+    async fn remove(&self, store: &dyn KeyStore, id: VolumeId, what: &str) -> Result<(), Status> {
+        let _busy = self.busy.claim(format!("{what} {id}"))?;
+        let Some((name, v)) = record_in(store, &id).await? else {
+            return Ok(());
         };
-        let v = self.store.get(&name).await.map_err(store_error)?;
-        Ok(Some((name, v)))
+        if let Some(v) = v {
+            use crate::orphans::ChainDeleter;
+            self.client
+                .delete_chain(id.0, &v.keys.owner)
+                .await
+                .map_err(|e| remote_error(&format!("deleting the {what}'s chain"), e))?;
+        }
+        // The keys go last: without them the chain could never be deleted.
+        store.delete(&name).await.map_err(store_error)?;
+        tracing::info!(%name, id = %id, "{what} deleted");
+        Ok(())
     }
 
     async fn delete(&self, r: pb::DeleteVolumeRequest) -> Result<pb::DeleteVolumeResponse, Status> {
         let id = VolumeId::parse(&r.volume_id)?;
-        let _busy = self.busy.claim(format!("volume {id}"))?;
-        let Some((name, v)) = self.record_of(&id).await? else {
-            return Ok(pb::DeleteVolumeResponse {});
-        };
-        if let Some(v) = v {
-            match self.client.delete(id.0, &v.keys.owner).await {
-                Ok(()) | Err(RemoteError::Refused(Code::NotFound, _)) => {}
-                Err(e) => return Err(remote_error("deleting the volume's chain", e)),
-            }
-        }
-        // The keys go last: without them the chain could never be deleted.
-        self.store.delete(&name).await.map_err(store_error)?;
-        tracing::info!(%name, volume = %id, "volume deleted");
+        self.remove(&*self.store, id, "volume").await?;
         Ok(pb::DeleteVolumeResponse {})
     }
 
@@ -368,11 +384,14 @@ impl ControllerService {
         }
         let source = VolumeId::parse(&r.source_volume_id)?;
         let busy = self.busy.claim(format!("snapshot name {}", r.name))?;
+        let no_volume = || Status::not_found(format!("no volume {source}"));
+        // The volume, when this call looked it up already.
+        let mut looked_up = None;
         let snap = match self.snapshots.get(&r.name).await.map_err(store_error)? {
             Some(s) => s,
             None => {
                 let Some((_, Some(vol))) = self.record_of(&source).await? else {
-                    return Err(Status::not_found(format!("no volume {source}")));
+                    return Err(no_volume());
                 };
                 let vol = self.as_large_as_now(vol).await?;
                 let taken = std::time::SystemTime::now()
@@ -383,20 +402,8 @@ impl ControllerService {
                     capacity: vol.capacity,
                     snapshot_of: Some((source.to_string(), taken)),
                 };
-                if self
-                    .snapshots
-                    .create(&r.name, &s)
-                    .await
-                    .map_err(store_error)?
-                {
-                    s
-                } else {
-                    self.snapshots
-                        .get(&r.name)
-                        .await
-                        .map_err(store_error)?
-                        .ok_or_else(|| Status::aborted("the snapshot record vanished; retry"))?
-                }
+                looked_up = Some(vol);
+                Self::create_record(&*self.snapshots, &r.name, s).await?
             }
         };
         let Some((of, taken)) = snap.snapshot_of.clone() else {
@@ -411,8 +418,12 @@ impl ControllerService {
                 r.name
             )));
         }
-        let Some((_, Some(vol))) = self.record_of(&source).await? else {
-            return Err(Status::not_found(format!("no volume {source}")));
+        let vol = match looked_up {
+            Some(vol) => vol,
+            None => match self.record_of(&source).await? {
+                Some((_, Some(vol))) => vol,
+                _ => return Err(no_volume()),
+            },
         };
         self.copy(&vol.keys, &snap.keys, snap.capacity, busy)
             .await?;
@@ -488,18 +499,7 @@ impl ControllerService {
         r: pb::DeleteSnapshotRequest,
     ) -> Result<pb::DeleteSnapshotResponse, Status> {
         let id = VolumeId::parse(&r.snapshot_id)?;
-        let _busy = self.busy.claim(format!("snapshot {id}"))?;
-        let Some(name) = self.snapshots.find(&id).await.map_err(store_error)? else {
-            return Ok(pb::DeleteSnapshotResponse {});
-        };
-        if let Some(s) = self.snapshots.get(&name).await.map_err(store_error)? {
-            match self.client.delete(id.0, &s.keys.owner).await {
-                Ok(()) | Err(RemoteError::Refused(Code::NotFound, _)) => {}
-                Err(e) => return Err(remote_error("deleting the snapshot's chain", e)),
-            }
-        }
-        self.snapshots.delete(&name).await.map_err(store_error)?;
-        tracing::info!(%name, snapshot = %id, "snapshot deleted");
+        self.remove(&*self.snapshots, id, "snapshot").await?;
         Ok(pb::DeleteSnapshotResponse {})
     }
 

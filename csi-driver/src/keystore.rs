@@ -177,6 +177,15 @@ impl SecretStore {
             records,
         }
     }
+
+    /// The CO's name of the volume or snapshot Secret `s` is the record of.
+    fn name_of(&self, s: &k8s_openapi::api::core::v1::Secret) -> Option<String> {
+        s.metadata
+            .annotations
+            .as_ref()?
+            .get(self.records.name_annotation())
+            .cloned()
+    }
 }
 
 fn string_data(s: &k8s_openapi::api::core::v1::Secret) -> BTreeMap<String, String> {
@@ -232,11 +241,7 @@ impl KeyStore for SecretStore {
         let label = self.records.id_label();
         let lp = kube::api::ListParams::default().labels(&format!("{label}={id}"));
         let list = self.api.list(&lp).await?;
-        Ok(list.items.into_iter().find_map(|s| {
-            s.metadata
-                .annotations
-                .and_then(|mut a| a.remove(self.records.name_annotation()))
-        }))
+        Ok(list.items.iter().find_map(|s| self.name_of(s)))
     }
 
     async fn list(&self) -> Result<Vec<(String, StoredVolume)>, StoreError> {
@@ -244,13 +249,7 @@ impl KeyStore for SecretStore {
         let mut out = Vec::new();
         for s in self.api.list(&lp).await?.items {
             let secret = s.metadata.name.clone().unwrap_or_default();
-            let Some(name) = s
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(self.records.name_annotation()))
-                .cloned()
-            else {
+            let Some(name) = self.name_of(&s) else {
                 continue;
             };
             match decode(&format!("Secret {secret}"), &string_data(&s)) {
