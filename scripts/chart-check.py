@@ -66,6 +66,10 @@ def validate(docs, label):
                 fail(f"{label}: {path}: {d['kind']}/{d['metadata'].get('name')} invalid for {v}: {e.message} at {list(e.path)}")
 
 
+def by_kind(docs):
+    return {(d["kind"], d["metadata"]["name"]): d for _, d in docs}
+
+
 def kinds(docs):
     return {(d["kind"], d["metadata"]["name"]) for _, d in docs}
 
@@ -125,7 +129,7 @@ def main():
                  ("ClusterRole", "atefs-controller"), ("Role", "atefs-controller")]:
         if want not in have:
             fail(f"default render lacks {want}; has {sorted(have)}")
-    by = {(d["kind"], d["metadata"]["name"]): d for _, d in default}
+    by = by_kind(default)
     sts = by[("StatefulSet", "atefs-chain-server")]["spec"]
     args = sts["template"]["spec"]["containers"][0]["args"]
     peers = [a for a in args if a.startswith("--peer=")]
@@ -143,8 +147,7 @@ def main():
     if not any("persistentvolumeclaims/status" in r["resources"] and "patch" in r["verbs"]
                for r in cluster_rules):
         fail("external-resizer must be allowed to patch a claim's status")
-    fixed = {(d["kind"], d["metadata"]["name"]): d
-             for _, d in render({"storageClass": {"allowVolumeExpansion": False}})}
+    fixed = by_kind(render({"storageClass": {"allowVolumeExpansion": False}}))
     if (fixed[("StorageClass", "atefs")].get("allowVolumeExpansion") is not False
             or "csi-resizer" in [c["name"] for c in fixed[("Deployment", "atefs-controller")]
                                  ["spec"]["template"]["spec"]["containers"]]):
@@ -158,7 +161,7 @@ def main():
         fail("copies (clones, snapshots) need a writable --work-dir: the root file system is read-only")
     snaps = render({"snapshots": {"enabled": True}})
     validate(snaps, "snapshots enabled")
-    sby = {(d["kind"], d["metadata"]["name"]): d for _, d in snaps}
+    sby = by_kind(snaps)
     vsc = sby.get(("VolumeSnapshotClass", "atefs"))
     if not vsc or vsc["driver"] != "csi.atefs.io":
         fail("snapshots.enabled must make a VolumeSnapshotClass of the driver")
@@ -194,7 +197,7 @@ def main():
         mounts = by[("DaemonSet", ds)]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
         if not any(m.get("mountPropagation") == "Bidirectional" for m in mounts):
             fail(f"{ds}'s mounts must propagate to the host")
-    solo = {(d["kind"], d["metadata"]["name"]): d for _, d in render({"nodeAgent": {"enabled": False}})}
+    solo = by_kind(render({"nodeAgent": {"enabled": False}}))
     if ("DaemonSet", "atefs-node-agent") in solo or any(
             a.startswith("--node-agent") for a in solo[("DaemonSet", "atefs-node")]["spec"]["template"]["spec"]["containers"][0]["args"]):
         fail("nodeAgent.enabled=false must run the daemons in the plugin")
