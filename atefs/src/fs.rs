@@ -1813,6 +1813,29 @@ impl AteFs {
         Ok(())
     }
 
+    /// The open file handles, (handle, inode), and the next handle to give out: what a daemon
+    /// taking this mount over must go on knowing (handover.rs).
+    pub fn handles(&self) -> (Vec<(u64, u64)>, u64) {
+        let st = self.state.lock();
+        let mut h: Vec<(u64, u64)> = st.handles.iter().map(|(fh, ino)| (*fh, *ino)).collect();
+        h.sort_unstable();
+        (h, st.next_fh)
+    }
+
+    /// Takes over the open handles of the daemon this one replaces (from [`Self::handles`]).
+    /// An inode whose last link went while it was open is still in the chain with no links,
+    /// and goes at its last close here as it would have there.
+    pub fn adopt_handles(&self, handles: &[(u64, u64)], next_fh: u64) -> FsResult<()> {
+        let mut st = self.state.lock();
+        for &(fh, ino) in handles {
+            self.node(&mut st, ino)?.open += 1;
+            st.handles.insert(fh, ino);
+        }
+        let above = handles.iter().map(|(fh, _)| fh + 1).max().unwrap_or(1);
+        st.next_fh = st.next_fh.max(next_fh).max(above);
+        Ok(())
+    }
+
     /// Closes a handle; commits the file's data; frees an unlinked inode on its last close.
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let mut st = self.state.lock();

@@ -3,6 +3,8 @@
 
 use crate::error::FsError;
 use crate::fs::{Allocate, AteFs, Caller, RenameMode, Seek, SetAttr};
+use crate::gate::Gate;
+use crate::handover::KernelInit;
 use crate::records::{Inode, Kind};
 use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -13,6 +15,7 @@ use fuser::{
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -36,9 +39,23 @@ pub struct FuseFs {
     /// Directory listings by open directory handle: the kernel reads a listing in many small
     /// calls, each of which would otherwise rebuild it.
     listings: parking_lot::Mutex<std::collections::HashMap<u64, Listing>>,
-    next_dir_fh: std::sync::atomic::AtomicU64,
     /// fsync gathering (gather.rs), with the writeback cache only.
     gather: Option<crate::gather::Gather>,
+    /// What a handover (handover.rs) needs of this side; also held by the thread that serves
+    /// handovers, since the session owns this value.
+    handover: Handover,
+}
+
+/// The parts of a [`FuseFs`] a handover works with.
+#[derive(Clone, Debug, Default)]
+pub struct Handover {
+    /// Every request passes it.
+    pub gate: Arc<Gate>,
+    /// What the kernel offered at `FUSE_INIT` (recorded then, or given by the daemon this one
+    /// took over from).
+    pub init: Arc<parking_lot::Mutex<Option<KernelInit>>>,
+    /// The next directory handle.
+    pub next_dir_fh: Arc<AtomicU64>,
 }
 
 impl FuseFs {
@@ -54,9 +71,25 @@ impl FuseFs {
             },
             fs,
             listings: Default::default(),
-            next_dir_fh: std::sync::atomic::AtomicU64::new(1),
             gather: None,
+            handover: Handover {
+                next_dir_fh: Arc::new(AtomicU64::new(1)),
+                ..Handover::default()
+            },
         }
+    }
+
+    /// What a handover of this mount works with.
+    pub fn handover(&self) -> Handover {
+        self.handover.clone()
+    }
+
+    /// Takes the place of a daemon that handed its mount over: directory handles go on from
+    /// where it left them and the first `FUSE_INIT` is remembered for the next handover.
+    pub fn resuming(mut self, init: KernelInit, next_dir_fh: u64) -> Self {
+        *self.handover.init.lock() = Some(init);
+        self.handover.next_dir_fh = Arc::new(AtomicU64::new(next_dir_fh.max(1)));
+        self
     }
 
     /// Gathers fsyncs (gather.rs) with `helper`, a command running [`crate::gather::serve`]
@@ -175,6 +208,16 @@ thread_local! {
 
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // What the kernel offered, for a daemon taking this mount over (handover.rs), which
+        // must answer the same. The kernel's readahead bound is only told by refusing more.
+        let max_readahead = config.set_max_readahead(u32::MAX).err().unwrap_or(u32::MAX);
+        let abi = config.kernel_abi();
+        self.handover.init.lock().get_or_insert(KernelInit {
+            major: abi.0,
+            minor: abi.1,
+            capabilities: config.capabilities().bits(),
+            max_readahead,
+        });
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         // Writeback cache: measured without it, 4 KiB random writes fell from ~16k to ~4.6k
@@ -207,10 +250,12 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _in = self.handover.gate.enter();
         self.entry(self.fs.lookup(parent.0, name.as_bytes()), reply)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _in = self.handover.gate.enter();
         match self.fs.getattr(ino.0) {
             Ok(i) => reply.attr(&self.ttl, &attr(&i, self.bs())),
             Err(e) => reply.error(errno(&e)),
@@ -235,6 +280,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _in = self.handover.gate.enter();
         let s = SetAttr {
             mode,
             uid,
@@ -254,6 +300,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _in = self.handover.gate.enter();
         Self::data(self.fs.readlink(ino.0), reply)
     }
 
@@ -267,6 +314,7 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _in = self.handover.gate.enter();
         let Some(k) = Kind::from_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
@@ -294,6 +342,7 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _in = self.handover.gate.enter();
         let r = self.fs.mknod(
             parent.0,
             name.as_bytes(),
@@ -310,10 +359,12 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _in = self.handover.gate.enter();
         Self::empty(self.fs.unlink(parent.0, name.as_bytes()), reply)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _in = self.handover.gate.enter();
         Self::empty(self.fs.rmdir(parent.0, name.as_bytes()), reply)
     }
 
@@ -325,6 +376,7 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _in = self.handover.gate.enter();
         let r = self.fs.mknod(
             parent.0,
             link_name.as_bytes(),
@@ -347,6 +399,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _in = self.handover.gate.enter();
         let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             RenameMode::Exchange
         } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
@@ -376,10 +429,12 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _in = self.handover.gate.enter();
         self.entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _in = self.handover.gate.enter();
         match self.fs.open(ino.0, flags.0 & libc::O_TRUNC != 0) {
             Ok(fh) => reply.opened(FileHandle(fh), self.keep),
             Err(e) => reply.error(errno(&e)),
@@ -397,6 +452,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _in = self.handover.gate.enter();
         READ_BUF.with_borrow_mut(
             |buf| match self.fs.read_into(ino.0, offset, size as usize, buf) {
                 Ok(n) => reply.data(&buf[..n]),
@@ -417,6 +473,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _in = self.handover.gate.enter();
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             if let Err(e) = self.fs.kill_suidgid(ino.0) {
                 return reply.error(errno(&e));
@@ -436,6 +493,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _in = self.handover.gate.enter();
         // close() starts the commit; fsync() waits for it (docs/semantics.md, durability).
         Self::empty(self.fs.flush_async(ino.0), reply)
     }
@@ -450,6 +508,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _in = self.handover.gate.enter();
         Self::empty(self.fs.release(fh.0), reply)
     }
 
@@ -461,6 +520,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _in = self.handover.gate.enter();
         if let Some(g) = &self.gather {
             g.kick();
         }
@@ -477,6 +537,7 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _in = self.handover.gate.enter();
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let how = match mode & !libc::FALLOC_FL_KEEP_SIZE {
             0 => Allocate::Reserve { keep_size },
@@ -496,6 +557,7 @@ impl Filesystem for FuseFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _in = self.handover.gate.enter();
         // The kernel answers SEEK_SET/CUR/END itself and only asks for these two.
         let what = match whence {
             libc::SEEK_DATA => Seek::Data,
@@ -524,6 +586,7 @@ impl Filesystem for FuseFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _in = self.handover.gate.enter();
         // One reply carries at most u32::MAX bytes; callers loop on short copies.
         let len = len.min(u64::from(u32::MAX) & !0xfff);
         match self
@@ -546,6 +609,7 @@ impl Filesystem for FuseFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        let _in = self.handover.gate.enter();
         // No ioctls; programs probe a few (isatty's TCGETS) and expect ENOTTY, quietly.
         reply.error(Errno::ENOTTY)
     }
@@ -558,6 +622,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _in = self.handover.gate.enter();
         match self.listing(ino.0, fh.0, offset) {
             Ok(entries) => {
                 for (i, (ino, k, name)) in entries.iter().enumerate().skip(offset as usize) {
@@ -584,6 +649,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _in = self.handover.gate.enter();
         match self.listing(ino.0, fh.0, offset) {
             Ok(entries) => {
                 for (i, (ino, _, name)) in entries.iter().enumerate().skip(offset as usize) {
@@ -609,7 +675,9 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _in = self.handover.gate.enter();
         let fh = self
+            .handover
             .next_dir_fh
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.fs.options().remote {
@@ -635,6 +703,7 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _in = self.handover.gate.enter();
         self.listings.lock().remove(&fh.0);
         reply.ok()
     }
@@ -647,10 +716,12 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _in = self.handover.gate.enter();
         Self::empty(self.fs.sync_all(), reply)
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _in = self.handover.gate.enter();
         let (total, used, files) = self.fs.statfs();
         let bs = self.fs.block_size() as u64;
         let blocks = total / bs;
@@ -677,6 +748,7 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _in = self.handover.gate.enter();
         let r = self.fs.setxattr(
             ino.0,
             name.as_bytes(),
@@ -688,6 +760,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _in = self.handover.gate.enter();
         match self.fs.getxattr(ino.0, name.as_bytes()) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
@@ -697,6 +770,7 @@ impl Filesystem for FuseFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _in = self.handover.gate.enter();
         match self.fs.listxattr(ino.0) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -717,6 +791,7 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _in = self.handover.gate.enter();
         Self::empty(self.fs.removexattr(ino.0, name.as_bytes()), reply)
     }
 
@@ -730,6 +805,7 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _in = self.handover.gate.enter();
         let r = self.fs.mknod(
             parent.0,
             name.as_bytes(),

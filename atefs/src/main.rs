@@ -1,7 +1,6 @@
 //! The `atefs` command: mount, unmount, inspect and key management.
 
 use anyhow::{bail, Context, Result};
-use atefs::fuse::FuseFs;
 use atefs::{AteFs, Caller, FsOptions};
 
 /// mimalloc keeps freed memory for reuse (multi-MiB blocks and transactions come and go
@@ -9,9 +8,10 @@ use atefs::{AteFs, Caller, FsOptions};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
-use std::io::{BufRead, Write};
+
+mod daemon;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +46,18 @@ enum Cmd {
         threads: usize,
         #[command(flatten)]
         remote: RemoteArgs,
+        /// Serve handovers on this unix socket (created mode 0600): `atefs take-over SOCKET`
+        /// then replaces this daemon without unmounting, open files and all (Linux 6.9+).
+        #[arg(long)]
+        handover: Option<PathBuf>,
+    },
+    /// Take over the mount of the daemon serving handovers on SOCKET (started with
+    /// `atefs mount --handover SOCKET`) and serve it in the foreground in its place; the
+    /// mount, its open files and requests in progress carry on. Serves handovers on the same
+    /// socket in turn.
+    TakeOver {
+        /// The running daemon's handover socket.
+        socket: PathBuf,
     },
     /// Unmount DIR once everything written there is committed (the daemon then exits).
     Umount {
@@ -148,13 +160,25 @@ fn main() -> Result<()> {
             quota,
             threads,
             remote,
+            handover,
         } => {
             if foreground {
-                mount_foreground(&dir, &data, quota, threads, &remote)
+                daemon::mount_foreground(
+                    &daemon::MountArgs {
+                        dir,
+                        data,
+                        quota,
+                        threads,
+                        remote,
+                        handover,
+                    }
+                    .absolute()?,
+                )
             } else {
                 mount_daemon(&dir)
             }
         }
+        Cmd::TakeOver { socket } => daemon::take_over(&socket),
         Cmd::Umount { dir } => umount(&dir),
         Cmd::Status { data } => status(&data),
         Cmd::Keygen { out } => keygen(&out),
@@ -191,6 +215,31 @@ fn mount_daemon(dir: &Path) -> Result<()> {
     }
     let status = child.wait()?;
     bail!("the mount daemon failed ({status}); run with --foreground to see why")
+}
+
+/// The mount a list of `atefs` arguments (without the program's name) asks for.
+fn mount_args(args: &[String]) -> Result<daemon::MountArgs> {
+    let cli = Cli::try_parse_from(std::iter::once("atefs".to_owned()).chain(args.iter().cloned()))?;
+    let Cmd::Mount {
+        dir,
+        data,
+        quota,
+        threads,
+        remote,
+        handover,
+        ..
+    } = cli.cmd
+    else {
+        bail!("not a mount: {args:?}");
+    };
+    Ok(daemon::MountArgs {
+        dir,
+        data,
+        quota,
+        threads,
+        remote,
+        handover,
+    })
 }
 
 fn open_volume(data: &Path, quota: u64, remote: &RemoteArgs) -> Result<atefs::volume::Volume> {
@@ -256,144 +305,6 @@ fn remote_options(remote: &RemoteArgs) -> Result<ate::remote::RemoteOptions> {
     )?)
 }
 
-/// How often buffered data is committed without fsync (plus one deferred fdatasync,
-/// `volume::SYNC_DELAY`, is what a crash can lose).
-const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
-
-fn mount_foreground(
-    dir: &Path,
-    data: &Path,
-    quota: u64,
-    threads: usize,
-    remote: &RemoteArgs,
-) -> Result<()> {
-    if !dir.is_dir() {
-        bail!(
-            "mount point {} is not a directory; create it first",
-            dir.display()
-        );
-    }
-    let vol = open_volume(data, quota, remote)?;
-    // The root directory takes the owner of the mount point.
-    let owner = {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(dir)?;
-        Caller {
-            uid: m.uid(),
-            gid: m.gid(),
-            umask: 0,
-        }
-    };
-    // A shared volume's size is its chain's quota on the cluster, as opening it read it, and
-    // read again while mounted (atefs::quota).
-    let quota_source = vol
-        .remote
-        .as_ref()
-        .map(|r| Arc::new(r.quota_reader()) as Arc<dyn atefs::quota::QuotaSource>);
-    let quota = vol.remote.as_ref().map_or(quota, |r| r.quota_at_open);
-    let opts = FsOptions {
-        quota_bytes: quota,
-        quota_source,
-        remote: vol.remote.is_some() && !remote.exclusive,
-        writer_lease: vol.remote.is_some() && remote.exclusive,
-        // A commit through the cluster is answered after a replication round trip: keep
-        // several flushes in flight so that pipeline stays full. Locally two 8 MiB flushes
-        // keep the disk busy (bench/memory.sh: peak memory writing 2 GiB well under 256 MiB).
-        max_inflight: if vol.remote.is_some() {
-            64 << 20
-        } else {
-            16 << 20
-        },
-        ..FsOptions::default()
-    };
-    let fs = Arc::new(AteFs::new(
-        vol.chain.clone(),
-        vol.keys.clone(),
-        opts,
-        owner,
-    )?);
-    // The durability bound without fsync (docs/semantics.md) and the compaction policy.
-    let _flusher = fs.spawn_flusher(FLUSH_PERIOD);
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        fuser::MountOption::FSName("atefs".into()),
-        fuser::MountOption::Subtype("atefs".into()),
-        fuser::MountOption::DefaultPermissions,
-    ];
-    // Pods run as many users; permissions are checked by the kernel (default_permissions).
-    config.acl = fuser::SessionACL::All;
-    config.n_threads = Some(threads.max(1));
-    let mut helper = std::process::Command::new(
-        std::env::current_exe().context("finding this program to start its helper")?,
-    );
-    helper.arg("gather-helper").arg(dir);
-    let mut session =
-        fuser::spawn_mount(FuseFs::new(fs.clone()).gather_fsyncs(helper), dir, &config)
-            .with_context(|| {
-                format!(
-                    "mounting on {} (is /dev/fuse available and are you root?)",
-                    dir.display()
-                )
-            })?;
-    tune_bdi(dir);
-    println!("mounted");
-    std::io::stdout().flush()?;
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
-    let handle = signals.handle();
-    let waiter = std::thread::spawn(move || signals.forever().next());
-    // The session ends when the kernel unmounts (umount/fusermount -u) or when a signal comes.
-    let dir_owned = dir.to_path_buf();
-    let watcher = std::thread::spawn(move || {
-        if waiter.join().ok().flatten().is_some() {
-            let _ = unmount_path(&dir_owned);
-        }
-    });
-    // Either way the kernel has unmounted the directory by the time the session ends, and
-    // something else may already be mounted there (a CSI node publishing a volume again). So
-    // only the session's thread is joined and the rest is forgotten: dropping it drops fuser
-    // 0.18's mount guard, which unmounts the directory again when its connection is gone (its
-    // check takes the sign of an unmounted connection, POLLERR, for a live mount) and so took
-    // the next file system with it (tests/mount.rs, an_exiting_daemon_leaves_...). A finished
-    // stand-in takes the thread handle's place.
-    let thread = std::mem::replace(&mut session.guard, std::thread::spawn(|| Ok(())));
-    std::mem::forget(session);
-    let r = thread
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("the FUSE session thread panicked")));
-    handle.close();
-    let _ = watcher.join();
-    fs.flush_all()
-        .context("committing buffered data at unmount")?;
-    drop(vol);
-    r.context("FUSE session")?;
-    Ok(())
-}
-
-fn unmount_path(dir: &Path) -> Result<()> {
-    // As root, the system call: a container image need not carry fusermount or umount.
-    if rustix::mount::unmount(dir, rustix::mount::UnmountFlags::empty()).is_ok() {
-        return Ok(());
-    }
-    for (prog, args) in [
-        ("fusermount3", vec!["-u"]),
-        ("fusermount", vec!["-u"]),
-        ("umount", vec![]),
-    ] {
-        let st = std::process::Command::new(prog)
-            .args(&args)
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status();
-        if st.is_ok_and(|s| s.success()) {
-            return Ok(());
-        }
-    }
-    bail!("could not unmount {}; is it mounted?", dir.display())
-}
-
 fn umount(dir: &Path) -> Result<()> {
     // The kernel does not wait for a FUSE daemon at unmount: what close() started committing
     // would still be on its way when this returns (and lost if the cluster went away next).
@@ -404,7 +315,7 @@ fn umount(dir: &Path) -> Result<()> {
             tracing::warn!(error = %e, dir = %dir.display(), "could not commit everything before unmounting; the daemon keeps trying")
         }
     }
-    unmount_path(dir)?;
+    daemon::unmount_path(dir)?;
     println!("unmounted {}", dir.display());
     Ok(())
 }
@@ -579,34 +490,4 @@ fn fsck(data: &Path) -> Result<()> {
     }
     println!("clean");
     Ok(())
-}
-
-/// Dirty page cache the kernel lets one FUSE mount hold before it throttles writers (the
-/// default is 1 % of the dirty limit, about 47 MiB here, under a strict per-device limit).
-const BDI_MAX_DIRTY: u64 = 256 << 20;
-/// Readahead window for sequential reads (FUSE starts at 128 KiB whatever the daemon asks).
-const BDI_READ_AHEAD_KB: u64 = 4096;
-
-/// Raises the mount's writeback and readahead limits (measured: 4 KiB random writes to a
-/// 64 MiB file 35-44k -> 112k IOPS, the writer no longer throttled at 47 MiB; sequential
-/// reads 0.6-0.8 -> 1.1 GB/s). Needs root (sysfs); without it the defaults stay.
-fn tune_bdi(dir: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let dev = match std::fs::metadata(dir) {
-        Ok(m) => m.dev(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot stat the mount to tune its writeback");
-            return;
-        }
-    };
-    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
-    let bdi = PathBuf::from(format!("/sys/class/bdi/{major}:{minor}"));
-    for (knob, value) in [
-        ("max_bytes", BDI_MAX_DIRTY),
-        ("read_ahead_kb", BDI_READ_AHEAD_KB),
-    ] {
-        if let Err(e) = std::fs::write(bdi.join(knob), value.to_string()) {
-            tracing::warn!(error = %e, knob, bdi = %bdi.display(), "kernel default kept");
-        }
-    }
 }

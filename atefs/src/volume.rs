@@ -81,6 +81,32 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
     }
 }
 
+/// Waits (at most `limit`) until no process holds the volume's lock: the daemon a handover
+/// replaces lets it go as it exits, maybe after the end of its socket was seen.
+pub fn wait_unlocked(dir: &Path, limit: std::time::Duration) -> Result<(), VolumeError> {
+    let lock_path = dir.join("lock");
+    let lock = match File::options().write(true).open(&lock_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(&lock_path)(e)),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A blocking flock is woken when the holder lets go; the thread only outlives the limit
+    // if the holder never does, and then this process is about to fail anyway.
+    std::thread::spawn(move || {
+        let _ = tx.send(lock.lock().map(|()| lock));
+    });
+    match rx.recv_timeout(limit) {
+        // Let go at once: the volume's opening takes the lock on a descriptor of its own.
+        Ok(Ok(lock)) => {
+            drop(lock);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(io(&lock_path)(e)),
+        Err(_) => Err(VolumeError::Busy(dir.to_path_buf())),
+    }
+}
+
 /// How long a commit may stay in the page cache before the log is fdatasynced (fsync does
 /// not wait for it: it asks for the fdatasync at once).
 pub const SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(250);

@@ -34,29 +34,52 @@ fn unsafe_free_is_root() -> bool {
 impl Mounted {
     /// Mounts the volume in `data` at `dir` and returns once the kernel has it.
     pub fn start(dir: &Path, data: &Path) -> Mounted {
+        Self::start_with(dir, data, &[])
+    }
+
+    /// [`Self::start`] with more `atefs mount` arguments.
+    pub fn start_with(dir: &Path, data: &Path, args: &[&std::ffi::OsStr]) -> Mounted {
         std::fs::create_dir_all(dir).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_atefs"))
-            .arg("mount")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atefs"));
+        cmd.arg("mount")
             .arg(dir)
             .arg("--data")
             .arg(data)
             .arg("--foreground")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+            .args(args);
         let mut m = Mounted {
             dir: dir.to_path_buf(),
-            child: Some(child),
+            child: Some(until_mounted(cmd)),
             connection: None,
         };
-        assert_eq!(line.trim(), "mounted", "atefs did not mount");
         assert!(is_mounted(dir), "{} not in /proc/mounts", dir.display());
         m.connection = connection_of(dir);
         m
+    }
+
+    /// Has `atefs take-over SOCKET` replace this mount's daemon, which must then exit with
+    /// success, leaving the same mount (the same FUSE connection) to the new daemon.
+    pub fn hand_over(mut self, socket: &Path) -> Mounted {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atefs"));
+        cmd.arg("take-over").arg(socket);
+        let new = until_mounted(cmd);
+        let exit = self.child.take().unwrap().wait().unwrap();
+        assert!(exit.success(), "the old daemon exited with {exit}");
+        assert_eq!(
+            connection_of(&self.dir),
+            self.connection,
+            "the mount was replaced, not handed over"
+        );
+        Mounted {
+            dir: self.dir.clone(),
+            child: Some(new),
+            connection: self.connection.clone(),
+        }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Unmounts cleanly and checks the daemon exited with success. A mount some process still
@@ -150,6 +173,19 @@ impl Mounted {
     }
 }
 
+/// Runs an atefs command that prints "mounted" once it serves a mount, and returns it then.
+fn until_mounted(mut cmd: Command) -> Child {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    let read = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+    if read.is_err() || line.trim() != "mounted" {
+        let _ = child.kill();
+        let status = child.wait();
+        panic!("atefs did not mount ({status:?}): {line:?}");
+    }
+    child
+}
+
 /// Processes with a working directory, root or open file under `dir`: (pid, command, path).
 fn holders_of(dir: &Path) -> Vec<(String, String, PathBuf)> {
     let mut out = Vec::new();
@@ -205,6 +241,9 @@ fn connection_of(dir: &Path) -> Option<String> {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A test that failed may leave a daemon waiting in its own mount, which no kill
+            // ends: aborting the connection first answers every request.
+            self.abort_connection();
             let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
             let _ = c.kill();
             let _ = c.wait();
