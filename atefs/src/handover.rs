@@ -333,6 +333,7 @@ pub fn resend(fuse: BorrowedFd<'_>) -> Result<(), HandoverError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
