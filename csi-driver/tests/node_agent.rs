@@ -131,3 +131,79 @@ fn the_node_agents_mounts_outlive_a_plugin_container_restart() {
         plugin.client().await.unstage(&id, &staging).await.unwrap();
     });
 }
+
+/// A rolling update of the node agent (the chart's `maxSurge: 1`): a new agent starts beside
+/// the old one, takes its mounts over through the registry (`atefs take-over`) before it says
+/// it is ready, and the old agent's container then goes (all its processes killed). The pod's
+/// volume and a file it holds open carry on, and the new agent unstages the volume.
+#[test]
+fn a_new_node_agent_takes_the_mounts_over_and_the_old_one_can_go() {
+    let Some(env) = MountEnv::start() else {
+        return;
+    };
+    let tmp = env.tmp.path();
+    let registry = tmp.join("agent-registry");
+    let agent_args = [std::ffi::OsStr::new("--registry"), registry.as_os_str()];
+    let mut old = Agent::start_with(&tmp.join("old-agent.sock"), &agent_args);
+    let with = |a: &Agent| {
+        Plugin::start_contained(
+            tmp,
+            "node-a",
+            Some(&env.cluster),
+            &[std::ffi::OsStr::new("--node-agent"), &a.endpoint()],
+        )
+    };
+    let mut plugin = with(&old);
+    let rt = rt();
+    let ((id, secrets), target) = use_a_volume(&rt, &plugin, tmp);
+    let staging = tmp.join("staging");
+    let mut open = std::fs::File::create(target.join("open")).unwrap();
+    open.write_all(b"first half, ").unwrap();
+
+    let new = Agent::start_with(&tmp.join("new-agent.sock"), &agent_args);
+    assert_eq!(new.metric("atefs_node_agent_taken_over_total"), 1);
+    assert_eq!(new.metric("atefs_node_agent_daemons"), 1);
+    old.kill();
+    wait_until("the old agent is gone", || socket_dead(&old.socket));
+
+    assert!(alive(&target));
+    open.write_all(b"second half").unwrap();
+    open.sync_all().unwrap();
+    drop(open);
+    assert_eq!(
+        std::fs::read(target.join("before")).unwrap(),
+        b"written before the restart"
+    );
+
+    plugin.kill();
+    let plugin = with(&new);
+    rt.block_on(async {
+        let mut c = plugin.client().await;
+        c.stage(&id, &staging, &secrets, Mode::MultiNodeMultiWriter)
+            .await
+            .unwrap();
+        c.publish(&id, &staging, &target, false).await.unwrap();
+        c.unpublish(&id, &target).await.unwrap();
+        c.unstage(&id, &staging).await.unwrap();
+    });
+    assert!(csi_driver::mountinfo::at(&staging).unwrap().is_none());
+    assert_eq!(new.metric("atefs_node_agent_daemons"), 0);
+    assert_eq!(new.metric("atefs_node_agent_failed_exits_total"), 0);
+    let left: Vec<_> = std::fs::read_dir(&registry).unwrap().flatten().collect();
+    assert!(left.is_empty(), "records left: {left:?}");
+
+    // What went through the taken-over mount is on the cluster.
+    rt.block_on(async {
+        let mut c = plugin.client().await;
+        c.stage(&id, &staging, &secrets, Mode::MultiNodeMultiWriter)
+            .await
+            .unwrap();
+    });
+    assert_eq!(
+        std::fs::read(staging.join("open")).unwrap(),
+        b"first half, second half"
+    );
+    rt.block_on(async {
+        plugin.client().await.unstage(&id, &staging).await.unwrap();
+    });
+}

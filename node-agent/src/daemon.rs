@@ -3,10 +3,12 @@
 //! a restart by the pid file beside the volume's state, and waited for at unstage, since a
 //! daemon commits what it still buffers after the kernel has unmounted its directory.
 
+use crate::registry::{Entry, Registry};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::AsyncBufReadExt;
@@ -130,6 +132,7 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 pub struct Daemons {
     bin: PathBuf,
     exits: Mutex<HashMap<u32, watch::Receiver<Option<Exit>>>>,
+    registry: Option<Arc<Registry>>,
 }
 
 impl Daemons {
@@ -138,6 +141,7 @@ impl Daemons {
         Self {
             bin,
             exits: Mutex::new(HashMap::new()),
+            registry: None,
         }
     }
 
@@ -150,13 +154,16 @@ impl Daemons {
             .count()
     }
 
+    /// Daemons run by `bin` that a later agent can take over (registry.rs).
+    pub fn with_registry(bin: PathBuf, registry: Registry) -> Self {
+        Self {
+            registry: Some(Arc::new(registry)),
+            ..Self::new(bin)
+        }
+    }
+
     /// Starts a daemon and returns its pid once it reports the file system mounted.
     pub async fn start(&self, spec: &MountSpec, limit: Duration) -> Result<u32, DaemonError> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log)
-            .map_err(io(format!("opening {}", spec.log.display())))?;
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.arg("mount")
             .arg(&spec.dir)
@@ -179,6 +186,69 @@ impl Daemons {
         if let Some(q) = spec.quota {
             cmd.arg("--quota").arg(q.to_string());
         }
+        let entry = self.registry.as_ref().map(|r| {
+            let socket = r.socket_for(&spec.dir);
+            cmd.arg("--handover").arg(&socket);
+            Entry {
+                dir: spec.dir.clone(),
+                socket,
+                pid_file: spec.pid_file.clone(),
+                log: spec.log.clone(),
+                agent: r.agent(),
+            }
+        });
+        self.run(cmd, &spec.dir, &spec.log, &spec.pid_file, entry, limit)
+            .await
+    }
+
+    /// Takes over the daemons of the agents started before this one (when there is a
+    /// registry): each is replaced by one of this agent's, its mount kept. Returns how many
+    /// were taken over; a record whose daemon is gone is dropped.
+    pub async fn take_over_older(&self, limit: Duration) -> usize {
+        let Some(reg) = self.registry.clone() else {
+            return 0;
+        };
+        let mut taken = 0;
+        for e in reg.older() {
+            if std::os::unix::net::UnixStream::connect(&e.socket).is_err() {
+                tracing::warn!(dir = %e.dir.display(), "the daemon of a mount is gone; its record dropped");
+                reg.forget_gone(&e);
+                continue;
+            }
+            let mut cmd = tokio::process::Command::new(&self.bin);
+            cmd.arg("take-over").arg(&e.socket);
+            match self
+                .run(cmd, &e.dir, &e.log, &e.pid_file, Some(e.clone()), limit)
+                .await
+            {
+                Ok(pid) => {
+                    taken += 1;
+                    tracing::info!(dir = %e.dir.display(), pid, "mount taken over");
+                }
+                Err(err) => {
+                    tracing::warn!(dir = %e.dir.display(), error = %err, "could not take a mount over; the older agent keeps it")
+                }
+            }
+        }
+        taken
+    }
+
+    /// Runs `cmd` (an atefs daemon) and returns its pid once it reports the file system
+    /// mounted; records it and watches for its exit.
+    async fn run(
+        &self,
+        mut cmd: tokio::process::Command,
+        dir: &Path,
+        log_path: &Path,
+        pid_file: &Path,
+        entry: Option<Entry>,
+        limit: Duration,
+    ) -> Result<u32, DaemonError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .map_err(io(format!("opening {}", log_path.display())))?;
         // An error's backtrace would push the error itself out of the log tail that callers
         // are shown (panics keep theirs).
         cmd.env("RUST_LIB_BACKTRACE", "0")
@@ -206,29 +276,43 @@ impl Daemons {
                 let status = child.wait().await.map_err(io("waiting for the daemon"))?;
                 return Err(DaemonError::Failed {
                     status: status.to_string(),
-                    log: log_tail(&spec.log, 20),
+                    log: log_tail(log_path, 20),
                 });
             }
             Err(_) => {
                 let _ = child.kill().await;
                 return Err(DaemonError::Timeout {
-                    dir: spec.dir.display().to_string(),
+                    dir: dir.display().to_string(),
                     what: "did not mount",
                     secs: limit.as_secs(),
-                    log: log_tail(&spec.log, 20),
+                    log: log_tail(log_path, 20),
                 });
             }
         }
-        std::fs::write(&spec.pid_file, pid.to_string())
-            .map_err(io(format!("writing {}", spec.pid_file.display())))?;
+        std::fs::write(pid_file, pid.to_string())
+            .map_err(io(format!("writing {}", pid_file.display())))?;
+        if let (Some(reg), Some(e)) = (&self.registry, entry) {
+            reg.record(e)
+                .map_err(io(format!("recording the daemon of {}", dir.display())))?;
+        }
         let (tx, rx) = watch::channel(None);
         self.exits.lock().insert(pid, rx);
+        let registry = self.registry.clone();
+        let dir = dir.to_path_buf();
         tokio::spawn(async move {
             // Nothing more comes on stdout; keeping the pipe open spares the daemon an EPIPE.
             let mut rest = String::new();
             let _ = reader.read_line(&mut rest).await;
             let status = child.wait().await;
             tracing::info!(pid, ?status, "mount daemon exited");
+            // A daemon that handed its mount over exits too, leaving the mount (and its record
+            // and socket) to the new agent's daemon; one that served to the end exits after
+            // the kernel unmounted it.
+            if let Some(reg) = registry {
+                if !is_mount_point(&dir) {
+                    reg.forget(&dir);
+                }
+            }
             let _ = tx.send(status.ok().map(Exit::from));
         });
         Ok(pid)
@@ -302,6 +386,25 @@ impl Daemons {
         }
         Ok(None)
     }
+}
+
+/// True if something is mounted at `dir` (in /proc/self/mountinfo, whose paths escape
+/// blanks and backslashes in octal).
+pub fn is_mount_point(dir: &Path) -> bool {
+    let Some(want) = dir.to_str() else {
+        return false;
+    };
+    let escaped: String = want
+        .chars()
+        .map(|c| match c {
+            ' ' | '\t' | '\n' | '\\' => format!("\\{:03o}", c as u32),
+            c => c.to_string(),
+        })
+        .collect();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(escaped.as_str()))
 }
 
 /// True if `pid` is an `atefs mount` of `dir`.

@@ -26,7 +26,18 @@ struct Cli {
     /// Address of /metrics and /health.
     #[arg(long, default_value = "0.0.0.0:9811")]
     metrics: String,
+    /// Where the daemons are recorded so that the next agent (a rolling update) takes them
+    /// over without unmounting; this agent takes over the ones older agents recorded there.
+    /// Without it, the daemons end with this agent's container.
+    #[arg(long)]
+    registry: Option<PathBuf>,
 }
+
+/// How long taking one mount over may take (the new daemon opens the volume).
+const TAKE_OVER_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How often the registry is looked at again for daemons an older agent started since: a
+/// plugin may still be talking to it.
+const RESCAN: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -48,7 +59,29 @@ async fn main() -> Result<()> {
     // Whoever can call it can mount anything as root: only the plugin (same user) may.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", sock.display()))?;
-    let service = AgentService::new(atefs);
+    let daemons = match &cli.registry {
+        Some(dir) => node_agent::daemon::Daemons::with_registry(
+            atefs,
+            node_agent::registry::Registry::open(dir)
+                .with_context(|| format!("opening the registry {}", dir.display()))?,
+        ),
+        None => node_agent::daemon::Daemons::new(atefs),
+    };
+    let daemons = Arc::new(daemons);
+    let service = AgentService::with_daemons(daemons.clone());
+    // The mounts of the agent this one replaces, before this one says it is ready (and the
+    // old one is stopped).
+    let taken = daemons.take_over_older(TAKE_OVER_LIMIT).await;
+    service.taken_over(taken);
+    if cli.registry.is_some() {
+        let (daemons, service) = (daemons.clone(), service.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RESCAN).await;
+                service.taken_over(daemons.take_over_older(TAKE_OVER_LIMIT).await);
+            }
+        });
+    }
     let http = tokio::net::TcpListener::bind(&cli.metrics)
         .await
         .with_context(|| format!("listening on {} (metrics)", cli.metrics))?;

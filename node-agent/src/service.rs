@@ -14,6 +14,7 @@ pub struct AgentMetrics {
     mounts: AtomicU64,
     mount_failures: AtomicU64,
     failed_exits: AtomicU64,
+    taken_over: AtomicU64,
 }
 
 /// The service.
@@ -52,10 +53,22 @@ fn status_of(e: DaemonError) -> Status {
 impl AgentService {
     /// Daemons run by `atefs_bin`.
     pub fn new(atefs_bin: PathBuf) -> Self {
+        Self::with_daemons(Arc::new(Daemons::new(atefs_bin)))
+    }
+
+    /// The service of `daemons`.
+    pub fn with_daemons(daemons: Arc<Daemons>) -> Self {
         Self {
-            daemons: Arc::new(Daemons::new(atefs_bin)),
+            daemons,
             metrics: Arc::default(),
         }
+    }
+
+    /// Counts mounts taken over from an older agent.
+    pub fn taken_over(&self, n: usize) {
+        self.metrics
+            .taken_over
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// The Prometheus text.
@@ -65,11 +78,13 @@ impl AgentService {
             "# HELP atefs_node_agent_mounts_total Mount daemons started that mounted.\n# TYPE atefs_node_agent_mounts_total counter\natefs_node_agent_mounts_total {}\n\
              # HELP atefs_node_agent_mount_failures_total Mount daemons that failed to mount.\n# TYPE atefs_node_agent_mount_failures_total counter\natefs_node_agent_mount_failures_total {}\n\
              # HELP atefs_node_agent_failed_exits_total Mount daemons waited for that did not exit cleanly.\n# TYPE atefs_node_agent_failed_exits_total counter\natefs_node_agent_failed_exits_total {}\n\
-             # HELP atefs_node_agent_daemons Mount daemons of this agent running.\n# TYPE atefs_node_agent_daemons gauge\natefs_node_agent_daemons {}\n",
+             # HELP atefs_node_agent_daemons Mount daemons of this agent running.\n# TYPE atefs_node_agent_daemons gauge\natefs_node_agent_daemons {}\n\
+             # HELP atefs_node_agent_taken_over_total Mounts taken over from an older agent without unmounting.\n# TYPE atefs_node_agent_taken_over_total counter\natefs_node_agent_taken_over_total {}\n",
             m.mounts.load(Ordering::Relaxed),
             m.mount_failures.load(Ordering::Relaxed),
             m.failed_exits.load(Ordering::Relaxed),
             self.daemons.running(),
+            m.taken_over.load(Ordering::Relaxed),
         )
     }
 }

@@ -262,7 +262,12 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(dir: &Path) -> Agent {
-        let socket = dir.join("agent.sock");
+        Self::start_with(&dir.join("agent.sock"), &[])
+    }
+
+    /// An agent serving on `socket`, with more arguments.
+    pub fn start_with(socket: &Path, args: &[&std::ffi::OsStr]) -> Agent {
+        let socket = socket.to_path_buf();
         let metrics = format!("127.0.0.1:{}", ports(1));
         let mut child = contained(&bin("atefs-node-agent"))
             .arg("--endpoint")
@@ -270,6 +275,7 @@ impl Agent {
             .arg("--atefs")
             .arg(bin("atefs"))
             .args(["--metrics", &metrics])
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -282,6 +288,15 @@ impl Agent {
             socket,
             metrics,
             child: Some(child),
+        }
+    }
+
+    /// SIGKILL of its first process: the kernel kills everything in its PID namespace, as
+    /// when its container goes.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
