@@ -186,9 +186,22 @@ def main():
             fail(f"{kind} {name} must mount only the CA, not the server key")
 
     agent = by[("DaemonSet", "atefs-node-agent")]["spec"]
-    if agent["updateStrategy"]["type"] != "OnDelete":
-        fail("the node agent's pods must be replaced only when deleted (their mounts end)")
+    rolling = agent["updateStrategy"].get("rollingUpdate", {})
+    if (agent["updateStrategy"]["type"] != "RollingUpdate" or rolling.get("maxUnavailable") != 0
+            or not rolling.get("maxSurge")):
+        fail("a node agent must start beside the one it replaces (maxSurge, maxUnavailable 0)")
     agent_args = agent["template"]["spec"]["containers"][0]["args"]
+    agent_probes = agent["template"]["spec"]["containers"][0]
+    if not all(agent_probes.get(p) for p in ("startupProbe", "readinessProbe")):
+        fail("the old agent may only go once the new one has taken its mounts over (ready)")
+    state_dirs = [m["mountPath"] for m in agent["template"]["spec"]["containers"][0]["volumeMounts"]
+                  if m["name"] == "state-dir"]
+    registry = [a.split("=", 1)[1] for a in agent_args if a.startswith("--registry=")]
+    if len(registry) != 1 or not registry[0].startswith(state_dirs[0] + "/"):
+        fail(f"the agent's registry must be on the node's state directory: {agent_args}")
+    ondelete = by_kind(render({"nodeAgent": {"updateStrategy": "OnDelete"}}))
+    if ondelete[("DaemonSet", "atefs-node-agent")]["spec"]["updateStrategy"] != {"type": "OnDelete"}:
+        fail("nodeAgent.updateStrategy OnDelete not rendered")
     plugin_args = by[("DaemonSet", "atefs-node")]["spec"]["template"]["spec"]["containers"][0]["args"]
     agent_socket = [a.split("=", 1)[1] for a in agent_args if a.startswith("--endpoint=")]
     if [a.split("=", 1)[1] for a in plugin_args if a.startswith("--node-agent=")] != agent_socket:

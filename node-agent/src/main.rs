@@ -56,6 +56,7 @@ async fn main() -> Result<()> {
     );
     let sock = node_agent::socket::socket_path(&cli.endpoint)?;
     let listener = node_agent::socket::bind(&sock)?;
+    let bound = node_agent::socket::identity(&sock);
     // Whoever can call it can mount anything as root: only the plugin (same user) may.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", sock.display()))?;
@@ -105,6 +106,10 @@ async fn main() -> Result<()> {
         )
         .await
         .context("serving the node agent")?;
-    let _ = std::fs::remove_file(&sock);
+    // Only if it is still this agent's: during a rolling update the next agent has bound the
+    // same path by now.
+    if node_agent::socket::is_ours(&sock, bound) {
+        let _ = std::fs::remove_file(&sock);
+    }
     Ok(())
 }

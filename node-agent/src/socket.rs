@@ -48,6 +48,19 @@ pub fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener, SocketEr
     tokio::net::UnixListener::bind(path).map_err(|e| io("listening on", e))
 }
 
+/// Which file `path` is now (device and inode), to tell later whether it is still the same.
+pub fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// True if `path` is still the file `bound` identified.
+pub fn is_ours(path: &std::path::Path, bound: Option<(u64, u64)>) -> bool {
+    bound.is_some() && identity(path) == bound
+}
+
 /// Says on stdout that the server listens on `path` (the line tests and scripts wait for).
 pub fn announce_ready(path: &std::path::Path) -> std::io::Result<()> {
     use std::io::Write;
