@@ -23,15 +23,27 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// How long a taker waits for the old daemon to exit once it holds the mount.
 const EXIT_LIMIT: Duration = Duration::from_secs(60);
 
-/// What `atefs mount` was asked.
-#[derive(Clone, Debug)]
+/// What `atefs mount` is asked.
+#[derive(clap::Args, Clone, Debug)]
 pub struct MountArgs {
+    /// Mount point (an existing directory).
     pub dir: PathBuf,
+    /// State directory: keys (0600) and the chain's log. Created on first use.
+    #[arg(long, default_value_os_t = crate::default_data())]
     pub data: PathBuf,
+    /// Quota in bytes reported by statfs; writes beyond it fail with ENOSPC. With
+    /// --server, the quota of a chain this mount creates; an existing chain's quota is
+    /// the cluster's, followed while mounted (its owner may raise it).
+    #[arg(long, default_value_t = 1 << 40)]
     pub quota: u64,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    #[command(flatten)]
     pub remote: RemoteArgs,
-    /// Serve handovers on this socket.
+    /// Serve handovers on this unix socket (created mode 0600): `atefs take-over SOCKET`
+    /// then replaces this daemon without unmounting, open files and all (Linux 6.9+).
+    #[arg(long)]
     pub handover: Option<PathBuf>,
 }
 

@@ -28,28 +28,11 @@ struct Cli {
 enum Cmd {
     /// Mount the volume kept in --data (created on first use) at DIR.
     Mount {
-        /// Mount point (an existing directory).
-        dir: PathBuf,
-        /// State directory: keys (0600) and the chain's log. Created on first use.
-        #[arg(long, default_value_os_t = default_data())]
-        data: PathBuf,
+        #[command(flatten)]
+        args: daemon::MountArgs,
         /// Stay in the foreground until unmounted or interrupted (SIGINT/SIGTERM unmount).
         #[arg(long, short)]
         foreground: bool,
-        /// Quota in bytes reported by statfs; writes beyond it fail with ENOSPC. With
-        /// --server, the quota of a chain this mount creates; an existing chain's quota is
-        /// the cluster's, followed while mounted (its owner may raise it).
-        #[arg(long, default_value_t = 1 << 40)]
-        quota: u64,
-        /// FUSE worker threads.
-        #[arg(long, default_value_t = 4)]
-        threads: usize,
-        #[command(flatten)]
-        remote: RemoteArgs,
-        /// Serve handovers on this unix socket (created mode 0600): `atefs take-over SOCKET`
-        /// then replaces this daemon without unmounting, open files and all (Linux 6.9+).
-        #[arg(long)]
-        handover: Option<PathBuf>,
     },
     /// Take over the mount of the daemon serving handovers on SOCKET (started with
     /// `atefs mount --handover SOCKET`) and serve it in the foreground in its place; the
@@ -111,7 +94,7 @@ enum Cmd {
 
 /// Where a shared volume lives: a chain-server cluster.
 #[derive(clap::Args, Clone, Debug, Default)]
-struct RemoteArgs {
+pub struct RemoteArgs {
     /// Mount a chain of a chain-server cluster: API addresses (host:port), comma-separated.
     /// --data then only holds a cache of the chain.
     #[arg(long, value_delimiter = ',', requires = "keys")]
@@ -153,29 +136,11 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
-        Cmd::Mount {
-            dir,
-            data,
-            foreground,
-            quota,
-            threads,
-            remote,
-            handover,
-        } => {
+        Cmd::Mount { args, foreground } => {
             if foreground {
-                daemon::mount_foreground(
-                    &daemon::MountArgs {
-                        dir,
-                        data,
-                        quota,
-                        threads,
-                        remote,
-                        handover,
-                    }
-                    .absolute()?,
-                )
+                daemon::mount_foreground(&args.absolute()?)
             } else {
-                mount_daemon(&dir)
+                mount_daemon(&args.dir)
             }
         }
         Cmd::TakeOver { socket } => daemon::take_over(&socket),
@@ -220,26 +185,10 @@ fn mount_daemon(dir: &Path) -> Result<()> {
 /// The mount a list of `atefs` arguments (without the program's name) asks for.
 fn mount_args(args: &[String]) -> Result<daemon::MountArgs> {
     let cli = Cli::try_parse_from(std::iter::once("atefs".to_owned()).chain(args.iter().cloned()))?;
-    let Cmd::Mount {
-        dir,
-        data,
-        quota,
-        threads,
-        remote,
-        handover,
-        ..
-    } = cli.cmd
-    else {
-        bail!("not a mount: {args:?}");
-    };
-    Ok(daemon::MountArgs {
-        dir,
-        data,
-        quota,
-        threads,
-        remote,
-        handover,
-    })
+    match cli.cmd {
+        Cmd::Mount { args, .. } => Ok(args),
+        _ => bail!("not a mount: {args:?}"),
+    }
 }
 
 fn open_volume(data: &Path, quota: u64, remote: &RemoteArgs) -> Result<atefs::volume::Volume> {

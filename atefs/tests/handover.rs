@@ -5,33 +5,29 @@
 mod common;
 
 use atefs::handover::{self, Ack, Reply, Request};
-use common::mount::{can_mount, Mounted};
+use common::mount::{fsck, require_fuse, Mounted};
 use std::io::{Read, Seek, Write};
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-macro_rules! require_fuse {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root and /dev/fuse");
-            return;
-        }
-    };
+/// A volume in `tmp` mounted with a handover socket: the mount, its mount point, data
+/// directory and socket.
+fn mounted_with_handover(tmp: &Path) -> (Mounted, PathBuf, PathBuf, PathBuf) {
+    let (mnt, data, sock) = (tmp.join("mnt"), tmp.join("data"), tmp.join("handover.sock"));
+    let m = Mounted::start_with(&mnt, &data, &["--handover".as_ref(), sock.as_os_str()]);
+    (m, mnt, data, sock)
 }
 
-fn fsck(data: &Path) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_atefs"))
-        .arg("fsck")
-        .arg("--data")
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fsck: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+/// Asks the daemon at `sock` for its mount, speaking `protocol`: the connection, its answer
+/// and the descriptor that came with it.
+fn ask(sock: &Path, protocol: u32) -> (UnixStream, Reply, Option<OwnedFd>) {
+    let mut c = handover::connect(sock).unwrap();
+    handover::send(&mut c, &Request { protocol }, None).unwrap();
+    let (reply, fd) = handover::receive::<Reply>(&mut c).unwrap().unwrap();
+    (c, reply, fd)
 }
 
 /// Appends numbered lines to `path` (each write fsynced every 16) until told to stop;
@@ -63,12 +59,7 @@ fn lines(n: u64) -> String {
 fn a_mount_passes_to_new_daemons_under_open_files_and_running_writers() {
     require_fuse!();
     let tmp = tempfile::tempdir().unwrap();
-    let (mnt, data, sock) = (
-        tmp.path().join("mnt"),
-        tmp.path().join("data"),
-        tmp.path().join("handover.sock"),
-    );
-    let m = Mounted::start_with(&mnt, &data, &["--handover".as_ref(), sock.as_os_str()]);
+    let (m, mnt, data, sock) = mounted_with_handover(tmp.path());
     let first = m.pid();
     let mut kept = std::fs::File::create(mnt.join("kept")).unwrap();
     kept.write_all(b"before|").unwrap();
@@ -140,17 +131,10 @@ fn a_mount_passes_to_new_daemons_under_open_files_and_running_writers() {
 fn a_handover_that_does_not_finish_leaves_the_daemon_serving() {
     require_fuse!();
     let tmp = tempfile::tempdir().unwrap();
-    let (mnt, data, sock) = (
-        tmp.path().join("mnt"),
-        tmp.path().join("data"),
-        tmp.path().join("handover.sock"),
-    );
-    let m = Mounted::start_with(&mnt, &data, &["--handover".as_ref(), sock.as_os_str()]);
+    let (m, mnt, data, sock) = mounted_with_handover(tmp.path());
     std::fs::write(mnt.join("f"), b"one").unwrap();
 
-    let mut c = handover::connect(&sock).unwrap();
-    handover::send(&mut c, &Request { protocol: 999 }, None).unwrap();
-    let (reply, fd) = handover::receive::<Reply>(&mut c).unwrap().unwrap();
+    let (_c, reply, fd) = ask(&sock, 999);
     assert!(
         matches!(&reply, Reply::Refused(why) if why.contains("999")),
         "{reply:?}"
@@ -158,16 +142,7 @@ fn a_handover_that_does_not_finish_leaves_the_daemon_serving() {
     assert!(fd.is_none());
     std::fs::write(mnt.join("f"), b"two").unwrap();
 
-    let mut c = handover::connect(&sock).unwrap();
-    handover::send(
-        &mut c,
-        &Request {
-            protocol: handover::PROTOCOL,
-        },
-        None,
-    )
-    .unwrap();
-    let (reply, fd) = handover::receive::<Reply>(&mut c).unwrap().unwrap();
+    let (c, reply, fd) = ask(&sock, handover::PROTOCOL);
     let Reply::Ready(state) = reply else {
         panic!("refused: {reply:?}")
     };
@@ -195,22 +170,8 @@ fn a_handover_that_does_not_finish_leaves_the_daemon_serving() {
 fn only_a_confirmed_handover_ends_the_daemon() {
     require_fuse!();
     let tmp = tempfile::tempdir().unwrap();
-    let (mnt, data, sock) = (
-        tmp.path().join("mnt"),
-        tmp.path().join("data"),
-        tmp.path().join("handover.sock"),
-    );
-    let m = Mounted::start_with(&mnt, &data, &["--handover".as_ref(), sock.as_os_str()]);
-    let mut c = handover::connect(&sock).unwrap();
-    handover::send(
-        &mut c,
-        &Request {
-            protocol: handover::PROTOCOL,
-        },
-        None,
-    )
-    .unwrap();
-    let (reply, _fd) = handover::receive::<Reply>(&mut c).unwrap().unwrap();
+    let (m, mnt, _, sock) = mounted_with_handover(tmp.path());
+    let (mut c, reply, _fd) = ask(&sock, handover::PROTOCOL);
     assert!(matches!(reply, Reply::Ready(_)));
     handover::send(&mut c, &Ack { taken: false }, None).unwrap();
     // The daemon answers nothing more and keeps the connection until it has decided; the

@@ -4,20 +4,11 @@
 
 mod common;
 
-use common::mount::{can_mount, mount_type, Mounted};
+use common::mount::{fsck, mount_type, require_fuse, Mounted};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-
-macro_rules! require_fuse {
-    () => {
-        if !can_mount() {
-            eprintln!("skipped: needs root and /dev/fuse");
-            return;
-        }
-    };
-}
 
 /// Writes a deterministic tree; returns path -> BLAKE3 of content.
 fn write_tree(root: &Path, seed: u64) -> BTreeMap<String, String> {
@@ -58,19 +49,6 @@ fn read_tree(root: &Path, names: &BTreeMap<String, String>) -> BTreeMap<String, 
             )
         })
         .collect()
-}
-
-fn fsck(data: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_atefs"))
-        .args(["fsck", "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fsck: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
 }
 
 #[test]

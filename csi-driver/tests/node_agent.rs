@@ -52,6 +52,50 @@ fn use_a_volume(
     ((id, secrets), target)
 }
 
+type Volume<'a> = (&'a str, &'a std::collections::HashMap<String, String>);
+
+/// A plugin that came after a restart repeats the stage and publish of a mounted volume
+/// (succeeding without a second mount), then unpublishes and unstages it; no mount is left.
+fn repeat_then_unstage(
+    rt: &tokio::runtime::Runtime,
+    plugin: &Plugin,
+    (id, secrets): Volume<'_>,
+    staging: &Path,
+    target: &Path,
+) {
+    rt.block_on(async {
+        let mut c = plugin.client().await;
+        c.stage(id, staging, secrets, Mode::MultiNodeMultiWriter)
+            .await
+            .unwrap();
+        c.publish(id, staging, target, false).await.unwrap();
+        c.unpublish(id, target).await.unwrap();
+        c.unstage(id, staging).await.unwrap();
+    });
+    assert!(csi_driver::mountinfo::at(staging).unwrap().is_none());
+}
+
+/// Stages the volume afresh, reads `name` from it (what the cluster has) and unstages it.
+fn read_staged(
+    rt: &tokio::runtime::Runtime,
+    plugin: &Plugin,
+    (id, secrets): Volume<'_>,
+    staging: &Path,
+    name: &str,
+) -> Vec<u8> {
+    rt.block_on(async {
+        let mut c = plugin.client().await;
+        c.stage(id, staging, secrets, Mode::MultiNodeMultiWriter)
+            .await
+            .unwrap();
+    });
+    let content = std::fs::read(staging.join(name)).unwrap();
+    rt.block_on(async {
+        plugin.client().await.unstage(id, staging).await.unwrap();
+    });
+    content
+}
+
 #[test]
 fn without_an_agent_a_plugin_container_restart_ends_the_mount() {
     let Some(env) = MountEnv::start() else {
@@ -98,16 +142,7 @@ fn the_node_agents_mounts_outlive_a_plugin_container_restart() {
     // A new plugin takes over: repeated calls succeed without a second mount, and it
     // unstages the volume through the agent, which waits for its daemon to exit.
     let plugin = start();
-    rt.block_on(async {
-        let mut c = plugin.client().await;
-        c.stage(&id, &staging, &secrets, Mode::MultiNodeMultiWriter)
-            .await
-            .unwrap();
-        c.publish(&id, &staging, &target, false).await.unwrap();
-        c.unpublish(&id, &target).await.unwrap();
-        c.unstage(&id, &staging).await.unwrap();
-    });
-    assert!(csi_driver::mountinfo::at(&staging).unwrap().is_none());
+    repeat_then_unstage(&rt, &plugin, (&id, &secrets), &staging, &target);
     assert!(
         !plugin.state.join("volumes").join(&id).exists(),
         "state kept"
@@ -117,19 +152,10 @@ fn the_node_agents_mounts_outlive_a_plugin_container_restart() {
     assert_eq!(agent.metric("atefs_node_agent_failed_exits_total"), 0);
 
     // What was written while the plugin was down is on the cluster.
-    rt.block_on(async {
-        let mut c = plugin.client().await;
-        c.stage(&id, &staging, &secrets, Mode::MultiNodeMultiWriter)
-            .await
-            .unwrap();
-    });
     assert_eq!(
-        std::fs::read(staging.join("during")).unwrap(),
+        read_staged(&rt, &plugin, (&id, &secrets), &staging, "during"),
         b"written while the plugin was down"
     );
-    rt.block_on(async {
-        plugin.client().await.unstage(&id, &staging).await.unwrap();
-    });
 }
 
 /// A rolling update of the node agent (the chart's `maxSurge: 1`): a new agent starts beside
@@ -177,33 +203,15 @@ fn a_new_node_agent_takes_the_mounts_over_and_the_old_one_can_go() {
 
     plugin.kill();
     let plugin = with(&new);
-    rt.block_on(async {
-        let mut c = plugin.client().await;
-        c.stage(&id, &staging, &secrets, Mode::MultiNodeMultiWriter)
-            .await
-            .unwrap();
-        c.publish(&id, &staging, &target, false).await.unwrap();
-        c.unpublish(&id, &target).await.unwrap();
-        c.unstage(&id, &staging).await.unwrap();
-    });
-    assert!(csi_driver::mountinfo::at(&staging).unwrap().is_none());
+    repeat_then_unstage(&rt, &plugin, (&id, &secrets), &staging, &target);
     assert_eq!(new.metric("atefs_node_agent_daemons"), 0);
     assert_eq!(new.metric("atefs_node_agent_failed_exits_total"), 0);
     let left: Vec<_> = std::fs::read_dir(&registry).unwrap().flatten().collect();
     assert!(left.is_empty(), "records left: {left:?}");
 
     // What went through the taken-over mount is on the cluster.
-    rt.block_on(async {
-        let mut c = plugin.client().await;
-        c.stage(&id, &staging, &secrets, Mode::MultiNodeMultiWriter)
-            .await
-            .unwrap();
-    });
     assert_eq!(
-        std::fs::read(staging.join("open")).unwrap(),
+        read_staged(&rt, &plugin, (&id, &secrets), &staging, "open"),
         b"first half, second half"
     );
-    rt.block_on(async {
-        plugin.client().await.unstage(&id, &staging).await.unwrap();
-    });
 }

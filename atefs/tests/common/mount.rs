@@ -5,6 +5,33 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// Returns from the test (with a message) where FUSE cannot be mounted.
+#[allow(unused_macros)] // not every test file mounts
+macro_rules! require_fuse {
+    () => {
+        if !$crate::common::mount::can_mount() {
+            eprintln!("skipped: needs root and /dev/fuse");
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_fuse;
+
+/// `atefs fsck` of the volume in `data` (not mounted) must find it consistent.
+pub fn fsck(data: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_atefs"))
+        .args(["fsck", "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fsck: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 /// A mounted volume; unmounted (and its daemon stopped) on drop, also when a test fails.
 pub struct Mounted {
     pub dir: PathBuf,
