@@ -7,7 +7,7 @@ pub mod identity;
 pub mod in_flight;
 pub mod keystore;
 pub mod metrics;
-pub mod mountinfo;
+pub use node_agent::mountinfo;
 pub mod node;
 pub mod orphans;
 pub mod status;

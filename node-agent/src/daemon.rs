@@ -309,7 +309,7 @@ impl Daemons {
             // and socket) to the new agent's daemon; one that served to the end exits after
             // the kernel unmounted it.
             if let Some(reg) = registry {
-                if !is_mount_point(&dir) {
+                if !crate::mountinfo::at(&dir).is_ok_and(|m| m.is_some()) {
                     reg.forget(&dir);
                 }
             }
@@ -386,25 +386,6 @@ impl Daemons {
         }
         Ok(None)
     }
-}
-
-/// True if something is mounted at `dir` (in /proc/self/mountinfo, whose paths escape
-/// blanks and backslashes in octal).
-pub fn is_mount_point(dir: &Path) -> bool {
-    let Some(want) = dir.to_str() else {
-        return false;
-    };
-    let escaped: String = want
-        .chars()
-        .map(|c| match c {
-            ' ' | '\t' | '\n' | '\\' => format!("\\{:03o}", c as u32),
-            c => c.to_string(),
-        })
-        .collect();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(escaped.as_str()))
 }
 
 /// True if `pid` is an `atefs mount` of `dir`.

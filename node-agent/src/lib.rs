@@ -7,6 +7,7 @@ pub mod client;
 pub mod daemon;
 pub mod http;
 pub mod launcher;
+pub mod mountinfo;
 pub mod registry;
 pub mod service;
 pub mod socket;

@@ -1,6 +1,8 @@
 //! What the kernel has mounted where, from `/proc/self/mountinfo`: the only record of a node's
 //! volumes that survives a restart of the plugin (kubelet retries every call; the answer must
-//! come from what is mounted, not from what this process remembers).
+//! come from what is mounted, not from what this process remembers). The agent reads it too,
+//! to tell a daemon that handed its mount over from one that served it to the end. The CSI
+//! plugin uses it as `csi_driver::mountinfo`.
 
 use std::path::{Path, PathBuf};
 
