@@ -255,15 +255,12 @@ pub fn take_over(socket: &Path) -> Result<()> {
         crate::mount_args(&state.args).context("the daemon's own arguments do not parse here")?;
     // From here on this process holds the mount: the old daemon exits once told so.
     handover::send(&mut conn, &handover::Ack { taken: true }, None)?;
-    conn.set_read_timeout(Some(EXIT_LIMIT))?;
-    match handover::receive::<handover::Ack>(&mut conn) {
-        Ok(None) => {}
-        Ok(Some(_)) => bail!("the old daemon sent more than it should"),
-        Err(e) => return Err(e).context("waiting for the old daemon to exit"),
-    }
     drop(conn);
+    // Its volume lock goes only with its last thread's descriptors, so once it is free no
+    // thread of the old daemon can read a request any more (the resend below needs that),
+    // and the volume is this process's to open.
     atefs::volume::wait_unlocked(&args.data, EXIT_LIMIT)
-        .context("waiting for the old daemon to let the volume go")?;
+        .context("waiting for the old daemon to exit and let the volume go")?;
     tracing::info!(dir = %args.dir.display(), handles = state.handles.len(), "took the mount over");
     let opened = open(&args, RootOwner::Existing).context("opening the volume the mount serves")?;
     opened

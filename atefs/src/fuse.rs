@@ -86,9 +86,11 @@ impl FuseFs {
 
     /// Takes the place of a daemon that handed its mount over: directory handles go on from
     /// where it left them and the first `FUSE_INIT` is remembered for the next handover.
-    pub fn resuming(mut self, init: KernelInit, next_dir_fh: u64) -> Self {
+    pub fn resuming(self, init: KernelInit, next_dir_fh: u64) -> Self {
         *self.handover.init.lock() = Some(init);
-        self.handover.next_dir_fh = Arc::new(AtomicU64::new(next_dir_fh.max(1)));
+        self.handover
+            .next_dir_fh
+            .store(next_dir_fh.max(1), std::sync::atomic::Ordering::Relaxed);
         self
     }
 

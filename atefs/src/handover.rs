@@ -17,8 +17,8 @@
 //!
 //! The exchange, on a stream socket: the taker sends a [`Request`]; the holder answers with a
 //! [`Reply`] (carrying the descriptor when it is `Ready`); the taker answers `ack` once it
-//! holds the descriptor; the holder exits without unmounting; the taker sees the end of the
-//! stream, opens the volume (the old daemon's lock is gone with it) and serves.
+//! holds the descriptor; the holder exits without unmounting; the taker waits for the volume
+//! lock the holder had (it goes with the holder's last thread), opens the volume and serves.
 
 use serde::{Deserialize, Serialize};
 use std::io::{IoSlice, IoSliceMut, Read, Write};

@@ -59,6 +59,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
     }
 }
 
+/// The file whose flock is the volume's lock.
+fn lock_path(dir: &Path) -> PathBuf {
+    dir.join("lock")
+}
+
 /// Takes the volume's lock without opening it (fails with `Busy` when held).
 pub fn lock(dir: &Path) -> Result<File, VolumeError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -67,7 +72,7 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
         .mode(0o700)
         .create(dir)
         .map_err(io(dir))?;
-    let lock_path = dir.join("lock");
+    let lock_path = lock_path(dir);
     let lock = File::options()
         .create(true)
         .truncate(false)
@@ -84,7 +89,7 @@ pub fn lock(dir: &Path) -> Result<File, VolumeError> {
 /// Waits (at most `limit`) until no process holds the volume's lock: the daemon a handover
 /// replaces lets it go as it exits, maybe after the end of its socket was seen.
 pub fn wait_unlocked(dir: &Path, limit: std::time::Duration) -> Result<(), VolumeError> {
-    let lock_path = dir.join("lock");
+    let lock_path = lock_path(dir);
     let lock = match File::options().write(true).open(&lock_path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
