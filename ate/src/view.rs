@@ -57,6 +57,12 @@ impl RecordEntry {
     pub fn is_deleted(&self) -> bool {
         self.header.is_none()
     }
+
+    /// Sealed payload bytes this version holds: what it counts against a chain's quota.
+    /// Known from the header alone, so also before the payload has a place.
+    pub fn sealed_len(&self) -> u64 {
+        self.header.as_ref().and_then(sealed_len).unwrap_or(0) as u64
+    }
     fn state(&self) -> RecordState {
         RecordState {
             version: self.version,
@@ -86,6 +92,8 @@ pub struct View {
     last_index: u64,
     /// Sealed payload bytes of the live versions: what a compaction would keep.
     live_bytes: u64,
+    /// Records that are not tombstones.
+    live: usize,
 }
 
 impl View {
@@ -98,6 +106,7 @@ impl View {
             children: HashMap::new(),
             last_index: 0,
             live_bytes: 0,
+            live: 0,
         }
     }
 
@@ -123,15 +132,33 @@ impl View {
 
     /// Counts: (records incl. tombstones, live records).
     pub fn counts(&self) -> (usize, usize) {
-        (
-            self.records.len(),
-            self.records.values().filter(|e| !e.is_deleted()).count(),
-        )
+        (self.records.len(), self.live)
     }
 
     /// Sealed payload bytes of the live versions.
     pub fn live_bytes(&self) -> u64 {
         self.live_bytes
+    }
+
+    /// What [`Self::live_bytes`] would be once `changes` are merged: a quota is a bound on
+    /// the data a chain holds, not on what was ever written to it, so an overwrite or a
+    /// deletion is judged by what it leaves.
+    pub fn live_bytes_after(&self, changes: &[Change]) -> u64 {
+        let mut staged: HashMap<RecordKey, u64> = HashMap::new();
+        let mut live = self.live_bytes;
+        for c in changes {
+            if let Change::Record(key, e) = c {
+                let old = staged.get(key).copied().unwrap_or_else(|| {
+                    self.records
+                        .get(key)
+                        .map_or(0, |o| o.payload.map_or(0, |(_, n)| n as u64))
+                });
+                let new = e.sealed_len();
+                live = live.saturating_sub(old).saturating_add(new);
+                staged.insert(*key, new);
+            }
+        }
+        live
     }
 
     /// Sets the root and index from a snapshot.
@@ -155,8 +182,10 @@ impl View {
     pub fn put(&mut self, key: RecordKey, entry: RecordEntry) {
         let len = |e: &RecordEntry| e.payload.map_or(0, |(_, n)| n as u64);
         self.live_bytes += len(&entry);
+        self.live += usize::from(!entry.is_deleted());
         if let Some(old) = self.records.get(&key) {
             self.live_bytes = self.live_bytes.saturating_sub(len(old));
+            self.live -= usize::from(!old.is_deleted());
             if let (Some(p), false) = (old.parent, old.is_deleted()) {
                 if let Some(set) = self.children.get_mut(&p) {
                     set.remove(&key);
@@ -293,6 +322,12 @@ pub fn plan<S: ChainState + ?Sized>(state: &S, tx: &Transaction, index: u64) -> 
     out
 }
 
+/// The length of a record's sealed payload; None when it has none.
+fn sealed_len(h: &RecordHeader) -> Option<usize> {
+    (h.plain_len > 0 || h.data_key != Default::default())
+        .then(|| h.plain_len as usize + SEAL_OVERHEAD)
+}
+
 /// Fills in payload locations once the transaction's bytes are at `tx_at`; `offsets` are
 /// [`Transaction::payload_offsets`].
 pub fn locate(changes: &mut [Change], tx_at: Location, offsets: &[usize]) {
@@ -301,8 +336,7 @@ pub fn locate(changes: &mut [Change], tx_at: Location, offsets: &[usize]) {
         if let Change::Record(_, e) = c {
             if let Some(h) = &e.header {
                 let off = offs.next().copied().unwrap_or(0);
-                if h.plain_len > 0 || h.data_key != Default::default() {
-                    let len = h.plain_len as usize + SEAL_OVERHEAD;
+                if let Some(len) = sealed_len(h) {
                     e.payload = Some((
                         Location {
                             file: tx_at.file,

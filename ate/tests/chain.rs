@@ -594,3 +594,47 @@ fn blocks_are_read_into_their_strides_whatever_their_order_in_the_log() {
         ));
     }
 }
+
+#[test]
+fn live_bytes_count_what_the_records_hold_not_what_was_written() {
+    use ate::crypto::SEAL_OVERHEAD;
+    use ate::redo::{FileRef, Location};
+    use ate::view::{locate, plan, View};
+    let f = Fixture::new();
+    let sealed = |n: usize| (n + SEAL_OVERHEAD) as u64;
+    let mut view = View::new(f.chain_id);
+    let mut index = 0;
+    let mut apply = |view: &mut View, tx: &Transaction, expect: u64| {
+        index += 1;
+        let mut changes = plan(&*view, tx, index);
+        // Judged before the changes have a place, as a server judges a commit's quota.
+        assert_eq!(view.live_bytes_after(&changes), expect);
+        let at = Location {
+            file: FileRef::Segment(1),
+            offset: 0,
+        };
+        locate(&mut changes, at, &tx.payload_offsets());
+        view.merge(index, changes);
+        assert_eq!(view.live_bytes(), expect);
+    };
+    apply(
+        &mut view,
+        &f.put_all(1, &[vec![1; 100], vec![2; 50]]),
+        sealed(100) + sealed(50),
+    );
+    assert_eq!(view.counts(), (2, 2));
+    // Rewriting a record a hundred times holds what the last version holds.
+    for n in 0..100 {
+        let expect = sealed(100) + sealed(10 + n);
+        apply(&mut view, &f.put_all(2, &[vec![3; 10 + n]]), expect);
+    }
+    // One transaction writing a record twice counts the second version alone.
+    let mut twice = f.put_all(1, &[vec![4; 7]]);
+    twice.ops.extend(f.put_all(1, &[vec![5; 30]]).ops);
+    apply(&mut view, &twice, sealed(30) + sealed(109));
+    // A deletion frees what the record held; its tombstone holds nothing.
+    let mut del = Transaction::new(f.chain_id, f.owner.public());
+    del.ops.push(Op::Delete { key: key(2) });
+    apply(&mut view, &del, sealed(30));
+    assert_eq!(view.counts(), (2, 1));
+}

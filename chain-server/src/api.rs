@@ -384,17 +384,31 @@ impl Api {
     /// committed before the call (openraft's read index), so that what is read next is not
     /// stale: a leader fresh from a restart or an election applies the log after it wins,
     /// and until then it would answer NOT_FOUND for chains that exist.
+    ///
+    /// openraft's read index alone is not enough after a restart: a replica that led before
+    /// it stopped is leader again at once, in the same term, without a first entry of its own
+    /// to commit, and its read index is then the commit index saved last (`save_committed` is
+    /// not synced on its own), behind commits that were acknowledged. So the read also waits
+    /// until everything this leader held when asked is applied: a leader commits its whole
+    /// log while it leads, and one deposed meanwhile times out into UNAVAILABLE.
     async fn linearize(&self, p: &Partition) -> Result<(), Status> {
+        let held = p.raft.metrics().borrow().last_log_index.unwrap_or(0);
         let r = tokio::time::timeout(QUORUM_WAIT, p.raft.ensure_linearizable())
             .await
             .map_err(|_| Status::unavailable("no quorum confirmed the leadership in time"))?;
         match r {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(self.redirect(f.leader_id))
+                return Err(self.redirect(f.leader_id))
             }
-            Err(e) => Err(Status::unavailable(e.to_string())),
+            Err(e) => return Err(Status::unavailable(e.to_string())),
         }
+        p.raft
+            .wait(Some(QUORUM_WAIT))
+            .applied_index_at_least(Some(held), "read after the leader's log")
+            .await
+            .map(|_| ())
+            .map_err(|e| Status::unavailable(format!("the leader's log was not applied: {e}")))
     }
 
     fn take_nonce(&self, nonce: &[u8]) -> Result<(), Status> {
@@ -566,7 +580,7 @@ impl Chains for Api {
         self.as_owner(chain, proof, &digest, cmd).await?;
         // Read after the apply: what the chain holds under its new quota.
         let p = self.node.partition(&chain);
-        let used_bytes = p.sm.with_chain(&chain, |c| c.used).unwrap_or(0);
+        let used_bytes = p.sm.with_chain(&chain, |c| c.used()).unwrap_or(0);
         Ok(Response::new(SetQuotaReply { used_bytes }))
     }
 
@@ -720,7 +734,7 @@ impl Chains for Api {
         let leader = p.raft.metrics().borrow().current_leader.unwrap_or(0);
         p.sm.with_chain(&chain, |c| InfoReply {
             index: c.index,
-            used_bytes: c.used,
+            used_bytes: c.used(),
             quota_bytes: c.quota,
             records: c.view.counts().1 as u64,
             partition: p.id,

@@ -547,6 +547,65 @@ impl LogStore {
         self.inner.lock().files.total_bytes()
     }
 
+    /// The segments' bytes on either side of the end of entry `index`: (up to and including
+    /// it, after it). What a snapshot at `index` covers and what it does not.
+    pub fn bytes_around(&self, index: u64) -> (u64, u64) {
+        let inner = self.inner.lock();
+        let (starts, total) = Self::segment_starts(&inner);
+        let upto = inner
+            .slots
+            .range(index + 1..)
+            .next()
+            .map_or(total, |(_, s)| Self::position(&starts, s));
+        (upto, total.saturating_sub(upto))
+    }
+
+    /// The highest index up to which purging leaves at most `keep` bytes of the entries up
+    /// to `index` (a snapshot's last): None when they take no more already. Segments go whole
+    /// (`purge`), so up to a segment's worth more may stay.
+    pub fn purge_point(&self, index: u64, keep: u64) -> Option<u64> {
+        let inner = self.inner.lock();
+        let (starts, total) = Self::segment_starts(&inner);
+        let held = inner
+            .slots
+            .range(index + 1..)
+            .next()
+            .map_or(total, |(_, s)| Self::position(&starts, s));
+        if held <= keep {
+            return None;
+        }
+        let first = *inner.slots.keys().next()?;
+        // Purging up to i - 1 leaves the bytes from entry i's frame on.
+        match inner
+            .slots
+            .range(first..=index)
+            .find(|(_, s)| held.saturating_sub(Self::position(&starts, s)) <= keep)
+        {
+            Some((i, _)) => i.checked_sub(1).filter(|u| *u >= first),
+            None => Some(index),
+        }
+    }
+
+    /// Where each segment starts, counted over the segments in order, and their total.
+    fn segment_starts(inner: &Inner) -> (BTreeMap<u64, u64>, u64) {
+        let mut at = 0;
+        let mut starts = BTreeMap::new();
+        for first in inner.files.segments() {
+            starts.insert(first, at);
+            at += inner
+                .files
+                .get(&FileRef::Segment(first))
+                .and_then(|f| f.len().ok())
+                .unwrap_or(0);
+        }
+        (starts, at)
+    }
+
+    /// Where `s`'s frame starts, counted over the segments in order.
+    fn position(starts: &BTreeMap<u64, u64>, s: &Slot) -> u64 {
+        starts.get(&s.segment).copied().unwrap_or(0) + s.frame
+    }
+
     /// Entries with indexes in `from..to` (those still held): recent ones from memory, the
     /// others from the segments.
     pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<Entry>, LogStoreError> {
@@ -970,6 +1029,43 @@ mod tests {
             .purge_sync(LogId::new(openraft::CommittedLeaderId::new(2, 1), 35))
             .unwrap();
         assert_eq!(txs(&reopened, 1, 46), expected[35..].to_vec());
+    }
+
+    #[test]
+    fn the_bytes_around_a_snapshot_and_the_purge_that_keeps_within_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path()).unwrap());
+        // 1 MiB segments, 100 KiB entries: nine or ten to a segment.
+        let log = LogStore::open(storage, 1 << 20).unwrap();
+        log.append_sync(
+            (1..=60)
+                .map(|i| commit(i, 1, vec![i as u8; 100 << 10]))
+                .collect(),
+        )
+        .unwrap();
+        let total = log.bytes();
+        assert!(total > 60 * (100 << 10), "{total}");
+        let (upto, after) = log.bytes_around(30);
+        assert_eq!(upto + after, total);
+        // Thirty entries on either side, give or take their frames and segment headers.
+        assert!(upto.abs_diff(after) < 4 << 10, "{upto} {after}");
+        assert_eq!(log.bytes_around(60), (total, 0));
+        // Within the bound already: nothing to purge.
+        assert_eq!(log.purge_point(30, upto), None);
+        // Keep at most ~1.5 MiB of the thirty: the purge leaves the newest of them.
+        let keep = 3 << 19;
+        let point = log.purge_point(30, keep).unwrap();
+        assert!((15..30).contains(&point), "{point}");
+        log.purge_sync(LogId::new(openraft::CommittedLeaderId::new(1, 1), point))
+            .unwrap();
+        let (held, rest) = log.bytes_around(30);
+        assert_eq!(rest, after, "what the snapshot does not cover stays");
+        // Whole segments went: at most one segment more than asked stays.
+        assert!(held <= keep + (1 << 20), "{held}");
+        assert!(held < upto, "{held} {upto}");
+        assert_eq!(log.first_index(), Some(point + 1));
+        // An entry larger than the bound: everything the snapshot covers may go.
+        assert_eq!(log.purge_point(30, 10), Some(30));
     }
 
     #[test]

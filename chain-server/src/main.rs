@@ -96,6 +96,14 @@ struct RunArgs {
     /// Entries between snapshots.
     #[arg(long, default_value_t = 20_000)]
     snapshot_every: u64,
+    /// Bytes of log past the last snapshot that start a new one, and bytes of log a snapshot
+    /// covers that are kept for subscribers (each at least the snapshot's size): a partition's
+    /// disk stays within about three times the larger of this and its data.
+    #[arg(long, default_value_t = 256 << 20)]
+    snapshot_log_bytes: u64,
+    /// Raft log segment size in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    segment_bytes: u64,
     /// Raft heartbeat in milliseconds (also the time one replication request may take;
     /// elections time out after 3 to 6 heartbeats).
     #[arg(long, default_value_t = 250)]
@@ -203,8 +211,9 @@ async fn run(args: RunArgs) -> Result<()> {
         peers,
         partitions: args.partitions,
         data: args.data.clone(),
-        segment_bytes: 64 << 20,
+        segment_bytes: args.segment_bytes,
         snapshot_every: args.snapshot_every,
+        snapshot_log_bytes: args.snapshot_log_bytes,
         heartbeat_ms: args.heartbeat_ms,
         source_ip: args.source_ip,
     };

@@ -5,7 +5,7 @@
 //!
 //! Snapshot file `snapshot.bin`: `ATESNAP1`, then one section per chain (an `ate` snapshot
 //! file image, docs/format.md), then the postcard footer (last applied, membership, per chain
-//! its quota, index, bytes used and section offset), its u32 length and `ATESNAP1` again.
+//! its quota, index, bytes held and section offset), its u32 length and `ATESNAP1` again.
 //! Views point into the sections, so the log can be purged once the snapshot is durable.
 
 use crate::log_store::LogStore;
@@ -37,10 +37,8 @@ const SNAP_FILE: &str = "snapshot.bin";
 pub struct ChainData {
     /// Latest records.
     pub view: View,
-    /// Bytes quota.
+    /// Bytes quota: a bound on [`ChainData::used`].
     pub quota: u64,
-    /// Transaction bytes committed (what the quota counts).
-    pub used: u64,
     /// The chain's own index (of its last transaction).
     pub index: u64,
     /// Raft index of each chain index still in the log (for subscriptions).
@@ -51,6 +49,23 @@ pub struct ChainData {
 }
 
 impl ChainData {
+    /// Forgets the transactions before the log's first entry (`first`; None: an empty log).
+    fn forget_purged(&mut self, first: Option<u64>) {
+        // Raft indexes grow with chain indexes: the purged ones are at the front.
+        while let Some(e) = self.txs.first_entry() {
+            if first.is_some_and(|f| *e.get() >= f) {
+                break;
+            }
+            e.remove();
+        }
+    }
+
+    /// Bytes the chain holds: the sealed payloads of its live records. Not the bytes ever
+    /// committed to it: rewriting a file, or deleting one, must not use a volume up.
+    pub fn used(&self) -> u64 {
+        self.view.live_bytes()
+    }
+
     /// The lowest chain index a subscription can start at: earlier ones are only in the
     /// snapshot.
     pub fn first_index(&self) -> u64 {
@@ -109,6 +124,8 @@ struct Footer {
 struct ChainHead {
     chain: [u8; 16],
     quota: u64,
+    /// What the chain held when the snapshot was taken. Not read back: the view it restores
+    /// counts it again (snapshots before session 25 hold the bytes ever committed here).
     used: u64,
     index: u64,
     offset: u64,
@@ -303,7 +320,6 @@ fn load_snapshot(file: &Arc<dyn StorageFile>) -> Result<Loaded, LogError> {
             ChainData {
                 view: loader.view,
                 quota: h.quota,
-                used: h.used,
                 index: h.index,
                 txs: BTreeMap::new(),
                 seen: {
@@ -359,22 +375,28 @@ impl Inner {
         if let Some(index) = c.seen.get(&hash.0) {
             return Outcome::Applied { index };
         }
-        if c.used + tx_bytes.len() as u64 > c.quota {
-            return refuse(
-                Refusal::Quota,
-                format!("chain {chain} would pass its quota of {} bytes", c.quota),
-            );
-        }
         if let Err(e) = validate_skeleton(&c.view, &sk) {
             let kind = refusal_of(&e);
             return refuse(kind, e.to_string());
         }
         let index = c.index + 1;
         let mut changes = plan(&c.view, &sk.tx, index);
+        // Only a commit that grows the chain can be refused for its quota: one that frees
+        // space (a deletion, a shorter rewrite) must go through on a full chain, or a full
+        // volume could never be emptied.
+        let (before, after) = (c.used(), c.view.live_bytes_after(&changes));
+        if after > before && after > c.quota {
+            return refuse(
+                Refusal::Quota,
+                format!(
+                    "chain {chain} would hold {after} bytes, more than its quota of {}",
+                    c.quota
+                ),
+            );
+        }
         locate(&mut changes, tx_at, &sk.payload_offsets());
         c.view.merge(index, changes);
         c.index = index;
-        c.used += tx_bytes.len() as u64;
         c.txs.insert(index, raft_index);
         c.seen.insert(hash.0, index);
         Outcome::Applied { index }
@@ -402,7 +424,6 @@ impl Inner {
                     ChainData {
                         view: View::new(id),
                         quota,
-                        used: 0,
                         index: 0,
                         txs: BTreeMap::new(),
                         seen: Seen::default(),
@@ -430,12 +451,12 @@ impl Inner {
                 None => no_chain(ChainId(chain)),
             },
             Command::SetQuota { chain, quota } => match self.chains.get_mut(&ChainId(chain)) {
-                Some(c) if quota < c.used => Outcome::Refused {
+                Some(c) if quota < c.used() => Outcome::Refused {
                     kind: Refusal::BelowUsage,
                     reason: format!(
                         "chain {} holds {} bytes, more than a quota of {quota}",
                         ChainId(chain),
-                        c.used
+                        c.used()
                     ),
                 },
                 Some(c) => {
@@ -507,7 +528,7 @@ impl Inner {
             heads.push(ChainHead {
                 chain: id.0,
                 quota: c.quota,
-                used: c.used,
+                used: c.used(),
                 index: c.index,
                 offset,
                 len,
@@ -543,7 +564,7 @@ impl Inner {
                 }
                 // Subscriptions read transactions from the log while it still has them; only
                 // what earlier purges removed is forgotten here.
-                c.txs.retain(|_, raft| first.is_some_and(|f| *raft >= f));
+                c.forget_purged(first);
             }
         }
         let meta = SnapshotMeta {
@@ -653,7 +674,23 @@ impl StateMachine {
 
     /// Runs `f` on a chain's state, if the chain exists.
     pub fn with_chain<T>(&self, chain: &ChainId, f: impl FnOnce(&ChainData) -> T) -> Option<T> {
-        self.inner.lock().chains.get(chain).map(f)
+        let mut inner = self.inner.lock();
+        let first = inner.log.first_index();
+        let c = inner.chains.get_mut(chain)?;
+        // A purge may have come since the last snapshot (the log is also kept within bytes,
+        // node.rs): its transactions are no longer in the log to subscribe from.
+        c.forget_purged(first);
+        Some(f(c))
+    }
+
+    /// Bytes of the current snapshot file (0 before the first).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.inner
+            .lock()
+            .snap_files
+            .get(&FileRef::Snapshot(0))
+            .and_then(|f| f.len().ok())
+            .unwrap_or(0)
     }
 
     /// Ids of the chains held.

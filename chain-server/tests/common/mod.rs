@@ -48,12 +48,19 @@ pub struct Cluster {
     pub tls: bool,
     peers: Vec<String>,
     snapshot_every: u64,
+    /// More arguments for every replica.
+    extra: Vec<String>,
 }
 
 impl Cluster {
     /// Starts three replicas (TLS when `tls`; a snapshot every `snapshot_every` entries) and
     /// waits until each is ready.
     pub fn start(tls: bool, snapshot_every: u64) -> Cluster {
+        Self::start_with(tls, snapshot_every, &[])
+    }
+
+    /// As [`Cluster::start`], with more arguments for every replica.
+    pub fn start_with(tls: bool, snapshot_every: u64, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let base = ports(9);
         let replicas: Vec<Replica> = (0..3u16)
@@ -85,6 +92,7 @@ impl Cluster {
             tls,
             peers,
             snapshot_every,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for i in 0..3 {
             c.spawn(i, i == 0);
@@ -117,6 +125,7 @@ impl Cluster {
             .args(["--partitions", "2", "--metrics", &r.metrics])
             .args(["--snapshot-every", &self.snapshot_every.to_string()])
             .args(["--heartbeat-ms", "150", "--source-ip", &r.source])
+            .args(&self.extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()
