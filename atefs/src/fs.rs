@@ -747,16 +747,27 @@ impl AteFs {
         let mut a = node.attr.clone();
         let links = if is_dir { 0 } else { a.nlink.saturating_sub(1) };
         if links == 0 && node.open == 0 {
-            node.dirty.clear();
-            node.inflight.clear();
-            node.dirty_bytes = 0;
+            // Which of its blocks are stored is known once its commits are answered; one that
+            // failed (a full volume) put its blocks back among the buffered ones, which go
+            // with the file and need no deletion.
+            if let Err(e) = self.settle(st, ino, true) {
+                tracing::debug!(ino, error = %e, "buffered data of a removed file dropped");
+            }
+            let node = self.node(st, ino)?;
             let blocks: Vec<RecordKey> = if node.attr.kind == Kind::File {
                 let set = std::mem::take(self.block_set(st, ino)?);
                 self.uncache(ino, 0);
-                set.into_iter().map(|i| self.keys.block(ino, i)).collect()
+                self.stored(st, ino, set)
+                    .into_iter()
+                    .map(|i| self.keys.block(ino, i))
+                    .collect()
             } else {
                 Vec::new()
             };
+            let node = self.node(st, ino)?;
+            node.dirty.clear();
+            node.inflight.clear();
+            node.dirty_bytes = 0;
             // Large files: delete their blocks in earlier transactions of their own.
             let (first, rest) = blocks.split_at(blocks.len().min(2048));
             for chunk in rest.chunks(4000) {
@@ -1072,8 +1083,26 @@ impl AteFs {
         Ok(())
     }
 
-    /// Commits the deletion of committed blocks `idxs` (at most 4,000 per transaction).
+    /// Of the blocks `idxs` of `ino`, those the chain holds or will once a queued commit
+    /// lands: a block only ever buffered, or one whose commit was refused (a full volume;
+    /// its data waits to be committed again), is not in the chain, and deleting it there is
+    /// refused, with the whole transaction it is in (an unlink failed with EIO).
+    fn stored(&self, st: &mut State, ino: u64, idxs: impl IntoIterator<Item = u64>) -> Vec<u64> {
+        let inflight = st.nodes.get(&ino).map(|n| &n.inflight);
+        idxs.into_iter()
+            .filter(|i| {
+                inflight.is_some_and(|f| f.contains_key(i))
+                    || self
+                        .chain
+                        .record(&self.keys.block(ino, *i))
+                        .is_some_and(|e| !e.is_deleted())
+            })
+            .collect()
+    }
+
+    /// Commits the deletion of blocks `idxs` that are stored (at most 4,000 per transaction).
     fn delete_blocks(&self, st: &mut State, ino: u64, idxs: &[u64]) -> FsResult<()> {
+        let idxs = self.stored(st, ino, idxs.iter().copied());
         for chunk in idxs.chunks(4000) {
             let mut tx = self.tx();
             tx.ops.extend(chunk.iter().map(|idx| Op::Delete {
@@ -1287,7 +1316,7 @@ impl AteFs {
 
     /// Writes `data` at `offset`; returns the bytes written.
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
-        let mut st = self.state.lock();
+        let st = self.state.lock();
         let bs = self.opts.block_size as u64;
         let end = offset
             .checked_add(data.len() as u64)
@@ -1295,10 +1324,7 @@ impl AteFs {
         if end > (1u64 << 50) {
             return Err(FsError::TooBig);
         }
-        let grow = end.saturating_sub(self.node(&mut st, ino)?.attr.size);
-        if grow > 0 && !self.quota.fits(self.chain.disk_bytes(), grow) {
-            return Err(FsError::NoSpace);
-        }
+        let mut st = self.make_room(st, ino, end)?;
         let mut pos = offset;
         let mut src = data;
         while !src.is_empty() {
@@ -1858,10 +1884,44 @@ impl AteFs {
         self.settle(&mut st, ino, false)
     }
 
-    /// Volume usage: (total bytes, used bytes, inodes used).
+    /// Takes `st` back once the file `ino` may grow to `end` bytes within the quota, or fails
+    /// with `NoSpace`. The quota bounds what the chain holds, and deletions and truncations
+    /// this mount queued free their space only once they land: before a write is refused they
+    /// are waited for, as a file system commits its delayed frees before it reports ENOSPC
+    /// (`rm a; cp b .` must not fail for the space `a` held).
+    fn make_room<'a>(
+        &'a self,
+        mut st: parking_lot::MutexGuard<'a, State>,
+        ino: u64,
+        end: u64,
+    ) -> FsResult<parking_lot::MutexGuard<'a, State>> {
+        let mut waited = false;
+        loop {
+            // Read again after the wait: the lock was released meanwhile.
+            let grow = end.saturating_sub(self.node(&mut st, ino)?.attr.size);
+            if grow == 0 || self.quota.fits(self.chain.live_bytes(), grow) {
+                return Ok(st);
+            }
+            if waited {
+                return Err(FsError::NoSpace);
+            }
+            self.send_batch(&mut st)?;
+            let last = st.last_queued.clone();
+            drop(st);
+            if let Some(w) = last {
+                w.wait();
+            }
+            st = self.state.lock();
+            waited = true;
+        }
+    }
+
+    /// Volume usage: (total bytes, used bytes, inodes used). Used is what the volume holds
+    /// (its live records), the measure its quota bounds; old versions still in the log until
+    /// the next compaction are the log's overhead, not the user's data.
     pub fn statfs(&self) -> (u64, u64, u64) {
         let s = self.chain.stats();
-        (self.quota.fresh(), s.bytes, s.live as u64)
+        (self.quota.fresh(), s.live_bytes, s.live as u64)
     }
 
     /// Block size (statfs and st_blksize).

@@ -547,3 +547,42 @@ fn reads_racing_writes_never_cache_a_stale_block() {
     });
     assert_eq!(fs.read(f.ino, 0, len).unwrap(), vec![200u8; len]);
 }
+
+#[test]
+fn a_quota_bounds_what_the_volume_holds_not_what_was_written_to_it() {
+    let opts = FsOptions {
+        quota_bytes: 1 << 20,
+        ..FsOptions::default()
+    };
+    let (_mem, _keys, fs) = mem_fs(opts);
+    let a = fs
+        .mknod(ROOT_INO, b"a", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
+    // Rewritten twenty times over (5 MiB written to a 1 MiB volume), as `cp` or an editor
+    // rewrites a file: truncated, written, synced.
+    let truncate = SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
+    for round in 0..20u8 {
+        fs.setattr(a.ino, &truncate).unwrap();
+        fs.write(a.ino, 0, &vec![round; 256 << 10]).unwrap();
+        fs.fsync(a.ino).unwrap();
+    }
+    let (total, used, _) = fs.statfs();
+    assert_eq!(total, 1 << 20);
+    assert!((256 << 10..300 << 10).contains(&used), "used {used}");
+    // What does not fit in what is left is refused.
+    let b = fs
+        .mknod(ROOT_INO, b"b", Kind::File, 0o644, 0, b"", ROOT)
+        .unwrap();
+    let big = vec![1u8; 900 << 10];
+    assert!(matches!(fs.write(b.ino, 0, &big), Err(FsError::NoSpace)));
+    // Deleting makes room for it.
+    fs.unlink(ROOT_INO, b"a").unwrap();
+    fs.write(b.ino, 0, &big).unwrap();
+    fs.fsync(b.ino).unwrap();
+    let (_, used, _) = fs.statfs();
+    assert!((900 << 10..1 << 20).contains(&used), "used {used}");
+    assert_eq!(fs.read(b.ino, 0, 1 << 20).unwrap(), big);
+}

@@ -9,6 +9,7 @@
 
 pub mod log_store;
 mod shared_bytes;
+mod snapshot_build;
 pub mod state_machine;
 pub mod types;
 

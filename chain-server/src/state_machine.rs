@@ -9,12 +9,12 @@
 //! Views point into the sections, so the log can be purged once the snapshot is durable.
 
 use crate::log_store::LogStore;
+use crate::snapshot_build;
 use crate::types::{Command, Entry, LogId, Outcome, Refusal, StorageError, TypeConfig};
 use ate::redo::{
     read_snapshot, FileRef, Files, Location, LogError, RecoveryVisitor, SnapshotRecord,
-    SnapshotWriter,
 };
-use ate::storage::{MemStorage, Storage, StorageFile};
+use ate::storage::{Storage, StorageFile};
 use ate::validate::{validate_skeleton, ChainState};
 use ate::view::{locate, plan, RecordEntry, View};
 use ate::{ChainId, RootAuthority, Transaction, TxHash, ValidationError};
@@ -29,8 +29,12 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
-const SNAP_MAGIC: &[u8; 8] = b"ATESNAP1";
+pub(crate) const SNAP_MAGIC: &[u8; 8] = b"ATESNAP1";
 const SNAP_FILE: &str = "snapshot.bin";
+/// Where a snapshot is written before it replaces `SNAP_FILE`: one name for those this
+/// replica builds, another for those it receives, as the two may be under way at once.
+const BUILD_TMP: &str = "snapshot.bin.build";
+const INSTALL_TMP: &str = "snapshot.bin.tmp";
 
 /// One chain of the partition.
 #[derive(Debug)]
@@ -113,24 +117,24 @@ impl Seen {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Footer {
-    last_applied: Option<LogId>,
-    membership: StoredMembership<u64, BasicNode>,
-    snapshot_id: String,
-    chains: Vec<ChainHead>,
+pub(crate) struct Footer {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership<u64, BasicNode>,
+    pub snapshot_id: String,
+    pub chains: Vec<ChainHead>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct ChainHead {
-    chain: [u8; 16],
-    quota: u64,
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct ChainHead {
+    pub chain: [u8; 16],
+    pub quota: u64,
     /// What the chain held when the snapshot was taken. Not read back: the view it restores
     /// counts it again (snapshots before session 25 hold the bytes ever committed here).
-    used: u64,
-    index: u64,
-    offset: u64,
-    len: u64,
-    seen: Seen,
+    pub used: u64,
+    pub index: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub seen: Seen,
 }
 
 /// Transactions this replica hashed (and verified) before proposing them, by where their
@@ -154,6 +158,9 @@ struct Inner {
     chains: BTreeMap<ChainId, ChainData>,
     current: Option<SnapshotMeta<u64, BasicNode>>,
     applied_tx: tokio::sync::watch::Sender<u64>,
+    /// Snapshots made current so far (built or received): a build that started on another
+    /// one than the current is dropped.
+    installs_or_builds: u64,
 }
 
 /// The state machine (cheap to clone; clones share it and build snapshots).
@@ -468,20 +475,19 @@ impl Inner {
         }
     }
 
-    /// An empty temporary snapshot file.
-    fn create_tmp(&self) -> Result<(String, Arc<dyn StorageFile>), LogError> {
-        let tmp = format!("{SNAP_FILE}.tmp");
+    /// An empty temporary snapshot file named `tmp`.
+    fn create_tmp(&self, tmp: &str) -> Result<Arc<dyn StorageFile>, LogError> {
         let out = self
             .storage
-            .open(&tmp, true)
-            .map_err(LogError::io("create", &tmp))?;
-        out.truncate(0).map_err(LogError::io("truncate", &tmp))?;
-        Ok((tmp, out))
+            .open(tmp, true)
+            .map_err(LogError::io("create", tmp))?;
+        out.truncate(0).map_err(LogError::io("truncate", tmp))?;
+        Ok(out)
     }
 
     /// Makes the (synced) temporary file the snapshot, durably, and the one payloads are read
     /// from.
-    fn publish(&self, tmp: &str) -> Result<Arc<dyn StorageFile>, LogError> {
+    fn publish(&mut self, tmp: &str) -> Result<Arc<dyn StorageFile>, LogError> {
         self.storage
             .rename(tmp, SNAP_FILE)
             .map_err(LogError::io("rename", tmp))?;
@@ -491,71 +497,70 @@ impl Inner {
             .open(SNAP_FILE, false)
             .map_err(LogError::io("open", SNAP_FILE))?;
         self.snap_files.insert(FileRef::Snapshot(0), file.clone());
+        self.installs_or_builds += 1;
         Ok(file)
     }
 
-    /// Writes every chain into a new snapshot file, then points the views at it.
-    fn build(&mut self) -> Result<(SnapshotMeta<u64, BasicNode>, Vec<u8>), LogError> {
-        let snapshot_id = format!(
-            "{}-{}",
-            self.last_applied.map_or(0, |l| l.index),
-            now_nanos()
-        );
-        let (tmp, out) = self.create_tmp()?;
-        out.write_at(SNAP_MAGIC, 0)
-            .map_err(LogError::io("write", &tmp))?;
-        let mut offset = SNAP_MAGIC.len() as u64;
-        let mut heads = Vec::new();
-        let mut moves: Vec<(ChainId, Vec<(ate::RecordKey, u64)>)> = Vec::new();
-        for (id, c) in &self.chains {
-            let scratch: Arc<dyn Storage> = Arc::new(MemStorage::new());
-            let mut w = SnapshotWriter::create(scratch, *id, c.index, c.view.root())?;
-            let mut moved = Vec::new();
-            for (key, e) in c.view.records() {
-                let payload = match e.payload {
-                    Some((loc, len)) => self.read_payload(loc, len)?,
-                    None => Vec::new(),
-                };
-                let at = w.add(&e.to_snapshot(*key, payload.len()), &payload)?;
-                if e.payload.is_some() {
-                    moved.push((*key, offset + at.offset));
-                }
-            }
-            let bytes = read_all(w.finish()?.as_ref(), "scratch")?;
-            let len = bytes.len() as u64;
-            out.write_at(&bytes, offset)
-                .map_err(LogError::io("write", &tmp))?;
-            heads.push(ChainHead {
-                chain: id.0,
-                quota: c.quota,
-                used: c.used(),
-                index: c.index,
-                offset,
-                len,
-                seen: c.seen.clone(),
-            });
-            moves.push((*id, moved));
-            offset += len;
+    /// What a snapshot of the state as it is now copies: the records' list, no payloads.
+    fn plan_snapshot(&self) -> snapshot_build::Planned {
+        snapshot_build::Planned {
+            meta: SnapshotMeta {
+                last_log_id: self.last_applied,
+                last_membership: self.membership.clone(),
+                snapshot_id: format!(
+                    "{}-{}",
+                    self.last_applied.map_or(0, |l| l.index),
+                    now_nanos()
+                ),
+            },
+            chains: self
+                .chains
+                .iter()
+                .map(|(id, c)| snapshot_build::PlannedChain {
+                    id: *id,
+                    root: c.view.root().cloned(),
+                    head: ChainHead {
+                        chain: id.0,
+                        quota: c.quota,
+                        used: c.used(),
+                        index: c.index,
+                        offset: 0,
+                        len: 0,
+                        seen: c.seen.clone(),
+                    },
+                    records: c.view.records().map(|(k, e)| (*k, e.clone())).collect(),
+                })
+                .collect(),
+            log: self.log.files(),
+            snapshot: self.snap_files.get(&FileRef::Snapshot(0)),
+            generation: self.installs_or_builds,
         }
-        let footer = Footer {
-            last_applied: self.last_applied,
-            membership: self.membership.clone(),
-            snapshot_id: snapshot_id.clone(),
-            chains: heads,
-        };
-        let mut fb = postcard::to_stdvec(&footer).map_err(|e| corrupt(e.to_string()))?;
-        fb.extend_from_slice(&(fb.len() as u32).to_le_bytes());
-        fb.extend_from_slice(SNAP_MAGIC);
-        out.write_at(&fb, offset)
-            .map_err(LogError::io("write", &tmp))?;
-        out.sync_data().map_err(LogError::io("fdatasync", &tmp))?;
-        let file = self.publish(&tmp)?;
+    }
+
+    /// Makes a written snapshot current and points the views at it, unless another snapshot
+    /// took its place meanwhile (one received from the leader): then that one stands.
+    fn finish_snapshot(
+        &mut self,
+        planned: snapshot_build::Planned,
+        moves: snapshot_build::Moves,
+    ) -> Result<SnapshotMeta<u64, BasicNode>, LogError> {
+        if planned.generation != self.installs_or_builds {
+            let _ = self.storage.remove(BUILD_TMP);
+            return self
+                .current
+                .clone()
+                .ok_or_else(|| corrupt("a snapshot replaced meanwhile is gone"));
+        }
+        self.publish(BUILD_TMP)?;
         let first = self.log.first_index();
         for (id, moved) in moves {
             if let Some(c) = self.chains.get_mut(&id) {
-                for (key, at) in moved {
-                    c.view.relocate(
+                for (key, from, at) in moved {
+                    // A version committed while the snapshot was written lies in the log and
+                    // stays there.
+                    c.view.relocate_from(
                         &key,
+                        from,
                         Location {
                             file: FileRef::Snapshot(0),
                             offset: at,
@@ -567,23 +572,20 @@ impl Inner {
                 c.forget_purged(first);
             }
         }
-        let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.membership.clone(),
-            snapshot_id,
-        };
-        self.current = Some(meta.clone());
-        Ok((meta, read_all(file.as_ref(), SNAP_FILE)?))
+        self.current = Some(planned.meta.clone());
+        Ok(planned.meta)
     }
 
     /// Replaces the state with a received snapshot.
     fn install(&mut self, data: &[u8]) -> Result<(), LogError> {
-        let (tmp, out) = self.create_tmp()?;
-        out.write_at(data, 0).map_err(LogError::io("write", &tmp))?;
-        out.sync_data().map_err(LogError::io("fdatasync", &tmp))?;
+        let out = self.create_tmp(INSTALL_TMP)?;
+        out.write_at(data, 0)
+            .map_err(LogError::io("write", INSTALL_TMP))?;
+        out.sync_data()
+            .map_err(LogError::io("fdatasync", INSTALL_TMP))?;
         // Check it whole before it replaces anything.
         let loaded = load_snapshot(&out)?;
-        self.publish(&tmp)?;
+        self.publish(INSTALL_TMP)?;
         self.adopt(loaded);
         Ok(())
     }
@@ -642,6 +644,7 @@ impl StateMachine {
             chains: BTreeMap::new(),
             current: None,
             applied_tx: tx,
+            installs_or_builds: 0,
         };
         match storage.open(SNAP_FILE, false) {
             Ok(file) => {
@@ -730,12 +733,40 @@ impl StateMachine {
     }
 }
 
+impl StateMachine {
+    /// Writes a snapshot of the state as applied now and makes it current; commits are
+    /// applied meanwhile (snapshot_build.rs).
+    fn build(&self) -> Result<SnapshotMeta<u64, BasicNode>, LogError> {
+        let started = std::time::Instant::now();
+        let (planned, out) = {
+            let inner = self.inner.lock();
+            (inner.plan_snapshot(), inner.create_tmp(BUILD_TMP)?)
+        };
+        let moves = snapshot_build::write(&planned, &out)?;
+        let bytes = out.len().map_err(LogError::io("stat", BUILD_TMP))?;
+        let meta = self.inner.lock().finish_snapshot(planned, moves)?;
+        tracing::info!(
+            index = meta.last_log_id.map_or(0, |l| l.index),
+            bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        Ok(meta)
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, data) = self.inner.lock().build().map_err(snap_err)?;
+        let sm = self.clone();
+        let meta = tokio::task::spawn_blocking(move || sm.build())
+            .await
+            .map_err(snap_err)?
+            .map_err(snap_err)?;
+        // openraft keeps only the meta of a snapshot it asked for (a follower is sent the
+        // file through `get_current_snapshot`): the data is not read back into memory here.
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }

@@ -424,16 +424,79 @@ fn atefs_on(cluster: &Cluster, keys: &Path, command: &str, args: &[&str]) -> std
         .unwrap()
 }
 
-fn volume_size(dir: &Path) -> u64 {
+/// statfs through the kernel: (size, used) in bytes.
+fn volume_usage(dir: &Path) -> (u64, u64) {
     let out = Command::new("stat")
-        .args(["-f", "-c", "%b %S"])
+        .args(["-f", "-c", "%b %f %S"])
         .arg(dir)
         .output()
         .unwrap();
     assert!(out.status.success(), "stat -f {}", dir.display());
     let text = String::from_utf8(out.stdout).unwrap();
-    let (blocks, size) = text.trim().split_once(' ').unwrap();
-    blocks.parse::<u64>().unwrap() * size.parse::<u64>().unwrap()
+    let n: Vec<u64> = text
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    (n[0] * n[2], (n[0] - n[1]) * n[2])
+}
+
+fn volume_size(dir: &Path) -> u64 {
+    volume_usage(dir).0
+}
+
+/// A volume's quota bounds what it holds, not what was written to it: on a shared mount and
+/// on an exclusive one (whose deletions are queued), a 1 MiB file rewritten twelve times
+/// fits a 4 MiB volume, `df` counts it once, a file that does not fit beside it is refused
+/// with ENOSPC, and once the files are removed it fits. Before, the cluster counted every
+/// byte ever committed: the fifth rewrite failed and so did the removal.
+#[test]
+fn rewrites_do_not_use_a_volume_up_and_a_removal_makes_room() {
+    let Some((cluster, tmp, keys)) = setup() else {
+        return;
+    };
+    for (name, extra) in [("shared", &[][..]), ("exclusive", &["--exclusive"][..])] {
+        let keys = match name {
+            "shared" => keys.clone(),
+            _ => {
+                let k = tmp.path().join("keys-exclusive");
+                assert!(Command::new(atefs_bin())
+                    .arg("keygen")
+                    .arg(&k)
+                    .status()
+                    .unwrap()
+                    .success());
+                k
+            }
+        };
+        let args = [&["--quota", "4194304"][..], extra].concat();
+        let m = Mount::start_with(&cluster, tmp.path(), name, &keys, &args);
+        let write = |file: &str, data: &[u8]| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(m.dir.join(file))?;
+            f.write_all(data)?;
+            f.sync_all()
+        };
+        for round in 0..12u8 {
+            write("a", &vec![round; 1 << 20]).unwrap();
+        }
+        let (size, used) = volume_usage(&m.dir);
+        assert_eq!(size, 4 << 20, "{name}");
+        assert!((1 << 20..5 << 19).contains(&used), "{name}: used {used}");
+        let big: Vec<u8> = (0..7u32 << 19).map(|i| (i % 251) as u8).collect();
+        let refused = write("b", &big).unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            std::io::ErrorKind::StorageFull,
+            "{name}: {refused}"
+        );
+        // What was refused stays buffered for as long as its file is there (and lands once
+        // there is room): removed with the file it was refused for.
+        std::fs::remove_file(m.dir.join("b")).unwrap();
+        std::fs::remove_file(m.dir.join("a")).unwrap();
+        write("c", &big).unwrap();
+        assert!(std::fs::read(m.dir.join("c")).unwrap() == big, "{name}");
+        let (_, used) = volume_usage(&m.dir);
+        assert!((7 << 19..4 << 20).contains(&used), "{name}: used {used}");
+    }
 }
 
 /// A volume's expansion while it is mounted: the chain's owner raises its quota on the

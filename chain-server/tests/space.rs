@@ -8,6 +8,7 @@ mod common;
 use ate::remote::RemoteError;
 use ate::{ChainId, DataKey, Op, RecordKey, SigningKey, Transaction};
 use common::{files_under, new_chain, put_tx, rt, Cluster};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
@@ -103,15 +104,17 @@ fn a_quota_bounds_what_a_chain_holds_not_what_was_sent_to_it() {
     );
 }
 
-/// A replica's disk follows what its chains hold, not what they were sent: a 256 KiB record
-/// rewritten 256 times (64 MiB sent) on replicas bounded to 4 MiB of log on either side of a
-/// snapshot (1 MiB segments) leaves each replica's data directory within 16 MiB, with the
-/// entry count never reaching a snapshot of its own. The chain reads back, the log still
-/// serves a subscription from the first index it reports, and a replica restarted on the
-/// purged log and its snapshot rejoins.
+/// A replica's disk follows what its chains hold, not what they were sent: 64 records of
+/// 128 KiB rewritten eight times over (64 MiB sent, 8 MiB held) on replicas bounded to 4 MiB
+/// of log on either side of a snapshot (1 MiB segments) leave each replica's data directory
+/// within 32 MiB, with the entry count never reaching a snapshot of its own. The snapshots are
+/// written while commits are applied: a new cache fetches the last one and follows the log
+/// from there, and every record reads back as last written. The log still serves a
+/// subscription from the first index it reports, and a replica restarted on its purged log
+/// and snapshot rejoins.
 #[test]
 fn each_replica_keeps_its_log_within_its_bound_in_bytes() {
-    let cluster = Cluster::start_with(
+    let mut cluster = Cluster::start_with(
         false,
         1_000_000,
         &[
@@ -121,23 +124,25 @@ fn each_replica_keeps_its_log_within_its_bound_in_bytes() {
             "1048576",
         ],
     );
-    let mut cluster = cluster;
     let rt = rt();
     let client = cluster.client(Duration::from_secs(30));
     let (chain, owner, genesis) = new_chain();
     rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
     let key = DataKey::generate();
-    let value = |i: u32| -> Vec<u8> {
-        let mut v = vec![(i % 251) as u8; 256 << 10];
-        v[..4].copy_from_slice(&i.to_le_bytes());
+    let value = |record: u32, round: u32| -> Vec<u8> {
+        let mut v = vec![(record * 7 + round) as u8; 128 << 10];
+        v[..8].copy_from_slice(&[record.to_le_bytes(), round.to_le_bytes()].concat());
         v
     };
+    let name = |record: u32| format!("record-{record}").into_bytes();
     let (mut last, mut sent) = (0, Vec::new());
-    for i in 0..256u32 {
-        sent = put_tx(chain, &owner, &key, b"file", &value(i));
-        last = rt.block_on(client.commit(chain, sent.clone())).unwrap();
+    for round in 0..8 {
+        for record in 0..64 {
+            sent = put_tx(chain, &owner, &key, &name(record), &value(record, round));
+            last = rt.block_on(client.commit(chain, sent.clone())).unwrap();
+        }
     }
-    const BOUND: u64 = 16 << 20;
+    const BOUND: u64 = 32 << 20;
     let until = Instant::now() + Duration::from_secs(60);
     let sizes = loop {
         let sizes = disk_bytes(&cluster);
@@ -149,13 +154,12 @@ fn each_replica_keeps_its_log_within_its_bound_in_bytes() {
     };
     assert!(
         sizes.iter().all(|s| *s <= BOUND),
-        "64 MiB sent, 256 KiB held; replicas hold {sizes:?} bytes"
+        "64 MiB sent, 8 MiB held; replicas hold {sizes:?} bytes"
     );
     let info = rt.block_on(client.info(chain)).unwrap();
     assert_eq!(info.index, last);
     assert!(info.first_index > 1, "the log was purged: {info:?}");
-    // A subscription from the first index the chain reports reads through to the last, and
-    // the last is the last value written.
+    // A subscription from the first index the chain reports reads through to the last.
     let mut sub = client.subscribe(chain, info.first_index, owner.clone(), None);
     let mut got = None;
     while got.as_ref().map(|(i, _)| *i) != Some(last) {
@@ -166,6 +170,31 @@ fn each_replica_keeps_its_log_within_its_bound_in_bytes() {
         "the last transaction read back is the last sent"
     );
     drop(sub);
+    // A new cache starts from the snapshot: every payload was copied into it intact.
+    let cache: Arc<dyn ate::storage::Storage> = Arc::new(ate::storage::MemStorage::new());
+    let remote = ate::remote::open_remote(
+        cluster.client(Duration::from_secs(30)),
+        chain,
+        owner.clone(),
+        cache,
+        None,
+    )
+    .unwrap();
+    assert!(remote.chain.wait_for(last, Duration::from_secs(30)));
+    for record in 0..64 {
+        let rk = RecordKey(
+            *blake3::hash(&name(record))
+                .as_bytes()
+                .first_chunk::<16>()
+                .unwrap(),
+        );
+        let (_, plain) = remote.chain.read_plain(&rk, &key).unwrap().unwrap();
+        assert!(
+            plain == value(record, 7),
+            "record {record} reads back as last written"
+        );
+    }
+    drop(remote);
 
     // A replica restarted on its purged log and its snapshot applies new commits.
     cluster.kill(2);

@@ -48,20 +48,16 @@ impl AteFs {
             Kind::Dir => return Err(FsError::IsDir),
             _ => return Err(FsError::NotSupported),
         }
-        let size = attr.size;
+        if how != Allocate::PunchHole {
+            st = self.make_room(st, ino, end)?;
+        }
+        let size = self.node(&mut st, ino)?.attr.size;
         let new_size = match how {
             Allocate::Reserve { keep_size: false } | Allocate::ZeroRange { keep_size: false } => {
                 size.max(end)
             }
             _ => size,
         };
-        let grow = match how {
-            Allocate::PunchHole => 0,
-            _ => end.saturating_sub(size),
-        };
-        if grow > 0 && !self.quota.fits(self.chain.disk_bytes(), grow) {
-            return Err(FsError::NoSpace);
-        }
         if matches!(how, Allocate::PunchHole | Allocate::ZeroRange { .. }) {
             self.zero_locked(&mut st, ino, offset, end.min(new_size))?;
         }

@@ -16,8 +16,10 @@ use std::time::Duration;
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// Ports no other test in this process uses (the process id spreads test binaries apart).
+/// All below Linux's ephemeral range (32768 on): a replica's listener once found its port
+/// taken by an outgoing connection's (AddrInUse).
 pub fn ports(n: u16) -> u16 {
-    let base = 20_000 + (std::process::id() % 200) as u16 * 100;
+    let base = 20_000 + (std::process::id() % 127) as u16 * 100;
     base + NEXT_PORT.fetch_add(n, Ordering::SeqCst)
 }
 

@@ -18,7 +18,7 @@ static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// Ports no other test of this run uses.
 pub fn ports(n: u16) -> u16 {
-    // Below the ephemeral range, apart from the chain-server tests' 20000-39999.
+    // Below the ephemeral range, apart from the chain-server tests' 20000-32699.
     let base = 10_000 + (std::process::id() % 100) as u16 * 100;
     base + NEXT_PORT.fetch_add(n, Ordering::SeqCst)
 }
