@@ -7,6 +7,7 @@
 //! - [`state_machine`]: per-chain views pointing into that log, and snapshots.
 //! - `shared_bytes`: Raft messages decoded without copying the transactions they carry.
 
+pub mod log_bound;
 pub mod log_store;
 mod shared_bytes;
 mod snapshot_build;

@@ -552,11 +552,7 @@ impl LogStore {
     pub fn bytes_around(&self, index: u64) -> (u64, u64) {
         let inner = self.inner.lock();
         let (starts, total) = Self::segment_starts(&inner);
-        let upto = inner
-            .slots
-            .range(index + 1..)
-            .next()
-            .map_or(total, |(_, s)| Self::position(&starts, s));
+        let upto = Self::end_of(&inner, &starts, total, index);
         (upto, total.saturating_sub(upto))
     }
 
@@ -566,11 +562,7 @@ impl LogStore {
     pub fn purge_point(&self, index: u64, keep: u64) -> Option<u64> {
         let inner = self.inner.lock();
         let (starts, total) = Self::segment_starts(&inner);
-        let held = inner
-            .slots
-            .range(index + 1..)
-            .next()
-            .map_or(total, |(_, s)| Self::position(&starts, s));
+        let held = Self::end_of(&inner, &starts, total, index);
         if held <= keep {
             return None;
         }
@@ -599,6 +591,15 @@ impl LogStore {
                 .unwrap_or(0);
         }
         (starts, at)
+    }
+
+    /// Where entry `index` ends (the next one's frame starts), counted over the segments.
+    fn end_of(inner: &Inner, starts: &BTreeMap<u64, u64>, total: u64, index: u64) -> u64 {
+        inner
+            .slots
+            .range(index + 1..)
+            .next()
+            .map_or(total, |(_, s)| Self::position(starts, s))
     }
 
     /// Where `s`'s frame starts, counted over the segments in order.

@@ -96,9 +96,9 @@ struct RunArgs {
     /// Entries between snapshots.
     #[arg(long, default_value_t = 20_000)]
     snapshot_every: u64,
-    /// Bytes of log past the last snapshot that start a new one, and bytes of log a snapshot
-    /// covers that are kept for subscribers (each at least the snapshot's size): a partition's
-    /// disk stays within about three times the larger of this and its data.
+    /// Old versions and deleted records allowed beside a partition's data before a snapshot
+    /// drops them, and bytes of log a snapshot covers that are kept for lagging mounts: a
+    /// partition's disk stays within about twice its data plus twice this.
     #[arg(long, default_value_t = 256 << 20)]
     snapshot_log_bytes: u64,
     /// Raft log segment size in bytes.

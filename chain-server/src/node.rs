@@ -37,8 +37,8 @@ pub struct NodeConfig {
     pub segment_bytes: u64,
     /// Entries between snapshots.
     pub snapshot_every: u64,
-    /// The log's bound in bytes on either side of the last snapshot, unless the snapshot is
-    /// larger: see [`bound_log`].
+    /// Garbage allowed beside the data, and log kept for lagging mounts, in bytes:
+    /// [`crate::log_bound`].
     pub snapshot_log_bytes: u64,
     /// Heartbeat interval in ms (elections time out after 3-6 of these).
     pub heartbeat_ms: u64,
@@ -169,7 +169,7 @@ impl Node {
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
             tokio::spawn(follow_replication(raft.metrics(), log.clone()));
-            tokio::spawn(bound_log(
+            tokio::spawn(crate::log_bound::keep(
                 raft.clone(),
                 log.clone(),
                 sm.clone(),
@@ -260,63 +260,6 @@ async fn follow_replication(
         log.replicated(floor);
         if metrics.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-/// How often a partition's log is measured against its bound.
-const BOUND_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Keeps a partition's log within bytes, as `snapshot_every` keeps it within entries: a
-/// snapshot once the log past the last one holds more than `bound` bytes or the snapshot's own
-/// size, whichever is larger, and a purge of what a snapshot covers down to the same. Entries
-/// alone did not bound the disk: 20,000 of a volume's 8 MiB commits are 160 GB, and a chain
-/// whose files are rewritten holds far less than it was sent. Against the snapshot's size, so
-/// that each snapshot copies no more than was written since the last (amortised O(1) per byte
-/// written); a partition then holds at most about three times `max(live data, bound)`.
-/// Each replica bounds its own log; openraft builds one snapshot at a time and purges only
-/// what no follower still needs, so asking again every second is safe.
-async fn bound_log(raft: Raft, log: LogStore, sm: StateMachine, bound: u64) {
-    let mut tick = tokio::time::interval(BOUND_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let (snapshot, purged) = {
-            let m = raft.metrics();
-            let m = m.borrow();
-            (
-                m.snapshot.map_or(0, |l| l.index),
-                m.purged.map_or(0, |l| l.index),
-            )
-        };
-        let bound = bound.max(sm.snapshot_bytes());
-        let log2 = log.clone();
-        let (after, point) = match tokio::task::spawn_blocking(move || {
-            (
-                log2.bytes_around(snapshot).1,
-                log2.purge_point(snapshot, bound),
-            )
-        })
-        .await
-        {
-            Ok(v) => v,
-            Err(_) => return,
-        };
-        let asked = if after > bound {
-            tracing::debug!(
-                after,
-                bound,
-                "log past the snapshot over its bound: snapshot"
-            );
-            raft.trigger().snapshot().await
-        } else if let Some(upto) = point.filter(|u| *u > purged) {
-            tracing::debug!(upto, bound, "log a snapshot covers over its bound: purge");
-            raft.trigger().purge_log(upto).await
-        } else {
-            Ok(())
-        };
-        if asked.is_err() {
-            return; // shut down
         }
     }
 }

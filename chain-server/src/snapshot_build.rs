@@ -2,8 +2,8 @@
 //! taken under the lock (`Inner::plan_snapshot`), the payloads are copied here while commits
 //! are applied, and the views are pointed at the new file under the lock again
 //! (`Inner::finish_snapshot`). Holding the lock throughout stalled every commit of the
-//! partition for as long as copying its data took, and snapshots come every few hundred MiB
-//! written now (node.rs, `bound_log`).
+//! partition for as long as copying its data took, and snapshots come with rewrites now
+//! (`log_bound.rs`).
 
 use crate::state_machine::{ChainHead, Footer, SNAP_MAGIC};
 use ate::redo::{FileRef, Files, Location, LogError, SnapshotWriter};

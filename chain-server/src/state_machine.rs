@@ -686,6 +686,14 @@ impl StateMachine {
         Some(f(c))
     }
 
+    /// What the chains hold: (payload bytes of live records, records with tombstones).
+    pub fn held(&self) -> (u64, u64) {
+        let inner = self.inner.lock();
+        inner.chains.values().fold((0, 0), |(live, records), c| {
+            (live + c.used(), records + c.view.counts().0 as u64)
+        })
+    }
+
     /// Bytes of the current snapshot file (0 before the first).
     pub fn snapshot_bytes(&self) -> u64 {
         self.inner

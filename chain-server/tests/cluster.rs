@@ -835,12 +835,15 @@ fn a_cache_follows_its_chain_through_a_loss_of_quorum() {
 /// caught up seconds later.
 #[test]
 fn a_read_after_every_replica_restarts_sees_every_acknowledged_commit() {
-    let mut cluster = Cluster::start(false, 20);
-    let rt = rt();
-    let client = cluster.client(Duration::from_secs(30));
-    let (chain, owner, genesis) = new_chain();
-    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
-    let key = DataKey::generate();
+    let WithChain {
+        mut cluster,
+        rt,
+        client,
+        chain,
+        owner,
+        key,
+        ..
+    } = WithChain::on(Cluster::start(false, 20), 1 << 30);
     let mut last = 0;
     for i in 0..50u8 {
         let tx = put_tx(chain, &owner, &key, b"file", &[i; 1024]);

@@ -99,14 +99,19 @@ fn setup_with(snapshot_every: u64) -> Option<(Cluster, tempfile::TempDir, PathBu
     );
     let cluster = Cluster::start(true, snapshot_every);
     let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("keys");
+    let keys = keygen(&tmp.path().join("keys"));
+    Some((cluster, tmp, keys))
+}
+
+/// A fresh volume key envelope at `path` (`atefs keygen`).
+fn keygen(path: &Path) -> PathBuf {
     assert!(Command::new(atefs_bin())
         .arg("keygen")
-        .arg(&keys)
+        .arg(path)
         .status()
         .unwrap()
         .success());
-    Some((cluster, tmp, keys))
+    path.to_path_buf()
 }
 
 #[test]
@@ -457,16 +462,7 @@ fn rewrites_do_not_use_a_volume_up_and_a_removal_makes_room() {
     for (name, extra) in [("shared", &[][..]), ("exclusive", &["--exclusive"][..])] {
         let keys = match name {
             "shared" => keys.clone(),
-            _ => {
-                let k = tmp.path().join("keys-exclusive");
-                assert!(Command::new(atefs_bin())
-                    .arg("keygen")
-                    .arg(&k)
-                    .status()
-                    .unwrap()
-                    .success());
-                k
-            }
+            _ => keygen(&tmp.path().join("keys-exclusive")),
         };
         let args = [&["--quota", "4194304"][..], extra].concat();
         let m = Mount::start_with(&cluster, tmp.path(), name, &keys, &args);

@@ -156,6 +156,7 @@ fn each_replica_keeps_its_log_within_its_bound_in_bytes() {
         sizes.iter().all(|s| *s <= BOUND),
         "64 MiB sent, 8 MiB held; replicas hold {sizes:?} bytes"
     );
+    eprintln!("64 MiB sent, 8 MiB held: replicas hold {sizes:?} bytes");
     let info = rt.block_on(client.info(chain)).unwrap();
     assert_eq!(info.index, last);
     assert!(info.first_index > 1, "the log was purged: {info:?}");

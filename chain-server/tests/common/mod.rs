@@ -353,11 +353,15 @@ pub struct WithChain {
 
 impl WithChain {
     pub fn start() -> Self {
-        let cluster = Cluster::start(false, 1_000_000);
+        Self::on(Cluster::start(false, 1_000_000), 1 << 30)
+    }
+
+    /// A fresh chain with a quota of `quota` bytes on `cluster`.
+    pub fn on(cluster: Cluster, quota: u64) -> Self {
         let rt = rt();
         let client = std::sync::Arc::new(cluster.client(Duration::from_secs(30)));
         let (chain, owner, genesis) = new_chain();
-        rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
+        rt.block_on(client.create(chain, quota, genesis)).unwrap();
         let p = chain_server::node::partition_of(&chain, 2);
         Self {
             cluster,
