@@ -689,6 +689,11 @@ impl Chain {
         self.shared.view.read().live_bytes()
     }
 
+    /// About what a compaction would leave, erring high ([`crate::view::View::snapshot_estimate`]).
+    pub fn snapshot_estimate(&self) -> u64 {
+        self.shared.view.read().snapshot_estimate()
+    }
+
     /// Bytes on disk (segments and snapshot); cheap, unlike [`Self::stats`].
     pub fn disk_bytes(&self) -> u64 {
         self.shared.files.total_bytes()

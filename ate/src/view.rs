@@ -10,6 +10,10 @@ use crate::tx::{Op, RecordHeader, Transaction};
 use crate::validate::{ChainState, RecordState};
 use std::collections::{BTreeSet, HashMap};
 
+/// What a snapshot record costs beside its payload, at most for the records atefs writes:
+/// key, version, index, parent, write authority, header and frame (about 130 bytes).
+pub const SNAPSHOT_RECORD_BYTES: u64 = 256;
+
 /// Latest state of one record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordEntry {
@@ -138,6 +142,14 @@ impl View {
     /// Sealed payload bytes of the live versions.
     pub fn live_bytes(&self) -> u64 {
         self.live_bytes
+    }
+
+    /// About what a snapshot of this view takes, erring high: the live payloads and at most
+    /// [`SNAPSHOT_RECORD_BYTES`] per record (tombstones included, a snapshot keeps them).
+    /// What a log's size is weighed against to tell how much of it is garbage.
+    pub fn snapshot_estimate(&self) -> u64 {
+        self.live_bytes
+            .saturating_add((self.records.len() as u64).saturating_mul(SNAPSHOT_RECORD_BYTES))
     }
 
     /// What [`Self::live_bytes`] would be once `changes` are merged: a quota is a bound on

@@ -1688,22 +1688,27 @@ impl AteFs {
         })
     }
 
-    /// Compacts the chain when the log holds more than twice what the last compaction left
-    /// (or twice the live data) plus `compact_slack`: rewrites and deletes leave old versions
-    /// behind, and without this a volume's disk use grows with every overwrite. Doubling
-    /// bounds the space overhead and makes the copying cost amortised O(1) per byte written;
-    /// the size after the last compaction, not the live payload alone, is the base because
-    /// records' metadata (headers, signatures, tombstones) stays too. Commits wait while it
-    /// runs. Returns whether it compacted.
+    /// Compacts the chain when the log holds more than twice what a compaction would leave
+    /// plus `compact_slack`: rewrites and deletes leave old versions behind, and without this
+    /// a volume's disk use grows with every overwrite. Doubling bounds the space overhead and
+    /// makes the copying cost amortised O(1) per byte written. What a compaction would leave
+    /// is estimated from the records (`Chain::snapshot_estimate`: live payloads plus at most
+    /// 256 bytes of metadata per record, tombstones included), not taken from the last
+    /// compaction's size: that one stayed the base after the volume's files were deleted, and
+    /// their space never came back until as much was written again. Something must have been
+    /// written since the last compaction (a 64th of the slack, or any commit without slack),
+    /// so an estimate that erred low cannot compact every second. Commits wait while it runs.
+    /// Returns whether it compacted.
     pub fn maybe_compact(&self) -> FsResult<bool> {
         use std::sync::atomic::Ordering;
-        // Runs every second: O(1) sizes, not `stats()` (which walks every record).
-        let (bytes, live_bytes) = (self.chain.disk_bytes(), self.chain.live_bytes());
-        let base = live_bytes.max(self.compacted_bytes.load(Ordering::Relaxed));
-        if bytes
-            <= base
-                .saturating_mul(2)
-                .saturating_add(self.opts.compact_slack)
+        // Runs every second: O(1) sizes, not `stats()`.
+        let (bytes, fresh) = (self.chain.disk_bytes(), self.chain.snapshot_estimate());
+        let since = bytes.saturating_sub(self.compacted_bytes.load(Ordering::Relaxed));
+        if since <= self.opts.compact_slack / 64
+            || bytes
+                <= fresh
+                    .saturating_mul(2)
+                    .saturating_add(self.opts.compact_slack)
         {
             return Ok(false);
         }
@@ -1714,7 +1719,7 @@ impl AteFs {
         tracing::info!(
             before = bytes,
             after,
-            live = live_bytes,
+            estimate = fresh,
             ms = started.elapsed().as_millis() as u64,
             "compacted the log"
         );

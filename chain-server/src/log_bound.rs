@@ -4,7 +4,7 @@
 //! chain whose files are rewritten may be sent without end.
 //!
 //! A snapshot is taken when the partition's files hold more than twice what a fresh snapshot
-//! would plus `bound`: old versions and deleted records make up that much. Data written once
+//! would (its chains' live payloads plus at most 256 bytes per record) plus `bound`: old versions and deleted records make up that much. Data written once
 //! and kept is not copied again (a volume being filled takes no snapshot for its bytes), and
 //! each snapshot comes after at least its own size in garbage was written, so the copying
 //! costs O(1) per byte written. Of the log a snapshot covers, `bound` bytes are kept for
@@ -18,11 +18,6 @@ use crate::types::Raft;
 /// How often a partition's log is measured against its bound.
 const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What a snapshot record costs beside its payload, at most for the records atefs writes
-/// (key, version, index, parent, write authority, header, frame): the estimate of a fresh
-/// snapshot's size errs high, never taking snapshots that free nothing.
-const RECORD_BYTES: u64 = 256;
-
 /// A partition's sizes in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
@@ -30,21 +25,17 @@ pub struct Sizes {
     pub snapshot: u64,
     /// The log past the snapshot.
     pub since: u64,
-    /// Payloads of the live records of every chain.
-    pub live: u64,
-    /// Records (tombstones included: a snapshot keeps them).
-    pub records: u64,
+    /// About what a fresh snapshot would take, erring high (`View::snapshot_estimate` of
+    /// every chain): an estimate that errs low would take snapshots that free nothing.
+    pub fresh: u64,
 }
 
 /// Whether a snapshot would free enough to be taken now. At least a 64th of `bound` must
 /// have been written since the last one, so that an estimate that errs low costs one
 /// snapshot per so many bytes written, not one a second.
 pub fn wants_snapshot(s: Sizes, bound: u64) -> bool {
-    let fresh = s
-        .live
-        .saturating_add(s.records.saturating_mul(RECORD_BYTES));
     s.since > bound / 64
-        && s.snapshot.saturating_add(s.since) > fresh.saturating_mul(2).saturating_add(bound)
+        && s.snapshot.saturating_add(s.since) > s.fresh.saturating_mul(2).saturating_add(bound)
 }
 
 /// Runs the check of one partition every second until the node shuts down. Each replica
@@ -65,12 +56,10 @@ pub async fn keep(raft: Raft, log: LogStore, sm: StateMachine, bound: u64) {
         };
         let (log2, sm2) = (log.clone(), sm.clone());
         let Ok((sizes, point)) = tokio::task::spawn_blocking(move || {
-            let (live, records) = sm2.held();
             let sizes = Sizes {
                 snapshot: sm2.snapshot_bytes(),
                 since: log2.bytes_around(snapshot).1,
-                live,
-                records,
+                fresh: sm2.snapshot_estimate(),
             };
             (sizes, log2.purge_point(snapshot, bound))
         })
@@ -100,12 +89,12 @@ mod tests {
     const MIB: u64 = 1 << 20;
     const BOUND: u64 = 256 * MIB;
 
+    /// Sizes of a partition holding `live` bytes in blocks of 64 KiB.
     fn sizes(snapshot: u64, since: u64, live: u64) -> Sizes {
         Sizes {
             snapshot,
             since,
-            live,
-            records: live / (64 << 10),
+            fresh: live + live / (64 << 10) * 256,
         }
     }
 
@@ -141,8 +130,7 @@ mod tests {
         let s = Sizes {
             snapshot: 3 * BOUND,
             since: BOUND / 64,
-            live: 0,
-            records: BOUND / RECORD_BYTES,
+            fresh: BOUND,
         };
         assert!(!wants_snapshot(s, BOUND));
         let s = Sizes {

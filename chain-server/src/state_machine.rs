@@ -686,12 +686,14 @@ impl StateMachine {
         Some(f(c))
     }
 
-    /// What the chains hold: (payload bytes of live records, records with tombstones).
-    pub fn held(&self) -> (u64, u64) {
+    /// About what a fresh snapshot would take, erring high (`View::snapshot_estimate`).
+    pub fn snapshot_estimate(&self) -> u64 {
         let inner = self.inner.lock();
-        inner.chains.values().fold((0, 0), |(live, records), c| {
-            (live + c.used(), records + c.view.counts().0 as u64)
-        })
+        inner
+            .chains
+            .values()
+            .map(|c| c.view.snapshot_estimate())
+            .sum()
     }
 
     /// Bytes of the current snapshot file (0 before the first).
