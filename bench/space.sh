@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# What rewriting costs, in speed and in disk, against GlusterFS replica 3 in the same run:
+# RUNS times, bench/rewrite-space.sh (a 256 MiB file rewritten 8 times over) on GlusterFS
+# replica 3 (mounted by ../shared/bench/mount-peers.sh; bricks in /tmp/peerbench/gl) and on a
+# fresh atefs cluster + exclusive mount of BIN_DIR's build. Prints every run, then medians.
+# Usage: bench/space.sh RUNS /ABSOLUTE/BIN_DIR [OUT_FILE, appended to]  (root; fio, glusterfs-server)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=$1 BIN=$2 OUT=${3:-/dev/null}
+WORK=$(mktemp -d /tmp/atefs-space.XXXXXX)
+. scripts/cluster-lib.sh
+BASE_PORT=$(free_base_port "${BASE_PORT:-7900}")
+MNT=$WORK/mnt
+cleanup() {
+  grep -q " $MNT " /proc/mounts && umount -l "$MNT"
+  stop_dev_cluster
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say() { echo "$*" | tee -a "$WORK/runs" "$OUT"; }
+for run in $(seq "$RUNS"); do
+  SPACE_SERVERS="/tmp/peerbench/gl/b1 /tmp/peerbench/gl/b2 /tmp/peerbench/gl/b3" \
+    PEERS_RESULTS="$WORK/gl" PEERS_SCRIPT="$(pwd)/bench/rewrite-space.sh" \
+    ../shared/bench/mount-peers.sh -n 1 -s "$run" gluster >/dev/null 2>&1
+  say "run $run gluster $(cat "$WORK/gl/gluster.run$run.out")"
+  mount_dev_cluster "$BIN" "$WORK" "$BASE_PORT" "$MNT"
+  say "run $run atefs $(SPACE_SERVERS="$WORK/cluster/node-*" SPACE_CACHE="$WORK/cache" \
+    bench/rewrite-space.sh "$MNT")"
+  umount "$MNT"
+  stop_dev_cluster
+done
+python3 - "$WORK/runs" <<'PY' | tee -a "$OUT"
+import collections, statistics, sys
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    _, _, what, *pairs = line.split()
+    rows[what].append({k: float(v) for k, v in (p.split("=") for p in pairs)})
+med = {w: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for w, rs in rows.items()}
+for w, m in med.items():
+    print(f"median {w}: " + " ".join(f"{k}={v:g}" for k, v in m.items()))
+g, a = med["gluster"], med["atefs"]
+print(f"atefs/GlusterFS: rewrite speed {a['MiB/s'] / g['MiB/s']:.2f}x; "
+      f"disk per server {a['server_max_MiB'] / g['server_max_MiB']:.2f}x "
+      f"({a['server_max_MiB']:g} vs {g['server_max_MiB']:g} MiB for 256 MiB held, "
+      f"2048 MiB written); atefs's mount cache {a['cache_MiB']:g} MiB")
+PY
