@@ -752,7 +752,19 @@ impl StateMachine {
             let inner = self.inner.lock();
             (inner.plan_snapshot(), inner.create_tmp(BUILD_TMP)?)
         };
-        let moves = snapshot_build::write(&planned, &out)?;
+        let moves = match snapshot_build::write(&planned, &out) {
+            Ok(moves) => moves,
+            Err(e) => {
+                // A snapshot received meanwhile replaced the state and let openraft purge
+                // the log this one was copying from: that one stands.
+                let mut inner = self.inner.lock();
+                if planned.generation == inner.installs_or_builds {
+                    return Err(e);
+                }
+                tracing::info!(error = %e, "snapshot overtaken by one received; dropped");
+                return inner.finish_snapshot(planned, Vec::new());
+            }
+        };
         let bytes = out.len().map_err(LogError::io("stat", BUILD_TMP))?;
         let meta = self.inner.lock().finish_snapshot(planned, moves)?;
         tracing::info!(
@@ -845,5 +857,54 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ate::storage::MemStorage;
+
+    /// A snapshot being built when one is received (a lagging follower): the received one
+    /// stands, and the build leaves nothing behind.
+    #[test]
+    fn a_build_overtaken_by_a_received_snapshot_is_dropped() {
+        let mem = MemStorage::new();
+        let storage: Arc<dyn Storage> = Arc::new(mem.clone());
+        let log = LogStore::open(Arc::new(MemStorage::new()), 1 << 20).unwrap();
+        let sm = StateMachine::open(storage, log).unwrap();
+        let first = sm.build().unwrap();
+        let received = read_all(
+            sm.inner
+                .lock()
+                .snap_files
+                .get(&FileRef::Snapshot(0))
+                .unwrap()
+                .as_ref(),
+            SNAP_FILE,
+        )
+        .unwrap();
+        let mut inner = sm.inner.lock();
+        let planned = inner.plan_snapshot();
+        let out = inner.create_tmp(BUILD_TMP).unwrap();
+        let moves = snapshot_build::write(&planned, &out).unwrap();
+        inner.install(&received).unwrap();
+        let meta = inner.finish_snapshot(planned, moves).unwrap();
+        assert_eq!(
+            meta.snapshot_id, first.snapshot_id,
+            "the received one stands"
+        );
+        assert!(!mem.list().unwrap().iter().any(|f| f == BUILD_TMP));
+        // Not overtaken: the build becomes the snapshot.
+        let planned = inner.plan_snapshot();
+        let out = inner.create_tmp(BUILD_TMP).unwrap();
+        let moves = snapshot_build::write(&planned, &out).unwrap();
+        let id = planned.meta.snapshot_id.clone();
+        let meta = inner.finish_snapshot(planned, moves).unwrap();
+        assert_eq!(
+            (meta.snapshot_id, inner.current.clone().unwrap().snapshot_id),
+            (id.clone(), id)
+        );
     }
 }
