@@ -9,16 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=$1 BIN=$2 OUT=${3:-/dev/null}
-WORK=$(mktemp -d /tmp/atefs-ceilings.XXXXXX)
 . scripts/cluster-lib.sh
-BASE_PORT=$(free_base_port "${BASE_PORT:-7900}")
-MNT=$WORK/mnt
-cleanup() {
-  grep -q " $MNT " /proc/mounts && umount -l "$MNT"
-  stop_dev_cluster
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_setup ceilings
 
 disk() { # fio args -> aggregate MiB/s of three 512 MiB writers
   mkdir -p "$WORK/disk"

@@ -7,16 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=$1 BIN=$2 OUT=${3:-/dev/null}
-WORK=$(mktemp -d /tmp/atefs-space.XXXXXX)
 . scripts/cluster-lib.sh
-BASE_PORT=$(free_base_port "${BASE_PORT:-7900}")
-MNT=$WORK/mnt
-cleanup() {
-  grep -q " $MNT " /proc/mounts && umount -l "$MNT"
-  stop_dev_cluster
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_setup space
 
 say() { echo "$*" | tee -a "$WORK/runs" "$OUT"; }
 for run in $(seq "$RUNS"); do

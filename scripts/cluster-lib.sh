@@ -4,6 +4,9 @@
 # background (sets CLUSTER_PID) and waits until every replica reports leaders;
 # stop_dev_cluster: stops it (idempotent). API ports are BASE+10, BASE+20, BASE+30.
 # free_base_port BASE: BASE, or the next multiple of 100 above it whose ports are free.
+# bench_setup NAME: for a benchmark that mounts clusters one after the other: a scratch WORK
+# (/tmp/atefs-NAME.XXXXXX), a free BASE_PORT (from $BASE_PORT, default 7900), MNT=WORK/mnt,
+# and an EXIT trap that unmounts MNT, stops the cluster and removes WORK.
 
 # GET /health on a metrics port: 200 once that replica's partitions have leaders.
 healthy() {
@@ -84,4 +87,17 @@ mount_dev_cluster() {
   "$bin/atefs" mount "$mnt" --data "$work/cache" --keys "$work/cluster/keys" \
     --server "$(cluster_servers "$base")" --ca "$work/cluster/certs/ca.pem" --exclusive \
     >>"$work/mount.log" 2>&1
+}
+
+bench_setup() {
+  WORK=$(mktemp -d "/tmp/atefs-$1.XXXXXX")
+  BASE_PORT=$(free_base_port "${BASE_PORT:-7900}")
+  MNT=$WORK/mnt
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  if grep -q " $MNT " /proc/mounts; then umount -l "$MNT"; fi
+  stop_dev_cluster
+  rm -rf "$WORK"
 }
