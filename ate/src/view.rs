@@ -213,15 +213,6 @@ impl View {
         self.records.insert(key, entry);
     }
 
-    /// Replaces a record's payload location (after compaction moved it).
-    pub fn relocate(&mut self, key: &RecordKey, loc: Location) {
-        if let Some(e) = self.records.get_mut(key) {
-            if let Some((l, _)) = &mut e.payload {
-                *l = loc;
-            }
-        }
-    }
-
     /// Points a record's payload at `to` if it still lies at `from` (compaction copied it;
     /// a version committed since lies elsewhere and stays).
     pub fn relocate_from(&mut self, key: &RecordKey, from: Location, to: Location) {

@@ -5,8 +5,8 @@
 //! partition for as long as copying its data took, and snapshots come with rewrites now
 //! (`log_bound.rs`).
 
-use crate::state_machine::{ChainHead, Footer, SNAP_MAGIC};
-use ate::redo::{FileRef, Files, Location, LogError, SnapshotWriter};
+use crate::state_machine::{read_payload, ChainHead, Footer, SNAP_MAGIC};
+use ate::redo::{Files, Location, LogError, SnapshotWriter};
 use ate::storage::{Storage, StorageFile};
 use ate::{ChainId, RecordKey, RootAuthority};
 use openraft::{BasicNode, SnapshotMeta};
@@ -28,8 +28,9 @@ pub(crate) struct Planned {
     /// The log's segments (payloads after the last snapshot lie there; nothing the plan names
     /// is purged before this snapshot is done: purges wait for it).
     pub log: Arc<Files>,
-    /// The snapshot file the plan's other payloads lie in.
-    pub snapshot: Option<Arc<dyn StorageFile>>,
+    /// The snapshot file the plan's other payloads lie in (one received meanwhile may take
+    /// its place: what is copied from it then is dropped, `generation`).
+    pub snapshots: Arc<Files>,
     /// Which snapshot the state stood on (a different one at the end: this one is dropped).
     pub generation: u64,
 }
@@ -55,7 +56,7 @@ pub(crate) fn write(planned: &Planned, out: &Arc<dyn StorageFile>) -> Result<Mov
         let mut moved = Vec::new();
         for (key, e) in &c.records {
             let payload = match e.payload {
-                Some((loc, len)) => read(planned, loc, len)?,
+                Some((loc, len)) => read_payload(&planned.log, &planned.snapshots, loc, len)?,
                 None => Vec::new(),
             };
             let at = w.add(&e.to_snapshot(*key, payload.len()), &payload)?;
@@ -89,23 +90,6 @@ pub(crate) fn write(planned: &Planned, out: &Arc<dyn StorageFile>) -> Result<Mov
         .map_err(LogError::io("write", name))?;
     out.sync_data().map_err(LogError::io("fdatasync", name))?;
     Ok(moves)
-}
-
-fn read(planned: &Planned, loc: Location, len: usize) -> Result<Vec<u8>, LogError> {
-    match loc.file {
-        FileRef::Segment(_) => planned.log.read(loc, len),
-        FileRef::Snapshot(_) => {
-            let file = planned.snapshot.as_ref().ok_or_else(|| LogError::Corrupt {
-                file: "snapshot.bin".into(),
-                offset: loc.offset,
-                reason: "a payload in a snapshot the partition does not have".into(),
-            })?;
-            let mut buf = vec![0; len];
-            file.read_at(&mut buf, loc.offset)
-                .map_err(LogError::io("read", "snapshot.bin"))?;
-            Ok(buf)
-        }
-    }
 }
 
 /// The rest of a file from `base` on, as a storage of one file: what a `SnapshotWriter` writes

@@ -353,12 +353,22 @@ fn no_chain(chain: ChainId) -> Outcome {
     }
 }
 
+/// Reads a sealed payload a view points at: in the log's segments or in the snapshot file.
+pub(crate) fn read_payload(
+    log: &Files,
+    snapshots: &Files,
+    loc: Location,
+    len: usize,
+) -> Result<Vec<u8>, LogError> {
+    match loc.file {
+        FileRef::Segment(_) => log.read(loc, len),
+        FileRef::Snapshot(_) => snapshots.read(loc, len),
+    }
+}
+
 impl Inner {
     fn read_payload(&self, loc: Location, len: usize) -> Result<Vec<u8>, LogError> {
-        match loc.file {
-            FileRef::Segment(_) => self.log.files().read(loc, len),
-            FileRef::Snapshot(_) => self.snap_files.read(loc, len),
-        }
+        read_payload(&self.log.files(), &self.snap_files, loc, len)
     }
 
     fn apply_tx(&mut self, chain: ChainId, tx_bytes: &[u8], raft_index: u64) -> Outcome {
@@ -532,7 +542,7 @@ impl Inner {
                 })
                 .collect(),
             log: self.log.files(),
-            snapshot: self.snap_files.get(&FileRef::Snapshot(0)),
+            snapshots: self.snap_files.clone(),
             generation: self.installs_or_builds,
         }
     }
@@ -681,7 +691,7 @@ impl StateMachine {
         let first = inner.log.first_index();
         let c = inner.chains.get_mut(chain)?;
         // A purge may have come since the last snapshot (the log is also kept within bytes,
-        // node.rs): its transactions are no longer in the log to subscribe from.
+        // log_bound.rs): its transactions are no longer in the log to subscribe from.
         c.forget_purged(first);
         Some(f(c))
     }
