@@ -35,14 +35,10 @@ for run in $(seq "$RUNS"); do
   stop_dev_cluster
 done
 python3 - "$WORK/runs" <<'PY' | tee -a "$OUT"
-import collections, statistics, sys
-rows = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    _, _, what, *pairs = line.split()
-    rows[what].append({k: float(v) for k, v in (p.split("=") for p in pairs)})
-med = {w: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for w, rs in rows.items()}
-for w, m in med.items():
-    print(f"median {w}: " + " ".join(f"{k}={v:g}" for k, v in m.items()))
+import sys
+sys.path.insert(0, "bench")
+from run_medians import medians
+med = medians(sys.argv[1])
 g, a = med["gluster"], med["atefs"]
 target = 2 * g["MiB/s"]
 secs = 512 / target
