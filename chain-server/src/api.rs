@@ -332,21 +332,55 @@ impl Api {
         tx: &[u8],
         first: bool,
     ) -> Result<TxHash, Status> {
+        let sk = precheck_stateless(tx)?;
         if first {
-            self.precheck(p, chain, tx)
-        } else {
-            Ok(precheck_stateless(tx)?.hash)
+            if let Some(Err(e)) = p.sm.with_chain(&chain, |c| check_stateful(&c.view, &sk.tx)) {
+                return Err(refused(refusal_of(&e), e.to_string()));
+            }
         }
+        self.disk_room(p, chain, &sk, tx.len() as u64)?;
+        Ok(sk.hash)
     }
 
-    /// Checks a transaction before it is proposed: the signature and format always, and the
-    /// chain's state when this node has the chain (the leader has it).
+    /// Checks a transaction before it is proposed: the signature and format always, the
+    /// chain's state when this node has the chain (the leader has it), and room on the disk.
     fn precheck(&self, p: &Partition, chain: ChainId, tx: &[u8]) -> Result<TxHash, Status> {
-        let sk = precheck_stateless(tx)?;
-        if let Some(Err(e)) = p.sm.with_chain(&chain, |c| check_stateful(&c.view, &sk.tx)) {
-            return Err(refused(refusal_of(&e), e.to_string()));
+        self.precheck_in_order(p, chain, tx, true)
+    }
+
+    /// Refuses a commit the disk should not take ([`crate::disk`]): RESOURCE_EXHAUSTED, which
+    /// a mount reports as ENOSPC, while the replicas still have room to apply, snapshot and
+    /// vote. A disk that cannot be asked is not a reason to refuse.
+    fn disk_room(
+        &self,
+        p: &Partition,
+        chain: ChainId,
+        sk: &Skeleton,
+        len: u64,
+    ) -> Result<(), Status> {
+        use crate::disk::{admit, free_bytes, Admit};
+        let reserve = self.node.config.disk_reserve;
+        if reserve == 0 {
+            return Ok(());
         }
-        Ok(sk.hash)
+        let free = match free_bytes(&self.node.config.data) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the data directory's free space");
+                return Ok(());
+            }
+        };
+        let ok = match admit(free, reserve, len) {
+            Admit::Any => true,
+            Admit::Freeing => p.sm.frees_space(&chain, &sk.tx),
+            Admit::None => false,
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(Status::resource_exhausted(format!(
+            "the chain servers' disks are nearly full ({free} bytes free on this leader, {reserve} kept in reserve): only deletions are taken; remove files, or give the chain servers larger disks"
+        )))
     }
 
     /// Proposes `cmd`, an owner's change to `chain`, once the owner's proof over `digest`
@@ -636,7 +670,13 @@ impl Chains for Api {
             .ok_or_else(|| Status::invalid_argument("a commit stream without a transaction"))?;
         let chain = chain_id(&first.chain)?;
         let p = self.node.partition(&chain);
-        let leader = p.raft.metrics().borrow().current_leader;
+        if let Some(e) = p.stopped() {
+            return Err(Status::unavailable(format!(
+                "partition {} stopped on this replica: {e}",
+                p.id
+            )));
+        }
+        let leader = p.leader();
         if leader != Some(self.node.config.id) {
             return Err(self.redirect(leader));
         }
@@ -731,7 +771,7 @@ impl Chains for Api {
         let chain = chain_id(&req.into_inner().chain)?;
         let p = self.node.partition(&chain);
         self.linearize(p).await?;
-        let leader = p.raft.metrics().borrow().current_leader.unwrap_or(0);
+        let leader = p.leader().unwrap_or(0);
         p.sm.with_chain(&chain, |c| InfoReply {
             index: c.index,
             used_bytes: c.used(),

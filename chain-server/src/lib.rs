@@ -5,8 +5,10 @@
 //! - [`types`]: the Raft type choices and the commands a partition replicates.
 //! - [`log_store`]: the Raft log, which is also where the chains' transactions live.
 //! - [`state_machine`]: per-chain views pointing into that log, and snapshots.
+//! - [`disk`]: free space, and which commits a leader takes as it runs out.
 //! - `shared_bytes`: Raft messages decoded without copying the transactions they carry.
 
+pub mod disk;
 pub mod log_bound;
 pub mod log_store;
 mod shared_bytes;

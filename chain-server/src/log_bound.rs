@@ -41,7 +41,13 @@ pub fn wants_snapshot(s: Sizes, bound: u64) -> bool {
 /// Runs the check of one partition every second until the node shuts down. Each replica
 /// bounds its own files; openraft builds one snapshot at a time and purges only what no
 /// follower still needs, so asking again every second is safe.
-pub async fn keep(raft: Raft, log: LogStore, sm: StateMachine, bound: u64) {
+pub async fn keep(
+    raft: Raft,
+    log: LogStore,
+    sm: StateMachine,
+    bound: u64,
+    data: std::path::PathBuf,
+) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -67,7 +73,10 @@ pub async fn keep(raft: Raft, log: LogStore, sm: StateMachine, bound: u64) {
         else {
             return;
         };
-        let asked = if wants_snapshot(sizes, bound) {
+        // A snapshot needs room for its copy; without it, it would only fill the disk
+        // (and be dropped: state_machine.rs).
+        let room = crate::disk::free_bytes(&data).map_or(true, |free| free > sizes.fresh);
+        let asked = if wants_snapshot(sizes, bound) && room {
             tracing::debug!(?sizes, bound, "garbage over the bound: snapshot");
             raft.trigger().snapshot().await
         } else if let Some(upto) = point.filter(|u| *u > purged) {

@@ -101,6 +101,11 @@ struct RunArgs {
     /// partition's disk stays within about twice its data plus twice this.
     #[arg(long, default_value_t = 256 << 20)]
     snapshot_log_bytes: u64,
+    /// Free disk space a leader keeps: below it only commits that free space (deletions) are
+    /// taken, below half of it none (RESOURCE_EXHAUSTED; ENOSPC in a mount), so that no
+    /// replica's disk fills (a full disk stops its Raft core). 0: no reserve.
+    #[arg(long, default_value_t = 1 << 30)]
+    disk_reserve_bytes: u64,
     /// Raft log segment size in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     segment_bytes: u64,
@@ -216,6 +221,7 @@ async fn run(args: RunArgs) -> Result<()> {
         snapshot_log_bytes: args.snapshot_log_bytes,
         heartbeat_ms: args.heartbeat_ms,
         source_ip: args.source_ip,
+        disk_reserve: args.disk_reserve_bytes,
     };
     let node = Node::start(config, tls.clone()).await?;
     let metrics = Arc::new(Metrics::default());
@@ -272,7 +278,8 @@ fn dev_cluster(dir: &std::path::Path, base: u16, partitions: u32) -> Result<()> 
     if !certs.join("server.pem").exists() {
         chain_server::tls::generate(&certs, &[])?;
     }
-    let fresh = !dir.join("node-1").exists();
+    // Empty counts as new: the replicas' directories may be mount points made beforehand.
+    let fresh = std::fs::read_dir(dir.join("node-1")).map_or(true, |mut d| d.next().is_none());
     let peers: Vec<String> = (1..=3u16)
         .map(|i| {
             format!(

@@ -127,7 +127,7 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{partition=\"{p}\"}} {}", vals[i]);
             }
         }
-        let gauges: [(&str, &str); 6] = [
+        let gauges: [(&str, &str); 7] = [
             ("atefs_raft_term", "Current Raft term."),
             (
                 "atefs_raft_leader",
@@ -146,13 +146,17 @@ impl Metrics {
                 "atefs_stored_bytes",
                 "Bytes of the partition's log on disk.",
             ),
+            (
+                "atefs_raft_stopped",
+                "1 when the partition's Raft core stopped on a storage error (a full or failing disk): restart the replica once the disk has room.",
+            ),
         ];
-        let rows: Vec<(u32, [u64; 6])> = node
+        let rows: Vec<(u32, [u64; 7])> = node
             .partitions
             .iter()
             .map(|p| {
                 let m = p.raft.metrics().borrow().clone();
-                let leader = m.current_leader.unwrap_or(0);
+                let leader = p.leader().unwrap_or(0);
                 (
                     p.id,
                     [
@@ -162,6 +166,7 @@ impl Metrics {
                         m.last_log_index.unwrap_or(0),
                         m.last_applied.map_or(0, |l| l.index),
                         p.log.bytes(),
+                        u64::from(m.running_state.is_err()),
                     ],
                 )
             })
@@ -173,12 +178,22 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{partition=\"{p}\"}} {}", vals[i]);
             }
         }
+        if let Ok(free) = crate::disk::free_bytes(&node.config.data) {
+            let name = "atefs_disk_free_bytes";
+            let _ = writeln!(
+                o,
+                "# HELP {name} Free space of the data directory's file system, for this process (leaders refuse growing commits below --disk-reserve-bytes)."
+            );
+            let _ = writeln!(o, "# TYPE {name} gauge");
+            let _ = writeln!(o, "{name} {free}");
+        }
         o
     }
 }
 
 /// Serves `/metrics`, `/health` (200 once every partition has a leader, else 503) and
-/// `/live` until the listener fails.
+/// `/live` (503 once a partition's Raft core has stopped, so that the replica is restarted)
+/// until the listener fails.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, metrics: Arc<Metrics>) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
@@ -203,9 +218,15 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, metrics: Arc<Metrics>
                 "/health" | "/ready" if node.ready() => ("200 OK", "ready\n".to_string()),
                 "/health" | "/ready" => (
                     "503 Service Unavailable",
-                    "not ready: a partition has no leader\n".to_string(),
+                    match node.live() {
+                        Ok(()) => "not ready: a partition has no leader\n".to_string(),
+                        Err(e) => format!("not ready: {e}\n"),
+                    },
                 ),
-                "/live" => ("200 OK", "live\n".to_string()),
+                "/live" => match node.live() {
+                    Ok(()) => ("200 OK", "live\n".to_string()),
+                    Err(e) => ("503 Service Unavailable", format!("{e}\n")),
+                },
                 _ => ("404 Not Found", "try /metrics or /health\n".to_string()),
             };
             let resp = format!(

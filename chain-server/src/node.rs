@@ -44,6 +44,9 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     /// Source address for connections to peers (None: the system's choice).
     pub source_ip: Option<std::net::IpAddr>,
+    /// Free disk space a leader keeps: below it, commits that would grow a chain are refused
+    /// (RESOURCE_EXHAUSTED), below half of it every commit ([`crate::disk`]).
+    pub disk_reserve: u64,
 }
 
 /// Why a node could not start.
@@ -87,6 +90,29 @@ pub struct Partition {
     /// open when its disk went is over (won, or timed out into a higher term) after twice
     /// the longest election timeout.
     pub vote_hold_off: Option<std::time::Instant>,
+}
+
+impl Partition {
+    /// The leader this replica knows of; None once its Raft core has stopped (the metrics
+    /// then keep the leader it knew last, often itself, and a client sent there would never
+    /// be told otherwise).
+    pub fn leader(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.running_state.as_ref().ok().and(m.current_leader)
+    }
+
+    /// Why its Raft core stopped, if it did: a storage error (a full or failing disk). It
+    /// takes no part in the group until the replica is restarted.
+    pub fn stopped(&self) -> Option<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .running_state
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+    }
 }
 
 impl std::fmt::Debug for Partition {
@@ -174,6 +200,7 @@ impl Node {
                 log.clone(),
                 sm.clone(),
                 config.snapshot_log_bytes,
+                dir.clone(),
             ));
             let vote_hold_off = (!log.has_vote()).then(|| {
                 std::time::Instant::now()
@@ -229,9 +256,21 @@ impl Node {
 
     /// Whether every partition knows a leader (the readiness condition).
     pub fn ready(&self) -> bool {
-        self.partitions
+        self.partitions.iter().all(|p| p.leader().is_some())
+    }
+
+    /// The liveness condition: every partition's Raft core runs. One stopped by a storage
+    /// error stays stopped while the process lives, so the replica must be restarted (by the
+    /// kubelet, on this answer) once the disk has room again.
+    pub fn live(&self) -> Result<(), String> {
+        match self
+            .partitions
             .iter()
-            .all(|p| p.raft.metrics().borrow().current_leader.is_some())
+            .find_map(|p| p.stopped().map(|e| (p.id, e)))
+        {
+            None => Ok(()),
+            Some((id, e)) => Err(format!("partition {id} stopped: {e}")),
+        }
     }
 
     /// Stops every Raft group.

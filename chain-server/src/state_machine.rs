@@ -696,6 +696,16 @@ impl StateMachine {
         Some(f(c))
     }
 
+    /// Whether `tx` would leave `chain` holding fewer bytes than it does (a deletion, a
+    /// truncation), judged on the chain as applied so far; false for a chain not held here.
+    pub fn frees_space(&self, chain: &ChainId, tx: &Transaction) -> bool {
+        self.with_chain(chain, |c| {
+            let changes = plan(&c.view, tx, c.index + 1);
+            c.view.live_bytes_after(&changes) < c.used()
+        })
+        .unwrap_or(false)
+    }
+
     /// About what a fresh snapshot would take, erring high (`View::snapshot_estimate`).
     pub fn snapshot_estimate(&self) -> u64 {
         let inner = self.inner.lock();
@@ -756,7 +766,27 @@ impl StateMachine {
 impl StateMachine {
     /// Writes a snapshot of the state as applied now and makes it current; commits are
     /// applied meanwhile (snapshot_build.rs).
+    /// Builds a snapshot; on a full disk it gives up and leaves everything as it was (the
+    /// log is kept whole until there is room): openraft stops a partition whose snapshot
+    /// build fails, and running out of room for a copy is no reason to stop.
     fn build(&self) -> Result<SnapshotMeta<u64, BasicNode>, LogError> {
+        match self.try_build() {
+            Err(e) if e.is_no_space() => {
+                let inner = self.inner.lock();
+                let _ = inner.storage.remove(BUILD_TMP);
+                tracing::warn!(error = %e, "no room on the disk for a snapshot; the log stays as it is");
+                // Not newer than the current one: openraft keeps that.
+                Ok(inner.current.clone().unwrap_or_else(|| SnapshotMeta {
+                    last_log_id: None,
+                    last_membership: inner.membership.clone(),
+                    snapshot_id: String::new(),
+                }))
+            }
+            r => r,
+        }
+    }
+
+    fn try_build(&self) -> Result<SnapshotMeta<u64, BasicNode>, LogError> {
         let started = std::time::Instant::now();
         let (planned, out) = {
             let inner = self.inner.lock();
@@ -875,6 +905,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
     use ate::storage::MemStorage;
+
+    /// openraft stops a partition whose snapshot build fails: a build that finds the disk
+    /// full gives up, leaves no file behind, and keeps the current snapshot (none: nothing
+    /// newer than nothing); once there is room the next one is written.
+    #[test]
+    fn a_snapshot_without_room_on_the_disk_is_given_up_and_changes_nothing() {
+        use ate::storage::FaultStorage;
+        use std::sync::atomic::Ordering;
+        let mem = MemStorage::new();
+        let (faulty, plan) = FaultStorage::new(Arc::new(mem.clone()));
+        let log = LogStore::open(Arc::new(MemStorage::new()), 1 << 20).unwrap();
+        let sm = StateMachine::open(Arc::new(faulty), log).unwrap();
+        plan.space_left.store(0, Ordering::SeqCst);
+        let none = sm.build().unwrap();
+        assert_eq!((none.last_log_id, none.snapshot_id.as_str()), (None, ""));
+        plan.space_left.store(-1, Ordering::SeqCst);
+        let first = sm.build().unwrap();
+        plan.space_left.store(8, Ordering::SeqCst);
+        let again = sm.build().unwrap();
+        assert_eq!(
+            again.snapshot_id, first.snapshot_id,
+            "the current one stands"
+        );
+        assert!(!mem.list().unwrap().iter().any(|f| f == BUILD_TMP));
+        plan.space_left.store(-1, Ordering::SeqCst);
+        let next = sm.build().unwrap();
+        assert_ne!(next.snapshot_id, first.snapshot_id);
+        assert_eq!(
+            sm.inner.lock().current.clone().unwrap().snapshot_id,
+            next.snapshot_id
+        );
+    }
 
     /// A snapshot being built when one is received (a lagging follower): the received one
     /// stands, and the build leaves nothing behind.

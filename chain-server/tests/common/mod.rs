@@ -45,6 +45,8 @@ pub struct Replica {
 
 /// Three replicas.
 pub struct Cluster {
+    /// Each replica's own small disk, when asked for (unmounted before `dir` is removed).
+    pub disks: Vec<Tmpfs>,
     pub dir: tempfile::TempDir,
     pub replicas: Vec<Replica>,
     pub tls: bool,
@@ -63,6 +65,12 @@ impl Cluster {
 
     /// As [`Cluster::start`], with more arguments for every replica.
     pub fn start_with(tls: bool, snapshot_every: u64, extra: &[&str]) -> Cluster {
+        Self::start_on(tls, snapshot_every, extra, None)
+    }
+
+    /// As [`Cluster::start_with`]; with `disk`, each replica's data directory is a file
+    /// system of its own of that many bytes (tmpfs).
+    pub fn start_on(tls: bool, snapshot_every: u64, extra: &[&str], disk: Option<u64>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let base = ports(9);
         let replicas: Vec<Replica> = (0..3u16)
@@ -88,7 +96,14 @@ impl Cluster {
                 .unwrap();
             assert!(out.status.success());
         }
+        let disks = disk.map_or_else(Vec::new, |bytes| {
+            replicas
+                .iter()
+                .map(|r| Tmpfs::mount(&r.data, bytes))
+                .collect()
+        });
         let mut c = Cluster {
+            disks,
             dir,
             replicas,
             tls,
@@ -287,6 +302,53 @@ impl Cluster {
             }
         }
         None
+    }
+}
+
+/// A tmpfs of a given size mounted at a path (a small disk of its own); unmounted on drop.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, bytes: u64) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs at {}", path.display());
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Grows or shrinks it (not below what it holds).
+    pub fn resize(&self, bytes: u64) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "resize tmpfs at {}", self.path.display());
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["-B1", "--output=used"])
+            .arg(&self.path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
 
