@@ -136,8 +136,9 @@ def main():
     if len(peers) != sts["replicas"]:
         fail(f"{len(peers)} --peer arguments for {sts['replicas']} replicas")
     # Large numbers leave Helm as floats ("2.68435456e+08") unless made integers.
-    if "--snapshot-log-bytes=268435456" not in args:
-        fail(f"the chain servers' log bound must be a whole number of bytes: {args}")
+    for want in ("--snapshot-log-bytes=268435456", "--disk-reserve-bytes=1073741824"):
+        if want not in args:
+            fail(f"the chain servers' byte sizes must be whole numbers ({want}): {args}")
     sc = by[("StorageClass", "atefs")]
     if sc["parameters"]["csi.storage.k8s.io/node-stage-secret-name"] != "atefs-${pv.name}":
         fail("the StorageClass must hand each volume's Secret to the node")

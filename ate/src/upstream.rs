@@ -21,8 +21,9 @@ pub enum UpstreamError {
     /// The author may not do this.
     #[error("not permitted: {0}")]
     Denied(String),
-    /// The chain's quota is used up.
-    #[error("quota exceeded: {0}")]
+    /// No room: the chain's quota is used up, or the servers' disks are nearly full (the
+    /// server's message says which).
+    #[error("no room: {0}")]
     Quota(String),
     /// Anything else (no quorum, unreachable, malformed).
     #[error("{0}")]

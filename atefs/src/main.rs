@@ -134,6 +134,10 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "warn,fuser::mnt=error".into()),
         )
         .with_writer(std::io::stderr)
+        // A log that cannot be written (the terminal that started us is gone) must not end
+        // the process: tracing-subscriber reports its write errors with eprintln!, which
+        // panics when stderr itself is what failed.
+        .log_internal_errors(false)
         .init();
     match Cli::parse().cmd {
         Cmd::Mount { args, foreground } => {

@@ -160,6 +160,35 @@ fn an_exiting_daemon_leaves_the_next_mount_on_its_directory_alone() {
     m.unmount();
 }
 
+/// A daemon whose log can no longer be written (its stderr a pipe nobody reads: the terminal
+/// that started `atefs mount` went away) goes on serving. tracing-subscriber reported the
+/// failed write with eprintln!, which panicked on the same stderr: the mount died at its first
+/// log line after, with what it had buffered.
+#[test]
+fn a_daemon_whose_log_cannot_be_written_goes_on_serving() {
+    require_fuse!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mnt, data) = (tmp.path().join("mnt"), tmp.path().join("data"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_atefs"));
+    cmd.arg("mount")
+        .arg(&mnt)
+        .arg("--data")
+        .arg(&data)
+        .arg("--foreground")
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped());
+    let mut m = Mounted::from_command(&mnt, cmd);
+    m.close_stderr();
+    for i in 0..10 {
+        let f = mnt.join(format!("f{i}"));
+        std::fs::write(&f, format!("file {i}")).unwrap();
+        std::fs::File::open(&f).unwrap().sync_all().unwrap();
+    }
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 10);
+    assert_eq!(std::fs::read(mnt.join("f9")).unwrap(), b"file 9");
+    m.unmount();
+}
+
 /// SIGTERM (how an orchestrator stops a daemon) unmounts, commits what was written without
 /// fsync and exits with success.
 #[test]

@@ -622,3 +622,58 @@ fn a_clone_holds_the_volume_as_it_was_and_then_goes_its_own_way() {
     );
     drop((copy, src));
 }
+
+/// The chain servers' disks nearly full, through real mounts (shared and exclusive): files
+/// are written and fsynced until one is refused with ENOSPC (the leaders keep a reserve),
+/// every file acknowledged before reads back whole, removing the files works on the full
+/// disks, and once the disks are larger a file is written again. Before the reserve the
+/// disks filled, the replicas' Raft cores stopped, and writes failed with EIO after 30 s.
+#[test]
+fn full_chain_server_disks_give_enospc_and_removals_still_work() {
+    if !can_mount() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    for (name, extra) in [("shared", &[][..]), ("exclusive", &["--exclusive"][..])] {
+        let reserve = (16 * MIB).to_string();
+        let args = ["--disk-reserve-bytes", reserve.as_str()];
+        let cluster = Cluster::start_on(true, 1_000_000, &args, Some(48 * MIB));
+        let tmp = tempfile::tempdir().unwrap();
+        let keys = keygen(&tmp.path().join("keys"));
+        let m = Mount::start_with(&cluster, tmp.path(), name, &keys, extra);
+        let file =
+            |i: u32| -> Vec<u8> { (0..4u32 << 20).map(|b| (b % 251) as u8 ^ i as u8).collect() };
+        let write = |i: u32| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(m.dir.join(format!("f{i}")))?;
+            f.write_all(&file(i))?;
+            f.sync_all()
+        };
+        let mut written = 0;
+        let refused = loop {
+            assert!(written < 20, "{name}: 80 MiB taken on 48 MiB disks");
+            match write(written) {
+                Ok(()) => written += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(
+            refused.kind(),
+            std::io::ErrorKind::StorageFull,
+            "{name}: {refused}"
+        );
+        assert!(written >= 4, "{name}: only {written} files of 4 MiB");
+        for i in 0..written {
+            let back = std::fs::read(m.dir.join(format!("f{i}"))).unwrap();
+            assert!(back == file(i), "{name}: f{i} reads back otherwise");
+        }
+        for i in 0..=written {
+            std::fs::remove_file(m.dir.join(format!("f{i}")))
+                .unwrap_or_else(|e| panic!("{name}: rm f{i} on full disks: {e}"));
+        }
+        for d in &cluster.disks {
+            d.resize(128 * MIB);
+        }
+        write(100).unwrap_or_else(|e| panic!("{name}: a file once the disks are larger: {e}"));
+    }
+}

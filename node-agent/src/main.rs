@@ -46,6 +46,10 @@ async fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // A log that cannot be written (the terminal that started us is gone) must not end
+        // the process: tracing-subscriber reports its write errors with eprintln!, which
+        // panics when stderr itself is what failed.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let atefs = node_agent::daemon::atefs_binary(cli.atefs).context("locating this binary")?;

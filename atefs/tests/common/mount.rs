@@ -84,6 +84,23 @@ impl Mounted {
         m
     }
 
+    /// Mounts with `cmd` (an `atefs mount --foreground` made by the caller).
+    pub fn from_command(dir: &Path, cmd: Command) -> Mounted {
+        std::fs::create_dir_all(dir).unwrap();
+        let m = Mounted {
+            dir: dir.to_path_buf(),
+            child: Some(until_mounted(cmd)),
+            connection: connection_of(dir),
+        };
+        assert!(is_mounted(dir), "{} not in /proc/mounts", dir.display());
+        m
+    }
+
+    /// Closes the reading end of the daemon's stderr, if the caller made it a pipe.
+    pub fn close_stderr(&mut self) {
+        drop(self.child.as_mut().and_then(|c| c.stderr.take()));
+    }
+
     /// Has `atefs take-over SOCKET` replace this mount's daemon, which must then exit with
     /// success, leaving the same mount (the same FUSE connection) to the new daemon.
     pub fn hand_over(mut self, socket: &Path) -> Mounted {
