@@ -379,7 +379,7 @@ impl Api {
             return Ok(());
         }
         Err(Status::resource_exhausted(format!(
-            "the chain servers' disks are nearly full ({free} bytes free on this leader, {reserve} kept in reserve): only deletions are taken; remove files, or give the chain servers larger disks"
+            "the chain servers' disks are nearly full ({free} bytes free on this replica, {reserve} kept in reserve): only deletions are taken; remove files, or give the chain servers larger disks"
         )))
     }
 
@@ -670,11 +670,8 @@ impl Chains for Api {
             .ok_or_else(|| Status::invalid_argument("a commit stream without a transaction"))?;
         let chain = chain_id(&first.chain)?;
         let p = self.node.partition(&chain);
-        if let Some(e) = p.stopped() {
-            return Err(Status::unavailable(format!(
-                "partition {} stopped on this replica: {e}",
-                p.id
-            )));
+        if p.stopped().is_some() {
+            return Err(crate::subscribe::stopped_here(p));
         }
         let leader = p.leader();
         if leader != Some(self.node.config.id) {
@@ -713,6 +710,9 @@ impl Chains for Api {
         let chain = chain_id(&req.chain)?;
         let session = session_of(&req.session)?;
         let p = self.node.partition(&chain).clone();
+        if p.stopped().is_some() {
+            return Err(crate::subscribe::stopped_here(&p));
+        }
         let proof = (&req.nonce[..], &req.reader_key[..], &req.signature[..]);
         let digest = ate::remote::subscribe_digest(&chain, &req.nonce, req.from_index);
         self.known_chain(&p, chain).await?;

@@ -51,8 +51,14 @@ pub async fn feed(
             Some(Ok(b)) => b,
         };
         if batch.is_empty() {
-            if applied.changed().await.is_err() {
-                return;
+            // A partition whose Raft core stopped applies nothing more: end the stream, so
+            // that the subscriber resumes at another replica instead of waiting here.
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { return },
+                _ = stops(&p) => {
+                    let _ = out.send(Err(stopped_here(&p))).await;
+                    return;
+                }
             }
             continue;
         }
@@ -117,4 +123,20 @@ fn full(index: u64, tx: bytes::Bytes) -> SubscribeEvent {
         tx,
         own_hash: Vec::new(),
     }
+}
+
+/// Returns once the partition's Raft core has stopped (or is gone).
+async fn stops(p: &Partition) {
+    let mut metrics = p.raft.metrics();
+    let _ = metrics.wait_for(|m| m.running_state.is_err()).await;
+}
+
+/// What a replica answers for a partition whose Raft core stopped: UNAVAILABLE without a
+/// leader's address, so that clients try the other replicas.
+pub fn stopped_here(p: &Partition) -> Status {
+    Status::unavailable(format!(
+        "partition {} stopped on this replica: {}",
+        p.id,
+        p.stopped().unwrap_or_default()
+    ))
 }

@@ -50,8 +50,9 @@ fn through_a_stream(w: &WithChain, txs: Vec<Vec<u8>>) -> Vec<Result<u64, RemoteE
 /// commits. Its Raft core stops (a replica cannot refuse entries), and before this was handled
 /// it went on naming itself leader: the mount's stream was opened there again and again and
 /// every write failed after 30 s, although the two others had elected a leader. Now it
-/// answers UNAVAILABLE, the client finds the new leader, every commit lands in order; the full
-/// replica reports itself not live (so that Kubernetes restarts it) and not ready, and once
+/// answers UNAVAILABLE, the client finds the new leader, every commit lands in order, and a
+/// subscription it served ends so that its reader resumes elsewhere; the full replica reports
+/// itself not live (so that Kubernetes restarts it) and not ready, and once
 /// its disk is larger and it is restarted it catches up.
 #[test]
 fn a_replica_whose_disk_fills_stops_and_its_partition_goes_on_without_it() {
@@ -59,6 +60,21 @@ fn a_replica_whose_disk_fills_stops_and_its_partition_goes_on_without_it() {
     let cluster = Cluster::start_on(false, 1_000_000, &["--disk-reserve-bytes", "0"], Some(DISK));
     let mut w = WithChain::on(cluster, 1 << 30);
     let full = w.cluster.leader_of(w.p).expect("a leader");
+    // A reader following the chain at that replica (as a mount's cache does).
+    let mut endpoints = w.cluster.endpoints();
+    endpoints.swap(0, full);
+    let reader = std::sync::Arc::new(w.cluster.client_of(endpoints, Duration::from_secs(30)));
+    let (seen, seen_by_reader) = std::sync::mpsc::channel();
+    let (chain, owner) = (w.chain, w.owner.clone());
+    let following = w.rt.spawn(async move {
+        let mut sub = reader.subscribe(chain, 1, owner, None);
+        while let Ok((index, _)) = sub.next().await {
+            if seen.send(index).is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(seen_by_reader.recv_timeout(Duration::from_secs(30)), Ok(1));
     let disk = &w.cluster.disks[full];
     disk.resize(disk.used() + 3 * MIB);
     let txs: Vec<Vec<u8>> = (0..40u32)
@@ -73,6 +89,12 @@ fn a_replica_whose_disk_fills_stops_and_its_partition_goes_on_without_it() {
         assert!(index > last, "commit {i} at {index}, after {last}");
         last = index;
     }
+    // Its subscription ended with the partition there: the reader resumed elsewhere.
+    for want in 2..=last {
+        let got = seen_by_reader.recv_timeout(Duration::from_secs(30));
+        assert_eq!(got, Ok(want), "the reader's next index");
+    }
+    following.abort();
     let (status, body) = w.cluster.http_get(full, "/live");
     assert!(status.contains("503"), "{status}: {body}");
     assert!(body.contains("No space left on device"), "{body}");
