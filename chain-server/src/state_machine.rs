@@ -764,9 +764,7 @@ impl StateMachine {
 }
 
 impl StateMachine {
-    /// Writes a snapshot of the state as applied now and makes it current; commits are
-    /// applied meanwhile (snapshot_build.rs).
-    /// Builds a snapshot; on a full disk it gives up and leaves everything as it was (the
+    /// [`Self::try_build`]; on a full disk it gives up and leaves everything as it was (the
     /// log is kept whole until there is room): openraft stops a partition whose snapshot
     /// build fails, and running out of room for a copy is no reason to stop.
     fn build(&self) -> Result<SnapshotMeta<u64, BasicNode>, LogError> {
@@ -786,6 +784,8 @@ impl StateMachine {
         }
     }
 
+    /// Writes a snapshot of the state as applied now and makes it current; commits are
+    /// applied meanwhile (snapshot_build.rs).
     fn try_build(&self) -> Result<SnapshotMeta<u64, BasicNode>, LogError> {
         let started = std::time::Instant::now();
         let (planned, out) = {
