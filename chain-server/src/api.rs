@@ -348,9 +348,9 @@ impl Api {
         self.precheck_in_order(p, chain, tx, true)
     }
 
-    /// Refuses a commit the disk should not take ([`crate::disk`]): RESOURCE_EXHAUSTED, which
-    /// a mount reports as ENOSPC, while the replicas still have room to apply, snapshot and
-    /// vote. A disk that cannot be asked is not a reason to refuse.
+    /// Refuses a commit the fullest replica's disk should not take ([`crate::disk`]):
+    /// RESOURCE_EXHAUSTED, which a mount reports as ENOSPC, while the replicas still have room
+    /// to apply, snapshot and vote. A disk that cannot be asked is not a reason to refuse.
     fn disk_room(
         &self,
         p: &Partition,
@@ -363,12 +363,19 @@ impl Api {
         if reserve == 0 {
             return Ok(());
         }
-        let free = match free_bytes(&self.node.config.data) {
-            Ok(f) => f,
+        let own = match free_bytes(&self.node.config.data) {
+            Ok(f) => Some(f),
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the data directory's free space");
-                return Ok(());
+                None
             }
+        };
+        let peer = self.node.peer_room.fullest(crate::disk::FRESH);
+        let (free, whose) = match (own, peer) {
+            (Some(own), Some((id, free))) if free < own => (free, format!("replica {id}")),
+            (Some(own), _) => (own, "this replica".to_string()),
+            (None, Some((id, free))) => (free, format!("replica {id}")),
+            (None, None) => return Ok(()),
         };
         let ok = match admit(free, reserve, len) {
             Admit::Any => true,
@@ -379,7 +386,7 @@ impl Api {
             return Ok(());
         }
         Err(Status::resource_exhausted(format!(
-            "the chain servers' disks are nearly full ({free} bytes free on this replica, {reserve} kept in reserve): only deletions are taken; remove files, or give the chain servers larger disks"
+            "the chain servers' disks are nearly full ({free} bytes free on {whose}, the fullest; {reserve} kept in reserve): only deletions are taken; remove files, or give the chain servers larger disks"
         )))
     }
 

@@ -7,8 +7,17 @@
 //! commits while there is still room, with a code the mount turns into ENOSPC: below the
 //! reserve, a commit is taken only if it makes the chain hold less (a deletion, a truncation:
 //! what frees space once a snapshot drops the old records); below half the reserve, none.
+//!
+//! The leader judges by the fullest replica, not by its own disk: a follower on a smaller or
+//! fuller disk would otherwise fill and stop while the leader still had room. Each follower
+//! says how much room it has in every answer to the Raft transport (`RaftReply.disk_free`),
+//! and the leader keeps what it last heard from each ([`PeerRoom`]). A follower not heard from
+//! lately (down, cut off, its partition stopped) is left out: it takes no entries either.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Bytes this (unprivileged) process may still write on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
@@ -39,9 +48,60 @@ pub fn admit(free: u64, reserve: u64, len: u64) -> Admit {
     }
 }
 
+/// The room each peer last reported, shared by a node's partitions (they share its disk).
+#[derive(Debug, Clone, Default)]
+pub struct PeerRoom(Arc<parking_lot::Mutex<HashMap<u64, (u64, Instant)>>>);
+
+/// How recent a peer's report must be to count: many heartbeats.
+pub const FRESH: Duration = Duration::from_secs(5);
+
+impl PeerRoom {
+    /// `peer` reported `free` bytes just now.
+    pub fn note(&self, peer: u64, free: u64) {
+        self.0.lock().insert(peer, (free, Instant::now()));
+    }
+
+    /// The peer with the least room among those heard from within `fresh`, and its room.
+    pub fn fullest(&self, fresh: Duration) -> Option<(u64, u64)> {
+        self.reports(fresh)
+            .into_iter()
+            .min_by_key(|(peer, free)| (*free, *peer))
+    }
+
+    /// The room of each peer heard from within `fresh`, by peer.
+    pub fn reports(&self, fresh: Duration) -> Vec<(u64, u64)> {
+        let mut v: Vec<_> = self
+            .0
+            .lock()
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < fresh)
+            .map(|(peer, (free, _))| (*peer, *free))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fullest_peer_heard_from_lately_counts() {
+        let room = PeerRoom::default();
+        assert_eq!(room.fullest(FRESH), None);
+        room.note(2, 500);
+        room.note(3, 100);
+        assert_eq!(room.fullest(FRESH), Some((3, 100)));
+        room.note(3, 900);
+        assert_eq!(room.fullest(FRESH), Some((2, 500)));
+        assert_eq!(
+            room.fullest(Duration::ZERO),
+            None,
+            "no report is that fresh"
+        );
+        assert_eq!(room.reports(FRESH), vec![(2, 500), (3, 900)]);
+    }
 
     #[test]
     fn commits_are_refused_in_two_steps_as_the_disk_fills() {

@@ -75,8 +75,8 @@ pub async fn keep(
         };
         // A snapshot needs room for its copy; without it, it would only fill the disk
         // (and be dropped: state_machine.rs).
-        let room = crate::disk::free_bytes(&data).map_or(true, |free| free > sizes.fresh);
-        let asked = if wants_snapshot(sizes, bound) && room {
+        let room = || crate::disk::free_bytes(&data).map_or(true, |free| free > sizes.fresh);
+        let asked = if wants_snapshot(sizes, bound) && room() {
             tracing::debug!(?sizes, bound, "garbage over the bound: snapshot");
             raft.trigger().snapshot().await
         } else if let Some(upto) = point.filter(|u| *u > purged) {

@@ -156,7 +156,7 @@ impl Metrics {
             .iter()
             .map(|p| {
                 let m = p.raft.metrics().borrow().clone();
-                let leader = p.leader().unwrap_or(0);
+                let leader = crate::node::known_leader(&m).unwrap_or(0);
                 (
                     p.id,
                     [
@@ -186,6 +186,15 @@ impl Metrics {
             );
             let _ = writeln!(o, "# TYPE {name} gauge");
             let _ = writeln!(o, "{name} {free}");
+        }
+        let name = "atefs_peer_disk_free_bytes";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Free space each peer last reported on its data disk (in its answers to this replica's Raft requests); a leader refuses growing commits when the fullest, heard from in the last 5 s, is below --disk-reserve-bytes."
+        );
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        for (peer, free) in node.peer_room.reports(crate::disk::FRESH) {
+            let _ = writeln!(o, "{name}{{peer=\"{peer}\"}} {free}");
         }
         o
     }

@@ -1,6 +1,7 @@
 //! The Raft transport, client side: openraft's messages to a peer's Raft service over gRPC,
 //! postcard-encoded inside the protobuf envelope (proto/raft.proto).
 
+use crate::disk::PeerRoom;
 use crate::log_store::LogStore;
 use crate::metrics::PeerTimings;
 use crate::pb::raft::RaftReply;
@@ -35,15 +36,18 @@ pub struct Network {
     replication: PeerTimings,
     /// The partition's log, read for entries to send ahead.
     log: LogStore,
+    /// The room the peers report, shared by all partitions.
+    room: PeerRoom,
 }
 
 impl Network {
-    /// Connections for `partition`, shared by all partitions through `channels`.
+    /// Connections for `partition`, shared by all partitions through `channels`; what the
+    /// peers say of their disks goes into `room`.
     pub fn new(
         partition: u32,
         source: Option<std::net::IpAddr>,
         tls: Arc<Tls>,
-        channels: Arc<parking_lot::Mutex<HashMap<String, Channel>>>,
+        (channels, room): (Arc<parking_lot::Mutex<HashMap<String, Channel>>>, PeerRoom),
         log: LogStore,
     ) -> Self {
         Self {
@@ -53,6 +57,7 @@ impl Network {
             channels,
             replication: PeerTimings::default(),
             log,
+            room,
         }
     }
 
@@ -62,11 +67,18 @@ impl Network {
     }
 }
 
+/// Where a request goes, and where its answer's news of the peer's disk goes.
+#[derive(Clone, Debug)]
+struct To {
+    partition: u32,
+    target: u64,
+    room: PeerRoom,
+}
+
 /// One peer.
 #[derive(Debug)]
 pub struct Peer {
-    partition: u32,
-    target: u64,
+    to: To,
     client: Option<Grpc<Channel>>,
     error: Option<String>,
     in_flight: Option<InFlight>,
@@ -119,8 +131,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             Err(e) => (None, Some(e.to_string())),
         };
         Peer {
-            partition: self.partition,
-            target,
+            to: To {
+                partition: self.partition,
+                target,
+                room: self.room.clone(),
+            },
             client,
             error,
             in_flight: None,
@@ -193,7 +208,7 @@ fn joined(answer: Result<AppendResult, tokio::task::JoinError>) -> AppendResult 
 #[allow(clippy::result_large_err)]
 async fn send_append(
     client: Grpc<Channel>,
-    (partition, target): (u32, u64),
+    to: To,
     rpc: AppendEntriesRequest<TypeConfig>,
     staged: Option<StagedAppend>,
     timings: PeerTimings,
@@ -202,19 +217,13 @@ async fn send_append(
     let attempt = async {
         let rpc = Arc::new(rpc);
         let Some(staged) = staged else {
-            return call(client, partition, target, Rpc::Append, rpc).await;
+            return call(client, &to, Rpc::Append, rpc).await;
         };
-        let sent = call(
-            client.clone(),
-            partition,
-            target,
-            Rpc::AppendStaged,
-            Arc::new(staged),
-        );
+        let sent = call(client.clone(), &to, Rpc::AppendStaged, Arc::new(staged));
         match sent.await {
             Err(RPCError::Network(e)) => {
-                tracing::debug!(target, error = %e, "staged entries not used; sending them in full");
-                call(client, partition, target, Rpc::Append, rpc).await
+                tracing::debug!(target = to.target, error = %e, "staged entries not used; sending them in full");
+                call(client, &to, Rpc::Append, rpc).await
             }
             other => other,
         }
@@ -224,7 +233,7 @@ async fn send_append(
             if answer.is_ok() {
                 timings
                     .lock()
-                    .entry(target)
+                    .entry(to.target)
                     .or_default()
                     .observe(started.elapsed());
             }
@@ -255,12 +264,11 @@ impl Peer {
             return;
         }
         let ids: Vec<LogId<u64>> = entries.iter().map(|e| e.log_id).collect();
-        let (partition, target) = (self.partition, self.target);
+        let to = self.to.clone();
         let task = tokio::spawn(async move {
             let sent = call::<_, (), openraft::error::Infallible>(
                 client,
-                partition,
-                target,
+                &to,
                 Rpc::Stage,
                 Arc::new(entries),
             );
@@ -281,8 +289,7 @@ impl Peer {
 
 async fn call<Req, Resp, E>(
     mut client: Grpc<Channel>,
-    partition: u32,
-    target: u64,
+    to: &To,
     rpc: Rpc,
     req: Arc<Req>,
 ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
@@ -300,7 +307,7 @@ where
         Rpc::AppendStaged => "/atefs.raft.v1.Raft/AppendStaged",
     });
     let request = tonic::Request::new(Outgoing {
-        partition,
+        partition: to.partition,
         body: req,
     });
     let reply: Result<tonic::Response<RaftReply>, tonic::Status> = match client.ready().await {
@@ -318,10 +325,13 @@ where
         }
         Err(s) => return Err(RPCError::Network(NetworkError::new(&Failed(s.to_string())))),
     };
+    if let Some(free) = reply.disk_free {
+        to.room.note(to.target, free);
+    }
     if !reply.error.is_empty() {
         let e: RaftError<u64, E> = postcard::from_bytes(&reply.error)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        return Err(RPCError::RemoteError(RemoteError::new(target, e)));
+        return Err(RPCError::RemoteError(RemoteError::new(to.target, e)));
     }
     postcard::from_bytes(&reply.body).map_err(|e| RPCError::Network(NetworkError::new(&e)))
 }
@@ -336,7 +346,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         if rpc.entries.is_empty() {
             // Heartbeats are small and carry the commit index: they never wait.
             let rpc = Arc::new(rpc);
-            return call(client, self.partition, self.target, Rpc::Append, rpc).await;
+            return call(client, &self.to, Rpc::Append, rpc).await;
         }
         // openraft drops this future after one heartbeat; the request goes on in a task of
         // its own, and openraft's retry of the same entries waits for its answer instead of
@@ -362,13 +372,12 @@ impl RaftNetwork<TypeConfig> for Peer {
             let staged = StagedAppend::of(&rpc, &self.held);
             // The follower uses them (or drops them) with this request.
             self.held = self.held.split_off(&(last + 1));
-            let (partition, target) = (self.partition, self.target);
             let timings = self.replication.clone();
             self.in_flight = Some(InFlight {
                 key,
                 answer: tokio::spawn(send_append(
                     client.clone(),
-                    (partition, target),
+                    self.to.clone(),
                     rpc,
                     staged,
                     timings,
@@ -395,14 +404,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
         let client = self.client().map_err(RPCError::Unreachable)?;
-        call(
-            client,
-            self.partition,
-            self.target,
-            Rpc::Snapshot,
-            Arc::new(rpc),
-        )
-        .await
+        call(client, &self.to, Rpc::Snapshot, Arc::new(rpc)).await
     }
 
     async fn vote(
@@ -411,14 +413,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         _option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         let client = self.client().map_err(RPCError::Unreachable)?;
-        call(
-            client,
-            self.partition,
-            self.target,
-            Rpc::Vote,
-            Arc::new(rpc),
-        )
-        .await
+        call(client, &self.to, Rpc::Vote, Arc::new(rpc)).await
     }
 }
 
@@ -445,6 +440,7 @@ mod tests {
         Ok(Response::new(RaftReply {
             body: postcard::to_stdvec(v).unwrap(),
             error: Vec::new(),
+            disk_free: Some(FREE),
         }))
     }
 
@@ -480,6 +476,9 @@ mod tests {
         }
     }
 
+    /// The room `Forgetful` reports.
+    const FREE: u64 = 12345;
+
     fn entry(index: u64) -> crate::types::Entry {
         crate::types::Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
@@ -502,7 +501,9 @@ mod tests {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let log = LogStore::open(Arc::new(ate::storage::MemStorage::new()), 1 << 20).unwrap();
-        let mut network = Network::new(0, None, Arc::new(Tls::plaintext()), Arc::default(), log);
+        let room = PeerRoom::default();
+        let shared = (Arc::default(), room.clone());
+        let mut network = Network::new(0, None, Arc::new(Tls::plaintext()), shared, log);
         let mut peer = network
             .new_client(2, &BasicNode::new(addr.to_string()))
             .await;
@@ -522,5 +523,7 @@ mod tests {
         assert_eq!(follower.named.load(SeqCst), 1, "first named");
         assert_eq!(follower.full.load(SeqCst), 3, "then sent in full");
         assert!(peer.held.is_empty(), "nothing is believed staged any more");
+        let heard = room.fullest(crate::disk::FRESH);
+        assert_eq!(heard, Some((2, FREE)), "the follower's room is noted");
     }
 }

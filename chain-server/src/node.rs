@@ -97,9 +97,7 @@ impl Partition {
     /// then keep the leader it knew last, often itself, and a client sent there would never
     /// be told otherwise).
     pub fn leader(&self) -> Option<u64> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        m.running_state.as_ref().ok().and(m.current_leader)
+        known_leader(&self.raft.metrics().borrow())
     }
 
     /// Why its Raft core stopped, if it did: a storage error (a full or failing disk). It
@@ -123,6 +121,11 @@ impl std::fmt::Debug for Partition {
     }
 }
 
+/// The leader a partition's metrics name, unless its Raft core stopped ([`Partition::leader`]).
+pub fn known_leader(m: &openraft::RaftMetrics<u64, BasicNode>) -> Option<u64> {
+    m.running_state.as_ref().ok().and(m.current_leader)
+}
+
 /// A running node.
 #[derive(Debug)]
 pub struct Node {
@@ -130,6 +133,8 @@ pub struct Node {
     pub config: NodeConfig,
     /// Its partitions, by number.
     pub partitions: Vec<Partition>,
+    /// The room on its peers' disks, as they last reported it ([`crate::disk`]).
+    pub peer_room: crate::disk::PeerRoom,
 }
 
 /// The partition a chain lives in.
@@ -167,6 +172,7 @@ impl Node {
             .map_err(|e| NodeError::Raft(e.to_string()))?,
         );
         let channels = Arc::new(parking_lot::Mutex::new(HashMap::new()));
+        let peer_room = crate::disk::PeerRoom::default();
         let mut partitions = Vec::new();
         for p in 0..config.partitions {
             let dir = config.data.join(format!("partition-{p}"));
@@ -181,7 +187,7 @@ impl Node {
                 p,
                 config.source_ip,
                 tls.clone(),
-                channels.clone(),
+                (channels.clone(), peer_room.clone()),
                 log.clone(),
             );
             let replication = network.replication_timings();
@@ -216,7 +222,11 @@ impl Node {
                 vote_hold_off,
             });
         }
-        Ok(Arc::new(Self { config, partitions }))
+        Ok(Arc::new(Self {
+            config,
+            partitions,
+            peer_room,
+        }))
     }
 
     /// Initialises every partition with all peers as voters, on a cluster's very first start.

@@ -52,18 +52,33 @@ fn decode<T: DeserializeOwned>(body: &bytes::Bytes) -> Result<T, Status> {
         .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))
 }
 
-fn reply<T: Serialize, E: Serialize>(r: Result<T, E>) -> Result<Response<RaftReply>, Status> {
-    let enc = |e: postcard::Error| Status::internal(e.to_string());
-    Ok(Response::new(match r {
-        Ok(v) => RaftReply {
-            body: postcard::to_stdvec(&v).map_err(enc)?,
-            error: Vec::new(),
-        },
-        Err(e) => RaftReply {
-            body: Vec::new(),
-            error: postcard::to_stdvec(&e).map_err(enc)?,
-        },
-    }))
+impl RaftService {
+    /// The answer to a request for partition `p`, with this replica's room on its disk
+    /// ([`crate::disk`]) unless that partition has stopped here (it takes no entries, so its
+    /// leader should not wait for room on it).
+    fn reply<T: Serialize, E: Serialize>(
+        &self,
+        p: u32,
+        r: Result<T, E>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let enc = |e: postcard::Error| Status::internal(e.to_string());
+        let running = self.partition_of(p).is_ok_and(|p| p.stopped().is_none());
+        let disk_free = running
+            .then(|| crate::disk::free_bytes(&self.node.config.data).ok())
+            .flatten();
+        Ok(Response::new(match r {
+            Ok(v) => RaftReply {
+                body: postcard::to_stdvec(&v).map_err(enc)?,
+                error: Vec::new(),
+                disk_free,
+            },
+            Err(e) => RaftReply {
+                body: Vec::new(),
+                error: postcard::to_stdvec(&e).map_err(enc)?,
+                disk_free,
+            },
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -74,7 +89,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
         let raft = self.partition(req.partition)?;
-        reply(raft.append_entries(decode(&req.body)?).await)
+        self.reply(req.partition, raft.append_entries(decode(&req.body)?).await)
     }
 
     async fn stage(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
@@ -82,7 +97,7 @@ impl RaftRpc for RaftService {
         let p = self.partition_of(req.partition)?;
         let entries: Vec<crate::types::Entry> = decode(&req.body)?;
         p.staged.lock().insert(entries);
-        reply::<(), ()>(Ok(()))
+        self.reply::<(), ()>(req.partition, Ok(()))
     }
 
     async fn append_staged(
@@ -96,14 +111,14 @@ impl RaftRpc for RaftService {
             p.staged.lock().resolve(staged).map_err(|id| {
                 Status::failed_precondition(format!("entry {id} is not staged here"))
             })?;
-        reply(p.raft.append_entries(rpc).await)
+        self.reply(req.partition, p.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
         let raft = self.partition(req.partition)?;
         self.check_may_vote(req.partition)?;
-        reply(raft.vote(decode(&req.body)?).await)
+        self.reply(req.partition, raft.vote(decode(&req.body)?).await)
     }
 
     async fn install_snapshot(
@@ -112,6 +127,9 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
         let raft = self.partition(req.partition)?;
-        reply(raft.install_snapshot(decode(&req.body)?).await)
+        self.reply(
+            req.partition,
+            raft.install_snapshot(decode(&req.body)?).await,
+        )
     }
 }

@@ -23,6 +23,36 @@ fn delete_tx(chain: ChainId, owner: &SigningKey, name: &[u8]) -> Vec<u8> {
     tx.sign(owner).encode()
 }
 
+/// The room replica `i` last heard its peer `peer` (an id) report, from its metrics.
+fn peer_room(c: &Cluster, i: usize, peer: u64) -> Option<u64> {
+    let (_, metrics) = c.http_get(i, "/metrics");
+    let line = format!("atefs_peer_disk_free_bytes{{peer=\"{peer}\"}} ");
+    let value = metrics.lines().find_map(|l| l.strip_prefix(&line));
+    value.map(|v| v.trim().parse().unwrap())
+}
+
+/// Waits until replica `i` has heard every peer report more than `bytes` of room (the next
+/// heartbeat's answers, once disks were grown).
+fn wait_for_room(c: &Cluster, i: usize, bytes: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let peers: Vec<u64> = c
+        .replicas
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| *id != c.replicas[i].id)
+        .collect();
+    while !peers
+        .iter()
+        .all(|p| peer_room(c, i, *p).is_some_and(|f| f > bytes))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no report of {bytes} bytes free from {peers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Commits `txs` through a commit stream, as a mount does; the answers in order.
 fn through_a_stream(w: &WithChain, txs: Vec<Vec<u8>>) -> Vec<Result<u64, RemoteError>> {
     let (feed, rx) = tokio::sync::mpsc::channel::<(bytes::Bytes, usize)>(1);
@@ -171,6 +201,75 @@ fn a_leader_refuses_commits_before_the_disks_fill_and_takes_deletions() {
     for d in &w.cluster.disks {
         d.resize(2 * DISK);
     }
+    let leader = w.cluster.leader_of(w.p).expect("a leader");
+    wait_for_room(&w.cluster, leader, DISK);
     w.rt.block_on(w.client.commit(w.chain, put(acked)))
         .expect("a record once the disks are larger");
+}
+
+/// A follower on a smaller disk than its leader's: the leader refuses commits when that
+/// follower's room runs low, not when its own does. Before followers reported their room,
+/// the leader took commits until its own disk neared the reserve, and the small follower
+/// filled and stopped its part in the partition (a replica lost until someone grew its disk
+/// and restarted it).
+#[test]
+fn a_leader_refuses_commits_before_its_fullest_follower_fills() {
+    const DISK: u64 = 64 * MIB;
+    const RESERVE: u64 = 16 * MIB;
+    let reserve = RESERVE.to_string();
+    let cluster = Cluster::start_on(
+        false,
+        1_000_000,
+        &["--disk-reserve-bytes", &reserve],
+        Some(DISK),
+    );
+    let w = WithChain::on(cluster, 1 << 30);
+    let leader = w.cluster.leader_of(w.p).expect("a leader");
+    let small = (leader + 1) % 3;
+    let disk = &w.cluster.disks[small];
+    disk.resize(disk.used() + RESERVE + 8 * MIB);
+    let mut acked = 0u32;
+    let refusal = loop {
+        assert!(
+            acked < 100,
+            "25 MiB taken with 24 MiB left on replica {small}"
+        );
+        let value = vec![acked as u8; 256 << 10];
+        let tx = put_tx(w.chain, &w.owner, &w.key, &acked.to_be_bytes(), &value);
+        match w.rt.block_on(w.client.commit(w.chain, tx)) {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+    };
+    let small_id = w.cluster.replicas[small].id;
+    match &refusal {
+        RemoteError::Refused(Code::ResourceExhausted, m) => {
+            assert!(
+                m.contains(&format!("on replica {small_id}, the fullest")),
+                "{m}"
+            )
+        }
+        other => panic!("the commit that found the follower's disk full: {other}"),
+    }
+    assert!(acked > 4, "only {acked} records of 256 KiB taken");
+    // The leader had room of its own; the follower never filled.
+    let (_, metrics) = w.cluster.http_get(leader, "/metrics");
+    let own = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("atefs_disk_free_bytes "));
+    let own: u64 = own
+        .expect("the leader's free space")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(own > RESERVE + 8 * MIB, "{own}");
+    let reported = peer_room(&w.cluster, leader, small_id).expect("the follower's report");
+    assert!(reported < RESERVE + (256 << 10), "{reported}");
+    for i in 0..3 {
+        let (status, body) = w.cluster.http_get(i, "/live");
+        assert!(status.contains("200"), "replica {i}: {status}: {body}");
+        assert_eq!(w.cluster.gauge(i, "atefs_raft_stopped", w.p), 0);
+    }
+    let info = w.rt.block_on(w.client.info(w.chain)).unwrap();
+    assert_eq!(info.records, u64::from(acked));
 }
