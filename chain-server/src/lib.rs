@@ -13,6 +13,7 @@ pub mod log_bound;
 pub mod log_store;
 mod shared_bytes;
 mod snapshot_build;
+pub mod snapshot_data;
 pub mod state_machine;
 pub mod types;
 

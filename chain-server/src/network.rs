@@ -191,7 +191,7 @@ struct InFlight {
 
 /// How long a replication request may outlive openraft's wait (one heartbeat) before it is
 /// given up: long enough for a follower to write and sync the largest request on a slow disk.
-const OUTLIVE: std::time::Duration = std::time::Duration::from_secs(20);
+pub const OUTLIVE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The answer of a request's task (which only fails if the task panicked).
 // The error type is the one openraft's `RaftNetwork::append_entries` returns.

@@ -166,6 +166,11 @@ impl Node {
                 // openraft bounds one AppendEntries by the heartbeat interval: keep it to what a
                 // follower writes and fdatasyncs in that time even for 1 MiB transactions.
                 max_payload_entries: 32,
+                // A snapshot goes in chunks of 3 MiB, and one chunk not answered in time ends
+                // the transfer, which starts again from the first byte: openraft's 200 ms
+                // let one slow write (or the last chunk's install: a sync of the whole file)
+                // restart a large transfer for ever. As long as a replication request may take.
+                install_snapshot_timeout: crate::network::OUTLIVE.as_millis() as u64,
                 ..Default::default()
             }
             .validate()

@@ -10,6 +10,7 @@
 
 use crate::log_store::LogStore;
 use crate::snapshot_build;
+use crate::snapshot_data::SnapshotData;
 use crate::types::{Command, Entry, LogId, Outcome, Refusal, StorageError, TypeConfig};
 use ate::redo::{
     read_snapshot, FileRef, Files, Location, LogError, RecoveryVisitor, SnapshotRecord,
@@ -26,7 +27,6 @@ use openraft::{
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::sync::Arc;
 
 pub(crate) const SNAP_MAGIC: &[u8; 8] = b"ATESNAP1";
@@ -161,6 +161,8 @@ struct Inner {
     /// Snapshots made current so far (built or received): a build that started on another
     /// one than the current is dropped.
     installs_or_builds: u64,
+    /// The file a snapshot is being received into (`INSTALL_TMP`), once one is.
+    receiving: Option<Arc<dyn StorageFile>>,
 }
 
 /// The state machine (cheap to clone; clones share it and build snapshots).
@@ -264,7 +266,31 @@ struct Loaded {
     chains: BTreeMap<ChainId, ChainData>,
 }
 
+/// Whether `a` and `b` are one open file.
+fn same_file(a: &Arc<dyn StorageFile>, b: &Arc<dyn StorageFile>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
+/// Copies `from` to `to` (at its start), a MiB at a time.
+fn copy_file(from: &dyn StorageFile, to: &dyn StorageFile) -> Result<(), LogError> {
+    let len = from
+        .len()
+        .map_err(LogError::io("stat", "a received snapshot"))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        from.read_at(&mut buf[..n], at)
+            .map_err(LogError::io("read", "a received snapshot"))?;
+        to.write_at(&buf[..n], at)
+            .map_err(LogError::io("write", INSTALL_TMP))?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// The whole of `file` (named `name` in errors).
+#[cfg(test)]
 fn read_all(file: &dyn StorageFile, name: &str) -> Result<Vec<u8>, LogError> {
     let len = file.len().map_err(LogError::io("stat", name))?;
     let mut data = vec![0u8; len as usize];
@@ -587,12 +613,34 @@ impl Inner {
     }
 
     /// Replaces the state with a received snapshot.
-    fn install(&mut self, data: &[u8]) -> Result<(), LogError> {
-        let out = self.create_tmp(INSTALL_TMP)?;
-        out.write_at(data, 0)
-            .map_err(LogError::io("write", INSTALL_TMP))?;
-        out.sync_data()
-            .map_err(LogError::io("fdatasync", INSTALL_TMP))?;
+    /// A fresh file to receive a snapshot into. A new inode, not the old file cut short: a
+    /// write of a receipt openraft gave up may still be on its way to the old one.
+    fn begin_receiving(&mut self) -> Result<Arc<dyn StorageFile>, LogError> {
+        match self.storage.remove(INSTALL_TMP) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(LogError::io("remove", INSTALL_TMP)(e))
+            }
+            _ => {}
+        }
+        let file = self.create_tmp(INSTALL_TMP)?;
+        self.receiving = Some(file.clone());
+        Ok(file)
+    }
+
+    /// Makes `data`, a snapshot received whole (and synced, when it is the file received
+    /// into), the state. Any other file is first copied to `INSTALL_TMP`.
+    fn install(&mut self, data: &SnapshotData) -> Result<(), LogError> {
+        let received = self.receiving.take();
+        let out = match received.filter(|r| same_file(r, data.file())) {
+            Some(file) => file,
+            None => {
+                let out = self.create_tmp(INSTALL_TMP)?;
+                copy_file(data.file().as_ref(), out.as_ref())?;
+                out.sync_data()
+                    .map_err(LogError::io("fdatasync", INSTALL_TMP))?;
+                out
+            }
+        };
         // Check it whole before it replaces anything.
         let loaded = load_snapshot(&out)?;
         self.publish(INSTALL_TMP)?;
@@ -655,7 +703,17 @@ impl StateMachine {
             current: None,
             applied_tx: tx,
             installs_or_builds: 0,
+            receiving: None,
         };
+        // What a crash left half written: a received snapshot can be as large as the data.
+        for tmp in [INSTALL_TMP, BUILD_TMP] {
+            match storage.remove(tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(LogError::io("remove", tmp)(e))
+                }
+                _ => {}
+            }
+        }
         match storage.open(SNAP_FILE, false) {
             Ok(file) => {
                 let loaded = load_snapshot(&file)?;
@@ -825,10 +883,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .map_err(snap_err)?
             .map_err(snap_err)?;
         // openraft keeps only the meta of a snapshot it asked for (a follower is sent the
-        // file through `get_current_snapshot`): the data is not read back into memory here.
+        // file through `get_current_snapshot`).
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(Vec::new())),
+            snapshot: Box::new(SnapshotData::empty().map_err(snap_err)?),
         })
     }
 }
@@ -869,18 +927,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        let file = self.inner.lock().begin_receiving().map_err(snap_err)?;
+        Ok(Box::new(SnapshotData::new(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         _meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        // Made durable before the lock is taken: it can be as large as the partition's data.
+        let file = snapshot.file().clone();
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(sm_err)?
+            .map_err(sm_err)?;
         let mut inner = self.inner.lock();
-        inner.install(&data).map_err(sm_err)
+        inner.install(&snapshot).map_err(sm_err)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
@@ -892,10 +956,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .snap_files
             .get(&FileRef::Snapshot(0))
             .ok_or_else(|| snap_err(corrupt("the current snapshot file is not open")))?;
-        let data = read_all(file.as_ref(), SNAP_FILE).map_err(snap_err)?;
+        // The open file: a newer snapshot replacing it under its name leaves this one whole.
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(SnapshotData::new(file.clone())),
         }))
     }
 }
@@ -938,6 +1002,19 @@ mod tests {
         );
     }
 
+    /// What a crash left of a snapshot being received or built (it can be as large as the
+    /// data) is removed when the state machine opens.
+    #[test]
+    fn half_written_snapshots_are_removed_on_opening() {
+        let mem = MemStorage::new();
+        for tmp in [INSTALL_TMP, BUILD_TMP] {
+            mem.open(tmp, true).unwrap().write_at(b"half", 0).unwrap();
+        }
+        let log = LogStore::open(Arc::new(MemStorage::new()), 1 << 20).unwrap();
+        StateMachine::open(Arc::new(mem.clone()), log).unwrap();
+        assert!(mem.list().unwrap().is_empty(), "{:?}", mem.list());
+    }
+
     /// A snapshot being built when one is received (a lagging follower): the received one
     /// stands, and the build leaves nothing behind.
     #[test]
@@ -957,6 +1034,11 @@ mod tests {
             SNAP_FILE,
         )
         .unwrap();
+        let received = {
+            let file = MemStorage::new().open("received", true).unwrap();
+            file.write_at(&received, 0).unwrap();
+            SnapshotData::new(file)
+        };
         let mut inner = sm.inner.lock();
         let planned = inner.plan_snapshot();
         let out = inner.create_tmp(BUILD_TMP).unwrap();

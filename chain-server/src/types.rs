@@ -1,7 +1,6 @@
 //! Every Raft type choice of a partition, in one place, and the commands it replicates.
 
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 
 openraft::declare_raft_types!(
     /// A partition's Raft types.
@@ -11,7 +10,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_data::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -186,6 +186,11 @@ impl Cluster {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// The process id of replica `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.replicas[i].child.as_ref().map(|c| c.id())
+    }
+
     /// kill -9 of replica `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.replicas[i].child.take() {
