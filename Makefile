@@ -7,11 +7,14 @@ export PROFILE
 .PHONY: test fmt-check clippy unit chart posix posix-cluster demo bench-ate fuzz
 
 test: fmt-check clippy unit chart posix posix-cluster
+	@echo "== make test done at $$(date -u +%T)"
 
 fmt-check:
+	@echo "== make $@ at $$(date -u +%T)"
 	$(CARGO) fmt --all -- --check
 
 clippy:
+	@echo "== make $@ at $$(date -u +%T)"
 	$(CARGO) clippy --profile $(PROFILE) --workspace --all-targets --locked -- -D warnings
 
 # Every test with optimised binaries built as users run them, without debug assertions (a wiped
@@ -19,6 +22,7 @@ clippy:
 # compiled out: docs/chain-server.md). One build serves the tests and the POSIX suites below; a
 # second, debug, build of the workspace doubled CI's time.
 unit:
+	@echo "== make $@ at $$(date -u +%T)"
 	$(CARGO) test --profile $(PROFILE) --workspace --locked
 
 # The Helm chart: linted and rendered by the real Helm engine, every object validated against
@@ -26,10 +30,12 @@ unit:
 # the chart's generated TLS material (scripts/chart-check.py; pip: helm-python-sdk,
 # kubernetes-validate, which .ci/run installs).
 chart:
+	@echo "== make $@ at $$(date -u +%T)"
 	python3 scripts/chart-check.py --chain-server target/$(PROFILE)/chain-server
 
 # pjdfstest and fsx (100,000 operations on seeds 1, 2 and a random one) on a real mount.
 posix:
+	@echo "== make $@ at $$(date -u +%T)"
 	scripts/posix-suites.sh 100000
 
 # The same on a mount whose chain lives on a local three-replica chain-server cluster. Every
@@ -37,6 +43,7 @@ posix:
 # longer: CI runs 30,000 operations per seed (100,000 passed in 11.5 min; docs/chain-server.md).
 # Then again on a single-writer (--exclusive) mount of such a cluster.
 posix-cluster:
+	@echo "== make $@ at $$(date -u +%T)"
 	scripts/posix-suites-cluster.sh 30000
 	scripts/posix-suites-cluster.sh 30000 --exclusive
 
