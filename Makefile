@@ -33,10 +33,12 @@ chart:
 	@echo "== make $@ at $$(date -u +%T)"
 	python3 scripts/chart-check.py --chain-server target/$(PROFILE)/chain-server
 
-# pjdfstest and fsx (100,000 operations on seeds 1, 2 and a random one) on a real mount.
+# pjdfstest and fsx (40,000 operations on seeds 1, 2 and a random one) on a real mount. CI ran
+# 100,000 per seed until session 27 (all passed; the last on 2026-12-07, seeds 1, 2, 593512311),
+# which took 8 of CI's 31 minutes; `scripts/posix-suites.sh 100000` runs that many by hand.
 posix:
 	@echo "== make $@ at $$(date -u +%T)"
-	scripts/posix-suites.sh 100000
+	scripts/posix-suites.sh 40000
 
 # The same on a mount whose chain lives on a local three-replica chain-server cluster. Every
 # namespace and attribute change there is a round trip to the cluster, so fsx takes about 7x

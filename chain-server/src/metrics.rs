@@ -228,7 +228,11 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, metrics: Arc<Metrics>
                 "/health" | "/ready" => (
                     "503 Service Unavailable",
                     match node.live() {
-                        Ok(()) => "not ready: a partition has no leader\n".to_string(),
+                        Ok(()) => format!(
+                            "not ready: {}\n",
+                            node.not_ready()
+                                .unwrap_or_else(|| "a partition has no leader".into())
+                        ),
                         Err(e) => format!("not ready: {e}\n"),
                     },
                 ),

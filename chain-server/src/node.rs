@@ -271,7 +271,33 @@ impl Node {
 
     /// Whether every partition knows a leader (the readiness condition).
     pub fn ready(&self) -> bool {
-        self.partitions.iter().all(|p| p.leader().is_some())
+        self.not_ready().is_none()
+    }
+
+    /// Why the node is not ready, for people: a partition without a leader, or one this
+    /// replica is not a member of (it never will be: membership is fixed at a cluster's first
+    /// start; with a copy of a member's disk it would otherwise name the leader it remembers).
+    pub fn not_ready(&self) -> Option<String> {
+        let id = self.config.id;
+        self.partitions.iter().find_map(|p| {
+            let m = p.raft.metrics().borrow().clone();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            if voters.is_empty() {
+                Some(format!(
+                    "partition {} has no members here yet: a new replica waits for the others (replicas added after a cluster's first start are never made members: docs/operations.md)",
+                    p.id
+                ))
+            } else if !voters.contains(&id) {
+                Some(format!(
+                    "this replica (id {id}) is not a member of partition {} (members {voters:?}): the replica count cannot change after a cluster's first start (docs/operations.md)",
+                    p.id
+                ))
+            } else if known_leader(&m).is_none() {
+                Some(format!("partition {} has no leader", p.id))
+            } else {
+                None
+            }
+        })
     }
 
     /// The liveness condition: every partition's Raft core runs. One stopped by a storage

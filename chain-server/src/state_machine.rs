@@ -612,7 +612,6 @@ impl Inner {
         Ok(planned.meta)
     }
 
-    /// Replaces the state with a received snapshot.
     /// A fresh file to receive a snapshot into. A new inode, not the old file cut short: a
     /// write of a receipt openraft gave up may still be on its way to the old one.
     fn begin_receiving(&mut self) -> Result<Arc<dyn StorageFile>, LogError> {

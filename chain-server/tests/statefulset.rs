@@ -53,14 +53,32 @@ impl Pods {
         }
     }
 
-    fn ready(&self, i: usize) -> bool {
+    /// Pod `i`'s answer to `/health` (empty when it cannot be reached).
+    fn health(&self, i: usize) -> String {
         let Ok(mut s) = std::net::TcpStream::connect(&self.metrics[i]) else {
-            return false;
+            return String::new();
         };
         let _ = s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n");
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
-        out.starts_with("HTTP/1.1 200")
+        out
+    }
+
+    fn ready(&self, i: usize) -> bool {
+        self.health(i).starts_with("HTTP/1.1 200")
+    }
+
+    /// Waits until pod `i`'s `/health` says `what`.
+    fn wait_health(&self, i: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.health(i);
+            if out.contains(what) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pod {i}: {out}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn wait_ready(&self, i: usize) {
@@ -82,7 +100,7 @@ impl Drop for Pods {
 
 #[test]
 fn identical_pods_named_by_host_name_form_one_cluster_once() {
-    let base = common::ports(9);
+    let base = common::ports(12);
     let peers = (0..3u16)
         .map(|i| {
             format!(
@@ -146,4 +164,25 @@ fn identical_pods_named_by_host_name_form_one_cluster_once() {
     let (chain3, _o3, g3) = common::new_chain();
     rt.block_on(client.create(chain3, 1 << 20, g3)).unwrap();
     assert!(rt.block_on(client.barrier(chain)).unwrap() >= index);
+
+    // Scaled up after the first start (`helm upgrade --set chainServer.replicas=4`): the new
+    // pod is never made a member, and says why instead of only "not ready".
+    pods.peers
+        .push(format!("4=localhost:{},localhost:{}", base + 10, base + 9));
+    pods.metrics.push(format!("127.0.0.1:{}", base + 11));
+    pods.children.push(None);
+    pods.start(3);
+    pods.wait_health(3, "has no members here yet");
+    // Given a member's data (a copied volume), it knows it is not among them.
+    pods.stop(3);
+    let (from, to) = (
+        pods.dir.path().join("data-2"),
+        pods.dir.path().join("data-3"),
+    );
+    std::fs::remove_dir_all(&to).unwrap();
+    let copied = Command::new("cp").arg("-a").arg(&from).arg(&to).status();
+    assert!(copied.unwrap().success());
+    pods.start(3);
+    pods.wait_health(3, "this replica (id 4) is not a member of partition");
+    assert!(pods.health(3).starts_with("HTTP/1.1 503"));
 }
