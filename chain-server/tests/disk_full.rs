@@ -53,6 +53,33 @@ fn wait_for_room(c: &Cluster, i: usize, bytes: u64) {
     }
 }
 
+/// Three replicas, each on a disk of `disk` bytes, keeping `reserve` bytes free, and a chain.
+fn on_disks(disk: u64, reserve: u64) -> WithChain {
+    let reserve = reserve.to_string();
+    let extra = ["--disk-reserve-bytes", reserve.as_str()];
+    let cluster = Cluster::start_on(false, 1_000_000, &extra, Some(disk));
+    WithChain::on(cluster, 1 << 30)
+}
+
+/// A record of 256 KiB named by `i`.
+fn put(w: &WithChain, i: u32) -> Vec<u8> {
+    let value = vec![i as u8; 256 << 10];
+    put_tx(w.chain, &w.owner, &w.key, &i.to_be_bytes(), &value)
+}
+
+/// Commits records of 256 KiB until one is refused (fewer than `limit`): how many were taken,
+/// and the refusal.
+fn commit_until_refused(w: &WithChain, limit: u32) -> (u32, RemoteError) {
+    let mut acked = 0u32;
+    loop {
+        assert!(acked < limit, "{limit} records of 256 KiB taken");
+        match w.rt.block_on(w.client.commit(w.chain, put(w, acked))) {
+            Ok(_) => acked += 1,
+            Err(e) => return (acked, e),
+        }
+    }
+}
+
 /// Commits `txs` through a commit stream, as a mount does; the answers in order.
 fn through_a_stream(w: &WithChain, txs: Vec<Vec<u8>>) -> Vec<Result<u64, RemoteError>> {
     let (feed, rx) = tokio::sync::mpsc::channel::<(bytes::Bytes, usize)>(1);
@@ -155,26 +182,9 @@ fn a_replica_whose_disk_fills_stops_and_its_partition_goes_on_without_it() {
 #[test]
 fn a_leader_refuses_commits_before_the_disks_fill_and_takes_deletions() {
     const DISK: u64 = 48 * MIB;
-    let reserve = (16 * MIB).to_string();
-    let cluster = Cluster::start_on(
-        false,
-        1_000_000,
-        &["--disk-reserve-bytes", &reserve],
-        Some(DISK),
-    );
-    let w = WithChain::on(cluster, 1 << 30);
-    let put = |i: u32| {
-        let value = vec![i as u8; 256 << 10];
-        put_tx(w.chain, &w.owner, &w.key, &i.to_be_bytes(), &value)
-    };
-    let mut acked = 0u32;
-    let refusal = loop {
-        assert!(acked < 200, "50 MiB taken on 48 MiB disks");
-        match w.rt.block_on(w.client.commit(w.chain, put(acked))) {
-            Ok(_) => acked += 1,
-            Err(e) => break e,
-        }
-    };
+    let w = on_disks(DISK, 16 * MIB);
+    // 200 records: 50 MiB on 48 MiB disks.
+    let (acked, refusal) = commit_until_refused(&w, 200);
     match &refusal {
         RemoteError::Refused(Code::ResourceExhausted, m) => {
             assert!(m.contains("disks are nearly full"), "{m}")
@@ -203,7 +213,7 @@ fn a_leader_refuses_commits_before_the_disks_fill_and_takes_deletions() {
     }
     let leader = w.cluster.leader_of(w.p).expect("a leader");
     wait_for_room(&w.cluster, leader, DISK);
-    w.rt.block_on(w.client.commit(w.chain, put(acked)))
+    w.rt.block_on(w.client.commit(w.chain, put(&w, acked)))
         .expect("a record once the disks are larger");
 }
 
@@ -214,33 +224,14 @@ fn a_leader_refuses_commits_before_the_disks_fill_and_takes_deletions() {
 /// and restarted it).
 #[test]
 fn a_leader_refuses_commits_before_its_fullest_follower_fills() {
-    const DISK: u64 = 64 * MIB;
     const RESERVE: u64 = 16 * MIB;
-    let reserve = RESERVE.to_string();
-    let cluster = Cluster::start_on(
-        false,
-        1_000_000,
-        &["--disk-reserve-bytes", &reserve],
-        Some(DISK),
-    );
-    let w = WithChain::on(cluster, 1 << 30);
+    let w = on_disks(64 * MIB, RESERVE);
     let leader = w.cluster.leader_of(w.p).expect("a leader");
     let small = (leader + 1) % 3;
     let disk = &w.cluster.disks[small];
     disk.resize(disk.used() + RESERVE + 8 * MIB);
-    let mut acked = 0u32;
-    let refusal = loop {
-        assert!(
-            acked < 100,
-            "25 MiB taken with 24 MiB left on replica {small}"
-        );
-        let value = vec![acked as u8; 256 << 10];
-        let tx = put_tx(w.chain, &w.owner, &w.key, &acked.to_be_bytes(), &value);
-        match w.rt.block_on(w.client.commit(w.chain, tx)) {
-            Ok(_) => acked += 1,
-            Err(e) => break e,
-        }
-    };
+    // 100 records: 25 MiB with 24 MiB left on the small disk.
+    let (acked, refusal) = commit_until_refused(&w, 100);
     let small_id = w.cluster.replicas[small].id;
     match &refusal {
         RemoteError::Refused(Code::ResourceExhausted, m) => {
