@@ -224,18 +224,14 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, metrics: Arc<Metrics>
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/metrics" => ("200 OK", metrics.render(&node)),
-                "/health" | "/ready" if node.ready() => ("200 OK", "ready\n".to_string()),
-                "/health" | "/ready" => (
-                    "503 Service Unavailable",
-                    match node.live() {
-                        Ok(()) => format!(
-                            "not ready: {}\n",
-                            node.not_ready()
-                                .unwrap_or_else(|| "a partition has no leader".into())
-                        ),
-                        Err(e) => format!("not ready: {e}\n"),
-                    },
-                ),
+                "/health" | "/ready" => match node.not_ready() {
+                    None => ("200 OK", "ready\n".to_string()),
+                    // A stopped partition's reason says more than its missing leader.
+                    Some(why) => (
+                        "503 Service Unavailable",
+                        format!("not ready: {}\n", node.live().err().unwrap_or(why)),
+                    ),
+                },
                 "/live" => match node.live() {
                     Ok(()) => ("200 OK", "live\n".to_string()),
                     Err(e) => ("503 Service Unavailable", format!("{e}\n")),

@@ -269,18 +269,15 @@ impl Node {
         self.config.peers.get(&id).map(|a| a.api.as_str())
     }
 
-    /// Whether every partition knows a leader (the readiness condition).
-    pub fn ready(&self) -> bool {
-        self.not_ready().is_none()
-    }
-
-    /// Why the node is not ready, for people: a partition without a leader, or one this
-    /// replica is not a member of (it never will be: membership is fixed at a cluster's first
-    /// start; with a copy of a member's disk it would otherwise name the leader it remembers).
+    /// Why the node is not ready, for people; None when it is (a member of every partition,
+    /// each with a leader). A replica that is not a member never will be: membership is fixed
+    /// at a cluster's first start, and with a copy of a member's disk it would otherwise name
+    /// the leader it remembers.
     pub fn not_ready(&self) -> Option<String> {
         let id = self.config.id;
         self.partitions.iter().find_map(|p| {
-            let m = p.raft.metrics().borrow().clone();
+            let metrics = p.raft.metrics();
+            let m = metrics.borrow();
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
             if voters.is_empty() {
                 Some(format!(

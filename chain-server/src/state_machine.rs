@@ -271,6 +271,14 @@ fn same_file(a: &Arc<dyn StorageFile>, b: &Arc<dyn StorageFile>) -> bool {
     std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
+/// Removes the file `name`, if there is one.
+fn remove_if_present(storage: &dyn Storage, name: &str) -> Result<(), LogError> {
+    match storage.remove(name) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LogError::io("remove", name)(e)),
+        _ => Ok(()),
+    }
+}
+
 /// Copies `from` to `to` (at its start), a MiB at a time.
 fn copy_file(from: &dyn StorageFile, to: &dyn StorageFile) -> Result<(), LogError> {
     let len = from
@@ -615,12 +623,7 @@ impl Inner {
     /// A fresh file to receive a snapshot into. A new inode, not the old file cut short: a
     /// write of a receipt openraft gave up may still be on its way to the old one.
     fn begin_receiving(&mut self) -> Result<Arc<dyn StorageFile>, LogError> {
-        match self.storage.remove(INSTALL_TMP) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(LogError::io("remove", INSTALL_TMP)(e))
-            }
-            _ => {}
-        }
+        remove_if_present(self.storage.as_ref(), INSTALL_TMP)?;
         let file = self.create_tmp(INSTALL_TMP)?;
         self.receiving = Some(file.clone());
         Ok(file)
@@ -706,12 +709,7 @@ impl StateMachine {
         };
         // What a crash left half written: a received snapshot can be as large as the data.
         for tmp in [INSTALL_TMP, BUILD_TMP] {
-            match storage.remove(tmp) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(LogError::io("remove", tmp)(e))
-                }
-                _ => {}
-            }
+            remove_if_present(storage.as_ref(), tmp)?;
         }
         match storage.open(SNAP_FILE, false) {
             Ok(file) => {
