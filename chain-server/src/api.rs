@@ -150,8 +150,8 @@ impl Api {
         }
     }
 
-    fn redirect(&self, leader: Option<u64>) -> Status {
-        match leader.and_then(|l| self.node.api_addr(l)) {
+    fn redirect(&self, p: &Partition, leader: Option<u64>) -> Status {
+        match leader.and_then(|l| self.node.api_addr(p, l)) {
             Some(addr) => {
                 let mut s = Status::unavailable("not the leader of this chain's partition");
                 if let Ok(v) = addr.parse() {
@@ -178,7 +178,7 @@ impl Api {
                 Outcome::Refused { kind, reason } => Err(refused(kind, reason)),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(self.redirect(f.leader_id))
+                Err(self.redirect(p, f.leader_id))
             }
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
@@ -440,7 +440,7 @@ impl Api {
         match r {
             Ok(_) => {}
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                return Err(self.redirect(f.leader_id))
+                return Err(self.redirect(p, f.leader_id))
             }
             Err(e) => return Err(Status::unavailable(e.to_string())),
         }
@@ -682,7 +682,7 @@ impl Chains for Api {
         }
         let leader = p.leader();
         if leader != Some(self.node.config.id) {
-            return Err(self.redirect(leader));
+            return Err(self.redirect(p, leader));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_DEPTH);
         tokio::spawn(self.clone().serve_commit_stream(chain, first, inbound, tx));

@@ -68,6 +68,14 @@ impl PeerRoom {
             .min_by_key(|(peer, free)| (*free, *peer))
     }
 
+    /// Whether `peer` answered within `d` (any answer from a running partition reports).
+    pub fn heard_within(&self, peer: u64, d: Duration) -> bool {
+        self.0
+            .lock()
+            .get(&peer)
+            .is_some_and(|(_, at)| at.elapsed() < d)
+    }
+
     /// The room of each peer heard from within `fresh`, by peer.
     pub fn reports(&self, fresh: Duration) -> Vec<(u64, u64)> {
         let mut v: Vec<_> = self
@@ -101,6 +109,9 @@ mod tests {
             "no report is that fresh"
         );
         assert_eq!(room.reports(FRESH), vec![(2, 500), (3, 900)]);
+        assert!(room.heard_within(2, FRESH));
+        assert!(!room.heard_within(4, FRESH), "never heard from");
+        assert!(!room.heard_within(2, Duration::ZERO));
     }
 
     #[test]

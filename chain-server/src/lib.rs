@@ -11,6 +11,7 @@
 pub mod disk;
 pub mod log_bound;
 pub mod log_store;
+pub mod membership;
 mod shared_bytes;
 mod snapshot_build;
 pub mod snapshot_data;

@@ -116,6 +116,10 @@ struct RunArgs {
     /// Source address for connections to peers.
     #[arg(long)]
     source_ip: Option<std::net::IpAddr>,
+    /// A member that some replica's --peer list no longer names (a StatefulSet scaled down) is
+    /// removed from the partitions once their leader has not heard from it for this long.
+    #[arg(long, default_value_t = 10)]
+    forget_after_secs: u64,
 }
 
 fn parse_peer(s: &str) -> Result<(u64, PeerAddr)> {
@@ -226,6 +230,7 @@ async fn run(args: RunArgs) -> Result<()> {
         heartbeat_ms: args.heartbeat_ms,
         source_ip: args.source_ip,
         disk_reserve: args.disk_reserve_bytes,
+        forget_after: std::time::Duration::from_secs(args.forget_after_secs),
     };
     let node = Node::start(config, tls.clone()).await?;
     let metrics = Arc::new(Metrics::default());
@@ -261,6 +266,7 @@ async fn run(args: RunArgs) -> Result<()> {
     if bootstrap {
         node.bootstrap().await?;
     }
+    tokio::spawn(chain_server::membership::keep(node.clone(), tls.clone()));
     tracing::info!(id, raft = %me.raft, api = %me.api, metrics = %args.metrics,
         tls = tls.enabled(), "serving");
     // The readiness line scripts wait for.

@@ -127,7 +127,7 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{partition=\"{p}\"}} {}", vals[i]);
             }
         }
-        let gauges: [(&str, &str); 7] = [
+        let gauges: [(&str, &str); 9] = [
             ("atefs_raft_term", "Current Raft term."),
             (
                 "atefs_raft_leader",
@@ -150,13 +150,24 @@ impl Metrics {
                 "atefs_raft_stopped",
                 "1 when the partition's Raft core stopped on a storage error (a full or failing disk): restart the replica once the disk has room.",
             ),
+            (
+                "atefs_raft_voters",
+                "Voters of the partition, as this replica knows its membership.",
+            ),
+            (
+                "atefs_raft_learners",
+                "Learners of the partition: replicas that asked to join and are catching up.",
+            ),
         ];
-        let rows: Vec<(u32, [u64; 7])> = node
+        let rows: Vec<(u32, [u64; 9])> = node
             .partitions
             .iter()
             .map(|p| {
                 let m = p.raft.metrics().borrow().clone();
                 let leader = crate::node::known_leader(&m).unwrap_or(0);
+                let membership = m.membership_config.membership();
+                let voters = membership.voter_ids().count() as u64;
+                let learners = membership.learner_ids().count() as u64;
                 (
                     p.id,
                     [
@@ -167,6 +178,8 @@ impl Metrics {
                         m.last_applied.map_or(0, |l| l.index),
                         p.log.bytes(),
                         u64::from(m.running_state.is_err()),
+                        voters,
+                        learners,
                     ],
                 )
             })

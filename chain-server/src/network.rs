@@ -108,12 +108,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
         let channel = {
             let mut map = self.channels.lock();
-            match map.get(&node.addr) {
+            let addr = crate::membership::raft_addr(node);
+            match map.get(addr) {
                 Some(c) => Ok(c.clone()),
                 None => {
-                    let c = self.tls.channel(&node.addr, self.source);
+                    let c = self.tls.channel(addr, self.source);
                     if let Ok(c) = &c {
-                        map.insert(node.addr.clone(), c.clone());
+                        map.insert(addr.to_string(), c.clone());
                     }
                     c
                 }
@@ -467,6 +468,12 @@ mod tests {
         }
         async fn vote(&self, _: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
             Err(Status::unimplemented("vote"))
+        }
+        async fn join(&self, _: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("join"))
+        }
+        async fn forget(&self, _: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("forget"))
         }
         async fn install_snapshot(
             &self,

@@ -47,6 +47,9 @@ pub struct NodeConfig {
     /// Free disk space a leader keeps: below it, commits that would grow a chain are refused
     /// (RESOURCE_EXHAUSTED), below half of it every commit ([`crate::disk`]).
     pub disk_reserve: u64,
+    /// How long a leader must not have heard from a member that some replica's list leaves
+    /// out before removing it ([`crate::membership`]).
+    pub forget_after: std::time::Duration,
 }
 
 /// Why a node could not start.
@@ -135,6 +138,8 @@ pub struct Node {
     pub partitions: Vec<Partition>,
     /// The room on its peers' disks, as they last reported it ([`crate::disk`]).
     pub peer_room: crate::disk::PeerRoom,
+    /// Since when it leads each partition ([`crate::membership::forget`]).
+    pub leading: crate::membership::Leading,
 }
 
 /// The partition a chain lives in.
@@ -231,6 +236,7 @@ impl Node {
             config,
             partitions,
             peer_room,
+            leading: Default::default(),
         }))
     }
 
@@ -264,35 +270,52 @@ impl Node {
         &self.partitions[p.min(self.partitions.len() - 1)]
     }
 
-    /// The API address of a node.
-    pub fn api_addr(&self, id: u64) -> Option<&str> {
-        self.config.peers.get(&id).map(|a| a.api.as_str())
+    /// The API address of replica `id`, a member of `p`: from the peer list, else from the
+    /// membership (a replica that joined later and is not on this one's list).
+    pub fn api_addr(&self, p: &Partition, id: u64) -> Option<String> {
+        if let Some(a) = self.config.peers.get(&id) {
+            return Some(a.api.clone());
+        }
+        let metrics = p.raft.metrics();
+        let m = metrics.borrow();
+        let node = m.membership_config.membership().get_node(&id)?;
+        crate::membership::api_addr(node).map(str::to_string)
     }
 
-    /// Why the node is not ready, for people; None when it is (a member of every partition,
-    /// each with a leader). A replica that is not a member never will be: membership is fixed
-    /// at a cluster's first start, and with a copy of a member's disk it would otherwise name
-    /// the leader it remembers.
+    /// How long this node has led partition `p` in `term` (as far as it has been asked).
+    pub fn leading_for(&self, p: u32, term: u64) -> std::time::Duration {
+        self.leading.for_term(p, term)
+    }
+
+    /// Why the node is not ready, for people; None when it is (a voter of every partition,
+    /// each with a leader). A replica added after the cluster's first start is ready once it
+    /// has joined every partition ([`crate::membership`]).
     pub fn not_ready(&self) -> Option<String> {
         let id = self.config.id;
         self.partitions.iter().find_map(|p| {
             let metrics = p.raft.metrics();
             let m = metrics.borrow();
-            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            let membership = m.membership_config.membership();
+            let voters: Vec<u64> = membership.voter_ids().collect();
             if voters.is_empty() {
                 Some(format!(
-                    "partition {} has no members here yet: a new replica waits for the others (replicas added after a cluster's first start are never made members: docs/operations.md)",
+                    "partition {} has no members here yet: waiting for the cluster's first start, or asking its leader to join",
                     p.id
                 ))
-            } else if !voters.contains(&id) {
+            } else if voters.contains(&id) {
+                known_leader(&m)
+                    .is_none()
+                    .then(|| format!("partition {} has no leader", p.id))
+            } else if membership.get_node(&id).is_some() {
                 Some(format!(
-                    "this replica (id {id}) is not a member of partition {} (members {voters:?}): the replica count cannot change after a cluster's first start (docs/operations.md)",
+                    "this replica (id {id}) is catching up as a learner of partition {} (voters {voters:?}); it becomes a voter once it holds the log",
                     p.id
                 ))
-            } else if known_leader(&m).is_none() {
-                Some(format!("partition {} has no leader", p.id))
             } else {
-                None
+                Some(format!(
+                    "this replica (id {id}) is not a member of partition {} (voters {voters:?}): asking its leader to join",
+                    p.id
+                ))
             }
         })
     }

@@ -132,4 +132,33 @@ impl RaftRpc for RaftService {
             raft.install_snapshot(decode(&req.body)?).await,
         )
     }
+
+    async fn join(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let p = self.partition_of(req.partition)?;
+        let join: crate::membership::JoinRequest = decode(&req.body)?;
+        let status = crate::membership::join(&self.node, p, &join)
+            .await
+            .map_err(membership_status)?;
+        self.reply::<_, ()>(req.partition, Ok(status))
+    }
+
+    async fn forget(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let p = self.partition_of(req.partition)?;
+        let ids: Vec<u64> = decode(&req.body)?;
+        let removed = crate::membership::forget(&self.node, p, &ids)
+            .await
+            .map_err(membership_status)?;
+        self.reply::<_, ()>(req.partition, Ok(removed))
+    }
+}
+
+fn membership_status(e: crate::membership::MembershipError) -> Status {
+    use crate::membership::MembershipError as E;
+    match e {
+        E::Conflict { .. } => Status::already_exists(e.to_string()),
+        E::NotLeader { .. } => Status::failed_precondition(e.to_string()),
+        E::Raft(_) => Status::unavailable(e.to_string()),
+    }
 }

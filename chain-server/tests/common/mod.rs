@@ -159,6 +159,14 @@ impl Cluster {
         for p in &self.peers {
             cmd.args(["--peer", p]);
         }
+        // A replica added by `grow` names itself; the others' lists do not name it.
+        if !self
+            .peers
+            .iter()
+            .any(|p| p.starts_with(&format!("{}=", r.id)))
+        {
+            cmd.args(["--peer", &format!("{}={},{}", r.id, r.raft, r.api)]);
+        }
         if bootstrap {
             cmd.arg("--bootstrap");
         }
@@ -172,6 +180,43 @@ impl Cluster {
             r.id
         );
         self.replicas[i].child = Some(child);
+    }
+
+    /// Starts one more replica, whose peer list is the others' and itself (a StatefulSet
+    /// scaled up, before its older pods restart with the longer list); returns its index. It
+    /// asks to join; see `wait_ready`.
+    pub fn grow(&mut self) -> usize {
+        let i = self.replicas.len();
+        let base = ports(3);
+        self.replicas.push(Replica {
+            id: i as u64 + 1,
+            source: format!("127.1.{}.{}", std::process::id() % 250, i + 1),
+            api: format!("127.0.0.1:{base}"),
+            raft: format!("127.0.0.1:{}", base + 1),
+            metrics: format!("127.0.0.1:{}", base + 2),
+            data: self.dir.path().join(format!("node-{}", i + 1)),
+            child: None,
+        });
+        self.spawn(i, false);
+        i
+    }
+
+    /// Waits until replica `i`'s `/health` answers 200.
+    pub fn wait_ready(&self, i: usize, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let (status, body) = self.http_get(i, "/health");
+            if status.contains("200") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica {} not ready: {body}\n{}",
+                self.replicas[i].id,
+                self.log_tail(i)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The tail of replica `i`'s log (for failure messages).

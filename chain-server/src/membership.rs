@@ -1,0 +1,409 @@
+//! Replicas joining a cluster after its first start, and members leaving it.
+//!
+//! A cluster's first start makes every replica on the `--peer` list a voter of every
+//! partition. Later, a replica that is not a voter of a partition asks to become one (`Join`,
+//! sent to every peer it knows; only the leader acts): the leader adds it as a learner, and
+//! once it has caught up (its log within [`LAG`] entries of the leader's) makes it a voter.
+//! The asking side drives it, not the leaders' lists: a StatefulSet scaled up starts its new
+//! pods while the old ones still run with the old list, and waits for each new pod to be
+//! ready (a voter) before it restarts an old one with the new list.
+//!
+//! A replica whose `--peer` list does not name some member asks the leader to remove it
+//! (`Forget`); the leader removes only members it has not heard from for the whole of
+//! `--forget-after-secs` while leading. So a replica scaled away is removed once it is gone,
+//! while one that a stale list leaves out but that runs is kept (and one removed while it was
+//! down joins again when it comes back: its own list names it).
+//!
+//! A joined member's address in the membership carries its API address after its Raft one
+//! ([`member_node`]), so that replicas whose lists do not name it can still send clients to it
+//! when it leads.
+
+use crate::node::{known_leader, Node, Partition, PeerAddr};
+use crate::pb::raft::raft_client::RaftClient;
+use crate::pb::raft::{RaftReply, RaftRequest};
+use openraft::{BasicNode, ChangeMembers};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Entries a learner may be behind its leader and still be made a voter.
+pub const LAG: u64 = 64;
+
+/// How often a replica that is not a voter asks again, and looks for members to forget.
+pub const EVERY: Duration = Duration::from_secs(1);
+
+/// How long one request may take (a membership change waits for a quorum).
+const ASK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A replica asking to be a voter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Its id.
+    pub id: u64,
+    /// Its Raft address.
+    pub raft: String,
+    /// Its client API address.
+    pub api: String,
+}
+
+/// Where a join stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinStatus {
+    /// A voter.
+    Voter,
+    /// A learner, `matched` of the leader's `last` entries replicated to it.
+    CatchingUp {
+        /// The last index it holds, as the leader knows it.
+        matched: u64,
+        /// The leader's last index.
+        last: u64,
+    },
+    /// The asked replica does not lead the partition.
+    NotLeader {
+        /// The leader it knows of.
+        leader: Option<u64>,
+    },
+}
+
+/// Why a membership request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// The id is a member at another address.
+    #[error("replica {id} is a member at {has}, not at {asked}: two replicas with one id?")]
+    Conflict {
+        /// The id asked for.
+        id: u64,
+        /// The member's Raft address.
+        has: String,
+        /// The address the request gave.
+        asked: String,
+    },
+    /// The asked replica does not lead.
+    #[error("not the leader of partition {partition} (leader: {leader:?})")]
+    NotLeader {
+        /// The partition.
+        partition: u32,
+        /// The leader it knows of.
+        leader: Option<u64>,
+    },
+    /// openraft refused or failed the change (another one in progress, no quorum).
+    #[error("membership change: {0}")]
+    Raft(String),
+}
+
+/// A member's entry in a partition's membership: its Raft address, a space, its API address.
+pub fn member_node(peer: &PeerAddr) -> BasicNode {
+    BasicNode::new(format!("{} {}", peer.raft, peer.api))
+}
+
+/// The Raft address in a member's entry (an entry made at a cluster's first start is only
+/// that).
+pub fn raft_addr(node: &BasicNode) -> &str {
+    node.addr.split(' ').next().unwrap_or_default()
+}
+
+/// The API address in a member's entry, for members that joined later.
+pub fn api_addr(node: &BasicNode) -> Option<&str> {
+    node.addr.split_once(' ').map(|(_, api)| api)
+}
+
+/// What a partition's leader does with a join request.
+pub async fn join(
+    node: &Node,
+    p: &Partition,
+    req: &JoinRequest,
+) -> Result<JoinStatus, MembershipError> {
+    let (leader, membership, matched, last) = {
+        let m = p.raft.metrics();
+        let m = m.borrow();
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&req.id).cloned().flatten())
+            .map_or(0, |l| l.index);
+        (
+            known_leader(&m),
+            m.membership_config.membership().clone(),
+            matched,
+            m.last_log_index.unwrap_or(0),
+        )
+    };
+    if leader != Some(node.config.id) {
+        return Ok(JoinStatus::NotLeader { leader });
+    }
+    let change = |e: &dyn std::fmt::Display| MembershipError::Raft(e.to_string());
+    let Some(known) = membership.get_node(&req.id) else {
+        let learner = member_node(&PeerAddr {
+            raft: req.raft.clone(),
+            api: req.api.clone(),
+        });
+        p.raft
+            .add_learner(req.id, learner, false)
+            .await
+            .map_err(|e| change(&e))?;
+        tracing::info!(partition = p.id, id = req.id, raft = %req.raft, "added a learner");
+        return Ok(JoinStatus::CatchingUp { matched: 0, last });
+    };
+    if raft_addr(known) != req.raft {
+        return Err(MembershipError::Conflict {
+            id: req.id,
+            has: raft_addr(known).to_string(),
+            asked: req.raft.clone(),
+        });
+    }
+    if membership.voter_ids().any(|v| v == req.id) {
+        return Ok(JoinStatus::Voter);
+    }
+    if matched.saturating_add(LAG) < last {
+        return Ok(JoinStatus::CatchingUp { matched, last });
+    }
+    p.raft
+        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false)
+        .await
+        .map_err(|e| change(&e))?;
+    tracing::info!(partition = p.id, id = req.id, "made a learner a voter");
+    Ok(JoinStatus::Voter)
+}
+
+/// What a partition's leader does with a request to forget `ids`: removes those it has not
+/// heard from for `after` while leading for at least as long (never itself). Returns the ids
+/// removed.
+pub async fn forget(node: &Node, p: &Partition, ids: &[u64]) -> Result<Vec<u64>, MembershipError> {
+    let (leader, term, membership) = {
+        let m = p.raft.metrics();
+        let m = m.borrow();
+        (
+            known_leader(&m),
+            m.current_term,
+            m.membership_config.membership().clone(),
+        )
+    };
+    let me = node.config.id;
+    if leader != Some(me) {
+        return Err(MembershipError::NotLeader {
+            partition: p.id,
+            leader,
+        });
+    }
+    let after = node.config.forget_after;
+    if node.leading_for(p.id, term) < after {
+        return Ok(Vec::new());
+    }
+    let gone: BTreeSet<u64> = ids
+        .iter()
+        .copied()
+        .filter(|id| *id != me && membership.get_node(id).is_some())
+        .filter(|id| !node.peer_room.heard_within(*id, after))
+        .collect();
+    if gone.is_empty() {
+        return Ok(Vec::new());
+    }
+    let voters: BTreeSet<u64> = membership
+        .voter_ids()
+        .filter(|v| gone.contains(v))
+        .collect();
+    let learners: BTreeSet<u64> = gone.difference(&voters).copied().collect();
+    let change = |e: &dyn std::fmt::Display| MembershipError::Raft(e.to_string());
+    if !voters.is_empty() {
+        p.raft
+            .change_membership(ChangeMembers::RemoveVoters(voters.clone()), false)
+            .await
+            .map_err(|e| change(&e))?;
+    }
+    if !learners.is_empty() {
+        p.raft
+            .change_membership(ChangeMembers::RemoveNodes(learners), false)
+            .await
+            .map_err(|e| change(&e))?;
+    }
+    tracing::info!(partition = p.id, removed = ?gone, "removed members not heard from");
+    Ok(gone.into_iter().collect())
+}
+
+/// A leader left in a joint configuration (it lost leadership between the two steps of a
+/// change) finishes it: the second configuration is the one asked for.
+async fn finish_joint(node: &Node, p: &Partition) -> Result<(), MembershipError> {
+    let target = {
+        let m = p.raft.metrics();
+        let m = m.borrow();
+        if known_leader(&m) != Some(node.config.id) {
+            return Ok(());
+        }
+        let joint = m.membership_config.membership().get_joint_config();
+        match joint.as_slice() {
+            [_, last] => last.clone(),
+            _ => return Ok(()),
+        }
+    };
+    p.raft
+        .change_membership(ChangeMembers::ReplaceAllVoters(target), false)
+        .await
+        .map_err(|e| MembershipError::Raft(e.to_string()))?;
+    Ok(())
+}
+
+/// Keeps this replica a voter of every partition and asks leaders to forget members its list
+/// does not name; runs while the process does.
+pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for p in &node.partitions {
+            if p.stopped().is_some() {
+                continue;
+            }
+            if let Err(e) = finish_joint(&node, p).await {
+                tracing::debug!(partition = p.id, error = %e, "finishing a joint membership");
+            }
+            let (voter, leader, unlisted) = {
+                let m = p.raft.metrics();
+                let m = m.borrow();
+                let membership = m.membership_config.membership();
+                let unlisted: Vec<u64> = membership
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .filter(|id| !node.config.peers.contains_key(id))
+                    .collect();
+                let leader = known_leader(&m).and_then(|l| {
+                    membership
+                        .get_node(&l)
+                        .map(|n| (l, raft_addr(n).to_string()))
+                });
+                (
+                    membership.voter_ids().any(|v| v == node.config.id),
+                    leader,
+                    unlisted,
+                )
+            };
+            if !voter {
+                ask_to_join(&node, &tls, p.id).await;
+            } else if !unlisted.is_empty() {
+                match leader {
+                    Some((l, _)) if l == node.config.id => {
+                        if let Err(e) = forget(&node, p, &unlisted).await {
+                            tracing::warn!(partition = p.id, error = %e, "forgetting members");
+                        }
+                    }
+                    Some((_, addr)) => {
+                        let body = postcard::to_stdvec(&unlisted).unwrap_or_default();
+                        if let Err(e) = ask(&node, &tls, &addr, Ask::Forget, p.id, body).await {
+                            tracing::debug!(partition = p.id, error = %e, "asking to forget");
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// Sends this replica's join request for partition `p` to every peer on its list.
+async fn ask_to_join(node: &Node, tls: &crate::tls::Tls, p: u32) {
+    let me = &node.config.peers[&node.config.id];
+    let req = JoinRequest {
+        id: node.config.id,
+        raft: me.raft.clone(),
+        api: me.api.clone(),
+    };
+    let body = postcard::to_stdvec(&req).unwrap_or_default();
+    for (id, peer) in &node.config.peers {
+        if *id == node.config.id {
+            continue;
+        }
+        match ask(node, tls, &peer.raft, Ask::Join, p, body.clone()).await {
+            Ok(reply) => match postcard::from_bytes::<JoinStatus>(&reply.body) {
+                Ok(JoinStatus::NotLeader { .. }) => continue,
+                Ok(status) => {
+                    tracing::info!(partition = p, leader = id, ?status, "asked to join");
+                    return;
+                }
+                Err(e) => tracing::warn!(partition = p, peer = id, error = %e, "join answer"),
+            },
+            Err(e) => tracing::debug!(partition = p, peer = id, error = %e, "asking to join"),
+        }
+    }
+}
+
+/// Which request.
+#[derive(Clone, Copy)]
+enum Ask {
+    Join,
+    Forget,
+}
+
+async fn ask(
+    node: &Node,
+    tls: &crate::tls::Tls,
+    addr: &str,
+    what: Ask,
+    partition: u32,
+    body: Vec<u8>,
+) -> Result<RaftReply, tonic::Status> {
+    let channel = tls
+        .channel(addr, node.config.source_ip)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = RaftClient::new(channel);
+    let mut req = tonic::Request::new(RaftRequest {
+        partition,
+        body: body.into(),
+    });
+    req.set_timeout(ASK_TIMEOUT);
+    let reply = match what {
+        Ask::Join => client.join(req).await?,
+        Ask::Forget => client.forget(req).await?,
+    };
+    Ok(reply.into_inner())
+}
+
+/// When a node started leading a partition, per term; see [`Node::leading_for`].
+#[derive(Debug, Default)]
+pub struct Leading(parking_lot::Mutex<std::collections::HashMap<u32, (u64, Instant)>>);
+
+impl Leading {
+    /// How long this node has led partition `p` in `term`, as far as it has been asked: the
+    /// first question in a term starts the clock.
+    pub fn for_term(&self, p: u32, term: u64) -> Duration {
+        let mut map = self.0.lock();
+        let entry = map.entry(p).or_insert((term, Instant::now()));
+        if entry.0 != term {
+            *entry = (term, Instant::now());
+        }
+        entry.1.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_joined_members_entry_carries_both_addresses() {
+        let n = member_node(&PeerAddr {
+            raft: "a-3.a:7111".into(),
+            api: "a-3.a:7110".into(),
+        });
+        assert_eq!(raft_addr(&n), "a-3.a:7111");
+        assert_eq!(api_addr(&n), Some("a-3.a:7110"));
+        let first = BasicNode::new("127.0.0.1:7001");
+        assert_eq!(raft_addr(&first), "127.0.0.1:7001");
+        assert_eq!(api_addr(&first), None);
+    }
+
+    #[test]
+    fn leading_counts_from_the_first_question_in_a_term() {
+        let l = Leading::default();
+        assert!(l.for_term(0, 5) < Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(l.for_term(0, 5) >= Duration::from_millis(20));
+        assert!(
+            l.for_term(0, 6) < Duration::from_millis(20),
+            "a new term starts again"
+        );
+        assert!(
+            l.for_term(1, 6) < Duration::from_millis(20),
+            "per partition"
+        );
+    }
+}

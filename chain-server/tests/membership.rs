@@ -1,0 +1,73 @@
+//! A replica added to a running cluster (a StatefulSet scaled up: its list names the others
+//! and itself, theirs do not name it) joins every partition over the Raft transport's mutual
+//! TLS: it catches up as a learner (from a snapshot and the log after it) and becomes a voter,
+//! one whose acknowledgement the quorum then needs. Replicas whose lists do not name it send
+//! clients to it when it leads, by the API address its membership entry carries.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{put_tx, Cluster, WithChain};
+use std::time::Duration;
+
+#[test]
+fn a_replica_added_later_joins_and_counts_toward_the_quorum() {
+    // TLS (the join goes over the replicas' mutual TLS); snapshots every 20 entries, so the
+    // new replica needs a snapshot before the log.
+    let mut w = WithChain::on(Cluster::start(true, 20), 1 << 30);
+    let value = vec![1u8; 4096];
+    let mut last = 0;
+    for i in 0..60u32 {
+        let tx = put_tx(w.chain, &w.owner, &w.key, &i.to_be_bytes(), &value);
+        last = w.rt.block_on(w.client.commit(w.chain, tx)).unwrap();
+    }
+    let new = w.cluster.grow();
+    w.cluster.wait_ready(new, Duration::from_secs(60));
+    for i in 0..4 {
+        for p in 0..2 {
+            // Every replica, its own list or not, sees four voters.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while w.cluster.gauge(i, "atefs_raft_voters", p) != 4 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "replica {i}, partition {p}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    assert!(w
+        .cluster
+        .wait_applied(new, w.p, last, Duration::from_secs(30)));
+    let snapshot = w.cluster.replicas[new]
+        .data
+        .join(format!("partition-{}/state/snapshot.bin", w.p));
+    assert!(snapshot.exists(), "the log it missed came as a snapshot");
+
+    // Make the new replica the chain's leader: kill whichever other replica leads, start it
+    // again, until the election goes to the new one. With four voters a quorum is three, so
+    // while one is down every commit needs the new replica.
+    let mut tries = 0;
+    loop {
+        let leader = w.cluster.leader_of(w.p).expect("a leader");
+        if leader == new {
+            break;
+        }
+        tries += 1;
+        assert!(tries <= 30, "the new replica never led");
+        w.cluster.kill(leader);
+        let tx = put_tx(w.chain, &w.owner, &w.key, b"while one is down", &value);
+        last = w.rt.block_on(w.client.commit(w.chain, tx)).unwrap();
+        w.cluster.spawn(leader, false);
+        w.cluster.wait_ready(leader, Duration::from_secs(30));
+    }
+    // A client that knows only a replica whose list does not name the leader is sent to it.
+    let old_only = w.cluster.client_of(
+        vec![w.cluster.replicas[0].api.clone()],
+        Duration::from_secs(20),
+    );
+    let tx = put_tx(w.chain, &w.owner, &w.key, b"through a redirect", &value);
+    let index = w.rt.block_on(old_only.commit(w.chain, tx)).unwrap();
+    assert!(index > last);
+    assert_eq!(w.rt.block_on(old_only.barrier(w.chain)).unwrap(), index);
+}
