@@ -56,6 +56,28 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         partitions: u32,
     },
+    /// Remove a replica that is gone for good from every partition (run before lowering a
+    /// StatefulSet's replica count: docs/operations.md). Its leaders remove it once they have
+    /// not heard from it for --forget-after-secs; this waits for that.
+    Forget(ForgetArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct ForgetArgs {
+    /// The replica's id (a StatefulSet's `NAME-3` is replica 4).
+    id: u64,
+    /// Raft addresses (HOST:PORT) of the replicas that stay (comma-separated or repeated).
+    #[arg(long = "server", required = true, value_delimiter = ',')]
+    servers: Vec<String>,
+    /// Directory holding ca.pem, server.pem and server.key (the replicas' own).
+    #[arg(long, conflicts_with = "insecure_plaintext")]
+    tls_dir: Option<PathBuf>,
+    /// The replicas serve without TLS.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
 }
 
 #[derive(clap::Args, Clone)]
@@ -152,6 +174,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().cmd {
         Cmd::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args)),
+        Cmd::Forget(args) => tokio::runtime::Runtime::new()?.block_on(forget(args)),
         Cmd::Certs { out, names } => {
             chain_server::tls::generate(&out, &names)?;
             println!(
@@ -191,6 +214,41 @@ fn listen_addr(addr: &str) -> Result<std::net::SocketAddr> {
     Ok(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
 }
 
+fn load_tls(dir: &Option<PathBuf>, plaintext: bool) -> Result<Tls> {
+    Ok(match (dir, plaintext) {
+        (Some(d), _) => Tls::load(d)?,
+        (None, true) => Tls::plaintext(),
+        (None, false) => {
+            bail!("give --tls-dir DIR (see `chain-server certs`), or --insecure-plaintext")
+        }
+    })
+}
+
+async fn forget(args: ForgetArgs) -> Result<()> {
+    use chain_server::membership::{forget_everywhere, Forgotten};
+    let tls = load_tls(&args.tls_dir, args.insecure_plaintext)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout_secs);
+    let mut waiting = std::collections::HashSet::new();
+    let partitions = forget_everywhere(&tls, &args.servers, args.id, deadline, |step| match step {
+        Forgotten::Gone(p) => println!("partition {p}: replica {} is not a member", args.id),
+        Forgotten::Heard(p) => {
+            if waiting.insert(*p) {
+                println!(
+                    "partition {p}: replica {} was heard from lately; waiting until its leader has not heard from it for --forget-after-secs",
+                    args.id
+                );
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("forgetting replica {}", args.id))?;
+    println!(
+        "replica {} is a member of none of the {partitions} partitions",
+        args.id
+    );
+    Ok(())
+}
+
 async fn run(args: RunArgs) -> Result<()> {
     let peers: BTreeMap<u64, PeerAddr> = args
         .peers
@@ -212,13 +270,7 @@ async fn run(args: RunArgs) -> Result<()> {
         .clone();
     let bootstrap = args.bootstrap
         || (args.bootstrap_first && peers.keys().next() == Some(&id) && !args.data.exists());
-    let tls = Arc::new(match (&args.tls_dir, args.insecure_plaintext) {
-        (Some(d), _) => Tls::load(d)?,
-        (None, true) => Tls::plaintext(),
-        (None, false) => {
-            bail!("give --tls-dir DIR (see `chain-server certs`), or --insecure-plaintext")
-        }
-    });
+    let tls = Arc::new(load_tls(&args.tls_dir, args.insecure_plaintext)?);
     let config = NodeConfig {
         id,
         peers,

@@ -66,6 +66,15 @@ pub enum JoinStatus {
     },
 }
 
+/// The answer to a request to forget members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetReply {
+    /// The ids removed now.
+    pub removed: Vec<u64>,
+    /// The partition's members (voters and learners) after that.
+    pub members: Vec<u64>,
+}
+
 /// Why a membership request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
@@ -167,9 +176,12 @@ pub async fn join(
 }
 
 /// What a partition's leader does with a request to forget `ids`: removes those it has not
-/// heard from for `after` while leading for at least as long (never itself). Returns the ids
-/// removed.
-pub async fn forget(node: &Node, p: &Partition, ids: &[u64]) -> Result<Vec<u64>, MembershipError> {
+/// heard from for `--forget-after-secs` while leading for at least as long (never itself).
+pub async fn forget(
+    node: &Node,
+    p: &Partition,
+    ids: &[u64],
+) -> Result<ForgetReply, MembershipError> {
     let (leader, term, membership) = {
         let m = p.raft.metrics();
         let m = m.borrow();
@@ -187,8 +199,12 @@ pub async fn forget(node: &Node, p: &Partition, ids: &[u64]) -> Result<Vec<u64>,
         });
     }
     let after = node.config.forget_after;
+    let mut members: Vec<u64> = membership.nodes().map(|(id, _)| *id).collect();
     if node.leading_for(p.id, term) < after {
-        return Ok(Vec::new());
+        return Ok(ForgetReply {
+            removed: Vec::new(),
+            members,
+        });
     }
     let gone: BTreeSet<u64> = ids
         .iter()
@@ -197,7 +213,10 @@ pub async fn forget(node: &Node, p: &Partition, ids: &[u64]) -> Result<Vec<u64>,
         .filter(|id| !node.peer_room.heard_within(*id, after))
         .collect();
     if gone.is_empty() {
-        return Ok(Vec::new());
+        return Ok(ForgetReply {
+            removed: Vec::new(),
+            members,
+        });
     }
     let voters: BTreeSet<u64> = membership
         .voter_ids()
@@ -218,7 +237,11 @@ pub async fn forget(node: &Node, p: &Partition, ids: &[u64]) -> Result<Vec<u64>,
             .map_err(|e| change(&e))?;
     }
     tracing::info!(partition = p.id, removed = ?gone, "removed members not heard from");
-    Ok(gone.into_iter().collect())
+    members.retain(|id| !gone.contains(id));
+    Ok(ForgetReply {
+        removed: gone.into_iter().collect(),
+        members,
+    })
 }
 
 /// A leader left in a joint configuration (it lost leadership between the two steps of a
@@ -288,7 +311,8 @@ pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
                     }
                     Some((_, addr)) => {
                         let body = postcard::to_stdvec(&unlisted).unwrap_or_default();
-                        if let Err(e) = ask(&node, &tls, &addr, Ask::Forget, p.id, body).await {
+                        let source = node.config.source_ip;
+                        if let Err(e) = ask(&tls, source, &addr, Ask::Forget, p.id, body).await {
                             tracing::debug!(partition = p.id, error = %e, "asking to forget");
                         }
                     }
@@ -312,7 +336,8 @@ async fn ask_to_join(node: &Node, tls: &crate::tls::Tls, p: u32) {
         if *id == node.config.id {
             continue;
         }
-        match ask(node, tls, &peer.raft, Ask::Join, p, body.clone()).await {
+        let source = node.config.source_ip;
+        match ask(tls, source, &peer.raft, Ask::Join, p, body.clone()).await {
             Ok(reply) => match postcard::from_bytes::<JoinStatus>(&reply.body) {
                 Ok(JoinStatus::NotLeader { .. }) => continue,
                 Ok(status) => {
@@ -334,15 +359,15 @@ enum Ask {
 }
 
 async fn ask(
-    node: &Node,
     tls: &crate::tls::Tls,
+    source: Option<std::net::IpAddr>,
     addr: &str,
     what: Ask,
     partition: u32,
     body: Vec<u8>,
 ) -> Result<RaftReply, tonic::Status> {
     let channel = tls
-        .channel(addr, node.config.source_ip)
+        .channel(addr, source)
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut client = RaftClient::new(channel);
     let mut req = tonic::Request::new(RaftRequest {
@@ -355,6 +380,69 @@ async fn ask(
         Ask::Forget => client.forget(req).await?,
     };
     Ok(reply.into_inner())
+}
+
+/// How a request to forget a replica went, per partition ([`forget_everywhere`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forgotten {
+    /// Not a member (any more) of partition `.0`.
+    Gone(u32),
+    /// Still a member of partition `.0`: its leader heard from it within `--forget-after-secs`
+    /// (or has not led that long); asked again.
+    Heard(u32),
+}
+
+/// Asks every partition's leader (found among `servers`, Raft addresses) to forget replica
+/// `id`, until it is no member of any partition or `deadline` passes; `progress` is told of
+/// each answer. The number of partitions is found by asking for more until a replica says
+/// there is no such partition.
+pub async fn forget_everywhere(
+    tls: &crate::tls::Tls,
+    servers: &[String],
+    id: u64,
+    deadline: Instant,
+    mut progress: impl FnMut(&Forgotten),
+) -> Result<u32, MembershipError> {
+    let body = postcard::to_stdvec(&vec![id]).map_err(|e| MembershipError::Raft(e.to_string()))?;
+    let mut p = 0u32;
+    loop {
+        let mut last = String::from("no server answered");
+        let mut answered = None;
+        for addr in servers {
+            match ask(tls, None, addr, Ask::Forget, p, body.clone()).await {
+                Ok(reply) => match postcard::from_bytes::<ForgetReply>(&reply.body) {
+                    Ok(r) => {
+                        answered = Some(r);
+                        break;
+                    }
+                    Err(e) => last = format!("{addr}: {e}"),
+                },
+                Err(s) if s.code() == tonic::Code::InvalidArgument && p > 0 => return Ok(p),
+                Err(s) => last = format!("{addr}: {}", s.message()),
+            }
+        }
+        let step = match answered {
+            Some(r) if !r.members.contains(&id) => Forgotten::Gone(p),
+            Some(_) => Forgotten::Heard(p),
+            None => {
+                if Instant::now() >= deadline {
+                    return Err(MembershipError::Raft(format!("partition {p}: {last}")));
+                }
+                tokio::time::sleep(EVERY).await;
+                continue;
+            }
+        };
+        progress(&step);
+        match step {
+            Forgotten::Gone(_) => p += 1,
+            Forgotten::Heard(_) if Instant::now() >= deadline => {
+                return Err(MembershipError::Raft(format!(
+                    "partition {p}: replica {id} is still heard from (is it still running?)"
+                )))
+            }
+            Forgotten::Heard(_) => tokio::time::sleep(EVERY).await,
+        }
+    }
 }
 
 /// When a node started leading a partition, per term; see [`Node::leading_for`].

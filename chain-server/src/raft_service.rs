@@ -147,10 +147,10 @@ impl RaftRpc for RaftService {
         let req = req.into_inner();
         let p = self.partition_of(req.partition)?;
         let ids: Vec<u64> = decode(&req.body)?;
-        let removed = crate::membership::forget(&self.node, p, &ids)
+        let reply = crate::membership::forget(&self.node, p, &ids)
             .await
             .map_err(membership_status)?;
-        self.reply::<_, ()>(req.partition, Ok(removed))
+        self.reply::<_, ()>(req.partition, Ok(reply))
     }
 }
 

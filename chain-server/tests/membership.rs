@@ -71,3 +71,44 @@ fn a_replica_added_later_joins_and_counts_toward_the_quorum() {
     assert!(index > last);
     assert_eq!(w.rt.block_on(old_only.barrier(w.chain)).unwrap(), index);
 }
+
+#[test]
+fn bad_join_requests_are_refused_with_the_right_code() {
+    let c = Cluster::start(true, 1_000_000);
+    let rt = common::rt();
+    let tls = chain_server::tls::Tls::load(&c.dir.path().join("certs")).unwrap();
+    let leader = c.leader_of(0).expect("a leader");
+    let _in_runtime = rt.enter();
+    let mut client = chain_server::pb::raft::raft_client::RaftClient::new(
+        tls.channel(&c.replicas[leader].raft, None).unwrap(),
+    );
+    let join = |body: Vec<u8>| chain_server::pb::raft::RaftRequest {
+        partition: 0,
+        body: body.into(),
+    };
+    let garbage = rt.block_on(client.join(join(vec![0xff; 7]))).unwrap_err();
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage}");
+    // Replica 2's id from another address: two replicas with one id.
+    let other = postcard::to_stdvec(&chain_server::membership::JoinRequest {
+        id: 2,
+        raft: "127.0.0.1:1".into(),
+        api: "127.0.0.1:2".into(),
+    })
+    .unwrap();
+    let twin = rt.block_on(client.join(join(other))).unwrap_err();
+    assert_eq!(twin.code(), tonic::Code::AlreadyExists, "{twin}");
+    assert!(
+        twin.message().contains("replica 2 is a member at"),
+        "{twin}"
+    );
+    // Its own address: already a voter.
+    let same = postcard::to_stdvec(&chain_server::membership::JoinRequest {
+        id: 2,
+        raft: c.replicas[1].raft.clone(),
+        api: c.replicas[1].api.clone(),
+    })
+    .unwrap();
+    let reply = rt.block_on(client.join(join(same))).unwrap().into_inner();
+    let status: chain_server::membership::JoinStatus = postcard::from_bytes(&reply.body).unwrap();
+    assert_eq!(status, chain_server::membership::JoinStatus::Voter);
+}

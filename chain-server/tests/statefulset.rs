@@ -222,4 +222,45 @@ fn identical_pods_named_by_host_name_form_one_cluster_once() {
     pods.start(3);
     pods.wait_ready(3);
     assert!(rt.block_on(only_new.barrier(chain4)).unwrap() >= 1);
+
+    // The rolling update gives every pod the list of four.
+    for i in 0..3 {
+        pods.stop(i);
+        pods.start(i);
+        pods.wait_ready(i);
+    }
+    // Scaling down now (`kubectl scale`, then the lists): every list still names the pod that
+    // goes, so nobody asks to forget it; `chain-server forget` does, and waits until it is
+    // out of every partition.
+    pods.stop(3);
+    let out = Command::new(env!("CARGO_BIN_EXE_chain-server"))
+        .args([
+            "forget",
+            "4",
+            "--insecure-plaintext",
+            "--timeout-secs",
+            "60",
+        ])
+        .args(["--server", &format!("localhost:{}", base + 1)])
+        .args(["--server", &format!("localhost:{}", base + 4)])
+        .args(["--server", &format!("localhost:{}", base + 7)])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("replica 4 is a member of none of the 2 partitions"),
+        "{said}"
+    );
+    for i in 0..3 {
+        pods.wait_metric(i, "atefs_raft_voters{partition=\"0\"} 3");
+        pods.wait_metric(i, "atefs_raft_voters{partition=\"1\"} 3");
+    }
+    pods.stop(2);
+    let (chain5, _o5, g5) = common::new_chain();
+    rt.block_on(client.create(chain5, 1 << 20, g5)).unwrap();
 }
