@@ -226,10 +226,10 @@ fn load_tls(dir: &Option<PathBuf>, plaintext: bool) -> Result<Tls> {
 
 async fn forget(args: ForgetArgs) -> Result<()> {
     use chain_server::membership::{forget_everywhere, Forgotten};
-    let tls = load_tls(&args.tls_dir, args.insecure_plaintext)?;
+    let tls = Arc::new(load_tls(&args.tls_dir, args.insecure_plaintext)?);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout_secs);
     let mut waiting = std::collections::HashSet::new();
-    let partitions = forget_everywhere(&tls, &args.servers, args.id, deadline, |step| match step {
+    let partitions = forget_everywhere(tls, &args.servers, args.id, deadline, |step| match step {
         Forgotten::Gone(p) => println!("partition {p}: replica {} is not a member", args.id),
         Forgotten::Heard(p) => {
             if waiting.insert(*p) {

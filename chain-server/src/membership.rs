@@ -269,6 +269,11 @@ async fn finish_joint(node: &Node, p: &Partition) -> Result<(), MembershipError>
 /// Keeps this replica a voter of every partition and asks leaders to forget members its list
 /// does not name; runs while the process does.
 pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
+    let mut peers = Channels {
+        tls,
+        source: node.config.source_ip,
+        open: Default::default(),
+    };
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -301,7 +306,7 @@ pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
                 )
             };
             if !voter {
-                ask_to_join(&node, &tls, p.id).await;
+                ask_to_join(&node, &mut peers, p.id).await;
             } else if !unlisted.is_empty() {
                 match leader {
                     Some((l, _)) if l == node.config.id => {
@@ -311,8 +316,7 @@ pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
                     }
                     Some((_, addr)) => {
                         let body = postcard::to_stdvec(&unlisted).unwrap_or_default();
-                        let source = node.config.source_ip;
-                        if let Err(e) = ask(&tls, source, &addr, Ask::Forget, p.id, body).await {
+                        if let Err(e) = peers.ask(&addr, Ask::Forget, p.id, body).await {
                             tracing::debug!(partition = p.id, error = %e, "asking to forget");
                         }
                     }
@@ -324,7 +328,7 @@ pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
 }
 
 /// Sends this replica's join request for partition `p` to every peer on its list.
-async fn ask_to_join(node: &Node, tls: &crate::tls::Tls, p: u32) {
+async fn ask_to_join(node: &Node, peers: &mut Channels, p: u32) {
     let me = &node.config.peers[&node.config.id];
     let req = JoinRequest {
         id: node.config.id,
@@ -336,8 +340,7 @@ async fn ask_to_join(node: &Node, tls: &crate::tls::Tls, p: u32) {
         if *id == node.config.id {
             continue;
         }
-        let source = node.config.source_ip;
-        match ask(tls, source, &peer.raft, Ask::Join, p, body.clone()).await {
+        match peers.ask(&peer.raft, Ask::Join, p, body.clone()).await {
             Ok(reply) => match postcard::from_bytes::<JoinStatus>(&reply.body) {
                 Ok(JoinStatus::NotLeader { .. }) => continue,
                 Ok(status) => {
@@ -358,17 +361,42 @@ enum Ask {
     Forget,
 }
 
-async fn ask(
-    tls: &crate::tls::Tls,
+/// Connections to peers' Raft services, kept between requests (one TLS handshake each).
+struct Channels {
+    tls: Arc<crate::tls::Tls>,
     source: Option<std::net::IpAddr>,
-    addr: &str,
+    open: std::collections::HashMap<String, tonic::transport::Channel>,
+}
+
+impl Channels {
+    async fn ask(
+        &mut self,
+        addr: &str,
+        what: Ask,
+        partition: u32,
+        body: Vec<u8>,
+    ) -> Result<RaftReply, tonic::Status> {
+        let channel = match self.open.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = self
+                    .tls
+                    .channel(addr, self.source)
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                self.open.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        ask(channel, what, partition, body).await
+    }
+}
+
+async fn ask(
+    channel: tonic::transport::Channel,
     what: Ask,
     partition: u32,
     body: Vec<u8>,
 ) -> Result<RaftReply, tonic::Status> {
-    let channel = tls
-        .channel(addr, source)
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut client = RaftClient::new(channel);
     let mut req = tonic::Request::new(RaftRequest {
         partition,
@@ -397,19 +425,24 @@ pub enum Forgotten {
 /// each answer. The number of partitions is found by asking for more until a replica says
 /// there is no such partition.
 pub async fn forget_everywhere(
-    tls: &crate::tls::Tls,
+    tls: Arc<crate::tls::Tls>,
     servers: &[String],
     id: u64,
     deadline: Instant,
     mut progress: impl FnMut(&Forgotten),
 ) -> Result<u32, MembershipError> {
     let body = postcard::to_stdvec(&vec![id]).map_err(|e| MembershipError::Raft(e.to_string()))?;
+    let mut peers = Channels {
+        tls,
+        source: None,
+        open: Default::default(),
+    };
     let mut p = 0u32;
     loop {
         let mut last = String::from("no server answered");
         let mut answered = None;
         for addr in servers {
-            match ask(tls, None, addr, Ask::Forget, p, body.clone()).await {
+            match peers.ask(addr, Ask::Forget, p, body.clone()).await {
                 Ok(reply) => match postcard::from_bytes::<ForgetReply>(&reply.body) {
                     Ok(r) => {
                         answered = Some(r);
