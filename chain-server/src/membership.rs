@@ -276,9 +276,12 @@ pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
     };
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Partitions where a leader said this replica is only a learner: it must not call
+    // elections on the strength of the membership it remembers.
+    let mut quiet = vec![false; node.partitions.len()];
     loop {
         tick.tick().await;
-        for p in &node.partitions {
+        for (p, quiet) in node.partitions.iter().zip(quiet.iter_mut()) {
             if p.stopped().is_some() {
                 continue;
             }
@@ -305,8 +308,27 @@ pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
                     unlisted,
                 )
             };
-            if !voter {
-                ask_to_join(&node, &mut peers, p.id).await;
+            let me = node.config.id;
+            let led = leader.as_ref().is_some_and(|(l, _)| *l == me);
+            let heard = led || p.heard_from_leader_within(node.quiet_leader());
+            if voter && heard && *quiet {
+                p.raft.runtime_config().elect(true);
+                *quiet = false;
+                tracing::info!(partition = p.id, "a voter again: takes part in elections");
+            }
+            if !voter || !heard {
+                // Not a voter, or a voter no leader calls on: one removed while it was down
+                // still has the membership it knew (and would call elections no member
+                // answers, in ever higher terms).
+                if let Some(JoinStatus::CatchingUp { .. }) =
+                    ask_to_join(&node, &mut peers, p.id).await
+                {
+                    if !*quiet {
+                        p.raft.runtime_config().elect(false);
+                        *quiet = true;
+                        tracing::info!(partition = p.id, "a learner: calls no elections");
+                    }
+                }
             } else if !unlisted.is_empty() {
                 match leader {
                     Some((l, _)) if l == node.config.id => {
@@ -327,8 +349,9 @@ pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
     }
 }
 
-/// Sends this replica's join request for partition `p` to every peer on its list.
-async fn ask_to_join(node: &Node, peers: &mut Channels, p: u32) {
+/// Sends this replica's join request for partition `p` to every peer on its list; the
+/// leader's answer, if one answered.
+async fn ask_to_join(node: &Node, peers: &mut Channels, p: u32) -> Option<JoinStatus> {
     let me = &node.config.peers[&node.config.id];
     let req = JoinRequest {
         id: node.config.id,
@@ -344,14 +367,19 @@ async fn ask_to_join(node: &Node, peers: &mut Channels, p: u32) {
             Ok(reply) => match postcard::from_bytes::<JoinStatus>(&reply.body) {
                 Ok(JoinStatus::NotLeader { .. }) => continue,
                 Ok(status) => {
-                    tracing::info!(partition = p, leader = id, ?status, "asked to join");
-                    return;
+                    if status == JoinStatus::Voter {
+                        tracing::debug!(partition = p, leader = id, "a voter, its leader says");
+                    } else {
+                        tracing::info!(partition = p, leader = id, ?status, "asked to join");
+                    }
+                    return Some(status);
                 }
                 Err(e) => tracing::warn!(partition = p, peer = id, error = %e, "join answer"),
             },
             Err(e) => tracing::debug!(partition = p, peer = id, error = %e, "asking to join"),
         }
     }
+    None
 }
 
 /// Which request.

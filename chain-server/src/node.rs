@@ -93,6 +93,8 @@ pub struct Partition {
     /// open when its disk went is over (won, or timed out into a higher term) after twice
     /// the longest election timeout.
     pub vote_hold_off: Option<std::time::Instant>,
+    /// When a leader's request (entries, a heartbeat, a snapshot chunk) last came.
+    pub leader_contact: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }
 
 impl Partition {
@@ -101,6 +103,16 @@ impl Partition {
     /// be told otherwise).
     pub fn leader(&self) -> Option<u64> {
         known_leader(&self.raft.metrics().borrow())
+    }
+
+    /// Notes a request from a leader.
+    pub fn leader_called(&self) {
+        *self.leader_contact.lock() = Some(std::time::Instant::now());
+    }
+
+    /// Whether a leader's request came within `d`.
+    pub fn heard_from_leader_within(&self, d: std::time::Duration) -> bool {
+        self.leader_contact.lock().is_some_and(|t| t.elapsed() < d)
     }
 
     /// Why its Raft core stopped, if it did: a storage error (a full or failing disk). It
@@ -230,6 +242,7 @@ impl Node {
                 replication,
                 staged: Default::default(),
                 vote_hold_off,
+                leader_contact: Default::default(),
             });
         }
         Ok(Arc::new(Self {
@@ -282,6 +295,13 @@ impl Node {
         crate::membership::api_addr(node).map(str::to_string)
     }
 
+    /// How long a follower may go without a leader's request before it doubts it is still a
+    /// member (a replica removed while it was down keeps the membership it knew): a dozen
+    /// heartbeats.
+    pub fn quiet_leader(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.config.heartbeat_ms.saturating_mul(12))
+    }
+
     /// How long this node has led partition `p` in `term` (as far as it has been asked).
     pub fn leading_for(&self, p: u32, term: u64) -> std::time::Duration {
         self.leading.for_term(p, term)
@@ -303,9 +323,17 @@ impl Node {
                     p.id
                 ))
             } else if voters.contains(&id) {
-                known_leader(&m)
-                    .is_none()
-                    .then(|| format!("partition {} has no leader", p.id))
+                match known_leader(&m) {
+                    None => Some(format!("partition {} has no leader", p.id)),
+                    Some(l) if l != id && !p.heard_from_leader_within(self.quiet_leader()) => {
+                        Some(format!(
+                            "partition {}: no word from its leader (replica {l}) for {:?}; asking to join in case it no longer counts this replica a member",
+                            p.id,
+                            self.quiet_leader()
+                        ))
+                    }
+                    Some(_) => None,
+                }
             } else if membership.get_node(&id).is_some() {
                 Some(format!(
                     "this replica (id {id}) is catching up as a learner of partition {} (voters {voters:?}); it becomes a voter once it holds the log",

@@ -88,8 +88,12 @@ impl RaftRpc for RaftService {
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
-        let raft = self.partition(req.partition)?;
-        self.reply(req.partition, raft.append_entries(decode(&req.body)?).await)
+        let p = self.partition_of(req.partition)?;
+        p.leader_called();
+        self.reply(
+            req.partition,
+            p.raft.append_entries(decode(&req.body)?).await,
+        )
     }
 
     async fn stage(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
@@ -106,6 +110,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
         let p = self.partition_of(req.partition)?;
+        p.leader_called();
         let staged: crate::staging::StagedAppend = decode(&req.body)?;
         let rpc =
             p.staged.lock().resolve(staged).map_err(|id| {
@@ -126,10 +131,11 @@ impl RaftRpc for RaftService {
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
-        let raft = self.partition(req.partition)?;
+        let p = self.partition_of(req.partition)?;
+        p.leader_called();
         self.reply(
             req.partition,
-            raft.install_snapshot(decode(&req.body)?).await,
+            p.raft.install_snapshot(decode(&req.body)?).await,
         )
     }
 
