@@ -18,6 +18,10 @@ use tonic::Code;
 #[test]
 fn commits_survive_a_killed_leader_exactly_once() {
     // No snapshot during the test: the history checker reads every transaction back.
+    let w = WithChain::start();
+    // Four writers commit continuously; each logs what it sent and what was acknowledged.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = common::spawn_writers(&w, 4, &stop);
     let WithChain {
         mut cluster,
         rt,
@@ -25,35 +29,8 @@ fn commits_survive_a_killed_leader_exactly_once() {
         chain,
         owner,
         p,
-        key,
-    } = WithChain::start();
-
-    // Four writers commit continuously; each logs what it sent and what was acknowledged.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for w in 0..4usize {
-        let client = client.clone();
-        let owner = owner.clone();
-        let key = key.clone();
-        let stop = stop.clone();
-        writers.push(rt.spawn(async move {
-            let mut acks = Vec::new();
-            let mut sent = Vec::new();
-            let mut ack_times = Vec::new();
-            let mut seq = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let name = format!("w{w}-{seq}");
-                let tx = put_tx(chain, &owner, &key, name.as_bytes(), name.as_bytes());
-                let hash = Transaction::decode(&tx).unwrap().hash().0;
-                sent.push((hash, (w, seq)));
-                let index = client.commit(chain, tx).await.unwrap();
-                acks.push(((w, seq), index));
-                ack_times.push(Instant::now());
-                seq += 1;
-            }
-            (acks, sent, ack_times)
-        }));
-    }
+        ..
+    } = w;
     std::thread::sleep(Duration::from_millis(800));
     let leader = cluster.leader_of(p).expect("a leader");
     let killed_at = Instant::now();

@@ -112,3 +112,57 @@ fn bad_join_requests_are_refused_with_the_right_code() {
     let status: chain_server::membership::JoinStatus = postcard::from_bytes(&reply.body).unwrap();
     assert_eq!(status, chain_server::membership::JoinStatus::Voter);
 }
+
+#[test]
+fn commits_go_on_while_a_replica_joins_and_leaves_and_none_is_lost() {
+    let mut w = WithChain::on(
+        Cluster::start_with(false, 1_000_000, &["--forget-after-secs", "2"]),
+        1 << 30,
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = common::spawn_writers(&w, 3, &stop);
+    let progress = |w: &WithChain, by: u64| {
+        let from = w.rt.block_on(w.client.barrier(w.chain)).unwrap();
+        while w.rt.block_on(w.client.barrier(w.chain)).unwrap() < from + by {}
+    };
+    progress(&w, 30);
+    // Joins under load: a learner catches up with a moving log, then votes.
+    let new = w.cluster.grow();
+    w.cluster.wait_ready(new, Duration::from_secs(60));
+    progress(&w, 30);
+    // The leader dies: three of four voters are left, and every commit needs the new one.
+    let leader = w.cluster.leader_of(w.p).expect("a leader");
+    w.cluster.kill(leader);
+    progress(&w, 30);
+    w.cluster.spawn(leader, false);
+    w.cluster.wait_ready(leader, Duration::from_secs(30));
+    // The new replica goes; the others' lists never named it, so it is forgotten.
+    w.cluster.kill(new);
+    for i in 0..3 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while w.cluster.gauge(i, "atefs_raft_voters", w.p) != 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica {i} still counts four voters"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    progress(&w, 30);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acks = common::Acks::new();
+    let mut sent = std::collections::BTreeMap::new();
+    for h in writers {
+        let (a, s, _) = w.rt.block_on(h).unwrap();
+        acks.extend(a);
+        sent.extend(s);
+    }
+    let n = w.rt.block_on(common::check_history(
+        &w.client,
+        w.chain,
+        w.owner.clone(),
+        &acks,
+        &sent,
+    ));
+    assert!(n > 120, "{n} transactions");
+}

@@ -528,6 +528,43 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// What each writer was told: (writer, sequence) -> chain index.
 pub type Acks = BTreeMap<(usize, u64), u64>;
 
+/// What a writer logged: what it was acknowledged (and when), what it sent by hash.
+pub type WriterLog = (
+    Vec<((usize, u64), u64)>,
+    Vec<([u8; 32], (usize, u64))>,
+    Vec<std::time::Instant>,
+);
+
+/// `n` writers committing to `w`'s chain until `stop`, each logging what it sent and what it
+/// was acknowledged (for [`check_history`]).
+pub fn spawn_writers(
+    w: &WithChain,
+    n: usize,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<WriterLog>> {
+    (0..n)
+        .map(|i| {
+            let (client, owner, key) = (w.client.clone(), w.owner.clone(), w.key.clone());
+            let (chain, stop) = (w.chain, stop.clone());
+            w.rt.spawn(async move {
+                let (mut acks, mut sent, mut times) = (Vec::new(), Vec::new(), Vec::new());
+                let mut seq = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let name = format!("w{i}-{seq}");
+                    let tx = put_tx(chain, &owner, &key, name.as_bytes(), name.as_bytes());
+                    let hash = Transaction::decode(&tx).unwrap().hash().0;
+                    sent.push((hash, (i, seq)));
+                    let index = client.commit(chain, tx).await.unwrap();
+                    acks.push(((i, seq), index));
+                    times.push(std::time::Instant::now());
+                    seq += 1;
+                }
+                (acks, sent, times)
+            })
+        })
+        .collect()
+}
+
 /// The history checker: the chain, read back from index 1 through a subscription, must hold
 /// every acknowledged commit exactly once, at the index its writer was told, and nothing that
 /// no writer sent. Returns the number of transactions read.
