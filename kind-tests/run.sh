@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end on kind: builds the image, installs the chart, provisions a ReadWriteMany volume,
 # writes it from one node and reads it from another, replaces the node plugin's pods under the
-# mounted volume, expands it while mounted, clones it, deletes it and checks that its keys went
-# with it. Needs docker, kind, kubectl and helm, and a registry for the sidecar and busybox
+# mounted volume, expands it while mounted, scales the chain servers up and down under it,
+# clones it, deletes it and checks that its keys went with it. Needs docker, kind, kubectl and helm, and a registry for the sidecar and busybox
 # images; none of these can run on the project's build machine, where this file is only
 # checked statically (bash -n, and its YAML against the Kubernetes schemas: scripts/chart-check.py).
 #   kind-tests/run.sh [CLUSTER_NAME]
@@ -61,6 +61,29 @@ for _ in $(seq 1 30); do
 done
 [ "$size" = "2097152" ] || { echo "kind-tests: df in the reader says ${size}K, not 2Gi" >&2; exit 1; }
 
+# The chain servers scaled up under the mounted volume: the new pod joins every partition,
+# then the old ones restart with the longer list; then down again as docs/operations.md says.
+voters() {
+  kubectl get --raw "/api/v1/namespaces/$NS/pods/atefs-chain-server-0:9100/proxy/metrics" |
+    awk '/^atefs_raft_voters/ {print $2}' | sort -u | tr '\n' ' '
+}
+helm upgrade atefs charts/atefs --namespace "$NS" --reuse-values \
+  --set chainServer.replicas=4 --wait --timeout 10m
+kubectl -n "$NS" rollout status statefulset/atefs-chain-server --timeout=10m
+[ "$(voters)" = "4 " ] || { echo "kind-tests: after scaling up, voters per partition: $(voters)" >&2; exit 1; }
+kubectl exec writer -- sh -c 'echo after-scale-up > /data/scaled && sync'
+kubectl -n "$NS" scale statefulset atefs-chain-server --replicas=3
+kubectl -n "$NS" wait --for=delete pod/atefs-chain-server-3 --timeout=120s
+stay=$(for i in 0 1 2; do printf '%s,' "atefs-chain-server-$i.atefs-chain-server.$NS.svc:7111"; done)
+kubectl -n "$NS" exec atefs-chain-server-0 -- chain-server forget 4 --tls-dir /tls --server "${stay%,}"
+helm upgrade atefs charts/atefs --namespace "$NS" --reuse-values \
+  --set chainServer.replicas=3 --wait --timeout 10m
+kubectl -n "$NS" rollout status statefulset/atefs-chain-server --timeout=10m
+kubectl -n "$NS" delete pvc data-atefs-chain-server-3 --wait --timeout=120s
+[ "$(voters)" = "3 " ] || { echo "kind-tests: after scaling down, voters per partition: $(voters)" >&2; exit 1; }
+got=$(kubectl exec reader -- cat /data/scaled)
+[ "$got" = "after-scale-up" ] || { echo "kind-tests: after scaling the reader saw '$got'" >&2; exit 1; }
+
 # A clone of the claim holds what it held, and is a volume of its own.
 kubectl apply -f kind-tests/clone.yaml
 kubectl wait --for=condition=Ready pod/clone-reader --timeout=300s
@@ -79,4 +102,4 @@ done
 if kubectl -n "$NS" get secret "atefs-$pv" >/dev/null 2>&1; then
   echo "kind-tests: the deleted volume's keys remain" >&2; exit 1
 fi
-echo "kind-tests: ok (written on $writer_node, read on $reader_node, expanded to 2Gi, cloned, deleted with its keys)"
+echo "kind-tests: ok (written on $writer_node, read on $reader_node, expanded to 2Gi, chain servers scaled 3-4-3, cloned, deleted with its keys)"
