@@ -126,11 +126,12 @@ pub async fn join(
     let (leader, membership, matched, last) = {
         let m = p.raft.metrics();
         let m = m.borrow();
+        // None until the learner has acknowledged an append (or a snapshot).
         let matched = m
             .replication
             .as_ref()
             .and_then(|r| r.get(&req.id).cloned().flatten())
-            .map_or(0, |l| l.index);
+            .map(|l| l.index);
         (
             known_leader(&m),
             m.membership_config.membership().clone(),
@@ -154,6 +155,8 @@ pub async fn join(
         tracing::info!(partition = p.id, id = req.id, raft = %req.raft, "added a learner");
         return Ok(JoinStatus::CatchingUp { matched: 0, last });
     };
+    let caught_up = matched.is_some_and(|m| m.saturating_add(LAG) >= last);
+    let matched = matched.unwrap_or(0);
     if raft_addr(known) != req.raft {
         return Err(MembershipError::Conflict {
             id: req.id,
@@ -164,7 +167,7 @@ pub async fn join(
     if membership.voter_ids().any(|v| v == req.id) {
         return Ok(JoinStatus::Voter);
     }
-    if matched.saturating_add(LAG) < last {
+    if !caught_up {
         return Ok(JoinStatus::CatchingUp { matched, last });
     }
     p.raft
