@@ -54,37 +54,36 @@ impl Pods {
         }
     }
 
-    /// Pod `i`'s answer to `/health` (empty when it cannot be reached).
-    fn health(&self, i: usize) -> String {
+    /// Pod `i`'s answer to a GET of `path` on its metrics listener (empty when it cannot be
+    /// reached).
+    fn get(&self, i: usize, path: &str) -> String {
         let Ok(mut s) = std::net::TcpStream::connect(&self.metrics[i]) else {
             return String::new();
         };
-        let _ = s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n");
+        let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes());
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
     }
 
     fn ready(&self, i: usize) -> bool {
-        self.health(i).starts_with("HTTP/1.1 200")
+        self.get(i, "/health").starts_with("HTTP/1.1 200")
     }
 
-    /// Pod `i`'s `/metrics`.
-    fn metrics(&self, i: usize) -> String {
-        let Ok(mut s) = std::net::TcpStream::connect(&self.metrics[i]) else {
-            return String::new();
-        };
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n");
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
+    /// Waits until each of `pods` counts `n` voters in both partitions.
+    fn wait_voters(&self, pods: &[usize], n: usize) {
+        for &i in pods {
+            for p in 0..2 {
+                self.wait_metric(i, &format!("atefs_raft_voters{{partition=\"{p}\"}} {n}"));
+            }
+        }
     }
 
     /// Waits until pod `i`'s `/metrics` has the line `line`.
     fn wait_metric(&self, i: usize, line: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = self.metrics(i);
+            let out = self.get(i, "/metrics");
             if out.lines().any(|l| l == line) {
                 return;
             }
@@ -192,10 +191,7 @@ fn identical_pods_named_by_host_name_form_one_cluster_once() {
     pods.children.push(None);
     pods.start(3);
     pods.wait_ready(3);
-    for i in [0, 2, 3] {
-        pods.wait_metric(i, "atefs_raft_voters{partition=\"1\"} 4");
-        pods.wait_metric(i, "atefs_raft_voters{partition=\"0\"} 4");
-    }
+    pods.wait_voters(&[0, 1, 2, 3], 4);
     // It serves clients that know only it.
     let only_new = ate::remote::RemoteClient::new(ate::remote::RemoteOptions {
         endpoints: vec![format!("localhost:{}", base + 9)],
@@ -210,10 +206,7 @@ fn identical_pods_named_by_host_name_form_one_cluster_once() {
     // again, of which two are a quorum. (With four voters two would not be, and the commit
     // below would fail for want of a quorum.)
     pods.stop(3);
-    for i in 0..3 {
-        pods.wait_metric(i, "atefs_raft_voters{partition=\"0\"} 3");
-        pods.wait_metric(i, "atefs_raft_voters{partition=\"1\"} 3");
-    }
+    pods.wait_voters(&[0, 1, 2], 3);
     pods.stop(1);
     let (chain4, _o4, g4) = common::new_chain();
     rt.block_on(client.create(chain4, 1 << 20, g4)).unwrap();
@@ -222,10 +215,7 @@ fn identical_pods_named_by_host_name_form_one_cluster_once() {
     // which it is a voter, but no leader calls on it; it asks, joins again and catches up.
     pods.start(3);
     pods.wait_ready(3);
-    for i in [0, 2, 3] {
-        pods.wait_metric(i, "atefs_raft_voters{partition=\"0\"} 4");
-        pods.wait_metric(i, "atefs_raft_voters{partition=\"1\"} 4");
-    }
+    pods.wait_voters(&[0, 2, 3], 4);
     assert!(rt.block_on(only_new.barrier(chain4)).unwrap() >= 1);
 
     // The rolling update gives every pod the list of four.
@@ -237,10 +227,7 @@ fn identical_pods_named_by_host_name_form_one_cluster_once() {
     // Scaling down now (`kubectl scale`, then the lists): every list still names the pod that
     // goes, so nobody asks to forget it; `chain-server forget` does, and waits until it is
     // out of every partition.
-    for i in 0..4 {
-        pods.wait_metric(i, "atefs_raft_voters{partition=\"0\"} 4");
-        pods.wait_metric(i, "atefs_raft_voters{partition=\"1\"} 4");
-    }
+    pods.wait_voters(&[0, 1, 2, 3], 4);
     pods.stop(3);
     let out = Command::new(env!("CARGO_BIN_EXE_chain-server"))
         .args([
@@ -265,10 +252,7 @@ fn identical_pods_named_by_host_name_form_one_cluster_once() {
         said.contains("replica 4 is a member of none of the 2 partitions"),
         "{said}"
     );
-    for i in 0..3 {
-        pods.wait_metric(i, "atefs_raft_voters{partition=\"0\"} 3");
-        pods.wait_metric(i, "atefs_raft_voters{partition=\"1\"} 3");
-    }
+    pods.wait_voters(&[0, 1, 2], 3);
     pods.stop(2);
     let (chain5, _o5, g5) = common::new_chain();
     rt.block_on(client.create(chain5, 1 << 20, g5)).unwrap();

@@ -43,6 +43,22 @@ pub struct Replica {
     child: Option<Child>,
 }
 
+impl Replica {
+    /// Replica number `i` (from 0; its id is one more), its data under `dir`, its API,
+    /// Raft and metrics listeners on ports `base`, `base + 1`, `base + 2`.
+    fn at(dir: &Path, i: u16, base: u16) -> Replica {
+        Replica {
+            id: u64::from(i) + 1,
+            source: format!("127.1.{}.{}", std::process::id() % 250, i + 1),
+            api: format!("127.0.0.1:{base}"),
+            raft: format!("127.0.0.1:{}", base + 1),
+            metrics: format!("127.0.0.1:{}", base + 2),
+            data: dir.join(format!("node-{}", i + 1)),
+            child: None,
+        }
+    }
+}
+
 /// Three replicas.
 pub struct Cluster {
     /// Each replica's own small disk, when asked for (unmounted before `dir` is removed).
@@ -74,15 +90,7 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let base = ports(9);
         let replicas: Vec<Replica> = (0..3u16)
-            .map(|i| Replica {
-                id: u64::from(i) + 1,
-                source: format!("127.1.{}.{}", std::process::id() % 250, i + 1),
-                api: format!("127.0.0.1:{}", base + 3 * i),
-                raft: format!("127.0.0.1:{}", base + 3 * i + 1),
-                metrics: format!("127.0.0.1:{}", base + 3 * i + 2),
-                data: dir.path().join(format!("node-{}", i + 1)),
-                child: None,
-            })
+            .map(|i| Replica::at(dir.path(), i, base + 3 * i))
             .collect();
         let peers = replicas
             .iter()
@@ -116,17 +124,8 @@ impl Cluster {
         }
         // Ready means every partition has a leader on every replica (a new cluster's first
         // election waits out the fresh-disk vote hold-off).
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         for i in 0..3 {
-            while !c.http_get(i, "/health").0.contains("200") {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "replica {} never became ready:\n{}",
-                    c.replicas[i].id,
-                    c.log_tail(i)
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            c.wait_ready(i, Duration::from_secs(30));
         }
         c
     }
@@ -187,16 +186,8 @@ impl Cluster {
     /// asks to join; see `wait_ready`.
     pub fn grow(&mut self) -> usize {
         let i = self.replicas.len();
-        let base = ports(3);
-        self.replicas.push(Replica {
-            id: i as u64 + 1,
-            source: format!("127.1.{}.{}", std::process::id() % 250, i + 1),
-            api: format!("127.0.0.1:{base}"),
-            raft: format!("127.0.0.1:{}", base + 1),
-            metrics: format!("127.0.0.1:{}", base + 2),
-            data: self.dir.path().join(format!("node-{}", i + 1)),
-            child: None,
-        });
+        self.replicas
+            .push(Replica::at(self.dir.path(), i as u16, ports(3)));
         self.spawn(i, false);
         i
     }
