@@ -99,6 +99,22 @@ pub enum MembershipError {
     /// openraft refused or failed the change (another one in progress, no quorum).
     #[error("membership change: {0}")]
     Raft(String),
+    /// No replica asked could answer for a partition before the deadline.
+    #[error("partition {partition}: no leader answered ({last})")]
+    NoAnswer {
+        /// The partition.
+        partition: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// The leader still hears from the replica to forget at the deadline.
+    #[error("partition {partition}: replica {id} is still heard from (is it still running?)")]
+    StillHeard {
+        /// The partition.
+        partition: u32,
+        /// The replica.
+        id: u64,
+    },
 }
 
 /// A member's entry in a partition's membership: its Raft address, a space, its API address.
@@ -490,7 +506,7 @@ pub async fn forget_everywhere(
             Some(_) => Forgotten::Heard(p),
             None => {
                 if Instant::now() >= deadline {
-                    return Err(MembershipError::Raft(format!("partition {p}: {last}")));
+                    return Err(MembershipError::NoAnswer { partition: p, last });
                 }
                 tokio::time::sleep(EVERY).await;
                 continue;
@@ -500,9 +516,7 @@ pub async fn forget_everywhere(
         match step {
             Forgotten::Gone(_) => p += 1,
             Forgotten::Heard(_) if Instant::now() >= deadline => {
-                return Err(MembershipError::Raft(format!(
-                    "partition {p}: replica {id} is still heard from (is it still running?)"
-                )))
+                return Err(MembershipError::StillHeard { partition: p, id })
             }
             Forgotten::Heard(_) => tokio::time::sleep(EVERY).await,
         }

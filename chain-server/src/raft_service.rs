@@ -165,6 +165,8 @@ fn membership_status(e: crate::membership::MembershipError) -> Status {
     match e {
         E::Conflict { .. } => Status::already_exists(e.to_string()),
         E::NotLeader { .. } => Status::failed_precondition(e.to_string()),
-        E::Raft(_) => Status::unavailable(e.to_string()),
+        E::Raft(_) | E::NoAnswer { .. } | E::StillHeard { .. } => {
+            Status::unavailable(e.to_string())
+        }
     }
 }
