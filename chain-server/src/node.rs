@@ -325,11 +325,13 @@ impl Node {
             } else if voters.contains(&id) {
                 match known_leader(&m) {
                     None => Some(format!("partition {} has no leader", p.id)),
-                    Some(l) if l != id && !p.heard_from_leader_within(self.quiet_leader()) => {
+                    // As long as one replication request may take: a follower on a slow disk
+                    // hears nothing while it writes, and is no less ready for it.
+                    Some(l) if l != id && !p.heard_from_leader_within(crate::network::OUTLIVE) => {
                         Some(format!(
-                            "partition {}: no word from its leader (replica {l}) for {:?}; asking to join in case it no longer counts this replica a member",
+                            "partition {}: no word from its leader (replica {l}) since this replica started or for {:?}; asking to join in case it no longer counts this replica a member",
                             p.id,
-                            self.quiet_leader()
+                            crate::network::OUTLIVE
                         ))
                     }
                     Some(_) => None,
