@@ -63,8 +63,12 @@ impl PeerRoom {
 
     /// The peer with the least room among those heard from within `fresh`, and its room.
     pub fn fullest(&self, fresh: Duration) -> Option<(u64, u64)> {
-        self.reports(fresh)
-            .into_iter()
+        // Asked on every commit: no list built.
+        self.0
+            .lock()
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < fresh)
+            .map(|(peer, (free, _))| (*peer, *free))
             .min_by_key(|(peer, free)| (*free, *peer))
     }
 
