@@ -133,6 +133,21 @@ pub fn api_addr(node: &BasicNode) -> Option<&str> {
     node.addr.split_once(' ').map(|(_, api)| api)
 }
 
+/// A membership change, waited for at most [`ASK_TIMEOUT`]: one that cannot commit (no
+/// quorum) must not hold up the requests and the upkeep of the other partitions. Given up on,
+/// it still goes on in the Raft core.
+async fn bounded<T, E: std::fmt::Display>(
+    change: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<(), MembershipError> {
+    match tokio::time::timeout(ASK_TIMEOUT, change).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(MembershipError::Raft(e.to_string())),
+        Err(_) => Err(MembershipError::Raft(format!(
+            "not committed within {ASK_TIMEOUT:?} (no quorum?)"
+        ))),
+    }
+}
+
 /// What a partition's leader does with a join request.
 pub async fn join(
     node: &Node,
@@ -158,16 +173,12 @@ pub async fn join(
     if leader != Some(node.config.id) {
         return Ok(JoinStatus::NotLeader { leader });
     }
-    let change = |e: &dyn std::fmt::Display| MembershipError::Raft(e.to_string());
     let Some(known) = membership.get_node(&req.id) else {
         let learner = member_node(&PeerAddr {
             raft: req.raft.clone(),
             api: req.api.clone(),
         });
-        p.raft
-            .add_learner(req.id, learner, false)
-            .await
-            .map_err(|e| change(&e))?;
+        bounded(p.raft.add_learner(req.id, learner, false)).await?;
         tracing::info!(partition = p.id, id = req.id, raft = %req.raft, "added a learner");
         return Ok(JoinStatus::CatchingUp { matched: 0, last });
     };
@@ -186,10 +197,8 @@ pub async fn join(
     if !caught_up {
         return Ok(JoinStatus::CatchingUp { matched, last });
     }
-    p.raft
-        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false)
-        .await
-        .map_err(|e| change(&e))?;
+    let voter = ChangeMembers::AddVoterIds(BTreeSet::from([req.id]));
+    bounded(p.raft.change_membership(voter, false)).await?;
     tracing::info!(partition = p.id, id = req.id, "made a learner a voter");
     Ok(JoinStatus::Voter)
 }
@@ -242,18 +251,13 @@ pub async fn forget(
         .filter(|v| gone.contains(v))
         .collect();
     let learners: BTreeSet<u64> = gone.difference(&voters).copied().collect();
-    let change = |e: &dyn std::fmt::Display| MembershipError::Raft(e.to_string());
     if !voters.is_empty() {
-        p.raft
-            .change_membership(ChangeMembers::RemoveVoters(voters.clone()), false)
-            .await
-            .map_err(|e| change(&e))?;
+        let change = ChangeMembers::RemoveVoters(voters.clone());
+        bounded(p.raft.change_membership(change, false)).await?;
     }
     if !learners.is_empty() {
-        p.raft
-            .change_membership(ChangeMembers::RemoveNodes(learners), false)
-            .await
-            .map_err(|e| change(&e))?;
+        let change = ChangeMembers::RemoveNodes(learners);
+        bounded(p.raft.change_membership(change, false)).await?;
     }
     tracing::info!(partition = p.id, removed = ?gone, "removed members not heard from");
     members.retain(|id| !gone.contains(id));
@@ -278,11 +282,11 @@ async fn finish_joint(node: &Node, p: &Partition) -> Result<(), MembershipError>
             _ => return Ok(()),
         }
     };
-    p.raft
-        .change_membership(ChangeMembers::ReplaceAllVoters(target), false)
-        .await
-        .map_err(|e| MembershipError::Raft(e.to_string()))?;
-    Ok(())
+    bounded(
+        p.raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(target), false),
+    )
+    .await
 }
 
 /// Keeps this replica a voter of every partition and asks leaders to forget members its list
