@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 mod frozen;
+mod install;
 mod run_read;
 pub use frozen::{Frozen, LiveRecord};
 

@@ -55,19 +55,17 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
     }
     /// The chain's last index as of now (a linearizable read).
     fn barrier(&self) -> Result<u64, UpstreamError>;
-    /// Why transactions stopped coming back from the upstream, once they have: waits for
-    /// them end at once with this reason instead of timing out.
+    /// Why transactions are not coming back from the upstream now, if they are not: waits
+    /// for them end at once with this reason instead of timing out (until they come again).
     fn stopped(&self) -> Option<String> {
         None
     }
 }
 
-/// The error a commit gets once the upstream [stopped](Upstream::stopped) sending back.
+/// The error a commit gets while the upstream is [not sending back](Upstream::stopped).
 pub fn stopped_error(upstream: &dyn Upstream) -> Option<UpstreamError> {
     upstream.stopped().map(|why| {
-        UpstreamError::Failed(format!(
-            "the local cache stopped following the chain: {why}"
-        ))
+        UpstreamError::Failed(format!("the local cache is not following the chain: {why}"))
     })
 }
 
@@ -281,10 +279,15 @@ fn acknowledge(
         }
         let r = r.map_err(ChainError::Upstream).and_then(|index| {
             match wait_back(&shared, upstream, index) {
-                Ok(()) => Ok(Receipt {
-                    index,
-                    hash: o.hash,
-                }),
+                Ok(()) => {
+                    // Arrived inside an image of the chain rather than by itself, it was
+                    // never asked for by hash.
+                    shared.held.lock().remove(&o.hash);
+                    Ok(Receipt {
+                        index,
+                        hash: o.hash,
+                    })
+                }
                 Err(why) => Err(ChainError::Upstream(UpstreamError::Failed(format!(
                     "committed upstream at {index}, but {why}"
                 )))),

@@ -464,9 +464,6 @@ fn a_cache_that_does_not_hold_its_sessions_transaction_fetches_it_in_full() {
     }
 }
 
-/// Once a remote chain's cache stopped following (here: the whole cluster is gone for longer
-/// than the client's deadline), commits fail at once with that reason instead of each going up
-/// the commit pipeline and waiting out the deadline; what had landed stays readable.
 /// A new chain of `cluster` and a cache following it whose client gives up after 2 s.
 struct Followed {
     chain: ate::ChainId,
@@ -511,8 +508,13 @@ impl Followed {
     }
 }
 
+/// While a cache cannot reach its cluster (here every replica is gone for longer than the
+/// client's deadline), its commits fail at once with the reason instead of each waiting out
+/// the deadline, and what had landed stays readable; once the cluster is back the cache
+/// follows again by itself: commits land, and other writers' commits made meanwhile arrive.
+/// (Before session 29 the follower gave up for good and only a remount helped.)
 #[test]
-fn commits_fail_with_the_reason_once_the_cache_stopped_following() {
+fn a_cache_cut_off_from_its_cluster_follows_again_once_it_is_back() {
     let mut cluster = Cluster::start(false, 1_000_000);
     let f = Followed::open(&cluster);
     let (owner, key, remote) = (&f.owner, &f.key, &f.remote);
@@ -522,32 +524,57 @@ fn commits_fail_with_the_reason_once_the_cache_stopped_following() {
         cluster.kill(i);
     }
     // Each failed commit waits out the 2 s deadline until the follower's own reconnects
-    // give up (also after 2 s); from then on the reason is the stopped follower.
+    // give up (also after 2 s); from then on the reason is the lapsed follower.
     let mut errors = Vec::new();
     for i in 1..=10 {
         let e = remote.chain.sign_and_commit(put(i), owner).unwrap_err();
-        let stopped = e.to_string().contains("stopped following the chain");
+        let lapsed = e.to_string().contains("not following the chain");
         errors.push(e.to_string());
-        if stopped {
+        if lapsed {
             break;
         }
     }
+    let last = errors.last().unwrap();
     assert!(
-        errors
-            .last()
-            .unwrap()
-            .contains("stopped following the chain"),
+        last.contains("not following the chain") && last.contains("reconnecting"),
         "{errors:#?}"
     );
-    let e = remote.chain.sign_and_commit(put(99), owner).unwrap_err();
-    assert!(e.to_string().contains("stopped following the chain"), "{e}");
-    let rk = ate::RecordKey(
-        *blake3::hash(&0u32.to_le_bytes())
-            .as_bytes()
-            .first_chunk()
-            .unwrap(),
+    assert!(remote.lapse().is_some());
+    let rk = |i: u32| {
+        ate::RecordKey(
+            *blake3::hash(&i.to_le_bytes())
+                .as_bytes()
+                .first_chunk()
+                .unwrap(),
+        )
+    };
+    let (_, plain) = remote.chain.read_plain(&rk(0), key).unwrap().unwrap();
+    assert_eq!(plain, b"value");
+
+    for i in 0..3 {
+        cluster.spawn(i, false);
+    }
+    // Another writer commits before the cache is back.
+    let other = cluster.client(Duration::from_secs(20));
+    let tx = put_tx(
+        f.chain,
+        owner,
+        key,
+        &1000u32.to_le_bytes(),
+        b"from elsewhere",
     );
-    let (_, plain) = remote.chain.read_plain(&rk, key).unwrap().unwrap();
+    let theirs = rt().block_on(other.commit(f.chain, tx)).unwrap();
+    assert!(
+        remote.wait_following(Duration::from_secs(30)),
+        "the cache never followed again: {:?}",
+        remote.lapse()
+    );
+    let r = remote.chain.sign_and_commit(put(11), owner).unwrap();
+    assert!(r.index > theirs);
+    assert!(remote.chain.wait_for(theirs, Duration::from_secs(10)));
+    let (_, plain) = remote.chain.read_plain(&rk(1000), key).unwrap().unwrap();
+    assert_eq!(plain, b"from elsewhere");
+    let (_, plain) = remote.chain.read_plain(&rk(11), key).unwrap().unwrap();
     assert_eq!(plain, b"value");
 }
 
@@ -768,8 +795,8 @@ fn an_owner_sets_a_chains_quota_and_it_survives_a_restart() {
 
 /// A cache follows its chain through a loss of quorum longer than its client's deadline,
 /// as long as one replica answers: the subscription is served from what that replica has and
-/// goes live again with quorum, so commits land afterwards. (Once no replica answers for that
-/// long the follower stops: `commits_fail_with_the_reason_once_the_cache_stopped_following`.)
+/// goes live again with quorum, so commits land afterwards. (With no replica answering for that
+/// long: `a_cache_cut_off_from_its_cluster_follows_again_once_it_is_back`.)
 #[test]
 fn a_cache_follows_its_chain_through_a_loss_of_quorum() {
     let mut cluster = Cluster::start(false, 1_000_000);
@@ -797,7 +824,7 @@ fn a_cache_follows_its_chain_through_a_loss_of_quorum() {
                 break;
             }
             Err(e) => assert!(
-                !e.to_string().contains("stopped following"),
+                !e.to_string().contains("for good"),
                 "the follower gave up: {e}"
             ),
         }

@@ -293,6 +293,111 @@ fn a_new_or_stale_cache_catches_up_through_the_snapshot() {
     drop((fresh, stale, w));
 }
 
+/// A process stopped with SIGSTOP (a frozen node); continued on drop, even when a test fails.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        let st = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status();
+        assert!(st.unwrap().success());
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// The snapshot files (`snap-*.snap`) under a mount's cache directory.
+fn images_in(cache: &Path) -> Vec<PathBuf> {
+    files_under(cache)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snap-") && n.ends_with(".snap"))
+        })
+        .collect()
+}
+
+/// A mount whose daemon was frozen (SIGSTOP) while the cluster compacted past everything it
+/// had catches up by itself, still mounted: its subscription is refused ("covered by a
+/// snapshot"), it takes the chain's image into its cache and follows on from there, so the
+/// next open sees every change made meanwhile and its own writes land. Before session 29 it
+/// stopped following for good: every open and write failed until a remount.
+#[test]
+fn a_mount_frozen_past_the_clusters_log_catches_up_while_mounted() {
+    let Some((cluster, tmp, keys)) = setup_with(40) else {
+        return;
+    };
+    let chain = ate::KeyFile::load(&keys).unwrap().chain;
+    let rt = rt();
+    let client = cluster.client(std::time::Duration::from_secs(20));
+    let info = || rt.block_on(client.info(chain)).unwrap();
+
+    let frozen = Mount::start(&cluster, tmp.path(), "frozen", &keys);
+    let w = Mount::start(&cluster, tmp.path(), "writer", &keys);
+    let mut f = std::fs::File::create(frozen.dir.join("early")).unwrap();
+    f.write_all(b"before the freeze").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let cache = tmp.path().join("frozen-cache");
+    assert!(images_in(&cache).is_empty());
+    let at = info().index;
+
+    let stopped = Stopped::stop(frozen.child.id());
+    // Past the log the cluster keeps, and past what the frozen subscription's buffers (the
+    // sockets', HTTP/2's windows) took in before it froze: 32 MiB.
+    let content = |i: usize| format!("file {i} ").repeat(16 << 10).into_bytes();
+    let mut n = 0;
+    while info().first_index <= at + 1 || n < 256 {
+        assert!(
+            n < 3000,
+            "the cluster never compacted the chain: {:?}",
+            info()
+        );
+        std::fs::write(w.dir.join(format!("f{n}")), content(n)).unwrap();
+        n += 1;
+    }
+    std::fs::write(w.dir.join("early"), b"after the freeze").unwrap();
+    std::fs::remove_file(w.dir.join("f0")).unwrap();
+    drop(stopped);
+
+    // An open waits until the cache has what the cluster has (close-to-open).
+    assert_eq!(
+        std::fs::read(frozen.dir.join("early")).unwrap(),
+        b"after the freeze"
+    );
+    assert!(!frozen.dir.join("f0").exists(), "a deleted file came back");
+    for i in 1..n {
+        assert!(
+            std::fs::read(frozen.dir.join(format!("f{i}"))).unwrap() == content(i),
+            "f{i}"
+        );
+    }
+    assert_eq!(
+        images_in(&cache).len(),
+        1,
+        "no image in {}",
+        cache.display()
+    );
+    let mut f = std::fs::File::create(frozen.dir.join("later")).unwrap();
+    f.write_all(b"from the thawed host").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(
+        std::fs::read(w.dir.join("later")).unwrap(),
+        b"from the thawed host"
+    );
+    drop((frozen, w));
+}
+
 /// `--exclusive` is enforced by the cluster: a newer exclusive mount takes the writer lease,
 /// and from then on the older mount's commits are refused (its fsync fails) instead of being
 /// merged with the newer writer's.
@@ -406,7 +511,6 @@ fn a_damaged_cache_is_cut_and_fetched_again() {
     drop(host);
 }
 
-/// The size `statfs` gives a mount (blocks times fragment size).
 /// The arguments naming the volume of `keys` on `cluster`: `--server`, `--keys`, `--ca`.
 fn cluster_args(cluster: &Cluster, keys: &Path) -> [std::ffi::OsString; 6] {
     [

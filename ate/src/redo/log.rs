@@ -466,6 +466,29 @@ impl RedoLog {
         self.poisoned
     }
 
+    /// Makes `snapshot` (indexes up to `last`, past this log's end) the whole log: every
+    /// segment and an older snapshot go, and the next append gets `last + 1`. For a cache
+    /// taking its upstream's image of the chain ([`crate::Chain::install_image`]).
+    pub fn restart_at(
+        &mut self,
+        snapshot: Arc<dyn StorageFile>,
+        last: u64,
+    ) -> Result<(), LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        if last < self.next_index {
+            return Err(LogError::NotAhead {
+                image: last,
+                next: self.next_index,
+            });
+        }
+        self.next_index = last + 1;
+        // The new tail first: every older segment then lies below it and is retired.
+        self.roll().inspect_err(|_| self.poisoned = true)?;
+        self.retire_upto(snapshot, last)
+    }
+
     /// After a snapshot at `last` was installed: drops older snapshots and every segment whose
     /// entries are all covered. The caller rolled first, so the tail is never dropped.
     pub fn retire_upto(

@@ -59,6 +59,14 @@ pub enum LogError {
         /// Snapshot's last index.
         snapshot: u64,
     },
+    /// An upstream's image of the chain that would not move a cache forward.
+    #[error("an image up to index {image} is not ahead of a log whose next index is {next}")]
+    NotAhead {
+        /// The image's last index.
+        image: u64,
+        /// The log's next index.
+        next: u64,
+    },
 }
 
 impl LogError {
@@ -101,6 +109,10 @@ impl LogError {
             } => LogError::Compacted {
                 requested: *requested,
                 snapshot: *snapshot,
+            },
+            LogError::NotAhead { image, next } => LogError::NotAhead {
+                image: *image,
+                next: *next,
             },
         }
     }

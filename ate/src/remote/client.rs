@@ -680,6 +680,20 @@ impl Subscription<'_> {
         }
     }
 
+    /// Opens the stream unless it is open; true when it opened one. (`next_event` opens it
+    /// too: this tells a caller when the cluster is reachable again before any event comes.)
+    pub async fn connect(&mut self) -> Result<bool, RemoteError> {
+        if self.stream.is_some() {
+            return Ok(false);
+        }
+        let s = self
+            .client
+            .open_stream(self.chain, self.next, &self.reader, self.session)
+            .await?;
+        self.stream = Some(s);
+        Ok(true)
+    }
+
     /// The next event as (chain index, event); reconnects as needed.
     pub async fn next_event(&mut self) -> Result<(u64, Event), RemoteError> {
         loop {
@@ -719,8 +733,8 @@ impl Subscription<'_> {
                 // A refusal ends the subscription; anything else reconnects (the next open
                 // finds the leader again).
                 Err(s) => {
-                    classify::<()>(Err(s))?;
                     self.stream = None;
+                    classify::<()>(Err(s))?;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

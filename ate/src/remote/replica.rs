@@ -23,7 +23,7 @@ struct GrpcUpstream {
     session: Session,
     /// Set when the follower stopped: commits would never show up locally, so they fail at
     /// once with the reason instead of timing out.
-    broken: Arc<parking_lot::Mutex<Option<String>>>,
+    broken: Arc<Lapse>,
 }
 
 impl GrpcUpstream {
@@ -89,7 +89,7 @@ impl Upstream for GrpcUpstream {
             .map_err(upstream_error)
     }
     fn stopped(&self) -> Option<String> {
-        self.broken.lock().clone()
+        self.broken.why()
     }
     fn returns_own_by_hash(&self) -> bool {
         true
@@ -173,11 +173,23 @@ pub struct RemoteChain {
     pub quota_at_open: u64,
     stop: Arc<AtomicBool>,
     follower: Option<std::thread::JoinHandle<()>>,
+    lapse: Arc<Lapse>,
     pub(super) client: Arc<RemoteClient>,
     pub(super) rt: Arc<tokio::runtime::Runtime>,
 }
 
 impl RemoteChain {
+    /// Why the cache is not following the chain now (its commits fail with this), if it is
+    /// not: reconnecting to the cluster, or stopped for good.
+    pub fn lapse(&self) -> Option<String> {
+        self.lapse.why()
+    }
+
+    /// Waits until the cache follows the chain, at most `limit`; false if it still does not.
+    pub fn wait_following(&self, limit: std::time::Duration) -> bool {
+        self.lapse.wait(limit)
+    }
+
     /// A handle that reads the chain's quota from the cluster (its owner may change it while
     /// the chain is open), from any thread outside an async runtime.
     pub fn quota_reader(&self) -> QuotaReader {
@@ -267,7 +279,7 @@ pub fn open_remote_in_session(
         }
         Err(e) => return Err(e.into()),
     }
-    let broken = Arc::new(parking_lot::Mutex::new(None));
+    let broken = Arc::new(Lapse::default());
     let upstream = Arc::new(GrpcUpstream {
         client: client.clone(),
         rt: rt.handle().clone(),
@@ -324,13 +336,22 @@ pub fn open_remote_in_session(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let follower = {
-        let (local, stop, client, rt2) = (local.clone(), stop.clone(), client.clone(), rt.clone());
+        let f = Follower {
+            client: client.clone(),
+            local: local.clone(),
+            reader,
+            session,
+            stop: stop.clone(),
+            broken: broken.clone(),
+            cache,
+        };
+        let rt2 = rt.clone();
         std::thread::Builder::new()
             .name("ate-follower".into())
             .spawn(move || {
-                if let Err(why) = rt2.block_on(follow(&client, &local, reader, session, &stop)) {
-                    tracing::error!(error = %why, "the cache stopped following the chain; commits fail from now on");
-                    *broken.lock() = Some(why);
+                if let Err(why) = rt2.block_on(f.run()) {
+                    tracing::error!(error = %why, "the cache stopped following the chain; commits fail from now on (remount to start again)");
+                    f.broken.set(format!("{why} (for good; remount)"));
                 }
             })
             .map_err(ReplicaError::Runtime)?
@@ -341,67 +362,257 @@ pub fn open_remote_in_session(
         quota_at_open,
         stop,
         follower: Some(follower),
+        lapse: broken,
         client,
         rt,
     })
 }
 
-/// Feeds the cache until stopped. Appends are pipelined; each receipt's index is checked
-/// against the upstream's, so a diverged cache stops loudly instead of serving wrong data.
-/// Returns why it stopped, if not asked to.
-async fn follow(
-    client: &RemoteClient,
-    local: &Chain,
-    reader: SigningKey,
-    session: Session,
-    stop: &AtomicBool,
-) -> Result<(), String> {
-    let mut sub = client.subscribe(
-        local.id(),
-        local.last_index() + 1,
-        reader.clone(),
-        Some(session),
-    );
-    let mut pending: std::collections::VecDeque<(u64, PendingCommit)> = Default::default();
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let (index, event) = match sub.next_event().await {
-            Ok(ev) => ev,
-            Err(e) => return Err(format!("the chain's subscription failed: {e}")),
-        };
-        let applied = match event {
-            Event::Tx(bytes) => local.apply_upstream(index, bytes),
-            Event::Own(hash) => match local.apply_upstream_own(&hash) {
-                Some(r) => r,
-                None => {
-                    // Committed in our session, but no longer held here (its commit had
-                    // failed as far as we knew): from here on, everything in full.
-                    tracing::info!(index, %hash, "an own transaction came back that is not held; resubscribing in full");
-                    sub = client.subscribe(local.id(), index, reader.clone(), None);
-                    continue;
-                }
-            },
-        };
-        match applied {
-            Ok(p) => pending.push_back((index, p)),
-            Err(e) => return Err(format!("the cache refused transaction {index}: {e}")),
-        }
-        while pending.front().is_some_and(|(_, p)| p.is_done()) {
-            let Some((want, p)) = pending.pop_front() else {
-                break;
-            };
-            match p.wait() {
-                Ok(r) if r.index == want => {}
-                Ok(r) => {
-                    return Err(format!(
-                        "the cache diverged: transaction {want} landed at {}",
-                        r.index
-                    ))
-                }
-                Err(e) => return Err(format!("the cache refused transaction {want}: {e}")),
+/// Why a cache is not following its chain now, if it is not; waited on for it to follow again.
+#[derive(Debug, Default)]
+struct Lapse {
+    why: parking_lot::Mutex<Option<String>>,
+    cv: parking_lot::Condvar,
+}
+
+impl Lapse {
+    fn why(&self) -> Option<String> {
+        self.why.lock().clone()
+    }
+
+    fn set(&self, why: String) {
+        *self.why.lock() = Some(why);
+    }
+
+    /// Following again; returns why it was not.
+    fn clear(&self) -> Option<String> {
+        let was = self.why.lock().take();
+        self.cv.notify_all();
+        was
+    }
+
+    /// Waits until following, at most `limit`; false on timeout.
+    fn wait(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut why = self.why.lock();
+        while why.is_some() {
+            if self.cv.wait_until(&mut why, deadline).timed_out() {
+                return why.is_none();
             }
         }
+        true
     }
+}
+
+/// Feeds a running cache the chain's transactions, in order, until stopped.
+struct Follower {
+    client: Arc<RemoteClient>,
+    local: Chain,
+    reader: SigningKey,
+    session: Session,
+    stop: Arc<AtomicBool>,
+    /// Why the cache is not following now, if it is not (what commits fail with meanwhile).
+    broken: Arc<Lapse>,
+    cache: Arc<dyn Storage>,
+}
+
+/// What the follower does about a failed subscription or image fetch.
+enum Setback {
+    /// The cluster compacted away what the cache needs next: take its image.
+    Behind,
+    /// Unreachable, no quorum, a leader gone mid-stream: try again.
+    Passing(String),
+    /// Anything the cache cannot get past (the chain deleted, the reader refused, a diverged
+    /// or damaged cache): it stops following; a remount starts again.
+    Final(String),
+}
+
+fn setback(e: RemoteError) -> Setback {
+    match e {
+        RemoteError::Refused(Code::OutOfRange, _) => Setback::Behind,
+        RemoteError::NoQuorum(..) | RemoteError::Endpoint(..) => Setback::Passing(e.to_string()),
+        RemoteError::Refused(
+            Code::Unavailable
+            | Code::Aborted
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::ResourceExhausted,
+            _,
+        ) => Setback::Passing(e.to_string()),
+        other => Setback::Final(other.to_string()),
+    }
+}
+
+/// The pause between attempts to reach the cluster again (each attempt already retried
+/// across the replicas for the client's deadline).
+const REACH_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Follower {
+    /// Runs until stopped (Ok) or until something it cannot get past (Err, with why).
+    /// Appends are pipelined; each receipt's index is checked against the upstream's, so a
+    /// diverged cache stops loudly instead of serving wrong data.
+    async fn run(&self) -> Result<(), String> {
+        let mut sub = self.subscribe();
+        let mut pending: std::collections::VecDeque<(u64, PendingCommit)> = Default::default();
+        let mut behind = 0;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let next = match sub.connect().await {
+                Ok(true) => {
+                    self.following();
+                    continue;
+                }
+                Ok(false) => sub.next_event().await,
+                Err(e) => Err(e),
+            };
+            let (index, event) = match next {
+                Ok(ev) => ev,
+                Err(e) => {
+                    match setback(e) {
+                        Setback::Behind => {
+                            settle(&mut pending, true)?;
+                            behind += 1;
+                            if behind > CATCH_UP_TRIES {
+                                // Each image was overtaken before the cache subscribed after it.
+                                self.not_following(format!(
+                                    "the cluster compacted past {CATCH_UP_TRIES} images in a row"
+                                ))
+                                .await;
+                                behind = 0;
+                            }
+                            self.take_image().await?;
+                            sub = self.subscribe();
+                        }
+                        Setback::Passing(why) => self.not_following(why).await,
+                        Setback::Final(why) => {
+                            return Err(format!("the chain's subscription failed: {why}"))
+                        }
+                    }
+                    continue;
+                }
+            };
+            let applied = match event {
+                Event::Tx(bytes) => self.local.apply_upstream(index, bytes),
+                Event::Own(hash) => match self.local.apply_upstream_own(&hash) {
+                    Some(r) => r,
+                    None => {
+                        // Committed in our session, but no longer held here (its commit had
+                        // failed as far as we knew): from here on, everything in full.
+                        tracing::info!(index, %hash, "an own transaction came back that is not held; resubscribing in full");
+                        sub = self.client.subscribe(
+                            self.local.id(),
+                            index,
+                            self.reader.clone(),
+                            None,
+                        );
+                        continue;
+                    }
+                },
+            };
+            behind = 0;
+            match applied {
+                Ok(p) => pending.push_back((index, p)),
+                Err(e) => return Err(format!("the cache refused transaction {index}: {e}")),
+            }
+            settle(&mut pending, false)?;
+        }
+    }
+
+    fn subscribe(&self) -> super::client::Subscription<'_> {
+        self.client.subscribe(
+            self.local.id(),
+            self.local.last_index() + 1,
+            self.reader.clone(),
+            Some(self.session),
+        )
+    }
+
+    /// The subscription is up (again): commits go through from now on.
+    fn following(&self) {
+        if let Some(why) = self.broken.clear() {
+            tracing::info!(chain = %self.local.id(), was = %why, "the cache follows the chain again");
+        }
+    }
+
+    /// Records why the cache is behind for now (commits fail at once with it, instead of
+    /// each waiting out the client's deadline) and pauses before the next attempt.
+    async fn not_following(&self, why: String) {
+        if self.broken.why().is_none() {
+            tracing::warn!(chain = %self.local.id(), error = %why, "the cache lost the chain's subscription; reconnecting");
+        }
+        self.broken.set(format!("{why} (reconnecting)"));
+        tokio::time::sleep(REACH_AGAIN).await;
+    }
+
+    /// The cluster compacted past this cache while it ran (it was cut off, or paused, for
+    /// longer than the cluster keeps log): the chain's image replaces the cache's contents.
+    async fn take_image(&self) -> Result<(), String> {
+        const TMP: &str = "snap-live.tmp";
+        let chain = self.local.id();
+        let had = self.local.last_index();
+        let out = self
+            .cache
+            .open(TMP, true)
+            .and_then(|f| f.truncate(0).map(|()| f))
+            .map_err(|e| format!("the cache cannot hold the chain's image: {TMP}: {e}"))?;
+        let index = match self
+            .client
+            .fetch_snapshot(chain, &self.reader, out.as_ref())
+            .await
+        {
+            Ok(index) => index,
+            Err(e) => {
+                drop(out);
+                let _ = self.cache.remove(TMP);
+                return match setback(e) {
+                    Setback::Final(why) => Err(format!("fetching the chain's image failed: {why}")),
+                    Setback::Behind => Ok(()),
+                    Setback::Passing(why) => {
+                        self.not_following(format!("fetching the chain's image: {why}"))
+                            .await;
+                        Ok(())
+                    }
+                };
+            }
+        };
+        drop(out);
+        match self.local.install_image(TMP, index) {
+            Ok(true) => {
+                tracing::info!(%chain, had, index, "the running cache caught up through the cluster's image");
+                Ok(())
+            }
+            Ok(false) => {
+                // Not ahead of the cache (a new leader kept more log): subscribe again.
+                let _ = self.cache.remove(TMP);
+                Ok(())
+            }
+            Err(e) => Err(format!("the cache could not take the chain's image: {e}")),
+        }
+    }
+}
+
+/// Checks the receipts of the appends that are done (all of them, waiting, with `all`).
+fn settle(
+    pending: &mut std::collections::VecDeque<(u64, PendingCommit)>,
+    all: bool,
+) -> Result<(), String> {
+    while pending.front().is_some_and(|(_, p)| all || p.is_done()) {
+        let Some((want, p)) = pending.pop_front() else {
+            break;
+        };
+        match p.wait() {
+            Ok(r) if r.index == want => {}
+            Ok(r) => {
+                return Err(format!(
+                    "the cache diverged: transaction {want} landed at {}",
+                    r.index
+                ))
+            }
+            Err(e) => return Err(format!("the cache refused transaction {want}: {e}")),
+        }
+    }
+    Ok(())
 }
