@@ -64,34 +64,31 @@ impl PeerRoom {
     /// The peer with the least room among those heard from within `fresh`, and its room.
     pub fn fullest(&self, fresh: Duration) -> Option<(u64, u64)> {
         // Asked on every commit: no list built.
-        self.0
-            .lock()
-            .iter()
-            .filter(|(_, (_, at))| at.elapsed() < fresh)
-            .map(|(peer, (free, _))| (*peer, *free))
-            .min_by_key(|(peer, free)| (*free, *peer))
+        within(&self.0.lock(), fresh).min_by_key(|(peer, free)| (*free, *peer))
     }
 
     /// Whether `peer` answered within `d` (any answer from a running partition reports).
     pub fn heard_within(&self, peer: u64, d: Duration) -> bool {
-        self.0
-            .lock()
-            .get(&peer)
-            .is_some_and(|(_, at)| at.elapsed() < d)
+        within(&self.0.lock(), d).any(|(p, _)| p == peer)
     }
 
     /// The room of each peer heard from within `fresh`, by peer.
     pub fn reports(&self, fresh: Duration) -> Vec<(u64, u64)> {
-        let mut v: Vec<_> = self
-            .0
-            .lock()
-            .iter()
-            .filter(|(_, (_, at))| at.elapsed() < fresh)
-            .map(|(peer, (free, _))| (*peer, *free))
-            .collect();
+        let mut v: Vec<_> = within(&self.0.lock(), fresh).collect();
         v.sort_unstable();
         v
     }
+}
+
+/// (peer, room) of the reports younger than `d`.
+fn within(
+    reports: &HashMap<u64, (u64, Instant)>,
+    d: Duration,
+) -> impl Iterator<Item = (u64, u64)> + '_ {
+    reports
+        .iter()
+        .filter(move |(_, (_, at))| at.elapsed() < d)
+        .map(|(peer, (free, _))| (*peer, *free))
 }
 
 #[cfg(test)]

@@ -318,7 +318,7 @@ async fn run(args: RunArgs) -> Result<()> {
     if bootstrap {
         node.bootstrap().await?;
     }
-    tokio::spawn(chain_server::membership::keep(node.clone(), tls.clone()));
+    tokio::spawn(chain_server::membership::keep(node.clone()));
     tracing::info!(id, raft = %me.raft, api = %me.api, metrics = %args.metrics,
         tls = tls.enabled(), "serving");
     // The readiness line scripts wait for.

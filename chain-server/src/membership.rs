@@ -18,6 +18,7 @@
 //! ([`member_node`]), so that replicas whose lists do not name it can still send clients to it
 //! when it leads.
 
+use crate::network::PeerChannels;
 use crate::node::{known_leader, Node, Partition, PeerAddr};
 use crate::pb::raft::raft_client::RaftClient;
 use crate::pb::raft::{RaftReply, RaftRequest};
@@ -228,7 +229,7 @@ pub async fn forget(
     }
     let after = node.config.forget_after;
     let mut members: Vec<u64> = membership.nodes().map(|(id, _)| *id).collect();
-    if node.leading_for(p.id, term) < after {
+    if node.leading.for_term(p.id, term) < after {
         return Ok(ForgetReply {
             removed: Vec::new(),
             members,
@@ -291,12 +292,8 @@ async fn finish_joint(node: &Node, p: &Partition) -> Result<(), MembershipError>
 
 /// Keeps this replica a voter of every partition and asks leaders to forget members its list
 /// does not name; runs while the process does.
-pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
-    let mut peers = Channels {
-        tls,
-        source: node.config.source_ip,
-        open: Default::default(),
-    };
+pub async fn keep(node: Arc<Node>) {
+    let peers = node.peers.clone();
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Partitions where a leader said this replica is only a learner: it must not call
@@ -343,8 +340,7 @@ pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
                 // Not a voter, or a voter no leader calls on: one removed while it was down
                 // still has the membership it knew (and would call elections no member
                 // answers, in ever higher terms).
-                if let Some(JoinStatus::CatchingUp { .. }) =
-                    ask_to_join(&node, &mut peers, p.id).await
+                if let Some(JoinStatus::CatchingUp { .. }) = ask_to_join(&node, &peers, p.id).await
                 {
                     if !*quiet {
                         p.raft.runtime_config().elect(false);
@@ -361,7 +357,7 @@ pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
                     }
                     Some((_, addr)) => {
                         let body = postcard::to_stdvec(&unlisted).unwrap_or_default();
-                        if let Err(e) = peers.ask(&addr, Ask::Forget, p.id, body).await {
+                        if let Err(e) = ask(&peers, &addr, Ask::Forget, p.id, body).await {
                             tracing::debug!(partition = p.id, error = %e, "asking to forget");
                         }
                     }
@@ -374,7 +370,7 @@ pub async fn keep(node: Arc<Node>, tls: Arc<crate::tls::Tls>) {
 
 /// Sends this replica's join request for partition `p` to every peer on its list; the
 /// leader's answer, if one answered.
-async fn ask_to_join(node: &Node, peers: &mut Channels, p: u32) -> Option<JoinStatus> {
+async fn ask_to_join(node: &Node, peers: &PeerChannels, p: u32) -> Option<JoinStatus> {
     let me = &node.config.peers[&node.config.id];
     let req = JoinRequest {
         id: node.config.id,
@@ -386,7 +382,7 @@ async fn ask_to_join(node: &Node, peers: &mut Channels, p: u32) -> Option<JoinSt
         if *id == node.config.id {
             continue;
         }
-        match peers.ask(&peer.raft, Ask::Join, p, body.clone()).await {
+        match ask(peers, &peer.raft, Ask::Join, p, body.clone()).await {
             Ok(reply) => match postcard::from_bytes::<JoinStatus>(&reply.body) {
                 Ok(JoinStatus::NotLeader { .. }) => continue,
                 Ok(status) => {
@@ -412,42 +408,17 @@ enum Ask {
     Forget,
 }
 
-/// Connections to peers' Raft services, kept between requests (one TLS handshake each).
-struct Channels {
-    tls: Arc<crate::tls::Tls>,
-    source: Option<std::net::IpAddr>,
-    open: std::collections::HashMap<String, tonic::transport::Channel>,
-}
-
-impl Channels {
-    async fn ask(
-        &mut self,
-        addr: &str,
-        what: Ask,
-        partition: u32,
-        body: Vec<u8>,
-    ) -> Result<RaftReply, tonic::Status> {
-        let channel = match self.open.get(addr) {
-            Some(c) => c.clone(),
-            None => {
-                let c = self
-                    .tls
-                    .channel(addr, self.source)
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                self.open.insert(addr.to_string(), c.clone());
-                c
-            }
-        };
-        ask(channel, what, partition, body).await
-    }
-}
-
+/// Sends a join or forget request to the Raft service at `addr`.
 async fn ask(
-    channel: tonic::transport::Channel,
+    peers: &PeerChannels,
+    addr: &str,
     what: Ask,
     partition: u32,
     body: Vec<u8>,
 ) -> Result<RaftReply, tonic::Status> {
+    let channel = peers
+        .get(addr)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut client = RaftClient::new(channel);
     let mut req = tonic::Request::new(RaftRequest {
         partition,
@@ -483,17 +454,13 @@ pub async fn forget_everywhere(
     mut progress: impl FnMut(&Forgotten),
 ) -> Result<u32, MembershipError> {
     let body = postcard::to_stdvec(&vec![id]).map_err(|e| MembershipError::Raft(e.to_string()))?;
-    let mut peers = Channels {
-        tls,
-        source: None,
-        open: Default::default(),
-    };
+    let peers = PeerChannels::new(tls, None);
     let mut p = 0u32;
     loop {
         let mut last = String::from("no server answered");
         let mut answered = None;
         for addr in servers {
-            match peers.ask(addr, Ask::Forget, p, body.clone()).await {
+            match ask(&peers, addr, Ask::Forget, p, body.clone()).await {
                 Ok(reply) => match postcard::from_bytes::<ForgetReply>(&reply.body) {
                     Ok(r) => {
                         answered = Some(r);
@@ -527,7 +494,7 @@ pub async fn forget_everywhere(
     }
 }
 
-/// When a node started leading a partition, per term; see [`Node::leading_for`].
+/// When a node started leading a partition, per term ([`Leading::for_term`]).
 #[derive(Debug, Default)]
 pub struct Leading(parking_lot::Mutex<std::collections::HashMap<u32, (u64, Instant)>>);
 

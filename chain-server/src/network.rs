@@ -26,13 +26,42 @@ use tonic::client::Grpc;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
+/// Connections to the peers' Raft services by Raft address, one each, shared by every
+/// partition's transport and the membership upkeep (one TLS handshake per peer).
+#[derive(Clone, Debug)]
+pub struct PeerChannels {
+    tls: Arc<Tls>,
+    source: Option<std::net::IpAddr>,
+    open: Arc<parking_lot::Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerChannels {
+    /// None open yet; connections go out from `source` when given.
+    pub fn new(tls: Arc<Tls>, source: Option<std::net::IpAddr>) -> Self {
+        Self {
+            tls,
+            source,
+            open: Default::default(),
+        }
+    }
+
+    /// The connection to `addr` (made lazily, on first use).
+    pub fn get(&self, addr: &str) -> Result<Channel, crate::tls::TlsError> {
+        let mut map = self.open.lock();
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = self.tls.channel(addr, self.source)?;
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
 /// Opens connections to the peers of one partition.
 #[derive(Clone, Debug)]
 pub struct Network {
     partition: u32,
-    source: Option<std::net::IpAddr>,
-    tls: Arc<Tls>,
-    channels: Arc<parking_lot::Mutex<HashMap<String, Channel>>>,
+    channels: PeerChannels,
     replication: PeerTimings,
     /// The partition's log, read for entries to send ahead.
     log: LogStore,
@@ -43,17 +72,9 @@ pub struct Network {
 impl Network {
     /// Connections for `partition`, shared by all partitions through `channels`; what the
     /// peers say of their disks goes into `room`.
-    pub fn new(
-        partition: u32,
-        source: Option<std::net::IpAddr>,
-        tls: Arc<Tls>,
-        (channels, room): (Arc<parking_lot::Mutex<HashMap<String, Channel>>>, PeerRoom),
-        log: LogStore,
-    ) -> Self {
+    pub fn new(partition: u32, channels: PeerChannels, room: PeerRoom, log: LogStore) -> Self {
         Self {
             partition,
-            source,
-            tls,
             channels,
             replication: PeerTimings::default(),
             log,
@@ -106,20 +127,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
-        let channel = {
-            let mut map = self.channels.lock();
-            let addr = crate::membership::raft_addr(node);
-            match map.get(addr) {
-                Some(c) => Ok(c.clone()),
-                None => {
-                    let c = self.tls.channel(addr, self.source);
-                    if let Ok(c) = &c {
-                        map.insert(addr.to_string(), c.clone());
-                    }
-                    c
-                }
-            }
-        };
+        let channel = self.channels.get(crate::membership::raft_addr(node));
         let (client, error) = match channel {
             Ok(c) => (
                 Some(
@@ -509,8 +517,8 @@ mod tests {
         );
         let log = LogStore::open(Arc::new(ate::storage::MemStorage::new()), 1 << 20).unwrap();
         let room = PeerRoom::default();
-        let shared = (Arc::default(), room.clone());
-        let mut network = Network::new(0, None, Arc::new(Tls::plaintext()), shared, log);
+        let channels = PeerChannels::new(Arc::new(Tls::plaintext()), None);
+        let mut network = Network::new(0, channels, room.clone(), log);
         let mut peer = network
             .new_client(2, &BasicNode::new(addr.to_string()))
             .await;

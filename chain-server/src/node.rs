@@ -9,7 +9,7 @@ use crate::types::Raft;
 use ate::storage::FileStorage;
 use ate::ChainId;
 use openraft::{BasicNode, Config, SnapshotPolicy};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -152,6 +152,8 @@ pub struct Node {
     pub peer_room: crate::disk::PeerRoom,
     /// Since when it leads each partition ([`crate::membership::forget`]).
     pub leading: crate::membership::Leading,
+    /// Its connections to its peers' Raft services.
+    pub peers: crate::network::PeerChannels,
 }
 
 /// The partition a chain lives in.
@@ -193,7 +195,7 @@ impl Node {
             .validate()
             .map_err(|e| NodeError::Raft(e.to_string()))?,
         );
-        let channels = Arc::new(parking_lot::Mutex::new(HashMap::new()));
+        let channels = crate::network::PeerChannels::new(tls, config.source_ip);
         let peer_room = crate::disk::PeerRoom::default();
         let mut partitions = Vec::new();
         for p in 0..config.partitions {
@@ -205,13 +207,7 @@ impl Node {
                 .map_err(|e| NodeError::Log(p, e))?;
             let sm = StateMachine::open(Arc::new(storage("state")?), log.clone())
                 .map_err(|e| NodeError::State(p, e))?;
-            let network = Network::new(
-                p,
-                config.source_ip,
-                tls.clone(),
-                (channels.clone(), peer_room.clone()),
-                log.clone(),
-            );
+            let network = Network::new(p, channels.clone(), peer_room.clone(), log.clone());
             let replication = network.replication_timings();
             let raft = Raft::new(
                 config.id,
@@ -250,6 +246,7 @@ impl Node {
             partitions,
             peer_room,
             leading: Default::default(),
+            peers: channels,
         }))
     }
 
@@ -300,11 +297,6 @@ impl Node {
     /// heartbeats.
     pub fn quiet_leader(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.config.heartbeat_ms.saturating_mul(12))
-    }
-
-    /// How long this node has led partition `p` in `term` (as far as it has been asked).
-    pub fn leading_for(&self, p: u32, term: u64) -> std::time::Duration {
-        self.leading.for_term(p, term)
     }
 
     /// Why the node is not ready, for people; None when it is (a voter of every partition,
