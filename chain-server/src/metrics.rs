@@ -102,12 +102,13 @@ impl Metrics {
                 h.write(&mut o, "atefs_raft_replicate_seconds", &labels);
             }
         }
-        let staged: Vec<(u32, [u64; 2])> = node
+        let staged: Vec<(u32, [u64; 4])> = node
             .partitions
             .iter()
             .map(|p| {
                 let s = p.staged.lock();
-                (p.id, [s.used, s.missing])
+                let fed = |i: usize| p.fed[i].load(std::sync::atomic::Ordering::Relaxed);
+                (p.id, [s.used, s.missing, fed(0), fed(1)])
             })
             .collect();
         let counters = [
@@ -118,6 +119,14 @@ impl Metrics {
             (
                 "atefs_raft_staged_missing_total",
                 "Replication requests that named an entry this replica no longer held (sent again in full).",
+            ),
+            (
+                "atefs_subscribe_sent_full_total",
+                "Transactions sent to subscribers in full.",
+            ),
+            (
+                "atefs_subscribe_sent_own_total",
+                "Transactions sent to subscribers by hash only, because the subscriber's own writer session committed them (it holds their bytes).",
             ),
         ];
         for (i, (name, help)) in counters.iter().enumerate() {

@@ -95,6 +95,8 @@ pub struct Partition {
     pub vote_hold_off: Option<std::time::Instant>,
     /// When a leader's request (entries, a heartbeat, a snapshot chunk) last came.
     pub leader_contact: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+    /// Transactions sent to subscribers: [in full, by hash to their own writer session].
+    pub fed: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl Partition {
@@ -239,6 +241,7 @@ impl Node {
                 staged: Default::default(),
                 vote_hold_off,
                 leader_contact: Default::default(),
+                fed: Default::default(),
             });
         }
         Ok(Arc::new(Self {

@@ -109,6 +109,9 @@ pub async fn feed(
                     return;
                 }
             };
+            // Counted before it goes: whoever has it has it counted.
+            let by_hash = usize::from(!event.own_hash.is_empty());
+            p.fed[by_hash].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if out.send(Ok(event)).await.is_err() {
                 return;
             }

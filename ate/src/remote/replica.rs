@@ -456,6 +456,8 @@ impl Follower {
         let mut sub = self.subscribe();
         let mut pending: std::collections::VecDeque<(u64, PendingCommit)> = Default::default();
         let mut behind = 0;
+        // Set while the subscription sends everything in full, up to this index.
+        let mut in_full: Option<u64> = None;
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -485,6 +487,7 @@ impl Follower {
                             }
                             self.take_image().await?;
                             sub = self.subscribe();
+                            in_full = None;
                         }
                         Setback::Passing(why) => self.not_following(why).await,
                         Setback::Final(why) => {
@@ -500,14 +503,15 @@ impl Follower {
                     Some(r) => r,
                     None => {
                         // Committed in our session, but no longer held here (its commit had
-                        // failed as far as we knew): from here on, everything in full.
-                        tracing::info!(index, %hash, "an own transaction came back that is not held; resubscribing in full");
+                        // failed as far as we knew): this one in full, then by hash again.
+                        tracing::info!(index, %hash, "an own transaction came back that is not held; fetching it in full");
                         sub = self.client.subscribe(
                             self.local.id(),
                             index,
                             self.reader.clone(),
                             None,
                         );
+                        in_full = Some(index);
                         continue;
                     }
                 },
@@ -516,6 +520,16 @@ impl Follower {
             match applied {
                 Ok(p) => pending.push_back((index, p)),
                 Err(e) => return Err(format!("the cache refused transaction {index}: {e}")),
+            }
+            if in_full.is_some_and(|at| index >= at) {
+                // A session's own transactions in full cost the link their size again.
+                in_full = None;
+                sub = self.client.subscribe(
+                    self.local.id(),
+                    index + 1,
+                    self.reader.clone(),
+                    Some(self.session),
+                );
             }
             settle(&mut pending, false)?;
         }
