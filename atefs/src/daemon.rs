@@ -109,6 +109,8 @@ impl MountArgs {
         if r.exclusive {
             a.push("--exclusive".into());
         }
+        a.push("--timeout-secs".into());
+        a.push(r.timeout_secs.to_string());
         Ok(a)
     }
 }

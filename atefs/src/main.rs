@@ -117,6 +117,12 @@ pub struct RemoteArgs {
     /// commit fail (EIO at fsync) rather than being merged.
     #[arg(long, requires = "server")]
     exclusive: bool,
+    /// How long a call to the cluster keeps retrying (finding the leader, waiting out an
+    /// election) before it fails: a close or fsync then fails with EIO, and while the mount
+    /// cannot reach the cluster for that long, opens, closes and fsyncs fail at once until it
+    /// can again (it reconnects by itself).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout_secs: u64,
 }
 
 fn default_data() -> PathBuf {
@@ -251,11 +257,13 @@ fn remote_volume(remote: &RemoteArgs) -> Result<(&Path, ate::KeyFile, ate::remot
 }
 
 fn remote_options(remote: &RemoteArgs) -> Result<ate::remote::RemoteOptions> {
-    Ok(ate::remote::RemoteOptions::from_flags(
+    let mut opts = ate::remote::RemoteOptions::from_flags(
         remote.server.clone(),
         remote.ca.as_deref(),
         remote.insecure_plaintext,
-    )?)
+    )?;
+    opts.deadline = std::time::Duration::from_secs(remote.timeout_secs);
+    Ok(opts)
 }
 
 fn umount(dir: &Path) -> Result<()> {

@@ -398,6 +398,90 @@ fn a_mount_frozen_past_the_clusters_log_catches_up_while_mounted() {
     drop((frozen, w));
 }
 
+/// errno of an I/O error.
+const EIO: i32 = 5;
+
+/// A mount rides out an outage of the whole cluster without a remount: while no replica
+/// answers (longer than its `--timeout-secs 2`), a file open before still reads from the
+/// cache, and an fsync or a create fails with EIO instead of hanging; once the replicas are
+/// back, opens
+/// work again, the data whose commit failed is committed after all (a fresh host reads it),
+/// and new writes reach other hosts. Before session 29 the mount failed every open, close and
+/// fsync from the outage on until it was unmounted.
+#[test]
+fn a_mount_rides_out_an_outage_of_the_whole_cluster() {
+    let Some((mut cluster, tmp, keys)) = setup() else {
+        return;
+    };
+    let host = Mount::start_with(
+        &cluster,
+        tmp.path(),
+        "host",
+        &keys,
+        &["--timeout-secs", "2"],
+    );
+    let write_synced = |name: &str, body: &[u8]| {
+        let mut f = std::fs::File::create(host.dir.join(name))?;
+        f.write_all(body)?;
+        f.sync_all()
+    };
+    write_synced("before", b"written before the outage").unwrap();
+    let mut open_before = std::fs::File::open(host.dir.join("before")).unwrap();
+    write_synced("during", b"").unwrap();
+    let mut during = std::fs::OpenOptions::new()
+        .write(true)
+        .open(host.dir.join("during"))
+        .unwrap();
+
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    during.write_all(b"written during the outage").unwrap();
+    let e = during.sync_all().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(EIO), "{e}");
+    let e = write_synced("created during", b"").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(EIO), "{e}");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut open_before, &mut text).unwrap();
+    assert_eq!(text, "written before the outage");
+
+    for i in 0..3 {
+        cluster.spawn(i, false);
+    }
+    for i in 0..3 {
+        cluster.wait_ready(i, std::time::Duration::from_secs(30));
+    }
+    // The mount reconnects by itself, within a second of the cluster answering; until then
+    // an open fails at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let reread = loop {
+        match std::fs::read(host.dir.join("before")) {
+            Ok(b) => break b,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(e.raw_os_error(), Some(EIO), "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("the mount never came back: {e}"),
+        }
+    };
+    assert_eq!(reread, b"written before the outage");
+    // What failed to commit stayed buffered; an fsync now commits it.
+    during.sync_all().unwrap();
+    drop(during);
+    write_synced("after", b"written after the outage").unwrap();
+    let fresh = Mount::start(&cluster, tmp.path(), "fresh", &keys);
+    assert_eq!(
+        std::fs::read(fresh.dir.join("during")).unwrap(),
+        b"written during the outage"
+    );
+    assert_eq!(
+        std::fs::read(fresh.dir.join("after")).unwrap(),
+        b"written after the outage"
+    );
+    drop(open_before);
+    drop((fresh, host));
+}
+
 /// `--exclusive` is enforced by the cluster: a newer exclusive mount takes the writer lease,
 /// and from then on the older mount's commits are refused (its fsync fails) instead of being
 /// merged with the newer writer's.

@@ -21,9 +21,9 @@ struct GrpcUpstream {
     chain: ChainId,
     /// Sent with every commit and the subscription: our transactions come back by hash.
     session: Session,
-    /// Set when the follower stopped: commits would never show up locally, so they fail at
-    /// once with the reason instead of timing out.
-    broken: Arc<Lapse>,
+    /// Set while the follower is not following: commits would not show up locally, so they
+    /// fail at once with the reason instead of timing out.
+    lapse: Arc<Lapse>,
 }
 
 impl GrpcUpstream {
@@ -89,7 +89,7 @@ impl Upstream for GrpcUpstream {
             .map_err(upstream_error)
     }
     fn stopped(&self) -> Option<String> {
-        self.broken.why()
+        self.lapse.why()
     }
     fn returns_own_by_hash(&self) -> bool {
         true
@@ -279,13 +279,13 @@ pub fn open_remote_in_session(
         }
         Err(e) => return Err(e.into()),
     }
-    let broken = Arc::new(Lapse::default());
+    let lapse = Arc::new(Lapse::default());
     let upstream = Arc::new(GrpcUpstream {
         client: client.clone(),
         rt: rt.handle().clone(),
         chain,
         session,
-        broken: broken.clone(),
+        lapse: lapse.clone(),
     });
     let mut installs = 0;
     let mut cleared = false;
@@ -342,7 +342,7 @@ pub fn open_remote_in_session(
             reader,
             session,
             stop: stop.clone(),
-            broken: broken.clone(),
+            lapse: lapse.clone(),
             cache,
         };
         let rt2 = rt.clone();
@@ -351,7 +351,7 @@ pub fn open_remote_in_session(
             .spawn(move || {
                 if let Err(why) = rt2.block_on(f.run()) {
                     tracing::error!(error = %why, "the cache stopped following the chain; commits fail from now on (remount to start again)");
-                    f.broken.set(format!("{why} (for good; remount)"));
+                    f.lapse.set(format!("{why} (for good; remount)"));
                 }
             })
             .map_err(ReplicaError::Runtime)?
@@ -362,7 +362,7 @@ pub fn open_remote_in_session(
         quota_at_open,
         stop,
         follower: Some(follower),
-        lapse: broken,
+        lapse,
         client,
         rt,
     })
@@ -412,7 +412,7 @@ struct Follower {
     session: Session,
     stop: Arc<AtomicBool>,
     /// Why the cache is not following now, if it is not (what commits fail with meanwhile).
-    broken: Arc<Lapse>,
+    lapse: Arc<Lapse>,
     cache: Arc<dyn Storage>,
 }
 
@@ -546,7 +546,7 @@ impl Follower {
 
     /// The subscription is up (again): commits go through from now on.
     fn following(&self) {
-        if let Some(why) = self.broken.clear() {
+        if let Some(why) = self.lapse.clear() {
             tracing::info!(chain = %self.local.id(), was = %why, "the cache follows the chain again");
         }
     }
@@ -554,10 +554,10 @@ impl Follower {
     /// Records why the cache is behind for now (commits fail at once with it, instead of
     /// each waiting out the client's deadline) and pauses before the next attempt.
     async fn not_following(&self, why: String) {
-        if self.broken.why().is_none() {
+        if self.lapse.why().is_none() {
             tracing::warn!(chain = %self.local.id(), error = %why, "the cache lost the chain's subscription; reconnecting");
         }
-        self.broken.set(format!("{why} (reconnecting)"));
+        self.lapse.set(format!("{why} (reconnecting)"));
         tokio::time::sleep(REACH_AGAIN).await;
     }
 
