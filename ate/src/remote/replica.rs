@@ -547,7 +547,8 @@ impl Follower {
     /// The subscription is up (again): commits go through from now on.
     fn following(&self) {
         if let Some(why) = self.lapse.clear() {
-            tracing::info!(chain = %self.local.id(), was = %why, "the cache follows the chain again");
+            // At the level of the warning that it had lost it, so that both show by default.
+            tracing::warn!(chain = %self.local.id(), was = %why, "the cache follows the chain again");
         }
     }
 
