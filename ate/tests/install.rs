@@ -49,29 +49,34 @@ fn a_cache_takes_an_image_ahead_of_it_and_goes_on_from_there() {
     assert!(cache.last_index() < last);
     mem.set_contents(TMP, image);
 
-    // A reader goes on reading key 0 throughout: it sees the old value, then the new one,
-    // and never an error (its file may go between its lookup and its read).
+    // A reader goes on reading key 0 from before the switch to after it: it sees the old
+    // value, then the new one, and never an error (its file may go between its lookup and its
+    // read).
     let done = Arc::new(AtomicBool::new(false));
+    let (started, has_started) = std::sync::mpsc::channel();
     let reader = {
         let (cache, done, data) = (cache.clone(), done.clone(), f.data.clone());
         std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            while !done.load(Ordering::Relaxed) {
+            let mut seen: Vec<Vec<u8>> = Vec::new();
+            loop {
+                // Checked before the read: the read after `done` is one after the switch.
+                let last_round = done.load(Ordering::Relaxed);
                 let (_, plain) = cache.read_plain(&key(0), &data).unwrap().unwrap();
                 if seen.last() != Some(&plain) {
                     seen.push(plain);
                 }
+                let _ = started.send(());
+                if last_round {
+                    return seen;
+                }
             }
-            seen
         })
     };
+    has_started.recv().unwrap();
     assert!(cache.install_image(TMP, last).unwrap());
     done.store(true, Ordering::Relaxed);
     let seen = reader.join().unwrap();
-    assert!(
-        seen == [value(0, 0), value(0, 1)] || seen == [value(0, 1)],
-        "the reader saw {seen:?}"
-    );
+    assert_eq!(seen, [value(0, 0), value(0, 1)]);
 
     assert_eq!(cache.last_index(), last);
     let want: Vec<_> = (0..30)

@@ -1921,6 +1921,18 @@ impl AteFs {
         }
     }
 
+    /// "local" (an embedded volume), "following" (a shared one that follows its chain on the
+    /// cluster) or "not following: WHY" (it cannot reach the cluster, or stopped for good).
+    pub fn status(&self) -> String {
+        match self.chain.upstream() {
+            None => "local".into(),
+            Some(up) => match up.stopped() {
+                None => "following".into(),
+                Some(why) => format!("not following: {why}"),
+            },
+        }
+    }
+
     /// Volume usage: (total bytes, used bytes, inodes used). Used is what the volume holds
     /// (its live records), the measure its quota bounds; old versions still in the log until
     /// the next compaction are the log's overhead, not the user's data.
@@ -1936,6 +1948,9 @@ impl AteFs {
 
     /// Reads an extended attribute.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if name == STATUS_XATTR && ino == ROOT_INO {
+            return Ok(self.status().into_bytes());
+        }
         refuse_unsupported_xattr(name)?;
         let a = self.getattr(ino)?;
         a.xattrs
@@ -2139,9 +2154,15 @@ fn kill_suidgid(a: &mut Inode) {
 /// one would be a label nothing enforces. Answering "not supported" rather than "no such
 /// attribute" also lets tools stop asking: `ls -l` queries `security.selinux` once per file
 /// (the kernel never caches the answer) unless the device says it has no labels at all.
+/// Names starting `atefs.` are the mount's own (see [`STATUS_XATTR`]): never stored.
 fn refuse_unsupported_xattr(name: &[u8]) -> FsResult<()> {
-    if name == b"security.selinux" {
+    if name == b"security.selinux" || name.starts_with(b"atefs.") {
         return Err(FsError::NotSupported);
     }
     Ok(())
 }
+
+/// An attribute of the root that is not stored: how the mount is doing ([`AteFs::status`]).
+/// What a CSI node plugin asks to report a volume's condition; any user may read it (the
+/// kernel passes any name to a FUSE file system, and this one is not listed).
+pub const STATUS_XATTR: &[u8] = b"atefs.status";

@@ -464,3 +464,34 @@ fn ls_asks_for_selinux_labels_once_per_mount_not_once_per_file() {
     }
     m.unmount();
 }
+
+/// The root's `atefs.status` says how the mount is doing ("local" for an embedded volume; a
+/// shared one's is tested in chain-server/tests/remote_mount.rs); `atefs.*` names are the
+/// mount's own and cannot be set or removed, on the root or elsewhere.
+#[test]
+fn the_root_says_how_the_mount_is_doing_and_atefs_names_are_reserved() {
+    require_fuse!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mnt, data) = (tmp.path().join("mnt"), tmp.path().join("data"));
+    let m = Mounted::start(&mnt, &data);
+    std::fs::write(mnt.join("f"), "x").unwrap();
+    let out = run(
+        &mnt,
+        "python3 -c \"import os\nprint(os.getxattr('.', 'atefs.status').decode())\nfor p in ('.', 'f'):\n  try: os.setxattr(p, 'atefs.status', b'fine')\n  except OSError as e: print(e.errno)\n  try: os.removexattr(p, 'atefs.status')\n  except OSError as e: print(e.errno)\nprint(os.listxattr('.'))\"",
+    );
+    let eopnotsupp = libc::EOPNOTSUPP.to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "local",
+            &eopnotsupp,
+            &eopnotsupp,
+            &eopnotsupp,
+            &eopnotsupp,
+            "[]"
+        ],
+        "{out}"
+    );
+    m.unmount();
+}

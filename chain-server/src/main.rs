@@ -306,7 +306,11 @@ async fn run(args: RunArgs) -> Result<()> {
         .max_encoding_message_size(MAX_MESSAGE * 4);
     let raft_task = tokio::spawn(raft_server.add_service(raft_svc).serve(raft_addr));
 
-    let mut api_server = tonic::transport::Server::builder();
+    // A subscriber that went silent (its host froze or was cut off) is found out within two
+    // intervals, and its stream and the task feeding it end.
+    let mut api_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(ate::remote::KEEPALIVE * 2))
+        .http2_keepalive_timeout(Some(ate::remote::KEEPALIVE * 2));
     if let Some(t) = tls.api_server() {
         api_server = api_server.tls_config(t)?;
     }

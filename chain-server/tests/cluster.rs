@@ -9,7 +9,9 @@ use ate::remote::pb::chain::chains_client::ChainsClient;
 use ate::remote::pb::chain::CommitRequest;
 use ate::remote::{Event, RemoteError, Session};
 use ate::{DataKey, Transaction};
-use common::{check_history, files_under, new_chain, put_tx, rt, Acks, Cluster, WithChain};
+use common::{
+    check_history, files_under, new_chain, put_tx, rt, Acks, Cluster, Stopped, WithChain,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -590,6 +592,54 @@ fn a_cache_cut_off_from_its_cluster_follows_again_once_it_is_back() {
     assert_eq!(plain, b"from elsewhere");
     let (_, plain) = remote.chain.read_plain(&rk(11), key).unwrap().unwrap();
     assert_eq!(plain, b"value");
+}
+
+/// A leader that freezes (SIGSTOP: a stalled VM, a hung disk) keeps its connections open
+/// and silent. The others elect a new leader and go on; a cache subscribed to the frozen one
+/// finds its stream dead by the keepalive pings and follows the new leader, and its own
+/// commits land there. Before session 29 the subscription waited on the silent stream (TCP
+/// would have given up after a quarter of an hour), and the cache saw nothing new.
+#[test]
+fn a_cache_subscribed_to_a_frozen_leader_follows_the_new_one() {
+    let cluster = Cluster::start(false, 1_000_000);
+    let client = cluster.client(Duration::from_secs(20));
+    let (chain, owner, genesis) = new_chain();
+    rt().block_on(client.create(chain, 1 << 30, genesis))
+        .unwrap();
+    let cache: Arc<dyn ate::storage::Storage> = Arc::new(ate::storage::MemStorage::new());
+    let remote = ate::remote::open_remote(
+        cluster.client(Duration::from_secs(20)),
+        chain,
+        owner.clone(),
+        cache,
+        None,
+    )
+    .unwrap();
+    let key = DataKey::generate();
+    let put = |name: &[u8]| Transaction::decode(&put_tx(chain, &owner, &key, name, b"v")).unwrap();
+    remote
+        .chain
+        .sign_and_commit(put(b"before"), &owner)
+        .unwrap();
+
+    let p = chain_server::node::partition_of(&chain, 2);
+    let leader = cluster.leader_of(p).unwrap();
+    let _frozen = Stopped::stop(cluster.pid(leader).unwrap());
+    let others: Vec<String> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| cluster.replicas[i].api.clone())
+        .collect();
+    let other = cluster.client_of(others, Duration::from_secs(30));
+    let tx = put_tx(chain, &owner, &key, b"theirs", b"v");
+    let theirs = rt().block_on(other.commit(chain, tx)).unwrap();
+    assert!(
+        remote.chain.wait_for(theirs, Duration::from_secs(40)),
+        "the cache never saw index {theirs}: it is at {} ({:?})",
+        remote.chain.last_index(),
+        remote.lapse()
+    );
+    let mine = remote.chain.sign_and_commit(put(b"mine"), &owner).unwrap();
+    assert!(mine.index > theirs);
 }
 
 /// CommitStream (a writer's pipeline): transactions land in the order sent, with an answer

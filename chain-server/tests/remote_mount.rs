@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{files_under, rt, Cluster};
+use common::{files_under, rt, Cluster, Stopped};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -293,27 +293,6 @@ fn a_new_or_stale_cache_catches_up_through_the_snapshot() {
     drop((fresh, stale, w));
 }
 
-/// A process stopped with SIGSTOP (a frozen node); continued on drop, even when a test fails.
-struct Stopped(u32);
-
-impl Stopped {
-    fn stop(pid: u32) -> Stopped {
-        let st = Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status();
-        assert!(st.unwrap().success());
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
-}
-
 /// The snapshot files (`snap-*.snap`) under a mount's cache directory.
 fn images_in(cache: &Path) -> Vec<PathBuf> {
     files_under(cache)
@@ -401,6 +380,13 @@ fn a_mount_frozen_past_the_clusters_log_catches_up_while_mounted() {
 /// errno of an I/O error.
 const EIO: i32 = 5;
 
+/// The `atefs.status` attribute of a mount's root.
+fn status_of(dir: &Path) -> String {
+    let mut buf = [0u8; 4096];
+    let n = rustix::fs::getxattr(dir, "atefs.status", &mut buf[..]).unwrap();
+    String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
 /// A mount rides out an outage of the whole cluster without a remount: while no replica
 /// answers (longer than its `--timeout-secs 2`), a file open before still reads from the
 /// cache, and an fsync or a create fails with EIO instead of hanging; once the replicas are
@@ -441,6 +427,18 @@ fn a_mount_rides_out_an_outage_of_the_whole_cluster() {
     assert_eq!(e.raw_os_error(), Some(EIO), "{e}");
     let e = write_synced("created during", b"").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(EIO), "{e}");
+    // Said on the root (what a CSI node plugin reports as the volume's condition) once the
+    // mount's subscription, too, has retried for its 2 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut status = status_of(&host.dir);
+    while status == "following" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        status = status_of(&host.dir);
+    }
+    assert!(
+        status.starts_with("not following: ") && status.contains("reconnecting"),
+        "{status}"
+    );
     let mut text = String::new();
     std::io::Read::read_to_string(&mut open_before, &mut text).unwrap();
     assert_eq!(text, "written before the outage");
@@ -465,6 +463,7 @@ fn a_mount_rides_out_an_outage_of_the_whole_cluster() {
         }
     };
     assert_eq!(reread, b"written before the outage");
+    assert_eq!(status_of(&host.dir), "following");
     // What failed to commit stayed buffered; an fsync now commits it.
     during.sync_all().unwrap();
     drop(during);

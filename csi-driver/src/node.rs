@@ -505,6 +505,18 @@ impl NodeService {
                 })
             }
         };
+        let condition = lapse(&path).map_or_else(
+            || pb::VolumeCondition {
+                abnormal: false,
+                message: String::new(),
+            },
+            |why| pb::VolumeCondition {
+                abnormal: true,
+                message: format!(
+                    "the volume's mount cannot reach the chain servers ({why}); it reconnects by itself, and meanwhile opens, closes and fsyncs fail with EIO"
+                ),
+            },
+        );
         let i = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
         let bytes = |blocks: u64| i(blocks.saturating_mul(v.f_frsize));
         Ok(pb::NodeGetVolumeStatsResponse {
@@ -522,12 +534,18 @@ impl NodeService {
                     unit: pb::volume_usage::Unit::Inodes.into(),
                 },
             ],
-            volume_condition: Some(pb::VolumeCondition {
-                abnormal: false,
-                message: String::new(),
-            }),
+            volume_condition: Some(condition),
         })
     }
+}
+
+/// Why the atefs mount at `path` is not following its chain, if it says so (its root's
+/// `atefs.status` attribute; a daemon older than that attribute says nothing).
+fn lapse(path: &Path) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    let n = rustix::fs::getxattr(path, "atefs.status", &mut buf[..]).ok()?;
+    let status = String::from_utf8_lossy(&buf[..n.min(buf.len())]);
+    status.strip_prefix("not following: ").map(str::to_owned)
 }
 
 #[tonic::async_trait]

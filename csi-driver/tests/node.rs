@@ -500,3 +500,61 @@ fn a_dead_mount_daemon_is_reported_and_the_volume_can_be_unstaged() {
     let m = common::http_get(&plugin.metrics, "/metrics");
     assert!(m.contains("atefs_csi_daemon_failures_total 1"), "{m}");
 }
+
+/// A mount that cannot reach the chain servers (all of them stopped for longer than the
+/// mount's 30 s timeout) is reported as an abnormal volume condition with the reason, and as
+/// normal again once the servers are back and it follows its chain, without being staged
+/// again (before session 29 such a mount stayed broken and was reported normal).
+#[test]
+fn a_mount_that_cannot_reach_the_chain_servers_is_reported_until_it_can() {
+    let Some(mut env) = MountEnv::start() else {
+        return;
+    };
+    let (id, secrets) = new_volume();
+    let staging = env.tmp.path().join("staging");
+    let target = env.tmp.path().join("pod/volume");
+    let plugin = Plugin::start(env.tmp.path(), "node-a", Some(&env.cluster));
+    let rt = rt();
+    let mut c = rt.block_on(plugin.client());
+    let condition = |c: &mut common::Csi| {
+        let stats = rt.block_on(c.stats(&id, &target)).unwrap();
+        stats.volume_condition.unwrap()
+    };
+    rt.block_on(async {
+        c.stage(&id, &staging, &secrets, Mode::SingleNodeMultiWriter)
+            .await
+            .unwrap();
+        c.publish(&id, &staging, &target, false).await.unwrap();
+    });
+    std::fs::write(target.join("f"), b"before").unwrap();
+    assert!(!condition(&mut c).abnormal);
+
+    env.cluster.stop();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut cond = condition(&mut c);
+    while !cond.abnormal && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        cond = condition(&mut c);
+    }
+    assert!(cond.abnormal, "never reported: {cond:?}");
+    assert!(
+        cond.message.contains("cannot reach the chain servers")
+            && cond.message.contains("reconnecting"),
+        "{}",
+        cond.message
+    );
+
+    env.cluster.restart();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while cond.abnormal && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        cond = condition(&mut c);
+    }
+    assert!(!cond.abnormal, "still abnormal: {cond:?}");
+    assert_eq!(std::fs::read(target.join("f")).unwrap(), b"before");
+    std::fs::write(target.join("g"), b"after").unwrap();
+    rt.block_on(async {
+        c.unpublish(&id, &target).await.unwrap();
+        c.unstage(&id, &staging).await.unwrap();
+    });
+}

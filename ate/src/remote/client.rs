@@ -25,6 +25,12 @@ pub const SERVER_NAME: &str = "atefs-chain-server";
 const ATTEMPT: Duration = Duration::from_secs(6);
 /// Transactions a commit pipe has in flight (the server's stream depth is 8 as well).
 const PIPE_DEPTH: usize = 8;
+/// How often an idle connection is pinged, and how long a ping may go unanswered before the
+/// connection counts as dead. Without it a replica that froze (a stalled VM, a hung disk) or
+/// a network that started dropping packets left a subscription waiting on a silent stream
+/// until TCP gave up, a quarter of an hour; a unary call has its attempt timeout, a stream
+/// has nothing else.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
 /// The largest message exchanged.
 const MAX_MESSAGE: usize = crate::tx::MAX_TX_BYTES + (1 << 20);
 
@@ -180,7 +186,10 @@ impl RemoteClient {
                 let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
                     .map_err(err)?
                     .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true);
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(KEEPALIVE)
+                    .keep_alive_timeout(KEEPALIVE)
+                    .keep_alive_while_idle(true);
                 if let Some(ca) = &self.opts.ca_pem {
                     ep = ep
                         .tls_config(

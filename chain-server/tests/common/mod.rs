@@ -393,6 +393,27 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A process stopped with SIGSTOP (a frozen node); continued on drop, even when a test fails.
+pub struct Stopped(u32);
+
+impl Stopped {
+    pub fn stop(pid: u32) -> Stopped {
+        let st = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status();
+        assert!(st.unwrap().success());
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
 /// iptables rules that undo themselves.
 pub struct Firewall {
     rules: Vec<Vec<String>>,

@@ -58,18 +58,40 @@ fn terminate(child: &mut Child) {
 pub struct DevCluster {
     pub dir: tempfile::TempDir,
     pub servers: Vec<String>,
-    child: Child,
+    base: u16,
+    child: Option<Child>,
 }
 
 impl DevCluster {
     pub fn start() -> DevCluster {
         let dir = tempfile::tempdir().unwrap();
         let base = ports(40);
+        let mut c = DevCluster {
+            dir,
+            servers: (1..=3)
+                .map(|i| format!("127.0.0.1:{}", base + 10 * i))
+                .collect(),
+            base,
+            child: None,
+        };
+        c.restart();
+        c
+    }
+
+    /// Stops every replica (SIGTERM).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c);
+        }
+    }
+
+    /// Starts the replicas (again, on their data) and waits until each is ready.
+    pub fn restart(&mut self) {
         let mut child = Command::new(bin("chain-server"))
             .arg("dev-cluster")
             .arg("--dir")
-            .arg(dir.path())
-            .args(["--base-port", &base.to_string(), "--partitions", "2"])
+            .arg(self.dir.path())
+            .args(["--base-port", &self.base.to_string(), "--partitions", "2"])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -77,24 +99,17 @@ impl DevCluster {
         let mut out = child.stdout.take().unwrap();
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         // Owned from here on, so that a failed wait below still stops the cluster.
-        let c = DevCluster {
-            dir,
-            servers: (1..=3)
-                .map(|i| format!("127.0.0.1:{}", base + 10 * i))
-                .collect(),
-            child,
-        };
+        self.child = Some(child);
         // Ready: every replica's partitions have a leader.
         let deadline = Instant::now() + Duration::from_secs(60);
         for i in 1..=3u16 {
-            while !http_get(&format!("127.0.0.1:{}", base + 10 * i + 2), "/health")
+            while !http_get(&format!("127.0.0.1:{}", self.base + 10 * i + 2), "/health")
                 .contains(" 200 ")
             {
                 assert!(Instant::now() < deadline, "replica {i} never became ready");
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        c
     }
 
     pub fn ca(&self) -> PathBuf {
@@ -104,7 +119,7 @@ impl DevCluster {
 
 impl Drop for DevCluster {
     fn drop(&mut self) {
-        terminate(&mut self.child);
+        self.stop();
     }
 }
 
