@@ -490,19 +490,19 @@ struct Followed {
 
 impl Followed {
     fn open(cluster: &Cluster) -> Followed {
-        let client = cluster.client(Duration::from_secs(2));
+        Self::open_with(cluster, Duration::from_secs(2))
+    }
+
+    /// As [`Followed::open`], with a client that gives up after `deadline`.
+    fn open_with(cluster: &Cluster, deadline: Duration) -> Followed {
+        let client = cluster.client(deadline);
         let (chain, owner, genesis) = new_chain();
         rt().block_on(client.create(chain, 1 << 30, genesis))
             .unwrap();
         let cache: Arc<dyn ate::storage::Storage> = Arc::new(ate::storage::MemStorage::new());
-        let remote = ate::remote::open_remote(
-            cluster.client(Duration::from_secs(2)),
-            chain,
-            owner.clone(),
-            cache,
-            None,
-        )
-        .unwrap();
+        let remote =
+            ate::remote::open_remote(cluster.client(deadline), chain, owner.clone(), cache, None)
+                .unwrap();
         Followed {
             chain,
             owner,
@@ -602,25 +602,9 @@ fn a_cache_cut_off_from_its_cluster_follows_again_once_it_is_back() {
 #[test]
 fn a_cache_subscribed_to_a_frozen_leader_follows_the_new_one() {
     let cluster = Cluster::start(false, 1_000_000);
-    let client = cluster.client(Duration::from_secs(20));
-    let (chain, owner, genesis) = new_chain();
-    rt().block_on(client.create(chain, 1 << 30, genesis))
-        .unwrap();
-    let cache: Arc<dyn ate::storage::Storage> = Arc::new(ate::storage::MemStorage::new());
-    let remote = ate::remote::open_remote(
-        cluster.client(Duration::from_secs(20)),
-        chain,
-        owner.clone(),
-        cache,
-        None,
-    )
-    .unwrap();
-    let key = DataKey::generate();
-    let put = |name: &[u8]| Transaction::decode(&put_tx(chain, &owner, &key, name, b"v")).unwrap();
-    remote
-        .chain
-        .sign_and_commit(put(b"before"), &owner)
-        .unwrap();
+    let f = Followed::open_with(&cluster, Duration::from_secs(20));
+    let (chain, owner, key, remote) = (f.chain, &f.owner, &f.key, &f.remote);
+    remote.chain.sign_and_commit(f.put(0), owner).unwrap();
 
     let p = chain_server::node::partition_of(&chain, 2);
     let leader = cluster.leader_of(p).unwrap();
@@ -630,7 +614,7 @@ fn a_cache_subscribed_to_a_frozen_leader_follows_the_new_one() {
         .map(|i| cluster.replicas[i].api.clone())
         .collect();
     let other = cluster.client_of(others, Duration::from_secs(30));
-    let tx = put_tx(chain, &owner, &key, b"theirs", b"v");
+    let tx = put_tx(chain, owner, key, &1000u32.to_le_bytes(), b"theirs");
     let theirs = rt().block_on(other.commit(chain, tx)).unwrap();
     assert!(
         remote.chain.wait_for(theirs, Duration::from_secs(40)),
@@ -638,7 +622,7 @@ fn a_cache_subscribed_to_a_frozen_leader_follows_the_new_one() {
         remote.chain.last_index(),
         remote.lapse()
     );
-    let mine = remote.chain.sign_and_commit(put(b"mine"), &owner).unwrap();
+    let mine = remote.chain.sign_and_commit(f.put(1), owner).unwrap();
     assert!(mine.index > theirs);
 }
 

@@ -233,6 +233,27 @@ fn an_exclusive_mount_is_durable_on_the_cluster_at_fsync() {
     drop(w);
 }
 
+/// What the cluster says of the chain of a volume's keys.
+struct VolumeInfo {
+    rt: tokio::runtime::Runtime,
+    client: ate::remote::RemoteClient,
+    chain: ate::ChainId,
+}
+
+impl VolumeInfo {
+    fn of(cluster: &Cluster, keys: &Path) -> VolumeInfo {
+        VolumeInfo {
+            rt: rt(),
+            client: cluster.client(std::time::Duration::from_secs(20)),
+            chain: ate::KeyFile::load(keys).unwrap().chain,
+        }
+    }
+
+    fn get(&self) -> ate::remote::pb::chain::InfoReply {
+        self.rt.block_on(self.client.info(self.chain)).unwrap()
+    }
+}
+
 /// A host whose cache is empty (a pod on a new node) or behind what the cluster still keeps in
 /// its log (a host that was away while the cluster compacted) catches up through the
 /// cluster's snapshot of the chain, then follows the chain as usual.
@@ -241,10 +262,8 @@ fn a_new_or_stale_cache_catches_up_through_the_snapshot() {
     let Some((cluster, tmp, keys)) = setup_with(40) else {
         return;
     };
-    let chain = ate::KeyFile::load(&keys).unwrap().chain;
-    let rt = rt();
-    let client = cluster.client(std::time::Duration::from_secs(20));
-    let info = || rt.block_on(client.info(chain)).unwrap();
+    let volume = VolumeInfo::of(&cluster, &keys);
+    let info = || volume.get();
 
     let stale = Mount::start(&cluster, tmp.path(), "stale", &keys);
     std::fs::write(stale.dir.join("early"), b"before the snapshot").unwrap();
@@ -315,10 +334,8 @@ fn a_mount_frozen_past_the_clusters_log_catches_up_while_mounted() {
     let Some((cluster, tmp, keys)) = setup_with(40) else {
         return;
     };
-    let chain = ate::KeyFile::load(&keys).unwrap().chain;
-    let rt = rt();
-    let client = cluster.client(std::time::Duration::from_secs(20));
-    let info = || rt.block_on(client.info(chain)).unwrap();
+    let volume = VolumeInfo::of(&cluster, &keys);
+    let info = || volume.get();
 
     let frozen = Mount::start(&cluster, tmp.path(), "frozen", &keys);
     let w = Mount::start(&cluster, tmp.path(), "writer", &keys);
