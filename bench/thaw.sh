@@ -33,13 +33,18 @@ for run in $(seq "$RUNS"); do
     --server "$(cluster_servers "$BASE_PORT")" --ca "$WORK/cluster/certs/ca.pem" \
     >>"$WORK/frozen.log" 2>&1
   echo "before" >"$MNT/f0"
-  sync -f "$MNT"
+  # syncfs hands the kernel's dirty pages to the daemon but never asks it to sync (the kernel
+  # sends FUSE_SYNCFS to virtiofs only): an fsync of the root (fsyncdir) waits for the commits.
+  sync -f "$MNT" && sync "$MNT"
+  ls "$FROZEN" >/dev/null # an opendir looks at the cluster (close-to-open); a lookup does not
   [ "$(cat "$FROZEN/f0")" = "before" ]
   FROZEN_PID=$(pgrep -f "atefs mount $FROZEN" | head -1)
   kill -STOP "$FROZEN_PID"
   for i in $(seq "$MIB"); do head -c 1048576 /dev/urandom >"$MNT/f$((i % 64))"; done
   last=$((MIB % 64))
-  sync -f "$MNT"
+  # syncfs hands the kernel's dirty pages to the daemon but never asks it to sync (the kernel
+  # sends FUSE_SYNCFS to virtiofs only): an fsync of the root (fsyncdir) waits for the commits.
+  sync -f "$MNT" && sync "$MNT"
   want=$(md5sum <"$MNT/f$last")
   start=$(date +%s.%N)
   kill -CONT "$FROZEN_PID"

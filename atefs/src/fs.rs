@@ -1762,8 +1762,9 @@ impl AteFs {
         let _ = self.chain.sync();
     }
 
-    /// fsyncdir and syncfs: waits until every change made so far is durable, buffered file
-    /// data included (`atefs umount` relies on it: the kernel does not wait for the daemon).
+    /// fsyncdir: waits until every change made so far is durable, buffered file data
+    /// included (`atefs umount` relies on it: the kernel does not wait for the daemon). Not
+    /// syncfs: Linux sends FUSE_SYNCFS to virtiofs only.
     pub fn sync_all(&self) -> FsResult<()> {
         self.flush_all_async()?;
         let mut st = self.state.lock();
