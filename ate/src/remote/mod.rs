@@ -67,5 +67,6 @@ pub use client::{
 
 mod copy;
 pub use copy::{copy_chain, CopyReport, RemoteCopyError};
+mod follower;
 mod replica;
 pub use replica::{open_remote, open_remote_in_session, QuotaReader, RemoteChain, ReplicaError};
