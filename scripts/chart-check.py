@@ -156,6 +156,12 @@ def main():
             or "csi-resizer" in [c["name"] for c in fixed[("Deployment", "atefs-controller")]
                                  ["spec"]["template"]["spec"]["containers"]]):
         fail("allowVolumeExpansion=false must leave the resizer out")
+    if "mountOptions" in sc:
+        fail(f"no mount options unless asked for: {sc['mountOptions']}")
+    opts = render({"storageClass": {"mountOptions": ["timeout=120", "noatime"]}})
+    validate(opts, "mount options")
+    if by_kind(opts)[("StorageClass", "atefs")].get("mountOptions") != ["timeout=120", "noatime"]:
+        fail("storageClass.mountOptions must reach the StorageClass")
     if "csi-snapshotter" in [c["name"] for c in controller["containers"]] or any(
             d["kind"] == "VolumeSnapshotClass" for _, d in default):
         fail("snapshots need CRDs the cluster may lack: off unless snapshots.enabled")

@@ -96,26 +96,56 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Status {
     Status::internal(format!("{what}: {e}"))
 }
 
-/// The mount flags a publish may ask for (applied to the pod's bind mount).
+/// The mount flags of a capability (a StorageClass's `mountOptions`).
+fn mount_flags(cap: Option<&pb::VolumeCapability>) -> &[String] {
+    match cap.and_then(|c| c.access_type.as_ref()) {
+        Some(AccessType::Mount(m)) => &m.mount_flags,
+        _ => &[],
+    }
+}
+
+/// The `timeout=SECONDS` mount option: how long the volume's mount retries a call to the
+/// cluster before it fails with EIO (`atefs mount --timeout-secs`; applied at stage).
+fn call_timeout(cap: Option<&pb::VolumeCapability>) -> Result<Option<u64>, Status> {
+    let mut timeout = None;
+    for f in mount_flags(cap) {
+        if let Some(v) = f.strip_prefix("timeout=") {
+            match v.parse::<u64>() {
+                Ok(s) if (1..=3600).contains(&s) => timeout = Some(s),
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "mount option {f:?}: timeout=SECONDS, 1 to 3600"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(timeout)
+}
+
+/// The mount flags a publish may ask for (applied to the pod's bind mount; `timeout=` is the
+/// stage's, see [`call_timeout`]).
 fn bind_flags(cap: Option<&pb::VolumeCapability>) -> Result<rustix::mount::MountFlags, Status> {
     use rustix::mount::MountFlags;
     let mut flags = MountFlags::empty();
-    if let Some(AccessType::Mount(m)) = cap.and_then(|c| c.access_type.as_ref()) {
-        for f in &m.mount_flags {
-            flags |= match f.as_str() {
-                "ro" => MountFlags::RDONLY,
-                "nosuid" => MountFlags::NOSUID,
-                "nodev" => MountFlags::NODEV,
-                "noexec" => MountFlags::NOEXEC,
-                "noatime" => MountFlags::NOATIME,
-                "rw" | "defaults" => MountFlags::empty(),
-                other => {
-                    return Err(Status::invalid_argument(format!(
-                        "mount flag {other:?} is not supported (ro, rw, nosuid, nodev, noexec, noatime)"
-                    )))
-                }
-            };
+    call_timeout(cap)?;
+    for f in mount_flags(cap) {
+        if f.starts_with("timeout=") {
+            continue;
         }
+        flags |= match f.as_str() {
+            "ro" => MountFlags::RDONLY,
+            "nosuid" => MountFlags::NOSUID,
+            "nodev" => MountFlags::NODEV,
+            "noexec" => MountFlags::NOEXEC,
+            "noatime" => MountFlags::NOATIME,
+            "rw" | "defaults" => MountFlags::empty(),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "mount flag {other:?} is not supported (ro, rw, nosuid, nodev, noexec, noatime, timeout=SECONDS)"
+                )))
+            }
+        };
     }
     Ok(flags)
 }
@@ -149,7 +179,7 @@ impl NodeService {
         id: &VolumeId,
         dir: &Path,
         ctx: &BTreeMap<String, String>,
-        mode: Mode,
+        (mode, call_timeout_secs): (Mode, Option<u64>),
     ) -> Result<MountSpec, Status> {
         let state = self.volume_dir(id);
         let servers: Vec<String> = match ctx.get("servers") {
@@ -197,6 +227,7 @@ impl NodeService {
             insecure_plaintext: self.cfg.insecure_plaintext,
             exclusive,
             quota,
+            call_timeout_secs,
             log: state.log(),
             pid_file: state.pid(),
         })
@@ -206,6 +237,7 @@ impl NodeService {
         let id = VolumeId::parse(&r.volume_id)?;
         let dir = absolute(&r.staging_target_path, "staging_target_path")?;
         let mode = check_capability(r.volume_capability.as_ref())?;
+        let how = (mode, call_timeout(r.volume_capability.as_ref())?);
         let _busy = self.busy.claim(format!("volume {id}"))?;
         if let Some(m) = mountinfo::at(&dir).map_err(|e| internal("reading mountinfo", e))? {
             if mountinfo::is_atefs(&m) && self.staged_here(&id, &dir) {
@@ -223,7 +255,7 @@ impl NodeService {
         }
         let keys = parse_keys(&r.secrets, &id)?;
         let ctx: BTreeMap<String, String> = r.volume_context.into_iter().collect();
-        self.mount_staged(&id, &dir, &ctx, mode, Some(keys)).await
+        self.mount_staged(&id, &dir, &ctx, how, Some(keys)).await
     }
 
     /// True if the atefs mount staged at `dir` is dead (its daemon died: killed, out of
@@ -248,12 +280,12 @@ impl NodeService {
         id: &VolumeId,
         dir: &Path,
         ctx: &BTreeMap<String, String>,
-        mode: Mode,
+        how: (Mode, Option<u64>),
         keys: Option<ate::KeyFile>,
     ) -> Result<(), Status> {
         let id = *id;
         let from_request = keys.is_some();
-        let spec = self.spec(&id, dir, ctx, mode)?;
+        let spec = self.spec(&id, dir, ctx, how)?;
         let state = self.volume_dir(&id);
         create_private_dir(&state.0)
             .map_err(|e| internal("creating the volume's state directory", e))?;
@@ -398,7 +430,8 @@ impl NodeService {
         // here, so that the pod being published gets a working volume.
         if staged_at(&all) && self.detach_if_dead(&id, &staging)? {
             let ctx: BTreeMap<String, String> = r.volume_context.into_iter().collect();
-            self.mount_staged(&id, &staging, &ctx, mode, None).await?;
+            let how = (mode, call_timeout(r.volume_capability.as_ref())?);
+            self.mount_staged(&id, &staging, &ctx, how, None).await?;
             all = mountinfo::read().map_err(|e| internal("reading mountinfo", e))?;
         }
         let Some(staged) = all

@@ -502,9 +502,10 @@ fn a_dead_mount_daemon_is_reported_and_the_volume_can_be_unstaged() {
 }
 
 /// A mount that cannot reach the chain servers (all of them stopped for longer than the
-/// mount's 30 s timeout) is reported as an abnormal volume condition with the reason, and as
-/// normal again once the servers are back and it follows its chain, without being staged
-/// again (before session 29 such a mount stayed broken and was reported normal).
+/// mount's timeout, here the StorageClass mount option `timeout=2`) is reported as an abnormal
+/// volume condition with the reason, and as normal again once the servers are back and it
+/// follows its chain, without being staged again (before session 29 such a mount stayed
+/// broken and was reported normal). A timeout out of range is refused.
 #[test]
 fn a_mount_that_cannot_reach_the_chain_servers_is_reported_until_it_can() {
     let Some(mut env) = MountEnv::start() else {
@@ -520,12 +521,34 @@ fn a_mount_that_cannot_reach_the_chain_servers_is_reported_until_it_can() {
         let stats = rt.block_on(c.stats(&id, &target)).unwrap();
         stats.volume_condition.unwrap()
     };
+    let with_timeout = |t: &str| {
+        let mut req = common::stage_req(&id, &staging, &secrets, Mode::SingleNodeMultiWriter);
+        if let Some(pb::volume_capability::AccessType::Mount(m)) = req
+            .volume_capability
+            .as_mut()
+            .and_then(|c| c.access_type.as_mut())
+        {
+            m.mount_flags = vec!["noatime".into(), format!("timeout={t}")];
+        }
+        req
+    };
     rt.block_on(async {
-        c.stage(&id, &staging, &secrets, Mode::SingleNodeMultiWriter)
+        let e = c
+            .node
+            .node_stage_volume(with_timeout("0"))
             .await
-            .unwrap();
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        c.node.node_stage_volume(with_timeout("2")).await.unwrap();
         c.publish(&id, &staging, &target, false).await.unwrap();
     });
+    let pid = std::fs::read_to_string(plugin.state.join("volumes").join(&id).join("pid")).unwrap();
+    let args = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap();
+    assert!(
+        args.windows(17).any(|w| w == b"--timeout-secs\x002\x00"),
+        "{}",
+        String::from_utf8_lossy(&args)
+    );
     std::fs::write(target.join("f"), b"before").unwrap();
     assert!(!condition(&mut c).abnormal);
 

@@ -72,6 +72,7 @@ impl AgentClient {
             log: path_str(&spec.log)?,
             pid_file: path_str(&spec.pid_file)?,
             timeout_ms: millis(limit),
+            call_timeout_secs: spec.call_timeout_secs.unwrap_or(0),
         };
         let mut c = self.inner.clone();
         c.mount(req)

@@ -82,6 +82,8 @@ pub struct MountSpec {
     pub exclusive: bool,
     /// Quota reported by statfs.
     pub quota: Option<u64>,
+    /// How long its calls to the cluster retry (`atefs mount --timeout-secs`).
+    pub call_timeout_secs: Option<u64>,
     /// The daemon's log (its stderr).
     pub log: PathBuf,
     /// Where its pid is kept.
@@ -185,6 +187,9 @@ impl Daemons {
         }
         if let Some(q) = spec.quota {
             cmd.arg("--quota").arg(q.to_string());
+        }
+        if let Some(t) = spec.call_timeout_secs {
+            cmd.arg("--timeout-secs").arg(t.to_string());
         }
         let entry = self.registry.as_ref().map(|r| {
             let socket = r.socket_for(&spec.dir);

@@ -117,6 +117,7 @@ impl pb::node_agent_server::NodeAgent for AgentService {
             insecure_plaintext: r.insecure_plaintext,
             exclusive: r.exclusive,
             quota: (r.quota > 0).then_some(r.quota),
+            call_timeout_secs: (r.call_timeout_secs > 0).then_some(r.call_timeout_secs),
             log: absolute(&r.log, "log")?,
             pid_file: absolute(&r.pid_file, "pid_file")?,
         };

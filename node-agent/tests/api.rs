@@ -73,6 +73,7 @@ fn spec(dir: &Path) -> MountSpec {
         insecure_plaintext: true,
         exclusive: false,
         quota: None,
+        call_timeout_secs: None,
         log: dir.join("mount.log"),
         pid_file: dir.join("pid"),
     }
