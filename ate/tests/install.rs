@@ -151,3 +151,33 @@ fn an_image_not_ahead_or_of_another_chain_changes_nothing() {
         b"mine"
     );
 }
+
+/// A crash after the image got its name but before the old segments went leaves both: the
+/// chain opens at the image (the segments lie wholly below it).
+#[test]
+fn a_crash_in_the_middle_of_a_switch_opens_at_the_image() {
+    let f = Fixture::new();
+    let (up, last) = upstream(&f);
+    let (mem, cache) = f.mem_chain();
+    for i in 0..5 {
+        cache
+            .commit(f.put(&f.owner, key(i), None, &value(i, 0)))
+            .unwrap();
+    }
+    drop(cache);
+    mem.set_contents(
+        &snapshot_name(last),
+        up.contents(&snapshot_name(last)).unwrap(),
+    );
+    let storage: Arc<dyn Storage> = Arc::new(mem.clone());
+    let cache = f.open(&storage);
+    assert_eq!(cache.last_index(), last);
+    assert_eq!(
+        cache.read_plain(&key(0), &f.data).unwrap().unwrap().1,
+        value(0, 1)
+    );
+    let r = cache
+        .commit(f.put(&f.owner, key(99), None, b"after"))
+        .unwrap();
+    assert_eq!(r.index, last + 1);
+}
