@@ -397,6 +397,20 @@ fn a_mount_frozen_past_the_clusters_log_catches_up_while_mounted() {
 /// errno of an I/O error.
 const EIO: i32 = 5;
 
+/// Runs `op` until it succeeds, for at most 30 s; only EIO may come meanwhile.
+fn eventually(mut op: impl FnMut() -> std::io::Result<()>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match op() {
+            Ok(()) => return,
+            Err(e) if e.raw_os_error() == Some(EIO) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => panic!("still failing: {e}"),
+        }
+    }
+}
+
 /// The `atefs.status` attribute of a mount's root.
 fn status_of(dir: &Path) -> String {
     let mut buf = [0u8; 4096];
@@ -405,7 +419,7 @@ fn status_of(dir: &Path) -> String {
 }
 
 /// A mount rides out an outage of the whole cluster without a remount: while no replica
-/// answers (longer than its `--timeout-secs 2`), a file open before still reads from the
+/// answers (longer than its `--timeout-secs 4`), a file open before still reads from the
 /// cache, and an fsync or a create fails with EIO instead of hanging; once the replicas are
 /// back, opens
 /// work again, the data whose commit failed is committed after all (a fresh host reads it),
@@ -421,7 +435,7 @@ fn a_mount_rides_out_an_outage_of_the_whole_cluster() {
         tmp.path(),
         "host",
         &keys,
-        &["--timeout-secs", "2"],
+        &["--timeout-secs", "4"],
     );
     let write_synced = |name: &str, body: &[u8]| {
         let mut f = std::fs::File::create(host.dir.join(name))?;
@@ -445,7 +459,7 @@ fn a_mount_rides_out_an_outage_of_the_whole_cluster() {
     let e = write_synced("created during", b"").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(EIO), "{e}");
     // Said on the root (what a CSI node plugin reports as the volume's condition) once the
-    // mount's subscription, too, has retried for its 2 s.
+    // mount's subscription, too, has retried for its 4 s.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut status = status_of(&host.dir);
     while status == "following" && std::time::Instant::now() < deadline {
@@ -480,11 +494,13 @@ fn a_mount_rides_out_an_outage_of_the_whole_cluster() {
         }
     };
     assert_eq!(reread, b"written before the outage");
-    assert_eq!(status_of(&host.dir), "following");
-    // What failed to commit stayed buffered; an fsync now commits it.
-    during.sync_all().unwrap();
+    // What failed to commit stayed buffered; an fsync now commits it. (A replica restarted
+    // last may still call an election, and on a loaded machine that can outlast the 4 s: an
+    // EIO then is what the mount gives while it waits, and the data stays buffered.)
+    eventually(|| during.sync_all());
     drop(during);
-    write_synced("after", b"written after the outage").unwrap();
+    eventually(|| write_synced("after", b"written after the outage"));
+    assert_eq!(status_of(&host.dir), "following");
     let fresh = Mount::start(&cluster, tmp.path(), "fresh", &keys);
     assert_eq!(
         std::fs::read(fresh.dir.join("during")).unwrap(),
