@@ -4,7 +4,7 @@
 //! "A running mount that lost the cluster follows again by itself").
 
 use super::client::{Event, RemoteClient, RemoteError, Session, Subscription};
-use super::replica::CATCH_UP_TRIES;
+use super::replica::{fetch_image, ReplicaError, CATCH_UP_TRIES, IMAGE_TMP};
 use crate::chain::{Chain, PendingCommit};
 use crate::crypto::SigningKey;
 use crate::storage::Storage;
@@ -149,12 +149,7 @@ impl Follower {
                         // Committed in our session, but no longer held here (its commit had
                         // failed as far as we knew): this one in full, then by hash again.
                         tracing::info!(index, %hash, "an own transaction came back that is not held; fetching it in full");
-                        sub = self.client.subscribe(
-                            self.local.id(),
-                            index,
-                            self.reader.clone(),
-                            None,
-                        );
+                        sub = self.subscribe_from(index, false);
                         in_full = Some(index);
                         continue;
                     }
@@ -168,24 +163,23 @@ impl Follower {
             if in_full.is_some_and(|at| index >= at) {
                 // A session's own transactions in full cost the link their size again.
                 in_full = None;
-                sub = self.client.subscribe(
-                    self.local.id(),
-                    index + 1,
-                    self.reader.clone(),
-                    Some(self.session),
-                );
+                sub = self.subscribe_from(index + 1, true);
             }
             settle(&mut pending, false)?;
         }
     }
 
+    /// A subscription from the cache's next index, its session's transactions by hash.
     fn subscribe(&self) -> Subscription<'_> {
-        self.client.subscribe(
-            self.local.id(),
-            self.local.last_index() + 1,
-            self.reader.clone(),
-            Some(self.session),
-        )
+        self.subscribe_from(self.local.last_index() + 1, true)
+    }
+
+    /// A subscription from `from`; with `by_hash`, the session's own transactions come back
+    /// by hash, else everything in full.
+    fn subscribe_from(&self, from: u64, by_hash: bool) -> Subscription<'_> {
+        let session = by_hash.then_some(self.session);
+        self.client
+            .subscribe(self.local.id(), from, self.reader.clone(), session)
     }
 
     /// The subscription is up (again): commits go through from now on.
@@ -209,23 +203,12 @@ impl Follower {
     /// The cluster compacted past this cache while it ran (it was cut off, or paused, for
     /// longer than the cluster keeps log): the chain's image replaces the cache's contents.
     async fn take_image(&self) -> Result<(), String> {
-        const TMP: &str = "snap-live.tmp";
         let chain = self.local.id();
         let had = self.local.last_index();
-        let out = self
-            .cache
-            .open(TMP, true)
-            .and_then(|f| f.truncate(0).map(|()| f))
-            .map_err(|e| format!("the cache cannot hold the chain's image: {TMP}: {e}"))?;
-        let index = match self
-            .client
-            .fetch_snapshot(chain, &self.reader, out.as_ref())
-            .await
-        {
+        let index = match fetch_image(&self.client, chain, &self.reader, &self.cache).await {
             Ok(index) => index,
-            Err(e) => {
-                drop(out);
-                let _ = self.cache.remove(TMP);
+            Err(ReplicaError::Remote(e)) => {
+                let _ = self.cache.remove(IMAGE_TMP);
                 return match setback(e) {
                     Setback::Final(why) => Err(format!("fetching the chain's image failed: {why}")),
                     Setback::Behind => Ok(()),
@@ -236,16 +219,16 @@ impl Follower {
                     }
                 };
             }
+            Err(e) => return Err(format!("the cache cannot hold the chain's image: {e}")),
         };
-        drop(out);
-        match self.local.install_image(TMP, index) {
+        match self.local.install_image(IMAGE_TMP, index) {
             Ok(true) => {
                 tracing::info!(%chain, had, index, "the running cache caught up through the cluster's image");
                 Ok(())
             }
             Ok(false) => {
                 // Not ahead of the cache (a new leader kept more log): subscribe again.
-                let _ = self.cache.remove(TMP);
+                let _ = self.cache.remove(IMAGE_TMP);
                 Ok(())
             }
             Err(e) => Err(format!("the cache could not take the chain's image: {e}")),

@@ -143,16 +143,33 @@ fn install_snapshot(
     reader: &SigningKey,
     cache: &Arc<dyn Storage>,
 ) -> Result<u64, ReplicaError> {
-    const TMP: &str = "snap-install.tmp";
-    let out = cache.open(TMP, true).map_err(cache_io("create", TMP))?;
-    out.truncate(0).map_err(cache_io("truncate", TMP))?;
-    let index = rt.block_on(client.fetch_snapshot(chain, reader, out.as_ref()))?;
-    drop(out);
+    let index = rt.block_on(fetch_image(client, chain, reader, cache))?;
     clear_cache(cache)?;
     let name = crate::redo::snapshot_name(index);
-    cache.rename(TMP, &name).map_err(cache_io("rename", TMP))?;
+    cache
+        .rename(IMAGE_TMP, &name)
+        .map_err(cache_io("rename", IMAGE_TMP))?;
     cache.sync_dir().map_err(cache_io("sync", "."))?;
     Ok(index)
+}
+
+/// Where the cluster's image of the chain is downloaded in the cache (a reopen discards it).
+pub(super) const IMAGE_TMP: &str = "snap-install.tmp";
+
+/// Downloads the cluster's image of `chain` into a fresh, fdatasynced [`IMAGE_TMP`] of the
+/// cache; returns the image's last index. Used at open ([`install_snapshot`]) and by a
+/// running cache's follower (`Chain::install_image`).
+pub(super) async fn fetch_image(
+    client: &RemoteClient,
+    chain: ChainId,
+    reader: &SigningKey,
+    cache: &Arc<dyn Storage>,
+) -> Result<u64, ReplicaError> {
+    let out = cache
+        .open(IMAGE_TMP, true)
+        .map_err(cache_io("create", IMAGE_TMP))?;
+    out.truncate(0).map_err(cache_io("truncate", IMAGE_TMP))?;
+    Ok(client.fetch_snapshot(chain, reader, out.as_ref()).await?)
 }
 
 /// Removes every log file (segments and snapshots) from the cache.
