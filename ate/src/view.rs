@@ -114,6 +114,12 @@ impl View {
         }
     }
 
+    /// Names the chain a view built before its id was known belongs to (replaying a log
+    /// whose id is read from its files); the records do not depend on it.
+    pub(crate) fn set_chain_id(&mut self, chain: ChainId) {
+        self.chain = chain;
+    }
+
     /// Index of the last transaction applied.
     pub fn last_index(&self) -> u64 {
         self.last_index
