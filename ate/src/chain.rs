@@ -588,7 +588,7 @@ impl Chain {
         let Some(entry) = self.record(key).filter(|e| !e.is_deleted()) else {
             return Ok(None);
         };
-        let Some(header) = entry.header else {
+        let Some(header) = entry.header(*key) else {
             return Ok(None);
         };
         match self.open_payload_into(key, &header, entry.payload, data_key, buf, at) {

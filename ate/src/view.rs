@@ -3,16 +3,53 @@
 //! memory grows with the number of records, not with their size.
 
 use crate::authority::{RootAuthority, WriteAuthority};
-use crate::crypto::SEAL_OVERHEAD;
-use crate::ids::{ChainId, RecordKey};
+use crate::crypto::{Cipher, SEAL_OVERHEAD};
+use crate::ids::{ChainId, KeyId, RecordKey};
 use crate::redo::Location;
 use crate::tx::{Op, RecordHeader, Transaction};
 use crate::validate::{ChainState, RecordState};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+mod children;
+
+pub use children::Iter as Children;
 
 /// What a snapshot record costs beside its payload, at most for the records atefs writes:
 /// key, version, index, parent, write authority, header and frame (about 130 bytes).
 pub const SNAPSHOT_RECORD_BYTES: u64 = 256;
+
+/// How a live version's payload is sealed: its header less the key and the parent, which
+/// the view holds once already (as the map's key and [`RecordEntry::parent`]). Every
+/// server holds an entry per record of every chain in memory, so its size is what a file
+/// costs there (docs/operations.md, "Memory").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sealing {
+    /// Id of the data key sealing the payload; zero for an empty payload. A view keeps one
+    /// allocation per distinct id (a volume has a handful) and its entries share it.
+    pub data_key: Arc<KeyId>,
+    /// Plaintext length of the payload.
+    pub plain_len: u64,
+    /// The AEAD of the payload.
+    pub cipher: Cipher,
+}
+
+impl Sealing {
+    /// The sealing `header` describes.
+    pub fn of(header: &RecordHeader) -> Self {
+        Self {
+            data_key: Arc::new(header.data_key),
+            plain_len: header.plain_len,
+            cipher: header.cipher,
+        }
+    }
+
+    /// The length of the sealed payload; None when the record has none.
+    fn sealed_len(&self) -> Option<usize> {
+        (self.plain_len > 0 || *self.data_key != KeyId::default())
+            .then(|| self.plain_len as usize + SEAL_OVERHEAD)
+    }
+}
 
 /// Latest state of one record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,8 +62,8 @@ pub struct RecordEntry {
     pub parent: Option<RecordKey>,
     /// Write authority.
     pub write: WriteAuthority,
-    /// Header of a live version; None for a tombstone.
-    pub header: Option<RecordHeader>,
+    /// How a live version's payload is sealed; None for a tombstone.
+    pub sealing: Option<Sealing>,
     /// Where the sealed payload is, and its length.
     pub payload: Option<(Location, usize)>,
 }
@@ -40,32 +77,48 @@ impl RecordEntry {
             index: self.index,
             parent: self.parent,
             write: self.write.clone(),
-            header: self.header.clone(),
+            header: self.header(key),
             payload_len,
         }
     }
 
     /// The entry a snapshot record restores, its payload at `payload` (when it has one).
+    /// The record's header names the record and its parent
+    /// ([`crate::redo::decode_snapshot_record`] refuses one that does not).
     pub fn from_snapshot(rec: crate::redo::SnapshotRecord, payload: Option<Location>) -> Self {
         Self {
             version: rec.version,
             index: rec.index,
             parent: rec.parent,
             write: rec.write,
-            header: rec.header,
+            sealing: rec.header.as_ref().map(Sealing::of),
             payload: payload.map(|l| (l, rec.payload_len)),
         }
     }
 
+    /// The header of the live version of record `key`; None for a tombstone.
+    pub fn header(&self, key: RecordKey) -> Option<RecordHeader> {
+        self.sealing.as_ref().map(|s| RecordHeader {
+            key,
+            parent: self.parent,
+            data_key: *s.data_key,
+            plain_len: s.plain_len,
+            cipher: s.cipher,
+        })
+    }
+
     /// True for a tombstone.
     pub fn is_deleted(&self) -> bool {
-        self.header.is_none()
+        self.sealing.is_none()
     }
 
     /// Sealed payload bytes this version holds: what it counts against a chain's quota.
     /// Known from the header alone, so also before the payload has a place.
     pub fn sealed_len(&self) -> u64 {
-        self.header.as_ref().and_then(sealed_len).unwrap_or(0) as u64
+        self.sealing
+            .as_ref()
+            .and_then(Sealing::sealed_len)
+            .unwrap_or(0) as u64
     }
     fn state(&self) -> RecordState {
         RecordState {
@@ -92,7 +145,10 @@ pub struct View {
     chain: ChainId,
     root: Option<RootAuthority>,
     records: HashMap<RecordKey, RecordEntry>,
-    children: HashMap<RecordKey, BTreeSet<RecordKey>>,
+    children: children::Children,
+    /// The data key ids the entries share (see [`Sealing::data_key`]). Never pruned: a
+    /// chain has few.
+    data_keys: HashSet<Arc<KeyId>>,
     last_index: u64,
     /// Sealed payload bytes of the live versions: what a compaction would keep.
     live_bytes: u64,
@@ -107,7 +163,8 @@ impl View {
             chain,
             root: None,
             records: HashMap::new(),
-            children: HashMap::new(),
+            children: children::Children::default(),
+            data_keys: HashSet::new(),
             last_index: 0,
             live_bytes: 0,
             live: 0,
@@ -131,8 +188,8 @@ impl View {
     }
 
     /// Live children of a record, in key order.
-    pub fn children(&self, key: &RecordKey) -> impl Iterator<Item = &RecordKey> {
-        self.children.get(key).into_iter().flatten()
+    pub fn children(&self, key: &RecordKey) -> Children<'_> {
+        self.children.of(key)
     }
 
     /// All records (for snapshots).
@@ -197,7 +254,15 @@ impl View {
     }
 
     /// Inserts a record's latest state, keeping the children index right.
-    pub fn put(&mut self, key: RecordKey, entry: RecordEntry) {
+    pub fn put(&mut self, key: RecordKey, mut entry: RecordEntry) {
+        if let Some(s) = &mut entry.sealing {
+            match self.data_keys.get(&*s.data_key) {
+                Some(shared) => s.data_key = shared.clone(),
+                None => {
+                    self.data_keys.insert(s.data_key.clone());
+                }
+            }
+        }
         let len = |e: &RecordEntry| e.payload.map_or(0, |(_, n)| n as u64);
         self.live_bytes += len(&entry);
         self.live += usize::from(!entry.is_deleted());
@@ -205,16 +270,11 @@ impl View {
             self.live_bytes = self.live_bytes.saturating_sub(len(old));
             self.live -= usize::from(!old.is_deleted());
             if let (Some(p), false) = (old.parent, old.is_deleted()) {
-                if let Some(set) = self.children.get_mut(&p) {
-                    set.remove(&key);
-                    if set.is_empty() {
-                        self.children.remove(&p);
-                    }
-                }
+                self.children.remove(&p, &key);
             }
         }
         if let (Some(p), false) = (entry.parent, entry.is_deleted()) {
-            self.children.entry(p).or_default().insert(key);
+            self.children.insert(p, key);
         }
         self.records.insert(key, entry);
     }
@@ -307,7 +367,7 @@ pub fn plan<S: ChainState + ?Sized>(state: &S, tx: &Transaction, index: u64) -> 
                     index,
                     parent: header.parent,
                     write: write.clone(),
-                    header: Some(header.clone()),
+                    sealing: Some(Sealing::of(header)),
                     payload: None,
                 };
                 versions.insert(header.key, entry.state());
@@ -320,7 +380,7 @@ pub fn plan<S: ChainState + ?Sized>(state: &S, tx: &Transaction, index: u64) -> 
                     index,
                     parent: prev.as_ref().and_then(|p| p.parent),
                     write: prev.map(|p| p.write).unwrap_or_default(),
-                    header: None,
+                    sealing: None,
                     payload: None,
                 };
                 versions.insert(*key, entry.state());
@@ -331,21 +391,15 @@ pub fn plan<S: ChainState + ?Sized>(state: &S, tx: &Transaction, index: u64) -> 
     out
 }
 
-/// The length of a record's sealed payload; None when it has none.
-fn sealed_len(h: &RecordHeader) -> Option<usize> {
-    (h.plain_len > 0 || h.data_key != Default::default())
-        .then(|| h.plain_len as usize + SEAL_OVERHEAD)
-}
-
 /// Fills in payload locations once the transaction's bytes are at `tx_at`; `offsets` are
 /// [`Transaction::payload_offsets`].
 pub fn locate(changes: &mut [Change], tx_at: Location, offsets: &[usize]) {
     let mut offs = offsets.iter();
     for c in changes {
         if let Change::Record(_, e) = c {
-            if let Some(h) = &e.header {
+            if let Some(s) = &e.sealing {
                 let off = offs.next().copied().unwrap_or(0);
-                if let Some(len) = sealed_len(h) {
+                if let Some(len) = s.sealed_len() {
                     e.payload = Some((
                         Location {
                             file: tx_at.file,
@@ -356,5 +410,61 @@ pub fn locate(changes: &mut [Change], tx_at: Location, offsets: &[usize]) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(data_key: u8, parent: Option<RecordKey>) -> RecordEntry {
+        RecordEntry {
+            version: 1,
+            index: 1,
+            parent,
+            write: WriteAuthority::Inherit,
+            sealing: Some(Sealing {
+                data_key: Arc::new(KeyId([data_key; 32])),
+                plain_len: 10,
+                cipher: Cipher::Aes256Gcm,
+            }),
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn entries_share_their_data_key_and_give_back_the_header_they_were_made_from() {
+        let mut view = View::new(ChainId::random());
+        let (a, b, c, dir) = (
+            RecordKey::from_u128(1),
+            RecordKey::from_u128(2),
+            RecordKey::from_u128(3),
+            RecordKey::from_u128(9),
+        );
+        view.put(a, live(7, Some(dir)));
+        view.put(b, live(7, Some(dir)));
+        view.put(c, live(8, None));
+        let key_of = |k: &RecordKey| {
+            view.get(k)
+                .and_then(|e| e.sealing.clone())
+                .map(|s| s.data_key)
+        };
+        let (ka, kb, kc) = (key_of(&a), key_of(&b), key_of(&c));
+        assert!(matches!((&ka, &kb), (Some(x), Some(y)) if Arc::ptr_eq(x, y)));
+        assert!(matches!((&ka, &kc), (Some(x), Some(y)) if !Arc::ptr_eq(x, y)));
+        let header = view.get(&a).and_then(|e| e.header(a));
+        assert_eq!(
+            header,
+            Some(RecordHeader {
+                key: a,
+                parent: Some(dir),
+                data_key: KeyId([7; 32]),
+                plain_len: 10,
+                cipher: Cipher::Aes256Gcm,
+            })
+        );
+        let sealing = header.as_ref().map(Sealing::of);
+        assert_eq!(sealing, view.get(&a).and_then(|e| e.sealing.clone()));
+        assert_eq!(view.children(&dir).collect::<Vec<_>>(), [&a, &b]);
     }
 }

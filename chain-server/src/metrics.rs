@@ -136,7 +136,7 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{partition=\"{p}\"}} {}", vals[i]);
             }
         }
-        let gauges: [(&str, &str); 9] = [
+        let gauges: [(&str, &str); 10] = [
             ("atefs_raft_term", "Current Raft term."),
             (
                 "atefs_raft_leader",
@@ -167,8 +167,12 @@ impl Metrics {
                 "atefs_raft_learners",
                 "Learners of the partition: replicas that asked to join and are catching up.",
             ),
+            (
+                "atefs_records",
+                "Records of the partition's chains (a file is two or more: its entry, its inode, its blocks; deleted ones count until a snapshot drops them). Each is held in memory: a replica needs about 200 bytes per record (docs/operations.md, Memory).",
+            ),
         ];
-        let rows: Vec<(u32, [u64; 9])> = node
+        let rows: Vec<(u32, [u64; 10])> = node
             .partitions
             .iter()
             .map(|p| {
@@ -189,6 +193,7 @@ impl Metrics {
                         u64::from(m.running_state.is_err()),
                         voters,
                         learners,
+                        p.sm.records(),
                     ],
                 )
             })

@@ -781,6 +781,17 @@ impl StateMachine {
             .unwrap_or(0)
     }
 
+    /// Records of every chain held, tombstones included: each is an entry of a view in
+    /// memory, so a replica's memory grows with them (docs/operations.md, "Memory").
+    pub fn records(&self) -> u64 {
+        let inner = self.inner.lock();
+        inner
+            .chains
+            .values()
+            .map(|c| c.view.counts().0 as u64)
+            .sum()
+    }
+
     /// Ids of the chains held.
     pub fn chains(&self) -> Vec<ChainId> {
         self.inner.lock().chains.keys().copied().collect()

@@ -150,6 +150,18 @@ fn forged_unauthenticated_and_bad_requests_are_refused_and_no_plaintext_is_store
     let (_, metrics) = cluster.http_get(0, "/metrics");
     assert!(metrics.contains("atefs_raft_term{partition=\"0\"}"));
     assert!(metrics.contains("atefs_stored_bytes"));
+    // Records in memory, summed over partitions: the leader applied both commits before it
+    // acknowledged them (a follower may be behind it, never ahead).
+    let records = (0..cluster.replicas.len())
+        .map(|i| {
+            let (_, m) = cluster.http_get(i, "/metrics");
+            m.lines()
+                .filter_map(|l| l.strip_prefix("atefs_records{")?.split_once("} "))
+                .map(|(_, n)| n.parse::<u64>().unwrap())
+                .sum::<u64>()
+        })
+        .max();
+    assert_eq!(records, Some(info.records));
     // Every replica appended; the chain's leader timed its replication to both followers.
     // The labels of the series of `name` whose count is not 0.
     let counted = |text: &str, name: &str| -> Vec<String> {

@@ -57,7 +57,7 @@ impl Chain {
                     key: *k,
                     parent: e.parent,
                     write: e.write.clone(),
-                    header: e.header.clone()?,
+                    header: e.header(*k)?,
                     payload: e.payload,
                 })
             })

@@ -98,7 +98,7 @@ impl Chain {
         keys.iter()
             .map(|key| {
                 let entry = view.get(key).filter(|e| !e.is_deleted())?;
-                let header = entry.header.clone()?;
+                let header = entry.header(*key)?;
                 let (loc, len) = entry.payload.filter(|(_, len)| *len > 0)?;
                 let at = Span {
                     file: loc.file,

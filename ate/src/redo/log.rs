@@ -663,7 +663,7 @@ mod tests {
         let mut want = Vec::new();
         for txs in [vec![&small[..], big_a], vec![big_b], vec![&small[..]]] {
             for (i, loc) in log.append(&txs).expect("appends") {
-                let tx = txs[(i - log.next_index() + txs.len() as u64) as usize];
+                let tx = txs[(i + txs.len() as u64 - log.next_index()) as usize];
                 if tx.len() >= 64 << 10 {
                     assert_eq!(loc.offset % 4096, tx.as_ptr() as u64 % 4096, "tx {i}");
                 }

@@ -81,6 +81,17 @@ pub fn decode_snapshot_record(b: &[u8]) -> Result<(SnapshotRecord, usize), Decod
             })
         }
     };
+    if header
+        .as_ref()
+        .is_some_and(|h| h.key != key || h.parent != parent)
+    {
+        // A view keeps one copy of the key and the parent (`view::Sealing`): a header
+        // naming others could not be restored as written.
+        return Err(DecodeError::Invalid {
+            what: "snapshot record header (names another record or parent)",
+            value: 0,
+        });
+    }
     let payload_len = r.count("snapshot payload", MAX_PAYLOAD)?;
     let at = r.pos();
     r.take(payload_len)?;
@@ -279,5 +290,44 @@ pub fn read_snapshot(
             other => return Err(corrupt(off, format!("unexpected frame {other:?}"))),
         }
         off = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Cipher;
+    use crate::ids::KeyId;
+
+    fn record(header_key: u128, header_parent: Option<u128>) -> Vec<u8> {
+        let key = RecordKey::from_u128(1);
+        let rec = SnapshotRecord {
+            key,
+            version: 3,
+            index: 7,
+            parent: Some(RecordKey::from_u128(2)),
+            write: WriteAuthority::Inherit,
+            header: Some(RecordHeader {
+                key: RecordKey::from_u128(header_key),
+                parent: header_parent.map(RecordKey::from_u128),
+                data_key: KeyId([5; 32]),
+                plain_len: 4,
+                cipher: Cipher::Aes256Gcm,
+            }),
+            payload_len: 0,
+        };
+        let mut w = Writer::default();
+        encode_record(&rec, &mut w);
+        w.into_vec()
+    }
+
+    #[test]
+    fn a_record_whose_header_names_another_record_or_parent_is_refused() {
+        let (rec, _) = decode_snapshot_record(&record(1, Some(2))).expect("decodes");
+        assert_eq!(rec.header.map(|h| h.plain_len), Some(4));
+        for bad in [record(9, Some(2)), record(1, Some(9)), record(1, None)] {
+            let err = decode_snapshot_record(&bad).expect_err("refused");
+            assert!(err.to_string().contains("names another record"), "{err}");
+        }
     }
 }
