@@ -234,6 +234,22 @@ fn first_in<V>(map: &BTreeMap<u64, V>, from: u64, to: u64) -> Option<u64> {
     map.range(from..to).next().map(|(i, _)| *i)
 }
 
+/// How [`LogStore::read_range_within`] reads entries that are no longer in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// With their transactions.
+    Whole,
+    /// Without ([`LogStore::read_hollow`]).
+    Hollow,
+}
+
+/// An entry whose transaction was left on disk ([`LogStore::read_hollow`]).
+pub(crate) fn is_hollow(e: &Entry) -> bool {
+    matches!(&e.payload,
+        EntryPayload::Normal(Command::Create { tx, .. } | Command::Commit { tx, .. })
+            if tx.is_empty())
+}
+
 /// Bytes of an entry's transaction (0 for other entries).
 pub(crate) fn tx_len(e: &Entry) -> usize {
     match &e.payload {
@@ -610,7 +626,31 @@ impl LogStore {
     /// Entries with indexes in `from..to` (those still held): recent ones from memory, the
     /// others from the segments.
     pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<Entry>, LogStoreError> {
-        self.read_range_within(from, to, u64::MAX)
+        self.read_range_within(from, to, u64::MAX, Read::Whole)
+    }
+
+    /// Like [`LogStore::read_range`], but the entries read back from the segments come
+    /// *hollow*: their metadata only, a transaction left on disk as an empty `tx` (no valid
+    /// transaction is empty), for [`LogStore::fill`] to read when it is needed. What openraft
+    /// itself reads: to apply (a restart applies everything after the commit index it last
+    /// saved, in one call), to re-apply at start, to find memberships and log ids. Read
+    /// whole, a replica restarted after 4 GiB of writes held them all at once: 2.4 GiB
+    /// (docs/benchmarks.md, session 30). Recent entries are in memory and come whole.
+    pub fn read_hollow(&self, from: u64, to: u64) -> Result<Vec<Entry>, LogStoreError> {
+        self.read_range_within(from, to, u64::MAX, Read::Hollow)
+    }
+
+    /// `e` with its transaction, read back from the segment when it came hollow from
+    /// [`LogStore::read_hollow`]; any other entry as it is.
+    pub fn fill(&self, e: Entry) -> Result<Entry, LogStoreError> {
+        if !is_hollow(&e) {
+            return Ok(e);
+        }
+        let index = e.log_id.index;
+        match self.read_range(index, index + 1)?.pop() {
+            Some(whole) if whole.log_id == e.log_id && !is_hollow(&whole) => Ok(whole),
+            _ => Err(LogStoreError::Missing(index)),
+        }
     }
 
     /// Like [`LogStore::read_range`], but stops before the entries' frames pass `max_bytes`
@@ -620,6 +660,7 @@ impl LogStore {
         from: u64,
         to: u64,
         max_bytes: u64,
+        read: Read,
     ) -> Result<Vec<Entry>, LogStoreError> {
         let (files, wanted): (_, Vec<Result<Entry, Slot>>) = {
             let inner = self.inner.lock();
@@ -647,12 +688,13 @@ impl LogStore {
         };
         wanted
             .into_iter()
-            .map(|w| w.or_else(|s| Self::read_entry(&files, s)))
+            .map(|w| w.or_else(|s| Self::read_entry(&files, s, read)))
             .collect()
     }
 
-    /// Reads one entry from its segment; the transaction lands in a buffer of its own.
-    fn read_entry(files: &Files, s: Slot) -> Result<Entry, LogStoreError> {
+    /// Reads one entry from its segment; the transaction lands in a buffer of its own (or,
+    /// read hollow, stays on disk).
+    fn read_entry(files: &Files, s: Slot, read: Read) -> Result<Entry, LogStoreError> {
         let at = |offset: u32| Location {
             file: FileRef::Segment(s.segment),
             offset: s.frame + FRAME_HEADER as u64 + u64::from(offset),
@@ -672,6 +714,9 @@ impl LogStore {
             .len
             .checked_sub(tx_at)
             .ok_or_else(|| corrupt("short entry".into()))?;
+        if read == Read::Hollow {
+            return Ok(entry_of(log_id, stored, bytes::Bytes::new()));
+        }
         let tx = files.read(at(tx_at), tx_len as usize).map_err(missing)?;
         Ok(entry_of(log_id, stored, tx.into()))
     }
@@ -749,6 +794,15 @@ impl LogStore {
             let Some(t) = tail.as_ref() else {
                 return Err(LogStoreError::Missing(index));
             };
+            if is_hollow(e) {
+                // An entry read back without its transaction (`read_hollow`) is for applying
+                // only; written, it would lose the transaction for good.
+                return Err(LogStoreError::Corrupt {
+                    file: segment_name(t.first),
+                    offset: t.len + out.len(),
+                    reason: format!("entry {index} to append has an empty transaction"),
+                });
+            }
             let (head, tx) = entry_parts(e).map_err(|err| LogStoreError::Corrupt {
                 file: segment_name(t.first),
                 offset: t.len + out.len(),
@@ -868,7 +922,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         };
-        self.read_range(from, to).map_err(read_err)
+        self.read_hollow(from, to).map_err(read_err)
     }
 
     /// What one AppendEntries carries: at most [`REPLICATION_BYTES`] of entries, so that a
@@ -878,7 +932,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.read_range_within(start, end, REPLICATION_BYTES)
+        self.read_range_within(start, end, REPLICATION_BYTES, Read::Whole)
             .map_err(read_err)
     }
 }
@@ -1030,6 +1084,51 @@ mod tests {
             .purge_sync(LogId::new(openraft::CommittedLeaderId::new(2, 1), 35))
             .unwrap();
         assert_eq!(txs(&reopened, 1, 46), expected[35..].to_vec());
+    }
+
+    #[test]
+    fn entries_read_hollow_leave_their_transactions_on_disk_until_filled() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path()).unwrap());
+            LogStore::open(storage, 1 << 20).unwrap()
+        };
+        let log = open();
+        let written: Vec<Entry> = (1..=12)
+            .map(|i| commit(i, 1, vec![i as u8; 200 << 10]))
+            .collect();
+        log.append_sync(written.clone()).unwrap();
+        // In memory they are whole (a clone costs nothing).
+        assert_eq!(commits(&log.read_hollow(1, 13).unwrap()), commits(&written));
+        drop(log);
+        let log = open();
+        let hollow = log.read_hollow(1, 13).unwrap();
+        assert_eq!(
+            hollow.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+            written.iter().map(|e| e.log_id).collect::<Vec<_>>()
+        );
+        assert!(hollow.iter().all(is_hollow), "read back from the segments");
+        // openraft's own reads go the hollow way.
+        let mut reader = log.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let via_trait = rt.block_on(reader.try_get_log_entries(3..5)).unwrap();
+        assert!(via_trait.iter().all(is_hollow));
+        let filled: Vec<Entry> = hollow.into_iter().map(|e| log.fill(e).unwrap()).collect();
+        assert_eq!(commits(&filled), commits(&written));
+        // A hollow entry is never written: it would lose its transaction.
+        let mut again = log.read_hollow(12, 13).unwrap();
+        again[0].log_id = LogId::new(openraft::CommittedLeaderId::new(1, 1), 13);
+        let err = log.append_sync(again).unwrap_err();
+        assert!(err.to_string().contains("empty transaction"), "{err}");
+        // Filling an entry the log no longer holds is an error, not an empty transaction.
+        let mut gone = log.read_hollow(5, 6).unwrap();
+        gone[0].log_id = LogId::new(openraft::CommittedLeaderId::new(1, 1), 40);
+        assert!(matches!(
+            log.fill(gone.remove(0)),
+            Err(LogStoreError::Missing(40))
+        ));
     }
 
     #[test]

@@ -259,7 +259,12 @@ impl Peer {
         if self.push.is_some() {
             return;
         }
-        let Ok(entries) = self.log.read_range_within(last + 1, u64::MAX, STAGE_BYTES) else {
+        let Ok(entries) = self.log.read_range_within(
+            last + 1,
+            u64::MAX,
+            STAGE_BYTES,
+            crate::log_store::Read::Whole,
+        ) else {
             return;
         };
         let bytes: u64 = entries

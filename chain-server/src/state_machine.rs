@@ -914,9 +914,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut inner = self.inner.lock();
+        let log = self.inner.lock().log.clone();
         let mut out = Vec::new();
         for e in entries {
+            // Entries no longer in the log's memory come hollow (`LogStore::read_hollow`):
+            // each is read whole here, outside the lock, so applying a long log holds one
+            // transaction at a time.
+            let index = e.log_id.index;
+            let e = log.fill(e).map_err(|err| {
+                StorageIOError::read_log_at_index(index, openraft::AnyError::new(&err))
+            })?;
+            let mut inner = self.inner.lock();
             inner.last_applied = Some(e.log_id);
             match e.payload {
                 EntryPayload::Blank => out.push(Outcome::Applied { index: 0 }),
@@ -927,7 +935,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(cmd) => out.push(inner.apply(cmd, e.log_id.index)),
             }
         }
-        inner.notify_applied();
+        self.inner.lock().notify_applied();
         Ok(out)
     }
 
