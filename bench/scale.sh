@@ -18,11 +18,12 @@ BIN=$(realpath "${2:-target/release}")
 bench_setup scale
 
 rss_mib() { awk '/VmRSS/{print int($2 / 1024)}' "/proc/$1/status"; }
+hwm_mib() { awk '/VmHWM/{print int($2 / 1024)}' "/proc/$1/status"; }
 daemon_of() { pgrep -f "atefs mount $1 " | head -1; }
-replicas_rss() {
+replicas_mib() { # rss_mib or hwm_mib of each replica
   local r out=""
   for r in 1 2 3; do
-    out="$out $(rss_mib "$(pgrep -f "chain-server run --id $r --data $WORK/cluster/node-$r" | head -1)")"
+    out="$out $("$1" "$(pgrep -f "chain-server run --id $r --data $WORK/cluster/node-$r" | head -1)")"
   done
   echo "${out# }"
 }
@@ -86,11 +87,20 @@ for shape in empty small; do
   create "$shape" "$MNT"
   t1=$(date +%s.%N)
   mnt_rss=$(rss_mib "$(daemon_of "$MNT")")
-  before=$(replicas_rss)
+  before=$(replicas_mib rss_mib)
   recs=$(records)
   unmount "$MNT"
   stop_dev_cluster
   start_dev_cluster "$BIN/chain-server" "$WORK/cluster" "$BASE_PORT" "$WORK/cluster.log"
-  echo "cluster $shape: created in $(secs "$t0" "$t1") s, mount RSS $mnt_rss MiB; replicas RSS $before MiB holding $recs records; after a restart $(replicas_rss) MiB, $(records) records"
+  # The views are whole again once replica 1 holds as many records as before (its metrics
+  # answer only when it is up; a minute of no progress is a failure).
+  seen=0 still=0
+  while [ "$seen" != "$recs" ]; do
+    sleep 1
+    now=$(records 2>/dev/null || echo 0)
+    if [ "$now" = "$seen" ]; then still=$((still + 1)); else still=0 seen=$now; fi
+    [ "$still" -lt 60 ] || { echo "replica 1 stuck at $seen of $recs records" >&2; exit 1; }
+  done
+  echo "cluster $shape: created in $(secs "$t0" "$t1") s, mount RSS $mnt_rss MiB; replicas RSS $before MiB holding $recs records; after a restart $(replicas_mib rss_mib) MiB (peak $(replicas_mib hwm_mib) MiB), $seen records"
   stop_dev_cluster
 done
