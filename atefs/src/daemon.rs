@@ -158,6 +158,7 @@ fn open(args: &MountArgs, root: RootOwner) -> Result<Opened> {
         },
     };
     let vol = open_volume(&args.data, args.quota, &args.remote)?;
+    crate::give_back_freed_memory();
     // A shared volume's size is its chain's quota on the cluster, as opening it read it, and
     // read again while mounted (atefs::quota).
     let quota_source = vol
