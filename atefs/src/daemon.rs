@@ -39,6 +39,11 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Inodes kept in memory (about 850 bytes each): past this, those holding nothing
+    /// unsaved and not open are dropped, least recently used first, and read again from the
+    /// volume when next used.
+    #[arg(long, default_value_t = FsOptions::default().node_cache)]
+    pub inode_cache: usize,
     #[command(flatten)]
     pub remote: RemoteArgs,
     /// Serve handovers on this unix socket (created mode 0600): `atefs take-over SOCKET`
@@ -87,6 +92,8 @@ impl MountArgs {
             self.quota.to_string(),
             "--threads".into(),
             self.threads.to_string(),
+            "--inode-cache".into(),
+            self.inode_cache.to_string(),
         ];
         let r = &self.remote;
         if !r.server.is_empty() {
@@ -179,6 +186,7 @@ fn open(args: &MountArgs, root: RootOwner) -> Result<Opened> {
         } else {
             16 << 20
         },
+        node_cache: args.inode_cache,
         ..FsOptions::default()
     };
     let fs = Arc::new(AteFs::new(

@@ -21,6 +21,7 @@ use std::time::SystemTime;
 mod block_cache;
 use block_cache::Block;
 mod ranges;
+mod shed;
 pub use ranges::{Allocate, Seek};
 
 /// Operations that make the namespace batch go out at once.
@@ -62,6 +63,10 @@ pub struct FsOptions {
     /// Garbage allowed in the log before the flusher compacts it: compaction runs once the log
     /// holds more than twice the live data plus this many bytes (see [`AteFs::maybe_compact`]).
     pub compact_slack: u64,
+    /// Inodes kept in memory: past this, clean ones (no open handle, nothing buffered) are
+    /// dropped, least recently used first, and loaded from the chain again when needed
+    /// (shed.rs).
+    pub node_cache: usize,
     /// Take the volume's writer lease at mount and fence every commit with it: a newer mount
     /// that takes the lease makes this one's later commits fail on the servers (a single
     /// writer enforced by the cluster, for `--exclusive` mounts; see [`AteFs::take_lease`]).
@@ -80,6 +85,7 @@ impl Default for FsOptions {
             cache_bytes: 64 << 20,
             remote: false,
             compact_slack: 256 << 20,
+            node_cache: 65_536,
             writer_lease: false,
         }
     }
@@ -153,6 +159,9 @@ struct Node {
     attr_dirty: bool,
     /// Open handles; an unlinked inode lives until the last one closes.
     open: u32,
+    /// When it was last used ([`State::tick`] then): the least recently used go first when
+    /// the table is over its bound (shed.rs).
+    used: u64,
 }
 
 #[derive(Debug, Default)]
@@ -178,6 +187,8 @@ struct State {
     deleted: std::collections::HashSet<u64>,
     /// Remote mode: the chain index the caches were last revalidated at.
     synced_at: u64,
+    /// Uses of inodes so far, for [`Node::used`].
+    tick: u64,
 }
 
 /// The file system.
@@ -418,6 +429,8 @@ impl AteFs {
         if st.deleted.contains(&ino) {
             return Err(FsError::NotFound);
         }
+        st.tick += 1;
+        let tick = st.tick;
         if let std::collections::hash_map::Entry::Vacant(slot) = st.nodes.entry(ino) {
             let attr = self.load_attr(ino)?.ok_or(FsError::NotFound)?;
             slot.insert(Node {
@@ -431,9 +444,12 @@ impl AteFs {
                 blocks: None,
                 attr_dirty: false,
                 open: 0,
+                used: tick,
             });
         }
-        st.nodes.get_mut(&ino).ok_or(FsError::NotFound)
+        let node = st.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+        node.used = tick;
+        Ok(node)
     }
 
     /// An inode's attributes as the chain has them.
@@ -474,6 +490,7 @@ impl AteFs {
     /// Attributes of an inode (including uncommitted size changes).
     pub fn getattr(&self, ino: u64) -> FsResult<Inode> {
         let mut st = self.state.lock();
+        self.shed(&mut st);
         Ok(self.node(&mut st, ino)?.attr.clone())
     }
 
@@ -491,6 +508,7 @@ impl AteFs {
 
     fn lookup_cached(&self, dir: u64, name: &[u8]) -> FsResult<Inode> {
         let mut st = self.state.lock();
+        self.shed(&mut st);
         if name.len() > MAX_NAME {
             return Err(FsError::NameTooLong);
         }
@@ -509,6 +527,7 @@ impl AteFs {
     /// Entries of a directory, with "." and ".." first.
     pub fn readdir(&self, dir: u64) -> FsResult<Vec<(u64, Kind, Vec<u8>)>> {
         let mut st = self.state.lock();
+        self.shed(&mut st);
         let parent = self.node(&mut st, dir)?.attr.parent;
         let mut out = vec![
             (dir, Kind::Dir, b".".to_vec()),
@@ -536,6 +555,7 @@ impl AteFs {
     ) -> FsResult<Inode> {
         check_name(name)?;
         let mut st = self.state.lock();
+        self.shed(&mut st);
         if self.entries(&mut st, dir)?.contains_key(name) {
             return Err(FsError::Exists);
         }
@@ -615,6 +635,7 @@ impl AteFs {
         self.node(&mut st, dir)?.attr = p;
         self.entries(&mut st, dir)?
             .insert(name.to_vec(), (ino, kind));
+        let used = st.tick;
         st.nodes.insert(
             ino,
             Node {
@@ -628,6 +649,7 @@ impl AteFs {
                 blocks: Some(Default::default()),
                 attr_dirty: false,
                 open: 0,
+                used,
             },
         );
         Ok(node)
@@ -646,6 +668,7 @@ impl AteFs {
     pub fn link(&self, ino: u64, dir: u64, name: &[u8]) -> FsResult<Inode> {
         check_name(name)?;
         let mut st = self.state.lock();
+        self.shed(&mut st);
         if self.entries(&mut st, dir)?.contains_key(name) {
             return Err(FsError::Exists);
         }

@@ -645,3 +645,75 @@ fn data_written_once_is_not_compacted_and_deleted_data_gives_its_disk_back() {
     assert!(!fs.maybe_compact().unwrap(), "nothing written since");
     assert_eq!(fs.read(last.ino, 0, 10).unwrap(), b"kept");
 }
+
+#[test]
+fn the_inode_table_keeps_within_its_bound_and_drops_only_what_the_chain_holds() {
+    const CAP: usize = 16;
+    let (mem, keys, fs) = mem_fs(FsOptions {
+        node_cache: CAP,
+        ..small_blocks()
+    });
+    let content = |d: usize, f: usize| format!("file {f} of dir {d}").into_bytes();
+    let mut files = Vec::new();
+    for d in 0..10 {
+        let dir = fs
+            .mknod(
+                ROOT_INO,
+                format!("d{d}").as_bytes(),
+                Kind::Dir,
+                0o755,
+                0,
+                b"",
+                ROOT,
+            )
+            .unwrap()
+            .ino;
+        for f in 0..20 {
+            let ino = fs
+                .mknod(
+                    dir,
+                    format!("f{f}").as_bytes(),
+                    Kind::File,
+                    0o644,
+                    0,
+                    b"",
+                    ROOT,
+                )
+                .unwrap()
+                .ino;
+            // Shorter than a flush: the data stays buffered in the inode.
+            fs.write(ino, 0, &content(d, f)).unwrap();
+            files.push((dir, d, f, ino));
+        }
+    }
+    // 210 inodes, all holding buffered data: none may go.
+    assert!(fs.cached_inodes() >= 200, "{}", fs.cached_inodes());
+    for &(dir, d, f, ino) in &files {
+        assert_eq!(fs.lookup(dir, format!("f{f}").as_bytes()).unwrap().ino, ino);
+        assert_eq!(fs.read(ino, 0, 100).unwrap(), content(d, f));
+    }
+    fs.sync_all().unwrap();
+    // Committed, they are dropped and loaded again as they are used; the table stays within
+    // its bound (plus the inodes one call loads).
+    for _ in 0..2 {
+        for &(dir, d, f, ino) in &files {
+            let a = fs.lookup(dir, format!("f{f}").as_bytes()).unwrap();
+            assert_eq!((a.ino, a.size), (ino, content(d, f).len() as u64));
+            assert_eq!(fs.read(ino, 0, 100).unwrap(), content(d, f));
+            assert!(fs.cached_inodes() <= CAP + 3, "{}", fs.cached_inodes());
+        }
+    }
+    // A change made after an inode was dropped and loaded again lasts.
+    let (dir, _, _, ino) = files[7];
+    fs.write(ino, 0, b"rewritten").unwrap();
+    fs.rename(dir, b"f7", ROOT_INO, b"moved", RenameMode::Replace)
+        .unwrap();
+    fs.sync_all().unwrap();
+    drop(fs);
+    let fs = open(&mem, &keys, small_blocks());
+    let a = fs.lookup(ROOT_INO, b"moved").unwrap();
+    assert_eq!(a.ino, ino);
+    assert_eq!(&fs.read(ino, 0, 9).unwrap(), b"rewritten");
+    assert!(matches!(fs.lookup(dir, b"f7"), Err(FsError::NotFound)));
+    assert!(fs.fsck().unwrap().problems.is_empty());
+}

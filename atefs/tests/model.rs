@@ -6,7 +6,7 @@
 mod common;
 
 use atefs::records::{Kind, ROOT_INO};
-use atefs::{AteFs, FsError, RenameMode, SetAttr};
+use atefs::{AteFs, FsError, FsOptions, RenameMode, SetAttr};
 use common::{mem_fs, open, small_blocks, ROOT};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -102,13 +102,37 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]
     fn core_matches_model(steps in proptest::collection::vec(step(), 1..40)) {
-        let (mem, keys, fs0) = mem_fs(small_blocks());
+        run(steps, small_blocks)?;
+    }
+
+    /// With room for two inodes in memory, nearly every call drops clean inodes and loads
+    /// them again from the chain (shed.rs): nothing a call changed may be lost.
+    #[test]
+    fn core_matches_model_with_two_inodes_in_memory(
+        steps in proptest::collection::vec(step(), 1..40),
+    ) {
+        run(steps, || FsOptions { node_cache: 2, ..small_blocks() })?;
+    }
+}
+
+fn run(steps: Vec<Step>, opts: impl Fn() -> FsOptions) -> Result<(), TestCaseError> {
+    {
+        let (mem, keys, fs0) = mem_fs(opts());
         let mut fs = fs0;
-        let d1 = fs.mknod(ROOT_INO, b"d1", Kind::Dir, 0o755, 0, b"", ROOT).unwrap().ino;
-        let d2 = fs.mknod(ROOT_INO, b"d2", Kind::Dir, 0o755, 0, b"", ROOT).unwrap().ino;
+        let d1 = fs
+            .mknod(ROOT_INO, b"d1", Kind::Dir, 0o755, 0, b"", ROOT)
+            .unwrap()
+            .ino;
+        let d2 = fs
+            .mknod(ROOT_INO, b"d2", Kind::Dir, 0o755, 0, b"", ROOT)
+            .unwrap()
+            .ino;
         // d1 and d2 live in the root but are not part of the model's names.
         let dirs = [ROOT_INO, d1, d2];
-        let mut m = Model { names: BTreeMap::new(), data: Vec::new() };
+        let mut m = Model {
+            names: BTreeMap::new(),
+            data: Vec::new(),
+        };
         for s in steps {
             match s {
                 Step::Create(d, n) | Step::Mkdir(d, n) => {
@@ -120,7 +144,11 @@ proptest! {
                     } else {
                         r.unwrap();
                         m.data.push(Vec::new());
-                        let node = if dir { MNode::Dir(m.data.len() - 1) } else { MNode::File(m.data.len() - 1) };
+                        let node = if dir {
+                            MNode::Dir(m.data.len() - 1)
+                        } else {
+                            MNode::File(m.data.len() - 1)
+                        };
                         m.names.insert((d, n), node);
                     }
                 }
@@ -130,14 +158,23 @@ proptest! {
                         fs.write(ino, off as u64, &bytes).unwrap();
                         let f = &mut m.data[*i];
                         let end = off as usize + bytes.len();
-                        if f.len() < end { f.resize(end, 0); }
+                        if f.len() < end {
+                            f.resize(end, 0);
+                        }
                         f[off as usize..end].copy_from_slice(&bytes);
                     }
                 }
                 Step::Truncate(d, n, size) => {
                     if let Some(MNode::File(i)) = m.names.get(&(d, n)) {
                         let ino = fs.lookup(dirs[d as usize], &name(n)).unwrap().ino;
-                        fs.setattr(ino, &SetAttr { size: Some(size as u64), ..Default::default() }).unwrap();
+                        fs.setattr(
+                            ino,
+                            &SetAttr {
+                                size: Some(size as u64),
+                                ..Default::default()
+                            },
+                        )
+                        .unwrap();
                         m.data[*i].resize(size as usize, 0);
                     }
                 }
@@ -146,7 +183,10 @@ proptest! {
                     match m.names.get(&(d, n)) {
                         None => prop_assert!(matches!(r, Err(FsError::NotFound))),
                         Some(MNode::Dir(_)) => prop_assert!(matches!(r, Err(FsError::IsDir))),
-                        Some(MNode::File(_)) => { r.unwrap(); m.names.remove(&(d, n)); }
+                        Some(MNode::File(_)) => {
+                            r.unwrap();
+                            m.names.remove(&(d, n));
+                        }
                     }
                 }
                 Step::Rmdir(d, n) => {
@@ -155,19 +195,36 @@ proptest! {
                         None => prop_assert!(matches!(r, Err(FsError::NotFound))),
                         Some(MNode::File(_)) => prop_assert!(matches!(r, Err(FsError::NotDir))),
                         // Model directories never get children (names live in dirs 0..3 only).
-                        Some(MNode::Dir(_)) => { r.unwrap(); m.names.remove(&(d, n)); }
+                        Some(MNode::Dir(_)) => {
+                            r.unwrap();
+                            m.names.remove(&(d, n));
+                        }
                     }
                 }
                 Step::Rename(d, n, d2, n2) => {
-                    let r = fs.rename(dirs[d as usize], &name(n), dirs[d2 as usize], &name(n2), RenameMode::Replace);
+                    let r = fs.rename(
+                        dirs[d as usize],
+                        &name(n),
+                        dirs[d2 as usize],
+                        &name(n2),
+                        RenameMode::Replace,
+                    );
                     let src = m.names.get(&(d, n)).cloned();
                     let dst = m.names.get(&(d2, n2)).cloned();
                     match (src, dst) {
                         (None, _) => prop_assert!(matches!(r, Err(FsError::NotFound))),
-                        (Some(MNode::Dir(_)), Some(MNode::File(_))) => prop_assert!(matches!(r, Err(FsError::NotDir))),
-                        (Some(MNode::File(_)), Some(MNode::Dir(_))) => prop_assert!(matches!(r, Err(FsError::IsDir))),
+                        (Some(MNode::Dir(_)), Some(MNode::File(_))) => {
+                            prop_assert!(matches!(r, Err(FsError::NotDir)))
+                        }
+                        (Some(MNode::File(_)), Some(MNode::Dir(_))) => {
+                            prop_assert!(matches!(r, Err(FsError::IsDir)))
+                        }
                         (Some(a), Some(b)) if a == b => r.unwrap(), // same file (hard links) or same name
-                        (Some(a), _) => { r.unwrap(); m.names.remove(&(d, n)); m.names.insert((d2, n2), a); }
+                        (Some(a), _) => {
+                            r.unwrap();
+                            m.names.remove(&(d, n));
+                            m.names.insert((d2, n2), a);
+                        }
                     }
                 }
                 Step::Link(d, n, d2, n2) => {
@@ -194,7 +251,7 @@ proptest! {
                 Step::Remount => {
                     fs.flush_all().unwrap();
                     drop(fs);
-                    fs = open(&mem, &keys, small_blocks());
+                    fs = open(&mem, &keys, opts());
                 }
             }
             check(&fs, &dirs, &m);
@@ -202,4 +259,5 @@ proptest! {
         let report = fs.fsck().unwrap();
         prop_assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
     }
+    Ok(())
 }
