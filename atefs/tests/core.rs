@@ -654,33 +654,16 @@ fn the_inode_table_keeps_within_its_bound_and_drops_only_what_the_chain_holds() 
         ..small_blocks()
     });
     let content = |d: usize, f: usize| format!("file {f} of dir {d}").into_bytes();
+    let make = |dir: u64, name: String, kind: Kind| {
+        fs.mknod(dir, name.as_bytes(), kind, 0o755, 0, b"", ROOT)
+            .unwrap()
+            .ino
+    };
     let mut files = Vec::new();
     for d in 0..10 {
-        let dir = fs
-            .mknod(
-                ROOT_INO,
-                format!("d{d}").as_bytes(),
-                Kind::Dir,
-                0o755,
-                0,
-                b"",
-                ROOT,
-            )
-            .unwrap()
-            .ino;
+        let dir = make(ROOT_INO, format!("d{d}"), Kind::Dir);
         for f in 0..20 {
-            let ino = fs
-                .mknod(
-                    dir,
-                    format!("f{f}").as_bytes(),
-                    Kind::File,
-                    0o644,
-                    0,
-                    b"",
-                    ROOT,
-                )
-                .unwrap()
-                .ino;
+            let ino = make(dir, format!("f{f}"), Kind::File);
             // Shorter than a flush: the data stays buffered in the inode.
             fs.write(ino, 0, &content(d, f)).unwrap();
             files.push((dir, d, f, ino));
