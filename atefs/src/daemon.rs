@@ -92,9 +92,12 @@ impl MountArgs {
             self.quota.to_string(),
             "--threads".into(),
             self.threads.to_string(),
-            "--inode-cache".into(),
-            self.inode_cache.to_string(),
         ];
+        // Named only when set: a daemon of a release before the flag can still take over.
+        if self.inode_cache != FsOptions::default().node_cache {
+            a.push("--inode-cache".into());
+            a.push(self.inode_cache.to_string());
+        }
         let r = &self.remote;
         if !r.server.is_empty() {
             a.push("--server".into());
@@ -496,5 +499,35 @@ fn tune_bdi(dir: &Path) {
         if let Err(e) = std::fs::write(bdi.join(knob), value.to_string()) {
             tracing::warn!(error = %e, knob, bdi = %bdi.display(), "kernel default kept");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    /// What a daemon taking a mount over is told opens the same volume the same way.
+    #[test]
+    fn a_mounts_arguments_survive_a_handover() {
+        let args = |list: &[&str]| {
+            let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+            crate::mount_args(&list).unwrap()
+        };
+        let plain = args(&["mount", "/mnt/x", "--data", "/var/x", "--threads", "2"]);
+        let told = plain.to_args().unwrap();
+        assert!(!told.contains(&"--inode-cache".to_owned()), "{told:?}");
+        let again = crate::mount_args(&told).unwrap();
+        assert_eq!((again.threads, again.inode_cache), (2, plain.inode_cache));
+
+        let small = args(&[
+            "mount",
+            "/mnt/x",
+            "--inode-cache",
+            "8",
+            "--timeout-secs",
+            "5",
+        ]);
+        let again = crate::mount_args(&small.to_args().unwrap()).unwrap();
+        assert_eq!((again.inode_cache, again.remote.timeout_secs), (8, 5));
     }
 }
