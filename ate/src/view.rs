@@ -22,7 +22,7 @@ pub const SNAPSHOT_RECORD_BYTES: u64 = 256;
 /// How a live version's payload is sealed: its header less the key and the parent, which
 /// the view holds once already (as the map's key and [`RecordEntry::parent`]). Every
 /// server holds an entry per record of every chain in memory, so its size is what a file
-/// costs there (docs/operations.md, "Memory").
+/// costs there (docs/operations.md, "Sizing the chain servers' memory").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sealing {
     /// Id of the data key sealing the payload; zero for an empty payload. A view keeps one

@@ -164,6 +164,16 @@ struct Node {
     used: u64,
 }
 
+impl Node {
+    /// Holds data or attributes the chain does not have yet (buffered, in flight or queued).
+    fn holds_unsaved(&self) -> bool {
+        !self.dirty.is_empty()
+            || !self.inflight.is_empty()
+            || !self.pending.is_empty()
+            || self.attr_dirty
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     nodes: HashMap<u64, Node>,
@@ -189,6 +199,14 @@ struct State {
     synced_at: u64,
     /// Uses of inodes so far, for [`Node::used`].
     tick: u64,
+}
+
+impl State {
+    /// A new [`State::tick`], for an inode just used.
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
 }
 
 /// The file system.
@@ -375,14 +393,22 @@ impl AteFs {
         Ok(())
     }
 
-    /// Waits for every queued commit; reports (once) a failure of any of them.
-    fn sync_all_locked(&self, st: &mut State) -> FsResult<()> {
+    /// Sends the namespace batch and waits for every queued commit: then the chain's view
+    /// holds every namespace change this mount made. A failed commit is kept in
+    /// `State::failed` for the next fsync to report.
+    fn wait_queued(&self, st: &mut State) -> FsResult<()> {
         self.send_batch(st)?;
         for p in std::mem::take(&mut st.pending) {
             if let Err(e) = p.wait() {
                 st.failed.get_or_insert(e.to_string());
             }
         }
+        Ok(())
+    }
+
+    /// Waits for every queued commit; reports (once) a failure of any of them.
+    fn sync_all_locked(&self, st: &mut State) -> FsResult<()> {
+        self.wait_queued(st)?;
         if let Err(e) = self.chain.sync() {
             st.failed.get_or_insert(e.to_string());
         }
@@ -429,8 +455,7 @@ impl AteFs {
         if st.deleted.contains(&ino) {
             return Err(FsError::NotFound);
         }
-        st.tick += 1;
-        let tick = st.tick;
+        let tick = st.next_tick();
         if let std::collections::hash_map::Entry::Vacant(slot) = st.nodes.entry(ino) {
             let attr = self.load_attr(ino)?.ok_or(FsError::NotFound)?;
             slot.insert(Node {
@@ -635,7 +660,7 @@ impl AteFs {
         self.node(&mut st, dir)?.attr = p;
         self.entries(&mut st, dir)?
             .insert(name.to_vec(), (ino, kind));
-        let used = st.tick;
+        let used = st.next_tick();
         st.nodes.insert(
             ino,
             Node {
@@ -1847,11 +1872,7 @@ impl AteFs {
         st.synced_at = index;
         let mut keep = HashMap::new();
         for (ino, mut n) in std::mem::take(&mut st.nodes) {
-            let local = !n.dirty.is_empty()
-                || !n.inflight.is_empty()
-                || !n.pending.is_empty()
-                || n.attr_dirty;
-            if local {
+            if n.holds_unsaved() {
                 keep.insert(ino, n);
             } else if n.open > 0 {
                 // Open handles live in the node: keep it, but reload what others may change.

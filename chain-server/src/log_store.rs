@@ -1012,6 +1012,12 @@ mod tests {
     use super::*;
     use ate::storage::FileStorage;
 
+    /// The log in `dir` (opened again where a test reopens it), segments of `segment_bytes`.
+    fn on_disk(dir: &std::path::Path, segment_bytes: u64) -> LogStore {
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir).unwrap());
+        LogStore::open(storage, segment_bytes).unwrap()
+    }
+
     fn commit(index: u64, term: u64, tx: Vec<u8>) -> Entry {
         Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
@@ -1042,10 +1048,7 @@ mod tests {
     #[test]
     fn large_and_small_entries_read_back_alike_from_memory_and_disk_after_a_truncate() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path()).unwrap());
-            LogStore::open(storage, 4 << 20).unwrap()
-        };
+        let open = || on_disk(dir.path(), 4 << 20);
         let log = open();
         let big = |seed: u8| {
             (0..300_000)
@@ -1089,10 +1092,7 @@ mod tests {
     #[test]
     fn entries_read_hollow_leave_their_transactions_on_disk_until_filled() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path()).unwrap());
-            LogStore::open(storage, 1 << 20).unwrap()
-        };
+        let open = || on_disk(dir.path(), 1 << 20);
         let log = open();
         let written: Vec<Entry> = (1..=12)
             .map(|i| commit(i, 1, vec![i as u8; 200 << 10]))
@@ -1134,9 +1134,8 @@ mod tests {
     #[test]
     fn the_bytes_around_a_snapshot_and_the_purge_that_keeps_within_a_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path()).unwrap());
         // 1 MiB segments, 100 KiB entries: nine or ten to a segment.
-        let log = LogStore::open(storage, 1 << 20).unwrap();
+        let log = on_disk(dir.path(), 1 << 20);
         log.append_sync(
             (1..=60)
                 .map(|i| commit(i, 1, vec![i as u8; 100 << 10]))

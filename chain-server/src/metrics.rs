@@ -169,7 +169,7 @@ impl Metrics {
             ),
             (
                 "atefs_records",
-                "Records of the partition's chains (a file is two or more: its entry, its inode, its blocks; deleted ones count until a snapshot drops them). Each is held in memory: a replica needs about 200 bytes per record (docs/operations.md, Memory).",
+                "Records of the partition's chains (a file is two or more: its entry, its inode, its blocks; deleted ones count until a snapshot drops them). Each is held in memory: about 200 bytes of heap, 400 of a replica's resident set (docs/operations.md, sizing the chain servers' memory).",
             ),
         ];
         let rows: Vec<(u32, [u64; 10])> = node

@@ -782,7 +782,8 @@ impl StateMachine {
     }
 
     /// Records of every chain held, tombstones included: each is an entry of a view in
-    /// memory, so a replica's memory grows with them (docs/operations.md, "Memory").
+    /// memory, so a replica's memory grows with them (docs/operations.md, "Sizing the chain
+    /// servers' memory").
     pub fn records(&self) -> u64 {
         let inner = self.inner.lock();
         inner

@@ -13,21 +13,15 @@ impl Node {
     /// Holds only what the chain's view has (once every queued commit is answered): no open
     /// handle, no buffered, in-flight or queued data, no unsaved attributes.
     fn is_clean(&self) -> bool {
-        self.open == 0
-            && !self.attr_dirty
-            && self.dirty.is_empty()
-            && self.dirty_bytes == 0
-            && self.inflight.is_empty()
-            && self.pending.is_empty()
+        self.open == 0 && self.dirty_bytes == 0 && !self.holds_unsaved()
     }
 }
 
 impl AteFs {
     /// Keeps the table within [`FsOptions::node_cache`](super::FsOptions) (twice that while
     /// changes stream in): once past it, drops clean inodes, least recently used first, down
-    /// to half of it. Called at the start of
-    /// the calls that load inodes, before they change any: an inode that a call has changed
-    /// in memory but not yet committed is never dropped.
+    /// to half of it. Called at the start of the calls that load inodes, before they change
+    /// any: an inode that a call has changed in memory but not yet committed is never dropped.
     ///
     /// A dropped inode is read again from the chain's view, so the view must hold every
     /// change this mount made: the namespace batch is sent and the queued commits are waited
@@ -46,15 +40,10 @@ impl AteFs {
             if st.nodes.len() <= cap.saturating_mul(2) {
                 return;
             }
-            if let Err(e) = self.send_batch(st) {
-                st.failed.get_or_insert(e.to_string());
-                return;
-            }
         }
-        for p in std::mem::take(&mut st.pending) {
-            if let Err(e) = p.wait() {
-                st.failed.get_or_insert(e.to_string());
-            }
+        if let Err(e) = self.wait_queued(st) {
+            st.failed.get_or_insert(e.to_string());
+            return;
         }
         // Files whose data commits are all answered still hold them (and the blocks they
         // carried) until next used: collect them now, so that they count as clean.
@@ -84,7 +73,7 @@ impl AteFs {
         let Some(last) = excess.min(ages.len()).checked_sub(1) else {
             return;
         };
-        // Every call to `node` takes a new tick, so ages are distinct: exactly `last + 1` go.
+        // Every use of an inode takes a new tick, so ages are distinct: exactly `last + 1` go.
         let (_, cut, _) = ages.select_nth_unstable(last);
         let cut = *cut;
         st.nodes

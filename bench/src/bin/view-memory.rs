@@ -13,9 +13,9 @@ struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
-#[allow(unsafe_code)] // a counting allocator is unsafe by trait; see SAFETY below
-                      // SAFETY: every call is passed to the system allocator unchanged; the counter only adds
-                      // and subtracts the sizes the caller asked for.
+// SAFETY: every call is passed to the system allocator unchanged; the counter only adds and
+// subtracts the sizes the caller asked for.
+#[allow(unsafe_code)] // a counting allocator is unsafe by trait
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
