@@ -82,6 +82,15 @@ impl KeyFile {
         }
     }
 
+    /// Keys to replace these on the same chain ([`crate::rekey`]): a new owner and data key,
+    /// the same chain and name key.
+    pub fn rekeyed(&self) -> Self {
+        Self {
+            chain: self.chain,
+            ..self.for_copy(self.chain)
+        }
+    }
+
     /// Encodes the envelope.
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut b = Zeroizing::new(Vec::with_capacity(KEYFILE_LEN));

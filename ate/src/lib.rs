@@ -12,6 +12,7 @@
 //! - [`chain`]: a local chain with group commit and subscriptions.
 //! - [`keyfile`]: the key envelope of a volume.
 //! - [`copy`]: a chain's live records copied into a new chain under other keys.
+//! - [`rekey`]: a chain's keys changed in place (owner swapped, records sealed again).
 //!
 //! ate knows nothing of FUSE, gRPC servers or Kubernetes.
 
@@ -24,6 +25,7 @@ pub mod ids;
 pub mod keyfile;
 mod queue;
 pub mod redo;
+pub mod rekey;
 #[cfg(feature = "remote")]
 pub mod remote;
 pub mod storage;

@@ -92,6 +92,19 @@ enum Cmd {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Give a shared volume new keys in place: a new owner key and data key (written to OUT,
+    /// mode 0600, before anything changes). The new owner key replaces the old one at once,
+    /// so the old key file no longer writes, reads, resizes or deletes the volume; then every
+    /// record is sealed again under the new data key. Unmount the volume everywhere first:
+    /// mounts with the old keys stop following it. Interrupted, run it again with the same
+    /// OUT to finish.
+    Rekey {
+        /// Key file of the new keys: made when it does not exist, else the one an interrupted
+        /// rekey made.
+        out: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// Write a new key envelope (a new volume's keys) to FILE with mode 0600.
     Keygen {
         /// Output file; must not exist.
@@ -171,6 +184,7 @@ fn main() -> Result<()> {
         Cmd::Status { data } => status(&data),
         Cmd::Keygen { out } => keygen(&out),
         Cmd::Clone { out, quota, remote } => clone(&out, quota, &remote),
+        Cmd::Rekey { out, remote } => rekey(&out, &remote),
         Cmd::Quota { bytes, remote } => quota(bytes, &remote),
         Cmd::Fsck { data } => fsck(&data),
         Cmd::GatherHelper { dir } => {
@@ -423,6 +437,43 @@ fn clone(out: &Path, quota: Option<u64>, remote: &RemoteArgs) -> Result<()> {
         report.records,
         copy.chain,
         out.display()
+    );
+    Ok(())
+}
+
+fn rekey(out: &Path, remote: &RemoteArgs) -> Result<()> {
+    let (old, _, _) = shared_volume("rekey", remote)?;
+    let new = if out.exists() {
+        let new = ate::KeyFile::load(out)?;
+        ate::rekey::check_pair(&old, &new)
+            .with_context(|| format!("{} cannot replace the volume's keys", out.display()))?;
+        eprintln!("going on with the new keys in {}", out.display());
+        new
+    } else {
+        let new = old.rekeyed();
+        // Saved before anything changes: once the owners are swapped only these open the
+        // volume.
+        new.save(out)?;
+        new
+    };
+    let cache = tempfile::tempdir().context("creating a directory for the volume's cache")?;
+    let storage = std::sync::Arc::new(ate::storage::FileStorage::new(cache.path())?);
+    let report = ate::remote::rekey_chain(remote_options(remote)?, &old, &new, storage)
+        .map_err(|e| {
+            anyhow::Error::new(e).context(format!(
+                "changing the keys of chain {}; the new keys are in {} (keep them): run the same command again to finish",
+                old.chain,
+                out.display()
+            ))
+        })?;
+    println!(
+        "chain {}: new owner and data keys{}; {} records sealed again in {} transactions. The keys in {} open the volume now; {} opens it no longer",
+        old.chain,
+        if report.swapped { "" } else { " (owners swapped by an earlier run)" },
+        report.records,
+        report.transactions,
+        out.display(),
+        remote.keys.as_deref().map_or("the old key file".into(), |k| k.display().to_string()),
     );
     Ok(())
 }

@@ -463,14 +463,15 @@ impl Api {
         })
     }
 
-    /// Checks that a request is signed by a reader of the chain over `digest`.
+    /// Checks that a request is signed by a reader of the chain over `digest`; the reader's
+    /// key id.
     fn check_reader(
         &self,
         p: &Partition,
         chain: ChainId,
         (nonce, key, sig): (&[u8], &[u8], &[u8]),
         digest: &[u8; 32],
-    ) -> Result<(), Status> {
+    ) -> Result<ate::KeyId, Status> {
         let role = (
             ate::RootAuthority::can_read as fn(&_, &_) -> bool,
             "a reader",
@@ -480,7 +481,8 @@ impl Api {
 
     /// Checks a signed proof over a one-time challenge: the nonce is ours and fresh, the
     /// signature by `key` over `digest` verifies, and `key` holds `role` in the chain's root
-    /// authority (NOT_FOUND without the chain, PERMISSION_DENIED without the role).
+    /// authority (NOT_FOUND without the chain, PERMISSION_DENIED without the role). Returns the
+    /// key's id.
     #[allow(clippy::too_many_arguments)] // the proof's parts, as they come in a request
     fn check_proof(
         &self,
@@ -491,7 +493,7 @@ impl Api {
         sig: &[u8],
         digest: &[u8; 32],
         role: (fn(&ate::RootAuthority, &ate::KeyId) -> bool, &str),
-    ) -> Result<(), Status> {
+    ) -> Result<ate::KeyId, Status> {
         self.take_nonce(nonce)?;
         let key = PublicKey(
             key.try_into()
@@ -511,7 +513,7 @@ impl Api {
             Some(false) => Err(Status::permission_denied(format!(
                 "not {what} of the chain"
             ))),
-            Some(true) => Ok(()),
+            Some(true) => Ok(key.id()),
         }
     }
 }
@@ -723,10 +725,10 @@ impl Chains for Api {
         let proof = (&req.nonce[..], &req.reader_key[..], &req.signature[..]);
         let digest = ate::remote::subscribe_digest(&chain, &req.nonce, req.from_index);
         self.known_chain(&p, chain).await?;
-        self.check_reader(&p, chain, proof, &digest)?;
+        let reader = self.check_reader(&p, chain, proof, &digest)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let from = req.from_index.max(1);
-        tokio::spawn(crate::subscribe::feed(p, chain, from, session, tx));
+        tokio::spawn(crate::subscribe::feed(p, chain, from, session, reader, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

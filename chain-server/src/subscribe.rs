@@ -1,27 +1,37 @@
 //! Feeds a subscription: the chain's transactions from an index, read from the Raft log,
 //! then each new one as it is applied. Those committed in the subscriber's own writer
-//! session go by hash (it holds their bytes).
+//! session go by hash (it holds their bytes). A subscription ends as soon as its reader key
+//! loses its role in the chain (the volume's keys were changed): it gets nothing written
+//! after that.
 
 use crate::node::Partition;
 use crate::pb::chain::SubscribeEvent;
 use crate::types::Command;
-use ate::ChainId;
+use ate::validate::ChainState;
+use ate::{ChainId, KeyId};
 use openraft::EntryPayload;
 use tokio::sync::mpsc::Sender;
 use tonic::Status;
 
-/// Sends events until the client goes away or the chain does.
+/// Sends events until the client goes away, the chain does, or `reader` no longer reads it.
 pub async fn feed(
     p: Partition,
     chain: ChainId,
     mut next: u64,
     session: Option<[u8; 16]>,
+    reader: KeyId,
     out: Sender<Result<SubscribeEvent, Status>>,
 ) {
     let mut applied = p.sm.watch_applied();
     loop {
         let batch = p.sm.with_chain(&chain, |c| {
-            if next <= c.index && !c.txs.contains_key(&next) {
+            // Checked against the state the batch is taken from: what it holds was written
+            // while the key still had a role.
+            if !c.view.root().is_some_and(|r| r.can_read(&reader)) {
+                Err(Status::permission_denied(format!(
+                    "the key this subscription was opened with no longer reads chain {chain} (its keys were changed)"
+                )))
+            } else if next <= c.index && !c.txs.contains_key(&next) {
                 Err(Status::out_of_range(format!(
                     "chain index {next} is covered by a snapshot; resubscribe from {}",
                     c.first_index()
@@ -55,6 +65,8 @@ pub async fn feed(
             // that the subscriber resumes at another replica instead of waiting here.
             tokio::select! {
                 changed = applied.changed() => if changed.is_err() { return },
+                // A subscriber gone while caught up: no event would tell.
+                _ = out.closed() => return,
                 _ = stops(&p) => {
                     let _ = out.send(Err(stopped_here(&p))).await;
                     return;

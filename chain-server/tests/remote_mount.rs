@@ -897,3 +897,138 @@ fn full_chain_server_disks_give_enospc_and_removals_still_work() {
         write(100).unwrap_or_else(|e| panic!("{name}: a file once the disks are larger: {e}"));
     }
 }
+
+/// `atefs rekey`: a volume gets a new owner and data key in place. Afterwards the new key
+/// file alone opens it: every file reads back through a mount with the new keys (which hold
+/// no other data key), the old key file can neither mount nor resize it, and a mount still
+/// running with the old keys stops following (its fsync fails) instead of going on
+/// unnoticed. A rekey run again after it finished changes nothing; one interrupted after the
+/// owner swap (committed by hand here) is finished by running it again.
+#[test]
+fn a_rekey_gives_a_volume_new_keys_and_shuts_the_old_ones_out() {
+    let Some((cluster, tmp, keys)) = setup() else {
+        return;
+    };
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    let writer = Mount::start(&cluster, tmp.path(), "writer", &keys);
+    std::fs::create_dir(writer.dir.join("d")).unwrap();
+    std::fs::write(writer.dir.join("d/big"), &data).unwrap();
+    for i in 0..20 {
+        std::fs::write(writer.dir.join(format!("d/small{i}")), format!("file {i}")).unwrap();
+    }
+    std::os::unix::fs::symlink("d/big", writer.dir.join("link")).unwrap();
+    drop(writer);
+    let stale = Mount::start(&cluster, tmp.path(), "stale", &keys);
+    assert_eq!(
+        std::fs::read(stale.dir.join("d/small3")).unwrap(),
+        b"file 3"
+    );
+
+    let out = tmp.path().join("new-keys");
+    let out_arg = out.to_str().unwrap();
+    let run = atefs_on(&cluster, &keys, "rekey", &[out_arg]);
+    assert!(run.status.success(), "atefs rekey: {run:?}");
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        said.contains("new owner and data keys;") && !said.contains(" 0 records"),
+        "{said}"
+    );
+
+    let fresh = Mount::start(&cluster, tmp.path(), "fresh", &out);
+    assert!(std::fs::read(fresh.dir.join("d/big")).unwrap() == data);
+    for i in 0..20 {
+        assert_eq!(
+            std::fs::read(fresh.dir.join(format!("d/small{i}"))).unwrap(),
+            format!("file {i}").as_bytes()
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(fresh.dir.join("link")).unwrap(),
+        Path::new("d/big")
+    );
+    let mut f = std::fs::File::create_new(fresh.dir.join("after")).unwrap();
+    f.write_all(b"under the new keys").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    // The old key file: no mount, no resize.
+    let cache = tmp.path().join("old-cache");
+    let dir = tmp.path().join("old");
+    std::fs::create_dir(&dir).unwrap();
+    let mount = atefs_on(
+        &cluster,
+        &keys,
+        "mount",
+        &[dir.to_str().unwrap(), "--data", cache.to_str().unwrap()],
+    );
+    assert!(!mount.status.success(), "the old keys mounted: {mount:?}");
+    let resize = atefs_on(&cluster, &keys, "quota", &["1073741824"]);
+    assert!(!resize.status.success(), "the old keys resized: {resize:?}");
+    // The mount that had the old keys stops following, and says why.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !status_of(&stale.dir).starts_with("not following") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old keys' mount still follows: {}",
+            status_of(&stale.dir)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        status_of(&stale.dir).contains("no longer reads"),
+        "{}",
+        status_of(&stale.dir)
+    );
+    let late = std::fs::File::create_new(stale.dir.join("late")).and_then(|mut f| {
+        f.write_all(b"written with the old keys")?;
+        f.sync_all()
+    });
+    assert!(late.is_err(), "the old keys' mount committed");
+    drop(stale);
+    assert!(!fresh.dir.join("late").exists());
+
+    let again = atefs_on(&cluster, &keys, "rekey", &[out_arg]);
+    assert!(again.status.success(), "atefs rekey again: {again:?}");
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        said.contains("earlier run") && said.contains(" 0 records"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(fresh.dir.join("after")).unwrap(),
+        b"under the new keys"
+    );
+    drop(fresh);
+
+    // Interrupted after the owner swap: the next run seals the records again.
+    let keys2 = keygen(&tmp.path().join("keys2"));
+    let second = Mount::start(&cluster, tmp.path(), "second", &keys2);
+    std::fs::write(second.dir.join("f"), b"second volume").unwrap();
+    drop(second);
+    let (old2, out2) = (
+        ate::KeyFile::load(&keys2).unwrap(),
+        tmp.path().join("new-keys2"),
+    );
+    let new2 = old2.rekeyed();
+    new2.save(&out2).unwrap();
+    let root = ate::RootAuthority::single_owner(old2.owner.public());
+    let swap = ate::rekey::swap_owners(&root, &old2, &new2).unwrap();
+    rt().block_on(
+        cluster
+            .client(std::time::Duration::from_secs(30))
+            .commit(old2.chain, swap.to_vec()),
+    )
+    .unwrap();
+    let resumed = atefs_on(&cluster, &keys2, "rekey", &[out2.to_str().unwrap()]);
+    assert!(resumed.status.success(), "atefs rekey resumed: {resumed:?}");
+    assert!(
+        String::from_utf8_lossy(&resumed.stdout).contains("earlier run"),
+        "{resumed:?}"
+    );
+    let reopened = Mount::start(&cluster, tmp.path(), "reopened", &out2);
+    assert_eq!(
+        std::fs::read(reopened.dir.join("f")).unwrap(),
+        b"second volume"
+    );
+    drop(reopened);
+}

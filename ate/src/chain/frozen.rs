@@ -14,6 +14,9 @@ use crate::validate::ChainState;
 pub struct LiveRecord {
     /// The record.
     pub key: RecordKey,
+    /// Its version (tombstones count): what a write conditional on it not having changed
+    /// names.
+    pub version: u64,
     /// Its parent.
     pub parent: Option<RecordKey>,
     /// Its write authority.
@@ -55,6 +58,7 @@ impl Chain {
             .filter_map(|(k, e)| {
                 Some(LiveRecord {
                     key: *k,
+                    version: e.version,
                     parent: e.parent,
                     write: e.write.clone(),
                     header: e.header(*k)?,

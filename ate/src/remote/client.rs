@@ -597,6 +597,16 @@ impl RemoteClient {
         }
     }
 
+    /// Whether the chain takes a subscription proven with `key` (false: it refuses the key;
+    /// no event is read).
+    pub async fn can_read(&self, chain: ChainId, key: &SigningKey) -> Result<bool, RemoteError> {
+        match self.open_stream(chain, u64::MAX, key, None).await {
+            Ok(_) => Ok(true),
+            Err(RemoteError::Refused(Code::PermissionDenied, _)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn open_stream(
         &self,
         chain: ChainId,

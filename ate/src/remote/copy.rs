@@ -3,15 +3,12 @@
 //! the copy began, and its live records committed to the new chain under the copy's keys
 //! ([`crate::copy`]).
 
+use super::pipe::{commit_all, PipeError};
 use super::{open_remote, RemoteClient, RemoteError, RemoteOptions, ReplicaError};
 use crate::copy::{Copier, CopyError};
-use crate::ids::ChainId;
 use crate::keyfile::KeyFile;
 use crate::storage::Storage;
-use bytes::Bytes;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tonic::Code;
 
 /// What a copy did.
@@ -97,7 +94,20 @@ pub fn copy_chain(
     let mut copier = Copier::new(&frozen, from, to)?;
     tracing::info!(from = %from.chain, to = %to.chain, index = frozen.index, records = copier.records(), "copying a chain");
     rt.block_on(client.create(to.chain, filling, copier.genesis()))?;
-    let transactions = 1 + commit_all(&rt, &client, to.chain, &mut copier)?;
+    let piped = commit_all(&rt, &client, to.chain, &mut copier, "copying a chain").map_err(
+        |e| match e {
+            PipeError::Produce(e) => RemoteCopyError::Copy(e),
+            PipeError::Commit(e) => RemoteCopyError::Target(e),
+        },
+    )?;
+    if piped.conflicts > 0 {
+        // A copy's transactions carry no preconditions: someone else wrote to the new chain.
+        return Err(RemoteCopyError::Target(RemoteError::Refused(
+            Code::FailedPrecondition,
+            format!("{} transactions of the copy were refused", piped.conflicts),
+        )));
+    }
+    let transactions = 1 + piped.committed;
     rt.block_on(client.set_quota(to.chain, quota, &to.owner))?;
     let report = CopyReport {
         index: frozen.index,
@@ -111,52 +121,4 @@ pub fn copy_chain(
     }
     tracing::info!(from = %from.chain, to = %to.chain, ?report, "chain copied");
     Ok(report)
-}
-
-/// Commits what `copier` produces to `chain` through a commit stream (several transactions
-/// replicate while the next are sealed and sent); returns how many were committed. The
-/// first refusal stops the copy.
-fn commit_all(
-    rt: &tokio::runtime::Runtime,
-    client: &RemoteClient,
-    chain: ChainId,
-    copier: &mut Copier<'_, '_>,
-) -> Result<usize, RemoteCopyError> {
-    let (feed, pipe) = tokio::sync::mpsc::channel::<(Bytes, ())>(2);
-    let refused_flag = AtomicBool::new(false);
-    let refused = &refused_flag;
-    let mut failure = None;
-    let mut committed = 0;
-    let produced = std::thread::scope(|s| {
-        // Owns the feed: the pipe ends when the producer does.
-        let producer = s.spawn(move || -> Result<(), CopyError> {
-            let mut logged = Instant::now();
-            while let Some(tx) = copier.next_tx() {
-                if refused.load(Ordering::Relaxed) || feed.blocking_send((tx?, ())).is_err() {
-                    break;
-                }
-                if logged.elapsed() >= Duration::from_secs(5) {
-                    logged = Instant::now();
-                    tracing::info!(to = %chain, done = copier.done(), of = copier.records(), "copying a chain");
-                }
-            }
-            Ok(())
-        });
-        rt.block_on(client.commit_pipe(chain, None, pipe, |(), r| match r {
-            Ok(_) => committed += 1,
-            Err(e) => {
-                refused_flag.store(true, Ordering::Relaxed);
-                failure.get_or_insert(e);
-            }
-        }));
-        producer.join()
-    });
-    match produced {
-        Ok(r) => r?,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-    match failure {
-        Some(e) => Err(e.into()),
-        None => Ok(committed),
-    }
 }

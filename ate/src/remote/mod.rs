@@ -68,5 +68,8 @@ pub use client::{
 mod copy;
 pub use copy::{copy_chain, CopyReport, RemoteCopyError};
 mod follower;
+mod pipe;
+mod rekey;
+pub use rekey::{rekey_chain, RekeyReport, RemoteRekeyError};
 mod replica;
 pub use replica::{open_remote, open_remote_in_session, QuotaReader, RemoteChain, ReplicaError};

@@ -1,0 +1,141 @@
+//! A chain on a cluster given new keys in place ([`crate::rekey`]): the owners are swapped in
+//! one transaction, then the chain is read into a local cache and every record still under
+//! the old data key is written again under the new one, in passes until a pass finds nothing
+//! left. Every step is decided from the chain's state, so a rekey that was interrupted is
+//! finished by running it again with the same two key files.
+
+use super::pipe::{commit_all, PipeError};
+use super::{open_remote, RemoteChain, RemoteClient, RemoteError, RemoteOptions, ReplicaError};
+use crate::keyfile::KeyFile;
+use crate::rekey::{check_pair, stage, swap_owners, RekeyError, Resealer, Stage};
+use crate::storage::Storage;
+use std::sync::Arc;
+
+/// Passes over the records before giving up on a volume that keeps changing under the rekey.
+pub const PASSES: u32 = 5;
+
+/// What a rekey did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RekeyReport {
+    /// This run swapped the owners (false: an earlier run had).
+    pub swapped: bool,
+    /// Records the first pass found still to write (0: nothing was left).
+    pub records: usize,
+    /// Transactions committed to write them.
+    pub transactions: usize,
+    /// Passes over the records, the last of which found nothing left.
+    pub passes: u32,
+}
+
+/// Why a rekey stopped. What was committed stays: running the rekey again with the same key
+/// files goes on from there.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteRekeyError {
+    /// The keys or the chain's records do not allow it.
+    #[error(transparent)]
+    Rekey(#[from] RekeyError),
+    /// Reading the chain into the cache failed.
+    #[error("reading the chain: {0}")]
+    Source(#[from] ReplicaError),
+    /// The cluster refused a commit or could not be reached.
+    #[error("writing to the chain: {0}")]
+    Cluster(#[from] RemoteError),
+    /// Writers kept changing records between a pass's reading and its writing.
+    #[error("records kept changing while they were sealed again ({0} passes): stop the volume's writers (unmount it everywhere) and run the rekey again")]
+    Busy(u32),
+}
+
+/// Gives `old.chain` the keys of `new` (same chain and name key, another owner and data key;
+/// `new` must be saved before this is called: once the owners are swapped only it opens the
+/// volume). Reads the chain through `cache` (empty, or a cache of this chain). Blocking: call
+/// it outside an async runtime.
+pub fn rekey_chain(
+    opts: RemoteOptions,
+    old: &KeyFile,
+    new: &KeyFile,
+    cache: Arc<dyn Storage>,
+) -> Result<RekeyReport, RemoteRekeyError> {
+    check_pair(old, new)?;
+    let chain = old.chain;
+    let mut report = RekeyReport::default();
+    let mut reader = &old.owner;
+    let mut passes = 0;
+    loop {
+        let source = open_as(&opts, old, new, &mut reader, cache.clone())?;
+        let (rt, client) = (source.rt.clone(), source.client.clone());
+        let frozen = source.chain.frozen();
+        if stage(frozen.root.as_ref(), old, new)? == Stage::Swap {
+            let tx = swap_owners(
+                frozen.root.as_ref().ok_or(RekeyError::NoRoot(chain))?,
+                old,
+                new,
+            )?;
+            drop(frozen);
+            rt.block_on(client.commit(chain, tx.to_vec()))?;
+            tracing::info!(%chain, "the new owner key replaced the old one");
+            report.swapped = true;
+            // The old key reads the chain no longer: the next pass reads it with the new.
+            reader = &new.owner;
+            continue;
+        }
+        let mut resealer = Resealer::new(&frozen, old, new)?;
+        passes += 1;
+        if passes == 1 {
+            report.records = resealer.records();
+        }
+        if resealer.records() == 0 {
+            report.passes = passes;
+            tracing::info!(%chain, ?report, "the chain's keys are changed");
+            return Ok(report);
+        }
+        if passes > PASSES {
+            return Err(RemoteRekeyError::Busy(PASSES));
+        }
+        tracing::info!(%chain, records = resealer.records(), pass = passes, "sealing records again under the new data key");
+        let piped = commit_all(&rt, &client, chain, &mut resealer, "sealing records again")
+            .map_err(|e| match e {
+                PipeError::Produce(e) => RemoteRekeyError::Rekey(e),
+                PipeError::Commit(e) => RemoteRekeyError::Cluster(e),
+            })?;
+        report.transactions += piped.committed;
+        if piped.conflicts > 0 {
+            tracing::warn!(%chain, refused = piped.conflicts, "records changed while they were sealed again; another pass");
+        }
+    }
+}
+
+/// The chain read into `cache` with whichever of the two owner keys it takes, `reader`
+/// first (a run after an interrupted one finds the owners swapped).
+fn open_as<'k>(
+    opts: &RemoteOptions,
+    old: &'k KeyFile,
+    new: &'k KeyFile,
+    reader: &mut &'k crate::crypto::SigningKey,
+    cache: Arc<dyn Storage>,
+) -> Result<RemoteChain, RemoteRekeyError> {
+    let client = RemoteClient::new(opts.clone())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ReplicaError::Runtime)?;
+    if !rt.block_on(client.can_read(old.chain, reader))? {
+        let other = if std::ptr::eq(*reader, &old.owner) {
+            &new.owner
+        } else {
+            &old.owner
+        };
+        if !rt.block_on(client.can_read(old.chain, other))? {
+            return Err(RekeyError::NotAnOwner(old.chain).into());
+        }
+        *reader = other;
+    }
+    // A client's connections belong to the runtime that made them: the cache gets its own.
+    drop((client, rt));
+    Ok(open_remote(
+        RemoteClient::new(opts.clone())?,
+        old.chain,
+        reader.clone(),
+        cache,
+        None,
+    )?)
+}
