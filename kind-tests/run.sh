@@ -2,7 +2,7 @@
 # End-to-end on kind: builds the image, installs the chart, provisions a ReadWriteMany volume,
 # writes it from one node and reads it from another, replaces the node plugin's pods under the
 # mounted volume, expands it while mounted, scales the chain servers up and down under it,
-# clones it, deletes it and checks that its keys went with it. Needs docker, kind, kubectl and helm, and a registry for the sidecar and busybox
+# clones it, gives it new keys, deletes it and checks that its keys went with it. Needs docker, kind, kubectl and helm, and a registry for the sidecar and busybox
 # images; none of these can run on the project's build machine, where this file is only
 # checked statically (bash -n, and its YAML against the Kubernetes schemas: scripts/chart-check.py).
 #   kind-tests/run.sh [CLUSTER_NAME]
@@ -94,6 +94,30 @@ if kubectl exec reader -- cat /data/mine 2>/dev/null; then
 fi
 kubectl delete -f kind-tests/clone.yaml --wait --timeout=180s
 
+# New keys for the volume (its Secret was exposed, say): once no node has it mounted, the
+# controller gives it new keys and its Secret the new envelope (docs/operations.md); pods
+# started afterwards read what it held.
+mounts() { # atefs mounts on all nodes together
+  for p in $(kubectl -n "$NS" get pod -l app.kubernetes.io/component=node -o name); do
+    kubectl get --raw "/api/v1/namespaces/$NS/pods/${p#pod/}:9810/proxy/metrics" |
+      awk '/^atefs_csi_mounts / {print $2}'
+  done | awk '{s += $1} END {print s + 0}'
+}
+old_keys=$(kubectl -n "$NS" get secret "atefs-$pv" -o jsonpath='{.data.keyEnvelope}')
+kubectl delete pod writer reader --wait --timeout=180s
+for _ in $(seq 1 60); do
+  [ "$(mounts)" = 0 ] && break
+  sleep 2
+done
+[ "$(mounts)" = 0 ] || { echo "kind-tests: the volume stayed mounted after its pods went" >&2; exit 1; }
+kubectl -n "$NS" exec deploy/atefs-controller -c atefs-csi -- atefs-csi --rekey "$pv"
+new_keys=$(kubectl -n "$NS" get secret "atefs-$pv" -o jsonpath='{.data.keyEnvelope}')
+[ "$new_keys" != "$old_keys" ] || { echo "kind-tests: the volume's Secret kept its keys" >&2; exit 1; }
+kubectl apply -f kind-tests/workload.yaml
+kubectl wait --for=condition=Ready pod/writer pod/reader --timeout=300s
+got=$(kubectl exec reader -- cat /data/later)
+[ "$got" = "after-restart" ] || { echo "kind-tests: after the rekey the reader saw '$got'" >&2; exit 1; }
+
 kubectl delete -f kind-tests/workload.yaml --wait --timeout=180s
 for _ in $(seq 1 60); do
   kubectl -n "$NS" get secret "atefs-$pv" >/dev/null 2>&1 || break
@@ -102,4 +126,4 @@ done
 if kubectl -n "$NS" get secret "atefs-$pv" >/dev/null 2>&1; then
   echo "kind-tests: the deleted volume's keys remain" >&2; exit 1
 fi
-echo "kind-tests: ok (written on $writer_node, read on $reader_node, expanded to 2Gi, chain servers scaled 3-4-3, cloned, deleted with its keys)"
+echo "kind-tests: ok (written on $writer_node, read on $reader_node, expanded to 2Gi, chain servers scaled 3-4-3, cloned, rekeyed, deleted with its keys)"

@@ -165,10 +165,18 @@ def main():
     if "csi-snapshotter" in [c["name"] for c in controller["containers"]] or any(
             d["kind"] == "VolumeSnapshotClass" for _, d in default):
         fail("snapshots need CRDs the cluster may lack: off unless snapshots.enabled")
-    copy_args = controller["containers"][0]["args"]
-    work = [a.split("=", 1)[1] for a in copy_args if a.startswith("--work-dir=")]
-    if not work or not any(m["mountPath"] == work[0] for m in controller["containers"][0]["volumeMounts"]):
-        fail("copies (clones, snapshots) need a writable --work-dir: the root file system is read-only")
+    csi = controller["containers"][0]
+    env = {e["name"]: e.get("value") for e in csi.get("env", [])}
+    work = env.get("ATEFS_WORK_DIR")
+    if not work or not any(m["mountPath"] == work for m in csi["volumeMounts"]):
+        fail("copies (clones, snapshots, rekeys) need a writable work dir: the root file system is read-only")
+    # `kubectl exec ... atefs-csi --rekey NAME` gets its settings from the environment only.
+    for var in ("SECRETS_NAMESPACE", "ATEFS_SERVERS", "ATEFS_CA"):
+        if not env.get(var):
+            fail(f"the controller's container must set {var} in its environment (for --rekey)")
+    if any(a.split("=", 1)[0] in ("--servers", "--ca", "--secrets-namespace", "--work-dir")
+           for a in csi["args"]):
+        fail("the controller's settings belong in its environment, where --rekey finds them too")
     snaps = render({"snapshots": {"enabled": True}})
     validate(snaps, "snapshots enabled")
     sby = by_kind(snaps)

@@ -13,6 +13,8 @@ use thiserror::Error;
 pub const VOLUME_ID_LABEL: &str = "csi.atefs.io/volume-id";
 /// Label naming a snapshot Secret's snapshot id.
 pub const SNAPSHOT_ID_LABEL: &str = "csi.atefs.io/snapshot-id";
+/// Label naming the volume id a pending rekey's Secret holds new keys for.
+pub const REKEY_OF_LABEL: &str = "csi.atefs.io/rekey-of";
 /// Secret entry holding the volume's capacity in bytes.
 pub const CAPACITY: &str = "capacityBytes";
 /// Secret entry of a snapshot: the volume it was taken from.
@@ -31,7 +33,7 @@ pub struct StoredVolume {
     pub snapshot_of: Option<(String, i64)>,
 }
 
-/// What a store keeps: the two never share Secrets (the orphan sweep and the status checks
+/// What a store keeps: they never share Secrets (the orphan sweep and the status checks
 /// look at volume Secrets only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Records {
@@ -39,6 +41,9 @@ pub enum Records {
     Volumes,
     /// Snapshots: `atefs-snap-NAME`, labelled with the snapshot id.
     Snapshots,
+    /// A volume's new keys while its keys are being changed (`crate::rekey`):
+    /// `atefs-rekey-NAME`, labelled with the volume id.
+    Rekeys,
 }
 
 impl Records {
@@ -46,12 +51,14 @@ impl Records {
         match self {
             Records::Volumes => VOLUME_ID_LABEL,
             Records::Snapshots => SNAPSHOT_ID_LABEL,
+            Records::Rekeys => REKEY_OF_LABEL,
         }
     }
     fn name_annotation(self) -> &'static str {
         match self {
             Records::Volumes => "csi.atefs.io/volume-name",
             Records::Snapshots => "csi.atefs.io/snapshot-name",
+            Records::Rekeys => "csi.atefs.io/rekey-name",
         }
     }
     /// The record (Secret, file) name of `name`.
@@ -59,6 +66,7 @@ impl Records {
         match self {
             Records::Volumes => record_name(name),
             Records::Snapshots => record_name(&format!("snap-{name}")),
+            Records::Rekeys => record_name(&format!("rekey-{name}")),
         }
     }
 }

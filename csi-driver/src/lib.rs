@@ -10,6 +10,7 @@ pub mod metrics;
 pub use node_agent::mountinfo;
 pub mod node;
 pub mod orphans;
+pub mod rekey;
 pub mod status;
 pub mod volume_id;
 

@@ -44,13 +44,19 @@ struct Cli {
     #[arg(long, default_value_t = 900)]
     orphan_grace: u64,
     /// Controller: keep each volume's keys in files of this directory (no Kubernetes);
-    /// snapshots' keys go in its `snapshots` directory.
+    /// snapshots' keys go in its `snapshots` directory, a rekey's pending ones in `rekeys`.
     #[arg(long)]
     keys_dir: Option<PathBuf>,
-    /// Controller: where a snapshot or clone keeps a cache of its source while it copies it
-    /// (as large as the source's data; removed when the copy ends).
-    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    /// Controller: where a snapshot, clone or rekey keeps a cache of its source while it
+    /// reads it (as large as the source's data; removed when done).
+    #[arg(long, env = "ATEFS_WORK_DIR", default_value_os_t = std::env::temp_dir())]
     work_dir: PathBuf,
+    /// Instead of serving: give volume NAME (its PersistentVolume's name) new keys in place
+    /// and its Secret the new envelope, then exit; run again after a failure, it goes on. For
+    /// `kubectl exec` in the controller's container, whose environment holds the settings.
+    /// The volume must not be in use (docs/operations.md, "Changing a volume's keys").
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["node_id", "controller"])]
+    rekey: Option<String>,
     /// Where staged volumes keep their key envelope (0600), cache and daemon log.
     #[arg(long, default_value = "/var/lib/atefs-csi")]
     state_dir: PathBuf,
@@ -62,10 +68,10 @@ struct Cli {
     #[arg(long, env = "NODE_AGENT")]
     node_agent: Option<String>,
     /// Chain-server API addresses (host:port, comma-separated), unless a volume names its own.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "ATEFS_SERVERS", value_delimiter = ',')]
     servers: Vec<String>,
     /// CA certificate (PEM) of the chain servers.
-    #[arg(long)]
+    #[arg(long, env = "ATEFS_CA")]
     ca: Option<PathBuf>,
     /// Talk to the chain servers without TLS (tests and debugging only).
     #[arg(long, conflicts_with = "ca")]
@@ -171,6 +177,60 @@ async fn controller_service(cli: &Cli, metrics: Arc<Metrics>) -> Result<Controll
     ))
 }
 
+/// `--rekey NAME`: the volume's keys changed and its record replaced (csi_driver::rekey).
+async fn rekey(cli: &Cli, name: &str) -> Result<()> {
+    use csi_driver::rekey::{rekey_volume, RekeyOutcome};
+    if cli.servers.is_empty() {
+        bail!("--rekey needs --servers (or ATEFS_SERVERS)");
+    }
+    let opts = ate::remote::RemoteOptions::from_flags(
+        cli.servers.clone(),
+        cli.ca.as_deref(),
+        cli.insecure_plaintext,
+    )?;
+    let (volumes, pending): (Box<dyn KeyStore>, Box<dyn KeyStore>) =
+        match (&cli.secrets_namespace, &cli.keys_dir) {
+            (Some(ns), _) => {
+                let kube = kube::Client::try_default().await.context(
+                    "connecting to the Kubernetes API (in-cluster config or KUBECONFIG)",
+                )?;
+                (
+                    Box::new(SecretStore::new(kube.clone(), ns)),
+                    Box::new(SecretStore::of(kube, ns, Records::Rekeys)),
+                )
+            }
+            (None, Some(dir)) => {
+                let rekeys = dir.join("rekeys");
+                (
+                    Box::new(
+                        DirStore::new(dir.clone())
+                            .with_context(|| format!("creating {}", dir.display()))?,
+                    ),
+                    Box::new(
+                        DirStore::new(rekeys.clone())
+                            .with_context(|| format!("creating {}", rekeys.display()))?,
+                    ),
+                )
+            }
+            (None, None) => bail!("--rekey needs --secrets-namespace NS or --keys-dir DIR"),
+        };
+    std::fs::create_dir_all(&cli.work_dir)
+        .with_context(|| format!("creating {}", cli.work_dir.display()))?;
+    match rekey_volume(&*volumes, &*pending, opts, &cli.work_dir, name)
+        .await
+        .with_context(|| format!("changing the keys of volume {name}; run the same command again to go on"))?
+    {
+        RekeyOutcome::Rekeyed(r) => println!(
+            "volume {name}: new owner and data keys ({} records sealed again in {} transactions); its Secret holds them",
+            r.records, r.transactions
+        ),
+        RekeyOutcome::Restored => println!(
+            "volume {name}: its keys had been changed; its Secret was made again with them"
+        ),
+    }
+    Ok(())
+}
+
 /// Sweeps for orphaned volumes and reports volumes in trouble every `every`, for as long as
 /// the process runs.
 async fn sweep_orphans(
@@ -221,6 +281,9 @@ async fn main() -> Result<()> {
         .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
+    if let Some(name) = &cli.rekey {
+        return rekey(&cli, name).await;
+    }
     if cli.node_id.is_none() && !cli.controller {
         bail!("serve something: --node-id NAME (Node service), --controller, or both");
     }

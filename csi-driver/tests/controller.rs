@@ -667,3 +667,115 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
         }
     });
 }
+
+/// `atefs-csi --rekey NAME` (what an operator runs in the controller's container when a
+/// volume's Secret was exposed): the volume gets new keys and its record holds them. Staged
+/// with the new record it reads what was written before; the old record's envelope no longer
+/// stages it. A run stopped after the chain changed and the record was removed (the record
+/// moved to the pending place by hand here) makes the record again from the pending keys.
+#[test]
+fn a_rekeyed_volume_stages_with_its_new_record_and_not_the_old() {
+    let Some(env) = MountEnv::start() else {
+        return;
+    };
+    let (cluster, tmp) = (&env.cluster, &env.tmp);
+    let (plugin, keys_dir) = controller_plugin(&env);
+    let staging = tmp.path().join("staging");
+    let name = "pvc-6f1d2c3e-0000-4000-8000-00000000000e";
+    let rekey = || {
+        let out = std::process::Command::new(common::bin("atefs-csi"))
+            .args(["--rekey", name, "--servers", &cluster.servers.join(",")])
+            .arg("--keys-dir")
+            .arg(&keys_dir)
+            .arg("--ca")
+            .arg(cluster.ca())
+            .arg("--work-dir")
+            .arg(tmp.path().join("work"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "atefs-csi --rekey: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    rt().block_on(async {
+        let mut c = plugin.client().await;
+        let id = c
+            .controller
+            .create_volume(create_req(name, 64 << 20))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        let old = secrets_of(&keys_dir, name);
+        c.node
+            .node_stage_volume(common::stage_req(
+                &id,
+                &staging,
+                &old,
+                Mode::MultiNodeMultiWriter,
+            ))
+            .await
+            .unwrap();
+        std::fs::write(staging.join("before"), b"written under the old keys").unwrap();
+        c.node
+            .node_unstage_volume(common::unstage_req(&id, &staging))
+            .await
+            .unwrap();
+
+        let said = rekey();
+        assert!(said.contains("new owner and data keys"), "{said}");
+        let new = secrets_of(&keys_dir, name);
+        assert_ne!(new["keyEnvelope"], old["keyEnvelope"]);
+        assert_eq!(new["capacityBytes"], old["capacityBytes"]);
+        assert_eq!(
+            std::fs::read_dir(keys_dir.join("rekeys")).unwrap().count(),
+            0,
+            "the pending keys stayed"
+        );
+        let refused = c
+            .node
+            .node_stage_volume(common::stage_req(
+                &id,
+                &staging,
+                &old,
+                Mode::MultiNodeMultiWriter,
+            ))
+            .await;
+        assert!(refused.is_err(), "the old envelope staged the volume");
+        c.node
+            .node_stage_volume(common::stage_req(
+                &id,
+                &staging,
+                &new,
+                Mode::MultiNodeMultiWriter,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(staging.join("before")).unwrap(),
+            b"written under the old keys"
+        );
+        c.node
+            .node_unstage_volume(common::unstage_req(&id, &staging))
+            .await
+            .unwrap();
+
+        // Stopped between removing the record and making it again.
+        // (A directory store names a record's file alike in each of its directories.)
+        let record = csi_driver::keystore::record_name(name);
+        std::fs::rename(
+            keys_dir.join(&record),
+            keys_dir.join("rekeys").join(&record),
+        )
+        .unwrap();
+        let said = rekey();
+        assert!(said.contains("made again"), "{said}");
+        assert_eq!(secrets_of(&keys_dir, name), new);
+        assert_eq!(
+            std::fs::read_dir(keys_dir.join("rekeys")).unwrap().count(),
+            0
+        );
+    });
+    drop(plugin);
+}

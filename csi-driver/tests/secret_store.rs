@@ -536,3 +536,78 @@ async fn volumes_in_trouble_are_reported_on_their_claims() {
         ]
     );
 }
+
+/// A rekey stopped after the volume's Secret was removed (Secrets are immutable: replaced by
+/// delete and create) is finished from the pending Secret alone, without the chain servers:
+/// the volume's Secret is made again with the pending keys, under its own name and label,
+/// and only then the pending one (`atefs-rekey-NAME`, labelled apart from volumes so that
+/// the orphan sweep never takes it for one) goes.
+#[tokio::test]
+async fn a_rekey_stopped_between_delete_and_create_makes_the_secret_again() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let volumes = SecretStore::new(client.clone(), "atefs-system");
+    let pending = SecretStore::of(client, "atefs-system", Records::Rekeys);
+    let name = "pvc-0d2a";
+    let new = volume();
+    let mut held = secret_json(name, &new);
+    held["metadata"]["name"] = json!("atefs-rekey-pvc-0d2a");
+    let server = tokio::spawn(async move {
+        let mut seen = vec![answer(&mut h, 404, status(404, "NotFound")).await];
+        seen.push(answer(&mut h, 200, held).await);
+        seen.push(
+            answer(
+                &mut h,
+                201,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}}),
+            )
+            .await,
+        );
+        seen.push(answer(&mut h, 200, status(200, "Success")).await);
+        seen
+    });
+    let outcome = csi_driver::rekey::rekey_volume(
+        &volumes,
+        &pending,
+        ate::remote::RemoteOptions::from_flags(vec!["127.0.0.1:1".into()], None, true).unwrap(),
+        std::path::Path::new("/nonexistent"),
+        name,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, csi_driver::rekey::RekeyOutcome::Restored);
+    let seen = server.await.unwrap();
+    let calls: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|(m, u, _)| (m.as_str(), u.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (
+                "GET",
+                "/api/v1/namespaces/atefs-system/secrets/atefs-pvc-0d2a"
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/atefs-system/secrets/atefs-rekey-pvc-0d2a"
+            ),
+            ("POST", "/api/v1/namespaces/atefs-system/secrets?"),
+            (
+                "DELETE",
+                "/api/v1/namespaces/atefs-system/secrets/atefs-rekey-pvc-0d2a?"
+            ),
+        ]
+    );
+    let made = &seen[2].2;
+    assert_eq!(made["metadata"]["name"], "atefs-pvc-0d2a");
+    assert_eq!(
+        made["metadata"]["labels"][VOLUME_ID_LABEL],
+        new.keys.chain.to_hex()
+    );
+    assert_eq!(made["immutable"], true);
+    assert_eq!(
+        made["stringData"][KEY_ENVELOPE],
+        *csi_driver::volume_id::envelope_to_hex(&new.keys)
+    );
+}
