@@ -102,6 +102,10 @@ enum Cmd {
         /// Key file of the new keys: made when it does not exist, else the one an interrupted
         /// rekey made.
         out: PathBuf,
+        /// Go on although the volume is mounted somewhere (those mounts stop following it,
+        /// and what they have not committed is lost).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -184,7 +188,7 @@ fn main() -> Result<()> {
         Cmd::Status { data } => status(&data),
         Cmd::Keygen { out } => keygen(&out),
         Cmd::Clone { out, quota, remote } => clone(&out, quota, &remote),
-        Cmd::Rekey { out, remote } => rekey(&out, &remote),
+        Cmd::Rekey { out, force, remote } => rekey(&out, force, &remote),
         Cmd::Quota { bytes, remote } => quota(bytes, &remote),
         Cmd::Fsck { data } => fsck(&data),
         Cmd::GatherHelper { dir } => {
@@ -441,8 +445,12 @@ fn clone(out: &Path, quota: Option<u64>, remote: &RemoteArgs) -> Result<()> {
     Ok(())
 }
 
-fn rekey(out: &Path, remote: &RemoteArgs) -> Result<()> {
+fn rekey(out: &Path, force: bool, remote: &RemoteArgs) -> Result<()> {
     let (old, _, _) = shared_volume("rekey", remote)?;
+    let opts = remote_options(remote)?;
+    if !force {
+        ate::remote::refuse_in_use(&opts, old.chain).context("pass --force to go on anyway")?;
+    }
     let new = if out.exists() {
         let new = ate::KeyFile::load(out)?;
         ate::rekey::check_pair(&old, &new)
@@ -458,7 +466,7 @@ fn rekey(out: &Path, remote: &RemoteArgs) -> Result<()> {
     };
     let cache = tempfile::tempdir().context("creating a directory for the volume's cache")?;
     let storage = std::sync::Arc::new(ate::storage::FileStorage::new(cache.path())?);
-    let report = ate::remote::rekey_chain(remote_options(remote)?, &old, &new, storage)
+    let report = ate::remote::rekey_chain(opts, &old, &new, storage)
         .map_err(|e| {
             anyhow::Error::new(e).context(format!(
                 "changing the keys of chain {}; the new keys are in {} (keep them): run the same command again to finish",

@@ -789,6 +789,7 @@ impl Chains for Api {
             partition: p.id,
             leader,
             first_index: c.first_index(),
+            subscribers: p.subscribers.count(&chain),
         })
         .map(Response::new)
         .ok_or_else(|| Status::not_found(format!("no chain {chain}")))

@@ -136,7 +136,7 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{partition=\"{p}\"}} {}", vals[i]);
             }
         }
-        let gauges: [(&str, &str); 10] = [
+        let gauges: [(&str, &str); 11] = [
             ("atefs_raft_term", "Current Raft term."),
             (
                 "atefs_raft_leader",
@@ -171,8 +171,12 @@ impl Metrics {
                 "atefs_records",
                 "Records of the partition's chains (a file is two or more: its entry, its inode, its blocks; deleted ones count until a snapshot drops them). Each is held in memory: about 200 bytes of heap, 400 of a replica's resident set (docs/operations.md, sizing the chain servers' memory).",
             ),
+            (
+                "atefs_subscriptions",
+                "Subscriptions this replica serves for the partition's chains (a mounted volume holds one, at its partition's leader).",
+            ),
         ];
-        let rows: Vec<(u32, [u64; 10])> = node
+        let rows: Vec<(u32, [u64; 11])> = node
             .partitions
             .iter()
             .map(|p| {
@@ -194,6 +198,7 @@ impl Metrics {
                         voters,
                         learners,
                         p.sm.records(),
+                        p.subscribers.total(),
                     ],
                 )
             })

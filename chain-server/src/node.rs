@@ -97,6 +97,8 @@ pub struct Partition {
     pub leader_contact: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
     /// Transactions sent to subscribers: [in full, by hash to their own writer session].
     pub fed: Arc<[std::sync::atomic::AtomicU64; 2]>,
+    /// Subscriptions served now, by chain.
+    pub subscribers: Arc<crate::subscribe::Subscribers>,
 }
 
 impl Partition {
@@ -242,6 +244,7 @@ impl Node {
                 vote_hold_off,
                 leader_contact: Default::default(),
                 fed: Default::default(),
+                subscribers: Default::default(),
             });
         }
         Ok(Arc::new(Self {

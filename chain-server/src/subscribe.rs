@@ -10,8 +10,53 @@ use crate::types::Command;
 use ate::validate::ChainState;
 use ate::{ChainId, KeyId};
 use openraft::EntryPayload;
+use std::sync::Arc;
 use tokio::sync::mpsc::Sender;
 use tonic::Status;
+
+/// The subscriptions a replica serves, by chain: what tells whether a volume is mounted
+/// (`atefs rekey` refuses a volume in use).
+#[derive(Debug, Default)]
+pub struct Subscribers(parking_lot::Mutex<std::collections::HashMap<ChainId, u32>>);
+
+impl Subscribers {
+    /// Subscriptions of `chain` served now.
+    pub fn count(&self, chain: &ChainId) -> u32 {
+        self.0.lock().get(chain).copied().unwrap_or(0)
+    }
+
+    /// Subscriptions served now, of every chain.
+    pub fn total(&self) -> u64 {
+        self.0.lock().values().map(|n| u64::from(*n)).sum()
+    }
+
+    /// Counts a subscription of `chain` until the guard drops.
+    fn enter(self: &Arc<Self>, chain: ChainId) -> Served {
+        *self.0.lock().entry(chain).or_default() += 1;
+        Served {
+            of: self.clone(),
+            chain,
+        }
+    }
+}
+
+/// One subscription counted in [`Subscribers`].
+struct Served {
+    of: Arc<Subscribers>,
+    chain: ChainId,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let mut map = self.of.0.lock();
+        if let Some(n) = map.get_mut(&self.chain) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.chain);
+            }
+        }
+    }
+}
 
 /// Sends events until the client goes away, the chain does, or `reader` no longer reads it.
 pub async fn feed(
@@ -22,6 +67,7 @@ pub async fn feed(
     reader: KeyId,
     out: Sender<Result<SubscribeEvent, Status>>,
 ) {
+    let _served = p.subscribers.enter(chain);
     let mut applied = p.sm.watch_applied();
     loop {
         let batch = p.sm.with_chain(&chain, |c| {

@@ -53,7 +53,16 @@ pub enum RekeyOutcome {
     Restored,
 }
 
-/// Gives volume `name` new keys: its record in `volumes`, the pending new keys in `pending`,
+/// [`ate::remote::refuse_in_use`], off the async runtime.
+async fn refuse_in_use(opts: &RemoteOptions, chain: ate::ChainId) -> Result<(), RekeyVolumeError> {
+    let opts = opts.clone();
+    tokio::task::spawn_blocking(move || ate::remote::refuse_in_use(&opts, chain))
+        .await
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))?;
+    Ok(())
+}
+
+/// Gives volume `name` new keys (refused while it is mounted anywhere): its record in `volumes`, the pending new keys in `pending`,
 /// the chain read through a cache made in `work_dir`.
 pub async fn rekey_volume(
     volumes: &dyn KeyStore,
@@ -89,8 +98,13 @@ pub async fn rekey_volume(
             pending.delete(name).await?;
             return Ok(RekeyOutcome::Rekeyed(RekeyReport::default()));
         }
-        (Some(c), Some(_)) => c,
+        (Some(c), Some(_)) => {
+            refuse_in_use(&opts, c.keys.chain).await?;
+            c
+        }
         (Some(c), None) => {
+            // Before anything is written: a volume in use is left as it was.
+            refuse_in_use(&opts, c.keys.chain).await?;
             let new = StoredVolume {
                 keys: c.keys.rekeyed(),
                 capacity: c.capacity,

@@ -669,7 +669,8 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
 }
 
 /// `atefs-csi --rekey NAME` (what an operator runs in the controller's container when a
-/// volume's Secret was exposed): the volume gets new keys and its record holds them. Staged
+/// volume's Secret was exposed): refused while the volume is staged on a node; once it is
+/// not, the volume gets new keys and its record holds them. Staged
 /// with the new record it reads what was written before; the old record's envelope no longer
 /// stages it. A run stopped after the chain changed and the record was removed (the record
 /// moved to the pending place by hand here) makes the record again from the pending keys.
@@ -682,8 +683,8 @@ fn a_rekeyed_volume_stages_with_its_new_record_and_not_the_old() {
     let (plugin, keys_dir) = controller_plugin(&env);
     let staging = tmp.path().join("staging");
     let name = "pvc-6f1d2c3e-0000-4000-8000-00000000000e";
-    let rekey = || {
-        let out = std::process::Command::new(common::bin("atefs-csi"))
+    let run_rekey = || {
+        std::process::Command::new(common::bin("atefs-csi"))
             .args(["--rekey", name, "--servers", &cluster.servers.join(",")])
             .arg("--keys-dir")
             .arg(&keys_dir)
@@ -692,7 +693,10 @@ fn a_rekeyed_volume_stages_with_its_new_record_and_not_the_old() {
             .arg("--work-dir")
             .arg(tmp.path().join("work"))
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let rekey = || {
+        let out = run_rekey();
         assert!(out.status.success(), "atefs-csi --rekey: {out:?}");
         String::from_utf8(out.stdout).unwrap()
     };
@@ -718,6 +722,17 @@ fn a_rekeyed_volume_stages_with_its_new_record_and_not_the_old() {
             .await
             .unwrap();
         std::fs::write(staging.join("before"), b"written under the old keys").unwrap();
+        // Staged on a node: in use, refused.
+        let refused = run_rekey();
+        assert!(!refused.status.success(), "a staged volume was rekeyed");
+        let why = String::from_utf8_lossy(&refused.stderr);
+        assert!(why.contains("in use"), "{why}");
+        assert_eq!(secrets_of(&keys_dir, name), old);
+        assert_eq!(
+            std::fs::read_dir(keys_dir.join("rekeys")).unwrap().count(),
+            0,
+            "a refused rekey left new keys behind"
+        );
         c.node
             .node_unstage_volume(common::unstage_req(&id, &staging))
             .await

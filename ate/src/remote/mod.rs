@@ -70,6 +70,6 @@ pub use copy::{copy_chain, CopyReport, RemoteCopyError};
 mod follower;
 mod pipe;
 mod rekey;
-pub use rekey::{rekey_chain, RekeyReport, RemoteRekeyError};
+pub use rekey::{refuse_in_use, rekey_chain, RekeyReport, RemoteRekeyError};
 mod replica;
 pub use replica::{open_remote, open_remote_in_session, QuotaReader, RemoteChain, ReplicaError};

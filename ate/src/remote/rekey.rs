@@ -6,6 +6,7 @@
 
 use super::pipe::{commit_all, PipeError};
 use super::{open_remote, RemoteChain, RemoteClient, RemoteError, RemoteOptions, ReplicaError};
+use crate::ids::ChainId;
 use crate::keyfile::KeyFile;
 use crate::rekey::{check_pair, stage, swap_owners, RekeyError, Resealer, Stage};
 use crate::storage::Storage;
@@ -13,6 +14,10 @@ use std::sync::Arc;
 
 /// Passes over the records before giving up on a volume that keeps changing under the rekey.
 pub const PASSES: u32 = 5;
+
+/// Times the subscriptions of a chain are asked for, half a second apart, before it counts as
+/// in use.
+const IN_USE_ASKS: u32 = 6;
 
 /// What a rekey did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,6 +45,9 @@ pub enum RemoteRekeyError {
     /// The cluster refused a commit or could not be reached.
     #[error("writing to the chain: {0}")]
     Cluster(#[from] RemoteError),
+    /// The chain is being followed: mounted somewhere.
+    #[error("the volume is in use: its partition's leader serves {0} subscriptions of it (each mount holds one); unmount it everywhere first (what a mount with the old keys has not committed when the owners are swapped is lost)")]
+    InUse(u32),
     /// Writers kept changing records between a pass's reading and its writing.
     #[error("records kept changing while they were sealed again ({0} passes): stop the volume's writers (unmount it everywhere) and run the rekey again")]
     Busy(u32),
@@ -47,8 +55,9 @@ pub enum RemoteRekeyError {
 
 /// Gives `old.chain` the keys of `new` (same chain and name key, another owner and data key;
 /// `new` must be saved before this is called: once the owners are swapped only it opens the
-/// volume). Reads the chain through `cache` (empty, or a cache of this chain). Blocking: call
-/// it outside an async runtime.
+/// volume). Reads the chain through `cache` (empty, or a cache of this chain). Call
+/// [`refuse_in_use`] first unless the volume's mounts may be cut off. Blocking: call it
+/// outside an async runtime.
 pub fn rekey_chain(
     opts: RemoteOptions,
     old: &KeyFile,
@@ -101,6 +110,32 @@ pub fn rekey_chain(
         if piped.conflicts > 0 {
             tracing::warn!(%chain, refused = piped.conflicts, "records changed while they were sealed again; another pass");
         }
+    }
+}
+
+/// Refuses (`InUse`) a chain that is being followed: mounted somewhere, by its partition
+/// leader's count of subscriptions. Best effort: a mount cut off from the leader is not
+/// counted. Blocking: call it outside an async runtime, before this process subscribes to
+/// the chain itself.
+pub fn refuse_in_use(opts: &RemoteOptions, chain: ChainId) -> Result<(), RemoteRekeyError> {
+    let client = RemoteClient::new(opts.clone())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ReplicaError::Runtime)?;
+    // A mount that has just gone may still be counted until the server sees its connection
+    // closed: asked again for a few seconds before it counts as in use.
+    let mut asked = 0;
+    loop {
+        let followers = rt.block_on(client.info(chain))?.subscribers;
+        if followers == 0 {
+            return Ok(());
+        }
+        asked += 1;
+        if asked == IN_USE_ASKS {
+            return Err(RemoteRekeyError::InUse(followers));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 
