@@ -111,6 +111,47 @@ fn launcher(cli: &Cli, atefs: PathBuf) -> Result<Launcher> {
     })
 }
 
+/// A client of the Kubernetes API when records are Secrets (`--secrets-namespace`).
+async fn kube_client(cli: &Cli) -> Result<Option<kube::Client>> {
+    if cli.secrets_namespace.is_none() {
+        return Ok(None);
+    }
+    let kube = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    Ok(Some(kube))
+}
+
+/// The volume records and those of kind `other` that `cli` names: Secrets through `kube`, or
+/// files in `--keys-dir` (the other kind's in a directory of its own there).
+fn key_stores(
+    cli: &Cli,
+    kube: Option<kube::Client>,
+    other: Records,
+    what: &str,
+) -> Result<(Arc<dyn KeyStore>, Arc<dyn KeyStore>)> {
+    if let (Some(ns), Some(kube)) = (&cli.secrets_namespace, kube) {
+        return Ok((
+            Arc::new(SecretStore::new(kube.clone(), ns)),
+            Arc::new(SecretStore::of(kube, ns, other)),
+        ));
+    }
+    let Some(dir) = &cli.keys_dir else {
+        bail!("{what} needs --secrets-namespace NS or --keys-dir DIR");
+    };
+    let sub = dir.join(match other {
+        Records::Volumes => bail!("the other records must be snapshots or rekeys"),
+        Records::Snapshots => "snapshots",
+        Records::Rekeys => "rekeys",
+    });
+    let store = |d: &std::path::Path| -> Result<Arc<dyn KeyStore>> {
+        Ok(Arc::new(
+            DirStore::new(d.to_path_buf()).with_context(|| format!("creating {}", d.display()))?,
+        ))
+    };
+    Ok((store(dir)?, store(&sub)?))
+}
+
 /// The Controller service of `cli`: a client of the chain servers and a key store.
 async fn controller_service(cli: &Cli, metrics: Arc<Metrics>) -> Result<ControllerService> {
     if cli.servers.is_empty() {
@@ -123,51 +164,29 @@ async fn controller_service(cli: &Cli, metrics: Arc<Metrics>) -> Result<Controll
             cli.insecure_plaintext,
         )?,
     )?);
-    let stores: (Arc<dyn KeyStore>, Arc<dyn KeyStore>) =
-        match (&cli.secrets_namespace, &cli.keys_dir) {
-            (Some(ns), _) => {
-                let kube = kube::Client::try_default().await.context(
-                    "connecting to the Kubernetes API (in-cluster config or KUBECONFIG)",
-                )?;
-                if cli.orphan_sweep > 0 {
-                    let collector = csi_driver::orphans::OrphanCollector::new(
-                        kube.clone(),
-                        ns,
-                        Duration::from_secs(cli.orphan_grace),
-                    );
-                    let checker = csi_driver::status::StatusChecker::new(
-                        kube.clone(),
-                        ns,
-                        csi_driver::identity::DRIVER_NAME,
-                    );
-                    tokio::spawn(sweep_orphans(
-                        collector,
-                        checker,
-                        client.clone(),
-                        Duration::from_secs(cli.orphan_sweep),
-                        metrics.clone(),
-                    ));
-                }
-                (
-                    Arc::new(SecretStore::new(kube.clone(), ns)),
-                    Arc::new(SecretStore::of(kube, ns, Records::Snapshots)),
-                )
-            }
-            (None, Some(dir)) => {
-                let snapshots = dir.join("snapshots");
-                (
-                    Arc::new(
-                        DirStore::new(dir.clone())
-                            .with_context(|| format!("creating {}", dir.display()))?,
-                    ),
-                    Arc::new(
-                        DirStore::new(snapshots.clone())
-                            .with_context(|| format!("creating {}", snapshots.display()))?,
-                    ),
-                )
-            }
-            (None, None) => bail!("--controller needs --secrets-namespace NS or --keys-dir DIR"),
-        };
+    let kube = kube_client(cli).await?;
+    if let (Some(ns), Some(kube)) = (&cli.secrets_namespace, &kube) {
+        if cli.orphan_sweep > 0 {
+            let collector = csi_driver::orphans::OrphanCollector::new(
+                kube.clone(),
+                ns,
+                Duration::from_secs(cli.orphan_grace),
+            );
+            let checker = csi_driver::status::StatusChecker::new(
+                kube.clone(),
+                ns,
+                csi_driver::identity::DRIVER_NAME,
+            );
+            tokio::spawn(sweep_orphans(
+                collector,
+                checker,
+                client.clone(),
+                Duration::from_secs(cli.orphan_sweep),
+                metrics.clone(),
+            ));
+        }
+    }
+    let stores = key_stores(cli, kube, Records::Snapshots, "--controller")?;
     Ok(ControllerService::new(
         client,
         stores.0,
@@ -188,32 +207,7 @@ async fn rekey(cli: &Cli, name: &str) -> Result<()> {
         cli.ca.as_deref(),
         cli.insecure_plaintext,
     )?;
-    let (volumes, pending): (Box<dyn KeyStore>, Box<dyn KeyStore>) =
-        match (&cli.secrets_namespace, &cli.keys_dir) {
-            (Some(ns), _) => {
-                let kube = kube::Client::try_default().await.context(
-                    "connecting to the Kubernetes API (in-cluster config or KUBECONFIG)",
-                )?;
-                (
-                    Box::new(SecretStore::new(kube.clone(), ns)),
-                    Box::new(SecretStore::of(kube, ns, Records::Rekeys)),
-                )
-            }
-            (None, Some(dir)) => {
-                let rekeys = dir.join("rekeys");
-                (
-                    Box::new(
-                        DirStore::new(dir.clone())
-                            .with_context(|| format!("creating {}", dir.display()))?,
-                    ),
-                    Box::new(
-                        DirStore::new(rekeys.clone())
-                            .with_context(|| format!("creating {}", rekeys.display()))?,
-                    ),
-                )
-            }
-            (None, None) => bail!("--rekey needs --secrets-namespace NS or --keys-dir DIR"),
-        };
+    let (volumes, pending) = key_stores(cli, kube_client(cli).await?, Records::Rekeys, "--rekey")?;
     std::fs::create_dir_all(&cli.work_dir)
         .with_context(|| format!("creating {}", cli.work_dir.display()))?;
     match rekey_volume(&*volumes, &*pending, opts, &cli.work_dir, name)
