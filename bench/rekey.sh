@@ -8,6 +8,7 @@
 # rekey; medians last.
 # Usage: bench/rekey.sh RUNS /ABSOLUTE/BIN_DIR [OUT_FILE, appended to]  (root; apt-get install fio)
 set -euo pipefail
+shopt -s inherit_errexit  # a failed command in $(...) ends the run too
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 BIN=$2
@@ -28,11 +29,13 @@ for run in $(seq "$RUNS"); do
   # Unmounting commits what the mount holds (and a rekey refuses a mounted volume).
   "$BIN/atefs" umount "$MNT"
   keys=$WORK/cluster/keys
+  # Each with the keys that open the volume at that point (the clone after the rekey needs
+  # the new ones); a failed command ends the benchmark (set -e).
   clone_once() {
     rm -f "$WORK/clone-keys"
     local t0
     t0=$(now)
-    RUST_LOG=${RUST_LOG:-warn} "$BIN/atefs" clone "$WORK/clone-keys" --keys "$keys" \
+    RUST_LOG=${RUST_LOG:-warn} "$BIN/atefs" clone "$WORK/clone-keys" --keys "$1" \
       --server "$servers" --ca "$ca" >>"$WORK/bench.log" 2>&1
     echo "$(now) - $t0" | bc
   }
@@ -46,11 +49,11 @@ for run in $(seq "$RUNS"); do
   node_mib() { du -sm "$WORK/cluster/node-1" | cut -f1; }
   before=$(node_mib)
   if [ $((run % 2)) -eq 1 ]; then
-    c=$(clone_once)
+    c=$(clone_once "$keys")
     r=$(rekey_once)
   else
     r=$(rekey_once)
-    c=$(clone_once)
+    c=$(clone_once "$WORK/new-keys")
   fi
   rm -f "$WORK/new-keys"
   after=$(node_mib)

@@ -7,9 +7,9 @@ use crate::node::{Node, Partition};
 use crate::pb::chain::chains_server::Chains;
 use crate::pb::chain::{
     BarrierReply, ChainRef, ChallengeReply, ChallengeRequest, CommitBatchReply, CommitBatchRequest,
-    CommitReply, CommitRequest, CommitResult, CreateRequest, DeleteReply, DeleteRequest,
-    FetchSnapshotRequest, InfoReply, SetQuotaReply, SetQuotaRequest, SnapshotChunk, SubscribeEvent,
-    SubscribeRequest,
+    CommitReply, CommitRequest, CommitResult, CompactReply, CompactRequest, CreateRequest,
+    DeleteReply, DeleteRequest, FetchSnapshotRequest, InfoReply, SetQuotaReply, SetQuotaRequest,
+    SnapshotChunk, SubscribeEvent, SubscribeRequest,
 };
 use crate::state_machine::refusal_of;
 use crate::types::{Command, Outcome, Refusal};
@@ -625,6 +625,22 @@ impl Chains for Api {
         let p = self.node.partition(&chain);
         let used_bytes = p.sm.with_chain(&chain, |c| c.used()).unwrap_or(0);
         Ok(Response::new(SetQuotaReply { used_bytes }))
+    }
+
+    async fn compact(
+        &self,
+        req: Request<CompactRequest>,
+    ) -> Result<Response<CompactReply>, Status> {
+        let req = req.into_inner();
+        let chain = chain_id(&req.chain)?;
+        let proof = (&req.nonce[..], &req.owner_key[..], &req.signature[..]);
+        let digest = ate::remote::compact_digest(&chain, &req.nonce);
+        let cmd = Command::Compact { chain: chain.0 };
+        self.as_owner(chain, proof, &digest, cmd).await?;
+        // The entry's index is not in the outcome; the applied index is at or past it.
+        let p = self.node.partition(&chain);
+        let log_index = p.sm.compact_past();
+        Ok(Response::new(CompactReply { log_index }))
     }
 
     async fn commit(&self, req: Request<CommitRequest>) -> Result<Response<CommitReply>, Status> {

@@ -10,6 +10,10 @@
 //! costs O(1) per byte written. Of the log a snapshot covers, `bound` bytes are kept for
 //! mounts that lag. A partition then holds at most about twice its data plus twice `bound`
 //! and a segment.
+//!
+//! A chain's owner can ask for more (`Compact`, after changing a volume's keys): a snapshot
+//! past that request, and then none of the log up to it kept, whatever the bound says, so
+//! that the old versions of the chain's records leave this replica's disk.
 
 use crate::log_store::LogStore;
 use crate::state_machine::StateMachine;
@@ -76,7 +80,21 @@ pub async fn keep(
         // A snapshot needs room for its copy; without it, it would only fill the disk
         // (and be dropped: state_machine.rs).
         let room = || crate::disk::free_bytes(&data).map_or(true, |free| free > sizes.fresh);
-        let asked = if wants_snapshot(sizes, bound) && room() {
+        // An owner's `Compact`: a snapshot past it, then none of the log up to it kept.
+        let compact = sm.compact_past();
+        let asked = if compact > snapshot && room() {
+            tracing::info!(
+                past = compact,
+                "a chain's owner asked for compaction: snapshot"
+            );
+            raft.trigger().snapshot().await
+        } else if compact > purged && snapshot >= compact {
+            tracing::info!(
+                upto = compact,
+                "a chain's owner asked for compaction: purge"
+            );
+            raft.trigger().purge_log(compact).await
+        } else if wants_snapshot(sizes, bound) && room() {
             tracing::debug!(?sizes, bound, "garbage over the bound: snapshot");
             raft.trigger().snapshot().await
         } else if let Some(upto) = point.filter(|u| *u > purged) {

@@ -99,6 +99,7 @@ enum Stored {
     // Last, so the variants before it keep their encoding (logs written before it existed).
     CommitFrom { chain: [u8; 16], session: [u8; 16] },
     SetQuota { chain: [u8; 16], quota: u64 },
+    Compact { chain: [u8; 16] },
 }
 
 /// What `raft-meta` holds.
@@ -306,6 +307,9 @@ fn entry_parts(e: &Entry) -> Result<(Vec<u8>, &[u8]), postcard::Error> {
             },
             &[],
         ),
+        EntryPayload::Normal(Command::Compact { chain }) => {
+            (Stored::Compact { chain: *chain }, &[])
+        }
     };
     let meta = postcard::to_stdvec(&(e.log_id, stored))?;
     let mut head = Vec::with_capacity(4 + meta.len());
@@ -345,6 +349,7 @@ fn entry_of(log_id: LogId, stored: Stored, tx: bytes::Bytes) -> Entry {
         Stored::SetQuota { chain, quota } => {
             EntryPayload::Normal(Command::SetQuota { chain, quota })
         }
+        Stored::Compact { chain } => EntryPayload::Normal(Command::Compact { chain }),
     };
     Entry { log_id, payload }
 }
@@ -775,7 +780,14 @@ impl LogStore {
             let index = e.log_id.index;
             let roll = match tail.as_ref() {
                 None => true,
-                Some(t) => t.len + out.len() >= segment_bytes,
+                // A compaction request starts a segment (unless the tail holds nothing yet):
+                // then a purge up to it removes every segment before it, the whole log it
+                // covers, not all but the tail (`log_bound`).
+                Some(t) => {
+                    t.len + out.len() >= segment_bytes
+                        || (matches!(e.payload, EntryPayload::Normal(Command::Compact { .. }))
+                            && t.len + out.len() > SEGMENT_HEADER)
+                }
             };
             if roll {
                 if let Some(t) = tail.as_mut() {
@@ -1299,5 +1311,34 @@ mod tests {
         );
         assert!(log.tx_location(5).is_some());
         assert_eq!(txs(&log, 1, 7), commits(&all));
+    }
+
+    /// An owner's compaction request starts a segment, so that a purge up to it leaves no
+    /// segment holding what came before it (old record versions, after a rekey): with 64 MiB
+    /// segments the tail would otherwise keep up to 64 MiB of them.
+    #[test]
+    fn a_compaction_request_starts_a_segment_and_a_purge_up_to_it_leaves_none_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = on_disk(dir.path(), 64 << 20);
+        let id = |i| LogId::new(openraft::CommittedLeaderId::new(1, 1), i);
+        let mut entries: Vec<Entry> = (1..=5).map(|i| commit(i, 1, vec![i as u8; 1000])).collect();
+        entries.push(Entry {
+            log_id: id(6),
+            payload: EntryPayload::Normal(Command::Compact { chain: [7; 16] }),
+        });
+        entries.push(commit(7, 1, vec![7; 1000]));
+        log.append_sync(entries).unwrap();
+        let segments = || log.inner.lock().files.segments();
+        assert_eq!(segments(), vec![1, 6], "the request starts a segment");
+        log.purge_sync(id(6)).unwrap();
+        assert_eq!(segments(), vec![6], "nothing before the request is left");
+        assert_eq!(txs(&log, 7, 8), commits(&[commit(7, 1, vec![7; 1000])]));
+        // Read back from the segment, the request is what was appended.
+        drop(log);
+        let log = on_disk(dir.path(), 64 << 20);
+        assert!(matches!(
+            log.read_range(6, 7).unwrap()[0].payload,
+            EntryPayload::Normal(Command::Compact { chain }) if chain == [7; 16]
+        ));
     }
 }

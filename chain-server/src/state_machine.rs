@@ -158,6 +158,10 @@ struct Inner {
     chains: BTreeMap<ChainId, ChainData>,
     current: Option<SnapshotMeta<u64, BasicNode>>,
     applied_tx: tokio::sync::watch::Sender<u64>,
+    /// The log index of the latest `Compact` applied (0: none): `log_bound` snapshots past
+    /// it and drops the log up to it. After a restart the entry is applied again unless a
+    /// snapshot covers it, which is what it asked for.
+    compact_past: u64,
     /// Snapshots made current so far (built or received): a build that started on another
     /// one than the current is dropped.
     installs_or_builds: u64,
@@ -516,6 +520,13 @@ impl Inner {
                 }
                 None => no_chain(ChainId(chain)),
             },
+            Command::Compact { chain } => match self.chains.get(&ChainId(chain)) {
+                Some(c) => {
+                    self.compact_past = self.compact_past.max(raft_index);
+                    Outcome::Applied { index: c.index }
+                }
+                None => no_chain(ChainId(chain)),
+            },
         }
     }
 
@@ -704,6 +715,7 @@ impl StateMachine {
             chains: BTreeMap::new(),
             current: None,
             applied_tx: tx,
+            compact_past: 0,
             installs_or_builds: 0,
             receiving: None,
         };
@@ -769,6 +781,11 @@ impl StateMachine {
             .values()
             .map(|c| c.view.snapshot_estimate())
             .sum()
+    }
+
+    /// The log index of the latest `Compact` request applied (0: none).
+    pub fn compact_past(&self) -> u64 {
+        self.inner.lock().compact_past
     }
 
     /// Bytes of the current snapshot file (0 before the first).

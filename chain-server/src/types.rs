@@ -63,6 +63,12 @@ pub enum Command {
         /// Bytes the chain may hold from now on.
         quota: u64,
     },
+    /// Asks every replica to snapshot the partition past this entry and to drop the log up
+    /// to it (`log_bound`): the chain's old record versions leave the disks.
+    Compact {
+        /// Chain id (its owner asked).
+        chain: [u8; 16],
+    },
 }
 
 impl Command {
@@ -72,7 +78,8 @@ impl Command {
             Command::Create { chain, .. }
             | Command::Commit { chain, .. }
             | Command::Delete { chain }
-            | Command::SetQuota { chain, .. } => ate::ChainId(*chain),
+            | Command::SetQuota { chain, .. }
+            | Command::Compact { chain } => ate::ChainId(*chain),
         }
     }
 }

@@ -899,7 +899,8 @@ fn full_chain_server_disks_give_enospc_and_removals_still_work() {
 }
 
 /// `atefs rekey`: a volume gets a new owner and data key in place; a mounted one only when
-/// forced. Afterwards the new key file alone opens it: every file reads back through a mount with the new keys (which hold
+/// forced. Every replica then drops the log that held the old versions. Afterwards the new
+/// key file alone opens it: every file reads back through a mount with the new keys (which hold
 /// no other data key), the old key file can neither mount nor resize it, and a mount still
 /// running with the old keys stops following (its fsync fails) instead of going on
 /// unnoticed. A rekey run again after it finished changes nothing; one interrupted after the
@@ -924,6 +925,23 @@ fn a_rekey_gives_a_volume_new_keys_and_shuts_the_old_ones_out() {
         b"file 3"
     );
 
+    // The replicas' logs hold the file's old versions (sealed under the old data key).
+    let chain = ate::KeyFile::load(&keys).unwrap().chain;
+    let partition = rt()
+        .block_on(
+            cluster
+                .client(std::time::Duration::from_secs(30))
+                .info(chain),
+        )
+        .unwrap()
+        .partition;
+    let logs = || -> Vec<u64> {
+        (0..3)
+            .map(|i| cluster.gauge(i, "atefs_stored_bytes", partition))
+            .collect()
+    };
+    assert!(logs().iter().all(|b| *b > 3 << 20), "{:?}", logs());
+
     let out = tmp.path().join("new-keys");
     let out_arg = out.to_str().unwrap();
     // A mounted volume is refused unless forced.
@@ -942,6 +960,18 @@ fn a_rekey_gives_a_volume_new_keys_and_shuts_the_old_ones_out() {
         said.contains("new owner and data keys;") && !said.contains(" 0 records"),
         "{said}"
     );
+
+    // Each replica snapshots and drops its log up to the rekey's end: the old versions leave
+    // the disks (their check runs once a second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !logs().iter().all(|b| *b < 1 << 20) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replicas kept their logs: {:?} bytes",
+            logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 
     let fresh = Mount::start(&cluster, tmp.path(), "fresh", &out);
     assert!(std::fs::read(fresh.dir.join("d/big")).unwrap() == data);

@@ -5,8 +5,9 @@
 
 use super::pb::chain::chains_client::ChainsClient;
 use super::pb::chain::{
-    ChainRef, ChallengeRequest, CommitBatchRequest, CommitRequest, CreateRequest, DeleteRequest,
-    FetchSnapshotRequest, InfoReply, SetQuotaRequest, SubscribeEvent, SubscribeRequest,
+    ChainRef, ChallengeRequest, CommitBatchRequest, CommitRequest, CompactRequest, CreateRequest,
+    DeleteRequest, FetchSnapshotRequest, InfoReply, SetQuotaRequest, SubscribeEvent,
+    SubscribeRequest,
 };
 use crate::crypto::SigningKey;
 use crate::ids::{ChainId, TxHash};
@@ -510,6 +511,24 @@ impl RemoteClient {
                 signature,
             };
             c.set_quota(req).await.map(|r| r.into_inner().used_bytes)
+        })
+        .await
+    }
+
+    /// Asks every replica of `chain`'s partition to snapshot it and drop the log up to now
+    /// (proving `owner`); returns the partition's log index of the request. The replicas do
+    /// it within about a second each (their check runs once a second).
+    pub async fn compact(&self, chain: ChainId, owner: &SigningKey) -> Result<u64, RemoteError> {
+        self.with_leader(chain, |mut c| async move {
+            let (nonce, owner_key, signature) =
+                prove(&mut c, owner, |n| super::compact_digest(&chain, n)).await?;
+            let req = CompactRequest {
+                chain: chain.0.to_vec(),
+                nonce,
+                owner_key,
+                signature,
+            };
+            c.compact(req).await.map(|r| r.into_inner().log_index)
         })
         .await
     }

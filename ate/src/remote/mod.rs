@@ -42,6 +42,12 @@ pub fn delete_digest(chain: &ChainId, nonce: &[u8]) -> [u8; 32] {
     proof_digest(b"atefs-delete", chain, nonce, 0)
 }
 
+/// What an owner key signs to ask the replicas of `chain` to compact it now, given the
+/// server's `nonce`.
+pub fn compact_digest(chain: &ChainId, nonce: &[u8]) -> [u8; 32] {
+    proof_digest(b"atefs-compact", chain, nonce, 0)
+}
+
 /// What an owner key signs to set `chain`'s quota to `quota` bytes, given the server's
 /// `nonce`.
 pub fn quota_digest(chain: &ChainId, nonce: &[u8], quota: u64) -> [u8; 32] {

@@ -1,7 +1,9 @@
 //! A chain on a cluster given new keys in place ([`crate::rekey`]): the owners are swapped in
 //! one transaction, then the chain is read into a local cache and every record still under
-//! the old data key is written again under the new one, in passes until a pass finds nothing
-//! left. Every step is decided from the chain's state, so a rekey that was interrupted is
+//! the old data key is written again under the new one, in passes until one writes all it
+//! found (another comes only when a writer with the new keys changed a record meanwhile).
+//! Last, the replicas are asked to compact the partition, so that the old versions leave
+//! their disks. Every step is decided from the chain's state, so a rekey that was interrupted is
 //! finished by running it again with the same two key files.
 
 use super::pipe::{commit_all, PipeError};
@@ -28,8 +30,11 @@ pub struct RekeyReport {
     pub records: usize,
     /// Transactions committed to write them.
     pub transactions: usize,
-    /// Passes over the records, the last of which found nothing left.
+    /// Passes over the records: the last wrote all it found, or found nothing left.
     pub passes: u32,
+    /// The partition's log index up to which every replica was asked to drop its log (and
+    /// the old versions in it) once it has a snapshot past it.
+    pub compacted_at: u64,
 }
 
 /// Why a rekey stopped. What was committed stays: running the rekey again with the same key
@@ -79,7 +84,10 @@ pub fn rekey_chain(
                 old,
                 new,
             )?;
+            // The cache stops following first: the swap ends its subscription, which it
+            // would report as a failure.
             drop(frozen);
+            drop(source);
             rt.block_on(client.commit(chain, tx.to_vec()))?;
             tracing::info!(%chain, "the new owner key replaced the old one");
             report.swapped = true;
@@ -94,8 +102,7 @@ pub fn rekey_chain(
         }
         if resealer.records() == 0 {
             report.passes = passes;
-            tracing::info!(%chain, ?report, "the chain's keys are changed");
-            return Ok(report);
+            break;
         }
         if passes > PASSES {
             return Err(RemoteRekeyError::Busy(PASSES));
@@ -107,10 +114,25 @@ pub fn rekey_chain(
                 PipeError::Commit(e) => RemoteRekeyError::Cluster(e),
             })?;
         report.transactions += piped.committed;
-        if piped.conflicts > 0 {
-            tracing::warn!(%chain, refused = piped.conflicts, "records changed while they were sealed again; another pass");
+        if piped.conflicts == 0 {
+            // Nothing is left: the pass read the chain after the owners were swapped, so no
+            // record under the old data key can have come since (only the new owner writes),
+            // and every one it found is written.
+            report.passes = passes;
+            break;
         }
+        tracing::warn!(%chain, refused = piped.conflicts, "records changed while they were sealed again; another pass");
     }
+    // The old versions, sealed under the old data key, leave the replicas' disks: each
+    // snapshots the partition and drops the log up to here.
+    let client = RemoteClient::new(opts)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ReplicaError::Runtime)?;
+    report.compacted_at = rt.block_on(client.compact(chain, &new.owner))?;
+    tracing::info!(%chain, ?report, "the chain's keys are changed");
+    Ok(report)
 }
 
 /// Refuses (`InUse`) a chain that is being followed: mounted somewhere, by its partition
