@@ -368,7 +368,12 @@ pub fn open_remote_in_session(
             .name("ate-follower".into())
             .spawn(move || {
                 if let Err(why) = rt2.block_on(f.run()) {
-                    tracing::error!(error = %why, "the cache stopped following the chain; commits fail from now on (remount to start again)");
+                    if f.stop.load(Ordering::Relaxed) {
+                        // Dropped while parked in a read: what ended the read is no news.
+                        tracing::debug!(error = %why, "a dropped cache's subscription ended");
+                    } else {
+                        tracing::error!(error = %why, "the cache stopped following the chain; commits fail from now on (remount to start again)");
+                    }
                     f.lapse.set(format!("{why} (for good; remount)"));
                 }
             })
