@@ -87,3 +87,18 @@ pub enum WriteAuthority {
     /// Exactly these keys (plus the chain owners) for this record and its inheriting descendants.
     Keys(Vec<KeyId>),
 }
+
+impl WriteAuthority {
+    /// The same authority with key `from` named `to` instead (a copy's or a rekey's new owner
+    /// in the old one's place).
+    pub fn replacing(&self, from: KeyId, to: KeyId) -> Self {
+        match self {
+            WriteAuthority::Inherit => WriteAuthority::Inherit,
+            WriteAuthority::Keys(ids) => WriteAuthority::Keys(
+                ids.iter()
+                    .map(|k| if *k == from { to } else { *k })
+                    .collect(),
+            ),
+        }
+    }
+}

@@ -8,7 +8,7 @@
 //! name key, which a copy keeps: a volume's directory entries name their records by it). What
 //! the copy leaves behind is the history: record versions start again at 1.
 
-use crate::authority::{Role, RootAuthority, WriteAuthority};
+use crate::authority::{Role, RootAuthority};
 use crate::chain::{ChainError, Frozen, LiveRecord};
 use crate::ids::{KeyId, RecordKey};
 use crate::keyfile::KeyFile;
@@ -147,14 +147,7 @@ impl<'f, 'c> Copier<'f, 'c> {
         let mut bytes = 0;
         while self.next < self.order.len() && bytes < BATCH_BYTES && tx.ops() < BATCH_RECORDS {
             let r = &self.frozen.records[self.order[self.next]];
-            let write = match &r.write {
-                WriteAuthority::Inherit => WriteAuthority::Inherit,
-                WriteAuthority::Keys(ids) => WriteAuthority::Keys(
-                    ids.iter()
-                        .map(|k| if *k == old { new } else { *k })
-                        .collect(),
-                ),
-            };
+            let write = r.write.replacing(old, new);
             if r.header.plain_len == 0 && r.header.data_key == KeyId::default() {
                 tx.push(Op::put(&self.to.chain, r.key, r.parent, write, None, &[]));
             } else if r.header.data_key != self.from.data.id() {

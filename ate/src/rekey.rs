@@ -221,14 +221,7 @@ impl<'f, 'c> Resealer<'f, 'c> {
         let mut plain = std::mem::take(&mut self.plain);
         for &i in &self.todo[start..end] {
             let r = &records[i];
-            let write = match &r.write {
-                WriteAuthority::Inherit => WriteAuthority::Inherit,
-                WriteAuthority::Keys(ids) => WriteAuthority::Keys(
-                    ids.iter()
-                        .map(|k| if *k == old_owner { new_owner } else { *k })
-                        .collect(),
-                ),
-            };
+            let write = r.write.replacing(old_owner, new_owner);
             let opener = if r.header.data_key == self.old.data.id() {
                 &self.old.data
             } else if r.header.data_key == self.new.data.id() {

@@ -5,7 +5,7 @@ mod common;
 
 use ate::copy::{Copier, CopyError};
 use ate::storage::{MemStorage, Storage};
-use ate::{Chain, ChainError, ChainId, DataKey, KeyFile, Op, Transaction, WriteAuthority};
+use ate::{Chain, ChainError, ChainId, KeyFile, Op, Transaction, WriteAuthority};
 use common::{key, Fixture};
 use std::sync::Arc;
 
@@ -169,13 +169,7 @@ fn keys_that_do_not_own_the_chain_or_seal_its_payloads_are_refused() {
     ));
     drop(frozen);
 
-    let other_data = Fixture {
-        data: DataKey::generate(),
-        ..fixture(&from)
-    };
-    source
-        .commit(other_data.put(&f.owner, key(1), None, b"x"))
-        .unwrap();
+    f.put_under_foreign_key(&source, key(1));
     let frozen = source.frozen();
     let mut copier = Copier::new(&frozen, &from, &to).unwrap();
     assert!(matches!(

@@ -6,9 +6,7 @@
 mod common;
 
 use ate::rekey::{check_pair, stage, swap_owners, RekeyError, Resealer, Stage};
-use ate::{
-    Chain, ChainError, ChainId, DataKey, KeyFile, Op, Transaction, ValidationError, WriteAuthority,
-};
+use ate::{Chain, ChainError, ChainId, KeyFile, Op, Transaction, ValidationError, WriteAuthority};
 use common::{key, Fixture};
 
 fn fixture(keys: &KeyFile) -> Fixture {
@@ -223,13 +221,7 @@ fn keys_that_cannot_take_over_are_refused_before_anything_is_written() {
         Err(RekeyError::NoRoot(_))
     ));
 
-    let other_data = Fixture {
-        data: DataKey::generate(),
-        ..fixture(&old)
-    };
-    chain
-        .commit(other_data.put(&f.owner, key(1), None, b"x"))
-        .unwrap();
+    f.put_under_foreign_key(&chain, key(1));
     let frozen = chain.frozen();
     assert!(matches!(
         Resealer::new(&frozen, &old, &new),

@@ -59,6 +59,19 @@ impl Fixture {
         .0
     }
 
+    /// Commits top-level record `key` sealed under a data key of its own, one no key file of
+    /// the test holds.
+    pub fn put_under_foreign_key(&self, chain: &Chain, key: RecordKey) {
+        let foreign = Fixture {
+            chain_id: self.chain_id,
+            owner: self.owner.clone(),
+            data: DataKey::generate(),
+        };
+        chain
+            .commit(foreign.put(&self.owner, key, None, b"x"))
+            .unwrap();
+    }
+
     /// A memory-backed chain with genesis committed.
     pub fn mem_chain(&self) -> (MemStorage, Chain) {
         let mem = MemStorage::new();
