@@ -72,6 +72,13 @@ impl RootAuthority {
     pub fn can_read(&self, id: &KeyId) -> bool {
         self.role_of(id).is_some()
     }
+    /// This authority with `new` as an owner in `old`'s place (`old` gone, whatever its
+    /// role): a copy's root, or the owners a rekey swaps.
+    pub fn owner_replaced(&self, old: PublicKey, new: PublicKey) -> Self {
+        let mut keys = self.keys.clone();
+        keys.retain(|(k, _)| *k != old);
+        RootAuthority { keys }.with(new, Role::Owner)
+    }
     /// True when at least one owner remains (a chain without owners could never be repaired).
     pub fn has_owner(&self) -> bool {
         self.keys.iter().any(|(_, r)| *r == Role::Owner)

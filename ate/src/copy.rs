@@ -8,7 +8,7 @@
 //! name key, which a copy keeps: a volume's directory entries name their records by it). What
 //! the copy leaves behind is the history: record versions start again at 1.
 
-use crate::authority::{Role, RootAuthority};
+use crate::authority::RootAuthority;
 use crate::chain::{ChainError, Frozen, LiveRecord};
 use crate::ids::{KeyId, RecordKey};
 use crate::keyfile::KeyFile;
@@ -88,9 +88,7 @@ impl<'f, 'c> Copier<'f, 'c> {
         if !root.is_owner(&old_owner.id()) {
             return Err(CopyError::NotAnOwner(from.chain));
         }
-        let mut keys = root.keys;
-        keys.retain(|(k, _)| *k != old_owner);
-        let root = RootAuthority { keys }.with(to.owner.public(), Role::Owner);
+        let root = root.owner_replaced(old_owner, to.owner.public());
         let (order, skipped) = parents_first(&frozen.records);
         Ok(Self {
             frozen,

@@ -8,12 +8,13 @@
 //! under the old data key is written again, same key, parent and authority, sealed under the
 //! new one and signed by the new owner ([`Resealer`]); each write is conditional on the
 //! version it replaces, so a record changed meanwhile is left for the next pass. The old
-//! versions stay in the replicas' logs until a snapshot drops them.
+//! versions stay in the log until a snapshot drops them; on a cluster the rekey asks every
+//! replica for one ([`crate::remote::rekey_chain`]).
 //!
 //! The name key stays: record keys derive from it (a directory entry's key is a keyed hash of
 //! its name), so changing it means a copy of the volume ([`crate::copy`]), not new versions.
 
-use crate::authority::{Role, RootAuthority, WriteAuthority};
+use crate::authority::{RootAuthority, WriteAuthority};
 use crate::chain::{ChainError, Frozen};
 use crate::copy::{BATCH_BYTES, BATCH_RECORDS};
 use crate::ids::{ChainId, KeyId, RecordKey};
@@ -115,11 +116,9 @@ pub fn swap_owners(
     } else {
         return Err(RekeyError::NotAnOwner(old.chain));
     };
-    let mut keys = root.keys.clone();
-    keys.retain(|(k, _)| *k != old_pub);
-    let swapped = RootAuthority { keys }.with(new_pub, Role::Owner);
     let mut tx = Transaction::new(old.chain, signer.public());
-    tx.ops.push(Op::SetRoot(swapped));
+    tx.ops
+        .push(Op::SetRoot(root.owner_replaced(old_pub, new_pub)));
     Ok(Bytes::from(tx.sign(signer).encode()))
 }
 
@@ -135,7 +134,6 @@ pub struct Resealer<'f, 'c> {
     next: usize,
     /// One buffer for every payload's plaintext.
     plain: Vec<u8>,
-    bytes: u64,
 }
 
 impl std::fmt::Debug for Resealer<'_, '_> {
@@ -178,7 +176,6 @@ impl<'f, 'c> Resealer<'f, 'c> {
             todo,
             next: 0,
             plain: Vec::new(),
-            bytes: 0,
         })
     }
 
@@ -190,11 +187,6 @@ impl<'f, 'c> Resealer<'f, 'c> {
     /// Records written so far.
     pub fn done(&self) -> usize {
         self.next
-    }
-
-    /// Plaintext bytes sealed again so far.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
     }
 
     /// The next encoded, signed transaction, None when every record is written.
@@ -236,7 +228,6 @@ impl<'f, 'c> Resealer<'f, 'c> {
                 Err(e) => return Some(Err(e.into())),
             };
             tx.push_sealed(r.key, r.parent, write, &self.new.data, &plain[..len]);
-            self.bytes += len as u64;
         }
         self.next = end;
         self.plain = plain;

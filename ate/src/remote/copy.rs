@@ -4,6 +4,7 @@
 //! ([`crate::copy`]).
 
 use super::pipe::{commit_all, PipeError};
+use super::replica::blocking_client;
 use super::{open_remote, RemoteClient, RemoteError, RemoteOptions, ReplicaError};
 use crate::copy::{Copier, CopyError};
 use crate::keyfile::KeyFile;
@@ -60,11 +61,7 @@ pub fn copy_chain(
     } else {
         quota + 1
     };
-    let client = RemoteClient::new(opts.clone())?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ReplicaError::Runtime)?;
+    let (client, rt) = blocking_client(&opts)?;
     match rt.block_on(client.info(to.chain)) {
         Ok(info) if info.quota_bytes == quota => {
             return Ok(CopyReport {

@@ -7,6 +7,7 @@
 //! finished by running it again with the same two key files.
 
 use super::pipe::{commit_all, PipeError};
+use super::replica::blocking_client;
 use super::{open_remote, RemoteChain, RemoteClient, RemoteError, RemoteOptions, ReplicaError};
 use crate::ids::ChainId;
 use crate::keyfile::KeyFile;
@@ -125,11 +126,7 @@ pub fn rekey_chain(
     }
     // The old versions, sealed under the old data key, leave the replicas' disks: each
     // snapshots the partition and drops the log up to here.
-    let client = RemoteClient::new(opts)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ReplicaError::Runtime)?;
+    let (client, rt) = blocking_client(&opts)?;
     report.compacted_at = rt.block_on(client.compact(chain, &new.owner))?;
     tracing::info!(%chain, ?report, "the chain's keys are changed");
     Ok(report)
@@ -140,11 +137,7 @@ pub fn rekey_chain(
 /// counted. Blocking: call it outside an async runtime, before this process subscribes to
 /// the chain itself.
 pub fn refuse_in_use(opts: &RemoteOptions, chain: ChainId) -> Result<(), RemoteRekeyError> {
-    let client = RemoteClient::new(opts.clone())?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ReplicaError::Runtime)?;
+    let (client, rt) = blocking_client(opts)?;
     // A mount that has just gone may still be counted until the server sees its connection
     // closed: asked again for a few seconds before it counts as in use.
     let mut asked = 0;
@@ -170,11 +163,7 @@ fn open_as<'k>(
     reader: &mut &'k crate::crypto::SigningKey,
     cache: Arc<dyn Storage>,
 ) -> Result<RemoteChain, RemoteRekeyError> {
-    let client = RemoteClient::new(opts.clone())?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ReplicaError::Runtime)?;
+    let (client, rt) = blocking_client(opts)?;
     if !rt.block_on(client.can_read(old.chain, reader))? {
         let other = if std::ptr::eq(*reader, &old.owner) {
             &new.owner

@@ -1,7 +1,7 @@
 //! A local cache of a remote chain: an [`Upstream`] that commits through a [`RemoteClient`],
 //! and a follower thread (follower.rs) that feeds the cache the chain's transactions in order.
 
-use super::client::{RemoteClient, RemoteError, Session};
+use super::client::{RemoteClient, RemoteError, RemoteOptions, Session};
 use super::follower::{Follower, Lapse};
 use crate::chain::{Chain, ChainError, ChainOptions};
 use crate::crypto::SigningKey;
@@ -252,6 +252,19 @@ impl Drop for RemoteChain {
         // reconnect. Detach rather than block an unmount on the network.
         drop(self.follower.take());
     }
+}
+
+/// A client of the cluster `opts` names, with a single-threaded runtime to block on its calls
+/// (a client's connections belong to the runtime that made them).
+pub(super) fn blocking_client(
+    opts: &RemoteOptions,
+) -> Result<(RemoteClient, tokio::runtime::Runtime), ReplicaError> {
+    let client = RemoteClient::new(opts.clone())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ReplicaError::Runtime)?;
+    Ok((client, rt))
 }
 
 /// Opens `chain` on the cluster `client` talks to, caching it in `cache`. With `create`
