@@ -9,7 +9,7 @@ use crate::pb::chain::{
     BarrierReply, ChainRef, ChallengeReply, ChallengeRequest, CommitBatchReply, CommitBatchRequest,
     CommitReply, CommitRequest, CommitResult, CompactReply, CompactRequest, CreateRequest,
     DeleteReply, DeleteRequest, FetchSnapshotRequest, InfoReply, SetQuotaReply, SetQuotaRequest,
-    SnapshotChunk, SubscribeEvent, SubscribeRequest,
+    SnapshotChunk, SubscribeEvent, SubscribeRequest, SubscribersReply,
 };
 use crate::state_machine::refusal_of;
 use crate::types::{Command, Outcome, Refusal};
@@ -809,5 +809,22 @@ impl Chains for Api {
         })
         .map(Response::new)
         .ok_or_else(|| Status::not_found(format!("no chain {chain}")))
+    }
+
+    async fn subscribers(
+        &self,
+        req: Request<ChainRef>,
+    ) -> Result<Response<SubscribersReply>, Status> {
+        let chain = chain_id(&req.into_inner().chain)?;
+        let p = self.node.partition(&chain);
+        self.known_chain(p, chain).await?;
+        if p.sm.with_chain(&chain, |_| ()).is_none() {
+            return Err(Status::not_found(format!("no chain {chain}")));
+        }
+        let n = crate::in_use::count(&self.node, p, chain).await;
+        Ok(Response::new(SubscribersReply {
+            total: n.total,
+            unanswered: n.unanswered,
+        }))
     }
 }

@@ -9,6 +9,7 @@
 //! - `shared_bytes`: Raft messages decoded without copying the transactions they carry.
 
 pub mod disk;
+pub mod in_use;
 pub mod log_bound;
 pub mod log_store;
 pub mod membership;

@@ -403,13 +403,26 @@ async fn ask_to_join(node: &Node, peers: &PeerChannels, p: u32) -> Option<JoinSt
 
 /// Which request.
 #[derive(Clone, Copy)]
-enum Ask {
+pub(crate) enum Ask {
     Join,
     Forget,
+    /// How many subscriptions of a chain the replica serves ([`crate::in_use`]).
+    Subscribers,
 }
 
-/// Sends a join or forget request to the Raft service at `addr`.
-async fn ask(
+impl Ask {
+    /// A count is worth little once it is seconds old; a membership change may wait on a
+    /// commit.
+    fn timeout(self) -> Duration {
+        match self {
+            Ask::Join | Ask::Forget => ASK_TIMEOUT,
+            Ask::Subscribers => Duration::from_secs(3),
+        }
+    }
+}
+
+/// Sends a request other than Raft's own to the Raft service at `addr`.
+pub(crate) async fn ask(
     peers: &PeerChannels,
     addr: &str,
     what: Ask,
@@ -424,10 +437,11 @@ async fn ask(
         partition,
         body: body.into(),
     });
-    req.set_timeout(ASK_TIMEOUT);
+    req.set_timeout(what.timeout());
     let reply = match what {
         Ask::Join => client.join(req).await?,
         Ask::Forget => client.forget(req).await?,
+        Ask::Subscribers => client.subscribers(req).await?,
     };
     Ok(reply.into_inner())
 }

@@ -488,6 +488,12 @@ mod tests {
         async fn forget(&self, _: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
             Err(Status::unimplemented("forget"))
         }
+        async fn subscribers(
+            &self,
+            _: Request<RaftRequest>,
+        ) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("subscribers"))
+        }
         async fn install_snapshot(
             &self,
             _: Request<RaftRequest>,

@@ -158,6 +158,14 @@ impl RaftRpc for RaftService {
             .map_err(membership_status)?;
         self.reply::<_, ()>(req.partition, Ok(reply))
     }
+
+    async fn subscribers(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = req.into_inner();
+        let p = self.partition_of(req.partition)?;
+        let chain: [u8; 16] = decode(&req.body)?;
+        let count = p.subscribers.count(&ate::ChainId(chain));
+        self.reply::<_, ()>(req.partition, Ok(count))
+    }
 }
 
 fn membership_status(e: crate::membership::MembershipError) -> Status {

@@ -7,6 +7,7 @@ use super::pb::chain::chains_client::ChainsClient;
 use super::pb::chain::{
     ChainRef, ChallengeRequest, CommitBatchRequest, CommitRequest, CompactRequest, CreateRequest,
     DeleteRequest, FetchSnapshotRequest, InfoReply, SetQuotaRequest, SubscribeEvent,
+    SubscribersReply,
     SubscribeRequest,
 };
 use crate::crypto::SigningKey;
@@ -472,6 +473,18 @@ impl RemoteClient {
                 chain: chain.0.to_vec(),
             };
             async move { c.info(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// How many subscriptions of the chain the replicas of its partition serve between them
+    /// (each mount holds one), and which replicas did not say.
+    pub async fn subscribers(&self, chain: ChainId) -> Result<SubscribersReply, RemoteError> {
+        self.with_leader(chain, |mut c| {
+            let req = ChainRef {
+                chain: chain.0.to_vec(),
+            };
+            async move { c.subscribers(req).await.map(|r| r.into_inner()) }
         })
         .await
     }

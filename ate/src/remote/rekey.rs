@@ -52,8 +52,11 @@ pub enum RemoteRekeyError {
     #[error("writing to the chain: {0}")]
     Cluster(#[from] RemoteError),
     /// The chain is being followed: mounted somewhere.
-    #[error("the volume is in use: its partition's leader serves {0} subscriptions of it (each mount holds one); unmount it everywhere first (what a mount with the old keys has not committed when the owners are swapped is lost)")]
+    #[error("the volume is in use: its partition's replicas serve {0} subscriptions of it (each mount holds one); unmount it everywhere first (what a mount with the old keys has not committed when the owners are swapped is lost)")]
     InUse(u32),
+    /// Replicas of the chain's partition did not say whether they serve a mount of it.
+    #[error("cannot tell whether the volume is in use: replicas {0:?} of its partition did not answer (a mount may follow it there); bring them back, or unmount the volume everywhere and go on regardless")]
+    InUseUnknown(Vec<u64>),
     /// Writers kept changing records between a pass's reading and its writing.
     #[error("records kept changing while they were sealed again ({0} passes): stop the volume's writers (unmount it everywhere) and run the rekey again")]
     Busy(u32),
@@ -132,23 +135,29 @@ pub fn rekey_chain(
     Ok(report)
 }
 
-/// Refuses (`InUse`) a chain that is being followed: mounted somewhere, by its partition
-/// leader's count of subscriptions. Best effort: a mount cut off from the leader is not
-/// counted. Blocking: call it outside an async runtime, before this process subscribes to
-/// the chain itself.
+/// Refuses (`InUse`) a chain that is being followed: mounted somewhere, by the count of its
+/// subscriptions over every replica of its partition (a mount holds one wherever it
+/// reached). Refuses (`InUseUnknown`) when a replica does not say: a mount may hold its
+/// subscription there. Blocking: call it outside an async runtime, before this process
+/// subscribes to the chain itself.
 pub fn refuse_in_use(opts: &RemoteOptions, chain: ChainId) -> Result<(), RemoteRekeyError> {
     let (client, rt) = blocking_client(opts)?;
     // A mount that has just gone may still be counted until the server sees its connection
-    // closed: asked again for a few seconds before it counts as in use.
+    // closed, and a replica may be restarting: asked again for a few seconds before it
+    // counts as in use.
     let mut asked = 0;
     loop {
-        let followers = rt.block_on(client.info(chain))?.subscribers;
-        if followers == 0 {
+        let count = rt.block_on(client.subscribers(chain))?;
+        if count.total == 0 && count.unanswered.is_empty() {
             return Ok(());
         }
         asked += 1;
         if asked == IN_USE_ASKS {
-            return Err(RemoteRekeyError::InUse(followers));
+            return Err(if count.total > 0 {
+                RemoteRekeyError::InUse(count.total)
+            } else {
+                RemoteRekeyError::InUseUnknown(count.unanswered)
+            });
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
