@@ -171,7 +171,7 @@ impl<'f, 'c> Copier<'f, 'c> {
 
 /// Indexes of `records` with every parent before its children, and how many were left out
 /// for a missing ancestor.
-fn parents_first(records: &[LiveRecord]) -> (Vec<usize>, usize) {
+pub(crate) fn parents_first(records: &[LiveRecord]) -> (Vec<usize>, usize) {
     let at: HashMap<RecordKey, usize> = records
         .iter()
         .enumerate()

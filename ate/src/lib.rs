@@ -17,6 +17,7 @@
 //! ate knows nothing of FUSE, gRPC servers or Kubernetes.
 
 pub mod authority;
+pub mod backup;
 pub mod chain;
 pub mod codec;
 pub mod copy;

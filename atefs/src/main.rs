@@ -109,6 +109,28 @@ enum Cmd {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Back a shared volume up to FILE (which must not exist): its files as they are now,
+    /// still encrypted, signed by the volume's owner key. Safe to keep anywhere; only the
+    /// volume's keys open it. Mounts may go on writing: the backup is the state after one
+    /// transaction, as a crash would leave it.
+    Backup {
+        /// The backup file to write.
+        out: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Make a shared volume that its cluster no longer has again from a backup (with the
+    /// same keys: the key file it was taken with opens it). Refuses a volume the cluster
+    /// still has. Interrupted, run it again.
+    Restore {
+        /// The backup file (from `atefs backup`).
+        file: PathBuf,
+        /// Quota of the restored volume in bytes (default: the one it had when backed up).
+        #[arg(long)]
+        quota: Option<u64>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// Write a new key envelope (a new volume's keys) to FILE with mode 0600.
     Keygen {
         /// Output file; must not exist.
@@ -189,6 +211,12 @@ fn main() -> Result<()> {
         Cmd::Keygen { out } => keygen(&out),
         Cmd::Clone { out, quota, remote } => clone(&out, quota, &remote),
         Cmd::Rekey { out, force, remote } => rekey(&out, force, &remote),
+        Cmd::Backup { out, remote } => backup(&out, &remote),
+        Cmd::Restore {
+            file,
+            quota,
+            remote,
+        } => restore(&file, quota, &remote),
         Cmd::Quota { bytes, remote } => quota(bytes, &remote),
         Cmd::Fsck { data } => fsck(&data),
         Cmd::GatherHelper { dir } => {
@@ -483,6 +511,41 @@ fn rekey(out: &Path, force: bool, remote: &RemoteArgs) -> Result<()> {
         out.display(),
         remote.keys.as_deref().map_or("the old key file".into(), |k| k.display().to_string()),
     );
+    Ok(())
+}
+
+fn backup(out: &Path, remote: &RemoteArgs) -> Result<()> {
+    if out.exists() {
+        bail!("{} exists; refusing to overwrite it", out.display());
+    }
+    let (keys, _, _) = shared_volume("backup", remote)?;
+    let cache = tempfile::tempdir().context("creating a directory for the volume's cache")?;
+    let storage = std::sync::Arc::new(ate::storage::FileStorage::new(cache.path())?);
+    let s = ate::remote::backup_chain(remote_options(remote)?, &keys, out, storage)
+        .with_context(|| format!("backing up chain {}", keys.chain))?;
+    println!(
+        "backed up chain {} as of index {}: {} records, {} bytes sealed, to {}",
+        s.chain,
+        s.index,
+        s.records,
+        s.bytes,
+        out.display()
+    );
+    Ok(())
+}
+
+fn restore(file: &Path, quota: Option<u64>, remote: &RemoteArgs) -> Result<()> {
+    let (keys, _, _) = shared_volume("restore", remote)?;
+    let r = ate::remote::restore_chain(remote_options(remote)?, &keys, file, quota)
+        .with_context(|| format!("restoring chain {} from {}", keys.chain, file.display()))?;
+    if r.transactions == 0 {
+        println!("chain {} was restored already", keys.chain);
+    } else {
+        println!(
+            "restored chain {} as of index {}: {} records in {} transactions",
+            keys.chain, r.summary.index, r.summary.records, r.transactions
+        );
+    }
     Ok(())
 }
 

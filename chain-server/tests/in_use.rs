@@ -79,9 +79,11 @@ fn a_subscription_at_a_follower_counts_and_a_silent_replica_is_not_taken_for_non
     }
 
     // Bad requests get the right codes.
-    let raw = w
-        .rt
-        .block_on(ChainsClient::connect(format!("http://{}", endpoints[leader])))
+    let raw =
+        w.rt.block_on(ChainsClient::connect(format!(
+            "http://{}",
+            endpoints[leader]
+        )))
         .unwrap();
     let code = |chain: Vec<u8>| {
         let mut raw = raw.clone();

@@ -78,6 +78,23 @@ impl Chain {
 }
 
 impl Frozen<'_> {
+    /// The payload of `record` as it is stored (sealed) into the front of `buf` (grown when
+    /// too short); returns its length, 0 for a record without payload.
+    pub fn read_sealed_into(
+        &self,
+        record: &LiveRecord,
+        buf: &mut Vec<u8>,
+    ) -> Result<usize, ChainError> {
+        let Some((loc, len)) = record.payload.filter(|(_, len)| *len > 0) else {
+            return Ok(0);
+        };
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        self.chain.shared.files.read_into(loc, &mut buf[..len])?;
+        Ok(len)
+    }
+
     /// Opens the payload of `record` (one of [`Self::records`]) with `data_key` into the
     /// front of `buf` (grown when too short, never shrunk, so one buffer serves a whole
     /// copy); returns the plaintext's length, 0 for a record without payload.

@@ -7,8 +7,7 @@ use super::pb::chain::chains_client::ChainsClient;
 use super::pb::chain::{
     ChainRef, ChallengeRequest, CommitBatchRequest, CommitRequest, CompactRequest, CreateRequest,
     DeleteRequest, FetchSnapshotRequest, InfoReply, SetQuotaRequest, SubscribeEvent,
-    SubscribersReply,
-    SubscribeRequest,
+    SubscribeRequest, SubscribersReply,
 };
 use crate::crypto::SigningKey;
 use crate::ids::{ChainId, TxHash};

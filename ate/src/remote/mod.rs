@@ -71,6 +71,8 @@ pub use client::{
     LEADER_HEADER, SERVER_NAME,
 };
 
+mod backup;
+pub use backup::{backup_chain, restore_chain, RemoteBackupError, RestoreReport};
 mod copy;
 pub use copy::{copy_chain, CopyReport, RemoteCopyError};
 mod follower;

@@ -1,0 +1,147 @@
+//! A shared volume backed up to a file and restored from one ([`crate::backup`]): the backup
+//! reads the chain into a local cache and writes its records as of the cluster's index when
+//! it began; the restore makes the chain anew on a cluster that no longer has it.
+
+use super::pipe::{commit_all, filling_quota, target, PipeError, Target};
+use super::replica::blocking_client;
+use super::{open_remote, RemoteClient, RemoteError, RemoteOptions, ReplicaError};
+use crate::backup::{verify_backup, write_backup, BackupError, BackupSummary, Restorer};
+use crate::keyfile::KeyFile;
+use crate::storage::Storage;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a backup or restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteBackupError {
+    /// Reading the chain into the cache failed.
+    #[error("reading the chain: {0}")]
+    Source(#[from] ReplicaError),
+    /// The backup file could not be written, read or trusted.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    /// The cluster refused a request or could not be reached.
+    #[error("the cluster: {0}")]
+    Cluster(#[from] RemoteError),
+    /// The chain exists and was not made by a restore.
+    #[error("chain {0} exists on the cluster: a restore only makes a volume that is gone (delete it first, or restore to another cluster)")]
+    Exists(crate::ids::ChainId),
+}
+
+/// Writes a backup of `keys.chain` to `out` (which must not exist), reading the chain through
+/// `cache` (empty, or a cache of this chain). The file appears complete or not at all: it is
+/// written beside `out`, synced, then renamed. Blocking: call it outside an async runtime.
+pub fn backup_chain(
+    opts: RemoteOptions,
+    keys: &KeyFile,
+    out: &Path,
+    cache: Arc<dyn Storage>,
+) -> Result<BackupSummary, RemoteBackupError> {
+    let (client, rt) = blocking_client(&opts)?;
+    let quota = rt.block_on(client.info(keys.chain))?.quota_bytes;
+    drop((client, rt));
+    let source = open_remote(
+        RemoteClient::new(opts)?,
+        keys.chain,
+        keys.owner.clone(),
+        cache,
+        None,
+    )?;
+    let frozen = source.chain.frozen();
+    tracing::info!(chain = %keys.chain, index = frozen.index, records = frozen.records.len(), "backing up a chain");
+    let partial = out.with_extension("partial");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .map_err(BackupError::Io)?;
+    let mut logged = Instant::now();
+    let written = write_backup(&frozen, keys, quota, &file, |done, of| {
+        if logged.elapsed() >= Duration::from_secs(5) {
+            logged = Instant::now();
+            tracing::info!(chain = %keys.chain, done, of, "backing up a chain");
+        }
+    })
+    .and_then(|summary| {
+        (&file).flush()?;
+        file.sync_all()?;
+        std::fs::rename(&partial, out)?;
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(summary)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    let summary = written?;
+    tracing::info!(chain = %keys.chain, ?summary, "chain backed up");
+    Ok(summary)
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// What the backup holds.
+    pub summary: BackupSummary,
+    /// Transactions committed (its genesis included); 0 when an earlier run had finished.
+    pub transactions: usize,
+}
+
+/// Makes `keys.chain` again on the cluster from the backup at `path`, with the backup's quota
+/// unless `quota` is given. The backup must verify with `keys` before anything is written. A
+/// chain the cluster still has is refused, except one an interrupted restore left (made
+/// again). Blocking: call it outside an async runtime.
+pub fn restore_chain(
+    opts: RemoteOptions,
+    keys: &KeyFile,
+    path: &Path,
+    quota: Option<u64>,
+) -> Result<RestoreReport, RemoteBackupError> {
+    let backup = verify_backup(path, keys)?;
+    let quota = quota.unwrap_or(backup.summary.quota);
+    let chain = keys.chain;
+    let (client, rt) = blocking_client(&opts)?;
+    match rt.block_on(target(&client, chain, quota))? {
+        Target::Complete(_) => {
+            return Ok(RestoreReport {
+                summary: backup.summary,
+                transactions: 0,
+            })
+        }
+        Target::Filling => rt.block_on(client.delete(chain, &keys.owner))?,
+        Target::Other => return Err(RemoteBackupError::Exists(chain)),
+        Target::Absent => {}
+    }
+    let mut restorer = Restorer::new(&backup, keys)?;
+    tracing::info!(%chain, index = backup.summary.index, records = backup.summary.records, "restoring a chain");
+    rt.block_on(client.create(chain, filling_quota(quota), restorer.genesis()))?;
+    let piped = commit_all(&rt, &client, chain, &mut restorer, "restoring a chain");
+    let piped = match piped {
+        Ok(p) if p.conflicts == 0 => p,
+        failed => {
+            // Half a volume is worse than none: it would mount and show some files.
+            if let Err(e) = rt.block_on(client.delete(chain, &keys.owner)) {
+                tracing::warn!(%chain, error = %e, "the partial restore stays (a rerun replaces it)");
+            }
+            return Err(match failed {
+                Err(PipeError::Produce(e)) => e.into(),
+                Err(PipeError::Commit(e)) => e.into(),
+                Ok(p) => RemoteError::Refused(
+                    tonic::Code::FailedPrecondition,
+                    format!("{} transactions of the restore were refused", p.conflicts),
+                )
+                .into(),
+            });
+        }
+    };
+    rt.block_on(client.set_quota(chain, quota, &keys.owner))?;
+    let report = RestoreReport {
+        summary: backup.summary,
+        transactions: 1 + piped.committed,
+    };
+    tracing::info!(%chain, ?report, "chain restored");
+    Ok(report)
+}
