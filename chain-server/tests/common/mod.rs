@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
+pub mod mount;
+
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// Ports no other test in this process uses (the process id spreads test binaries apart).
