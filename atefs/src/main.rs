@@ -121,7 +121,7 @@ enum Cmd {
     },
     /// Make a shared volume that its cluster no longer has again from a backup (with the
     /// same keys: the key file it was taken with opens it). Refuses a volume the cluster
-    /// still has. Interrupted, run it again.
+    /// has. Interrupted, run it again: it starts over.
     Restore {
         /// The backup file (from `atefs backup`).
         file: PathBuf,
@@ -538,14 +538,10 @@ fn restore(file: &Path, quota: Option<u64>, remote: &RemoteArgs) -> Result<()> {
     let (keys, _, _) = shared_volume("restore", remote)?;
     let r = ate::remote::restore_chain(remote_options(remote)?, &keys, file, quota)
         .with_context(|| format!("restoring chain {} from {}", keys.chain, file.display()))?;
-    if r.transactions == 0 {
-        println!("chain {} was restored already", keys.chain);
-    } else {
-        println!(
-            "restored chain {} as of index {}: {} records in {} transactions",
-            keys.chain, r.summary.index, r.summary.records, r.transactions
-        );
-    }
+    println!(
+        "restored chain {} as of index {}: {} records in {} transactions",
+        keys.chain, r.summary.index, r.summary.records, r.transactions
+    );
     Ok(())
 }
 

@@ -411,3 +411,164 @@ fn a_rekey_gives_a_volume_new_keys_and_shuts_the_old_ones_out() {
     );
     drop(reopened);
 }
+
+/// A volume outlives its cluster through a backup: `atefs backup` writes its files as they
+/// are (sealed: neither a content nor a name shows in the file), every replica of the
+/// cluster goes, and `atefs restore` with the same key file makes the volume again on a new
+/// cluster, with its tree, contents, modes, links and size. A restore refuses a volume the
+/// cluster has and a backup that was changed (writing nothing), and makes again a volume a
+/// restore left half made.
+#[test]
+fn a_volume_comes_back_from_its_backup_on_a_new_cluster() {
+    let Some((cluster, tmp, keys)) = setup() else {
+        return;
+    };
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 253) as u8).collect();
+    let writer = Mount::start(&cluster, tmp.path(), "writer", &keys);
+    let resize = atefs_on(&cluster, &keys, "quota", &["536870912"]);
+    assert!(resize.status.success(), "atefs quota: {resize:?}");
+    std::fs::create_dir_all(writer.dir.join("projects/alpha")).unwrap();
+    std::fs::write(writer.dir.join("projects/alpha/big"), &data).unwrap();
+    for i in 0..30 {
+        std::fs::write(
+            writer.dir.join(format!("projects/secret-plan-{i}")),
+            format!("the launch code is {i}"),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("alpha/big", writer.dir.join("projects/link")).unwrap();
+    std::fs::hard_link(
+        writer.dir.join("projects/secret-plan-7"),
+        writer.dir.join("projects/also-7"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        writer.dir.join("projects/secret-plan-3"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    drop(writer);
+
+    let file = tmp.path().join("volume.backup");
+    let file_arg = file.to_str().unwrap();
+    let run = atefs_on(&cluster, &keys, "backup", &[file_arg]);
+    assert!(run.status.success(), "atefs backup: {run:?}");
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(said.contains("backed up chain"), "{said}");
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.len() > 3 << 20, "{} bytes", bytes.len());
+    for needle in [&b"the launch code is"[..], b"secret-plan", b"alpha"] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "the backup holds {:?} in plaintext",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    assert!(
+        !bytes.windows(4096).any(|w| w == &data[..4096]),
+        "the backup holds file data in plaintext"
+    );
+    let again = atefs_on(&cluster, &keys, "backup", &[file_arg]);
+    assert!(!again.status.success(), "a backup overwrote a file");
+    let exists = atefs_on(&cluster, &keys, "restore", &[file_arg]);
+    assert!(!exists.status.success(), "restored over a live volume");
+    assert!(
+        String::from_utf8_lossy(&exists.stderr).contains("exists on the cluster"),
+        "{exists:?}"
+    );
+
+    // Every replica goes, with its disks.
+    drop(cluster);
+    let cluster = Cluster::start(true, 1_000_000);
+    let mut changed = bytes.clone();
+    changed[bytes.len() / 2] ^= 1;
+    let bad = tmp.path().join("changed.backup");
+    std::fs::write(&bad, &changed).unwrap();
+    let refused = atefs_on(&cluster, &keys, "restore", &[bad.to_str().unwrap()]);
+    assert!(!refused.status.success(), "a changed backup was restored");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("signature"),
+        "{refused:?}"
+    );
+    let chain = ate::KeyFile::load(&keys).unwrap().chain;
+    let info = rt().block_on(
+        cluster
+            .client(std::time::Duration::from_secs(30))
+            .info(chain),
+    );
+    assert!(
+        matches!(&info, Err(e) if e.is_not_found()),
+        "a refused restore wrote: {info:?}"
+    );
+
+    let run = atefs_on(&cluster, &keys, "restore", &[file_arg]);
+    assert!(run.status.success(), "atefs restore: {run:?}");
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("restored chain"),
+        "{run:?}"
+    );
+    let back = Mount::start(&cluster, tmp.path(), "back", &keys);
+    let p = back.dir.join("projects");
+    assert!(std::fs::read(p.join("alpha/big")).unwrap() == data);
+    for i in 0..30 {
+        assert_eq!(
+            std::fs::read_to_string(p.join(format!("secret-plan-{i}"))).unwrap(),
+            format!("the launch code is {i}")
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(p.join("link")).unwrap(),
+        Path::new("alpha/big")
+    );
+    use std::os::unix::fs::MetadataExt;
+    let (seven, also) = (
+        std::fs::metadata(p.join("secret-plan-7")).unwrap(),
+        std::fs::metadata(p.join("also-7")).unwrap(),
+    );
+    assert_eq!((seven.ino(), seven.nlink()), (also.ino(), 2));
+    let mode = std::fs::metadata(p.join("secret-plan-3")).unwrap().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(volume_size(&back.dir), 512 << 20);
+    // The restored volume takes writes.
+    let mut f = std::fs::File::create_new(p.join("after")).unwrap();
+    f.write_all(b"written after the restore").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    drop(back);
+
+    // Run again, it finds the volume there and leaves it be.
+    let rerun = atefs_on(&cluster, &keys, "restore", &[file_arg]);
+    assert!(!rerun.status.success(), "restored over the restored volume");
+    let back = Mount::start(&cluster, tmp.path(), "back-again", &keys);
+    assert_eq!(
+        std::fs::read(back.dir.join("projects/after")).unwrap(),
+        b"written after the restore"
+    );
+    drop(back);
+
+    // A restore stopped half way (its chain still at the restoring quota) is made again.
+    let owner = ate::KeyFile::load(&keys).unwrap().owner;
+    let mut genesis = ate::Transaction::new(chain, owner.public());
+    genesis
+        .ops
+        .push(ate::Op::SetRoot(ate::RootAuthority::single_owner(
+            owner.public(),
+        )));
+    let genesis = genesis.sign(&owner).encode();
+    let runtime = rt();
+    let client = cluster.client(std::time::Duration::from_secs(30));
+    runtime.block_on(client.delete(chain, &owner)).unwrap();
+    runtime
+        .block_on(client.create(chain, ate::remote::RESTORING, genesis))
+        .unwrap();
+    let run = atefs_on(&cluster, &keys, "restore", &[file_arg]);
+    assert!(
+        run.status.success(),
+        "atefs restore after a half one: {run:?}"
+    );
+    let back = Mount::start(&cluster, tmp.path(), "back-third", &keys);
+    assert!(std::fs::read(back.dir.join("projects/alpha/big")).unwrap() == data);
+    assert!(!back.dir.join("projects/after").exists());
+    drop(back);
+}

@@ -2,7 +2,7 @@
 //! reads the chain into a local cache and writes its records as of the cluster's index when
 //! it began; the restore makes the chain anew on a cluster that no longer has it.
 
-use super::pipe::{commit_all, filling_quota, target, PipeError, Target};
+use super::pipe::{commit_all, PipeError};
 use super::replica::blocking_client;
 use super::{open_remote, RemoteClient, RemoteError, RemoteOptions, ReplicaError};
 use crate::backup::{verify_backup, write_backup, BackupError, BackupSummary, Restorer};
@@ -26,7 +26,7 @@ pub enum RemoteBackupError {
     #[error("the cluster: {0}")]
     Cluster(#[from] RemoteError),
     /// The chain exists and was not made by a restore.
-    #[error("chain {0} exists on the cluster: a restore only makes a volume that is gone (delete it first, or restore to another cluster)")]
+    #[error("chain {0} exists on the cluster (a restore that finished, or a volume never lost): nothing was restored; a restore only makes a volume the cluster does not have")]
     Exists(crate::ids::ChainId),
 }
 
@@ -81,19 +81,24 @@ pub fn backup_chain(
     Ok(summary)
 }
 
+/// The quota of a chain while a restore fills it: no volume is given it (quotas are sizes of
+/// claims), so a chain of this quota is one a restore left unfinished, and a rerun may delete
+/// it. Any other chain of the backup's id is a volume the cluster has: never touched.
+pub const RESTORING: u64 = u64::MAX - 0x7e57;
+
 /// What a restore did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestoreReport {
     /// What the backup holds.
     pub summary: BackupSummary,
-    /// Transactions committed (its genesis included); 0 when an earlier run had finished.
+    /// Transactions committed (its genesis included).
     pub transactions: usize,
 }
 
 /// Makes `keys.chain` again on the cluster from the backup at `path`, with the backup's quota
 /// unless `quota` is given. The backup must verify with `keys` before anything is written. A
-/// chain the cluster still has is refused, except one an interrupted restore left (made
-/// again). Blocking: call it outside an async runtime.
+/// chain the cluster has is refused, except one an interrupted restore left ([`RESTORING`]:
+/// made again). Blocking: call it outside an async runtime.
 pub fn restore_chain(
     opts: RemoteOptions,
     keys: &KeyFile,
@@ -104,20 +109,18 @@ pub fn restore_chain(
     let quota = quota.unwrap_or(backup.summary.quota);
     let chain = keys.chain;
     let (client, rt) = blocking_client(&opts)?;
-    match rt.block_on(target(&client, chain, quota))? {
-        Target::Complete(_) => {
-            return Ok(RestoreReport {
-                summary: backup.summary,
-                transactions: 0,
-            })
+    match rt.block_on(client.info(chain)) {
+        Ok(info) if info.quota_bytes == RESTORING => {
+            tracing::info!(%chain, "an interrupted restore's chain is made again");
+            rt.block_on(client.delete(chain, &keys.owner))?;
         }
-        Target::Filling => rt.block_on(client.delete(chain, &keys.owner))?,
-        Target::Other => return Err(RemoteBackupError::Exists(chain)),
-        Target::Absent => {}
+        Ok(_) => return Err(RemoteBackupError::Exists(chain)),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
     }
     let mut restorer = Restorer::new(&backup, keys)?;
     tracing::info!(%chain, index = backup.summary.index, records = backup.summary.records, "restoring a chain");
-    rt.block_on(client.create(chain, filling_quota(quota), restorer.genesis()))?;
+    rt.block_on(client.create(chain, RESTORING, restorer.genesis()))?;
     let piped = commit_all(&rt, &client, chain, &mut restorer, "restoring a chain");
     let piped = match piped {
         Ok(p) if p.conflicts == 0 => p,

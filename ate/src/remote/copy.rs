@@ -3,7 +3,7 @@
 //! the copy began, and its live records committed to the new chain under the copy's keys
 //! ([`crate::copy`]).
 
-use super::pipe::{commit_all, filling_quota, target, PipeError, Target};
+use super::pipe::{commit_all, PipeError};
 use super::replica::blocking_client;
 use super::{open_remote, RemoteClient, RemoteError, RemoteOptions, ReplicaError};
 use crate::copy::{Copier, CopyError};
@@ -56,19 +56,25 @@ pub fn copy_chain(
     quota: u64,
     cache: Arc<dyn Storage>,
 ) -> Result<CopyReport, RemoteCopyError> {
+    let filling = if quota == u64::MAX {
+        quota - 1
+    } else {
+        quota + 1
+    };
     let (client, rt) = blocking_client(&opts)?;
-    match rt.block_on(target(&client, to.chain, quota))? {
-        Target::Complete(records) => {
+    match rt.block_on(client.info(to.chain)) {
+        Ok(info) if info.quota_bytes == quota => {
             return Ok(CopyReport {
                 index: 0,
-                records: records as usize,
+                records: info.records as usize,
                 skipped: 0,
                 transactions: 0,
                 bytes: 0,
             })
         }
-        Target::Filling | Target::Other => rt.block_on(client.delete(to.chain, &to.owner))?,
-        Target::Absent => {}
+        Ok(_) => rt.block_on(client.delete(to.chain, &to.owner))?,
+        Err(RemoteError::Refused(Code::NotFound, _)) => {}
+        Err(e) => return Err(e.into()),
     }
     // A client's connections belong to the runtime that made them: the source's reader
     // gets a client of its own for its runtime.
@@ -84,7 +90,7 @@ pub fn copy_chain(
     let frozen = source.chain.frozen();
     let mut copier = Copier::new(&frozen, from, to)?;
     tracing::info!(from = %from.chain, to = %to.chain, index = frozen.index, records = copier.records(), "copying a chain");
-    rt.block_on(client.create(to.chain, filling_quota(quota), copier.genesis()))?;
+    rt.block_on(client.create(to.chain, filling, copier.genesis()))?;
     let piped = commit_all(&rt, &client, to.chain, &mut copier, "copying a chain").map_err(
         |e| match e {
             PipeError::Produce(e) => RemoteCopyError::Copy(e),

@@ -72,7 +72,7 @@ pub use client::{
 };
 
 mod backup;
-pub use backup::{backup_chain, restore_chain, RemoteBackupError, RestoreReport};
+pub use backup::{backup_chain, restore_chain, RemoteBackupError, RestoreReport, RESTORING};
 mod copy;
 pub use copy::{copy_chain, CopyReport, RemoteCopyError};
 mod follower;

@@ -48,45 +48,6 @@ impl Produce for crate::backup::Restorer<'_> {
     }
 }
 
-/// A chain that a run of transactions fills from nothing (a copy, a restore) is made with a
-/// quota one byte off the one asked for, and given that one once it is full: the cluster
-/// itself records whether it is complete.
-pub(super) fn filling_quota(quota: u64) -> u64 {
-    if quota == u64::MAX {
-        quota - 1
-    } else {
-        quota + 1
-    }
-}
-
-/// How far an earlier run got with filling `chain` to `quota`.
-#[derive(Debug)]
-pub(super) enum Target {
-    /// No such chain.
-    Absent,
-    /// Complete, with this many records.
-    Complete(u64),
-    /// Made and partly filled.
-    Filling,
-    /// A chain of some other quota: not one a run made.
-    Other,
-}
-
-/// Asks the cluster about `chain`, to be filled to `quota`.
-pub(super) async fn target(
-    client: &RemoteClient,
-    chain: ChainId,
-    quota: u64,
-) -> Result<Target, RemoteError> {
-    match client.info(chain).await {
-        Ok(info) if info.quota_bytes == quota => Ok(Target::Complete(info.records)),
-        Ok(info) if info.quota_bytes == filling_quota(quota) => Ok(Target::Filling),
-        Ok(_) => Ok(Target::Other),
-        Err(e) if e.is_not_found() => Ok(Target::Absent),
-        Err(e) => Err(e),
-    }
-}
-
 /// What went through.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Piped {
