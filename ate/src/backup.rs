@@ -300,8 +300,8 @@ impl Scan {
         }))
     }
 
-    /// The trailer's signer and signature, and that nothing follows them.
-    fn trailer(mut self) -> Result<([u8; 32], [u8; 32], [u8; 64]), BackupError> {
+    /// The trailer, and that nothing follows it.
+    fn trailer(mut self) -> Result<Trailer, BackupError> {
         let digest = self.r.digest();
         let mut t = [0; TRAILER];
         self.r
@@ -313,12 +313,20 @@ impl Scan {
             return Err(damaged("bytes follow its signature"));
         }
         let (signer, signature) = t.split_at(32);
-        Ok((
-            signer.try_into().map_err(damaged)?,
+        Ok(Trailer {
+            signer: signer.try_into().map_err(damaged)?,
             digest,
-            signature.try_into().map_err(damaged)?,
-        ))
+            signature: signature.try_into().map_err(damaged)?,
+        })
     }
+}
+
+/// The end of a backup file: who signed it, over what digest (of everything before), and
+/// the signature.
+struct Trailer {
+    signer: [u8; 32],
+    digest: [u8; 32],
+    signature: [u8; 64],
 }
 
 /// A backup file checked against the keys that are to restore it.
@@ -339,7 +347,11 @@ pub fn verify_backup(path: &Path, keys: &KeyFile) -> Result<VerifiedBackup, Back
     while let Some(r) = scan.next_record(seen)? {
         seen = (seen.0 + 1, seen.1 + r.sealed as u64);
     }
-    let (signer, digest, signature) = scan.trailer()?;
+    let Trailer {
+        signer,
+        digest,
+        signature,
+    } = scan.trailer()?;
     let owner = keys.owner.public();
     if signer != owner.0 || owner.verify(&digest, &signature).is_err() {
         return Err(BackupError::BadSignature);
@@ -449,8 +461,7 @@ impl<'k> Restorer<'k> {
         }
         if self.pending.is_none() && scan.done {
             let scan = self.scan.take().ok_or(BackupError::Changed)?;
-            let (_, digest, _) = scan.trailer()?;
-            if digest != self.backup.digest {
+            if scan.trailer()?.digest != self.backup.digest {
                 return Err(BackupError::Changed);
             }
         }
