@@ -51,10 +51,14 @@ pub fn backup_chain(
     )?;
     let frozen = source.chain.frozen();
     tracing::info!(chain = %keys.chain, index = frozen.index, records = frozen.records.len(), "backing up a chain");
-    let partial = out.with_extension("partial");
+    // A run killed while writing leaves this behind; the next one starts it over.
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
     let file = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .open(&partial)
         .map_err(BackupError::Io)?;
     let mut logged = Instant::now();
