@@ -7,6 +7,7 @@
 # and MiB/s of each, and their ratio; medians last.
 # Usage: bench/clone.sh RUNS /ABSOLUTE/BIN_DIR   (root; apt-get install fio)
 set -euo pipefail
+shopt -s inherit_errexit  # a failed command in $(...) ends the run too
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 BIN=$2
@@ -28,14 +29,10 @@ for run in $(seq "$RUNS"); do
   mount_dev_cluster "$BIN" "$WORK" "$BASE_PORT" "$MNT"
   servers=$(cluster_servers "$BASE_PORT")
   ca=$WORK/cluster/certs/ca.pem
-  fio --name=fill --filename="$MNT/big" --rw=write --bs=1M --size=512M --end_fsync=1 >/dev/null
-  mkdir "$MNT/small"
-  head -c 4096 /dev/urandom >"$WORK/4k"
-  for i in $(seq 2000); do cp "$WORK/4k" "$MNT/small/$i"; done
+  mib=$(fill_volume "$MNT")
   # syncfs hands the kernel's dirty pages to the daemon but never asks it to sync (the kernel
   # sends FUSE_SYNCFS to virtiofs only): an fsync of the root (fsyncdir) waits for the commits.
   sync -f "$MNT" && sync "$MNT"
-  mib=$(du -sm --apparent-size "$MNT" | cut -f1)
   clone_once() {
     rm -f "$WORK/clone-keys"
     local t0

@@ -21,11 +21,7 @@ for run in $(seq "$RUNS"); do
   mount_dev_cluster "$BIN" "$WORK" "$BASE_PORT" "$MNT"
   servers=$(cluster_servers "$BASE_PORT")
   ca=$WORK/cluster/certs/ca.pem
-  fio --name=fill --filename="$MNT/big" --rw=write --bs=1M --size=512M --end_fsync=1 >/dev/null
-  mkdir "$MNT/small"
-  head -c 4096 /dev/urandom >"$WORK/4k"
-  for i in $(seq 2000); do cp "$WORK/4k" "$MNT/small/$i"; done
-  mib=$(du -sm --apparent-size "$MNT" | cut -f1)
+  mib=$(fill_volume "$MNT")
   # Unmounting commits what the mount holds (and a rekey refuses a mounted volume).
   "$BIN/atefs" umount "$MNT"
   keys=$WORK/cluster/keys

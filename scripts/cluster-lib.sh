@@ -89,6 +89,18 @@ mount_dev_cluster() {
     >>"$work/mount.log" 2>&1
 }
 
+# The volume the copy benchmarks (clone, rekey, backup) work on: one 512 MiB file written
+# with fio and 2,000 files of 4 KiB, in the mount at $1; prints its data in MiB.
+fill_volume() {
+  local mnt=$1
+  fio --name=fill --filename="$mnt/big" --rw=write --bs=1M --size=512M --end_fsync=1 >/dev/null
+  mkdir "$mnt/small"
+  head -c 4096 /dev/urandom >"$mnt/small/0"
+  for i in $(seq 2000); do cp "$mnt/small/0" "$mnt/small/$i"; done
+  rm "$mnt/small/0"
+  du -sm --apparent-size "$mnt" | cut -f1
+}
+
 bench_setup() {
   WORK=$(mktemp -d "/tmp/atefs-$1.XXXXXX")
   BASE_PORT=$(free_base_port "${BASE_PORT:-7900}")
