@@ -1,6 +1,7 @@
 //! The atefs CSI plugin: the Identity and Node services kubelet calls over a unix socket to
 //! mount atefs volumes into pods (docs/csi.md).
 
+pub mod backup;
 pub mod capability;
 pub mod controller;
 pub mod identity;

@@ -57,6 +57,18 @@ struct Cli {
     /// The volume must not be in use (docs/operations.md, "Changing a volume's keys").
     #[arg(long, value_name = "NAME", conflicts_with_all = ["node_id", "controller"])]
     rekey: Option<String>,
+    /// Instead of serving: back volume NAME up to --file (`-`: standard output), its files
+    /// as they are now, still encrypted and signed (docs/operations.md, "Backups off the
+    /// cluster"). The backup holds no key: the volume's Secret opens it.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["node_id", "controller", "rekey"])]
+    backup: Option<String>,
+    /// Instead of serving: make volume NAME's chain again from the backup in --file (`-`:
+    /// standard input), on chain servers that no longer have it; its Secret must exist.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["node_id", "controller", "rekey", "backup"])]
+    restore: Option<String>,
+    /// The backup file of --backup or --restore (`-`: standard output or input).
+    #[arg(long, default_value = "-")]
+    file: PathBuf,
     /// Where staged volumes keep their key envelope (0600), cache and daemon log.
     #[arg(long, default_value = "/var/lib/atefs-csi")]
     state_dir: PathBuf,
@@ -225,6 +237,46 @@ async fn rekey(cli: &Cli, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `--backup NAME` or `--restore NAME` (csi_driver::backup).
+async fn backup_or_restore(cli: &Cli, name: &str, backup: bool) -> Result<()> {
+    use csi_driver::backup::{backup_volume, restore_volume, Stream};
+    let what = if backup { "--backup" } else { "--restore" };
+    if cli.servers.is_empty() {
+        bail!("{what} needs --servers (or ATEFS_SERVERS)");
+    }
+    let opts = ate::remote::RemoteOptions::from_flags(
+        cli.servers.clone(),
+        cli.ca.as_deref(),
+        cli.insecure_plaintext,
+    )?;
+    let (volumes, _) = key_stores(cli, kube_client(cli).await?, Records::Snapshots, what)?;
+    let file = Stream::from_arg(&cli.file);
+    if backup {
+        let s = backup_volume(&*volumes, opts, &cli.work_dir, name, file)
+            .await
+            .with_context(|| format!("backing up volume {name}"))?;
+        // Standard output may be the backup itself: the report goes to the log.
+        tracing::info!(
+            volume = name,
+            index = s.index,
+            records = s.records,
+            bytes = s.bytes,
+            "volume backed up"
+        );
+    } else {
+        let r = restore_volume(&*volumes, opts, &cli.work_dir, name, file)
+            .await
+            .with_context(|| {
+                format!("restoring volume {name}; run the same command again to start over")
+            })?;
+        println!(
+            "volume {name}: restored as of chain index {} ({} records in {} transactions)",
+            r.summary.index, r.summary.records, r.transactions
+        );
+    }
+    Ok(())
+}
+
 /// Sweeps for orphaned volumes and reports volumes in trouble every `every`, for as long as
 /// the process runs.
 async fn sweep_orphans(
@@ -277,6 +329,12 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(name) = &cli.rekey {
         return rekey(&cli, name).await;
+    }
+    if let Some(name) = &cli.backup {
+        return backup_or_restore(&cli, name, true).await;
+    }
+    if let Some(name) = &cli.restore {
+        return backup_or_restore(&cli, name, false).await;
     }
     if cli.node_id.is_none() && !cli.controller {
         bail!("serve something: --node-id NAME (Node service), --controller, or both");

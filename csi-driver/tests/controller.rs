@@ -794,3 +794,134 @@ fn a_rekeyed_volume_stages_with_its_new_record_and_not_the_old() {
     });
     drop(plugin);
 }
+
+/// `atefs-csi --backup NAME` writes a volume's backup to standard output (what `kubectl exec`
+/// hands back: the image has no shell), holding none of its content; once every chain server
+/// has lost its disk, `atefs-csi --restore NAME` reads it from standard input and makes the
+/// chain again under the keys the volume's record still holds, so it stages and reads as
+/// before. A second restore refuses the volume the cluster now has.
+#[test]
+fn a_volume_backed_up_by_the_controller_comes_back_after_its_chain_servers_lose_it() {
+    let Some(mut env) = MountEnv::start() else {
+        return;
+    };
+    let (plugin, keys_dir) = controller_plugin(&env);
+    let staging = env.tmp.path().join("staging");
+    let name = "pvc-6f1d2c3e-0000-4000-8000-00000000000f";
+    let csi = |what: &str, stdin: std::process::Stdio, cluster: &common::DevCluster| {
+        std::process::Command::new(common::bin("atefs-csi"))
+            .args([what, name, "--servers", &cluster.servers.join(",")])
+            .arg("--keys-dir")
+            .arg(&keys_dir)
+            .arg("--ca")
+            .arg(cluster.ca())
+            .arg("--work-dir")
+            .arg(env.tmp.path().join("work"))
+            .stdin(stdin)
+            .output()
+            .unwrap()
+    };
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let id = rt().block_on(async {
+        let mut c = plugin.client().await;
+        let id = c
+            .controller
+            .create_volume(create_req(name, 64 << 20))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap()
+            .volume_id;
+        let secrets = secrets_of(&keys_dir, name);
+        c.node
+            .node_stage_volume(common::stage_req(
+                &id,
+                &staging,
+                &secrets,
+                Mode::MultiNodeMultiWriter,
+            ))
+            .await
+            .unwrap();
+        std::fs::write(staging.join("kept"), &content).unwrap();
+        std::fs::write(staging.join("note"), b"written before the loss").unwrap();
+        c.node
+            .node_unstage_volume(common::unstage_req(&id, &staging))
+            .await
+            .unwrap();
+        id
+    });
+
+    let out = csi("--backup", std::process::Stdio::null(), &env.cluster);
+    assert!(
+        out.status.success(),
+        "atefs-csi --backup: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let backup = out.stdout;
+    assert!(
+        backup.starts_with(ate::backup::MAGIC),
+        "{} bytes",
+        backup.len()
+    );
+    let needle = b"written before the loss";
+    assert!(!backup.windows(needle.len()).any(|w| w == needle));
+    assert!(!backup.windows(4096).any(|w| w == &content[..4096]));
+    let file = env.tmp.path().join("pv.backup");
+    std::fs::write(&file, &backup).unwrap();
+
+    // Every chain server loses its disk (the certificates stay: the cluster is "the same").
+    env.cluster.stop();
+    for e in std::fs::read_dir(env.cluster.dir.path()).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "certs" && e.file_type().unwrap().is_dir() {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        }
+    }
+    env.cluster.restart();
+
+    let restore = |cluster: &common::DevCluster| {
+        csi(
+            "--restore",
+            std::fs::File::open(&file).unwrap().into(),
+            cluster,
+        )
+    };
+    let out = restore(&env.cluster);
+    assert!(
+        out.status.success(),
+        "atefs-csi --restore: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("restored"),
+        "{out:?}"
+    );
+    let again = restore(&env.cluster);
+    assert!(!again.status.success(), "a restore overwrote a volume");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists on the cluster"),
+        "{again:?}"
+    );
+
+    rt().block_on(async {
+        let mut c = plugin.client().await;
+        let secrets = secrets_of(&keys_dir, name);
+        c.node
+            .node_stage_volume(common::stage_req(
+                &id,
+                &staging,
+                &secrets,
+                Mode::MultiNodeMultiWriter,
+            ))
+            .await
+            .unwrap();
+        assert!(std::fs::read(staging.join("kept")).unwrap() == content);
+        assert_eq!(std::fs::read(staging.join("note")).unwrap(), needle);
+        c.node
+            .node_unstage_volume(common::unstage_req(&id, &staging))
+            .await
+            .unwrap();
+    });
+    drop(plugin);
+}
