@@ -2,7 +2,7 @@
 # End-to-end on kind: builds the image, installs the chart, provisions a ReadWriteMany volume,
 # writes it from one node and reads it from another, replaces the node plugin's pods under the
 # mounted volume, expands it while mounted, scales the chain servers up and down under it,
-# clones it, gives it new keys, deletes it and checks that its keys went with it. Needs docker, kind, kubectl and helm, and a registry for the sidecar and busybox
+# clones it, gives it new keys, backs it up, deletes it and checks that its keys went with it. Needs docker, kind, kubectl and helm, and a registry for the sidecar and busybox
 # images; none of these can run on the project's build machine, where this file is only
 # checked statically (bash -n, and its YAML against the Kubernetes schemas: scripts/chart-check.py).
 #   kind-tests/run.sh [CLUSTER_NAME]
@@ -118,6 +118,18 @@ kubectl wait --for=condition=Ready pod/writer pod/reader --timeout=300s
 got=$(kubectl exec reader -- cat /data/later)
 [ "$got" = "after-restart" ] || { echo "kind-tests: after the rekey the reader saw '$got'" >&2; exit 1; }
 
+# A backup streamed out of the controller's container (docs/operations.md, "Backups off the
+# cluster"): a signed file that holds none of the volume's content; restoring it over the
+# volume the cluster still has is refused.
+backup=$(mktemp)
+kubectl -n "$NS" exec deploy/atefs-controller -c atefs-csi -- atefs-csi --backup "$pv" >"$backup"
+[ "$(head -c 8 "$backup")" = ATEBKUP1 ] || { echo "kind-tests: the backup is not one" >&2; exit 1; }
+if grep -q after-restart "$backup"; then echo "kind-tests: the backup holds plaintext" >&2; exit 1; fi
+if kubectl -n "$NS" exec -i deploy/atefs-controller -c atefs-csi -- atefs-csi --restore "$pv" <"$backup"; then
+  echo "kind-tests: a restore overwrote a live volume" >&2; exit 1
+fi
+rm -f "$backup"
+
 kubectl delete -f kind-tests/workload.yaml --wait --timeout=180s
 for _ in $(seq 1 60); do
   kubectl -n "$NS" get secret "atefs-$pv" >/dev/null 2>&1 || break
@@ -126,4 +138,4 @@ done
 if kubectl -n "$NS" get secret "atefs-$pv" >/dev/null 2>&1; then
   echo "kind-tests: the deleted volume's keys remain" >&2; exit 1
 fi
-echo "kind-tests: ok (written on $writer_node, read on $reader_node, expanded to 2Gi, chain servers scaled 3-4-3, cloned, rekeyed, deleted with its keys)"
+echo "kind-tests: ok (written on $writer_node, read on $reader_node, expanded to 2Gi, chain servers scaled 3-4-3, cloned, rekeyed, backed up, deleted with its keys)"
