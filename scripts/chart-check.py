@@ -233,6 +233,41 @@ def main():
             a.startswith("--node-agent") for a in solo[("DaemonSet", "atefs-node")]["spec"]["template"]["spec"]["containers"][0]["args"]):
         fail("nodeAgent.enabled=false must run the daemons in the plugin")
 
+    # Scheduled backups: off by default; on, a CronJob of the controller's account and
+    # settings writes to the claim it is given, and without a claim the chart refuses.
+    if any(d["kind"] == "CronJob" for _, d in default):
+        fail("backups need a claim to write to: off unless backups.enabled")
+    backups = render({"backups": {"enabled": True, "claimName": "atefs-backups", "keep": 3}})
+    validate(backups, "backups enabled")
+    cron = by_kind(backups).get(("CronJob", "atefs-backups"))
+    if not cron:
+        fail("backups.enabled must make the CronJob atefs-backups")
+    job = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    box = job["containers"][0]
+    if box["args"] != ["--backup-all=/backups", "--keep=3"]:
+        fail(f"the backup job's arguments: {box['args']}")
+    benv = {e["name"]: e.get("value") for e in box.get("env", [])}
+    for var in ("SECRETS_NAMESPACE", "ATEFS_SERVERS", "ATEFS_CA", "ATEFS_WORK_DIR"):
+        if benv.get(var) != env.get(var):
+            fail(f"the backup job must run with the controller's {var}: {benv.get(var)} vs {env.get(var)}")
+    mounts = {m["mountPath"]: m["name"] for m in box["volumeMounts"]}
+    vols = {v["name"]: v for v in job["volumes"]}
+    if vols[mounts["/backups"]].get("persistentVolumeClaim") != {"claimName": "atefs-backups"}:
+        fail("the backups must go to the claim given")
+    if benv["ATEFS_WORK_DIR"] not in mounts:
+        fail("the backup job reads each volume into a cache: its work dir must be writable")
+    if vols["tls"]["secret"].get("items") != [{"key": "ca.pem", "path": "ca.pem"}]:
+        fail("the backup job must mount only the CA, not the server key")
+    if job["serviceAccountName"] != "atefs-controller":
+        fail("the backup job reads the volumes' Secrets with the controller's account")
+    try:
+        render({"backups": {"enabled": True}})
+    except Exception as e:  # the Helm engine's error type is its own
+        if "backups.claimName" not in str(e):
+            fail(f"backups without a claim: {e}")
+    else:
+        fail("backups.enabled without backups.claimName must not render")
+
     five = render({"chainServer": {"replicas": 5}})
     validate(five, "5 replicas")
     if "--chain-server" in sys.argv:

@@ -13,18 +13,10 @@ use common::{contents, key, Fixture};
 use std::path::Path;
 use std::sync::Arc;
 
-fn fixture(keys: &KeyFile) -> Fixture {
-    Fixture {
-        chain_id: keys.chain,
-        owner: keys.owner.clone(),
-        data: keys.data.clone(),
-    }
-}
-
 /// A chain of `keys` holding a tree of records (18 MiB in all: several transactions' worth),
 /// a record without payload, and a deleted one; the keys of the records it holds.
 fn filled(keys: &KeyFile) -> (Chain, Vec<ate::RecordKey>) {
-    let f = fixture(keys);
+    let f = Fixture::of(keys);
     let (_, chain) = f.mem_chain();
     let big: Vec<u8> = (0..6u32 << 20).map(|i| (i * 7 + i / 999) as u8).collect();
     chain
@@ -134,37 +126,30 @@ fn a_changed_cut_or_foreign_backup_is_refused_before_anything_is_written() {
     let path = dir.path().join("vol.backup");
     back_up(&chain, &keys, &path);
     let good = std::fs::read(&path).unwrap();
-    let write = |bytes: &[u8]| {
+    // What verifying `bytes` as a backup file with `keys` says.
+    let refusal = |bytes: &[u8]| {
         let p = dir.path().join("bad.backup");
         std::fs::write(&p, bytes).unwrap();
-        p
+        verify_backup(&p, &keys).unwrap_err()
     };
 
     // One bit of a payload in the middle.
     let mut flipped = good.clone();
     flipped[good.len() / 2] ^= 1;
-    assert!(matches!(
-        verify_backup(&write(&flipped), &keys),
-        Err(BackupError::BadSignature)
-    ));
+    assert!(matches!(refusal(&flipped), BackupError::BadSignature));
     // Cut short, or with bytes after its signature.
-    assert!(matches!(
-        verify_backup(&write(&good[..good.len() - 10]), &keys),
-        Err(BackupError::Damaged(_))
-    ));
-    assert!(matches!(
-        verify_backup(&write(&good[..good.len() / 3]), &keys),
-        Err(BackupError::Damaged(_))
-    ));
     let mut longer = good.clone();
     longer.push(0);
+    for bad in [&good[..good.len() - 10], &good[..good.len() / 3], &longer] {
+        assert!(
+            matches!(refusal(bad), BackupError::Damaged(_)),
+            "{} bytes",
+            bad.len()
+        );
+    }
     assert!(matches!(
-        verify_backup(&write(&longer), &keys),
-        Err(BackupError::Damaged(_))
-    ));
-    assert!(matches!(
-        verify_backup(&write(b"not a backup at all"), &keys),
-        Err(BackupError::NotABackup)
+        refusal(b"not a backup at all"),
+        BackupError::NotABackup
     ));
     // Other keys of the same chain (someone else's signature), and another chain's keys.
     let other = keys.rekeyed();

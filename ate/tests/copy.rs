@@ -9,14 +9,6 @@ use ate::{Chain, ChainError, ChainId, KeyFile, Op, Transaction, WriteAuthority};
 use common::{key, Fixture};
 use std::sync::Arc;
 
-fn fixture(keys: &KeyFile) -> Fixture {
-    Fixture {
-        chain_id: keys.chain,
-        owner: keys.owner.clone(),
-        data: keys.data.clone(),
-    }
-}
-
 fn commit(chain: &Chain, f: &Fixture, ops: Vec<Op>) {
     let mut tx = Transaction::new(f.chain_id, f.owner.public());
     tx.ops = ops;
@@ -26,7 +18,7 @@ fn commit(chain: &Chain, f: &Fixture, ops: Vec<Op>) {
 /// Commits what `copier` produces to a fresh chain, as a cluster would (each validated).
 fn replay(copier: &mut Copier<'_, '_>, to: &KeyFile) -> (Chain, usize) {
     let storage: Arc<dyn Storage> = Arc::new(MemStorage::new());
-    let chain = fixture(to).open(&storage);
+    let chain = Fixture::of(to).open(&storage);
     chain
         .commit(Transaction::decode(&copier.genesis()).unwrap())
         .unwrap();
@@ -44,7 +36,7 @@ fn replay(copier: &mut Copier<'_, '_>, to: &KeyFile) -> (Chain, usize) {
 fn a_copy_holds_every_live_record_as_of_its_index_under_the_new_keys() {
     let from = KeyFile::generate(ChainId::random());
     let to = from.for_copy(ChainId::random());
-    let f = fixture(&from);
+    let f = Fixture::of(&from);
     let (_, source) = f.mem_chain();
     let big: Vec<u8> = (0..6u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
     source
@@ -152,7 +144,7 @@ fn a_copy_holds_every_live_record_as_of_its_index_under_the_new_keys() {
 fn keys_that_do_not_own_the_chain_or_seal_its_payloads_are_refused() {
     let from = KeyFile::generate(ChainId::random());
     let to = from.for_copy(ChainId::random());
-    let f = fixture(&from);
+    let f = Fixture::of(&from);
     let (_, source) = f.mem_chain();
     let stranger = KeyFile {
         chain: from.chain,

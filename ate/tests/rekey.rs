@@ -9,14 +9,6 @@ use ate::rekey::{check_pair, stage, swap_owners, RekeyError, Resealer, Stage};
 use ate::{Chain, ChainError, ChainId, KeyFile, Op, Transaction, ValidationError, WriteAuthority};
 use common::{key, Fixture};
 
-fn fixture(keys: &KeyFile) -> Fixture {
-    Fixture {
-        chain_id: keys.chain,
-        owner: keys.owner.clone(),
-        data: keys.data.clone(),
-    }
-}
-
 fn next_keys(old: &KeyFile) -> KeyFile {
     old.rekeyed()
 }
@@ -51,7 +43,7 @@ fn reseal_txs(chain: &Chain, old: &KeyFile, new: &KeyFile) -> (usize, Vec<bytes:
 fn after_a_rekey_every_record_opens_with_the_new_keys_and_the_old_owner_is_out() {
     let old = KeyFile::generate(ChainId::random());
     let new = next_keys(&old);
-    let f = fixture(&old);
+    let f = Fixture::of(&old);
     let (_, chain) = f.mem_chain();
     let big: Vec<u8> = (0..6u32 << 20).map(|i| (i * 13 + i / 4096) as u8).collect();
     chain.commit(f.put(&f.owner, key(1), None, b"one")).unwrap();
@@ -152,7 +144,7 @@ fn after_a_rekey_every_record_opens_with_the_new_keys_and_the_old_owner_is_out()
 fn a_record_changed_meanwhile_is_left_to_the_next_pass() {
     let old = KeyFile::generate(ChainId::random());
     let new = next_keys(&old);
-    let f = fixture(&old);
+    let f = Fixture::of(&old);
     let (_, chain) = f.mem_chain();
     for k in 1..=3 {
         chain
@@ -173,7 +165,7 @@ fn a_record_changed_meanwhile_is_left_to_the_next_pass() {
     );
     drop(frozen);
     // A writer with the new keys changes record 2 meanwhile.
-    let writer = fixture(&new);
+    let writer = Fixture::of(&new);
     chain
         .commit(writer.put(&new.owner, key(2), None, b"meanwhile"))
         .unwrap();
@@ -196,7 +188,7 @@ fn a_record_changed_meanwhile_is_left_to_the_next_pass() {
 fn keys_that_cannot_take_over_are_refused_before_anything_is_written() {
     let old = KeyFile::generate(ChainId::random());
     let new = next_keys(&old);
-    let f = fixture(&old);
+    let f = Fixture::of(&old);
     let (_, chain) = f.mem_chain();
     assert!(matches!(
         check_pair(&old, &KeyFile::generate(ChainId::random())),

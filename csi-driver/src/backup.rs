@@ -41,6 +41,14 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// The file, or `spool` (where a standard stream's bytes are kept) for a standard stream.
+    fn path_or(&self, spool: PathBuf) -> PathBuf {
+        match self {
+            Stream::File(p) => p.clone(),
+            Stream::Std => spool,
+        }
+    }
+
     /// `-` is the standard stream; anything else a file.
     pub fn from_arg(arg: &Path) -> Self {
         if arg.as_os_str() == "-" {
@@ -51,21 +59,24 @@ impl Stream {
     }
 }
 
-async fn record(volumes: &dyn KeyStore, name: &str) -> Result<StoredVolume, BackupVolumeError> {
-    volumes
+/// Volume `name`'s record, and a directory of its own in `work_dir` for one run (removed when
+/// it drops).
+async fn prepare(
+    volumes: &dyn KeyStore,
+    work_dir: &Path,
+    name: &str,
+) -> Result<(StoredVolume, tempfile::TempDir), BackupVolumeError> {
+    let v = volumes
         .get(name)
         .await?
-        .ok_or_else(|| BackupVolumeError::NotFound(name.to_string()))
+        .ok_or_else(|| BackupVolumeError::NotFound(name.to_string()))?;
+    std::fs::create_dir_all(work_dir).map_err(io(work_dir.display()))?;
+    let dir = tempfile::tempdir_in(work_dir).map_err(io(work_dir.display()))?;
+    Ok((v, dir))
 }
 
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> BackupVolumeError {
     move |e| BackupVolumeError::Io(what.to_string(), e)
-}
-
-/// A directory of its own in `work_dir` for one run (removed when it drops).
-fn scratch(work_dir: &Path) -> Result<tempfile::TempDir, BackupVolumeError> {
-    std::fs::create_dir_all(work_dir).map_err(io(work_dir.display()))?;
-    tempfile::tempdir_in(work_dir).map_err(io(work_dir.display()))
 }
 
 /// Backs volume `name` up to `to`, reading its chain through a cache in `work_dir`.
@@ -76,12 +87,8 @@ pub async fn backup_volume(
     name: &str,
     to: Stream,
 ) -> Result<BackupSummary, BackupVolumeError> {
-    let v = record(volumes, name).await?;
-    let dir = scratch(work_dir)?;
-    let file = match &to {
-        Stream::File(p) => p.clone(),
-        Stream::Std => dir.path().join("backup"),
-    };
+    let (v, dir) = prepare(volumes, work_dir, name).await?;
+    let file = to.path_or(dir.path().join("backup"));
     let cache = dir.path().join("cache");
     let summary = tokio::task::spawn_blocking(move || {
         let storage = std::sync::Arc::new(
@@ -110,12 +117,8 @@ pub async fn restore_volume(
     name: &str,
     from: Stream,
 ) -> Result<RestoreReport, BackupVolumeError> {
-    let v = record(volumes, name).await?;
-    let dir = scratch(work_dir)?;
-    let file = match &from {
-        Stream::File(p) => p.clone(),
-        Stream::Std => dir.path().join("backup"),
-    };
+    let (v, dir) = prepare(volumes, work_dir, name).await?;
+    let file = from.path_or(dir.path().join("backup"));
     let report = tokio::task::spawn_blocking(move || {
         if from == Stream::Std {
             let mut f = std::fs::File::create(&file).map_err(io(file.display()))?;
@@ -129,4 +132,82 @@ pub async fn restore_volume(
     })??;
     drop(dir);
     Ok(report)
+}
+
+/// What a backup of every volume did.
+#[derive(Debug, Default)]
+pub struct BackupAllReport {
+    /// Volumes backed up, and their new backup file.
+    pub written: Vec<(String, PathBuf)>,
+    /// Volumes that were not, and why.
+    pub failed: Vec<(String, String)>,
+    /// Older backups removed past `keep`.
+    pub removed: usize,
+}
+
+/// The extension of the files [`backup_all`] writes.
+pub const EXTENSION: &str = "atefs-backup";
+
+/// Backs every volume of `volumes` up into `dir`, each to
+/// `dir/<its record's name>/<stamp>.atefs-backup` (`stamp`: a UTC time that sorts), then
+/// keeps the newest `keep` (at least one) of each volume's backups there. A volume that fails
+/// (or whose old backups could not be removed) is reported and the others go on; a failed
+/// volume's older backups stay.
+pub async fn backup_all(
+    volumes: &dyn KeyStore,
+    opts: RemoteOptions,
+    work_dir: &Path,
+    dir: &Path,
+    keep: usize,
+    stamp: &str,
+) -> Result<BackupAllReport, BackupVolumeError> {
+    let mut report = BackupAllReport::default();
+    let mut names: Vec<String> = volumes.list().await?.into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    for name in names {
+        let own = dir.join(crate::keystore::record_name(&name));
+        let file = own.join(format!("{stamp}.{EXTENSION}"));
+        let made = match std::fs::create_dir_all(&own) {
+            Ok(()) => backup_volume(
+                volumes,
+                opts.clone(),
+                work_dir,
+                &name,
+                Stream::File(file.clone()),
+            )
+            .await
+            .map(|_| ()),
+            Err(e) => Err(BackupVolumeError::Io(own.display().to_string(), e)),
+        };
+        match made {
+            Ok(()) => {
+                tracing::info!(volume = %name, file = %file.display(), "volume backed up");
+                match prune(&own, keep.max(1)) {
+                    Ok(n) => report.removed += n,
+                    Err(e) => report.failed.push((name.clone(), format!("pruning: {e}"))),
+                }
+                report.written.push((name, file));
+            }
+            Err(e) => {
+                tracing::warn!(volume = %name, error = %e, "volume not backed up");
+                report.failed.push((name, e.to_string()));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Removes all but the newest `keep` backups in `dir` (their names sort by time); how many.
+fn prune(dir: &Path, keep: usize) -> Result<usize, BackupVolumeError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir.display()))?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == EXTENSION))
+        .collect();
+    files.sort();
+    let old = files.len().saturating_sub(keep);
+    for f in &files[..old] {
+        std::fs::remove_file(f).map_err(io(f.display()))?;
+    }
+    Ok(old)
 }

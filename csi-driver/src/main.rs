@@ -69,6 +69,14 @@ struct Cli {
     /// The backup file of --backup or --restore (`-`: standard output or input).
     #[arg(long, default_value = "-")]
     file: PathBuf,
+    /// Instead of serving: back every volume up into DIR (a file per volume and run, in a
+    /// directory per volume), keeping the newest --keep of each; what the chart's scheduled
+    /// backups run. Exits nonzero if any volume failed (the others are still backed up).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["node_id", "controller", "rekey", "backup", "restore"])]
+    backup_all: Option<PathBuf>,
+    /// Backups of each volume --backup-all keeps.
+    #[arg(long, default_value_t = 7)]
+    keep: usize,
     /// Where staged volumes keep their key envelope (0600), cache and daemon log.
     #[arg(long, default_value = "/var/lib/atefs-csi")]
     state_dir: PathBuf,
@@ -277,6 +285,48 @@ async fn backup_or_restore(cli: &Cli, name: &str, backup: bool) -> Result<()> {
     Ok(())
 }
 
+/// `--backup-all DIR` (csi_driver::backup::backup_all).
+async fn backup_all(cli: &Cli, dir: &std::path::Path) -> Result<()> {
+    if cli.servers.is_empty() {
+        bail!("--backup-all needs --servers (or ATEFS_SERVERS)");
+    }
+    let opts = ate::remote::RemoteOptions::from_flags(
+        cli.servers.clone(),
+        cli.ca.as_deref(),
+        cli.insecure_plaintext,
+    )?;
+    let (volumes, _) = key_stores(
+        cli,
+        kube_client(cli).await?,
+        Records::Snapshots,
+        "--backup-all",
+    )?;
+    // UTC to the nanosecond, fixed width: names sort by time, and two runs never collide.
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let stamp = format!(
+        "{}.{:09}Z",
+        now.strftime("%Y%m%dT%H%M%S"),
+        now.subsec_nanosecond()
+    );
+    let r = csi_driver::backup::backup_all(&*volumes, opts, &cli.work_dir, dir, cli.keep, &stamp)
+        .await
+        .with_context(|| format!("backing up the volumes into {}", dir.display()))?;
+    println!(
+        "{} volumes backed up into {} ({} older backups removed), {} failed",
+        r.written.len(),
+        dir.display(),
+        r.removed,
+        r.failed.len()
+    );
+    for (name, why) in &r.failed {
+        eprintln!("volume {name}: {why}");
+    }
+    if !r.failed.is_empty() {
+        bail!("{} volumes were not backed up", r.failed.len());
+    }
+    Ok(())
+}
+
 /// Sweeps for orphaned volumes and reports volumes in trouble every `every`, for as long as
 /// the process runs.
 async fn sweep_orphans(
@@ -335,6 +385,9 @@ async fn main() -> Result<()> {
     }
     if let Some(name) = &cli.restore {
         return backup_or_restore(&cli, name, false).await;
+    }
+    if let Some(dir) = &cli.backup_all {
+        return backup_all(&cli, dir).await;
     }
     if cli.node_id.is_none() && !cli.controller {
         bail!("serve something: --node-id NAME (Node service), --controller, or both");

@@ -26,6 +26,36 @@ fn create_req(name: &str, required: i64) -> pb::CreateVolumeRequest {
     }
 }
 
+/// Volume `name` (64 MiB) made by the controller and staged (shared) at `staging` with the
+/// record the controller kept: its id, and that record.
+async fn create_and_stage(
+    c: &mut common::Csi,
+    keys_dir: &std::path::Path,
+    name: &str,
+    staging: &std::path::Path,
+) -> (String, HashMap<String, String>) {
+    let id = c
+        .controller
+        .create_volume(create_req(name, 64 << 20))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let secrets = secrets_of(keys_dir, name);
+    c.node
+        .node_stage_volume(common::stage_req(
+            &id,
+            staging,
+            &secrets,
+            Mode::MultiNodeMultiWriter,
+        ))
+        .await
+        .unwrap();
+    (id, secrets)
+}
+
 /// The secrets kubelet would pass: the record the controller wrote, as the Secret's data.
 fn secrets_of(keys_dir: &std::path::Path, name: &str) -> HashMap<String, String> {
     let text =
@@ -702,25 +732,7 @@ fn a_rekeyed_volume_stages_with_its_new_record_and_not_the_old() {
     };
     rt().block_on(async {
         let mut c = plugin.client().await;
-        let id = c
-            .controller
-            .create_volume(create_req(name, 64 << 20))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
-        let old = secrets_of(&keys_dir, name);
-        c.node
-            .node_stage_volume(common::stage_req(
-                &id,
-                &staging,
-                &old,
-                Mode::MultiNodeMultiWriter,
-            ))
-            .await
-            .unwrap();
+        let (id, old) = create_and_stage(&mut c, &keys_dir, name, &staging).await;
         std::fs::write(staging.join("before"), b"written under the old keys").unwrap();
         // Staged on a node: in use, refused.
         let refused = run_rekey();
@@ -824,25 +836,7 @@ fn a_volume_backed_up_by_the_controller_comes_back_after_its_chain_servers_lose_
     let content: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
     let id = rt().block_on(async {
         let mut c = plugin.client().await;
-        let id = c
-            .controller
-            .create_volume(create_req(name, 64 << 20))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap()
-            .volume_id;
-        let secrets = secrets_of(&keys_dir, name);
-        c.node
-            .node_stage_volume(common::stage_req(
-                &id,
-                &staging,
-                &secrets,
-                Mode::MultiNodeMultiWriter,
-            ))
-            .await
-            .unwrap();
+        let (id, _) = create_and_stage(&mut c, &keys_dir, name, &staging).await;
         std::fs::write(staging.join("kept"), &content).unwrap();
         std::fs::write(staging.join("note"), b"written before the loss").unwrap();
         c.node
@@ -923,5 +917,101 @@ fn a_volume_backed_up_by_the_controller_comes_back_after_its_chain_servers_lose_
             .await
             .unwrap();
     });
+    drop(plugin);
+}
+
+/// `atefs-csi --backup-all DIR --keep 2` (what the chart's scheduled backups run) writes a
+/// backup of every volume into a directory of its own, each verifying with that volume's
+/// keys, and keeps the newest two; a volume that cannot be backed up (its directory taken by
+/// a file here) fails the run but not the others' backups.
+#[test]
+fn scheduled_backups_cover_every_volume_and_keep_the_newest() {
+    let Some(env) = MountEnv::start() else {
+        return;
+    };
+    let (plugin, keys_dir) = controller_plugin(&env);
+    let names = [
+        "pvc-6f1d2c3e-0000-4000-8000-000000000010",
+        "pvc-6f1d2c3e-0000-4000-8000-000000000011",
+    ];
+    let staging = env.tmp.path().join("staging");
+    rt().block_on(async {
+        let mut c = plugin.client().await;
+        let (id, _) = create_and_stage(&mut c, &keys_dir, names[0], &staging).await;
+        std::fs::write(staging.join("f"), b"backed up on schedule").unwrap();
+        c.node
+            .node_unstage_volume(common::unstage_req(&id, &staging))
+            .await
+            .unwrap();
+        c.controller
+            .create_volume(create_req(names[1], 32 << 20))
+            .await
+            .unwrap();
+    });
+    let dir = env.tmp.path().join("backups");
+    let run = || {
+        std::process::Command::new(common::bin("atefs-csi"))
+            .arg("--backup-all")
+            .arg(&dir)
+            .args(["--keep", "2", "--servers", &env.cluster.servers.join(",")])
+            .arg("--keys-dir")
+            .arg(&keys_dir)
+            .arg("--ca")
+            .arg(env.cluster.ca())
+            .arg("--work-dir")
+            .arg(env.tmp.path().join("work"))
+            .output()
+            .unwrap()
+    };
+    let backups_of = |name: &str| -> Vec<std::path::PathBuf> {
+        let own = dir.join(csi_driver::keystore::record_name(name));
+        let mut files: Vec<_> = std::fs::read_dir(own)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    };
+    let mut first = Vec::new();
+    for round in 0..3 {
+        let out = run();
+        assert!(out.status.success(), "round {round}: {out:?}");
+        if round == 0 {
+            first = backups_of(names[0]);
+        }
+    }
+    for name in names {
+        let files = backups_of(name);
+        assert_eq!(files.len(), 2, "{name}: {files:?}");
+        let keys =
+            csi_driver::volume_id::envelope_from_hex(&secrets_of(&keys_dir, name)["keyEnvelope"])
+                .unwrap();
+        for f in &files {
+            let b = ate::backup::verify_backup(f, &keys).unwrap();
+            assert_eq!(b.summary.chain, keys.chain);
+        }
+    }
+    assert!(
+        !backups_of(names[0]).contains(&first[0]),
+        "the oldest backup was kept"
+    );
+
+    // The second volume's directory is taken: it fails, the first is still backed up.
+    let second = dir.join(csi_driver::keystore::record_name(names[1]));
+    std::fs::remove_dir_all(&second).unwrap();
+    std::fs::write(&second, b"in the way").unwrap();
+    let before = backups_of(names[0]);
+    let out = run();
+    assert!(
+        !out.status.success(),
+        "a failed volume went unreported: {out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(names[1]),
+        "{out:?}"
+    );
+    let after = backups_of(names[0]);
+    assert_eq!(after.len(), 2);
+    assert_ne!(after, before, "the first volume was not backed up");
     drop(plugin);
 }

@@ -23,6 +23,15 @@ impl Fixture {
         }
     }
 
+    /// The fixture of a volume's keys: its chain, owner key and data key.
+    pub fn of(keys: &ate::KeyFile) -> Self {
+        Self {
+            chain_id: keys.chain,
+            owner: keys.owner.clone(),
+            data: keys.data.clone(),
+        }
+    }
+
     pub fn genesis(&self, root: RootAuthority) -> Transaction {
         let mut tx = Transaction::new(self.chain_id, self.owner.public());
         tx.ops.push(Op::SetRoot(root));
