@@ -131,6 +131,15 @@ enum Cmd {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Check a backup without restoring it: reads all of FILE and verifies its signature
+    /// with the key file's owner key (no cluster needed). Prints what it holds.
+    VerifyBackup {
+        /// The backup file.
+        file: PathBuf,
+        /// The key file of the volume it is a backup of.
+        #[arg(long)]
+        keys: PathBuf,
+    },
     /// Write a new key envelope (a new volume's keys) to FILE with mode 0600.
     Keygen {
         /// Output file; must not exist.
@@ -212,6 +221,7 @@ fn main() -> Result<()> {
         Cmd::Clone { out, quota, remote } => clone(&out, quota, &remote),
         Cmd::Rekey { out, force, remote } => rekey(&out, force, &remote),
         Cmd::Backup { out, remote } => backup(&out, &remote),
+        Cmd::VerifyBackup { file, keys } => verify_backup(&file, &keys),
         Cmd::Restore {
             file,
             quota,
@@ -530,6 +540,23 @@ fn backup(out: &Path, remote: &RemoteArgs) -> Result<()> {
         s.records,
         s.bytes,
         out.display()
+    );
+    Ok(())
+}
+
+fn verify_backup(file: &Path, keys: &Path) -> Result<()> {
+    let keys = ate::KeyFile::load(keys)?;
+    let b = ate::backup::verify_backup(file, &keys)
+        .with_context(|| format!("checking {}", file.display()))?;
+    let s = &b.summary;
+    println!(
+        "{}: a good backup of chain {} as of index {}: {} records, {} bytes sealed, quota {} bytes",
+        file.display(),
+        s.chain,
+        s.index,
+        s.records,
+        s.bytes,
+        s.quota
     );
     Ok(())
 }

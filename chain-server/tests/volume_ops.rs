@@ -7,7 +7,7 @@
 mod common;
 
 use common::mount::{
-    atefs_on, can_mount, keygen, setup, status_of, volume_size, volume_usage, Mount,
+    atefs_bin, atefs_on, can_mount, keygen, setup, status_of, volume_size, volume_usage, Mount,
 };
 use common::{rt, Cluster};
 use std::io::Write;
@@ -471,6 +471,21 @@ fn a_volume_comes_back_from_its_backup_on_a_new_cluster() {
     );
     let again = atefs_on(&cluster, &keys, "backup", &[file_arg]);
     assert!(!again.status.success(), "a backup overwrote a file");
+    let verify = |file: &Path| {
+        std::process::Command::new(atefs_bin())
+            .arg("verify-backup")
+            .arg(file)
+            .arg("--keys")
+            .arg(&keys)
+            .output()
+            .unwrap()
+    };
+    let good = verify(&file);
+    assert!(good.status.success(), "atefs verify-backup: {good:?}");
+    assert!(
+        String::from_utf8_lossy(&good.stdout).contains("a good backup"),
+        "{good:?}"
+    );
     let exists = atefs_on(&cluster, &keys, "restore", &[file_arg]);
     assert!(!exists.status.success(), "restored over a live volume");
     assert!(
@@ -485,6 +500,8 @@ fn a_volume_comes_back_from_its_backup_on_a_new_cluster() {
     changed[bytes.len() / 2] ^= 1;
     let bad = tmp.path().join("changed.backup");
     std::fs::write(&bad, &changed).unwrap();
+    let checked = verify(&bad);
+    assert!(!checked.status.success(), "a changed backup verified");
     let refused = atefs_on(&cluster, &keys, "restore", &[bad.to_str().unwrap()]);
     assert!(!refused.status.success(), "a changed backup was restored");
     assert!(
