@@ -216,17 +216,23 @@ async fn controller_service(cli: &Cli, metrics: Arc<Metrics>) -> Result<Controll
     ))
 }
 
-/// `--rekey NAME`: the volume's keys changed and its record replaced (csi_driver::rekey).
-async fn rekey(cli: &Cli, name: &str) -> Result<()> {
-    use csi_driver::rekey::{rekey_volume, RekeyOutcome};
+/// The chain servers' client options of a one-off command (`--rekey`, `--backup`, ...),
+/// from the flags or the environment the controller's container sets.
+fn one_off_options(cli: &Cli, what: &str) -> Result<ate::remote::RemoteOptions> {
     if cli.servers.is_empty() {
-        bail!("--rekey needs --servers (or ATEFS_SERVERS)");
+        bail!("{what} needs --servers (or ATEFS_SERVERS)");
     }
-    let opts = ate::remote::RemoteOptions::from_flags(
+    Ok(ate::remote::RemoteOptions::from_flags(
         cli.servers.clone(),
         cli.ca.as_deref(),
         cli.insecure_plaintext,
-    )?;
+    )?)
+}
+
+/// `--rekey NAME`: the volume's keys changed and its record replaced (csi_driver::rekey).
+async fn rekey(cli: &Cli, name: &str) -> Result<()> {
+    use csi_driver::rekey::{rekey_volume, RekeyOutcome};
+    let opts = one_off_options(cli, "--rekey")?;
     let (volumes, pending) = key_stores(cli, kube_client(cli).await?, Records::Rekeys, "--rekey")?;
     std::fs::create_dir_all(&cli.work_dir)
         .with_context(|| format!("creating {}", cli.work_dir.display()))?;
@@ -249,14 +255,7 @@ async fn rekey(cli: &Cli, name: &str) -> Result<()> {
 async fn backup_or_restore(cli: &Cli, name: &str, backup: bool) -> Result<()> {
     use csi_driver::backup::{backup_volume, restore_volume, Stream};
     let what = if backup { "--backup" } else { "--restore" };
-    if cli.servers.is_empty() {
-        bail!("{what} needs --servers (or ATEFS_SERVERS)");
-    }
-    let opts = ate::remote::RemoteOptions::from_flags(
-        cli.servers.clone(),
-        cli.ca.as_deref(),
-        cli.insecure_plaintext,
-    )?;
+    let opts = one_off_options(cli, what)?;
     let (volumes, _) = key_stores(cli, kube_client(cli).await?, Records::Snapshots, what)?;
     let file = Stream::from_arg(&cli.file);
     if backup {
@@ -287,14 +286,7 @@ async fn backup_or_restore(cli: &Cli, name: &str, backup: bool) -> Result<()> {
 
 /// `--backup-all DIR` (csi_driver::backup::backup_all).
 async fn backup_all(cli: &Cli, dir: &std::path::Path) -> Result<()> {
-    if cli.servers.is_empty() {
-        bail!("--backup-all needs --servers (or ATEFS_SERVERS)");
-    }
-    let opts = ate::remote::RemoteOptions::from_flags(
-        cli.servers.clone(),
-        cli.ca.as_deref(),
-        cli.insecure_plaintext,
-    )?;
+    let opts = one_off_options(cli, "--backup-all")?;
     let (volumes, _) = key_stores(
         cli,
         kube_client(cli).await?,

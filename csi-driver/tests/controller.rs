@@ -26,6 +26,17 @@ fn create_req(name: &str, required: i64) -> pb::CreateVolumeRequest {
     }
 }
 
+/// Volume `name` of `bytes` made through the controller (as external-provisioner asks).
+async fn created(c: &mut common::Csi, name: &str, bytes: i64) -> pb::Volume {
+    c.controller
+        .create_volume(create_req(name, bytes))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+}
+
 /// Volume `name` (64 MiB) made by the controller and staged (shared) at `staging` with the
 /// record the controller kept: its id, and that record.
 async fn create_and_stage(
@@ -34,15 +45,7 @@ async fn create_and_stage(
     name: &str,
     staging: &std::path::Path,
 ) -> (String, HashMap<String, String>) {
-    let id = c
-        .controller
-        .create_volume(create_req(name, 64 << 20))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+    let id = created(c, name, 64 << 20).await.volume_id;
     let secrets = secrets_of(keys_dir, name);
     c.node
         .node_stage_volume(common::stage_req(
@@ -131,25 +134,11 @@ fn volumes_are_created_mounted_and_deleted_through_the_controller() {
         );
 
         let name = "pvc-6f1d2c3e-0000-4000-8000-000000000001";
-        let v = c
-            .controller
-            .create_volume(create_req(name, 64 << 20))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap();
+        let v = created(&mut c, name, 64 << 20).await;
         assert_eq!(v.capacity_bytes, 64 << 20);
         assert_eq!(v.volume_id.len(), 32);
         // A retry (the provisioner lost the answer) gives the same volume.
-        let again = c
-            .controller
-            .create_volume(create_req(name, 64 << 20))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap();
+        let again = created(&mut c, name, 64 << 20).await;
         assert_eq!(again.volume_id, v.volume_id);
         // The same name asked bigger: not the volume that exists.
         let e = c
@@ -389,14 +378,7 @@ fn snapshots_and_clones_hold_the_volume_as_it_was_when_taken() {
             r.volume_content_source = source.map(|t| pb::VolumeContentSource { r#type: Some(t) });
             r
         };
-        let src = c
-            .controller
-            .create_volume(create_req("pvc-src", 32 << 20))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap();
+        let src = created(&mut c, "pvc-src", 32 << 20).await;
         let src_dir = mount(&mut c, &keys_dir, "pvc-src", &src, root, "src").await;
         write_synced(&src_dir.join("a"), b"before");
 
@@ -943,10 +925,7 @@ fn scheduled_backups_cover_every_volume_and_keep_the_newest() {
             .node_unstage_volume(common::unstage_req(&id, &staging))
             .await
             .unwrap();
-        c.controller
-            .create_volume(create_req(names[1], 32 << 20))
-            .await
-            .unwrap();
+        created(&mut c, names[1], 32 << 20).await;
     });
     let dir = env.tmp.path().join("backups");
     let run = || {
