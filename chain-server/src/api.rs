@@ -163,6 +163,35 @@ impl Api {
         }
     }
 
+    /// Refuses a subscription from beyond the chain's end (`FAILED_PRECONDITION`): its
+    /// subscriber read indexes the chain does not have, so the chain was made again since
+    /// (deleted and restored from a backup) and what the subscriber holds is another chain's.
+    /// Only a leader, after a read index, knows the end; a follower may only lag, and sends
+    /// the subscriber to its leader.
+    async fn refuse_beyond_end(
+        &self,
+        p: &Partition,
+        chain: ChainId,
+        from: u64,
+    ) -> Result<(), Status> {
+        let end = |p: &Partition| p.sm.with_chain(&chain, |c| c.index).unwrap_or(0);
+        if from <= end(p).saturating_add(1) {
+            return Ok(());
+        }
+        let leader = p.leader();
+        if leader != Some(self.node.config.id) {
+            return Err(self.redirect(p, leader));
+        }
+        self.linearize(p).await?;
+        let index = end(p);
+        if from <= index.saturating_add(1) {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "chain {chain} ends at index {index}, before this subscription's {from}: the chain was made again (restored from a backup?) since the subscriber read it; mount it afresh"
+        )))
+    }
+
     /// Proposes a command and waits until it is applied.
     async fn propose(&self, p: &Partition, cmd: Command) -> Result<u64, Status> {
         let started = Instant::now();
@@ -742,8 +771,12 @@ impl Chains for Api {
         let digest = ate::remote::subscribe_digest(&chain, &req.nonce, req.from_index);
         self.known_chain(&p, chain).await?;
         let reader = self.check_reader(&p, chain, proof, &digest)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
         let from = req.from_index.max(1);
+        // u64::MAX: a client only asking whether its key reads the chain.
+        if from != u64::MAX {
+            self.refuse_beyond_end(&p, chain, from).await?;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(crate::subscribe::feed(p, chain, from, session, reader, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

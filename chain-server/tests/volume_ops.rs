@@ -9,7 +9,7 @@ mod common;
 use common::mount::{
     atefs_bin, atefs_on, can_mount, keygen, setup, status_of, volume_size, volume_usage, Mount,
 };
-use common::{rt, Cluster};
+use common::{rt, Cluster, Stopped};
 use std::io::Write;
 use std::path::Path;
 
@@ -588,4 +588,64 @@ fn a_volume_comes_back_from_its_backup_on_a_new_cluster() {
     assert!(std::fs::read(back.dir.join("projects/alpha/big")).unwrap() == data);
     assert!(!back.dir.join("projects/after").exists());
     drop(back);
+}
+
+/// A mount that outlived its volume does not take the restored one for it. Frozen (SIGSTOP)
+/// while every replica loses its disk and the volume is restored from its backup, once
+/// continued it reconnects to a chain shorter than the one it had read: the cluster refuses
+/// that subscription ("made again") and the mount stops following, instead of waiting
+/// silently for indexes the restored chain does not reach. A fresh mount reads the files.
+#[test]
+fn a_mount_that_outlived_its_volume_stops_following_the_restored_one() {
+    let Some((mut cluster, tmp, keys)) = setup() else {
+        return;
+    };
+    let old = Mount::start(&cluster, tmp.path(), "old", &keys);
+    // A commit or more per file: the chain's index passes what a restore makes (a few).
+    for i in 0..40 {
+        std::fs::write(old.dir.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    let file = tmp.path().join("volume.backup");
+    let file_arg = file.to_str().unwrap();
+    let run = atefs_on(&cluster, &keys, "backup", &[file_arg]);
+    assert!(run.status.success(), "atefs backup: {run:?}");
+    assert!(
+        status_of(&old.dir).starts_with("following"),
+        "{}",
+        status_of(&old.dir)
+    );
+    {
+        let _frozen = Stopped::stop(old.child.id());
+        for i in 0..3 {
+            cluster.kill(i);
+            std::fs::remove_dir_all(&cluster.replicas[i].data).unwrap();
+        }
+        for i in 0..3 {
+            cluster.spawn(i, i == 0);
+        }
+        for i in 0..3 {
+            cluster.wait_ready(i, std::time::Duration::from_secs(30));
+        }
+        let run = atefs_on(&cluster, &keys, "restore", &[file_arg]);
+        assert!(run.status.success(), "atefs restore: {run:?}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !status_of(&old.dir).contains("made again") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old mount: {}",
+            status_of(&old.dir)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(status_of(&old.dir).starts_with("not following"));
+    let fresh = Mount::start(&cluster, tmp.path(), "fresh", &keys);
+    for i in [0, 7, 39] {
+        assert_eq!(
+            std::fs::read_to_string(fresh.dir.join(format!("f{i}"))).unwrap(),
+            format!("file {i}")
+        );
+    }
+    drop(fresh);
+    drop(old);
 }
