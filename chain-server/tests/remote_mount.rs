@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::mount::{eventually, setup, setup_with, status_of, Mount, EIO};
+use common::mount::{await_status, eventually, setup, setup_with, status_of, Mount, EIO};
 use common::{files_under, rt, Cluster, Stopped};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -335,16 +335,12 @@ fn a_mount_rides_out_an_outage_of_the_whole_cluster() {
     assert_eq!(e.raw_os_error(), Some(EIO), "{e}");
     // Said on the root (what a CSI node plugin reports as the volume's condition) once the
     // mount's subscription, too, has retried for its 4 s.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let mut status = status_of(&host.dir);
-    while status == "following" && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        status = status_of(&host.dir);
-    }
-    assert!(
-        status.starts_with("not following: ") && status.contains("reconnecting"),
-        "{status}"
+    let status = await_status(
+        &host.dir,
+        "not following: ",
+        std::time::Duration::from_secs(20),
     );
+    assert!(status.contains("reconnecting"), "{status}");
     let mut text = String::new();
     std::io::Read::read_to_string(&mut open_before, &mut text).unwrap();
     assert_eq!(text, "written before the outage");

@@ -7,7 +7,8 @@
 mod common;
 
 use common::mount::{
-    atefs_bin, atefs_on, can_mount, keygen, setup, status_of, volume_size, volume_usage, Mount,
+    atefs_bin, atefs_on, await_status, can_mount, keygen, setup, status_of, volume_size,
+    volume_usage, Mount,
 };
 use common::{rt, Cluster, Stopped};
 use std::io::Write;
@@ -348,15 +349,11 @@ fn a_rekey_gives_a_volume_new_keys_and_shuts_the_old_ones_out() {
     let resize = atefs_on(&cluster, &keys, "quota", &["1073741824"]);
     assert!(!resize.status.success(), "the old keys resized: {resize:?}");
     // The mount that had the old keys stops following, and says why.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !status_of(&stale.dir).starts_with("not following") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the old keys' mount still follows: {}",
-            status_of(&stale.dir)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    await_status(
+        &stale.dir,
+        "not following",
+        std::time::Duration::from_secs(30),
+    );
     assert!(
         status_of(&stale.dir).contains("no longer reads"),
         "{}",
@@ -629,16 +626,8 @@ fn a_mount_that_outlived_its_volume_stops_following_the_restored_one() {
         let run = atefs_on(&cluster, &keys, "restore", &[file_arg]);
         assert!(run.status.success(), "atefs restore: {run:?}");
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !status_of(&old.dir).contains("made again") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the old mount: {}",
-            status_of(&old.dir)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(status_of(&old.dir).starts_with("not following"));
+    let now = await_status(&old.dir, "made again", std::time::Duration::from_secs(60));
+    assert!(now.starts_with("not following"), "{now}");
     let fresh = Mount::start(&cluster, tmp.path(), "fresh", &keys);
     for i in [0, 7, 39] {
         assert_eq!(

@@ -178,3 +178,21 @@ pub fn volume_usage(dir: &Path) -> (u64, u64) {
 pub fn volume_size(dir: &Path) -> u64 {
     volume_usage(dir).0
 }
+
+/// Waits (at most `limit`) until the `atefs.status` of the mount at `dir` contains `needle`;
+/// the status then.
+pub fn await_status(dir: &Path, needle: &str, limit: std::time::Duration) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let now = status_of(dir);
+        if now.contains(needle) {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: no {needle:?} in its status after {limit:?}: {now}",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
