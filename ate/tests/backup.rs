@@ -194,3 +194,36 @@ fn a_backup_changed_during_its_restore_fails_it() {
     let last = std::iter::from_fn(|| r.next_tx()).last().unwrap();
     assert!(matches!(last, Err(BackupError::Changed)), "{last:?}");
 }
+
+/// Every single-byte change and every truncation of a small backup is refused with an error
+/// (never accepted, never a panic): any change breaks the signature or the framing, and the
+/// reader bounds every length before it allocates.
+#[test]
+fn no_changed_or_cut_backup_passes_for_a_good_one() {
+    let keys = KeyFile::generate(ChainId::random());
+    let f = Fixture::of(&keys);
+    let (_, chain) = f.mem_chain();
+    chain.commit(f.put(&f.owner, key(1), None, b"top")).unwrap();
+    chain
+        .commit(f.put(&f.owner, key(2), Some(key(1)), b"below"))
+        .unwrap();
+    let mut good = Vec::new();
+    write_backup(&chain.frozen(), &keys, 1 << 20, &mut good, |_, _| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b");
+    let check = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        verify_backup(&path, &keys)
+    };
+    check(&good).unwrap();
+    for at in 0..good.len() {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut bad = good.clone();
+            bad[at] ^= flip;
+            assert!(check(&bad).is_err(), "byte {at} ^ {flip:#x} passed");
+        }
+    }
+    for len in 0..good.len() {
+        assert!(check(&good[..len]).is_err(), "cut to {len} bytes passed");
+    }
+}
