@@ -563,8 +563,10 @@ fn verify_backup(file: &Path, keys: &Path) -> Result<()> {
 
 fn restore(file: &Path, quota: Option<u64>, remote: &RemoteArgs) -> Result<()> {
     let (keys, _, _) = shared_volume("restore", remote)?;
-    let r = ate::remote::restore_chain(remote_options(remote)?, &keys, file, quota)
-        .with_context(|| format!("restoring chain {} from {}", keys.chain, file.display()))?;
+    let r = ate::remote::restore_chain(remote_options(remote)?, &keys, file, |b| {
+        quota.unwrap_or(b.quota)
+    })
+    .with_context(|| format!("restoring chain {} from {}", keys.chain, file.display()))?;
     println!(
         "restored chain {} as of index {}: {} records in {} transactions",
         keys.chain, r.summary.index, r.summary.records, r.transactions

@@ -109,7 +109,8 @@ pub async fn backup_volume(
     Ok(summary)
 }
 
-/// Makes volume `name`'s chain again from the backup at `from` (quota: the volume's capacity).
+/// Makes volume `name`'s chain again from the backup at `from`, with the larger of the quota
+/// it had then and the capacity its record was made with.
 pub async fn restore_volume(
     volumes: &dyn KeyStore,
     opts: RemoteOptions,
@@ -124,7 +125,10 @@ pub async fn restore_volume(
             let mut f = std::fs::File::create(&file).map_err(io(file.display()))?;
             std::io::copy(&mut std::io::stdin().lock(), &mut f).map_err(io("standard input"))?;
         }
-        Ok::<_, BackupVolumeError>(restore_chain(opts, &v.keys, &file, Some(v.capacity))?)
+        // The record keeps the size the volume was made with; an expansion since raised only
+        // the chain's quota, which the backup holds.
+        let quota = |b: &BackupSummary| b.quota.max(v.capacity);
+        Ok::<_, BackupVolumeError>(restore_chain(opts, &v.keys, &file, quota)?)
     })
     .await
     .map_err(|e| {

@@ -821,6 +821,19 @@ fn a_volume_backed_up_by_the_controller_comes_back_after_its_chain_servers_lose_
         let (id, _) = create_and_stage(&mut c, &keys_dir, name, &staging).await;
         std::fs::write(staging.join("kept"), &content).unwrap();
         std::fs::write(staging.join("note"), b"written before the loss").unwrap();
+        // Grown since it was made: its record keeps the first size, its chain the new one.
+        c.controller
+            .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+                volume_id: id.clone(),
+                capacity_range: Some(pb::CapacityRange {
+                    required_bytes: 96 << 20,
+                    limit_bytes: 0,
+                }),
+                volume_capability: Some(capability(Mode::MultiNodeMultiWriter)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         c.node
             .node_unstage_volume(common::unstage_req(&id, &staging))
             .await
@@ -894,6 +907,9 @@ fn a_volume_backed_up_by_the_controller_comes_back_after_its_chain_servers_lose_
             .unwrap();
         assert!(std::fs::read(staging.join("kept")).unwrap() == content);
         assert_eq!(std::fs::read(staging.join("note")).unwrap(), needle);
+        // The size it had grown to, not the one its record was made with.
+        let fs = rustix::fs::statvfs(&staging).unwrap();
+        assert_eq!(fs.f_blocks * fs.f_frsize, 96 << 20);
         c.node
             .node_unstage_volume(common::unstage_req(&id, &staging))
             .await

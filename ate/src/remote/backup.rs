@@ -99,18 +99,18 @@ pub struct RestoreReport {
     pub transactions: usize,
 }
 
-/// Makes `keys.chain` again on the cluster from the backup at `path`, with the backup's quota
-/// unless `quota` is given. The backup must verify with `keys` before anything is written. A
+/// Makes `keys.chain` again on the cluster from the backup at `path`, with the quota `quota`
+/// picks from what the backup holds (its `quota` is the chain's when it was backed up). The backup must verify with `keys` before anything is written. A
 /// chain the cluster has is refused, except one an interrupted restore left ([`RESTORING`]:
 /// made again). Blocking: call it outside an async runtime.
 pub fn restore_chain(
     opts: RemoteOptions,
     keys: &KeyFile,
     path: &Path,
-    quota: Option<u64>,
+    quota: impl FnOnce(&BackupSummary) -> u64,
 ) -> Result<RestoreReport, RemoteBackupError> {
     let backup = verify_backup(path, keys)?;
-    let quota = quota.unwrap_or(backup.summary.quota);
+    let quota = quota(&backup.summary);
     let chain = keys.chain;
     let (client, rt) = blocking_client(&opts)?;
     match rt.block_on(client.info(chain)) {
