@@ -5,12 +5,15 @@
 //! volume's record (its Secret), which a backup never holds.
 //!
 //! The backup can go to stdout and the restore come from stdin (`-`), so that the file never
-//! has to be copied into or out of the container (its image has no shell or tar): the restore
-//! keeps a copy in the work directory, since it reads the file twice (verify, then commit).
+//! has to be copied into or out of the container (its image has no shell or tar): the backup
+//! is written to stdout as it is made; the restore keeps a copy in the work directory, since it
+//! reads the file twice (verify, then commit).
 
 use crate::keystore::{KeyStore, StoreError, StoredVolume};
 use ate::backup::BackupSummary;
-use ate::remote::{backup_chain, restore_chain, RemoteBackupError, RemoteOptions, RestoreReport};
+use ate::remote::{
+    backup_chain, backup_chain_to, restore_chain, RemoteBackupError, RemoteOptions, RestoreReport,
+};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -59,20 +62,18 @@ impl Stream {
     }
 }
 
-/// Volume `name`'s record, and a directory of its own in `work_dir` for one run (removed when
-/// it drops).
-async fn prepare(
-    volumes: &dyn KeyStore,
-    work_dir: &Path,
-    name: &str,
-) -> Result<(StoredVolume, tempfile::TempDir), BackupVolumeError> {
-    let v = volumes
+/// Volume `name`'s record.
+async fn record(volumes: &dyn KeyStore, name: &str) -> Result<StoredVolume, BackupVolumeError> {
+    volumes
         .get(name)
         .await?
-        .ok_or_else(|| BackupVolumeError::NotFound(name.to_string()))?;
+        .ok_or_else(|| BackupVolumeError::NotFound(name.to_string()))
+}
+
+/// A directory of its own in `work_dir` for one run (removed when it drops).
+fn scratch(work_dir: &Path) -> Result<tempfile::TempDir, BackupVolumeError> {
     std::fs::create_dir_all(work_dir).map_err(io(work_dir.display()))?;
-    let dir = tempfile::tempdir_in(work_dir).map_err(io(work_dir.display()))?;
-    Ok((v, dir))
+    tempfile::tempdir_in(work_dir).map_err(io(work_dir.display()))
 }
 
 fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> BackupVolumeError {
@@ -87,20 +88,28 @@ pub async fn backup_volume(
     name: &str,
     to: Stream,
 ) -> Result<BackupSummary, BackupVolumeError> {
-    let (v, dir) = prepare(volumes, work_dir, name).await?;
-    let file = to.path_or(dir.path().join("backup"));
+    let v = record(volumes, name).await?;
+    backup_record(v, opts, work_dir, to).await
+}
+
+/// Backs the volume of record `v` up to `to`; standard output gets the backup as it is
+/// written (nothing but the cache is kept in `work_dir`).
+async fn backup_record(
+    v: StoredVolume,
+    opts: RemoteOptions,
+    work_dir: &Path,
+    to: Stream,
+) -> Result<BackupSummary, BackupVolumeError> {
+    let dir = scratch(work_dir)?;
     let cache = dir.path().join("cache");
     let summary = tokio::task::spawn_blocking(move || {
         let storage = std::sync::Arc::new(
             ate::storage::FileStorage::new(&cache).map_err(io(cache.display()))?,
         );
-        let summary = backup_chain(opts, &v.keys, &file, storage)?;
-        if to == Stream::Std {
-            let mut f = std::fs::File::open(&file).map_err(io(file.display()))?;
-            let mut out = std::io::stdout().lock();
-            std::io::copy(&mut f, &mut out).map_err(io("standard output"))?;
-            std::io::Write::flush(&mut out).map_err(io("standard output"))?;
-        }
+        let summary = match &to {
+            Stream::File(file) => backup_chain(opts, &v.keys, file, storage)?,
+            Stream::Std => backup_chain_to(opts, &v.keys, std::io::stdout().lock(), storage)?,
+        };
         Ok::<_, BackupVolumeError>(summary)
     })
     .await
@@ -118,7 +127,8 @@ pub async fn restore_volume(
     name: &str,
     from: Stream,
 ) -> Result<RestoreReport, BackupVolumeError> {
-    let (v, dir) = prepare(volumes, work_dir, name).await?;
+    let v = record(volumes, name).await?;
+    let dir = scratch(work_dir)?;
     let file = from.path_or(dir.path().join("backup"));
     let report = tokio::task::spawn_blocking(move || {
         if from == Stream::Std {
@@ -166,21 +176,16 @@ pub async fn backup_all(
     stamp: &str,
 ) -> Result<BackupAllReport, BackupVolumeError> {
     let mut report = BackupAllReport::default();
-    let mut names: Vec<String> = volumes.list().await?.into_iter().map(|(n, _)| n).collect();
-    names.sort();
-    for name in names {
+    // The records as listed: a volume made meanwhile waits for the next run.
+    let mut records = volumes.list().await?;
+    records.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, v) in records {
         let own = dir.join(crate::keystore::record_name(&name));
         let file = own.join(format!("{stamp}.{EXTENSION}"));
         let made = match std::fs::create_dir_all(&own) {
-            Ok(()) => backup_volume(
-                volumes,
-                opts.clone(),
-                work_dir,
-                &name,
-                Stream::File(file.clone()),
-            )
-            .await
-            .map(|_| ()),
+            Ok(()) => backup_record(v, opts.clone(), work_dir, Stream::File(file.clone()))
+                .await
+                .map(|_| ()),
             Err(e) => Err(BackupVolumeError::Io(own.display().to_string(), e)),
         };
         match made {

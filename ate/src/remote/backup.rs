@@ -30,18 +30,16 @@ pub enum RemoteBackupError {
     Exists(crate::ids::ChainId),
 }
 
-/// Writes a backup of `keys.chain` to `out` (which must not exist), reading the chain through
-/// `cache` (empty, or a cache of this chain). The file appears complete or not at all: it is
-/// written beside `out`, synced, then renamed. Blocking: call it outside an async runtime.
-pub fn backup_chain(
+/// Writes a backup of `keys.chain` to `out`, reading the chain through `cache` (empty, or a
+/// cache of this chain): its records as of the index the cache has once it caught up. A
+/// failure leaves `out` short (no trailer: it verifies as damaged). Blocking: call it outside
+/// an async runtime.
+pub fn backup_chain_to(
     opts: RemoteOptions,
     keys: &KeyFile,
-    out: &Path,
+    out: impl Write,
     cache: Arc<dyn Storage>,
 ) -> Result<BackupSummary, RemoteBackupError> {
-    let (client, rt) = blocking_client(&opts)?;
-    let quota = rt.block_on(client.info(keys.chain))?.quota_bytes;
-    drop((client, rt));
     let source = open_remote(
         RemoteClient::new(opts)?,
         keys.chain,
@@ -49,8 +47,31 @@ pub fn backup_chain(
         cache,
         None,
     )?;
+    let quota = source
+        .rt
+        .block_on(source.client.info(keys.chain))?
+        .quota_bytes;
     let frozen = source.chain.frozen();
     tracing::info!(chain = %keys.chain, index = frozen.index, records = frozen.records.len(), "backing up a chain");
+    let mut logged = Instant::now();
+    let summary = write_backup(&frozen, keys, quota, out, |done, of| {
+        if logged.elapsed() >= Duration::from_secs(5) {
+            logged = Instant::now();
+            tracing::info!(chain = %keys.chain, done, of, "backing up a chain");
+        }
+    })?;
+    tracing::info!(chain = %keys.chain, ?summary, "chain backed up");
+    Ok(summary)
+}
+
+/// [`backup_chain_to`] a file `out` (which must not exist), which appears complete or not at
+/// all: it is written beside `out`, synced, then renamed.
+pub fn backup_chain(
+    opts: RemoteOptions,
+    keys: &KeyFile,
+    out: &Path,
+    cache: Arc<dyn Storage>,
+) -> Result<BackupSummary, RemoteBackupError> {
     // A run killed while writing leaves this behind; the next one starts it over.
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
@@ -61,28 +82,22 @@ pub fn backup_chain(
         .truncate(true)
         .open(&partial)
         .map_err(BackupError::Io)?;
-    let mut logged = Instant::now();
-    let written = write_backup(&frozen, keys, quota, &file, |done, of| {
-        if logged.elapsed() >= Duration::from_secs(5) {
-            logged = Instant::now();
-            tracing::info!(chain = %keys.chain, done, of, "backing up a chain");
-        }
-    })
-    .and_then(|summary| {
-        (&file).flush()?;
-        file.sync_all()?;
-        std::fs::rename(&partial, out)?;
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+    let written = backup_chain_to(opts, keys, &file, cache).and_then(|summary| {
+        let publish = || -> std::io::Result<()> {
+            file.sync_all()?;
+            std::fs::rename(&partial, out)?;
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        publish().map_err(BackupError::Io)?;
         Ok(summary)
     });
     if written.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
-    let summary = written?;
-    tracing::info!(chain = %keys.chain, ?summary, "chain backed up");
-    Ok(summary)
+    written
 }
 
 /// The quota of a chain while a restore fills it: no volume is given it (quotas are sizes of

@@ -72,7 +72,9 @@ pub use client::{
 };
 
 mod backup;
-pub use backup::{backup_chain, restore_chain, RemoteBackupError, RestoreReport, RESTORING};
+pub use backup::{
+    backup_chain, backup_chain_to, restore_chain, RemoteBackupError, RestoreReport, RESTORING,
+};
 mod copy;
 pub use copy::{copy_chain, CopyReport, RemoteCopyError};
 mod follower;
