@@ -310,6 +310,13 @@ fn open_volume(data: &Path, quota: u64, remote: &RemoteArgs) -> Result<atefs::vo
 /// A shared volume's key file (its path and keys) and a client of its cluster, from the
 /// command line.
 fn remote_volume(remote: &RemoteArgs) -> Result<(&Path, ate::KeyFile, ate::remote::RemoteClient)> {
+    let (key_path, keys) = volume_keys(remote)?;
+    let client = ate::remote::RemoteClient::new(remote_options(remote)?)?;
+    Ok((key_path, keys, client))
+}
+
+/// The key file `--keys` names, and its keys.
+fn volume_keys(remote: &RemoteArgs) -> Result<(&Path, ate::KeyFile)> {
     let key_path = remote
         .keys
         .as_deref()
@@ -321,8 +328,7 @@ fn remote_volume(remote: &RemoteArgs) -> Result<(&Path, ate::KeyFile, ate::remot
             key_path.display()
         )
     })?;
-    let client = ate::remote::RemoteClient::new(remote_options(remote)?)?;
-    Ok((key_path, keys, client))
+    Ok((key_path, keys))
 }
 
 fn remote_options(remote: &RemoteArgs) -> Result<ate::remote::RemoteOptions> {
@@ -361,15 +367,26 @@ fn shared_volume(
     ate::remote::RemoteClient,
     tokio::runtime::Runtime,
 )> {
-    if remote.server.is_empty() {
-        bail!("atefs {command} is for shared volumes: give --server ADDRS and --keys FILE");
-    }
-    let (_, keys, client) = remote_volume(remote)?;
+    let (keys, opts) = shared_keys(command, remote)?;
+    let client = ate::remote::RemoteClient::new(opts)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     Ok((keys, client, rt))
+}
+
+/// What a command about a shared volume that makes its own clients (`rekey`, `backup`,
+/// `restore`) works with: the volume's keys and the options of its cluster.
+fn shared_keys(
+    command: &str,
+    remote: &RemoteArgs,
+) -> Result<(ate::KeyFile, ate::remote::RemoteOptions)> {
+    if remote.server.is_empty() {
+        bail!("atefs {command} is for shared volumes: give --server ADDRS and --keys FILE");
+    }
+    let (_, keys) = volume_keys(remote)?;
+    Ok((keys, remote_options(remote)?))
 }
 
 fn quota(bytes: Option<u64>, remote: &RemoteArgs) -> Result<()> {
@@ -484,8 +501,7 @@ fn clone(out: &Path, quota: Option<u64>, remote: &RemoteArgs) -> Result<()> {
 }
 
 fn rekey(out: &Path, force: bool, remote: &RemoteArgs) -> Result<()> {
-    let (old, _, _) = shared_volume("rekey", remote)?;
-    let opts = remote_options(remote)?;
+    let (old, opts) = shared_keys("rekey", remote)?;
     if !force {
         ate::remote::refuse_in_use(&opts, old.chain).context("pass --force to go on anyway")?;
     }
@@ -528,10 +544,10 @@ fn backup(out: &Path, remote: &RemoteArgs) -> Result<()> {
     if out.exists() {
         bail!("{} exists; refusing to overwrite it", out.display());
     }
-    let (keys, _, _) = shared_volume("backup", remote)?;
+    let (keys, opts) = shared_keys("backup", remote)?;
     let cache = tempfile::tempdir().context("creating a directory for the volume's cache")?;
     let storage = std::sync::Arc::new(ate::storage::FileStorage::new(cache.path())?);
-    let s = ate::remote::backup_chain(remote_options(remote)?, &keys, out, storage)
+    let s = ate::remote::backup_chain(opts, &keys, out, storage)
         .with_context(|| format!("backing up chain {}", keys.chain))?;
     println!(
         "backed up chain {} as of index {}: {} records, {} bytes sealed, to {}",
@@ -562,11 +578,9 @@ fn verify_backup(file: &Path, keys: &Path) -> Result<()> {
 }
 
 fn restore(file: &Path, quota: Option<u64>, remote: &RemoteArgs) -> Result<()> {
-    let (keys, _, _) = shared_volume("restore", remote)?;
-    let r = ate::remote::restore_chain(remote_options(remote)?, &keys, file, |b| {
-        quota.unwrap_or(b.quota)
-    })
-    .with_context(|| format!("restoring chain {} from {}", keys.chain, file.display()))?;
+    let (keys, opts) = shared_keys("restore", remote)?;
+    let r = ate::remote::restore_chain(opts, &keys, file, |b| quota.unwrap_or(b.quota))
+        .with_context(|| format!("restoring chain {} from {}", keys.chain, file.display()))?;
     println!(
         "restored chain {} as of index {}: {} records in {} transactions",
         keys.chain, r.summary.index, r.summary.records, r.transactions
