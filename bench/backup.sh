@@ -16,14 +16,6 @@ BIN=$2
 OUT=${3:-/dev/null}
 . scripts/cluster-lib.sh
 bench_setup backup
-now() { date +%s.%N; }
-say() { echo "$*" | tee -a "$WORK/runs" "$OUT"; }
-timed() { # command... -> seconds it took (its output goes to the log)
-  local t0
-  t0=$(now)
-  RUST_LOG=${RUST_LOG:-warn} "$@" >>"$WORK/bench.log" 2>&1
-  echo "$(now) - $t0" | bc
-}
 for run in $(seq "$RUNS"); do
   mount_dev_cluster "$BIN" "$WORK" "$BASE_PORT" "$MNT"
   servers=$(cluster_servers "$BASE_PORT")

@@ -21,7 +21,6 @@ disk() { # fio args -> aggregate MiB/s of three 512 MiB writers
 }
 
 # Not a pipeline: the loop starts clusters, and the EXIT trap can only stop the one it knows.
-say() { echo "$*" | tee -a "$WORK/runs" "$OUT"; }
 for run in $(seq "$RUNS"); do
   say "run $run disk-direct MiB/s=$(disk --bs=8M --direct=1)"
   say "run $run disk-buffered MiB/s=$(disk --bs=1M --end_fsync=1)"

@@ -23,7 +23,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-now() { date +%s.%N; }
 declare -a CLONE CP
 for run in $(seq "$RUNS"); do
   mount_dev_cluster "$BIN" "$WORK" "$BASE_PORT" "$MNT"

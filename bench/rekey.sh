@@ -15,8 +15,6 @@ BIN=$2
 OUT=${3:-/dev/null}
 . scripts/cluster-lib.sh
 bench_setup rekey
-now() { date +%s.%N; }
-say() { echo "$*" | tee -a "$WORK/runs" "$OUT"; }
 for run in $(seq "$RUNS"); do
   mount_dev_cluster "$BIN" "$WORK" "$BASE_PORT" "$MNT"
   servers=$(cluster_servers "$BASE_PORT")
@@ -29,18 +27,10 @@ for run in $(seq "$RUNS"); do
   # the new ones); a failed command ends the benchmark (set -e).
   clone_once() {
     rm -f "$WORK/clone-keys"
-    local t0
-    t0=$(now)
-    RUST_LOG=${RUST_LOG:-warn} "$BIN/atefs" clone "$WORK/clone-keys" --keys "$1" \
-      --server "$servers" --ca "$ca" >>"$WORK/bench.log" 2>&1
-    echo "$(now) - $t0" | bc
+    timed "$BIN/atefs" clone "$WORK/clone-keys" --keys "$1" --server "$servers" --ca "$ca"
   }
   rekey_once() {
-    local t0
-    t0=$(now)
-    RUST_LOG=${RUST_LOG:-warn} "$BIN/atefs" rekey "$WORK/new-keys" --keys "$keys" \
-      --server "$servers" --ca "$ca" >>"$WORK/bench.log" 2>&1
-    echo "$(now) - $t0" | bc
+    timed "$BIN/atefs" rekey "$WORK/new-keys" --keys "$keys" --server "$servers" --ca "$ca"
   }
   node_mib() { du -sm "$WORK/cluster/node-1" | cut -f1; }
   before=$(node_mib)

@@ -10,7 +10,6 @@ RUNS=$1 BIN=$2 OUT=${3:-/dev/null}
 . scripts/cluster-lib.sh
 bench_setup space
 
-say() { echo "$*" | tee -a "$WORK/runs" "$OUT"; }
 for run in $(seq "$RUNS"); do
   SPACE_SERVERS="/tmp/peerbench/gl/b1 /tmp/peerbench/gl/b2 /tmp/peerbench/gl/b3" \
     PEERS_RESULTS="$WORK/gl" PEERS_SCRIPT="$(pwd)/bench/rewrite-space.sh" \

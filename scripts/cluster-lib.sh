@@ -101,6 +101,21 @@ fill_volume() {
   du -sm --apparent-size "$mnt" | cut -f1
 }
 
+# Seconds since the epoch, to the nanosecond (for timing).
+now() { date +%s.%N; }
+
+# A result line: shown, kept in $WORK/runs (for the medians) and appended to $OUT.
+say() { echo "$*" | tee -a "$WORK/runs" "$OUT"; }
+
+# timed COMMAND...: the seconds it took (RUST_LOG warn unless set; its output goes to
+# $WORK/bench.log).
+timed() {
+  local t0
+  t0=$(now)
+  RUST_LOG=${RUST_LOG:-warn} "$@" >>"$WORK/bench.log" 2>&1
+  echo "$(now) - $t0" | bc
+}
+
 bench_setup() {
   WORK=$(mktemp -d "/tmp/atefs-$1.XXXXXX")
   BASE_PORT=$(free_base_port "${BASE_PORT:-7900}")
