@@ -71,6 +71,16 @@ fn session_of(b: &[u8]) -> Result<Option<[u8; 16]>, Status> {
         .map_err(|_| Status::invalid_argument("a session is 16 bytes, or empty"))
 }
 
+/// A genesis hash as a subscription carries it (empty: not given).
+fn genesis_of(b: &[u8]) -> Result<Option<TxHash>, Status> {
+    if b.is_empty() {
+        return Ok(None);
+    }
+    <[u8; 32]>::try_from(b)
+        .map(|h| Some(TxHash(h)))
+        .map_err(|_| Status::invalid_argument("a genesis hash is 32 bytes, or empty"))
+}
+
 /// Transactions noted as hashed for the state machine (`StateMachine::note_hashed`) while
 /// they are proposed; forgotten when this goes, answered, failed or cancelled.
 struct Noted<'a> {
@@ -163,19 +173,36 @@ impl Api {
         }
     }
 
-    /// Refuses a subscription from beyond the chain's end (`FAILED_PRECONDITION`): its
-    /// subscriber read indexes the chain does not have, so the chain was made again since
-    /// (deleted and restored from a backup) and what the subscriber holds is another chain's.
-    /// Only a leader, after a read index, knows the end; a follower may only lag, and sends
-    /// the subscriber to its leader.
-    async fn refuse_beyond_end(
+    /// Refuses a subscription to a chain made again since its subscriber read it (deleted
+    /// and restored from a backup: same id, another history), `FAILED_PRECONDITION`, instead
+    /// of feeding the subscriber another chain's transactions after what it holds. Either
+    /// the subscriber knows another genesis, or it subscribes from beyond the chain's end
+    /// (a subscriber that does not send the genesis, or a chain whose genesis the replicas
+    /// do not know). Only a leader, after a read index, decides; a follower may only lag,
+    /// and sends the subscriber to its leader.
+    async fn refuse_made_again(
         &self,
         p: &Partition,
         chain: ChainId,
         from: u64,
+        genesis: Option<TxHash>,
     ) -> Result<(), Status> {
-        let end = |p: &Partition| p.sm.with_chain(&chain, |c| c.index).unwrap_or(0);
-        if from <= end(p).saturating_add(1) {
+        let other = |p: &Partition| {
+            p.sm.with_chain(&chain, |c| {
+                if genesis.is_some() && c.genesis.is_some() && c.genesis != genesis {
+                    Some("its genesis is not the one the subscriber read".to_string())
+                } else if from > c.index.saturating_add(1) {
+                    Some(format!(
+                        "it ends at index {}, before this subscription's {from}",
+                        c.index
+                    ))
+                } else {
+                    None
+                }
+            })
+            .flatten()
+        };
+        if other(p).is_none() {
             return Ok(());
         }
         let leader = p.leader();
@@ -183,13 +210,12 @@ impl Api {
             return Err(self.redirect(p, leader));
         }
         self.linearize(p).await?;
-        let index = end(p);
-        if from <= index.saturating_add(1) {
-            return Ok(());
+        match other(p) {
+            None => Ok(()),
+            Some(why) => Err(Status::failed_precondition(format!(
+                "chain {chain} was made again (restored from a backup?) since the subscriber read it: {why}; mount it afresh"
+            ))),
         }
-        Err(Status::failed_precondition(format!(
-            "chain {chain} ends at index {index}, before this subscription's {from}: the chain was made again (restored from a backup?) since the subscriber read it; mount it afresh"
-        )))
     }
 
     /// Proposes a command and waits until it is applied.
@@ -774,7 +800,8 @@ impl Chains for Api {
         let from = req.from_index.max(1);
         // u64::MAX: a client only asking whether its key reads the chain.
         if from != u64::MAX {
-            self.refuse_beyond_end(&p, chain, from).await?;
+            let genesis = genesis_of(&req.genesis)?;
+            self.refuse_made_again(&p, chain, from, genesis).await?;
         }
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(crate::subscribe::feed(p, chain, from, session, reader, tx));
@@ -839,6 +866,7 @@ impl Chains for Api {
             leader,
             first_index: c.first_index(),
             subscribers: p.subscribers.count(&chain),
+            genesis: c.genesis.map_or_else(Vec::new, |h| h.0.to_vec()),
         })
         .map(Response::new)
         .ok_or_else(|| Status::not_found(format!("no chain {chain}")))

@@ -731,7 +731,7 @@ impl LogStore {
         self.append_timing.lock().clone()
     }
 
-    fn append_sync(&self, entries: Vec<Entry>) -> Result<(), LogStoreError> {
+    pub(crate) fn append_sync(&self, entries: Vec<Entry>) -> Result<(), LogStoreError> {
         let Some(first) = entries.first().map(|e| e.log_id.index) else {
             return Ok(());
         };

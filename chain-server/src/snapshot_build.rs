@@ -5,7 +5,7 @@
 //! partition for as long as copying its data took, and snapshots come with rewrites now
 //! (`log_bound.rs`).
 
-use crate::state_machine::{read_payload, ChainHead, Footer, SNAP_MAGIC};
+use crate::state_machine::{read_payload, ChainHead, Footer, FooterMore, SNAP_MAGIC};
 use ate::redo::{Files, Location, LogError, SnapshotWriter};
 use ate::storage::{Storage, StorageFile};
 use ate::{ChainId, RecordKey, RootAuthority};
@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub(crate) struct PlannedChain {
     pub id: ChainId,
     pub root: Option<RootAuthority>,
+    pub genesis: Option<ate::TxHash>,
     /// Everything but where its section lies.
     pub head: ChainHead,
     pub records: Vec<(RecordKey, ate::view::RecordEntry)>,
@@ -79,11 +80,20 @@ pub(crate) fn write(planned: &Planned, out: &Arc<dyn StorageFile>) -> Result<Mov
         snapshot_id: planned.meta.snapshot_id.clone(),
         chains: heads,
     };
-    let mut fb = postcard::to_stdvec(&footer).map_err(|e| LogError::Corrupt {
+    let more = FooterMore {
+        genesis: planned
+            .chains
+            .iter()
+            .filter_map(|c| Some((c.id.0, c.genesis?.0)))
+            .collect(),
+    };
+    let encoding = |e: postcard::Error| LogError::Corrupt {
         file: name.into(),
         offset: 0,
         reason: e.to_string(),
-    })?;
+    };
+    let mut fb = postcard::to_stdvec(&footer).map_err(encoding)?;
+    fb.extend_from_slice(&postcard::to_stdvec(&more).map_err(encoding)?);
     fb.extend_from_slice(&(fb.len() as u32).to_le_bytes());
     fb.extend_from_slice(SNAP_MAGIC);
     out.write_at(&fb, offset)

@@ -50,6 +50,10 @@ pub struct ChainData {
     /// Recent transaction hashes and their chain index: a client that retries a commit whose
     /// answer it lost gets the original index instead of a second copy (exactly once).
     pub seen: Seen,
+    /// The hash of the chain's genesis transaction: which chain of this id this is, as a
+    /// restore makes the id again with another genesis. None for a chain known only from a
+    /// snapshot written before replicas kept it.
+    pub genesis: Option<TxHash>,
 }
 
 impl ChainData {
@@ -122,6 +126,16 @@ pub(crate) struct Footer {
     pub membership: StoredMembership<u64, BasicNode>,
     pub snapshot_id: String,
     pub chains: Vec<ChainHead>,
+}
+
+/// Footer fields added after the first snapshot format, encoded right after the [`Footer`]
+/// under the same length: a replica that predates them decodes the footer and ignores the
+/// rest (postcard reads a value and leaves trailing bytes alone), so replicas of both
+/// versions read each other's snapshots during a rolling upgrade.
+#[derive(Default, Serialize, Deserialize)]
+pub(crate) struct FooterMore {
+    /// Each chain's genesis hash, where known.
+    pub genesis: Vec<([u8; 16], [u8; 32])>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -320,7 +334,7 @@ fn corrupt(reason: impl Into<String>) -> LogError {
 }
 
 /// The footer of a snapshot file, and where it starts (sections lie before it).
-fn read_footer(file: &dyn StorageFile) -> Result<(Footer, u64), LogError> {
+fn read_footer(file: &dyn StorageFile) -> Result<(Footer, FooterMore, u64), LogError> {
     let len = file.len().map_err(LogError::io("stat", SNAP_FILE))?;
     if len < 20 {
         return Err(corrupt("shorter than its magic and footer"));
@@ -338,12 +352,19 @@ fn read_footer(file: &dyn StorageFile) -> Result<(Footer, u64), LogError> {
     let mut fb = vec![0u8; flen as usize];
     file.read_at(&mut fb, fstart)
         .map_err(LogError::io("read", SNAP_FILE))?;
-    let footer: Footer = postcard::from_bytes(&fb).map_err(|e| corrupt(e.to_string()))?;
-    Ok((footer, fstart))
+    let (footer, rest) =
+        postcard::take_from_bytes::<Footer>(&fb).map_err(|e| corrupt(e.to_string()))?;
+    let more = if rest.is_empty() {
+        FooterMore::default()
+    } else {
+        postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string()))?
+    };
+    Ok((footer, more, fstart))
 }
 
 fn load_snapshot(file: &Arc<dyn StorageFile>) -> Result<Loaded, LogError> {
-    let (footer, fstart) = read_footer(file.as_ref())?;
+    let (footer, more, fstart) = read_footer(file.as_ref())?;
+    let genesis: std::collections::HashMap<_, _> = more.genesis.into_iter().collect();
     let mut chains = BTreeMap::new();
     for h in footer.chains {
         if h.offset + h.len > fstart {
@@ -372,6 +393,7 @@ fn load_snapshot(file: &Arc<dyn StorageFile>) -> Result<Loaded, LogError> {
                     s.rebuild();
                     s
                 },
+                genesis: genesis.get(&h.chain).copied().map(TxHash),
             },
         );
     }
@@ -462,9 +484,8 @@ impl Inner {
             Command::Commit { chain, tx, .. } => self.apply_tx(ChainId(chain), &tx, raft_index),
             Command::Create { chain, quota, tx } => {
                 let id = ChainId(chain);
-                let retried = Transaction::decode(&tx)
-                    .ok()
-                    .and_then(|t| self.chains.get(&id)?.seen.get(&t.hash().0));
+                let genesis = Transaction::decode(&tx).ok().map(|t| t.hash());
+                let retried = genesis.and_then(|h| self.chains.get(&id)?.seen.get(&h.0));
                 if let Some(index) = retried {
                     return Outcome::Applied { index };
                 }
@@ -482,6 +503,7 @@ impl Inner {
                         index: 0,
                         txs: BTreeMap::new(),
                         seen: Seen::default(),
+                        genesis,
                     },
                 );
                 let out = self.apply_tx(id, &tx, raft_index);
@@ -574,6 +596,7 @@ impl Inner {
                 .map(|(id, c)| snapshot_build::PlannedChain {
                     id: *id,
                     root: c.view.root().cloned(),
+                    genesis: c.genesis,
                     head: ChainHead {
                         chain: id.0,
                         quota: c.quota,
@@ -826,7 +849,7 @@ impl StateMachine {
         let Some(file) = self.inner.lock().snap_files.get(&FileRef::Snapshot(0)) else {
             return Ok(None);
         };
-        let (footer, _) = read_footer(file.as_ref())?;
+        let (footer, _, _) = read_footer(file.as_ref())?;
         Ok(footer
             .chains
             .into_iter()
@@ -1047,6 +1070,59 @@ mod tests {
         let log = LogStore::open(Arc::new(MemStorage::new()), 1 << 20).unwrap();
         StateMachine::open(Arc::new(mem.clone()), log).unwrap();
         assert!(mem.list().unwrap().is_empty(), "{:?}", mem.list());
+    }
+
+    /// A chain's genesis hash survives a snapshot; the footer it is written after still
+    /// decodes alone (what a replica of an earlier version reads), and a snapshot without it
+    /// (written by one) loads with the genesis unknown.
+    #[test]
+    fn a_chains_genesis_survives_a_snapshot_that_older_replicas_still_read() {
+        let mem = MemStorage::new();
+        let log = LogStore::open(Arc::new(MemStorage::new()), 1 << 20).unwrap();
+        let sm = StateMachine::open(Arc::new(mem.clone()), log.clone()).unwrap();
+        let owner = ate::SigningKey::generate();
+        let chain = ChainId::random();
+        let tx = ate::remote::genesis(chain, &owner);
+        let hash = Transaction::decode(&tx).unwrap().hash();
+        let create = Command::Create {
+            chain: chain.0,
+            quota: 1 << 20,
+            tx: tx.into(),
+        };
+        let entry = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(create.clone()),
+        };
+        log.append_sync(vec![entry]).unwrap();
+        let out = sm.inner.lock().apply(create, 1);
+        assert!(matches!(out, Outcome::Applied { index: 1 }), "{out:?}");
+        assert_eq!(sm.with_chain(&chain, |c| c.genesis), Some(Some(hash)));
+        sm.build().unwrap();
+        let file = mem.open(SNAP_FILE, false).unwrap();
+        let loaded = load_snapshot(&file).unwrap();
+        assert_eq!(loaded.chains[&chain].genesis, Some(hash));
+
+        let (footer, _, fstart) = read_footer(file.as_ref()).unwrap();
+        let len = file.len().unwrap();
+        let mut fb = vec![0u8; (len - 12 - fstart) as usize];
+        file.read_at(&mut fb, fstart).unwrap();
+        let alone: Footer = postcard::from_bytes(&fb).unwrap();
+        assert_eq!(alone.chains.len(), 1);
+        assert_eq!(alone.chains[0].chain, chain.0);
+
+        // What an earlier version writes: the footer and nothing after it.
+        let old = postcard::to_stdvec(&footer).unwrap();
+        let earlier = MemStorage::new().open("earlier", true).unwrap();
+        let mut sections = vec![0u8; fstart as usize];
+        file.read_at(&mut sections, 0).unwrap();
+        earlier.write_at(&sections, 0).unwrap();
+        let mut tail = old.clone();
+        tail.extend_from_slice(&(old.len() as u32).to_le_bytes());
+        tail.extend_from_slice(SNAP_MAGIC);
+        earlier.write_at(&tail, fstart).unwrap();
+        let loaded = load_snapshot(&earlier).unwrap();
+        assert_eq!(loaded.chains[&chain].genesis, None);
+        assert_eq!(loaded.chains[&chain].index, 1);
     }
 
     /// A snapshot being built when one is received (a lagging follower): the received one

@@ -6,7 +6,7 @@
 mod common;
 
 use ate::remote::pb::chain::chains_client::ChainsClient;
-use ate::remote::pb::chain::CommitRequest;
+use ate::remote::pb::chain::{ChallengeRequest, CommitRequest, SubscribeRequest};
 use ate::remote::{Event, RemoteError, Session};
 use ate::{DataKey, Transaction};
 use common::{
@@ -413,6 +413,69 @@ fn a_writers_own_transactions_come_back_to_its_session_by_hash() {
     match rt.block_on(raw.commit(req)) {
         Err(s) => assert_eq!(s.code(), Code::InvalidArgument, "{s:?}"),
         Ok(r) => panic!("a 3-byte session was accepted: {r:?}"),
+    }
+}
+
+/// Info names the chain's genesis (the hash of its first transaction): a subscription that
+/// carries it is served, one that carries another genesis is refused as a chain made again
+/// (`FAILED_PRECONDITION`) whichever replica is asked (a follower, which may only lag, sends
+/// it to the leader), and a genesis that is not 32 bytes is `INVALID_ARGUMENT`.
+#[test]
+fn a_subscription_names_the_genesis_of_the_chain_it_read() {
+    let cluster = Cluster::start(false, 1_000_000);
+    let rt = rt();
+    let client = cluster.client(Duration::from_secs(20));
+    let (chain, owner, genesis) = new_chain();
+    let hash = Transaction::decode(&genesis).unwrap().hash();
+    rt.block_on(client.create(chain, 1 << 30, genesis)).unwrap();
+    let info = rt.block_on(client.info(chain)).unwrap();
+    assert_eq!(info.genesis, hash.0.to_vec());
+
+    let mut sub = client
+        .subscribe(chain, 1, owner.clone(), None)
+        .of_genesis(Some(hash));
+    assert_eq!(rt.block_on(sub.next()).unwrap().0, 1);
+    for at in 0..3 {
+        let one = cluster.client_of(
+            vec![cluster.endpoints()[at].clone()],
+            Duration::from_secs(20),
+        );
+        let mut other = one
+            .subscribe(chain, 1, owner.clone(), None)
+            .of_genesis(Some(ate::TxHash([9; 32])));
+        match rt.block_on(other.next()) {
+            Err(RemoteError::Refused(Code::FailedPrecondition, why)) => {
+                assert!(why.contains("made again"), "{why}")
+            }
+            r => panic!("replica {at}: another genesis was served: {r:?}"),
+        }
+    }
+
+    let mut raw = rt
+        .block_on(ChainsClient::connect(format!(
+            "http://{}",
+            cluster.endpoints()[0]
+        )))
+        .unwrap();
+    let nonce = rt
+        .block_on(raw.challenge(ChallengeRequest {}))
+        .unwrap()
+        .into_inner()
+        .nonce;
+    let req = SubscribeRequest {
+        chain: chain.0.to_vec(),
+        from_index: 1,
+        signature: owner
+            .sign(&ate::remote::subscribe_digest(&chain, &nonce, 1))
+            .to_vec(),
+        nonce,
+        reader_key: owner.public().0.to_vec(),
+        session: Vec::new(),
+        genesis: vec![1, 2, 3],
+    };
+    match rt.block_on(raw.subscribe(req)) {
+        Err(s) => assert_eq!(s.code(), Code::InvalidArgument, "{s:?}"),
+        Ok(_) => panic!("a 3-byte genesis was accepted"),
     }
 }
 

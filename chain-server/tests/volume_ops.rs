@@ -587,11 +587,14 @@ fn a_volume_comes_back_from_its_backup_on_a_new_cluster() {
     drop(back);
 }
 
-/// A mount that outlived its volume does not take the restored one for it. Frozen (SIGSTOP)
-/// while every replica loses its disk and the volume is restored from its backup, once
-/// continued it reconnects to a chain shorter than the one it had read: the cluster refuses
-/// that subscription ("made again") and the mount stops following, instead of waiting
-/// silently for indexes the restored chain does not reach. A fresh mount reads the files.
+/// A mount that outlived its volume does not take the restored one for it, even once the
+/// restored chain has grown past what the mount had read. Frozen (SIGSTOP) while every
+/// replica loses its disk, the volume is restored from its backup and another mount writes
+/// more to it than the old chain ever held; once continued, the old mount reconnects with
+/// the genesis of the chain it had read: the cluster refuses that subscription ("made
+/// again") and the mount stops following, instead of applying the new chain's transactions
+/// after its own. Mounted again over the same cache, it finds that cache of the old chain,
+/// starts it over, and reads the restored volume: without what the backup missed.
 #[test]
 fn a_mount_that_outlived_its_volume_stops_following_the_restored_one() {
     let Some((mut cluster, tmp, keys)) = setup() else {
@@ -606,6 +609,7 @@ fn a_mount_that_outlived_its_volume_stops_following_the_restored_one() {
     let file_arg = file.to_str().unwrap();
     let run = atefs_on(&cluster, &keys, "backup", &[file_arg]);
     assert!(run.status.success(), "atefs backup: {run:?}");
+    std::fs::write(old.dir.join("after-backup"), "lost with the cluster").unwrap();
     assert!(
         status_of(&old.dir).starts_with("following"),
         "{}",
@@ -625,16 +629,32 @@ fn a_mount_that_outlived_its_volume_stops_following_the_restored_one() {
         }
         let run = atefs_on(&cluster, &keys, "restore", &[file_arg]);
         assert!(run.status.success(), "atefs restore: {run:?}");
+        // Twice as many commits as the old chain had: the restored one ends past it.
+        let grow = Mount::start(&cluster, tmp.path(), "grow", &keys);
+        for i in 0..100 {
+            std::fs::write(grow.dir.join(format!("g{i}")), format!("grown {i}")).unwrap();
+        }
+        drop(grow);
     }
     let now = await_status(&old.dir, "made again", std::time::Duration::from_secs(60));
     assert!(now.starts_with("not following"), "{now}");
+    assert!(now.contains("genesis"), "{now}");
+    drop(old);
+    let again = Mount::start(&cluster, tmp.path(), "old", &keys);
     let fresh = Mount::start(&cluster, tmp.path(), "fresh", &keys);
-    for i in [0, 7, 39] {
+    for m in [&again, &fresh] {
+        for i in [0, 7, 39] {
+            assert_eq!(
+                std::fs::read_to_string(m.dir.join(format!("f{i}"))).unwrap(),
+                format!("file {i}")
+            );
+        }
         assert_eq!(
-            std::fs::read_to_string(fresh.dir.join(format!("f{i}"))).unwrap(),
-            format!("file {i}")
+            std::fs::read_to_string(m.dir.join("g99")).unwrap(),
+            "grown 99"
         );
+        assert!(!m.dir.join("after-backup").exists());
     }
     drop(fresh);
-    drop(old);
+    drop(again);
 }

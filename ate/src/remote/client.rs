@@ -624,6 +624,7 @@ impl RemoteClient {
             next: from.max(1),
             reader,
             session,
+            genesis: None,
             stream: None,
         }
     }
@@ -631,7 +632,7 @@ impl RemoteClient {
     /// Whether the chain takes a subscription proven with `key` (false: it refuses the key;
     /// no event is read).
     pub async fn can_read(&self, chain: ChainId, key: &SigningKey) -> Result<bool, RemoteError> {
-        match self.open_stream(chain, u64::MAX, key, None).await {
+        match self.open_stream(chain, u64::MAX, key, None, None).await {
             Ok(_) => Ok(true),
             Err(RemoteError::Refused(Code::PermissionDenied, _)) => Ok(false),
             Err(e) => Err(e),
@@ -644,10 +645,13 @@ impl RemoteClient {
         from: u64,
         reader: &SigningKey,
         session: Option<Session>,
+        genesis: Option<TxHash>,
     ) -> Result<tonic::Streaming<SubscribeEvent>, RemoteError> {
         let session = Session::wire(session);
+        let genesis = genesis.map_or_else(Vec::new, |h| h.0.to_vec());
         self.with_leader(chain, |mut c| {
             let session = session.clone();
+            let genesis = genesis.clone();
             async move {
                 let (nonce, reader_key, signature) =
                     prove(&mut c, reader, |n| super::subscribe_digest(&chain, n, from)).await?;
@@ -658,6 +662,7 @@ impl RemoteClient {
                     reader_key,
                     signature,
                     session,
+                    genesis,
                 };
                 c.subscribe(req).await.map(|r| r.into_inner())
             }
@@ -686,6 +691,7 @@ pub struct Subscription<'a> {
     next: u64,
     reader: SigningKey,
     session: Option<Session>,
+    genesis: Option<TxHash>,
     stream: Option<tonic::Streaming<SubscribeEvent>>,
 }
 
@@ -718,6 +724,14 @@ pub enum Event {
 }
 
 impl Subscription<'_> {
+    /// Only of the chain whose genesis hashes to `genesis` ([`RemoteClient::info`]'s
+    /// `genesis`; None: any): a chain of the same id made again since is refused with
+    /// `FAILED_PRECONDITION` instead of delivered after what the subscriber read.
+    pub fn of_genesis(mut self, genesis: Option<TxHash>) -> Self {
+        self.genesis = genesis;
+        self
+    }
+
     /// The next transaction as (chain index, encoded transaction); reconnects as needed.
     /// Only for subscriptions without a session.
     pub async fn next(&mut self) -> Result<(u64, Vec<u8>), RemoteError> {
@@ -738,7 +752,13 @@ impl Subscription<'_> {
         }
         let s = self
             .client
-            .open_stream(self.chain, self.next, &self.reader, self.session)
+            .open_stream(
+                self.chain,
+                self.next,
+                &self.reader,
+                self.session,
+                self.genesis,
+            )
             .await?;
         self.stream = Some(s);
         Ok(true)
@@ -750,7 +770,13 @@ impl Subscription<'_> {
             if self.stream.is_none() {
                 let s = self
                     .client
-                    .open_stream(self.chain, self.next, &self.reader, self.session)
+                    .open_stream(
+                        self.chain,
+                        self.next,
+                        &self.reader,
+                        self.session,
+                        self.genesis,
+                    )
                     .await?;
                 self.stream = Some(s);
             }

@@ -54,6 +54,9 @@ pub(super) struct Follower {
     pub(super) local: Chain,
     pub(super) reader: SigningKey,
     pub(super) session: Session,
+    /// The genesis of the chain the cache holds (None: the cluster did not say): a chain of
+    /// its id made again since is refused instead of followed.
+    pub(super) genesis: Option<crate::ids::TxHash>,
     pub(super) stop: Arc<AtomicBool>,
     /// Why the cache is not following now, if it is not (what commits fail with meanwhile).
     pub(super) lapse: Arc<Lapse>,
@@ -180,6 +183,7 @@ impl Follower {
         let session = by_hash.then_some(self.session);
         self.client
             .subscribe(self.local.id(), from, self.reader.clone(), session)
+            .of_genesis(self.genesis)
     }
 
     /// The subscription is up (again): commits go through from now on.

@@ -78,6 +78,7 @@ pub use backup::{
 mod copy;
 pub use copy::{copy_chain, CopyReport, RemoteCopyError};
 mod follower;
+mod incarnation;
 mod pipe;
 mod rekey;
 pub use rekey::{refuse_in_use, rekey_chain, RekeyReport, RemoteRekeyError};

@@ -125,7 +125,10 @@ pub enum ReplicaError {
 }
 
 /// Maps an I/O error of `op` on the cache's `file`.
-fn cache_io(op: &'static str, file: &str) -> impl FnOnce(std::io::Error) -> ReplicaError {
+pub(super) fn cache_io(
+    op: &'static str,
+    file: &str,
+) -> impl FnOnce(std::io::Error) -> ReplicaError {
     let file = file.to_string();
     move |source| ReplicaError::CacheIo { op, file, source }
 }
@@ -173,7 +176,7 @@ pub(super) async fn fetch_image(
 }
 
 /// Removes every log file (segments and snapshots) from the cache.
-fn clear_cache(cache: &Arc<dyn Storage>) -> Result<(), ReplicaError> {
+pub(super) fn clear_cache(cache: &Arc<dyn Storage>) -> Result<(), ReplicaError> {
     for name in cache.list().map_err(cache_io("list", "."))? {
         if crate::redo::parse_name(&name).is_some() {
             cache.remove(&name).map_err(cache_io("remove", &name))?;
@@ -310,6 +313,10 @@ pub fn open_remote_in_session(
         }
         Err(e) => return Err(e.into()),
     }
+    let genesis = super::incarnation::genesis_in(&rt.block_on(client.info(chain))?)?;
+    if let Some(genesis) = genesis {
+        super::incarnation::adopt(&cache, chain, genesis)?;
+    }
     let lapse = Arc::new(Lapse::default());
     let upstream = Arc::new(GrpcUpstream {
         client: client.clone(),
@@ -372,6 +379,7 @@ pub fn open_remote_in_session(
             local: local.clone(),
             reader,
             session,
+            genesis,
             stop: stop.clone(),
             lapse: lapse.clone(),
             cache,
