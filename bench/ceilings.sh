@@ -4,7 +4,8 @@
 # O_DIRECT 8 MiB writes and buffered writes with a final fsync; (2) GlusterFS replica 3
 # (mounted by ../shared/bench/mount-peers.sh) and (3) a fresh atefs cluster + mount of BIN_DIR's
 # build, both on bench/seq-write-cost.sh (MiB/s, CPU seconds of servers and client, of the whole
-# machine, idle seconds, disk busy seconds and MiB). Prints every run, then medians.
+# machine, idle seconds, disk busy seconds and MiB), in alternating order. Prints every run,
+# then medians.
 # Usage: bench/ceilings.sh RUNS /ABSOLUTE/BIN_DIR [OUT_FILE, appended to]  (root; fio, glusterfs-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,17 +22,31 @@ disk() { # fio args -> aggregate MiB/s of three 512 MiB writers
 }
 
 # Not a pipeline: the loop starts clusters, and the EXIT trap can only stop the one it knows.
+gluster_run() {
+  PEERS_RESULTS="$WORK/gl" PEERS_SCRIPT="$(pwd)/bench/seq-write-cost.sh" \
+    SEQ_COST_PROCS="glusterfsd glusterfs_--process-name_fuse" \
+    ../shared/bench/mount-peers.sh -n 1 -s "$1" gluster >/dev/null 2>&1
+  say "run $1 gluster $(cat "$WORK/gl/gluster.run$1.out")"
+}
+atefs_run() {
+  mount_dev_cluster "$BIN" "$WORK" "$BASE_PORT" "$MNT"
+  say "run $1 atefs $(bench/seq-write-cost.sh "$MNT" "$BIN/chain-server run" "atefs mount $MNT")"
+  umount "$MNT"
+  stop_dev_cluster
+}
 for run in $(seq "$RUNS"); do
   say "run $run disk-direct MiB/s=$(disk --bs=8M --direct=1)"
   say "run $run disk-buffered MiB/s=$(disk --bs=1M --end_fsync=1)"
-  PEERS_RESULTS="$WORK/gl" PEERS_SCRIPT="$(pwd)/bench/seq-write-cost.sh" \
-    SEQ_COST_PROCS="glusterfsd glusterfs_--process-name_fuse" \
-    ../shared/bench/mount-peers.sh -n 1 -s "$run" gluster >/dev/null 2>&1
-  say "run $run gluster $(cat "$WORK/gl/gluster.run$run.out")"
-  mount_dev_cluster "$BIN" "$WORK" "$BASE_PORT" "$MNT"
-  say "run $run atefs $(bench/seq-write-cost.sh "$MNT" "$BIN/chain-server run" "atefs mount $MNT")"
-  umount "$MNT"
-  stop_dev_cluster
+  # The order alternates: of two back-to-back writes the second was the faster in 12 of 15
+  # pairs (session 33, bench/results/decode-pool-ab-20261207-s33.txt); until session 33
+  # atefs always ran second.
+  if [ $((run % 2)) -eq 1 ]; then
+    gluster_run "$run"
+    atefs_run "$run"
+  else
+    atefs_run "$run"
+    gluster_run "$run"
+  fi
 done
 python3 - "$WORK/runs" <<'PY' | tee -a "$OUT"
 import sys

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Same-run A/B of the cluster's sequential write: two or more builds (directories holding
 # `atefs` and `chain-server`), each on a fresh three-replica cluster and a fresh `--exclusive`
-# mount, interleaved RUNS times; fio writes 512 MiB in 1 MiB blocks with end_fsync=1 (the
-# seq_write workload of ../shared/bench/peers.sh). Prints every run and the medians.
+# mount, interleaved RUNS times, the order rotating from run to run; fio writes 512 MiB in
+# 1 MiB blocks with end_fsync=1 (the seq_write workload of ../shared/bench/peers.sh). Prints
+# every run and the medians.
 # Usage: bench/write-ab.sh RUNS BIN_DIR_A BIN_DIR_B [BIN_DIR...]    (root; apt-get install fio)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +34,13 @@ one_run() { # bin_dir -> prints MiB/s
 }
 
 declare -A got
+n=${#BUILDS[@]}
 for run in $(seq "$RUNS"); do
-  for i in "${!BUILDS[@]}"; do
+  # Each run starts with the next build: the second of two back-to-back runs was faster in
+  # 12 of 15 pairs (session 33, bench/results/decode-pool-ab-20261207-s33.txt; 180 against
+  # 168 MiB/s, medians), so a fixed order favoured the builds named last.
+  for k in $(seq 0 $((n - 1))); do
+    i=$(((run - 1 + k) % n))
     bw=$(one_run "${BUILDS[$i]}")
     got[$i]="${got[$i]:-} $bw"
     echo "run $run: ${BUILDS[$i]} $bw MiB/s" >&2

@@ -15,8 +15,6 @@ pub struct FileStorage {
     /// writes at a time; a buffer per file would stay allocated in every old segment kept
     /// open for readers), and kept: fresh memory costs page faults per use.
     staging: Arc<parking_lot::Mutex<Vec<u8>>>,
-    /// Large writes go around the page cache too, not only reads (see [`DiskFile::write_at`]).
-    direct_writes: bool,
 }
 
 impl FileStorage {
@@ -31,16 +29,7 @@ impl FileStorage {
         Ok(Self {
             dir,
             staging: Arc::default(),
-            direct_writes: true,
         })
-    }
-    /// Every write goes through the page cache, for a copy of data held durably elsewhere
-    /// that never fdatasyncs (a mount's cache of a cluster's chain): its pages reach the disk
-    /// when the kernel writes them back, not while the cluster's replicas are writing. Reads
-    /// still bypass the page cache where they can.
-    pub fn buffered_writes(mut self) -> Self {
-        self.direct_writes = false;
-        self
     }
     /// The directory.
     pub fn dir(&self) -> &Path {
@@ -63,8 +52,6 @@ struct DiskFile {
     direct: Option<File>,
     /// The storage's staging buffer for direct writes.
     staging: Arc<parking_lot::Mutex<Vec<u8>>>,
-    /// Large writes use `direct` too.
-    direct_writes: bool,
 }
 
 impl Storage for FileStorage {
@@ -100,7 +87,6 @@ impl Storage for FileStorage {
             file,
             direct,
             staging: self.staging.clone(),
-            direct_writes: self.direct_writes,
         }))
     }
 
@@ -149,11 +135,7 @@ impl StorageFile for DiskFile {
     /// (their pages are not the middle's). fdatasync covers both. Readers of the middle then
     /// read from the disk, which the file system keeps coherent.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let Some(direct) = self
-            .direct
-            .as_ref()
-            .filter(|_| self.direct_writes && buf.len() >= DIRECT_MIN)
-        else {
+        let Some(direct) = self.direct.as_ref().filter(|_| buf.len() >= DIRECT_MIN) else {
             return self.file.write_all_at(buf, offset);
         };
         let align = DIRECT_ALIGN as u64;
