@@ -767,19 +767,7 @@ impl Subscription<'_> {
     /// The next event as (chain index, event); reconnects as needed.
     pub async fn next_event(&mut self) -> Result<(u64, Event), RemoteError> {
         loop {
-            if self.stream.is_none() {
-                let s = self
-                    .client
-                    .open_stream(
-                        self.chain,
-                        self.next,
-                        &self.reader,
-                        self.session,
-                        self.genesis,
-                    )
-                    .await?;
-                self.stream = Some(s);
-            }
+            self.connect().await?;
             let Some(stream) = self.stream.as_mut() else {
                 continue;
             };
