@@ -115,9 +115,10 @@ pub struct RestoreReport {
 }
 
 /// Makes `keys.chain` again on the cluster from the backup at `path`, with the quota `quota`
-/// picks from what the backup holds (its `quota` is the chain's when it was backed up). The backup must verify with `keys` before anything is written. A
-/// chain the cluster has is refused, except one an interrupted restore left ([`RESTORING`]:
-/// made again). Blocking: call it outside an async runtime.
+/// picks from what the backup holds (its `quota` is the chain's when it was backed up). The
+/// backup must verify with `keys` before anything is written. A chain the cluster has is
+/// refused, except one an interrupted restore left ([`RESTORING`]: made again). Blocking:
+/// call it outside an async runtime.
 pub fn restore_chain(
     opts: RemoteOptions,
     keys: &KeyFile,

@@ -65,17 +65,10 @@ pub(super) fn adopt(
 
 /// The genesis the cache recorded, if it did. A damaged record counts as another genesis.
 fn recorded(cache: &Arc<dyn Storage>) -> Result<Option<TxHash>, ReplicaError> {
-    if !cache
-        .list()
-        .map_err(cache_io("list", "."))?
-        .iter()
-        .any(|f| f == GENESIS_FILE)
-    {
-        return Ok(None);
-    }
-    let file = cache
-        .open(GENESIS_FILE, false)
-        .map_err(cache_io("open", GENESIS_FILE))?;
+    let file = match cache.open(GENESIS_FILE, false) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        r => r.map_err(cache_io("open", GENESIS_FILE))?,
+    };
     let mut hash = [0u8; 32];
     if file.len().map_err(cache_io("stat", GENESIS_FILE))? == 32 {
         file.read_at(&mut hash, 0)

@@ -313,7 +313,8 @@ pub fn open_remote_in_session(
         }
         Err(e) => return Err(e.into()),
     }
-    let genesis = super::incarnation::genesis_in(&rt.block_on(client.info(chain))?)?;
+    let mut info = rt.block_on(client.info(chain))?;
+    let genesis = super::incarnation::genesis_in(&info)?;
     if let Some(genesis) = genesis {
         super::incarnation::adopt(&cache, chain, genesis)?;
     }
@@ -332,10 +333,9 @@ pub fn open_remote_in_session(
             cache.clone(),
             chain,
             ChainOptions {
-                // The cluster holds the chain durably: the cache never fdatasyncs, so it
-                // does not take the disk from the cluster's replicas; it is readable once
-                // appended, and after a crash it is cut at its first defect and the follower
-                // fetches the rest again.
+                // The cluster holds the chain durably: the cache never fdatasyncs; it is
+                // readable once appended, and after a crash it is cut at its first defect
+                // and the follower fetches the rest again.
                 log: LogOptions {
                     disposable: true,
                     ..LogOptions::default()
@@ -356,7 +356,6 @@ pub fn open_remote_in_session(
             }
             r => r?.0,
         };
-        let info = rt.block_on(client.info(chain))?;
         let first = info.first_index;
         if local.last_index() + 1 >= first {
             break (local, info.quota_bytes);
@@ -371,6 +370,7 @@ pub fn open_remote_in_session(
         drop(local);
         let index = install_snapshot(&rt, &client, chain, &reader, &cache)?;
         tracing::info!(%chain, had, first, index, "the cache caught up through the cluster's snapshot");
+        info = rt.block_on(client.info(chain))?;
     };
     let stop = Arc::new(AtomicBool::new(false));
     let follower = {
