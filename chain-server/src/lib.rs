@@ -22,8 +22,8 @@ pub mod types;
 pub use ate::remote::pb;
 pub mod network;
 pub mod node;
-mod raft_codec;
 pub mod raft_service;
+mod raft_wire;
 pub mod staging;
 pub mod tls;
 

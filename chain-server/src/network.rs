@@ -4,11 +4,10 @@
 use crate::disk::PeerRoom;
 use crate::log_store::LogStore;
 use crate::metrics::PeerTimings;
-use crate::pb::raft::RaftReply;
-use crate::raft_codec::{Outgoing, RaftCodec};
+use crate::raft_wire::{Framed, Shared};
 use crate::staging::StagedAppend;
 use crate::tls::Tls;
-use crate::types::TypeConfig;
+use crate::types::{Command, Entry, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -22,7 +21,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use tonic::client::Grpc;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
@@ -100,7 +98,7 @@ struct To {
 #[derive(Debug)]
 pub struct Peer {
     to: To,
-    client: Option<Grpc<Channel>>,
+    client: Option<Channel>,
     error: Option<String>,
     in_flight: Option<InFlight>,
     replication: PeerTimings,
@@ -129,14 +127,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
         let channel = self.channels.get(crate::membership::raft_addr(node));
         let (client, error) = match channel {
-            Ok(c) => (
-                Some(
-                    Grpc::new(c)
-                        .max_decoding_message_size(crate::MAX_MESSAGE)
-                        .max_encoding_message_size(crate::MAX_MESSAGE),
-                ),
-                None,
-            ),
+            Ok(c) => (Some(c), None),
             Err(e) => (None, Some(e.to_string())),
         };
         Peer {
@@ -216,7 +207,7 @@ fn joined(answer: Result<AppendResult, tokio::task::JoinError>) -> AppendResult 
 /// holds them (a restart, say) they go in full.
 #[allow(clippy::result_large_err)]
 async fn send_append(
-    client: Grpc<Channel>,
+    client: Channel,
     to: To,
     rpc: AppendEntriesRequest<TypeConfig>,
     staged: Option<StagedAppend>,
@@ -224,15 +215,14 @@ async fn send_append(
 ) -> AppendResult {
     let started = std::time::Instant::now();
     let attempt = async {
-        let rpc = Arc::new(rpc);
         let Some(staged) = staged else {
-            return call(client, &to, Rpc::Append, rpc).await;
+            return call(client, &to, Rpc::Append, &rpc).await;
         };
-        let sent = call(client.clone(), &to, Rpc::AppendStaged, Arc::new(staged));
+        let sent = call(client.clone(), &to, Rpc::AppendStaged, &staged);
         match sent.await {
             Err(RPCError::Network(e)) => {
                 tracing::debug!(target = to.target, error = %e, "staged entries not used; sending them in full");
-                call(client, &to, Rpc::Append, rpc).await
+                call(client, &to, Rpc::Append, &rpc).await
             }
             other => other,
         }
@@ -255,7 +245,7 @@ async fn send_append(
 impl Peer {
     /// Sends the follower the entries after `last` that this leader holds, while it appends
     /// the request that ends at `last` (one such request at a time).
-    fn push_after(&mut self, client: Grpc<Channel>, last: u64) {
+    fn push_after(&mut self, client: Channel, last: u64) {
         if self.push.is_some() {
             return;
         }
@@ -280,12 +270,8 @@ impl Peer {
         let ids: Vec<LogId<u64>> = entries.iter().map(|e| e.log_id).collect();
         let to = self.to.clone();
         let task = tokio::spawn(async move {
-            let sent = call::<_, (), openraft::error::Infallible>(
-                client,
-                &to,
-                Rpc::Stage,
-                Arc::new(entries),
-            );
+            let sent =
+                call::<_, (), openraft::error::Infallible>(client, &to, Rpc::Stage, &entries);
             match tokio::time::timeout(OUTLIVE, sent).await {
                 Ok(Ok(())) => Some(ids),
                 _ => None,
@@ -294,7 +280,7 @@ impl Peer {
         self.push = Some(Push { first, task });
     }
 
-    fn client(&self) -> Result<Grpc<Channel>, Unreachable> {
+    fn client(&self) -> Result<Channel, Unreachable> {
         self.client
             .clone()
             .ok_or_else(|| Unreachable::new(&Failed(self.error.clone().unwrap_or_default())))
@@ -302,13 +288,13 @@ impl Peer {
 }
 
 async fn call<Req, Resp, E>(
-    mut client: Grpc<Channel>,
+    client: Channel,
     to: &To,
     rpc: Rpc,
-    req: Arc<Req>,
+    req: &Req,
 ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
 where
-    Req: Serialize + Send + Sync + 'static,
+    Req: Serialize + Shared + Sync,
     Resp: DeserializeOwned,
     E: std::error::Error + DeserializeOwned,
 {
@@ -320,20 +306,12 @@ where
         Rpc::Stage => "/atefs.raft.v1.Raft/Stage",
         Rpc::AppendStaged => "/atefs.raft.v1.Raft/AppendStaged",
     });
-    let request = tonic::Request::new(Outgoing {
-        partition: to.partition,
-        body: req,
-    });
-    let reply: Result<tonic::Response<RaftReply>, tonic::Status> = match client.ready().await {
-        Ok(()) => {
-            client
-                .unary(request, path, RaftCodec::<Req>::default())
-                .await
-        }
-        Err(e) => Err(tonic::Status::unavailable(format!("not ready: {e}"))),
+    let reply = match Framed::new(to.partition, req, &req.shared(), crate::MAX_MESSAGE) {
+        Ok(framed) => crate::raft_wire::unary(client, path, framed, crate::MAX_MESSAGE).await,
+        Err(e) => Err(e),
     };
     let reply = match reply {
-        Ok(r) => r.into_inner(),
+        Ok(r) => r,
         Err(s) if s.code() == tonic::Code::Unavailable => {
             return Err(unreachable(s.message().to_string()))
         }
@@ -350,6 +328,43 @@ where
     postcard::from_bytes(&reply.body).map_err(|e| RPCError::Network(NetworkError::new(&e)))
 }
 
+/// The transactions among `entries`, which the log holds as [`bytes::Bytes`].
+fn transactions<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Vec<bytes::Bytes> {
+    entries
+        .into_iter()
+        .filter_map(|e| match &e.payload {
+            openraft::EntryPayload::Normal(
+                Command::Commit { tx, .. } | Command::Create { tx, .. },
+            ) => Some(tx.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Shared for AppendEntriesRequest<TypeConfig> {
+    fn shared(&self) -> Vec<bytes::Bytes> {
+        transactions(&self.entries)
+    }
+}
+
+impl Shared for Vec<Entry> {
+    fn shared(&self) -> Vec<bytes::Bytes> {
+        transactions(self)
+    }
+}
+
+impl Shared for StagedAppend {
+    fn shared(&self) -> Vec<bytes::Bytes> {
+        transactions(self.entries.iter().filter_map(|s| match s {
+            crate::staging::Slot::Full(e) => Some(e),
+            crate::staging::Slot::Staged(_) => None,
+        }))
+    }
+}
+
+impl Shared for InstallSnapshotRequest<TypeConfig> {}
+impl Shared for VoteRequest<u64> {}
+
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
@@ -359,8 +374,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         let client = self.client().map_err(RPCError::Unreachable)?;
         if rpc.entries.is_empty() {
             // Heartbeats are small and carry the commit index: they never wait.
-            let rpc = Arc::new(rpc);
-            return call(client, &self.to, Rpc::Append, rpc).await;
+            return call(client, &self.to, Rpc::Append, &rpc).await;
         }
         // openraft drops this future after one heartbeat; the request goes on in a task of
         // its own, and openraft's retry of the same entries waits for its answer instead of
@@ -418,7 +432,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
         let client = self.client().map_err(RPCError::Unreachable)?;
-        call(client, &self.to, Rpc::Snapshot, Arc::new(rpc)).await
+        call(client, &self.to, Rpc::Snapshot, &rpc).await
     }
 
     async fn vote(
@@ -427,7 +441,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         _option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         let client = self.client().map_err(RPCError::Unreachable)?;
-        call(client, &self.to, Rpc::Vote, Arc::new(rpc)).await
+        call(client, &self.to, Rpc::Vote, &rpc).await
     }
 }
 
@@ -436,7 +450,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::pb::raft::raft_server::{Raft as RaftRpc, RaftServer};
-    use crate::pb::raft::RaftRequest;
+    use crate::pb::raft::{RaftReply, RaftRequest};
     use crate::types::Command;
     use openraft::{CommittedLeaderId, EntryPayload, Vote};
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
