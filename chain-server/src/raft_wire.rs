@@ -14,7 +14,6 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tonic::codegen::http::{self, uri::PathAndQuery};
-use tonic::codegen::Service;
 use tonic::transport::Channel;
 use tonic::Status;
 
@@ -51,16 +50,9 @@ impl Framed {
             encode_key(2, WireType::LengthDelimited, &mut head);
             encode_varint(n as u64, &mut head);
         }
-        let len = head.len() + n;
-        let prefix_len = u32::try_from(len)
-            .ok()
-            .filter(|_| len <= limit)
-            .ok_or_else(|| {
-                Status::out_of_range(format!("a raft message of {len} bytes (limit {limit})"))
-            })?;
+        let prefix = ate::remote::wire::prefix(head.len() + n, limit, "raft message")?;
         let mut cur = BytesMut::with_capacity(5 + head.len() + n.min(SHARE_MIN));
-        cur.put_u8(0);
-        cur.put_u32(prefix_len);
+        cur.put_slice(&prefix);
         cur.put_slice(&head);
         let mut out = Pieces {
             cur,
@@ -147,37 +139,23 @@ impl http_body::Body for Framed {
 /// One unary call of `path` with `request`; the reply, or the call's status. A reply over
 /// `limit` bytes is refused before it is all read.
 pub async fn unary(
-    mut channel: Channel,
+    channel: Channel,
     path: PathAndQuery,
     request: Framed,
     limit: usize,
 ) -> Result<RaftReply, Status> {
-    let req = http::Request::builder()
-        .method(http::Method::POST)
-        .uri(http::Uri::from(path))
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers")
-        .body(tonic::body::Body::new(request))
-        .map_err(|e| Status::internal(format!("building a raft request: {e}")))?;
-    let unavailable = |e: tonic::transport::Error| Status::unavailable(e.to_string());
-    std::future::poll_fn(|cx| channel.poll_ready(cx))
-        .await
-        .map_err(unavailable)?;
-    let resp = channel.call(req).await.map_err(unavailable)?;
-    // A trailers-only answer (an error, as a rule) carries its status in the headers.
-    if let Some(status) = Status::from_header_map(resp.headers()) {
-        if status.code() != tonic::Code::Ok {
-            return Err(status);
-        }
-    }
-    if resp.status() != http::StatusCode::OK {
-        let code = match resp.status().as_u16() {
+    let opened = ate::remote::wire::open(channel, path, request).await?;
+    if opened.status != http::StatusCode::OK {
+        let code = match opened.status.as_u16() {
             502..=504 => tonic::Code::Unavailable,
             _ => tonic::Code::Unknown,
         };
-        return Err(Status::new(code, format!("HTTP {}", resp.status())));
+        return Err(Status::new(code, format!("HTTP {}", opened.status)));
     }
-    let mut body = resp.into_body();
+    if opened.trailers_only {
+        return Err(Status::internal("a raft reply without a message"));
+    }
+    let mut body = opened.body;
     let mut data = BytesMut::new();
     let mut trailers = None;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {

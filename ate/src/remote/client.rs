@@ -172,7 +172,7 @@ impl RemoteClient {
         })
     }
 
-    fn client(&self, addr: &str) -> Result<ChainsClient<Channel>, RemoteError> {
+    fn channel(&self, addr: &str) -> Result<Channel, RemoteError> {
         let mut map = self.channels.lock();
         let ch = match map.get(addr) {
             Some(c) => c.clone(),
@@ -205,9 +205,7 @@ impl RemoteClient {
                 c
             }
         };
-        Ok(ChainsClient::new(ch)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE))
+        Ok(ch)
     }
 
     /// Runs `call` against the chain's leader, following redirects and retrying across
@@ -215,6 +213,22 @@ impl RemoteClient {
     async fn with_leader<T, F, Fut>(&self, chain: ChainId, mut call: F) -> Result<T, RemoteError>
     where
         F: FnMut(ChainsClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        self.with_leader_on(chain, |ch| {
+            call(
+                ChainsClient::new(ch)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+            )
+        })
+        .await
+    }
+
+    /// [`Self::with_leader`] with the leader's channel itself.
+    async fn with_leader_on<T, F, Fut>(&self, chain: ChainId, mut call: F) -> Result<T, RemoteError>
+    where
+        F: FnMut(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let started = Instant::now();
@@ -231,7 +245,7 @@ impl RemoteClient {
             if started.elapsed() > self.opts.deadline {
                 return Err(RemoteError::NoQuorum(self.opts.deadline, last_error));
             }
-            let client = self.client(&addr)?;
+            let client = self.channel(&addr)?;
             // One attempt never outlives the deadline, nor hangs on a replica that went quiet.
             let left = self.opts.deadline.saturating_sub(started.elapsed());
             let answer = tokio::time::timeout(left.min(ATTEMPT), call(client))
@@ -388,17 +402,15 @@ impl RemoteClient {
                 }
             }
             let opened = self
-                .with_leader(chain, |mut c| {
+                .with_leader_on(chain, |ch| {
                     let (requests, rx) = tokio::sync::mpsc::channel(2 * PIPE_DEPTH);
                     for (tx, _) in &unanswered {
                         // Room for all: at most PIPE_DEPTH are unanswered.
                         let _ = requests.try_send(request(tx));
                     }
                     async move {
-                        let answers = c
-                            .commit_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-                            .await?;
-                        Ok((requests, answers.into_inner()))
+                        let answers = super::wire::commit_stream(ch, rx, MAX_MESSAGE).await?;
+                        Ok((requests, answers))
                     }
                 })
                 .await;

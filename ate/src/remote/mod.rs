@@ -66,6 +66,7 @@ fn proof_digest(context: &[u8], chain: &ChainId, nonce: &[u8], n: u64) -> [u8; 3
 
 mod client;
 pub mod codec;
+pub mod wire;
 pub use client::{
     CaError, Event, RemoteClient, RemoteError, RemoteOptions, Session, Subscription, KEEPALIVE,
     LEADER_HEADER, SERVER_NAME,
