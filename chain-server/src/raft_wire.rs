@@ -51,17 +51,21 @@ impl Framed {
             encode_varint(n as u64, &mut head);
         }
         let prefix = ate::remote::wire::prefix(head.len() + n, limit, "raft message")?;
-        let mut cur = BytesMut::with_capacity(5 + head.len() + n.min(SHARE_MIN));
+        let shared: HashMap<usize, Bytes> = shared
+            .iter()
+            .filter(|b| b.len() >= SHARE_MIN)
+            .map(|b| (b.as_ptr() as usize, b.clone()))
+            .collect();
+        // Room for what is copied (the message less its shared byte strings): a large
+        // snapshot chunk would otherwise be copied again each time the buffer doubled.
+        let copied = n.saturating_sub(shared.values().map(Bytes::len).sum());
+        let mut cur = BytesMut::with_capacity(5 + head.len() + copied);
         cur.put_slice(&prefix);
         cur.put_slice(&head);
         let mut out = Pieces {
             cur,
             done: VecDeque::new(),
-            shared: shared
-                .iter()
-                .filter(|b| b.len() >= SHARE_MIN)
-                .map(|b| (b.as_ptr() as usize, b.clone()))
-                .collect(),
+            shared,
         };
         if n > 0 {
             postcard::serialize_with_flavor(body, &mut out).map_err(failed)?;
