@@ -6,14 +6,12 @@
 
 use crate::pb::raft::RaftReply;
 use bytes::{BufMut, Bytes, BytesMut};
-use http_body::Body as _;
 use prost::encoding::{encode_key, encode_varint, WireType};
-use prost::Message;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tonic::codegen::http::{self, uri::PathAndQuery};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::Status;
 
@@ -148,54 +146,16 @@ pub async fn unary(
     request: Framed,
     limit: usize,
 ) -> Result<RaftReply, Status> {
-    let opened = ate::remote::wire::open(channel, path, request).await?;
-    if opened.status != http::StatusCode::OK {
-        let code = match opened.status.as_u16() {
-            502..=504 => tonic::Code::Unavailable,
-            _ => tonic::Code::Unknown,
-        };
-        return Err(Status::new(code, format!("HTTP {}", opened.status)));
-    }
-    if opened.trailers_only {
-        return Err(Status::internal("a raft reply without a message"));
-    }
-    let mut body = opened.body;
-    let mut data = BytesMut::new();
-    let mut trailers = None;
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        let frame = frame?;
-        match frame.into_data() {
-            Ok(d) if data.len() + d.len() > limit + 5 => {
-                return Err(Status::out_of_range(format!(
-                    "a raft reply of more than {limit} bytes"
-                )))
-            }
-            Ok(d) => data.put_slice(&d),
-            Err(frame) => trailers = frame.into_trailers().ok(),
-        }
-    }
-    match trailers.as_ref().and_then(Status::from_header_map) {
-        Some(s) if s.code() == tonic::Code::Ok => {}
-        Some(s) => return Err(s),
-        None => return Err(Status::internal("a raft reply without its status")),
-    }
-    reply_of(&data)
-}
-
-/// The one message of a unary reply's body.
-fn reply_of(data: &[u8]) -> Result<RaftReply, Status> {
-    let bad = |why: &str| Status::internal(format!("a malformed raft reply: {why}"));
-    let (head, rest) = data
-        .split_first_chunk::<5>()
-        .ok_or_else(|| bad("shorter than its prefix"))?;
-    if head[0] != 0 {
-        return Err(bad("compressed"));
-    }
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if rest.len() != len {
-        return Err(bad("its length is not the prefix's"));
-    }
-    RaftReply::decode(rest).map_err(|e| bad(&e.to_string()))
+    let mut replies = ate::remote::wire::open(channel, path, request)
+        .await?
+        .into_streaming(tonic_prost::ProstDecoder::<RaftReply>::default(), limit);
+    let reply = replies
+        .message()
+        .await?
+        .ok_or_else(|| Status::internal("a raft reply without a message"))?;
+    // Its status follows it, in the trailers.
+    replies.trailers().await?;
+    Ok(reply)
 }
 
 #[cfg(test)]
@@ -203,6 +163,7 @@ fn reply_of(data: &[u8]) -> Result<RaftReply, Status> {
 mod tests {
     use super::*;
     use crate::pb::raft::RaftRequest;
+    use prost::Message;
 
     #[derive(Serialize)]
     struct Body {
@@ -263,22 +224,5 @@ mod tests {
         let body = vec![0u8; 10_000];
         let err = Framed::new(1, &body, &[], 9_000).unwrap_err();
         assert_eq!(err.code(), tonic::Code::OutOfRange);
-    }
-
-    #[test]
-    fn a_reply_is_its_one_message() {
-        let reply = RaftReply {
-            body: vec![1, 2, 3],
-            ..Default::default()
-        };
-        let msg = reply.encode_to_vec();
-        let mut data = vec![0u8];
-        data.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-        data.extend_from_slice(&msg);
-        assert_eq!(reply_of(&data).unwrap(), reply);
-        assert!(reply_of(&data[..data.len() - 1]).is_err());
-        data[0] = 1;
-        assert!(reply_of(&data).is_err());
-        assert!(reply_of(&[0, 0]).is_err());
     }
 }

@@ -95,12 +95,7 @@ pub(crate) async fn commit_stream(
         limit,
     };
     let opened = open(channel, PathAndQuery::from_static(PATH), body).await?;
-    let decoder = tonic_prost::ProstDecoder::<CommitResult>::default();
-    Ok(if opened.trailers_only {
-        Streaming::new_empty(decoder, opened.body)
-    } else {
-        Streaming::new_response(decoder, opened.body, opened.status, None, Some(limit))
-    })
+    Ok(opened.into_streaming(tonic_prost::ProstDecoder::<CommitResult>::default(), limit))
 }
 
 /// A call's answer as far as its headers.
@@ -112,6 +107,22 @@ pub struct Opened {
     pub trailers_only: bool,
     /// The rest: the messages, then the trailers.
     pub body: tonic::body::Body,
+}
+
+impl Opened {
+    /// The answer's messages (of at most `limit` bytes each), read with `decoder` as tonic's
+    /// generated clients read them: a status in the trailers, or the HTTP status for none,
+    /// ends the stream with that error.
+    pub fn into_streaming<D>(self, decoder: D, limit: usize) -> Streaming<D::Item>
+    where
+        D: tonic::codec::Decoder<Error = Status> + Send + 'static,
+    {
+        if self.trailers_only {
+            Streaming::new_empty(decoder, self.body)
+        } else {
+            Streaming::new_response(decoder, self.body, self.status, None, Some(limit))
+        }
+    }
 }
 
 /// Starts a gRPC call of `path` on `channel` whose request body is `body` (already framed as
