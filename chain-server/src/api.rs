@@ -81,44 +81,18 @@ fn genesis_of(b: &[u8]) -> Result<Option<TxHash>, Status> {
         .map_err(|_| Status::invalid_argument("a genesis hash is 32 bytes, or empty"))
 }
 
-/// Transactions noted as hashed for the state machine (`StateMachine::note_hashed`) while
-/// they are proposed; forgotten when this goes, answered, failed or cancelled.
-struct Noted<'a> {
-    sm: &'a crate::state_machine::StateMachine,
-    txs: Vec<bytes::Bytes>,
-}
-
-impl<'a> Noted<'a> {
-    fn new(sm: &'a crate::state_machine::StateMachine) -> Self {
-        Self {
-            sm,
-            txs: Vec::new(),
-        }
-    }
-
-    /// The command committing `tx` (checked, of hash `hash`), its hash noted.
-    fn commit(
-        &mut self,
-        chain: ChainId,
-        tx: bytes::Bytes,
-        hash: TxHash,
-        session: Option<[u8; 16]>,
-    ) -> Command {
-        self.sm.note_hashed(&tx, hash);
-        self.txs.push(tx.clone());
-        Command::Commit {
-            chain: chain.0,
-            tx,
-            session,
-        }
-    }
-}
-
-impl Drop for Noted<'_> {
-    fn drop(&mut self) {
-        for tx in &self.txs {
-            self.sm.forget_hashed(tx);
-        }
+/// The command committing `tx`, checked and found to hash to `hash`.
+fn commit_command(
+    chain: ChainId,
+    tx: bytes::Bytes,
+    hash: TxHash,
+    session: Option<[u8; 16]>,
+) -> Command {
+    Command::Commit {
+        chain: chain.0,
+        tx,
+        session,
+        hash: Some(hash.0),
     }
 }
 
@@ -257,14 +231,13 @@ impl Api {
             Proposing(Proposal<'a>),
             Done(Result<u64, Status>),
         }
-        let mut noted = Noted::new(&p.sm);
         let mut slots: Vec<Slot<'_>> = txs
             .into_iter()
             .enumerate()
             .map(
                 |(i, tx)| match self.precheck_in_order(p, chain, &tx, i == 0) {
                     Ok(hash) => {
-                        let cmd = noted.commit(chain, tx, hash, session);
+                        let cmd = commit_command(chain, tx, hash, session);
                         Slot::Proposing(Box::pin(self.propose(p, cmd)))
                     }
                     Err(e) => Slot::Done(Err(e)),
@@ -371,8 +344,7 @@ impl Api {
         let api = self.clone();
         Ok(Box::pin(async move {
             let p = api.node.partition(&chain);
-            let mut noted = Noted::new(&p.sm);
-            let cmd = noted.commit(chain, req.tx, hash, session);
+            let cmd = commit_command(chain, req.tx, hash, session);
             api.propose(p, cmd).await
         }))
     }
@@ -704,8 +676,7 @@ impl Chains for Api {
         let session = session_of(&req.session)?;
         let p = self.node.partition(&chain);
         let hash = self.precheck(p, chain, &req.tx)?;
-        let mut noted = Noted::new(&p.sm);
-        let cmd = noted.commit(chain, req.tx, hash, session);
+        let cmd = commit_command(chain, req.tx, hash, session);
         let index = self.propose(p, cmd).await?;
         Ok(Response::new(CommitReply { index }))
     }

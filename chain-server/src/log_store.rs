@@ -93,13 +93,35 @@ fn segment_name(first: u64) -> String {
 enum Stored {
     Blank,
     Membership(Membership<u64, openraft::BasicNode>),
-    Create { chain: [u8; 16], quota: u64 },
-    Commit { chain: [u8; 16] },
-    Delete { chain: [u8; 16] },
+    Create {
+        chain: [u8; 16],
+        quota: u64,
+    },
+    Commit {
+        chain: [u8; 16],
+    },
+    Delete {
+        chain: [u8; 16],
+    },
     // Last, so the variants before it keep their encoding (logs written before it existed).
-    CommitFrom { chain: [u8; 16], session: [u8; 16] },
-    SetQuota { chain: [u8; 16], quota: u64 },
-    Compact { chain: [u8; 16] },
+    CommitFrom {
+        chain: [u8; 16],
+        session: [u8; 16],
+    },
+    SetQuota {
+        chain: [u8; 16],
+        quota: u64,
+    },
+    Compact {
+        chain: [u8; 16],
+    },
+    /// A commit with its hash (`Command::Commit::hash`); `Commit` and `CommitFrom` remain
+    /// for logs written before it.
+    CommitHashed {
+        chain: [u8; 16],
+        session: Option<[u8; 16]>,
+        hash: [u8; 32],
+    },
 }
 
 /// What `raft-meta` holds.
@@ -289,12 +311,25 @@ fn entry_parts(e: &Entry) -> Result<(Vec<u8>, &[u8]), postcard::Error> {
             },
             tx,
         ),
-        EntryPayload::Normal(Command::Commit { chain, tx, session }) => match session {
-            None => (Stored::Commit { chain: *chain }, tx),
-            Some(session) => (
+        EntryPayload::Normal(Command::Commit {
+            chain,
+            tx,
+            session,
+            hash,
+        }) => match (session, hash) {
+            (None, None) => (Stored::Commit { chain: *chain }, tx),
+            (Some(session), None) => (
                 Stored::CommitFrom {
                     chain: *chain,
                     session: *session,
+                },
+                tx,
+            ),
+            (session, Some(hash)) => (
+                Stored::CommitHashed {
+                    chain: *chain,
+                    session: *session,
+                    hash: *hash,
                 },
                 tx,
             ),
@@ -339,11 +374,23 @@ fn entry_of(log_id: LogId, stored: Stored, tx: bytes::Bytes) -> Entry {
             chain,
             tx,
             session: None,
+            hash: None,
         }),
         Stored::CommitFrom { chain, session } => EntryPayload::Normal(Command::Commit {
             chain,
             tx,
             session: Some(session),
+            hash: None,
+        }),
+        Stored::CommitHashed {
+            chain,
+            session,
+            hash,
+        } => EntryPayload::Normal(Command::Commit {
+            chain,
+            tx,
+            session,
+            hash: Some(hash),
         }),
         Stored::Delete { chain } => EntryPayload::Normal(Command::Delete { chain }),
         Stored::SetQuota { chain, quota } => {
@@ -1036,25 +1083,18 @@ mod tests {
             payload: EntryPayload::Normal(Command::Commit {
                 chain: [7; 16],
                 tx: tx.into(),
-                // Both stored forms: without a writer session and with one.
+                // Every stored form: with and without a writer session, with and without
+                // the hash.
                 session: index.is_multiple_of(2).then_some([index as u8; 16]),
+                hash: index.is_multiple_of(3).then_some([index as u8 ^ 0x5a; 32]),
             }),
         }
     }
 
-    type Commits = Vec<(u64, Vec<u8>, Option<[u8; 16]>)>;
+    type Commits = Vec<(u64, Vec<u8>, Option<[u8; 16]>, Option<[u8; 32]>)>;
 
     fn txs(log: &LogStore, from: u64, to: u64) -> Commits {
-        log.read_range(from, to)
-            .unwrap()
-            .into_iter()
-            .map(|e| match e.payload {
-                EntryPayload::Normal(Command::Commit { tx, session, .. }) => {
-                    (e.log_id.index, tx.to_vec(), session)
-                }
-                _ => panic!("not a commit"),
-            })
-            .collect()
+        commits(&log.read_range(from, to).unwrap())
     }
 
     #[test]
@@ -1225,10 +1265,10 @@ mod tests {
         entries
             .iter()
             .map(|e| match &e.payload {
-                EntryPayload::Normal(Command::Commit { tx, session, .. }) => {
-                    (e.log_id.index, tx.to_vec(), *session)
-                }
-                _ => unreachable!(),
+                EntryPayload::Normal(Command::Commit {
+                    tx, session, hash, ..
+                }) => (e.log_id.index, tx.to_vec(), *session, *hash),
+                _ => panic!("not a commit"),
             })
             .collect()
     }

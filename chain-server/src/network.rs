@@ -526,6 +526,7 @@ mod tests {
                 chain: [3; 16],
                 tx: vec![index as u8; 1000].into(),
                 session: None,
+                hash: None,
             }),
         }
     }

@@ -178,6 +178,7 @@ mod tests {
                 chain: [7; 16],
                 tx: vec![index as u8; bytes].into(),
                 session: None,
+                hash: None,
             }),
         }
     }

@@ -151,18 +151,8 @@ pub(crate) struct ChainHead {
     pub seen: Seen,
 }
 
-/// Transactions this replica hashed (and verified) before proposing them, by where their
-/// bytes are: applying them needs no second pass over every byte. The entry holds the
-/// bytes, so while it exists that memory holds exactly those bytes.
-type Hashed = Arc<Mutex<std::collections::HashMap<(usize, usize), (bytes::Bytes, TxHash)>>>;
-
-fn place(tx: &[u8]) -> (usize, usize) {
-    (tx.as_ptr() as usize, tx.len())
-}
-
 #[derive(Debug)]
 struct Inner {
-    hashed: Hashed,
     storage: Arc<dyn Storage>,
     log: LogStore,
     /// The snapshot file, as `FileRef::Snapshot(0)`.
@@ -188,7 +178,6 @@ struct Inner {
 pub struct StateMachine {
     inner: Arc<Mutex<Inner>>,
     applied: tokio::sync::watch::Receiver<u64>,
-    hashed: Hashed,
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -431,11 +420,17 @@ impl Inner {
         read_payload(&self.log.files(), &self.snap_files, loc, len)
     }
 
-    fn apply_tx(&mut self, chain: ChainId, tx_bytes: &[u8], raft_index: u64) -> Outcome {
+    /// Applies a commit of `tx_bytes`, whose hash the entry may carry (`Command::Commit`).
+    fn apply_tx(
+        &mut self,
+        chain: ChainId,
+        tx_bytes: &[u8],
+        hash: Option<[u8; 32]>,
+        raft_index: u64,
+    ) -> Outcome {
         let refuse = |kind, reason: String| Outcome::Refused { kind, reason };
-        let known = self.hashed.lock().remove(&place(tx_bytes)).map(|(_, h)| h);
-        let decoded = match known {
-            Some(hash) => Transaction::decode_skeleton_hashed(tx_bytes, hash),
+        let decoded = match hash {
+            Some(hash) => Transaction::decode_skeleton_hashed(tx_bytes, TxHash(hash)),
             None => Transaction::decode_skeleton(tx_bytes),
         };
         let sk = match decoded {
@@ -481,7 +476,9 @@ impl Inner {
 
     fn apply(&mut self, cmd: Command, raft_index: u64) -> Outcome {
         match cmd {
-            Command::Commit { chain, tx, .. } => self.apply_tx(ChainId(chain), &tx, raft_index),
+            Command::Commit {
+                chain, tx, hash, ..
+            } => self.apply_tx(ChainId(chain), &tx, hash, raft_index),
             Command::Create { chain, quota, tx } => {
                 let id = ChainId(chain);
                 let genesis = Transaction::decode(&tx).ok().map(|t| t.hash());
@@ -506,7 +503,7 @@ impl Inner {
                         genesis,
                     },
                 );
-                let out = self.apply_tx(id, &tx, raft_index);
+                let out = self.apply_tx(id, &tx, genesis.map(|h| h.0), raft_index);
                 let genesis_ok = matches!(out, Outcome::Applied { .. })
                     && self
                         .chains
@@ -729,7 +726,6 @@ impl StateMachine {
         let snap_files = Arc::new(Files::new(storage.clone()));
         let (tx, rx) = tokio::sync::watch::channel(0);
         let mut inner = Inner {
-            hashed: Hashed::default(),
             storage: storage.clone(),
             log,
             snap_files,
@@ -755,24 +751,10 @@ impl StateMachine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(LogError::io("open", SNAP_FILE)(e)),
         }
-        let hashed = inner.hashed.clone();
         Ok(Self {
             inner: Arc::new(Mutex::new(inner)),
             applied: rx,
-            hashed,
         })
-    }
-
-    /// Notes that `tx` (about to be proposed) hashes to `hash`: applying it from the same
-    /// buffer (the log's in-memory entries share it) skips hashing it again.
-    pub fn note_hashed(&self, tx: &bytes::Bytes, hash: TxHash) {
-        self.hashed.lock().insert(place(tx), (tx.clone(), hash));
-    }
-
-    /// Forgets what [`Self::note_hashed`] noted (once the proposal is answered or failed;
-    /// applying it took it already).
-    pub fn forget_hashed(&self, tx: &bytes::Bytes) {
-        self.hashed.lock().remove(&place(tx));
     }
 
     /// Runs `f` on a chain's state, if the chain exists.
@@ -1123,6 +1105,71 @@ mod tests {
         let loaded = load_snapshot(&earlier).unwrap();
         assert_eq!(loaded.chains[&chain].genesis, None);
         assert_eq!(loaded.chains[&chain].index, 1);
+    }
+
+    /// A replica applies a commit against the hash its entry carries, as the leader computed
+    /// it: a wrong one fails the signature check (so it is what is checked), the right one
+    /// applies, and an entry logged without one (before it was carried) is hashed here.
+    #[test]
+    fn a_commit_is_checked_against_the_hash_its_entry_carries() {
+        let log = LogStore::open(Arc::new(MemStorage::new()), 1 << 20).unwrap();
+        let sm = StateMachine::open(Arc::new(MemStorage::new()), log.clone()).unwrap();
+        let owner = ate::SigningKey::generate();
+        let chain = ChainId::random();
+        let key = ate::DataKey::generate();
+        let put = |name: &[u8]| {
+            let mut tx = Transaction::new(chain, owner.public());
+            let rk = ate::RecordKey(*blake3::hash(name).as_bytes().first_chunk().unwrap());
+            tx.ops.push(ate::Op::put(
+                &chain,
+                rk,
+                None,
+                ate::WriteAuthority::Inherit,
+                Some(&key),
+                b"value",
+            ));
+            let tx = tx.sign(&owner);
+            (bytes::Bytes::from(tx.encode()), tx.hash().0)
+        };
+        let (a, a_hash) = put(b"a");
+        let (b, _) = put(b"b");
+        let commits = [(a.clone(), Some([0xee; 32])), (a, Some(a_hash)), (b, None)];
+        let mut cmds = vec![Command::Create {
+            chain: chain.0,
+            quota: 1 << 20,
+            tx: ate::remote::genesis(chain, &owner).into(),
+        }];
+        cmds.extend(commits.into_iter().map(|(tx, hash)| Command::Commit {
+            chain: chain.0,
+            tx,
+            session: None,
+            hash,
+        }));
+        let entries: Vec<Entry> = (1..)
+            .zip(&cmds)
+            .map(|(index, cmd)| Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(cmd.clone()),
+            })
+            .collect();
+        log.append_sync(entries).unwrap();
+        let outs: Vec<Outcome> = (1..)
+            .zip(cmds)
+            .map(|(index, cmd)| sm.inner.lock().apply(cmd, index))
+            .collect();
+        assert!(matches!(outs[0], Outcome::Applied { index: 1 }), "{outs:?}");
+        assert!(
+            matches!(
+                &outs[1],
+                Outcome::Refused {
+                    kind: Refusal::Unauthorized,
+                    ..
+                }
+            ),
+            "a wrong hash: {outs:?}"
+        );
+        assert!(matches!(outs[2], Outcome::Applied { index: 2 }), "{outs:?}");
+        assert!(matches!(outs[3], Outcome::Applied { index: 3 }), "{outs:?}");
     }
 
     /// A snapshot being built when one is received (a lagging follower): the received one
