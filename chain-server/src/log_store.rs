@@ -37,10 +37,12 @@ const META: &str = "raft-meta";
 /// header into the batch buffer (a follower spent 40% of its CPU growing that buffer for
 /// 8 MiB commits: fresh pages zeroed, then copied into).
 const WRITE_IN_PLACE: usize = 64 << 10;
-/// Transaction bytes of the newest entries kept in memory: the leader reads each entry
-/// again to replicate it (once per follower), to apply it and to stream it to subscribers,
-/// and a follower to apply it; all of those come right after the append.
-const RECENT_BYTES: usize = 64 << 20;
+/// Transaction bytes of the newest entries kept in memory beyond those still needed (below):
+/// for subscribers, which read each entry right after it is applied. Every byte held here is
+/// memory a fresh replica touches for the first time, and the kernel zeroing those pages was
+/// a quarter of a new cluster's CPU in a sequential write: at 64 MiB each follower grew by
+/// 110 MiB over a 512 MiB write, at 8 MiB by 50 (docs/benchmarks.md, session 35).
+const RECENT_BYTES: usize = 8 << 20;
 /// Entries still to be applied, or (on a leader) to be sent to a follower, stay in memory past
 /// [`RECENT_BYTES`] up to this: with several 8 MiB commits in flight per writer, 64 MiB did not
 /// cover them, and applying and replicating read them back through the page cache (374 MiB of
