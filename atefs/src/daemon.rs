@@ -176,26 +176,19 @@ fn open(args: &MountArgs, root: RootOwner) -> Result<Opened> {
         .as_ref()
         .map(|r| Arc::new(r.quota_reader()) as Arc<dyn atefs::quota::QuotaSource>);
     let quota = vol.remote.as_ref().map_or(args.quota, |r| r.quota_at_open);
-    // A commit through the cluster is answered after a replication round trip: keep eight
-    // flushes in flight (the commit pipe's depth) so that pipeline stays full. Locally two
-    // 8 MiB flushes keep the disk busy (bench/memory.sh: peak memory writing 2 GiB well under
-    // 256 MiB). Through a cluster the flushes are 4 MiB: every byte in flight is memory the
-    // mount and each replica hold, which a fresh process pays the kernel to zero as it first
-    // touches it. With 4 MiB instead of 8 (and 32 in flight instead of 64), and the replicas'
-    // smaller cache of recent entries, a new cluster's sequential write zeroed less than half
-    // the huge pages it had and took a tenth less CPU (docs/benchmarks.md, session 35).
-    let (flush_bytes, max_inflight) = if vol.remote.is_some() {
-        (4 << 20, 32 << 20)
-    } else {
-        (8 << 20, 16 << 20)
-    };
     let opts = FsOptions {
         quota_bytes: quota,
         quota_source,
         remote: vol.remote.is_some() && !args.remote.exclusive,
         writer_lease: vol.remote.is_some() && args.remote.exclusive,
-        flush_bytes,
-        max_inflight,
+        // A commit through the cluster is answered after a replication round trip: keep
+        // several flushes in flight so that pipeline stays full. Locally two 8 MiB flushes
+        // keep the disk busy (bench/memory.sh: peak memory writing 2 GiB well under 256 MiB).
+        max_inflight: if vol.remote.is_some() {
+            64 << 20
+        } else {
+            16 << 20
+        },
         node_cache: args.inode_cache,
         ..FsOptions::default()
     };

@@ -38,10 +38,11 @@ const META: &str = "raft-meta";
 /// 8 MiB commits: fresh pages zeroed, then copied into).
 const WRITE_IN_PLACE: usize = 64 << 10;
 /// Transaction bytes of the newest entries kept in memory beyond those still needed (below):
-/// for subscribers, which read each entry right after it is applied. Every byte held here is
-/// memory a fresh replica touches for the first time, and the kernel zeroing those pages was
-/// a quarter of a new cluster's CPU in a sequential write: at 64 MiB each follower grew by
-/// 110 MiB over a 512 MiB write, at 8 MiB by 50 (docs/benchmarks.md, session 35).
+/// for subscribers of other mounts, which read each entry right after it is applied (a
+/// writer's own subscription gets its transactions by hash, read hollow). Every byte held
+/// here is memory a new replica touches for the first time, and the kernel zeroing fresh
+/// pages was a third of a new cluster's CPU in a sequential write: at 64 MiB each follower
+/// grew by 110 MiB over a 512 MiB write, at 8 MiB by 50 (docs/benchmarks.md, session 35).
 const RECENT_BYTES: usize = 8 << 20;
 /// Entries still to be applied, or (on a leader) to be sent to a follower, stay in memory past
 /// [`RECENT_BYTES`] up to this: with several 8 MiB commits in flight per writer, 64 MiB did not

@@ -121,49 +121,10 @@ pub async fn feed(
             continue;
         }
         for (ci, ri, hash) in batch {
-            let event = match p.log.read_range(ri, ri + 1) {
-                Ok(mut v) => match v.pop().map(|e| e.payload) {
-                    Some(EntryPayload::Normal(Command::Commit {
-                        session: Some(s),
-                        tx,
-                        ..
-                    })) => match hash {
-                        Some(h) if session == Some(s) => SubscribeEvent {
-                            index: ci,
-                            own_hash: h.to_vec(),
-                            ..Default::default()
-                        },
-                        _ => full(ci, tx),
-                    },
-                    Some(EntryPayload::Normal(Command::Commit { tx, .. }))
-                    | Some(EntryPayload::Normal(Command::Create { tx, .. })) => full(ci, tx),
-                    None => {
-                        let _ = out
-                            .send(Err(Status::out_of_range(format!(
-                                "chain index {ci} was purged from the log after a snapshot"
-                            ))))
-                            .await;
-                        return;
-                    }
-                    _ => {
-                        let _ = out
-                            .send(Err(Status::internal(format!(
-                                "log entry {ri} is not a commit"
-                            ))))
-                            .await;
-                        return;
-                    }
-                },
-                Err(crate::log_store::LogStoreError::Missing(_)) => {
-                    let _ = out
-                        .send(Err(Status::out_of_range(format!(
-                            "chain index {ci} was purged from the log after a snapshot"
-                        ))))
-                        .await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = out.send(Err(Status::internal(e.to_string()))).await;
+            let event = match event_of(&p.log, ci, ri, hash, session) {
+                Ok(event) => event,
+                Err(status) => {
+                    let _ = out.send(Err(status)).await;
                     return;
                 }
             };
@@ -178,11 +139,51 @@ pub async fn feed(
     }
 }
 
-fn full(index: u64, tx: bytes::Bytes) -> SubscribeEvent {
-    SubscribeEvent {
-        index,
-        tx,
-        own_hash: Vec::new(),
+/// The event for chain index `ci`, log entry `ri`: its hash alone when it is the
+/// subscriber's own (its session's, whose hash the state machine still has), else the
+/// transaction. The entry is read hollow first: an own transaction the log no longer holds in
+/// memory is not read back from the disk only to send its hash (with a small cache of recent
+/// entries, that was every byte a writer wrote, read again for its own subscription).
+fn event_of(
+    log: &crate::log_store::LogStore,
+    ci: u64,
+    ri: u64,
+    hash: Option<[u8; 32]>,
+    session: Option<[u8; 16]>,
+) -> Result<SubscribeEvent, Status> {
+    use crate::log_store::LogStoreError;
+    let purged = || {
+        Status::out_of_range(format!(
+            "chain index {ci} was purged from the log after a snapshot"
+        ))
+    };
+    let read = |r: Result<Option<crate::types::Entry>, LogStoreError>| match r {
+        Ok(Some(e)) => Ok(e),
+        Ok(None) | Err(LogStoreError::Missing(_)) => Err(purged()),
+        Err(e) => Err(Status::internal(e.to_string())),
+    };
+    let entry = read(log.read_hollow(ri, ri + 1).map(|mut v| v.pop()))?;
+    if let EntryPayload::Normal(Command::Commit {
+        session: Some(s), ..
+    }) = &entry.payload
+    {
+        if let Some(h) = hash.filter(|_| session == Some(*s)) {
+            return Ok(SubscribeEvent {
+                index: ci,
+                own_hash: h.to_vec(),
+                ..Default::default()
+            });
+        }
+    }
+    match read(log.fill(entry).map(Some))?.payload {
+        EntryPayload::Normal(Command::Commit { tx, .. } | Command::Create { tx, .. }) => {
+            Ok(SubscribeEvent {
+                index: ci,
+                tx,
+                own_hash: Vec::new(),
+            })
+        }
+        _ => Err(Status::internal(format!("log entry {ri} is not a commit"))),
     }
 }
 
@@ -200,4 +201,55 @@ pub fn stopped_here(p: &Partition) -> Status {
         p.id,
         p.stopped().unwrap_or_default()
     ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::log_store::{is_hollow, LogStore};
+    use crate::types::{Entry, LogId};
+
+    /// A subscriber's own transactions go as their hash whether or not the log still holds
+    /// them in memory, and anyone else's go whole, read back from the disk when the log let
+    /// them go.
+    #[test]
+    fn own_transactions_go_by_hash_and_others_whole_from_memory_or_disk() {
+        let log = LogStore::open(Arc::new(ate::storage::MemStorage::new()), 64 << 20).unwrap();
+        let (own, other) = ([1; 16], [2; 16]);
+        let sessions = [Some(own), Some(other), None, Some(own)];
+        let txs: Vec<bytes::Bytes> = (0..4u8).map(|i| vec![i + 1; 3 << 20].into()).collect();
+        let entries = (1..)
+            .zip(sessions.iter().zip(&txs))
+            .map(|(index, (session, tx))| Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(Command::Commit {
+                    chain: [7; 16],
+                    tx: tx.clone(),
+                    session: *session,
+                    hash: None,
+                }),
+            });
+        log.append_sync(entries.collect()).unwrap();
+        log.applied(4);
+        let hollow = |i: u64| is_hollow(&log.read_hollow(i, i + 1).unwrap()[0]);
+        assert_eq!(
+            (1..=4).map(hollow).collect::<Vec<_>>(),
+            [true, true, false, false],
+            "the two oldest left memory"
+        );
+        for (i, (session, tx)) in (1..).zip(sessions.iter().zip(&txs)) {
+            let hash = [i as u8; 32];
+            let event = event_of(&log, 10 + i, i, Some(hash), Some(own)).unwrap();
+            assert_eq!(event.index, 10 + i);
+            if *session == Some(own) {
+                assert_eq!((event.own_hash, event.tx.len()), (hash.to_vec(), 0), "{i}");
+            } else {
+                assert!(event.own_hash.is_empty(), "{i}");
+                assert_eq!(event.tx, *tx, "{i}");
+            }
+        }
+        let gone = event_of(&log, 20, 9, None, None).unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::OutOfRange);
+    }
 }
