@@ -6,10 +6,14 @@
 # build, both on bench/seq-write-cost.sh (MiB/s, CPU seconds of servers and client, of the whole
 # machine, idle seconds, disk busy seconds and MiB), in alternating order. Prints every run,
 # then medians.
+# With WARM=1 each file system writes a first 512 MiB file before the one measured
+# (bench/seq-write-warm-cost.sh): their steady state rather than a new one's first write.
 # Usage: bench/ceilings.sh RUNS /ABSOLUTE/BIN_DIR [OUT_FILE, appended to]  (root; fio, glusterfs-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=$1 BIN=$2 OUT=${3:-/dev/null}
+COST=bench/seq-write-cost.sh
+if [ "${WARM:-0}" = 1 ]; then COST=bench/seq-write-warm-cost.sh; fi
 . scripts/cluster-lib.sh
 bench_setup ceilings
 
@@ -23,14 +27,14 @@ disk() { # fio args -> aggregate MiB/s of three 512 MiB writers
 
 # Not a pipeline: the loop starts clusters, and the EXIT trap can only stop the one it knows.
 gluster_run() {
-  PEERS_RESULTS="$WORK/gl" PEERS_SCRIPT="$(pwd)/bench/seq-write-cost.sh" \
+  PEERS_RESULTS="$WORK/gl" PEERS_SCRIPT="$(pwd)/$COST" \
     SEQ_COST_PROCS="glusterfsd glusterfs_--process-name_fuse" \
     ../shared/bench/mount-peers.sh -n 1 -s "$1" gluster >/dev/null 2>&1
   say "run $1 gluster $(cat "$WORK/gl/gluster.run$1.out")"
 }
 atefs_run() {
   mount_dev_cluster "$BIN" "$WORK" "$BASE_PORT" "$MNT"
-  say "run $1 atefs $(bench/seq-write-cost.sh "$MNT" "$BIN/chain-server run" "atefs mount $MNT")"
+  say "run $1 atefs $("$COST" "$MNT" "$BIN/chain-server run" "atefs mount $MNT")"
   umount "$MNT"
   stop_dev_cluster
 }
