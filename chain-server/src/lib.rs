@@ -7,7 +7,9 @@
 //! - [`state_machine`]: per-chain views pointing into that log, and snapshots.
 //! - [`disk`]: free space, and which commits a leader takes as it runs out.
 //! - `shared_bytes`: Raft messages decoded without copying the transactions they carry.
+//! - `carried_hash`: the hashes commit entries carry, beside a Raft message's body.
 
+mod carried_hash;
 pub mod disk;
 pub mod in_use;
 pub mod log_bound;

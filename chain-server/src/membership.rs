@@ -436,6 +436,7 @@ pub(crate) async fn ask(
     let mut req = tonic::Request::new(RaftRequest {
         partition,
         body: body.into(),
+        ..Default::default()
     });
     req.set_timeout(what.timeout());
     let reply = match what {

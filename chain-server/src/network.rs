@@ -306,7 +306,13 @@ where
         Rpc::Stage => "/atefs.raft.v1.Raft/Stage",
         Rpc::AppendStaged => "/atefs.raft.v1.Raft/AppendStaged",
     });
-    let reply = match Framed::new(to.partition, req, &req.shared(), crate::MAX_MESSAGE) {
+    let reply = match Framed::new(
+        to.partition,
+        req,
+        &req.shared(),
+        &req.hashes(),
+        crate::MAX_MESSAGE,
+    ) {
         Ok(framed) => crate::raft_wire::unary(client, path, framed, crate::MAX_MESSAGE).await,
         Err(e) => Err(e),
     };
@@ -345,20 +351,26 @@ impl Shared for AppendEntriesRequest<TypeConfig> {
     fn shared(&self) -> Vec<bytes::Bytes> {
         transactions(&self.entries)
     }
+    fn hashes(&self) -> Vec<u8> {
+        crate::carried_hash::of(&self.entries)
+    }
 }
 
 impl Shared for Vec<Entry> {
     fn shared(&self) -> Vec<bytes::Bytes> {
         transactions(self)
     }
+    fn hashes(&self) -> Vec<u8> {
+        crate::carried_hash::of(self)
+    }
 }
 
 impl Shared for StagedAppend {
     fn shared(&self) -> Vec<bytes::Bytes> {
-        transactions(self.entries.iter().filter_map(|s| match s {
-            crate::staging::Slot::Full(e) => Some(e),
-            crate::staging::Slot::Staged(_) => None,
-        }))
+        transactions(self.full())
+    }
+    fn hashes(&self) -> Vec<u8> {
+        crate::carried_hash::of(self.full())
     }
 }
 

@@ -90,16 +90,17 @@ impl RaftRpc for RaftService {
         let req = req.into_inner();
         let p = self.partition_of(req.partition)?;
         p.leader_called();
-        self.reply(
-            req.partition,
-            p.raft.append_entries(decode(&req.body)?).await,
-        )
+        let mut rpc: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
+            decode(&req.body)?;
+        crate::carried_hash::attach(&mut rpc.entries, &req.hashes);
+        self.reply(req.partition, p.raft.append_entries(rpc).await)
     }
 
     async fn stage(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = req.into_inner();
         let p = self.partition_of(req.partition)?;
-        let entries: Vec<crate::types::Entry> = decode(&req.body)?;
+        let mut entries: Vec<crate::types::Entry> = decode(&req.body)?;
+        crate::carried_hash::attach(&mut entries, &req.hashes);
         p.staged.lock().insert(entries);
         self.reply::<(), ()>(req.partition, Ok(()))
     }
@@ -111,7 +112,8 @@ impl RaftRpc for RaftService {
         let req = req.into_inner();
         let p = self.partition_of(req.partition)?;
         p.leader_called();
-        let staged: crate::staging::StagedAppend = decode(&req.body)?;
+        let mut staged: crate::staging::StagedAppend = decode(&req.body)?;
+        crate::carried_hash::attach(staged.full_mut(), &req.hashes);
         let rpc =
             p.staged.lock().resolve(staged).map_err(|id| {
                 Status::failed_precondition(format!("entry {id} is not staged here"))

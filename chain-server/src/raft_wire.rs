@@ -18,9 +18,13 @@ use tonic::Status;
 /// Byte strings shorter than this are copied: a piece costs more than copying a few KiB.
 const SHARE_MIN: usize = 64 << 10;
 
-/// What a message holds as [`Bytes`] (transactions): sent as they are, not copied.
+/// What a message holds as [`Bytes`] (transactions): sent as they are, not copied; and the
+/// hashes its commit entries carry (`carried_hash`), which go beside its body.
 pub trait Shared {
     fn shared(&self) -> Vec<Bytes> {
+        Vec::new()
+    }
+    fn hashes(&self) -> Vec<u8> {
         Vec::new()
     }
 }
@@ -30,19 +34,27 @@ pub trait Shared {
 pub struct Framed(VecDeque<Bytes>);
 
 impl Framed {
-    /// `body` in the envelope for `partition`; its byte strings that are `shared` go as they
-    /// are. Fails when postcard does, or when the message would exceed `limit` bytes.
+    /// `body` in the envelope for `partition`, with its commit entries' `hashes`; its byte
+    /// strings that are `shared` go as they are. Fails when postcard does, or when the message
+    /// would exceed `limit` bytes.
     pub fn new<R: Serialize>(
         partition: u32,
         body: &R,
         shared: &[Bytes],
+        hashes: &[u8],
         limit: usize,
     ) -> Result<Self, Status> {
         let failed = |e: postcard::Error| Status::internal(format!("encoding a raft message: {e}"));
         let n = postcard::experimental::serialized_size(body).map_err(failed)?;
-        let mut head = BytesMut::with_capacity(32);
+        let mut head = BytesMut::with_capacity(32 + hashes.len());
         if partition != 0 {
             prost::encoding::uint32::encode(1, &partition, &mut head);
+        }
+        // Fields may come in any order; the body goes last because it is sent in pieces.
+        if !hashes.is_empty() {
+            encode_key(3, WireType::LengthDelimited, &mut head);
+            encode_varint(hashes.len() as u64, &mut head);
+            head.put_slice(hashes);
         }
         if n > 0 {
             encode_key(2, WireType::LengthDelimited, &mut head);
@@ -179,9 +191,10 @@ mod tests {
         }
     }
 
-    /// The pieces make the message prost would have written, prefixed as gRPC frames it; a
-    /// large shared byte string is a piece of its own that is the same memory, a small one
-    /// and one not named shared are copied.
+    /// The pieces make the message prost would have written (byte for byte without hashes,
+    /// the same fields with them), prefixed as gRPC frames it; a large shared byte string is
+    /// a piece of its own that is the same memory, a small one and one not named shared are
+    /// copied.
     #[test]
     fn the_pieces_are_the_framed_envelope_and_share_the_large_payloads() {
         let body = Body {
@@ -190,13 +203,14 @@ mod tests {
             n: 77,
             copied: vec![3u8; 200_000],
         };
-        for partition in [0u32, 7, 300_000] {
-            let framed = Framed::new(partition, &body, &body.shared(), 1 << 30).unwrap();
+        let with_hashes = [7u8; 64];
+        for (partition, hashes) in [(0u32, &[][..]), (7, &[]), (300_000, &[]), (9, &with_hashes)] {
+            let framed = Framed::new(partition, &body, &body.shared(), hashes, 1 << 30).unwrap();
             let want = RaftRequest {
                 partition,
                 body: postcard::to_stdvec(&body).unwrap().into(),
-            }
-            .encode_to_vec();
+                hashes: hashes.to_vec(),
+            };
             let mut got = Vec::new();
             for piece in &framed.0 {
                 got.extend_from_slice(piece);
@@ -204,9 +218,12 @@ mod tests {
             assert_eq!(got[0], 0);
             assert_eq!(
                 u32::from_be_bytes(got[1..5].try_into().unwrap()) as usize,
-                want.len()
+                want.encoded_len()
             );
-            assert_eq!(&got[5..], &want[..]);
+            if hashes.is_empty() {
+                assert_eq!(&got[5..], &want.encode_to_vec()[..]);
+            }
+            assert_eq!(RaftRequest::decode(&got[5..]).unwrap(), want);
             let large: Vec<&Bytes> = framed
                 .0
                 .iter()
@@ -222,7 +239,7 @@ mod tests {
     #[test]
     fn a_message_over_the_limit_is_refused_before_it_is_sent() {
         let body = vec![0u8; 10_000];
-        let err = Framed::new(1, &body, &[], 9_000).unwrap_err();
+        let err = Framed::new(1, &body, &[], &[], 9_000).unwrap_err();
         assert_eq!(err.code(), tonic::Code::OutOfRange);
     }
 }

@@ -75,7 +75,7 @@ mod tests {
             chain: [3; 16],
             tx: bytes::Bytes::from(vec![9u8; 100_000]),
             session: Some([4; 16]),
-            hash: Some([5; 32]),
+            hash: None,
         };
         let body = bytes::Bytes::from(postcard::to_stdvec(&cmd).unwrap());
         let shared: Command = super::decode(&body).unwrap();

@@ -40,6 +40,22 @@ pub enum Slot {
 }
 
 impl StagedAppend {
+    /// The entries it carries.
+    pub fn full(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter_map(|s| match s {
+            Slot::Full(e) => Some(e),
+            Slot::Staged(_) => None,
+        })
+    }
+
+    /// The entries it carries, to give them what came beside the message.
+    pub fn full_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.entries.iter_mut().filter_map(|s| match s {
+            Slot::Full(e) => Some(e),
+            Slot::Staged(_) => None,
+        })
+    }
+
     /// `rpc` with the entries in `held` named by log id; `None` when it holds none of them.
     pub fn of(
         rpc: &AppendEntriesRequest<TypeConfig>,

@@ -85,6 +85,7 @@ fn bad_join_requests_are_refused_with_the_right_code() {
     let join = |body: Vec<u8>| chain_server::pb::raft::RaftRequest {
         partition: 0,
         body: body.into(),
+        ..Default::default()
     };
     let garbage = rt.block_on(client.join(join(vec![0xff; 7]))).unwrap_err();
     assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage}");
