@@ -306,13 +306,7 @@ where
         Rpc::Stage => "/atefs.raft.v1.Raft/Stage",
         Rpc::AppendStaged => "/atefs.raft.v1.Raft/AppendStaged",
     });
-    let reply = match Framed::new(
-        to.partition,
-        req,
-        &req.shared(),
-        &req.hashes(),
-        crate::MAX_MESSAGE,
-    ) {
+    let reply = match Framed::new(to.partition, req, crate::MAX_MESSAGE) {
         Ok(framed) => crate::raft_wire::unary(client, path, framed, crate::MAX_MESSAGE).await,
         Err(e) => Err(e),
     };

@@ -34,18 +34,17 @@ pub trait Shared {
 pub struct Framed(VecDeque<Bytes>);
 
 impl Framed {
-    /// `body` in the envelope for `partition`, with its commit entries' `hashes`; its byte
-    /// strings that are `shared` go as they are. Fails when postcard does, or when the message
-    /// would exceed `limit` bytes.
-    pub fn new<R: Serialize>(
+    /// `body` in the envelope for `partition`, with its commit entries' hashes
+    /// ([`Shared::hashes`]); its byte strings that are [`Shared::shared`] go as they are.
+    /// Fails when postcard does, or when the message would exceed `limit` bytes.
+    pub fn new<R: Serialize + Shared>(
         partition: u32,
         body: &R,
-        shared: &[Bytes],
-        hashes: &[u8],
         limit: usize,
     ) -> Result<Self, Status> {
         let failed = |e: postcard::Error| Status::internal(format!("encoding a raft message: {e}"));
         let n = postcard::experimental::serialized_size(body).map_err(failed)?;
+        let hashes = body.hashes();
         let mut head = BytesMut::with_capacity(32 + hashes.len());
         if partition != 0 {
             prost::encoding::uint32::encode(1, &partition, &mut head);
@@ -54,15 +53,16 @@ impl Framed {
         if !hashes.is_empty() {
             encode_key(3, WireType::LengthDelimited, &mut head);
             encode_varint(hashes.len() as u64, &mut head);
-            head.put_slice(hashes);
+            head.put_slice(&hashes);
         }
         if n > 0 {
             encode_key(2, WireType::LengthDelimited, &mut head);
             encode_varint(n as u64, &mut head);
         }
         let prefix = ate::remote::wire::prefix(head.len() + n, limit, "raft message")?;
-        let shared: HashMap<usize, Bytes> = shared
-            .iter()
+        let shared: HashMap<usize, Bytes> = body
+            .shared()
+            .into_iter()
             .filter(|b| b.len() >= SHARE_MIN)
             .map(|b| (b.as_ptr() as usize, b.clone()))
             .collect();
@@ -183,13 +183,20 @@ mod tests {
         large: Bytes,
         n: u64,
         copied: Vec<u8>,
+        #[serde(skip)]
+        hashes: Vec<u8>,
     }
 
     impl Shared for Body {
         fn shared(&self) -> Vec<Bytes> {
             vec![self.small.clone(), self.large.clone()]
         }
+        fn hashes(&self) -> Vec<u8> {
+            self.hashes.clone()
+        }
     }
+
+    impl Shared for Vec<u8> {}
 
     /// The pieces make the message prost would have written (byte for byte without hashes,
     /// the same fields with them), prefixed as gRPC frames it; a large shared byte string is
@@ -197,19 +204,20 @@ mod tests {
     /// copied.
     #[test]
     fn the_pieces_are_the_framed_envelope_and_share_the_large_payloads() {
-        let body = Body {
+        let mut body = Body {
             small: Bytes::from(vec![1u8; 100]),
             large: Bytes::from(vec![2u8; 300_000]),
             n: 77,
             copied: vec![3u8; 200_000],
+            hashes: Vec::new(),
         };
-        let with_hashes = [7u8; 64];
-        for (partition, hashes) in [(0u32, &[][..]), (7, &[]), (300_000, &[]), (9, &with_hashes)] {
-            let framed = Framed::new(partition, &body, &body.shared(), hashes, 1 << 30).unwrap();
+        for (partition, hashes) in [(0u32, 0), (7, 0), (300_000, 0), (9, 64)] {
+            body.hashes = vec![7u8; hashes];
+            let framed = Framed::new(partition, &body, 1 << 30).unwrap();
             let want = RaftRequest {
                 partition,
                 body: postcard::to_stdvec(&body).unwrap().into(),
-                hashes: hashes.to_vec(),
+                hashes: body.hashes.clone(),
             };
             let mut got = Vec::new();
             for piece in &framed.0 {
@@ -220,7 +228,7 @@ mod tests {
                 u32::from_be_bytes(got[1..5].try_into().unwrap()) as usize,
                 want.encoded_len()
             );
-            if hashes.is_empty() {
+            if body.hashes.is_empty() {
                 assert_eq!(&got[5..], &want.encode_to_vec()[..]);
             }
             assert_eq!(RaftRequest::decode(&got[5..]).unwrap(), want);
@@ -239,7 +247,7 @@ mod tests {
     #[test]
     fn a_message_over_the_limit_is_refused_before_it_is_sent() {
         let body = vec![0u8; 10_000];
-        let err = Framed::new(1, &body, &[], &[], 9_000).unwrap_err();
+        let err = Framed::new(1, &body, 9_000).unwrap_err();
         assert_eq!(err.code(), tonic::Code::OutOfRange);
     }
 }
